@@ -105,6 +105,8 @@ codes! {
     DRAINING = 0x28;
     /// Over the inbound rate limit.
     RATE_LIMITED = 0x29;
+    /// A REQUEST to a client that did not list the `requests` capability.
+    UNSUPPORTED = 0x2A;
     /// A TOOL_DEF add beyond the client's `max_tools`.
     TOO_MANY_TOOLS = 0x30;
     /// TOOL_DEF add of a known name, or update/remove of an unknown one.
@@ -319,3 +321,102 @@ impl fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+/// A local misuse: the application asked for something the protocol does not allow now.
+/// Nothing was sent (h11's `LocalProtocolError`). Peer violations never produce this; they
+/// produce an ERROR frame and an [`Event`](crate::Event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The handshake has not finished (e.g. invoking before the server's HELLO).
+    NotOpen,
+    /// The connection is closed.
+    Closed,
+    /// The connection is draining after GOAWAY: no new exchanges (SPEC §6.5).
+    Draining,
+    /// This role cannot send that (a client completing, a server invoking).
+    WrongRole,
+    /// No exchange with that id is in flight (it may already have ended: a late command
+    /// after an interrupt or deadline is expected and harmless).
+    NotInFlight,
+    /// The peer's `max_inflight` (or our own id space) is exhausted.
+    TooManyInflight,
+    /// No room right now (flow-control window or transmit queue); wait for
+    /// [`Event::Writable`](crate::Event::Writable).
+    Full,
+    /// The frame or chunk exceeds a limit the peer announced.
+    TooLarge {
+        /// Size attempted.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field is outside its SPEC range (e.g. an empty tool name).
+    InvalidField(&'static str),
+    /// STREAM after the final chunk.
+    StreamFinished,
+    /// The peer did not advertise the capability this needs (e.g. `requests`).
+    Unsupported(&'static str),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NotOpen => write!(f, "handshake not complete"),
+            SendError::Closed => write!(f, "connection closed"),
+            SendError::Draining => write!(f, "connection draining after GOAWAY"),
+            SendError::WrongRole => write!(f, "not allowed for this role"),
+            SendError::NotInFlight => write!(f, "no exchange with that id is in flight"),
+            SendError::TooManyInflight => write!(f, "too many exchanges in flight"),
+            SendError::Full => write!(f, "send window or queue full"),
+            SendError::TooLarge { len, max } => write!(f, "{len} bytes exceeds the limit {max}"),
+            SendError::InvalidField(n) => write!(f, "invalid field `{n}`"),
+            SendError::StreamFinished => write!(f, "stream already finished"),
+            SendError::Unsupported(c) => write!(f, "peer does not support `{c}`"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Why a connection closed (in [`Event::Closed`](crate::Event::Closed)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The application called `close`.
+    Local,
+    /// A graceful GOAWAY drain finished.
+    Drained,
+    /// The peer sent a connection error (SPEC §12.1) — or closed after it.
+    PeerError {
+        /// The code received.
+        code: ErrorCode,
+        /// Its message.
+        message: Option<String>,
+    },
+    /// We detected a connection-level violation and sent this code before closing.
+    ProtocolError {
+        /// The code sent.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+    },
+    /// The transport ended (and the session could not be or was not resumed).
+    TransportClosed,
+    /// The application stopped polling events or the peer stopped reading while we
+    /// queued replies; a bound was hit.
+    Overloaded,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => write!(f, "closed locally"),
+            CloseReason::Drained => write!(f, "drained after GOAWAY"),
+            CloseReason::PeerError { code, message } => {
+                write!(f, "peer error {code}: {}", message.as_deref().unwrap_or(""))
+            }
+            CloseReason::ProtocolError { code, message } => write!(f, "{code}: {message}"),
+            CloseReason::TransportClosed => write!(f, "transport closed"),
+            CloseReason::Overloaded => write!(f, "local bound exceeded"),
+        }
+    }
+}

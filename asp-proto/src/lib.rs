@@ -11,6 +11,9 @@
 //! - [`codec`]: frames ↔ bytes ([`codec::encode`], [`codec::decode_frame`], [`Decoder`]).
 //! - [`frame`]: one type per frame.
 //! - [`error`]: wire error codes and decode errors.
+//! - [`Connection`]: the state machine; drive it with `handle_*`, command it with `invoke`,
+//!   `stream`, `complete`…, and drain `poll_transmit`, `poll_ping`, `poll_event`, then
+//!   `poll_timeout`, after every input.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -24,11 +27,22 @@
 )]
 
 pub mod codec;
+mod config;
+mod conn;
 pub mod error;
+mod event;
+mod exchange;
 pub mod frame;
 mod msgpack;
+mod rate;
+mod replay;
+mod time;
 
 pub use bytes::Bytes;
 pub use codec::Decoder;
-pub use error::{DecodeError, DecodeErrorKind, ErrorCode, ErrorScope};
+pub use config::{Config, HeartbeatMode, Limits};
+pub use conn::{Connection, InvokeOptions, Role, ServerParams, State};
+pub use error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
+pub use event::{Event, Outcome, Session, ToolChange};
 pub use frame::{Frame, FrameType, RawValue, RequestId, Text};
+pub use time::Instant;

@@ -1,0 +1,1764 @@
+//! The connection state machine (SPEC §6–§11): a Sans-IO `Connection` that a caller drives
+//! from any event loop.
+//!
+//! Inputs are `handle_*` calls (bytes, timeouts, transport events) and commands from the
+//! application (`invoke`, `stream`, `complete`, …). Outputs are pulled: after every input,
+//! drain `poll_transmit` (bytes to write), `poll_ping` (transport ping wanted),
+//! `poll_event` (what the application must know), then ask `poll_timeout` when to call
+//! `handle_timeout` next.
+//!
+//! Local misuse returns [`SendError`]; peer violations never return an error: they produce
+//! an ERROR frame for the peer and an [`Event::Violation`].
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use core::time::Duration;
+
+use crate::codec::{self, decode_frame, encoded_len, Decoder, HEADER_LEN};
+use crate::config::{Config, HeartbeatMode, Limits};
+use crate::error::{CloseReason, DecodeError, ErrorCode, ErrorScope, SendError};
+use crate::event::{Event, Outcome, Session, ToolChange};
+use crate::exchange::{Exchange, Kind};
+use crate::frame::*;
+use crate::rate::{RateVerdict, RateWindow};
+use crate::replay::Replay;
+use crate::time::Instant;
+
+/// Which end of the connection this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Opens the connection and invokes tools.
+    Client,
+    /// Accepts connections, runs tools, may ask the client questions.
+    Server,
+}
+
+/// Connection state (SPEC §6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for the peer's HELLO (or, when resuming, its RESUME).
+    Handshaking,
+    /// Client: RESUME sent, waiting for the server's. Server: RESUME received, waiting for
+    /// the application to accept or reject it.
+    Resuming,
+    /// Normal operation.
+    Open,
+    /// GOAWAY sent or received (SPEC §6.5).
+    Draining,
+    /// The transport is gone but the session may be resumed (SPEC §11).
+    Detached,
+    /// Final.
+    Closed,
+}
+
+/// Server-side parameters chosen by the application: the identity of the connection and,
+/// when resume is enabled, a secret token from a secure random source (SPEC §13.1). The
+/// core has no randomness of its own.
+#[derive(Clone, Debug, Default)]
+pub struct ServerParams {
+    /// HELLO `connection_id`, 1–64 bytes.
+    pub connection_id: Text,
+    /// HELLO `resume_token`, 1–64 bytes; used only if both sides offer `resume`.
+    pub resume_token: Option<Bytes>,
+}
+
+/// Options of one invocation (SPEC §5.2).
+#[derive(Clone, Debug, Default)]
+pub struct InvokeOptions {
+    /// Deadline in ms (0 = none).
+    pub deadline_ms: u32,
+    /// Opaque context.
+    pub meta: Option<RawValue>,
+}
+
+const CAP_REQUESTS: &str = "requests";
+const CAP_RESUME: &str = "resume";
+
+/// Soft size of one `poll_transmit` batch (one WebSocket message).
+const MAX_TRANSMIT: usize = 64 << 10;
+
+/// Bytes of STREAM framing beyond the data: header, map, keys, seq, final. Used to keep a
+/// chunk within the peer's `max_frame_payload`.
+const STREAM_OVERHEAD: usize = 24;
+
+/// A Sans-IO ASP connection, client or server.
+///
+/// ```
+/// use asp_proto::{Config, Connection, Event, Instant, ServerParams};
+/// use bytes::BytesMut;
+///
+/// let now = Instant::ZERO;
+/// let mut client = Connection::client(Config::default(), now);
+/// let mut server = Connection::server(
+///     Config::default(),
+///     ServerParams { connection_id: "c1".into(), ..Default::default() },
+///     now,
+/// );
+/// // Shuttle bytes until both sides are quiet (a real loop would use sockets).
+/// let mut buf = BytesMut::new();
+/// for _ in 0..4 {
+///     while client.poll_transmit(&mut buf) > 0 {
+///         server.handle_bytes(now, buf.split().freeze());
+///     }
+///     while server.poll_transmit(&mut buf) > 0 {
+///         client.handle_bytes(now, buf.split().freeze());
+///     }
+/// }
+/// assert!(matches!(client.poll_event(), Some(Event::Connected(_))));
+/// let id = client.invoke("echo", None, Default::default()).unwrap();
+/// # let _ = id;
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    now: Instant,
+
+    // Session (SPEC §6.3–§6.4).
+    connection_id: Option<Text>,
+    peer_limits: Limits,
+    peer_requests: bool,
+    heartbeat: Option<Duration>,
+    resume_token: Option<Bytes>,
+    resumable: bool,
+    /// Client: TOOL_DEF frames still expected before `Connected` (SPEC §6.2 step 4).
+    initial_tools: u16,
+    session: Option<Session>,
+
+    // Input.
+    decoder: Decoder,
+    last_recv: Instant,
+    pings_sent: u32,
+    ping_due: bool,
+    rate: RateWindow,
+
+    // Exchanges (SPEC §7, §8), keyed by request id; spaces are disjoint.
+    exchanges: BTreeMap<u16, Exchange>,
+    invocations: usize,
+    requests: usize,
+    next_id: u16,
+
+    /// Server: the registry; client: the mirror (SPEC §9).
+    tools: BTreeMap<Text, ToolDef>,
+
+    // Output.
+    out: VecDeque<Frame>,
+    queued_bytes: usize,
+    events: VecDeque<Event>,
+    overloaded: bool,
+
+    // Lifecycle timers.
+    handshake_deadline: Option<Instant>,
+    goaway_sent: bool,
+    goaway_received: bool,
+    drain_deadline: Option<Instant>,
+    detached_until: Option<Instant>,
+
+    // Resume (SPEC §11).
+    sent_count: u64,
+    recv_count: u64,
+    replay: Replay,
+}
+
+impl Connection {
+    fn new(role: Role, config: Config, now: Instant) -> Connection {
+        let max = config.limits.max_frame_payload;
+        Connection {
+            role,
+            state: State::Handshaking,
+            now,
+            connection_id: None,
+            peer_limits: Limits::default(),
+            peer_requests: false,
+            heartbeat: None,
+            resume_token: None,
+            resumable: false,
+            initial_tools: 0,
+            session: None,
+            decoder: Decoder::new(max),
+            last_recv: now,
+            pings_sent: 0,
+            ping_due: false,
+            rate: RateWindow::new(now),
+            exchanges: BTreeMap::new(),
+            invocations: 0,
+            requests: 0,
+            next_id: 0,
+            tools: BTreeMap::new(),
+            out: VecDeque::new(),
+            queued_bytes: 0,
+            events: VecDeque::new(),
+            overloaded: false,
+            handshake_deadline: Some(now + config.handshake_timeout),
+            goaway_sent: false,
+            goaway_received: false,
+            drain_deadline: None,
+            detached_until: None,
+            sent_count: 0,
+            recv_count: 0,
+            replay: Replay::new(config.replay_buffer),
+            config,
+        }
+    }
+
+    /// A client connection. Its HELLO is queued at once (SPEC §6.2 step 1).
+    pub fn client(config: Config, now: Instant) -> Connection {
+        let mut c = Connection::new(Role::Client, config, now);
+        c.queue_client_hello();
+        c
+    }
+
+    /// A server connection, waiting for the client's HELLO.
+    pub fn server(config: Config, params: ServerParams, now: Instant) -> Connection {
+        let mut c = Connection::new(Role::Server, config, now);
+        c.connection_id = Some(params.connection_id);
+        c.resume_token = params.resume_token;
+        c
+    }
+
+    fn queue_client_hello(&mut self) {
+        let mut capabilities = Vec::new();
+        if self.config.accept_requests {
+            capabilities.push(Text::from_static(CAP_REQUESTS));
+        }
+        if self.config.resume {
+            capabilities.push(Text::from_static(CAP_RESUME));
+        }
+        let hello = Hello {
+            versions: Versions::V1,
+            capabilities,
+            limits: self.config.limits.to_hello(),
+            heartbeat_ms: self.heartbeat_ms(),
+            agent: self.config.agent.clone(),
+            ..Hello::default()
+        };
+        self.queue(Frame::Hello(hello));
+    }
+
+    fn heartbeat_ms(&self) -> Option<u32> {
+        match self.config.heartbeat {
+            Some(d) if d == Duration::from_secs(30) => None, // the default: not sent
+            Some(d) => Some(u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)),
+            None => Some(0),
+        }
+    }
+
+    // ───────────────────────── getters ─────────────────────────
+
+    /// Client or server.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Closed? Once closed and [`Connection::poll_transmit`] returns 0, the adapter closes
+    /// the transport.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The negotiated session, once the handshake is done.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// The server's resume token for this session, if resumable.
+    pub fn resume_token(&self) -> Option<&Bytes> {
+        self.resume_token.as_ref().filter(|_| self.resumable)
+    }
+
+    /// Client: the current tool set; server: the registry.
+    pub fn tools(&self) -> impl Iterator<Item = &ToolDef> {
+        self.tools.values()
+    }
+
+    /// Number of exchanges in flight (invocations and requests).
+    pub fn in_flight(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// Encoded bytes waiting in the transmit queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Whether the transmit queue holds anything.
+    pub fn wants_transmit(&self) -> bool {
+        !self.out.is_empty() && self.state != State::Detached
+    }
+
+    // ───────────────────────── inputs ─────────────────────────
+
+    /// One WebSocket binary message: one or more whole frames (SPEC §2.1). Payloads of
+    /// the resulting events are slices of `msg`.
+    pub fn handle_message(&mut self, now: Instant, mut msg: Bytes) {
+        self.tick(now);
+        if !self.accepts_input() {
+            return;
+        }
+        if msg.is_empty() {
+            self.fatal(ErrorCode::FRAMING_ERROR, "empty WebSocket message".into());
+        }
+        while let Some(r) = decode_frame(&mut msg, self.config.limits.max_frame_payload) {
+            self.on_decoded(r);
+            if !self.accepts_input() {
+                break;
+            }
+        }
+        self.after_input();
+    }
+
+    /// A text WebSocket message: not allowed (SPEC §2.1).
+    pub fn handle_text_message(&mut self, now: Instant) {
+        self.tick(now);
+        if self.accepts_input() {
+            self.fatal(ErrorCode::FRAMING_ERROR, "text WebSocket message".into());
+        }
+    }
+
+    /// Bytes from a byte-stream transport, in any chunking (SPEC §2.2).
+    pub fn handle_bytes(&mut self, now: Instant, data: Bytes) {
+        self.tick(now);
+        if !self.accepts_input() {
+            return;
+        }
+        self.decoder.feed(data);
+        while let Some(r) = self.decoder.next_frame() {
+            self.on_decoded(r);
+            if !self.accepts_input() {
+                break;
+            }
+        }
+        self.after_input();
+    }
+
+    /// A transport-level pong (WebSocket) arrived: the peer is alive (SPEC §6.7).
+    pub fn handle_transport_pong(&mut self, now: Instant) {
+        self.tick(now);
+        self.last_recv = self.now;
+        self.pings_sent = 0;
+    }
+
+    /// The transport ended (EOF, reset, WebSocket close).
+    pub fn handle_transport_closed(&mut self, now: Instant) {
+        self.tick(now);
+        match self.state {
+            State::Closed | State::Detached => {}
+            State::Open | State::Draining if self.resumable => {
+                // SPEC §11.2 step 1: keep the session for the resume window.
+                self.state = State::Detached;
+                self.detached_until = Some(self.now + self.config.resume_window);
+                self.decoder = Decoder::new(self.config.limits.max_frame_payload);
+                self.emit(Event::Detached);
+            }
+            _ => self.close(CloseReason::TransportClosed),
+        }
+    }
+
+    /// Timers: heartbeat, handshake, deadlines, drain, resume window. Safe to call early or
+    /// spuriously.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        let now = self.now;
+        match self.state {
+            State::Closed => return,
+            State::Detached => {
+                if self.detached_until.is_some_and(|t| now >= t) {
+                    self.close(CloseReason::TransportClosed);
+                }
+                return;
+            }
+            State::Handshaking | State::Resuming => {
+                if self.handshake_deadline.is_some_and(|t| now >= t) {
+                    self.fatal(ErrorCode::HANDSHAKE_TIMEOUT, "no HELLO in time".into());
+                    return;
+                }
+            }
+            State::Open | State::Draining => {}
+        }
+        if let Some(h) = self.heartbeat.filter(|_| self.is_open()) {
+            // SPEC §6.7: ping after H of silence, then every H; dead after 3H.
+            if now >= self.last_recv + h * 3 {
+                self.fatal(
+                    ErrorCode::HEARTBEAT_TIMEOUT,
+                    "no frame from the peer for three heartbeat intervals".into(),
+                );
+                return;
+            }
+            if now >= self.last_recv + h * (self.pings_sent + 1) {
+                self.pings_sent += 1;
+                match self.config.heartbeat_mode {
+                    HeartbeatMode::Frames => self.queue(Frame::Ping),
+                    HeartbeatMode::Transport => self.ping_due = true,
+                }
+            }
+        }
+        // SPEC §7.4: deadlines of invocations we serve.
+        let expired: Vec<u16> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.deadline.is_some_and(|d| now >= d))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let err = error_frame(
+                RequestId(id),
+                ErrorCode::DEADLINE_EXCEEDED,
+                "deadline_ms elapsed".into(),
+                None,
+            );
+            self.queue(Frame::Error(err.clone()));
+            self.remove(id);
+            self.emit(Event::Aborted {
+                id: RequestId(id),
+                error: err,
+            });
+        }
+        if self.drain_deadline.is_some_and(|t| now >= t) {
+            self.fatal(
+                ErrorCode::GOING_AWAY,
+                format!(
+                    "drain timeout with {} exchanges in flight",
+                    self.exchanges.len()
+                ),
+            );
+            return;
+        }
+        self.check_drained();
+    }
+
+    // ───────────────────────── outputs ─────────────────────────
+
+    /// Encodes queued frames into `buf` (appending) and returns the number of bytes written,
+    /// 0 if there is nothing to send. Each call yields at most about 64 KiB, and at least one
+    /// whole frame: on WebSocket, send each call's bytes as one binary message.
+    #[must_use]
+    pub fn poll_transmit(&mut self, buf: &mut BytesMut) -> usize {
+        if self.state == State::Detached {
+            return 0;
+        }
+        let start = buf.len();
+        while let Some(frame) = self.out.front() {
+            if buf.len() > start && buf.len() - start >= MAX_TRANSMIT {
+                break;
+            }
+            // While resuming, only RESUME itself may go out (SPEC §11.2).
+            if self.state == State::Resuming
+                && self.role == Role::Client
+                && !matches!(frame, Frame::Resume(_))
+            {
+                break;
+            }
+            let Some(frame) = self.out.pop_front() else {
+                break;
+            };
+            let before = buf.len();
+            codec::encode(&frame, buf);
+            let size = buf.len() - before;
+            self.queued_bytes = self.queued_bytes.saturating_sub(size);
+            if let Frame::Stream(s) = &frame {
+                if let Some(e) = self.exchanges.get_mut(&s.id.0) {
+                    e.queued = e.queued.saturating_sub(s.data.len());
+                    if e.blocked && e.has_room(1, self.config.max_queued_per_invocation) {
+                        e.blocked = false;
+                        self.events.push_back(Event::Writable { id: s.id });
+                    }
+                }
+            }
+            if counted(frame.frame_type() as u8) {
+                self.sent_count += 1;
+                if self.resumable {
+                    self.replay.push(frame, size);
+                }
+            }
+        }
+        buf.len() - start
+    }
+
+    /// `true` once each time a transport-level ping should be sent
+    /// ([`HeartbeatMode::Transport`]).
+    #[must_use]
+    pub fn poll_ping(&mut self) -> bool {
+        core::mem::take(&mut self.ping_due)
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let ev = self.events.pop_front()?;
+        if let Event::Chunk(s) = &ev {
+            self.consumed(s.id, s.data.len());
+        }
+        Some(ev)
+    }
+
+    /// When [`Connection::handle_timeout`] should next be called, if at all.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        match self.state {
+            State::Closed => return None,
+            State::Detached => return self.detached_until,
+            State::Handshaking | State::Resuming => min(self.handshake_deadline),
+            State::Open | State::Draining => {}
+        }
+        if let Some(h) = self.heartbeat.filter(|_| self.is_open()) {
+            min(Some(self.last_recv + h * (self.pings_sent + 1)));
+            min(Some(self.last_recv + h * 3));
+        }
+        for e in self.exchanges.values() {
+            min(e.deadline);
+        }
+        min(self.drain_deadline);
+        t
+    }
+
+    // ───────────────────────── commands: client ─────────────────────────
+
+    /// Client: invokes `tool` (SPEC §5.2). Returns the invocation's id; its chunks arrive as
+    /// [`Event::Chunk`] and its end as [`Event::Ended`].
+    pub fn invoke(
+        &mut self,
+        tool: impl Into<Text>,
+        args: Option<RawValue>,
+        opts: InvokeOptions,
+    ) -> Result<RequestId, SendError> {
+        self.require(Role::Client)?;
+        self.require_open()?;
+        if self.goaway_received || self.goaway_sent {
+            return Err(SendError::Draining);
+        }
+        let tool = tool.into();
+        if tool.is_empty() || tool.len() > 128 {
+            return Err(SendError::InvalidField("tool"));
+        }
+        if self.invocations >= usize::from(self.peer_limits.max_inflight) {
+            return Err(SendError::TooManyInflight);
+        }
+        let id = self.alloc_id(1, 0x7fff)?;
+        let frame = Frame::Invoke(Invoke {
+            id,
+            tool,
+            args,
+            deadline_ms: opts.deadline_ms,
+            meta: opts.meta,
+        });
+        self.check_frame_size(&frame)?;
+        self.queue(frame);
+        self.insert(
+            id,
+            Exchange::new(Kind::Invocation, self.config.limits.initial_window),
+        );
+        Ok(id)
+    }
+
+    /// Client: answers a server request (SPEC §5.10). Ends it.
+    pub fn reply(
+        &mut self,
+        id: RequestId,
+        status: ReplyStatus,
+        body: Option<RawValue>,
+    ) -> Result<(), SendError> {
+        self.require(Role::Client)?;
+        self.require_live()?;
+        self.require_exchange(id, Kind::Request)?;
+        let frame = Frame::Reply(Reply { id, status, body });
+        self.check_frame_size(&frame)?;
+        self.queue(frame);
+        self.remove(id.0);
+        self.check_drained();
+        Ok(())
+    }
+
+    // ───────────────────────── commands: server ─────────────────────────
+
+    /// Server: sends a chunk of an invocation's output (SPEC §5.3, §7.5). Refuses with
+    /// [`SendError::Full`] when the window or queue has no room; [`Event::Writable`] follows
+    /// when it does.
+    pub fn stream(
+        &mut self,
+        id: RequestId,
+        data: Bytes,
+        text: bool,
+        fin: bool,
+    ) -> Result<(), SendError> {
+        self.require(Role::Server)?;
+        self.require_live()?;
+        if text && core::str::from_utf8(&data).is_err() {
+            return Err(SendError::InvalidField("data"));
+        }
+        let max_chunk = (self.peer_limits.max_chunk as usize)
+            .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD));
+        if data.len() > max_chunk {
+            return Err(SendError::TooLarge {
+                len: data.len(),
+                max: max_chunk,
+            });
+        }
+        let frame_len = data.len() + STREAM_OVERHEAD;
+        let queue_full = self.queued_bytes + frame_len > self.config.max_queued_bytes;
+        let per_inv = self.config.max_queued_per_invocation;
+        let e = self.exchange_mut(id, Kind::Invocation)?;
+        if e.finished {
+            return Err(SendError::StreamFinished);
+        }
+        if queue_full || !e.has_room(data.len(), per_inv) {
+            e.blocked = true;
+            return Err(SendError::Full);
+        }
+        e.window -= data.len() as u64;
+        e.queued += data.len();
+        let seq = e.next_seq;
+        e.next_seq = e.next_seq.wrapping_add(1);
+        e.finished = fin;
+        self.queue(Frame::Stream(Stream {
+            id,
+            data,
+            text,
+            seq,
+            fin,
+        }));
+        Ok(())
+    }
+
+    /// Whether `stream(id, …)` of `len` bytes would be accepted now.
+    pub fn can_stream(&self, id: RequestId, len: usize) -> bool {
+        self.exchanges.get(&id.0).is_some_and(|e| {
+            e.kind == Kind::Invocation
+                && !e.finished
+                && e.has_room(len, self.config.max_queued_per_invocation)
+                && self.queued_bytes + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
+        })
+    }
+
+    /// Server: ends an invocation with COMPLETE (SPEC §5.6).
+    pub fn complete(
+        &mut self,
+        id: RequestId,
+        status: Status,
+        result: Option<RawValue>,
+        metrics: Metrics,
+    ) -> Result<(), SendError> {
+        self.require(Role::Server)?;
+        self.require_live()?;
+        self.require_exchange(id, Kind::Invocation)?;
+        let frame = Frame::Complete(Complete {
+            id,
+            status,
+            result,
+            metrics,
+        });
+        self.check_frame_size(&frame)?;
+        self.queue(frame);
+        self.remove(id.0);
+        self.check_drained();
+        Ok(())
+    }
+
+    /// Ends an exchange the peer initiated with ERROR (SPEC §5.7): a server failing an
+    /// invocation, a client refusing a request.
+    pub fn fail(
+        &mut self,
+        id: RequestId,
+        code: ErrorCode,
+        message: impl Into<Text>,
+        retryable: bool,
+    ) -> Result<(), SendError> {
+        self.require_live()?;
+        let kind = match self.role {
+            Role::Server => Kind::Invocation,
+            Role::Client => Kind::Request,
+        };
+        self.require_exchange(id, kind)?;
+        if code.0 == 0 || code.scope() == ErrorScope::Connection {
+            return Err(SendError::InvalidField("code"));
+        }
+        let message = message.into();
+        if message.len() > 1024 {
+            return Err(SendError::InvalidField("message"));
+        }
+        self.queue(Frame::Error(ErrorFrame {
+            id,
+            code,
+            message: Some(message),
+            retryable,
+            frame_type: None,
+        }));
+        self.remove(id.0);
+        self.check_drained();
+        Ok(())
+    }
+
+    /// Server: asks the client a question (SPEC §8). The answer arrives as
+    /// [`Event::Ended`] with [`Outcome::Reply`].
+    pub fn request(
+        &mut self,
+        kind: impl Into<Text>,
+        body: Option<RawValue>,
+        invocation: Option<RequestId>,
+    ) -> Result<RequestId, SendError> {
+        self.require(Role::Server)?;
+        self.require_open()?;
+        if self.goaway_received || self.goaway_sent {
+            return Err(SendError::Draining);
+        }
+        if !self.peer_requests {
+            return Err(SendError::Unsupported(CAP_REQUESTS));
+        }
+        let kind = kind.into();
+        if kind.is_empty() || kind.len() > 64 {
+            return Err(SendError::InvalidField("kind"));
+        }
+        if self.requests >= usize::from(self.peer_limits.max_inflight) {
+            return Err(SendError::TooManyInflight);
+        }
+        let id = self.alloc_id(0x8000, 0xffff)?;
+        let frame = Frame::Request(Request {
+            id,
+            kind,
+            body,
+            invocation,
+        });
+        self.check_frame_size(&frame)?;
+        self.queue(frame);
+        self.insert(id, Exchange::new(Kind::Request, 0));
+        Ok(id)
+    }
+
+    /// Server: adds a tool or replaces one with the same name, pushing TOOL_DEF to the
+    /// client if connected (SPEC §9).
+    pub fn add_tool(&mut self, def: ToolDef) -> Result<(), SendError> {
+        self.require(Role::Server)?;
+        if self.state == State::Closed {
+            return Err(SendError::Closed);
+        }
+        if def.name.is_empty() || def.name.len() > 128 {
+            return Err(SendError::InvalidField("name"));
+        }
+        let op = if self.tools.contains_key(&def.name) {
+            ToolOp::Update
+        } else {
+            ToolOp::Add
+        };
+        let limit = usize::from(self.peer_limits.max_tools);
+        if op == ToolOp::Add && self.session.is_some() && self.tools.len() >= limit {
+            return Err(SendError::TooLarge {
+                len: self.tools.len() + 1,
+                max: limit,
+            });
+        }
+        let frame = Frame::ToolDef(ToolDef { op, ..def.clone() });
+        self.check_frame_size(&frame)?;
+        self.tools.insert(def.name.clone(), def);
+        if self.session.is_some() {
+            self.queue(frame);
+        }
+        Ok(())
+    }
+
+    /// Server: removes a tool, pushing TOOL_DEF(remove) if connected. Returns whether it
+    /// existed.
+    pub fn remove_tool(&mut self, name: &str) -> Result<bool, SendError> {
+        self.require(Role::Server)?;
+        let key = Text::from(name);
+        let Some(def) = self.tools.remove(&key) else {
+            return Ok(false);
+        };
+        if self.session.is_some() && self.state != State::Closed {
+            self.queue(Frame::ToolDef(ToolDef {
+                op: ToolOp::Remove,
+                name: def.name,
+                description: Text::default(),
+                input_schema: None,
+                annotations: None,
+            }));
+        }
+        Ok(true)
+    }
+
+    // ───────────────────────── commands: both ─────────────────────────
+
+    /// Interrupts an exchange we initiated (client: an invocation; server: a request). The
+    /// peer still ends it; its terminal frame arrives as [`Event::Ended`] (SPEC §7.3).
+    /// Interrupting twice is harmless.
+    pub fn interrupt(&mut self, id: RequestId, reason: Option<Text>) -> Result<(), SendError> {
+        self.require_live()?;
+        let kind = match self.role {
+            Role::Client => Kind::Invocation,
+            Role::Server => Kind::Request,
+        };
+        let e = self.exchange_mut(id, kind)?;
+        if e.interrupted {
+            return Ok(());
+        }
+        e.interrupted = true;
+        self.queue(Frame::Interrupt(Interrupt { id, reason }));
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown (SPEC §6.5): sends GOAWAY; new exchanges from the peer are
+    /// refused; the connection closes when none are in flight, or with GOING_AWAY after
+    /// `timeout`.
+    pub fn goaway(&mut self, now: Instant, reason: Option<Text>, timeout: Duration) {
+        self.tick(now);
+        if self.goaway_sent || !matches!(self.state, State::Open | State::Draining) {
+            return;
+        }
+        self.goaway_sent = true;
+        self.state = State::Draining;
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self.drain_deadline = Some(self.now + timeout);
+        self.queue(Frame::GoAway(GoAway { reason, timeout_ms }));
+        self.check_drained();
+    }
+
+    /// Closes at once: every exchange in flight ends as lost. Queued frames are still
+    /// handed out by `poll_transmit`; then close the transport.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.state = State::Closed;
+        let ids: Vec<(u16, Kind)> = self.exchanges.iter().map(|(i, e)| (*i, e.kind)).collect();
+        for (id, kind) in ids {
+            self.remove(id);
+            if self.initiated(kind) {
+                self.events.push_back(Event::Ended {
+                    id: RequestId(id),
+                    outcome: Outcome::Lost(reason.clone()),
+                });
+            }
+        }
+        self.events.push_back(Event::Closed(reason));
+    }
+
+    // ───────────────────────── resume (SPEC §11) ─────────────────────────
+
+    /// Client: after [`Event::Detached`], call this once a new transport is up. Queues
+    /// RESUME; the session continues with [`Event::Resumed`], or restarts with a new HELLO
+    /// if the server cannot resume.
+    pub fn resume(&mut self, now: Instant) -> Result<(), SendError> {
+        self.require(Role::Client)?;
+        self.tick(now);
+        if self.state != State::Detached {
+            return Err(SendError::NotOpen);
+        }
+        let token = self
+            .resume_token
+            .clone()
+            .ok_or(SendError::Unsupported(CAP_RESUME))?;
+        self.state = State::Resuming;
+        self.detached_until = None;
+        self.handshake_deadline = Some(self.now + self.config.handshake_timeout);
+        self.last_recv = self.now;
+        self.queue_front(Frame::Resume(Resume {
+            token: Some(token),
+            received: self.recv_count,
+        }));
+        Ok(())
+    }
+
+    /// Server: on the *detached* connection whose token matched an
+    /// [`Event::ResumeRequested`], continue the session on the new transport. On success
+    /// this connection answers RESUME and replays what the client missed; drive it with the
+    /// new transport and drop the connection that received the request. On failure this
+    /// session is closed; call `reject_resume` on the new one.
+    pub fn accept_resume(&mut self, now: Instant, received: u64) -> Result<(), SendError> {
+        self.require(Role::Server)?;
+        self.tick(now);
+        if self.state != State::Detached {
+            return Err(SendError::NotOpen);
+        }
+        if !self.replay_from(received) {
+            self.close(CloseReason::TransportClosed);
+            return Err(SendError::Closed);
+        }
+        self.queue_front(Frame::Resume(Resume {
+            token: None,
+            received: self.recv_count,
+        }));
+        self.state = if self.goaway_sent || self.goaway_received {
+            State::Draining
+        } else {
+            State::Open
+        };
+        self.detached_until = None;
+        self.last_recv = self.now;
+        self.pings_sent = 0;
+        self.emit(Event::Resumed);
+        Ok(())
+    }
+
+    /// Server: refuse the resume this new connection was asked for (SPEC §11.2 step 3). It
+    /// answers `ERROR(RESUME_FAILED)` and waits for a HELLO.
+    pub fn reject_resume(&mut self, now: Instant) {
+        self.tick(now);
+        if self.state == State::Resuming && self.role == Role::Server {
+            self.state = State::Handshaking;
+            self.queue(Frame::Error(error_frame(
+                RequestId::CONNECTION,
+                ErrorCode::RESUME_FAILED,
+                "unknown or expired session".into(),
+                None,
+            )));
+        }
+    }
+
+    /// Moves sent frames the peer did not receive back to the front of the queue. `false`
+    /// if some were already dropped from the replay buffer (SPEC §11.2 step 3).
+    fn replay_from(&mut self, received: u64) -> bool {
+        match self.replay.take_from(received, self.sent_count) {
+            Some(frames) => {
+                self.sent_count = received;
+                for (f, size) in frames.into_iter().rev() {
+                    self.queued_bytes += size;
+                    self.out.push_front(f);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ───────────────────────── inbound dispatch ─────────────────────────
+
+    fn tick(&mut self, now: Instant) {
+        // Time never goes backwards, whatever the caller passes.
+        self.now = self.now.max(now);
+    }
+
+    fn accepts_input(&self) -> bool {
+        !matches!(self.state, State::Closed | State::Detached)
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.state, State::Open | State::Draining)
+    }
+
+    fn after_input(&mut self) {
+        if self.overloaded {
+            self.close(CloseReason::Overloaded);
+        }
+    }
+
+    fn on_decoded(&mut self, r: Result<Frame, DecodeError>) {
+        self.last_recv = self.now;
+        self.pings_sent = 0;
+        let raw_type = match &r {
+            Ok(f) => f.frame_type() as u8,
+            Err(e) => e.frame_type,
+        };
+        if counted(raw_type) {
+            self.recv_count += 1;
+        }
+        // SPEC §10: count every frame, good or bad.
+        let verdict = self
+            .rate
+            .on_frame(self.now, self.config.rate_limit, self.config.flood_limit);
+        if verdict == RateVerdict::Flood {
+            self.fatal(
+                ErrorCode::FLOOD,
+                format!("more than {} frames in one second", self.config.flood_limit),
+            );
+            return;
+        }
+        if verdict == RateVerdict::FirstOver {
+            self.queue(Frame::Error(error_frame(
+                RequestId::CONNECTION,
+                ErrorCode::RATE_LIMITED,
+                format!("over {} frames per second", self.config.rate_limit),
+                None,
+            )));
+        }
+        let over_rate = verdict != RateVerdict::Ok;
+        match r {
+            Ok(frame) => self.on_frame(frame, over_rate),
+            Err(e) => self.on_decode_error(e),
+        }
+    }
+
+    /// SPEC §3.7: a frame error. The reply names the frame's id only if that id is valid
+    /// for the frame's type, so a bad id can never end an unrelated exchange.
+    fn on_decode_error(&mut self, e: DecodeError) {
+        if e.kind.is_fatal() {
+            self.fatal(e.code(), e.kind.to_string());
+            return;
+        }
+        if matches!(self.state, State::Handshaking | State::Resuming) {
+            // SPEC §6.2: nothing can proceed without a valid HELLO.
+            self.fatal(e.code(), format!("during handshake: {}", e.kind));
+            return;
+        }
+        let id = FrameType::from_nibble(e.frame_type)
+            .filter(|t| t.id_rule().allows(RequestId(e.request_id)))
+            .map_or(RequestId::CONNECTION, |_| RequestId(e.request_id));
+        let err = error_frame(id, e.code(), e.kind.to_string(), Some(e.frame_type));
+        if e.frame_type != FrameType::Error as u8 {
+            self.queue(Frame::Error(err.clone()));
+            self.emit(Event::Violation(err.clone()));
+        }
+        self.end_by_error(id, err);
+    }
+
+    fn on_frame(&mut self, frame: Frame, over_rate: bool) {
+        // SPEC §6.2: the handshake comes first.
+        match (self.state, self.role, &frame) {
+            (State::Handshaking, Role::Server, Frame::Hello(_) | Frame::Resume(_)) => {}
+            (State::Handshaking, Role::Client, Frame::Hello(_) | Frame::Error(_)) => {}
+            (State::Resuming, Role::Client, Frame::Resume(_) | Frame::Error(_)) => {}
+            (State::Handshaking | State::Resuming, _, f) => {
+                let name = f.frame_type().name();
+                self.fatal(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    format!("{name} before the handshake completed"),
+                );
+                return;
+            }
+            (_, _, Frame::Hello(_) | Frame::Resume(_)) => {
+                self.fatal(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    "second HELLO or RESUME".into(),
+                );
+                return;
+            }
+            _ => {}
+        }
+        // SPEC §3.3: direction.
+        let allowed = match (self.role, &frame) {
+            (
+                _,
+                Frame::Hello(_) | Frame::Error(_) | Frame::Ping | Frame::Pong | Frame::GoAway(_),
+            ) => true,
+            (_, Frame::Resume(_)) => true,
+            (Role::Server, Frame::Invoke(_) | Frame::Reply(_) | Frame::Credit(_)) => true,
+            (Role::Server, Frame::Interrupt(i)) => i.id.is_client(),
+            (Role::Client, Frame::Stream(_) | Frame::ToolDef(_) | Frame::Complete(_)) => true,
+            (Role::Client, Frame::Request(_)) => true,
+            (Role::Client, Frame::Interrupt(i)) => i.id.is_server(),
+            _ => false,
+        };
+        if !allowed {
+            let name = frame.frame_type().name();
+            let who = match self.role {
+                Role::Client => "server",
+                Role::Server => "client",
+            };
+            self.fatal(
+                ErrorCode::PROTOCOL_VIOLATION,
+                format!("{name} may not be sent by a {who}"),
+            );
+            return;
+        }
+        match frame {
+            Frame::Hello(h) => match self.role {
+                Role::Server => self.on_client_hello(h),
+                Role::Client => self.on_server_hello(h),
+            },
+            Frame::Resume(r) => self.on_resume(r),
+            Frame::Invoke(i) => self.on_invoke(i, over_rate),
+            Frame::Stream(s) => self.on_stream(s),
+            Frame::Interrupt(i) => {
+                // SPEC §7.3: an interrupt for an id not in flight crossed the terminal frame.
+                if let Some(e) = self.exchanges.get_mut(&i.id.0) {
+                    if !e.interrupted {
+                        e.interrupted = true;
+                        self.emit(Event::Interrupted {
+                            id: i.id,
+                            reason: i.reason,
+                        });
+                    }
+                }
+            }
+            Frame::ToolDef(t) => self.on_tool_def(t),
+            Frame::Complete(c) => {
+                if self.take_initiated(c.id, Kind::Invocation) {
+                    self.emit(Event::Ended {
+                        id: c.id,
+                        outcome: Outcome::Complete(c),
+                    });
+                    self.check_drained();
+                } else {
+                    self.violation(
+                        c.id,
+                        ErrorCode::UNKNOWN_ID,
+                        "COMPLETE for an id not in flight",
+                        FrameType::Complete,
+                    );
+                }
+            }
+            Frame::Error(e) => self.on_error(e),
+            Frame::Ping => {
+                // SPEC §6.7: answer; a PONG may be dropped when the queue is full.
+                if self.queued_bytes < self.config.max_queued_bytes {
+                    self.queue(Frame::Pong);
+                }
+            }
+            Frame::Pong => {}
+            Frame::Request(r) => self.on_request(r, over_rate),
+            Frame::Reply(r) => {
+                if self.take_initiated(r.id, Kind::Request) {
+                    self.emit(Event::Ended {
+                        id: r.id,
+                        outcome: Outcome::Reply(r),
+                    });
+                    self.check_drained();
+                } else {
+                    self.violation(
+                        r.id,
+                        ErrorCode::UNKNOWN_ID,
+                        "REPLY for an id not in flight",
+                        FrameType::Reply,
+                    );
+                }
+            }
+            Frame::Credit(c) => {
+                // SPEC §7.5; a CREDIT for an id not in flight crossed the terminal frame.
+                let per_inv = self.config.max_queued_per_invocation;
+                if let Some(e) = self.exchanges.get_mut(&c.id.0) {
+                    if e.kind == Kind::Invocation {
+                        match e.grant(c.bytes) {
+                            Ok(()) => {
+                                if e.blocked && e.has_room(1, per_inv) {
+                                    e.blocked = false;
+                                    self.emit(Event::Writable { id: c.id });
+                                }
+                            }
+                            Err(code) => {
+                                self.violation(c.id, code, "window above 2^32-1", FrameType::Credit)
+                            }
+                        }
+                    }
+                }
+            }
+            Frame::GoAway(g) => {
+                self.goaway_received = true;
+                if self.state == State::Open {
+                    self.state = State::Draining;
+                }
+                self.emit(Event::GoAway(g));
+            }
+        }
+    }
+
+    fn on_client_hello(&mut self, h: Hello) {
+        // SPEC §6.3: the highest common version.
+        let Some(version) = h.versions.intersect(Versions::V1).highest() else {
+            self.fatal(
+                ErrorCode::UNSUPPORTED_VERSION,
+                format!(
+                    "no common version: client offers {:?}, server supports [1]",
+                    h.versions
+                ),
+            );
+            return;
+        };
+        self.peer_limits = Limits::from_hello(&h.limits);
+        self.peer_requests = has_cap(&h.capabilities, CAP_REQUESTS);
+        self.resumable = self.config.resume
+            && has_cap(&h.capabilities, CAP_RESUME)
+            && self.resume_token.is_some();
+        self.heartbeat = negotiate_heartbeat(self.config.heartbeat, h.heartbeat_ms);
+        let mut capabilities = Vec::new();
+        if self.config.resume {
+            capabilities.push(Text::from_static(CAP_RESUME));
+        }
+        let hello = Hello {
+            versions: Versions::single(version),
+            capabilities,
+            limits: self.config.limits.to_hello(),
+            heartbeat_ms: self.heartbeat_ms(),
+            connection_id: self.connection_id.clone(),
+            resume_token: self.resume_token.clone().filter(|_| self.resumable),
+            tools: u16::try_from(self.tools.len()).unwrap_or(u16::MAX),
+            agent: self.config.agent.clone(),
+        };
+        self.queue(Frame::Hello(hello));
+        // SPEC §6.2 step 3: the initial tool set follows the HELLO.
+        let defs: Vec<ToolDef> = self
+            .tools
+            .values()
+            .take(usize::from(u16::MAX))
+            .cloned()
+            .collect();
+        for d in defs {
+            self.queue(Frame::ToolDef(ToolDef {
+                op: ToolOp::Add,
+                ..d
+            }));
+        }
+        self.open(version, h.capabilities, h.agent);
+    }
+
+    fn on_server_hello(&mut self, h: Hello) {
+        let chosen = h.versions.highest();
+        if h.versions.len() != 1 || chosen != Some(1) {
+            self.fatal(
+                ErrorCode::UNSUPPORTED_VERSION,
+                format!("server chose {:?}; client offered [1]", h.versions),
+            );
+            return;
+        }
+        let Some(connection_id) = h.connection_id.clone() else {
+            self.fatal(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "server HELLO without connection_id".into(),
+            );
+            return;
+        };
+        self.connection_id = Some(connection_id);
+        self.peer_limits = Limits::from_hello(&h.limits);
+        self.heartbeat = negotiate_heartbeat(self.config.heartbeat, h.heartbeat_ms);
+        self.resumable = self.config.resume && h.resume_token.is_some();
+        self.resume_token = h.resume_token.clone();
+        self.initial_tools = h.tools;
+        self.open(1, h.capabilities, h.agent);
+    }
+
+    fn open(&mut self, version: u8, peer_capabilities: Vec<Text>, peer_agent: Option<Text>) {
+        self.state = State::Open;
+        self.handshake_deadline = None;
+        self.session = Some(Session {
+            connection_id: self.connection_id.clone().unwrap_or_default(),
+            version,
+            peer_limits: self.peer_limits,
+            peer_capabilities,
+            heartbeat_ms: self
+                .heartbeat
+                .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            resumable: self.resumable,
+            peer_agent,
+        });
+        self.maybe_connected();
+    }
+
+    /// `Connected` once the handshake is done and (client) the initial tools arrived.
+    fn maybe_connected(&mut self) {
+        if self.initial_tools == 0 {
+            if let Some(s) = self.session.clone() {
+                self.emit(Event::Connected(s));
+            }
+        }
+    }
+
+    fn on_resume(&mut self, r: Resume) {
+        match self.role {
+            Role::Server => {
+                // A new transport asks to resume: the application decides (SPEC §11.2).
+                match r.token {
+                    Some(token) if self.config.resume => {
+                        self.state = State::Resuming;
+                        self.emit(Event::ResumeRequested {
+                            token,
+                            received: r.received,
+                        });
+                    }
+                    _ => self.queue(Frame::Error(error_frame(
+                        RequestId::CONNECTION,
+                        ErrorCode::RESUME_FAILED,
+                        "resume not supported".into(),
+                        None,
+                    ))),
+                }
+            }
+            Role::Client => {
+                // The server accepted: replay what it missed (SPEC §11.2 step 4).
+                if !self.replay_from(r.received) {
+                    self.fatal(
+                        ErrorCode::RESUME_FAILED,
+                        "frames the server missed are no longer buffered".into(),
+                    );
+                    return;
+                }
+                self.state = if self.goaway_sent || self.goaway_received {
+                    State::Draining
+                } else {
+                    State::Open
+                };
+                self.handshake_deadline = None;
+                self.emit(Event::Resumed);
+            }
+        }
+    }
+
+    fn on_invoke(&mut self, i: Invoke, over_rate: bool) {
+        // SPEC §7.2, in order.
+        let id = i.id;
+        let refuse = if self.goaway_sent {
+            Some((ErrorCode::DRAINING, "server is draining".to_string()))
+        } else if self.exchanges.contains_key(&id.0) {
+            // Ends the existing invocation too.
+            let err = error_frame(
+                id,
+                ErrorCode::DUPLICATE_ID,
+                "id already in flight".into(),
+                Some(FrameType::Invoke as u8),
+            );
+            self.queue(Frame::Error(err.clone()));
+            self.emit(Event::Violation(err.clone()));
+            self.remove(id.0);
+            self.emit(Event::Aborted { id, error: err });
+            return;
+        } else if self.invocations >= usize::from(self.config.limits.max_inflight) {
+            Some((
+                ErrorCode::TOO_MANY_INFLIGHT,
+                format!("max_inflight is {}", self.config.limits.max_inflight),
+            ))
+        } else if over_rate {
+            Some((
+                ErrorCode::RATE_LIMITED,
+                "over the frame rate limit".to_string(),
+            ))
+        } else if self.config.check_tools && !self.tools.contains_key(&i.tool) {
+            Some((
+                ErrorCode::UNKNOWN_TOOL,
+                format!("no tool named {:?}", i.tool.as_str()),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refuse {
+            self.queue(Frame::Error(error_frame(
+                id,
+                code,
+                message,
+                Some(FrameType::Invoke as u8),
+            )));
+            return;
+        }
+        let mut e = Exchange::new(Kind::Invocation, self.peer_limits.initial_window);
+        if i.deadline_ms > 0 {
+            e.deadline = Some(self.now + Duration::from_millis(u64::from(i.deadline_ms)));
+        }
+        self.insert(id, e);
+        self.emit(Event::Invoked(i));
+    }
+
+    fn on_stream(&mut self, s: Stream) {
+        let max_chunk = self.config.limits.max_chunk;
+        let Some(e) = self.exchanges.get_mut(&s.id.0) else {
+            self.violation(
+                s.id,
+                ErrorCode::UNKNOWN_ID,
+                "STREAM for an id not in flight",
+                FrameType::Stream,
+            );
+            return;
+        };
+        match e.accept_stream(&s, max_chunk) {
+            Ok(()) => self.emit(Event::Chunk(s)),
+            Err(code) => {
+                let msg = match code {
+                    ErrorCode::CHUNK_TOO_LARGE => format!(
+                        "data of {} bytes exceeds max_chunk {max_chunk}",
+                        s.data.len()
+                    ),
+                    ErrorCode::FLOW_CONTROL => {
+                        format!("data of {} bytes exceeds the window", s.data.len())
+                    }
+                    _ => format!("unexpected seq {} or STREAM after final", s.seq),
+                };
+                self.violation(s.id, code, &msg, FrameType::Stream);
+            }
+        }
+    }
+
+    fn on_tool_def(&mut self, t: ToolDef) {
+        // SPEC §9.
+        let exists = self.tools.contains_key(&t.name);
+        let problem = match t.op {
+            ToolOp::Add if exists => Some((ErrorCode::TOOL_STATE, "add of a tool that exists")),
+            ToolOp::Update | ToolOp::Remove if !exists => {
+                Some((ErrorCode::TOOL_STATE, "update or remove of an unknown tool"))
+            }
+            ToolOp::Add if self.tools.len() >= usize::from(self.config.limits.max_tools) => {
+                Some((ErrorCode::TOO_MANY_TOOLS, "max_tools reached"))
+            }
+            _ => None,
+        };
+        if let Some((code, msg)) = problem {
+            let err = error_frame(
+                RequestId::CONNECTION,
+                code,
+                format!("{msg}: {:?}", t.name.as_str()),
+                Some(FrameType::ToolDef as u8),
+            );
+            self.queue(Frame::Error(err.clone()));
+            self.emit(Event::Violation(err));
+        } else {
+            let change = match t.op {
+                ToolOp::Add => {
+                    self.tools.insert(t.name.clone(), t.clone());
+                    ToolChange::Added(t)
+                }
+                ToolOp::Update => {
+                    self.tools.insert(t.name.clone(), t.clone());
+                    ToolChange::Updated(t)
+                }
+                ToolOp::Remove => {
+                    self.tools.remove(&t.name);
+                    ToolChange::Removed(t.name)
+                }
+            };
+            self.emit(Event::ToolsChanged(change));
+        }
+        if self.initial_tools > 0 {
+            self.initial_tools -= 1;
+            self.maybe_connected();
+        }
+    }
+
+    fn on_error(&mut self, e: ErrorFrame) {
+        if e.id.is_connection() {
+            match e.code.scope() {
+                _ if e.code == ErrorCode::RESUME_FAILED && self.role == Role::Client => {
+                    self.restart_session(e);
+                }
+                ErrorScope::Connection => {
+                    let reason = CloseReason::PeerError {
+                        code: e.code,
+                        message: e.message.map(|m| m.as_str().to_owned()),
+                    };
+                    self.close(reason);
+                }
+                _ => self.emit(Event::PeerError(e)),
+            }
+            return;
+        }
+        if self.exchanges.contains_key(&e.id.0) {
+            self.end_by_error(e.id, e);
+        } else {
+            self.emit(Event::PeerError(e));
+        }
+    }
+
+    /// Client: the server could not resume. Every exchange of the old session is lost; a
+    /// new session starts with HELLO on the same transport (SPEC §11.2 step 4).
+    fn restart_session(&mut self, e: ErrorFrame) {
+        let ids: Vec<u16> = self.exchanges.keys().copied().collect();
+        let reason = CloseReason::PeerError {
+            code: e.code,
+            message: e.message.as_ref().map(|m| m.as_str().to_owned()),
+        };
+        for id in ids {
+            let kind = self.exchanges.get(&id).map(|x| x.kind);
+            self.remove(id);
+            if kind.is_some_and(|k| self.initiated(k)) {
+                self.emit(Event::Ended {
+                    id: RequestId(id),
+                    outcome: Outcome::Lost(reason.clone()),
+                });
+            }
+        }
+        self.out.clear();
+        self.queued_bytes = 0;
+        self.replay = Replay::new(self.config.replay_buffer);
+        self.sent_count = 0;
+        self.recv_count = 0;
+        self.tools.clear();
+        self.session = None;
+        self.resumable = false;
+        self.resume_token = None;
+        self.goaway_received = false;
+        self.goaway_sent = false;
+        self.drain_deadline = None;
+        self.state = State::Handshaking;
+        self.emit(Event::PeerError(e));
+        self.queue_client_hello();
+    }
+
+    fn on_request(&mut self, r: Request, over_rate: bool) {
+        let id = r.id;
+        let refuse = if !self.config.accept_requests {
+            Some((
+                ErrorCode::UNSUPPORTED,
+                "client does not accept requests".to_string(),
+            ))
+        } else if self.goaway_sent {
+            Some((ErrorCode::DRAINING, "client is draining".to_string()))
+        } else if self.exchanges.contains_key(&id.0) {
+            let err = error_frame(
+                id,
+                ErrorCode::DUPLICATE_ID,
+                "id already in flight".into(),
+                Some(FrameType::Request as u8),
+            );
+            self.queue(Frame::Error(err.clone()));
+            self.emit(Event::Violation(err.clone()));
+            self.remove(id.0);
+            self.emit(Event::Aborted { id, error: err });
+            return;
+        } else if self.requests >= usize::from(self.config.limits.max_inflight) {
+            Some((
+                ErrorCode::TOO_MANY_INFLIGHT,
+                format!("max_inflight is {}", self.config.limits.max_inflight),
+            ))
+        } else if over_rate {
+            Some((
+                ErrorCode::RATE_LIMITED,
+                "over the frame rate limit".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refuse {
+            self.queue(Frame::Error(error_frame(
+                id,
+                code,
+                message,
+                Some(FrameType::Request as u8),
+            )));
+            return;
+        }
+        self.insert(id, Exchange::new(Kind::Request, 0));
+        self.emit(Event::Requested(r));
+    }
+
+    // ───────────────────────── helpers ─────────────────────────
+
+    /// A rule broken for one exchange: ERROR to the peer (which ends the exchange there),
+    /// and the exchange ends here too.
+    fn violation(&mut self, id: RequestId, code: ErrorCode, message: &str, ty: FrameType) {
+        let err = error_frame(id, code, message.to_owned(), Some(ty as u8));
+        self.queue(Frame::Error(err.clone()));
+        self.emit(Event::Violation(err.clone()));
+        self.end_by_error(id, err);
+    }
+
+    /// Ends exchange `id` (if in flight) because of an ERROR sent or received.
+    fn end_by_error(&mut self, id: RequestId, err: ErrorFrame) {
+        let Some(kind) = self.exchanges.get(&id.0).map(|e| e.kind) else {
+            return;
+        };
+        self.remove(id.0);
+        if self.initiated(kind) {
+            self.emit(Event::Ended {
+                id,
+                outcome: Outcome::Error(err),
+            });
+        } else {
+            self.emit(Event::Aborted { id, error: err });
+        }
+        self.check_drained();
+    }
+
+    /// Did this side open exchanges of this kind?
+    fn initiated(&self, kind: Kind) -> bool {
+        matches!(
+            (self.role, kind),
+            (Role::Client, Kind::Invocation) | (Role::Server, Kind::Request)
+        )
+    }
+
+    /// Removes an exchange we initiated when its terminal frame arrives.
+    fn take_initiated(&mut self, id: RequestId, kind: Kind) -> bool {
+        if self.exchanges.get(&id.0).is_some_and(|e| e.kind == kind) && self.initiated(kind) {
+            self.remove(id.0);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn insert(&mut self, id: RequestId, e: Exchange) {
+        match e.kind {
+            Kind::Invocation => self.invocations += 1,
+            Kind::Request => self.requests += 1,
+        }
+        self.exchanges.insert(id.0, e);
+    }
+
+    fn remove(&mut self, id: u16) {
+        if let Some(e) = self.exchanges.remove(&id) {
+            match e.kind {
+                Kind::Invocation => self.invocations -= 1,
+                Kind::Request => self.requests -= 1,
+            }
+        }
+    }
+
+    /// Client: credit back what the application consumed (SPEC §7.5), batched at half the
+    /// initial window.
+    fn consumed(&mut self, id: RequestId, len: usize) {
+        if self.role != Role::Client {
+            return;
+        }
+        let half = u64::from(self.config.limits.initial_window / 2).max(1);
+        let Some(e) = self.exchanges.get_mut(&id.0) else {
+            return;
+        };
+        if e.finished {
+            return;
+        }
+        e.consumed += len as u64;
+        if e.consumed >= half {
+            let bytes = u32::try_from(e.consumed).unwrap_or(u32::MAX);
+            e.consumed -= u64::from(bytes);
+            e.window += u64::from(bytes);
+            self.queue(Frame::Credit(Credit { id, bytes }));
+        }
+    }
+
+    fn check_drained(&mut self) {
+        // SPEC §6.5: the side that sent GOAWAY closes when nothing is in flight.
+        if self.goaway_sent && self.exchanges.is_empty() && self.is_open() {
+            self.close(CloseReason::Drained);
+        }
+    }
+
+    fn queue(&mut self, frame: Frame) {
+        let size = encoded_len(&frame);
+        self.queued_bytes += size;
+        self.out.push_back(frame);
+        // Control frames are bounded only indirectly (by inbound rate); if the peer stops
+        // reading while provoking replies, stop rather than grow.
+        if self.queued_bytes > 2 * self.config.max_queued_bytes + HEADER_LEN {
+            self.overloaded = true;
+        }
+    }
+
+    fn queue_front(&mut self, frame: Frame) {
+        self.queued_bytes += encoded_len(&frame);
+        self.out.push_front(frame);
+    }
+
+    fn emit(&mut self, ev: Event) {
+        if self.events.len() >= self.config.max_pending_events {
+            self.overloaded = true;
+        }
+        self.events.push_back(ev);
+    }
+
+    /// A connection error (SPEC §12.2): send it, then close.
+    fn fatal(&mut self, code: ErrorCode, message: String) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.queue(Frame::Error(error_frame(
+            RequestId::CONNECTION,
+            code,
+            message.clone(),
+            None,
+        )));
+        self.close(CloseReason::ProtocolError { code, message });
+    }
+
+    fn require(&self, role: Role) -> Result<(), SendError> {
+        if self.role == role {
+            Ok(())
+        } else {
+            Err(SendError::WrongRole)
+        }
+    }
+
+    fn require_open(&self) -> Result<(), SendError> {
+        match self.state {
+            State::Open | State::Draining | State::Detached => Ok(()),
+            State::Closed => Err(SendError::Closed),
+            State::Handshaking | State::Resuming => Err(SendError::NotOpen),
+        }
+    }
+
+    /// Commands on existing exchanges work in any state but closed (while resuming they are
+    /// queued for the new transport).
+    fn require_live(&self) -> Result<(), SendError> {
+        if self.state == State::Closed {
+            Err(SendError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn require_exchange(&self, id: RequestId, kind: Kind) -> Result<(), SendError> {
+        match self.exchanges.get(&id.0) {
+            Some(e) if e.kind == kind => Ok(()),
+            _ => Err(SendError::NotInFlight),
+        }
+    }
+
+    fn exchange_mut(&mut self, id: RequestId, kind: Kind) -> Result<&mut Exchange, SendError> {
+        match self.exchanges.get_mut(&id.0) {
+            Some(e) if e.kind == kind => Ok(e),
+            _ => Err(SendError::NotInFlight),
+        }
+    }
+
+    fn check_frame_size(&self, frame: &Frame) -> Result<(), SendError> {
+        let len = encoded_len(frame) - HEADER_LEN;
+        let max = self.peer_limits.max_frame_payload as usize;
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// SPEC §3.5: sequential allocation in `lo..=hi`, wrapping, skipping ids in flight.
+    fn alloc_id(&mut self, lo: u16, hi: u16) -> Result<RequestId, SendError> {
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..span {
+            let next = if self.next_id < lo || self.next_id >= hi {
+                lo
+            } else {
+                self.next_id + 1
+            };
+            self.next_id = next;
+            if !self.exchanges.contains_key(&next) {
+                return Ok(RequestId(next));
+            }
+        }
+        Err(SendError::TooManyInflight)
+    }
+}
+
+/// SPEC §11.1: every frame but HELLO, RESUME, PING and PONG is counted.
+fn counted(raw_type: u8) -> bool {
+    !matches!(
+        FrameType::from_nibble(raw_type),
+        Some(FrameType::Hello | FrameType::Resume | FrameType::Ping | FrameType::Pong)
+    )
+}
+
+fn has_cap(caps: &[Text], name: &str) -> bool {
+    caps.iter().any(|c| c == name)
+}
+
+/// SPEC §6.4: the smaller of the two non-zero intervals.
+fn negotiate_heartbeat(ours: Option<Duration>, theirs_ms: Option<u32>) -> Option<Duration> {
+    let theirs = match theirs_ms {
+        None => Some(Duration::from_secs(30)),
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(u64::from(ms))),
+    };
+    match (ours, theirs) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn error_frame(id: RequestId, code: ErrorCode, message: String, ty: Option<u8>) -> ErrorFrame {
+    let mut message = message;
+    if message.len() > 1024 {
+        let mut cut = 1024;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    ErrorFrame {
+        id,
+        code,
+        message: Some(Text::from(message)),
+        retryable: code.default_retryable(),
+        frame_type: ty,
+    }
+}
