@@ -80,9 +80,10 @@ pub struct Config {
     pub heartbeat_mode: HeartbeatMode,
     /// Time allowed for the peer's HELLO. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Inbound frames per second before INVOKEs are refused (SPEC §10). Default 2000.
+    /// Inbound frames per second before INVOKEs are refused (SPEC §10). Default 100 000:
+    /// high enough that one fast, well-behaved peer never meets it.
     pub rate_limit: u32,
-    /// Inbound frames per second that close the connection with FLOOD. Default 4000.
+    /// Inbound frames per second that close the connection with FLOOD. Default 200 000.
     pub flood_limit: u32,
     /// Bound on encoded bytes waiting in the transmit queue; STREAM data beyond it is
     /// refused with `SendError::Full`. Default 1 MiB.
@@ -104,6 +105,11 @@ pub struct Config {
     /// Server: answer INVOKE of a tool not in the registry with UNKNOWN_TOOL. Turn off when
     /// tools are resolved elsewhere (a relay). Default true.
     pub check_tools: bool,
+    /// Client: grant STREAM credit as soon as `poll_event` hands a chunk out (default
+    /// true). Adapters that buffer chunks for a slower consumer turn this off and call
+    /// `Connection::release` when the consumer really took the data, so the window bounds
+    /// their buffers too (SPEC §7.5).
+    pub auto_credit: bool,
     /// Implementation name sent in HELLO `agent`.
     pub agent: Option<Text>,
 }
@@ -115,8 +121,8 @@ impl Default for Config {
             heartbeat: Some(Duration::from_secs(30)),
             heartbeat_mode: HeartbeatMode::Frames,
             handshake_timeout: Duration::from_secs(10),
-            rate_limit: 2000,
-            flood_limit: 4000,
+            rate_limit: 100_000,
+            flood_limit: 200_000,
             max_queued_bytes: 1 << 20,
             max_queued_per_invocation: 256 << 10,
             max_pending_events: 8192,
@@ -125,6 +131,7 @@ impl Default for Config {
             resume_window: Duration::from_secs(30),
             accept_requests: true,
             check_tools: true,
+            auto_credit: true,
             agent: Some(Text::from_static(concat!(
                 "asp-proto/",
                 env!("CARGO_PKG_VERSION")

@@ -493,7 +493,9 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if let Event::Chunk(s) = &ev {
-            self.consumed(s.id, s.data.len());
+            if self.config.auto_credit {
+                self.consumed(s.id, s.data.len());
+            }
         }
         Some(ev)
     }
@@ -579,6 +581,13 @@ impl Connection {
         self.remove(id.0);
         self.check_drained();
         Ok(())
+    }
+
+    /// Client with `auto_credit` off: the application consumed `len` bytes of chunk data of
+    /// invocation `id`; credit is granted in batches of half the initial window (SPEC §7.5).
+    /// Harmless for an invocation that already ended.
+    pub fn release(&mut self, id: RequestId, len: usize) {
+        self.consumed(id, len);
     }
 
     // ───────────────────────── commands: server ─────────────────────────

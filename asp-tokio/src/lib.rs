@@ -1,1 +1,155 @@
-//! tokio adapter for the Agent Socket Protocol (see the issue "asp-tokio"): not built yet.
+//! # asp-tokio — the Agent Socket Protocol on tokio
+//!
+//! A thin adapter: [`Tokio`] implements [`asp_async::Runtime`] with tokio's tasks, timers
+//! and sockets and tokio-tungstenite's WebSocket; the client, server and tool API is
+//! `asp-async`'s, re-exported here with the runtime filled in. `asp-smol` has the same shape.
+//!
+//! ```no_run
+//! use asp_tokio::{Output, Tool, ToolContext, Args, ToolError};
+//! use futures::StreamExt;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let echo = Tool::new("echo", |ctx: ToolContext, args: Args| async move {
+//!     let text: String = args.parse()?;
+//!     ctx.stream_text(&text).await.map_err(|_| ToolError::Cancelled)?;
+//!     Output::value(&text)
+//! });
+//! let server = asp_tokio::server().tool(echo).start().await?;
+//! let client = asp_tokio::client().connect(&server.url()).await?;
+//! let mut call = client.invoke("echo", "hello")?;
+//! while let Some(chunk) = call.next().await {
+//!     print!("{}", chunk.as_str().unwrap_or(""));
+//! }
+//! let done = call.completion().await?;
+//! println!("\n{:?}", done.status);
+//! server.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::handshake::client::{Request as WsRequest, Response as WsResponse};
+
+pub use asp_async::*;
+
+/// The tokio runtime, as an [`asp_async::Runtime`].
+#[derive(Clone, Debug)]
+pub struct Tokio {
+    handle: tokio::runtime::Handle,
+}
+
+impl Tokio {
+    /// The runtime of the calling task. Panics outside a tokio runtime, like
+    /// `tokio::spawn`.
+    pub fn current() -> Tokio {
+        Tokio {
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// A specific runtime.
+    pub fn from_handle(handle: tokio::runtime::Handle) -> Tokio {
+        Tokio { handle }
+    }
+}
+
+impl Runtime for Tokio {
+    type Listener = TcpListener;
+    type Tcp = TcpStream;
+    type Ws = WebSocketStream<TcpStream>;
+
+    fn spawn(&self, fut: BoxFuture<'static, ()>) {
+        drop(self.handle.spawn(fut));
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep_until(deadline.into()))
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<TcpListener>> {
+        Box::pin(TcpListener::bind(addr))
+    }
+
+    fn local_addr(&self, l: &TcpListener) -> std::io::Result<SocketAddr> {
+        l.local_addr()
+    }
+
+    fn accept<'a>(
+        &self,
+        l: &'a TcpListener,
+    ) -> BoxFuture<'a, std::io::Result<(TcpStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (tcp, peer) = l.accept().await?;
+            tcp.set_nodelay(true)?;
+            Ok((tcp, peer))
+        })
+    }
+
+    fn upgrade(
+        &self,
+        tcp: TcpStream,
+        check: UpgradeCheck,
+        config: WsConfig,
+    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
+        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+            tcp,
+            check,
+            Some(config),
+        ))
+    }
+
+    fn connect(
+        &self,
+        request: WsRequest,
+        config: WsConfig,
+    ) -> BoxFuture<'static, Result<(Self::Ws, WsResponse), tungstenite::Error>> {
+        Box::pin(async move {
+            let addr = host_port(&request)?;
+            let tcp = TcpStream::connect(addr.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await
+        })
+    }
+}
+
+/// `host:port` of a `ws://` request (TLS is not built in: put a TLS terminator in front).
+fn host_port(request: &WsRequest) -> Result<String, tungstenite::Error> {
+    let uri = request.uri();
+    if uri.scheme_str() != Some("ws") {
+        return Err(tungstenite::Error::Url(
+            tungstenite::error::UrlError::UnsupportedUrlScheme,
+        ));
+    }
+    let host = uri.host().ok_or(tungstenite::Error::Url(
+        tungstenite::error::UrlError::NoHostName,
+    ))?;
+    Ok(format!("{}:{}", host, uri.port_u16().unwrap_or(80)))
+}
+
+/// A server on tokio.
+pub type Server = asp_async::Server<Tokio>;
+/// A server builder on tokio.
+pub type ServerBuilder = asp_async::ServerBuilder<Tokio>;
+/// A client on tokio.
+pub type Client = asp_async::Client<Tokio>;
+/// A client builder on tokio.
+pub type ClientBuilder = asp_async::ClientBuilder<Tokio>;
+
+/// A server builder on the current tokio runtime.
+pub fn server() -> ServerBuilder {
+    ServerBuilder::new(Tokio::current())
+}
+
+/// A client builder on the current tokio runtime.
+pub fn client() -> ClientBuilder {
+    ClientBuilder::new(Tokio::current())
+}
+
+/// Connects a client with default options.
+pub async fn connect(url: &str) -> Result<Client, Error> {
+    client().connect(url).await
+}

@@ -1,0 +1,431 @@
+//! The client: connect, invoke tools, stream their output, mirror the tool set.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use asp_proto::frame::{
+    Complete, Metrics, RawValue, RequestId, Status, Stream as StreamFrame, ToolDef,
+};
+use asp_proto::{Config, Connection, InvokeOptions, Outcome, Session, ToolChange};
+use bytes::Bytes;
+use futures::Stream;
+use serde::Serialize;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+
+use crate::driver;
+use crate::error::Error;
+use crate::runtime::{Clock, Runtime};
+use crate::shared::{lock, wake, Call, Hooks, Shared, SharedRef};
+use crate::tool::{to_value, RequestHandler};
+use crate::{WsConfig, SUBPROTOCOL};
+
+/// Builds a [`Client`].
+pub struct ClientBuilder<R: Runtime> {
+    rt: R,
+    token: Option<String>,
+    config: Config,
+    on_request: Option<Arc<dyn RequestHandler>>,
+    ws: WsConfig,
+}
+
+impl<R: Runtime> ClientBuilder<R> {
+    /// A builder on runtime `rt` with default configuration.
+    pub fn new(rt: R) -> Self {
+        ClientBuilder {
+            rt,
+            token: None,
+            config: Config::default(),
+            on_request: None,
+            ws: crate::default_ws_config(),
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` on the upgrade.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The protocol configuration (limits, heartbeat…).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Answers server requests (SPEC §8). Without one, requests are declined.
+    pub fn on_request(mut self, handler: impl RequestHandler) -> Self {
+        self.on_request = Some(Arc::new(handler));
+        self
+    }
+
+    /// Connects to `url` (`ws://host:port/path`) and completes the ASP handshake, including
+    /// the initial tool set.
+    pub async fn connect(self, url: &str) -> Result<Client<R>, Error> {
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        if let Some(t) = &self.token {
+            let v = HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| Error::InvalidUrl("token is not a valid header value".into()))?;
+            req.headers_mut().insert("Authorization", v);
+        }
+        let (ws, resp) = self.rt.connect(req, self.ws).await?;
+        let selected = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok());
+        if selected != Some(SUBPROTOCOL) {
+            return Err(Error::Subprotocol);
+        }
+        Client::over(self.rt, ws, self.config, self.on_request).await
+    }
+}
+
+/// A connected ASP client. Cheap to clone; all clones share the connection.
+pub struct Client<R: Runtime> {
+    shared: SharedRef,
+    _rt: R,
+}
+
+impl<R: Runtime> Clone for Client<R> {
+    fn clone(&self) -> Self {
+        Client {
+            shared: self.shared.clone(),
+            _rt: self._rt.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Client<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Client<R> {
+    /// A builder for a client on `rt`.
+    pub fn builder(rt: R) -> ClientBuilder<R> {
+        ClientBuilder::new(rt)
+    }
+
+    /// Runs a client over an already-open WebSocket (any [`driver::WsStream`]).
+    pub async fn over<S: driver::WsStream>(
+        rt: R,
+        ws: S,
+        mut config: Config,
+        on_request: Option<Arc<dyn RequestHandler>>,
+    ) -> Result<Client<R>, Error> {
+        // Chunks wait in per-invocation buffers until the application takes them; credit
+        // is granted only then, so the window bounds those buffers (SPEC §7.5).
+        config.auto_credit = false;
+        config.accept_requests = on_request.is_some();
+        let clock = Clock::new();
+        let conn = Connection::client(config, clock.now());
+        let spawner = rt.clone();
+        let spawn = Arc::new(move |f| spawner.spawn(f));
+        let span = tracing::info_span!("asp.conn", role = "client");
+        let shared = Shared::new(
+            conn,
+            clock,
+            Hooks::Client { on_request },
+            spawn,
+            span.clone(),
+        );
+        {
+            let shared = shared.clone();
+            let rt2 = rt.clone();
+            rt.spawn(Box::pin(tracing::Instrument::instrument(
+                async move { driver::run(shared, ws, rt2).await },
+                span,
+            )));
+        }
+        lock(&shared).notify.notify();
+        poll_fn(|cx| {
+            let mut s = lock(&shared);
+            if s.session.is_some() {
+                Poll::Ready(Ok(()))
+            } else if let Some(r) = &s.closed {
+                Poll::Ready(Err(Error::Closed(r.clone())))
+            } else {
+                s.state_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await?;
+        Ok(Client { shared, _rt: rt })
+    }
+
+    /// The negotiated session.
+    pub fn session(&self) -> Option<Session> {
+        lock(&self.shared).session.clone()
+    }
+
+    /// The current tool set, as pushed by the server.
+    pub fn tools(&self) -> Vec<ToolDef> {
+        lock(&self.shared).conn.tools().cloned().collect()
+    }
+
+    /// A stream of tool-set changes from now on.
+    pub fn tool_changes(&self) -> ToolChanges {
+        let id = lock(&self.shared).watch();
+        ToolChanges {
+            shared: self.shared.clone(),
+            id,
+        }
+    }
+
+    /// Invokes `tool` with arguments from any serde value.
+    pub fn invoke<T: Serialize + ?Sized>(&self, tool: &str, args: &T) -> Result<Invocation, Error> {
+        self.invoke_raw(tool, Some(to_value(args)?), InvokeOptions::default())
+    }
+
+    /// Invokes `tool` with pre-encoded arguments and options.
+    pub fn invoke_raw(
+        &self,
+        tool: &str,
+        args: Option<RawValue>,
+        opts: InvokeOptions,
+    ) -> Result<Invocation, Error> {
+        let mut s = lock(&self.shared);
+        if let Some(r) = &s.closed {
+            return Err(Error::Closed(r.clone()));
+        }
+        let id = s.conn.invoke(tool, args, opts)?;
+        s.calls.insert(id.0, Call::default());
+        s.pump();
+        Ok(Invocation {
+            id,
+            shared: self.shared.clone(),
+            done: false,
+        })
+    }
+
+    /// Starts a graceful close (GOAWAY) and waits until the connection has closed.
+    pub async fn close(&self) {
+        {
+            let mut s = lock(&self.shared);
+            let now = s.now();
+            if s.conn.in_flight() == 0 {
+                s.conn.close(asp_proto::CloseReason::Local);
+            } else {
+                s.conn.goaway(now, None, std::time::Duration::from_secs(30));
+            }
+            s.pump();
+        }
+        self.closed().await;
+    }
+
+    /// Resolves when the connection has closed, with the reason.
+    pub async fn closed(&self) -> asp_proto::CloseReason {
+        poll_fn(|cx| {
+            let mut s = lock(&self.shared);
+            match &s.closed {
+                Some(r) => Poll::Ready(r.clone()),
+                None => {
+                    s.state_wakers.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Whether the server sent GOAWAY (no new invocations on this connection).
+    pub fn is_draining(&self) -> bool {
+        lock(&self.shared).goaway
+    }
+}
+
+/// The end of an invocation that completed (SPEC §5.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// ok, cancelled or failed.
+    pub status: Status,
+    /// The result value.
+    pub result: Option<RawValue>,
+    /// Metrics reported by the server.
+    pub metrics: Metrics,
+}
+
+impl From<Complete> for Completion {
+    fn from(c: Complete) -> Self {
+        Completion {
+            status: c.status,
+            result: c.result,
+            metrics: c.metrics,
+        }
+    }
+}
+
+/// A chunk of output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The data.
+    pub data: Bytes,
+    /// Sent as text (valid UTF-8).
+    pub text: bool,
+    /// The last chunk.
+    pub fin: bool,
+}
+
+impl Chunk {
+    /// The data as text, if it was sent as text.
+    pub fn as_str(&self) -> Option<&str> {
+        self.text
+            .then(|| std::str::from_utf8(&self.data).ok())
+            .flatten()
+    }
+}
+
+impl From<StreamFrame> for Chunk {
+    fn from(s: StreamFrame) -> Self {
+        Chunk {
+            data: s.data,
+            text: s.text,
+            fin: s.fin,
+        }
+    }
+}
+
+/// An invocation in flight: a [`Stream`] of its chunks, then [`Invocation::completion`].
+/// Dropping it before the end interrupts the invocation.
+pub struct Invocation {
+    id: RequestId,
+    shared: SharedRef,
+    done: bool,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Invocation({:?})", self.id)
+    }
+}
+
+impl Invocation {
+    /// The request id.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Sends INTERRUPT (SPEC §7.3); the server ends the invocation, normally with
+    /// status `cancelled`, which [`Invocation::completion`] then returns.
+    pub fn interrupt(&self) {
+        let mut s = lock(&self.shared);
+        let _ = s.conn.interrupt(self.id, None);
+        s.pump();
+    }
+
+    /// Waits for the end, discarding chunks not yet read.
+    pub async fn completion(mut self) -> Result<Completion, Error> {
+        let outcome = wait_outcome(&self.shared, self.id).await;
+        self.done = true;
+        match outcome {
+            Outcome::Complete(c) => Ok(c.into()),
+            Outcome::Error(e) => Err(Error::Remote(e)),
+            Outcome::Lost(r) => Err(Error::Closed(r)),
+            Outcome::Reply(_) => Err(Error::Closed(asp_proto::CloseReason::Local)),
+        }
+    }
+}
+
+impl Stream for Invocation {
+    type Item = Chunk;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        let mut s = lock(&self.shared);
+        let id = self.id;
+        let Some(call) = s.calls.get_mut(&id.0) else {
+            return Poll::Ready(None);
+        };
+        if let Some(chunk) = call.chunks.pop_front() {
+            s.conn.release(id, chunk.data.len());
+            s.pump();
+            return Poll::Ready(Some(chunk.into()));
+        }
+        if call.outcome.is_some() {
+            return Poll::Ready(None);
+        }
+        call.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Invocation {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        if let Some(call) = s.calls.remove(&self.id.0) {
+            let unread: usize = call.chunks.iter().map(|c| c.data.len()).sum();
+            s.conn.release(self.id, unread);
+            if call.outcome.is_none() && !self.done {
+                let _ = s.conn.interrupt(self.id, None);
+            }
+            s.pump();
+        }
+    }
+}
+
+/// Waits for the outcome of an exchange we initiated, releasing unread chunks.
+pub(crate) async fn wait_outcome(shared: &Arc<Mutex<Shared>>, id: RequestId) -> Outcome {
+    poll_fn(|cx| {
+        let mut s = lock(shared);
+        let Some(call) = s.calls.get_mut(&id.0) else {
+            return Poll::Ready(Outcome::Lost(asp_proto::CloseReason::Local));
+        };
+        let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
+        if let Some(o) = call.outcome.take() {
+            s.calls.remove(&id.0);
+            s.conn.release(id, unread);
+            s.pump();
+            return Poll::Ready(o);
+        }
+        call.waker = Some(cx.waker().clone());
+        if unread > 0 {
+            s.conn.release(id, unread);
+            s.pump();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A stream of [`ToolChange`]s (see [`Client::tool_changes`]).
+pub struct ToolChanges {
+    shared: SharedRef,
+    id: u64,
+}
+
+impl Stream for ToolChanges {
+    type Item = ToolChange;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ToolChange>> {
+        let mut s = lock(&self.shared);
+        let closed = s.closed.is_some();
+        let Some(w) = s.watchers.get_mut(&self.id) else {
+            return Poll::Ready(None);
+        };
+        if let Some(c) = w.queue.pop_front() {
+            return Poll::Ready(Some(c));
+        }
+        if closed {
+            return Poll::Ready(None);
+        }
+        w.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for ToolChanges {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        if let Some(mut w) = s.watchers.remove(&self.id) {
+            wake(&mut w.waker);
+        }
+    }
+}

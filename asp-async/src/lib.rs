@@ -1,0 +1,53 @@
+//! # asp-async — the runtime-agnostic async API of the Agent Socket Protocol
+//!
+//! The client, server, tool and driver logic shared by `asp-tokio` and `asp-smol`, written
+//! once over a small [`Runtime`] trait (spawn, timers, sockets). Protocol decisions all live
+//! in `asp-proto`'s [`Connection`](asp_proto::Connection); this crate moves bytes between it
+//! and a WebSocket, runs its timers and turns its events into futures and streams.
+//!
+//! Users normally depend on `asp-tokio` or `asp-smol`, which re-export this API with the
+//! runtime filled in.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod driver;
+mod error;
+mod runtime;
+mod server;
+mod shared;
+mod tool;
+
+pub use asp_proto;
+pub use asp_proto::frame::{
+    Metrics, RawValue, Reply, ReplyStatus, Request, RequestId, Status, ToolDef,
+};
+pub use asp_proto::{CloseReason, Config, ErrorCode, InvokeOptions, Limits, Session, ToolChange};
+pub use client::{Chunk, Client, ClientBuilder, Completion, Invocation, ToolChanges};
+pub use driver::WsStream;
+pub use error::Error;
+pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck};
+pub use server::{bearer_token, AuthHook, Server, ServerBuilder, ToolRegistry, UpgradePolicy};
+pub use tool::{
+    from_value, reply, to_value, Args, Handler, Output, RequestHandler, StreamError, Tool,
+    ToolContext, ToolError,
+};
+pub use tungstenite;
+
+/// The WebSocket subprotocol (SPEC §2.1).
+pub const SUBPROTOCOL: &str = "asp-v1";
+
+/// The default WebSocket path (SPEC §2.1).
+pub const DEFAULT_PATH: &str = "/v1/agent-socket";
+
+/// WebSocket settings.
+pub type WsConfig = tungstenite::protocol::WebSocketConfig;
+
+/// Message-size limits for the WebSocket layer: generous, because ASP enforces its own
+/// per-frame limit (SPEC §3.6) and can then answer FRAME_TOO_LARGE instead of dropping the
+/// whole connection.
+pub fn default_ws_config() -> WsConfig {
+    WsConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20))
+}

@@ -1,0 +1,137 @@
+//! What an adapter must supply: spawning and timers. Everything else (the driver, the
+//! client and server logic) is written once, here.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A server-side upgrade check, given to the WebSocket handshake (see [`crate::UpgradePolicy`]).
+pub type UpgradeCheck = Box<
+    dyn FnOnce(
+            &tungstenite::handshake::server::Request,
+            tungstenite::handshake::server::Response,
+        ) -> Result<
+            tungstenite::handshake::server::Response,
+            tungstenite::handshake::server::ErrorResponse,
+        > + Send,
+>;
+
+/// The runtime services the shared code needs: spawning, timers and sockets. `asp-tokio`
+/// and `asp-smol` implement it; nothing else in this crate depends on a runtime.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// A bound TCP listener.
+    type Listener: Send + Sync + 'static;
+    /// An accepted TCP connection, before the WebSocket upgrade.
+    type Tcp: Send + 'static;
+    /// An open WebSocket.
+    type Ws: crate::driver::WsStream;
+
+    /// Runs a task in the background.
+    fn spawn(&self, fut: BoxFuture<'static, ()>);
+    /// A future that completes at `deadline`.
+    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()>;
+    /// Binds a TCP listener.
+    fn bind(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> BoxFuture<'static, std::io::Result<Self::Listener>>;
+    /// The listener's address.
+    fn local_addr(&self, listener: &Self::Listener) -> std::io::Result<std::net::SocketAddr>;
+    /// Accepts one TCP connection (with `TCP_NODELAY` set).
+    fn accept<'a>(
+        &self,
+        listener: &'a Self::Listener,
+    ) -> BoxFuture<'a, std::io::Result<(Self::Tcp, std::net::SocketAddr)>>;
+    /// Runs the server side of the WebSocket handshake, consulting `check`.
+    fn upgrade(
+        &self,
+        tcp: Self::Tcp,
+        check: UpgradeCheck,
+        config: crate::WsConfig,
+    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>>;
+    /// Opens a client WebSocket (TCP connect with `TCP_NODELAY`, then the handshake).
+    fn connect(
+        &self,
+        request: tungstenite::handshake::client::Request,
+        config: crate::WsConfig,
+    ) -> BoxFuture<
+        'static,
+        Result<(Self::Ws, tungstenite::handshake::client::Response), tungstenite::Error>,
+    >;
+}
+
+/// Maps the runtime's monotonic clock onto `asp_proto::Instant` (µs since an epoch). The
+/// core never reads a clock; adapters do, here.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    epoch: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Clock {
+        Clock {
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// The current time for the core.
+    pub fn now(&self) -> asp_proto::Instant {
+        asp_proto::Instant::from_micros(
+            u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// A core time as a runtime deadline.
+    pub fn to_std(&self, t: asp_proto::Instant) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_micros(t.as_micros())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// A single-waiter wake-up flag: handles call [`Notify::notify`] after changing the
+/// connection; the writer task awaits [`Notify::notified`]. Notifications coalesce.
+#[derive(Default, Debug)]
+pub(crate) struct Notify {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Notify {
+    pub(crate) fn notify(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn notified(&self) -> Notified<'_> {
+        Notified(self)
+    }
+}
+
+pub(crate) struct Notified<'a>(&'a Notify);
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.flag.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.0.waker.register(cx.waker());
+        if self.0.flag.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Per-connection state shared by the driver tasks and the application's handles.
+//!
+//! One `Connection` (the Sans-IO core) sits behind a mutex together with the wakers of the
+//! futures waiting on it, as quinn does. Handles lock briefly, call the core, then
+//! [`Shared::pump`] routes the core's events to whoever waits for them and wakes the writer
+//! task if bytes are queued. No protocol decision is made here.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Waker;
+
+use asp_proto::frame::{Reply, ReplyStatus, Request, RequestId, Stream};
+use asp_proto::{CloseReason, Connection, ErrorCode, Event, Outcome, Session, ToolChange};
+use futures::FutureExt;
+use tracing::Instrument;
+
+use crate::runtime::{BoxFuture, Clock, Notify};
+use crate::server::ToolRegistry;
+use crate::tool::{run_handler, RequestHandler};
+
+/// Handle to one connection's shared state.
+pub(crate) type SharedRef = Arc<Mutex<Shared>>;
+
+/// Locks, recovering from a poisoned mutex (a panicking handler must not wedge the
+/// connection: the core's state is consistent between calls).
+pub(crate) fn lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a served exchange stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cancel {
+    /// The peer sent INTERRUPT: finish with `cancelled`.
+    Interrupted,
+    /// The protocol already ended it (deadline, peer ERROR, close): send nothing.
+    Aborted,
+}
+
+/// An exchange we initiated (client: invocation; server: request).
+#[derive(Default)]
+pub(crate) struct Call {
+    pub(crate) chunks: VecDeque<Stream>,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) waker: Option<Waker>,
+}
+
+/// An exchange the peer initiated that a task of ours is serving.
+#[derive(Default)]
+pub(crate) struct Served {
+    pub(crate) cancel: Option<Cancel>,
+    pub(crate) cancel_waker: Option<Waker>,
+    pub(crate) writable_waker: Option<Waker>,
+    pub(crate) started: Option<asp_proto::Instant>,
+}
+
+/// A subscriber to tool-set changes.
+pub(crate) struct Watcher {
+    pub(crate) queue: VecDeque<ToolChange>,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) lagged: bool,
+}
+
+/// Bound on a tool watcher's backlog; older changes are dropped (and `lagged` set).
+const WATCH_BACKLOG: usize = 1024;
+
+pub(crate) enum Hooks {
+    Client {
+        on_request: Option<Arc<dyn RequestHandler>>,
+    },
+    Server {
+        tools: Arc<ToolRegistry>,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) conn: Connection,
+    pub(crate) clock: Clock,
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) calls: HashMap<u16, Call>,
+    pub(crate) served: HashMap<u16, Served>,
+    pub(crate) session: Option<Session>,
+    pub(crate) closed: Option<CloseReason>,
+    pub(crate) goaway: bool,
+    pub(crate) state_wakers: Vec<Waker>,
+    pub(crate) watchers: HashMap<u64, Watcher>,
+    pub(crate) next_watcher: u64,
+    pub(crate) hooks: Hooks,
+    pub(crate) spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
+    pub(crate) me: Weak<Mutex<Shared>>,
+    pub(crate) span: tracing::Span,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        conn: Connection,
+        clock: Clock,
+        hooks: Hooks,
+        spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
+        span: tracing::Span,
+    ) -> SharedRef {
+        Arc::new_cyclic(|me| {
+            Mutex::new(Shared {
+                conn,
+                clock,
+                notify: Arc::new(Notify::default()),
+                calls: HashMap::new(),
+                served: HashMap::new(),
+                session: None,
+                closed: None,
+                goaway: false,
+                state_wakers: Vec::new(),
+                watchers: HashMap::new(),
+                next_watcher: 0,
+                hooks,
+                spawn,
+                me: me.clone(),
+                span,
+            })
+        })
+    }
+
+    pub(crate) fn now(&self) -> asp_proto::Instant {
+        self.clock.now()
+    }
+
+    /// Routes every pending core event, then wakes the writer if there is output. Call
+    /// after every change to `conn`.
+    pub(crate) fn pump(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            self.dispatch(ev);
+        }
+        if self.conn.wants_transmit() || self.conn.is_closed() {
+            self.notify.notify();
+        }
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        match ev {
+            Event::Connected(s) => {
+                self.session = Some(s);
+                wake_all(&mut self.state_wakers);
+            }
+            Event::Invoked(inv) => self.start_handler(inv),
+            Event::Interrupted { id, .. } => self.cancel(id, Cancel::Interrupted),
+            Event::Aborted { id, error } => {
+                tracing::debug!(parent: &self.span, id = id.0, code = %error.code, "exchange aborted");
+                self.cancel(id, Cancel::Aborted);
+            }
+            Event::Chunk(s) => match self.calls.get_mut(&s.id.0) {
+                Some(call) => {
+                    call.chunks.push_back(s);
+                    wake(&mut call.waker);
+                }
+                // Nobody listens any more (the handle was dropped): credit it back at once.
+                None => self.conn.release(s.id, s.data.len()),
+            },
+            Event::Ended { id, outcome } => {
+                if let Some(call) = self.calls.get_mut(&id.0) {
+                    call.outcome = Some(outcome);
+                    wake(&mut call.waker);
+                }
+            }
+            Event::ToolsChanged(change) => {
+                for w in self.watchers.values_mut() {
+                    if w.queue.len() >= WATCH_BACKLOG {
+                        w.queue.pop_front();
+                        w.lagged = true;
+                    }
+                    w.queue.push_back(change.clone());
+                    wake(&mut w.waker);
+                }
+            }
+            Event::Requested(req) => self.start_request_handler(req),
+            Event::Writable { id } => {
+                if let Some(s) = self.served.get_mut(&id.0) {
+                    wake(&mut s.writable_waker);
+                }
+            }
+            Event::GoAway(_) => {
+                self.goaway = true;
+                wake_all(&mut self.state_wakers);
+            }
+            Event::PeerError(e) => {
+                tracing::warn!(parent: &self.span, code = %e.code, message = ?e.message, "peer reported an error");
+            }
+            Event::Violation(e) => {
+                tracing::warn!(parent: &self.span, code = %e.code, message = ?e.message, "peer broke a protocol rule");
+            }
+            Event::ResumeRequested { .. } => {
+                // Session resume across transports is not offered by this adapter yet
+                // (`Config::resume` stays off), so a RESUME is refused here.
+                let now = self.now();
+                self.conn.reject_resume(now);
+            }
+            Event::Detached | Event::Resumed => {}
+            Event::Closed(reason) => {
+                tracing::debug!(parent: &self.span, %reason, "connection closed");
+                self.closed = Some(reason);
+                for c in self.calls.values_mut() {
+                    wake(&mut c.waker);
+                }
+                for s in self.served.values_mut() {
+                    s.cancel.get_or_insert(Cancel::Aborted);
+                    wake(&mut s.cancel_waker);
+                    wake(&mut s.writable_waker);
+                }
+                for w in self.watchers.values_mut() {
+                    wake(&mut w.waker);
+                }
+                wake_all(&mut self.state_wakers);
+            }
+            _ => {}
+        }
+    }
+
+    fn cancel(&mut self, id: RequestId, why: Cancel) {
+        if let Some(s) = self.served.get_mut(&id.0) {
+            s.cancel.get_or_insert(why);
+            wake(&mut s.cancel_waker);
+            wake(&mut s.writable_waker);
+        }
+    }
+
+    fn start_handler(&mut self, inv: asp_proto::frame::Invoke) {
+        let Hooks::Server { tools } = &self.hooks else {
+            return;
+        };
+        let Some(tool) = tools.get(inv.tool.as_str()) else {
+            // Removed from the registry after the core accepted the INVOKE.
+            let _ = self
+                .conn
+                .fail(inv.id, ErrorCode::UNKNOWN_TOOL, "tool was removed", false);
+            return;
+        };
+        self.served.insert(
+            inv.id.0,
+            Served {
+                started: Some(self.now()),
+                ..Served::default()
+            },
+        );
+        let span =
+            tracing::info_span!(parent: &self.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
+        let fut = run_handler(self.me.clone(), tool, inv);
+        (self.spawn)(Box::pin(fut.instrument(span)));
+    }
+
+    fn start_request_handler(&mut self, req: Request) {
+        let Hooks::Client { on_request } = &self.hooks else {
+            return;
+        };
+        let Some(handler) = on_request.clone() else {
+            let _ = self.conn.reply(req.id, ReplyStatus::Declined, None);
+            return;
+        };
+        self.served.insert(req.id.0, Served::default());
+        let me = self.me.clone();
+        let id = req.id;
+        let fut = async move {
+            let answer = std::panic::AssertUnwindSafe(handler.answer(req))
+                .catch_unwind()
+                .await
+                .unwrap_or(Reply {
+                    id,
+                    status: ReplyStatus::Declined,
+                    body: None,
+                });
+            if let Some(shared) = me.upgrade() {
+                let mut s = lock(&shared);
+                s.served.remove(&id.0);
+                // NotInFlight if the server interrupted and we raced: harmless.
+                let _ = s.conn.reply(id, answer.status, answer.body);
+                s.pump();
+            }
+        };
+        (self.spawn)(Box::pin(fut));
+    }
+
+    /// Registers a tool-change subscriber.
+    pub(crate) fn watch(&mut self) -> u64 {
+        let id = self.next_watcher;
+        self.next_watcher += 1;
+        self.watchers.insert(
+            id,
+            Watcher {
+                queue: VecDeque::new(),
+                waker: None,
+                lagged: false,
+            },
+        );
+        id
+    }
+}
+
+pub(crate) fn wake(w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        w.wake();
+    }
+}
+
+fn wake_all(ws: &mut Vec<Waker>) {
+    for w in ws.drain(..) {
+        w.wake();
+    }
+}

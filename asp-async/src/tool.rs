@@ -1,0 +1,448 @@
+//! Tools: a definition plus an async handler, and the context a handler runs with.
+
+use std::future::{poll_fn, Future};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
+
+use asp_proto::frame::{
+    Invoke, Metrics, RawValue, Reply, ReplyStatus, Request, RequestId, Status, Text, ToolDef,
+    ToolOp,
+};
+use asp_proto::{ErrorCode, Outcome, SendError};
+use bytes::Bytes;
+use futures::future::{select, Either};
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::runtime::BoxFuture;
+use crate::shared::{lock, Call, Cancel, Shared};
+
+/// Encodes any serde value as a MessagePack [`RawValue`] (maps with string keys, as JSON).
+pub fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<RawValue, Error> {
+    let bytes = rmp_serde::to_vec_named(v).map_err(|e| Error::Codec(e.to_string()))?;
+    RawValue::new(Bytes::from(bytes)).map_err(|e| Error::Codec(format!("{e:?}")))
+}
+
+/// Decodes a MessagePack [`RawValue`] into any serde type.
+pub fn from_value<T: DeserializeOwned>(v: &RawValue) -> Result<T, Error> {
+    rmp_serde::from_slice(v.as_bytes()).map_err(|e| Error::Codec(e.to_string()))
+}
+
+/// The arguments of an invocation, still encoded.
+#[derive(Clone, Debug, Default)]
+pub struct Args(pub Option<RawValue>);
+
+impl Args {
+    /// The raw MessagePack value, if any.
+    pub fn raw(&self) -> Option<&RawValue> {
+        self.0.as_ref()
+    }
+
+    /// Decodes the arguments into `T` (nil when absent).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ToolError> {
+        let nil = RawValue::nil();
+        from_value(self.0.as_ref().unwrap_or(&nil))
+            .map_err(|e| ToolError::invalid_arguments(e.to_string()))
+    }
+}
+
+/// How a handler fails.
+#[derive(Clone, Debug)]
+pub enum ToolError {
+    /// End with ERROR carrying this code (SPEC §12: use application codes ≥ 0x40).
+    Error {
+        /// Wire code.
+        code: ErrorCode,
+        /// Detail for the client.
+        message: String,
+        /// Whether retrying may help.
+        retryable: bool,
+    },
+    /// End with COMPLETE(failed) and this result.
+    Failed(Option<RawValue>),
+    /// End with COMPLETE(cancelled).
+    Cancelled,
+}
+
+impl ToolError {
+    /// INVALID_ARGUMENTS with a message.
+    pub fn invalid_arguments(message: impl Into<String>) -> ToolError {
+        ToolError::Error {
+            code: ErrorCode::INVALID_ARGUMENTS,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// TOOL_FAILED with a message.
+    pub fn failed(message: impl Into<String>) -> ToolError {
+        ToolError::Error {
+            code: ErrorCode::TOOL_FAILED,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// What a handler returns on success: the COMPLETE result and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// The result value.
+    pub result: Option<RawValue>,
+    /// Token counts and the like; wall time is filled in if left empty.
+    pub metrics: Metrics,
+}
+
+impl Output {
+    /// A result from any serde value.
+    pub fn value<T: Serialize + ?Sized>(v: &T) -> Result<Output, ToolError> {
+        Ok(Output {
+            result: Some(to_value(v).map_err(|e| ToolError::failed(e.to_string()))?),
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+impl From<RawValue> for Output {
+    fn from(v: RawValue) -> Self {
+        Output {
+            result: Some(v),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+/// A tool implementation.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one invocation.
+    fn call(&self, ctx: ToolContext, args: Args) -> BoxFuture<'static, Result<Output, ToolError>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(ToolContext, Args) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Output, ToolError>> + Send + 'static,
+{
+    fn call(&self, ctx: ToolContext, args: Args) -> BoxFuture<'static, Result<Output, ToolError>> {
+        Box::pin(self(ctx, args))
+    }
+}
+
+/// A tool: its definition (SPEC §5.5) and its handler.
+#[derive(Clone)]
+pub struct Tool {
+    pub(crate) def: ToolDef,
+    pub(crate) handler: Arc<dyn Handler>,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tool").field("def", &self.def).finish()
+    }
+}
+
+impl Tool {
+    /// A tool named `name` run by `handler`.
+    pub fn new(name: impl Into<String>, handler: impl Handler) -> Tool {
+        Tool {
+            def: ToolDef {
+                op: ToolOp::Add,
+                name: Text::from(name.into()),
+                description: Text::default(),
+                input_schema: None,
+                annotations: None,
+            },
+            handler: Arc::new(handler),
+        }
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, d: impl Into<String>) -> Tool {
+        self.def.description = Text::from(d.into());
+        self
+    }
+
+    /// Sets the input schema from any serde value (a `serde_json::Value` works).
+    pub fn input_schema<T: Serialize + ?Sized>(mut self, schema: &T) -> Result<Tool, Error> {
+        self.def.input_schema = Some(to_value(schema)?);
+        Ok(self)
+    }
+
+    /// Sets the input schema from an encoded value.
+    pub fn input_schema_raw(mut self, schema: RawValue) -> Tool {
+        self.def.input_schema = Some(schema);
+        self
+    }
+
+    /// The definition sent to clients.
+    pub fn def(&self) -> &ToolDef {
+        &self.def
+    }
+}
+
+/// Answers server requests on the client side (SPEC §8).
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Produces the REPLY for one request.
+    fn answer(&self, req: Request) -> BoxFuture<'static, Reply>;
+}
+
+impl<F, Fut> RequestHandler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    fn answer(&self, req: Request) -> BoxFuture<'static, Reply> {
+        Box::pin(self(req))
+    }
+}
+
+/// What a handler can do while it runs: stream output, watch for interrupts, ask the
+/// client a question.
+#[derive(Clone)]
+pub struct ToolContext {
+    id: RequestId,
+    tool: Text,
+    shared: Weak<Mutex<Shared>>,
+}
+
+impl std::fmt::Debug for ToolContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ToolContext({:?}, {})", self.id, self.tool)
+    }
+}
+
+/// Why streaming stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// The invocation was interrupted, aborted or the connection closed.
+    Cancelled,
+    /// The chunk breaks a limit (e.g. invalid UTF-8 for text).
+    Invalid(SendError),
+}
+
+impl ToolContext {
+    /// The invocation id.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The tool name.
+    pub fn tool(&self) -> &str {
+        self.tool.as_str()
+    }
+
+    /// Streams text; long text is split into chunks the client accepts. Waits while the
+    /// flow-control window or send queue is full.
+    pub async fn stream_text(&self, text: &str) -> Result<(), StreamError> {
+        self.stream(Bytes::copy_from_slice(text.as_bytes()), true, false)
+            .await
+    }
+
+    /// Streams bytes (see [`ToolContext::stream_text`]).
+    pub async fn stream_bytes(&self, data: Bytes) -> Result<(), StreamError> {
+        self.stream(data, false, false).await
+    }
+
+    /// Streams a chunk, `fin` marking the last one (SPEC §5.3).
+    pub async fn stream(&self, mut data: Bytes, text: bool, fin: bool) -> Result<(), StreamError> {
+        let max = self.max_chunk();
+        loop {
+            let cut = if data.len() > max {
+                if text {
+                    // Split text on a character boundary.
+                    (1..=max)
+                        .rev()
+                        .find(|i| std::str::from_utf8(&data[..*i]).is_ok())
+                        .unwrap_or(max)
+                } else {
+                    max
+                }
+            } else {
+                data.len()
+            };
+            let piece = data.split_to(cut);
+            let last = data.is_empty();
+            self.send_piece(piece, text, fin && last).await?;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    fn max_chunk(&self) -> usize {
+        self.shared
+            .upgrade()
+            .and_then(|s| {
+                lock(&s).session.as_ref().map(|x| {
+                    (x.peer_limits.max_chunk as usize).min(x.peer_limits.initial_window as usize)
+                })
+            })
+            .unwrap_or(64 << 10)
+            .clamp(1, 1 << 20)
+    }
+
+    async fn send_piece(&self, piece: Bytes, text: bool, fin: bool) -> Result<(), StreamError> {
+        let mut piece = Some(piece);
+        poll_fn(|cx| {
+            let Some(shared) = self.shared.upgrade() else {
+                return Poll::Ready(Err(StreamError::Cancelled));
+            };
+            let mut s = lock(&shared);
+            if s.served.get(&self.id.0).is_none_or(|x| x.cancel.is_some()) {
+                return Poll::Ready(Err(StreamError::Cancelled));
+            }
+            let Some(data) = piece.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match s.conn.stream(self.id, data.clone(), text, fin) {
+                Ok(()) => {
+                    s.pump();
+                    Poll::Ready(Ok(()))
+                }
+                Err(SendError::Full) => {
+                    piece = Some(data);
+                    if let Some(x) = s.served.get_mut(&self.id.0) {
+                        x.writable_waker = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                Err(SendError::NotInFlight | SendError::Closed) => {
+                    Poll::Ready(Err(StreamError::Cancelled))
+                }
+                Err(e) => Poll::Ready(Err(StreamError::Invalid(e))),
+            }
+        })
+        .await
+    }
+
+    /// Has the invocation been interrupted or ended by the protocol?
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.upgrade().is_none_or(|s| {
+            lock(&s)
+                .served
+                .get(&self.id.0)
+                .is_none_or(|x| x.cancel.is_some())
+        })
+    }
+
+    /// Resolves when the invocation is interrupted or ended by the protocol. The runtime
+    /// also drops the handler then, so awaiting this is only needed for cleanup work.
+    pub async fn cancelled(&self) {
+        self.cancel_cause().await;
+    }
+
+    pub(crate) async fn cancel_cause(&self) -> Cancel {
+        poll_fn(|cx| {
+            let Some(shared) = self.shared.upgrade() else {
+                return Poll::Ready(Cancel::Aborted);
+            };
+            let mut s = lock(&shared);
+            match s.served.get_mut(&self.id.0) {
+                None => Poll::Ready(Cancel::Aborted),
+                Some(x) => match x.cancel {
+                    Some(c) => Poll::Ready(c),
+                    None => {
+                        x.cancel_waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                },
+            }
+        })
+        .await
+    }
+
+    /// Asks the client a question (SPEC §8) and waits for the reply.
+    pub async fn ask(&self, kind: &str, body: Option<RawValue>) -> Result<Reply, Error> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or(Error::Closed(asp_proto::CloseReason::Local))?;
+        let id = {
+            let mut s = lock(&shared);
+            let id = s.conn.request(kind, body, Some(self.id))?;
+            s.calls.insert(id.0, Call::default());
+            s.pump();
+            id
+        };
+        let outcome = crate::client::wait_outcome(&shared, id).await;
+        match outcome {
+            Outcome::Reply(r) => Ok(r),
+            Outcome::Error(e) => Err(Error::Remote(e)),
+            Outcome::Lost(r) => Err(Error::Closed(r)),
+            Outcome::Complete(_) => Err(Error::Closed(asp_proto::CloseReason::Local)),
+        }
+    }
+}
+
+/// Runs a handler for one invocation and ends it: COMPLETE or ERROR from the handler's
+/// result, COMPLETE(cancelled) when interrupted (the handler future is dropped), nothing when
+/// the protocol already ended it. A panicking handler gives ERROR(INTERNAL).
+pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, inv: Invoke) {
+    let ctx = ToolContext {
+        id: inv.id,
+        tool: inv.tool.clone(),
+        shared: shared.clone(),
+    };
+    let work =
+        std::panic::AssertUnwindSafe(tool.handler.call(ctx.clone(), Args(inv.args))).catch_unwind();
+    let cancel = ctx.cancel_cause();
+    let result = match select(Box::pin(work), Box::pin(cancel)).await {
+        Either::Left((r, _)) => Some(r),
+        Either::Right((Cancel::Interrupted, _)) => Some(Ok(Err(ToolError::Cancelled))),
+        Either::Right((Cancel::Aborted, _)) => None,
+    };
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let mut s = lock(&shared);
+    let served = s.served.remove(&inv.id.0);
+    let wall_us = served
+        .and_then(|x| x.started)
+        .map(|t| s.now().saturating_duration_since(t).as_micros() as u64);
+    // Errors below are NotInFlight when the protocol ended the invocation meanwhile.
+    let _ = match result {
+        None => Ok(()),
+        Some(Ok(Ok(mut out))) => {
+            out.metrics.wall_us = out.metrics.wall_us.or(wall_us);
+            s.conn.complete(inv.id, Status::Ok, out.result, out.metrics)
+        }
+        Some(Ok(Err(ToolError::Cancelled))) => s.conn.complete(
+            inv.id,
+            Status::Cancelled,
+            None,
+            Metrics {
+                wall_us,
+                ..Metrics::default()
+            },
+        ),
+        Some(Ok(Err(ToolError::Failed(result)))) => s.conn.complete(
+            inv.id,
+            Status::Failed,
+            result,
+            Metrics {
+                wall_us,
+                ..Metrics::default()
+            },
+        ),
+        Some(Ok(Err(ToolError::Error {
+            code,
+            message,
+            retryable,
+        }))) => s.conn.fail(inv.id, code, message, retryable),
+        Some(Err(_panic)) => s
+            .conn
+            .fail(inv.id, ErrorCode::INTERNAL, "handler panicked", true),
+    };
+    s.pump();
+}
+
+/// Builds a REPLY answering `req`.
+pub fn reply(req: &Request, status: ReplyStatus, body: Option<RawValue>) -> Reply {
+    Reply {
+        id: req.id,
+        status,
+        body,
+    }
+}
