@@ -76,7 +76,16 @@ impl<R: Runtime> ClientBuilder<R> {
                 .map_err(|_| Error::InvalidUrl("token is not a valid header value".into()))?;
             req.headers_mut().insert("Authorization", v);
         }
-        let (ws, resp) = self.rt.connect(req, self.ws).await?;
+        let addr = crate::host_port(&req)?;
+        let tcp = self
+            .rt
+            .tcp_connect(addr)
+            .await
+            .map_err(|e| Error::Io(e.to_string()))?;
+        self.rt
+            .set_nodelay(&tcp)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let (ws, resp) = self.rt.handshake(req, tcp, self.ws).await?;
         let selected = resp
             .headers()
             .get("Sec-WebSocket-Protocol")

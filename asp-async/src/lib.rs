@@ -51,3 +51,19 @@ pub fn default_ws_config() -> WsConfig {
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20))
 }
+
+/// `host:port` to dial for a `ws://` request. TLS (`wss://`) is not built in: put a TLS
+/// terminator in front of the server.
+pub fn host_port(
+    request: &tungstenite::handshake::client::Request,
+) -> Result<String, tungstenite::Error> {
+    use tungstenite::error::UrlError;
+    let uri = request.uri();
+    if uri.scheme_str() != Some("ws") {
+        return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme));
+    }
+    let host = uri
+        .host()
+        .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?;
+    Ok(format!("{}:{}", host, uri.port_u16().unwrap_or(80)))
+}

@@ -43,11 +43,15 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     ) -> BoxFuture<'static, std::io::Result<Self::Listener>>;
     /// The listener's address.
     fn local_addr(&self, listener: &Self::Listener) -> std::io::Result<std::net::SocketAddr>;
-    /// Accepts one TCP connection (with `TCP_NODELAY` set).
+    /// Accepts one TCP connection.
     fn accept<'a>(
         &self,
         listener: &'a Self::Listener,
     ) -> BoxFuture<'a, std::io::Result<(Self::Tcp, std::net::SocketAddr)>>;
+    /// Opens a TCP connection to `host:port`.
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Self::Tcp>>;
+    /// Sets `TCP_NODELAY` (ASP frames are small and latency-bound).
+    fn set_nodelay(&self, tcp: &Self::Tcp) -> std::io::Result<()>;
     /// Runs the server side of the WebSocket handshake, consulting `check`.
     fn upgrade(
         &self,
@@ -55,10 +59,11 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         check: UpgradeCheck,
         config: crate::WsConfig,
     ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>>;
-    /// Opens a client WebSocket (TCP connect with `TCP_NODELAY`, then the handshake).
-    fn connect(
+    /// Runs the client side of the WebSocket handshake.
+    fn handshake(
         &self,
         request: tungstenite::handshake::client::Request,
+        tcp: Self::Tcp,
         config: crate::WsConfig,
     ) -> BoxFuture<
         'static,

@@ -388,7 +388,10 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
         if inner.stopping.load(Ordering::Acquire) {
             return;
         }
-        let (tcp, peer) = match next {
+        let (tcp, peer) = match next.and_then(|(tcp, peer)| {
+            inner.rt.set_nodelay(&tcp)?;
+            Ok((tcp, peer))
+        }) {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -82,11 +82,15 @@ impl Runtime for Tokio {
         &self,
         l: &'a TcpListener,
     ) -> BoxFuture<'a, std::io::Result<(TcpStream, SocketAddr)>> {
-        Box::pin(async move {
-            let (tcp, peer) = l.accept().await?;
-            tcp.set_nodelay(true)?;
-            Ok((tcp, peer))
-        })
+        Box::pin(l.accept())
+    }
+
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<TcpStream>> {
+        Box::pin(async move { TcpStream::connect(addr).await })
+    }
+
+    fn set_nodelay(&self, tcp: &TcpStream) -> std::io::Result<()> {
+        tcp.set_nodelay(true)
     }
 
     fn upgrade(
@@ -102,32 +106,18 @@ impl Runtime for Tokio {
         ))
     }
 
-    fn connect(
+    fn handshake(
         &self,
         request: WsRequest,
+        tcp: TcpStream,
         config: WsConfig,
     ) -> BoxFuture<'static, Result<(Self::Ws, WsResponse), tungstenite::Error>> {
-        Box::pin(async move {
-            let addr = host_port(&request)?;
-            let tcp = TcpStream::connect(addr.as_str()).await?;
-            tcp.set_nodelay(true)?;
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await
-        })
+        Box::pin(tokio_tungstenite::client_async_with_config(
+            request,
+            tcp,
+            Some(config),
+        ))
     }
-}
-
-/// `host:port` of a `ws://` request (TLS is not built in: put a TLS terminator in front).
-fn host_port(request: &WsRequest) -> Result<String, tungstenite::Error> {
-    let uri = request.uri();
-    if uri.scheme_str() != Some("ws") {
-        return Err(tungstenite::Error::Url(
-            tungstenite::error::UrlError::UnsupportedUrlScheme,
-        ));
-    }
-    let host = uri.host().ok_or(tungstenite::Error::Url(
-        tungstenite::error::UrlError::NoHostName,
-    ))?;
-    Ok(format!("{}:{}", host, uri.port_u16().unwrap_or(80)))
 }
 
 /// A server on tokio.
