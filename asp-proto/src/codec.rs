@@ -575,12 +575,18 @@ pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<
                 Ok(())
             })?;
             let (data, text) = required(data, "data")?;
+            let fin = fin.unwrap_or(false);
+            // SPEC §5.3: only the final chunk may be empty, so every other STREAM consumes
+            // flow-control window (which is what exempts STREAM from rate limiting, §10).
+            if data.is_empty() && !fin {
+                return Err(invalid("data", Invalid::Empty));
+            }
             Frame::Stream(Stream {
                 id,
                 data,
                 text,
                 seq: required(seq, "seq")?,
-                fin: fin.unwrap_or(false),
+                fin,
             })
         }
         FrameType::Interrupt => {

@@ -350,15 +350,31 @@ impl Connection {
         self.tick(now);
         match self.state {
             State::Closed | State::Detached => {}
-            State::Open | State::Draining if self.resumable => {
-                // SPEC §11.2 step 1: keep the session for the resume window.
-                self.state = State::Detached;
-                self.detached_until = Some(self.now + self.config.resume_window);
-                self.decoder = Decoder::new(self.config.limits.max_frame_payload);
-                self.emit(Event::Detached);
+            // SPEC §6.5: a draining session with nothing in flight has nothing left to
+            // resume (the GOAWAY sender closes exactly then): the EOF ends it.
+            State::Draining if self.exchanges.is_empty() => {
+                self.close(CloseReason::TransportClosed)
             }
+            State::Open | State::Draining if self.resumable => self.detach(),
+            // SPEC §11.2 step 1: a client whose RESUME was not answered yet still holds the
+            // session: the new transport failed, not the session.
+            State::Resuming if self.resumable && self.role == Role::Client => self.detach(),
             _ => self.close(CloseReason::TransportClosed),
         }
+    }
+
+    /// SPEC §11.2 step 1: keep the session for the resume window.
+    fn detach(&mut self) {
+        self.state = State::Detached;
+        self.detached_until = Some(self.now + self.config.resume_window);
+        self.decoder = Decoder::new(self.config.limits.max_frame_payload);
+        // A RESUME not sent on the lost transport would be stale on the next one (the next
+        // `resume`/`accept_resume` queues a fresh one).
+        if self.out.iter().any(|f| matches!(f, Frame::Resume(_))) {
+            self.out.retain(|f| !matches!(f, Frame::Resume(_)));
+            self.queued_bytes = self.out.iter().map(encoded_len).sum();
+        }
+        self.emit(Event::Detached);
     }
 
     /// Timers: heartbeat, handshake, deadlines, drain, resume window. Safe to call early or
@@ -465,10 +481,6 @@ impl Connection {
             if let Frame::Stream(s) = &frame {
                 if let Some(e) = self.exchanges.get_mut(&s.id.0) {
                     e.queued = e.queued.saturating_sub(s.data.len());
-                    if e.blocked && e.has_room(1, self.config.max_queued_per_invocation) {
-                        e.blocked = false;
-                        self.events.push_back(Event::Writable { id: s.id });
-                    }
                 }
             }
             if counted(frame.frame_type() as u8) {
@@ -478,7 +490,29 @@ impl Connection {
                 }
             }
         }
-        buf.len() - start
+        let written = buf.len() - start;
+        if written > 0 {
+            self.wake_blocked();
+        }
+        written
+    }
+
+    /// SPEC §13 (outgoing queue): an invocation refused with `Full` learns when it may
+    /// stream again, whether its own data or another invocation's left the queue (a
+    /// `stream` refused because the connection-wide queue was full has nothing of its own
+    /// queued to wake it).
+    fn wake_blocked(&mut self) {
+        if self.queued_bytes + STREAM_OVERHEAD + 1 > self.config.max_queued_bytes {
+            return;
+        }
+        let per_inv = self.config.max_queued_per_invocation;
+        for (id, e) in self.exchanges.iter_mut() {
+            if e.blocked && e.has_room(1, per_inv) {
+                e.blocked = false;
+                self.events
+                    .push_back(Event::Writable { id: RequestId(*id) });
+            }
+        }
     }
 
     /// `true` once each time a transport-level ping should be sent
@@ -604,7 +638,8 @@ impl Connection {
     ) -> Result<(), SendError> {
         self.require(Role::Server)?;
         self.require_live()?;
-        if text && core::str::from_utf8(&data).is_err() {
+        if (text && core::str::from_utf8(&data).is_err()) || (data.is_empty() && !fin) {
+            // SPEC §5.3: text is UTF-8; only the final chunk may be empty.
             return Err(SendError::InvalidField("data"));
         }
         let max_chunk = (self.peer_limits.max_chunk as usize)
@@ -971,10 +1006,13 @@ impl Connection {
         if counted(raw_type) {
             self.recv_count += 1;
         }
-        // SPEC §10: count every frame, good or bad.
-        let verdict = self
-            .rate
-            .on_frame(self.now, self.config.rate_limit, self.config.flood_limit);
+        // SPEC §10: count every frame, good or bad, except STREAM (bounded by flow control).
+        let verdict = if raw_type == FrameType::Stream as u8 {
+            RateVerdict::Ok
+        } else {
+            self.rate
+                .on_frame(self.now, self.config.rate_limit, self.config.flood_limit)
+        };
         if verdict == RateVerdict::Flood {
             self.fatal(
                 ErrorCode::FLOOD,
@@ -1172,6 +1210,13 @@ impl Connection {
             );
             return;
         };
+        // SPEC §11.1: frames are counted per session. A connection that refused a resume
+        // (`reject_resume`) already sent ERROR(RESUME_FAILED), which the client counted for
+        // the old session and forgot with it; the new session starts from zero on both
+        // sides.
+        self.sent_count = 0;
+        self.recv_count = 0;
+        self.replay = Replay::new(self.config.replay_buffer);
         self.peer_limits = Limits::from_hello(&h.limits);
         self.peer_requests = has_cap(&h.capabilities, CAP_REQUESTS);
         self.resumable = self.config.resume
@@ -1219,9 +1264,10 @@ impl Connection {
             return;
         }
         let Some(connection_id) = h.connection_id.clone() else {
+            // SPEC §6.2 step 4: MISSING_FIELD, a connection error during the handshake.
             self.fatal(
-                ErrorCode::PROTOCOL_VIOLATION,
-                "server HELLO without connection_id".into(),
+                ErrorCode::MISSING_FIELD,
+                "missing field `connection_id` in the server HELLO".into(),
             );
             return;
         };
@@ -1337,12 +1383,13 @@ impl Connection {
             None
         };
         if let Some((code, message)) = refuse {
-            self.queue(Frame::Error(error_frame(
-                id,
-                code,
-                message,
-                Some(FrameType::Invoke as u8),
-            )));
+            let err = error_frame(id, code, message, Some(FrameType::Invoke as u8));
+            self.queue(Frame::Error(err.clone()));
+            // SPEC §5.7: an ERROR naming an id in flight at the peer is that exchange's
+            // terminal frame there. DRAINING is checked before DUPLICATE_ID (§7.2), so an
+            // opening frame for an id in flight can be refused with it: end ours too, as
+            // DUPLICATE_ID would, or the two sides disagree about the id.
+            self.end_by_error(id, err);
             return;
         }
         let mut e = Exchange::new(Kind::Invocation, self.peer_limits.initial_window);
@@ -1428,20 +1475,25 @@ impl Connection {
     }
 
     fn on_error(&mut self, e: ErrorFrame) {
+        // SPEC §11.2 steps 3–4: the answer to our RESUME; the transport stays open.
+        if e.code == ErrorCode::RESUME_FAILED
+            && self.role == Role::Client
+            && self.state == State::Resuming
+        {
+            self.restart_session(e);
+            return;
+        }
+        // SPEC §12.1: the scope is decided by the code's number, whatever the id.
+        if e.code.scope() == ErrorScope::Connection {
+            let reason = CloseReason::PeerError {
+                code: e.code,
+                message: e.message.map(|m| m.as_str().to_owned()),
+            };
+            self.close(reason);
+            return;
+        }
         if e.id.is_connection() {
-            match e.code.scope() {
-                _ if e.code == ErrorCode::RESUME_FAILED && self.role == Role::Client => {
-                    self.restart_session(e);
-                }
-                ErrorScope::Connection => {
-                    let reason = CloseReason::PeerError {
-                        code: e.code,
-                        message: e.message.map(|m| m.as_str().to_owned()),
-                    };
-                    self.close(reason);
-                }
-                _ => self.emit(Event::PeerError(e)),
-            }
+            self.emit(Event::PeerError(e));
             return;
         }
         if self.exchanges.contains_key(&e.id.0) {
@@ -1521,12 +1573,13 @@ impl Connection {
             None
         };
         if let Some((code, message)) = refuse {
-            self.queue(Frame::Error(error_frame(
-                id,
-                code,
-                message,
-                Some(FrameType::Request as u8),
-            )));
+            let err = error_frame(id, code, message, Some(FrameType::Request as u8));
+            self.queue(Frame::Error(err.clone()));
+            // SPEC §5.7: an ERROR naming an id in flight at the peer is that exchange's
+            // terminal frame there. DRAINING is checked before DUPLICATE_ID (§7.2), so an
+            // opening frame for an id in flight can be refused with it: end ours too, as
+            // DUPLICATE_ID would, or the two sides disagree about the id.
+            self.end_by_error(id, err);
             return;
         }
         self.insert(id, Exchange::new(Kind::Request, 0));
