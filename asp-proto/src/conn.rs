@@ -582,6 +582,7 @@ impl Connection {
         if self.invocations >= usize::from(self.peer_limits.max_inflight) {
             return Err(SendError::TooManyInflight);
         }
+        let prev_id = self.next_id;
         let id = self.alloc_id(1, 0x7fff)?;
         let frame = Frame::Invoke(Invoke {
             id,
@@ -590,7 +591,11 @@ impl Connection {
             deadline_ms: opts.deadline_ms,
             meta: opts.meta,
         });
-        self.check_frame_size(&frame)?;
+        if let Err(e) = self.check_frame_size(&frame) {
+            // Refused before sending: the id was not used (SPEC §3.5, sequential ids).
+            self.next_id = prev_id;
+            return Err(e);
+        }
         self.queue(frame);
         self.insert(
             id,
@@ -767,6 +772,7 @@ impl Connection {
         if self.requests >= usize::from(self.peer_limits.max_inflight) {
             return Err(SendError::TooManyInflight);
         }
+        let prev_id = self.next_id;
         let id = self.alloc_id(0x8000, 0xffff)?;
         let frame = Frame::Request(Request {
             id,
@@ -774,7 +780,10 @@ impl Connection {
             body,
             invocation,
         });
-        self.check_frame_size(&frame)?;
+        if let Err(e) = self.check_frame_size(&frame) {
+            self.next_id = prev_id;
+            return Err(e);
+        }
         self.queue(frame);
         self.insert(id, Exchange::new(Kind::Request, 0));
         Ok(id)
