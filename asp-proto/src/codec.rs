@@ -490,6 +490,7 @@ impl<'a> Fields<'a> {
     fn nested(
         &mut self,
         field: &'static str,
+        known: u32,
         mut f: impl FnMut(u8, &mut Self) -> KResult<()>,
     ) -> KResult<bool> {
         if self.nil()? {
@@ -499,8 +500,10 @@ impl<'a> Fields<'a> {
         let mut seen = 0u32;
         for _ in 0..entries {
             let key = self.r.key().map_err(DecodeErrorKind::Malformed)?;
+            // SPEC §4.3 applies to nested maps too: undefined keys are skipped (even when
+            // repeated), defined ones may appear once.
             match u8::try_from(key) {
-                Ok(k) if k < 32 => {
+                Ok(k) if k < 32 && known & (1 << k) != 0 => {
                     if seen & (1 << k) != 0 {
                         return Err(DecodeErrorKind::Malformed(Malformed::DuplicateKey(k)));
                     }
@@ -515,10 +518,6 @@ impl<'a> Fields<'a> {
         Ok(true)
     }
 
-    fn skip(&mut self) -> KResult<()> {
-        self.r.skip_value().map_err(DecodeErrorKind::Malformed)?;
-        Ok(())
-    }
 }
 
 fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> KResult<()> {
@@ -629,14 +628,13 @@ pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<
                     0 => status = f.uint("status", 0, 2)?,
                     1 => result = f.any()?,
                     _ => {
-                        f.nested("metrics", |mk, f| {
+                        f.nested("metrics", keys(4), |mk, f| {
                             let v = f.uint("metrics", 0, u64::MAX)?;
                             match mk {
                                 0 => metrics.wall_us = v,
                                 1 => metrics.cpu_us = v,
                                 2 => metrics.input_tokens = v,
-                                3 => metrics.output_tokens = v,
-                                _ => {} // value already consumed by `uint`
+                                _ => metrics.output_tokens = v,
                             }
                             Ok(())
                         })?;
@@ -801,14 +799,13 @@ fn hello(payload: &Bytes) -> KResult<Hello> {
             }
             2 => {
                 let l = &mut h.limits;
-                f.nested("limits", |lk, f| {
+                f.nested("limits", keys(5), |lk, f| {
                     match lk {
                         0 => l.max_frame_payload = f.u32("limits.max_frame_payload", 64)?,
                         1 => l.max_inflight = f.u16("limits.max_inflight", 1, 0x7fff)?,
                         2 => l.max_tools = f.u16("limits.max_tools", 0, u16::MAX)?,
                         3 => l.max_chunk = f.u32("limits.max_chunk", 1)?,
-                        4 => l.initial_window = f.u32("limits.initial_window", 1)?,
-                        _ => f.skip()?,
+                        _ => l.initial_window = f.u32("limits.initial_window", 1)?,
                     }
                     Ok(())
                 })?;
@@ -978,7 +975,11 @@ impl Decoder {
                 return None;
             };
             if let Err(e) = self.check(&h) {
-                self.input.advance(HEADER_LEN);
+                // A fatal error already dropped the input; a frame error skips the header here
+                // and its payload as it arrives.
+                if !self.poisoned {
+                    self.input.advance(HEADER_LEN);
+                }
                 return Some(Err(e));
             }
             let total = HEADER_LEN + h.len as usize;

@@ -313,13 +313,20 @@ impl Versions {
     /// Only version 1.
     pub const V1: Versions = Versions(1 << 1);
 
-    /// A set with exactly `v` (1–15).
+    /// Only versions 1–15 exist (a 4-bit header nibble, 0 is not a version).
+    const VALID: u16 = 0xfffe;
+
+    /// A set with exactly `v`; empty if `v` is not 1–15.
     pub fn single(v: u8) -> Versions {
-        Versions(1u16 << (v & 0x0f)) // callers pass 1–15; & keeps a bad value from panicking
+        let mut s = Versions(0);
+        s.insert(v);
+        s
     }
-    /// Adds version `v` (1–15).
+    /// Adds version `v`; values outside 1–15 are ignored.
     pub fn insert(&mut self, v: u8) {
-        self.0 |= 1u16 << (v & 0x0f);
+        if v < 16 {
+            self.0 |= (1u16 << v) & Self::VALID;
+        }
     }
     /// Contains `v`?
     pub fn contains(self, v: u8) -> bool {
