@@ -862,7 +862,8 @@ impl Connection {
 
     /// Starts a graceful shutdown (SPEC §6.5): sends GOAWAY; new exchanges from the peer are
     /// refused; the connection closes when none are in flight, or with GOING_AWAY after
-    /// `timeout`.
+    /// `timeout` (so `Duration::ZERO` closes at once with GOING_AWAY if anything is in
+    /// flight; on the wire, GOAWAY `timeout_ms` 0 means "unspecified").
     pub fn goaway(&mut self, now: Instant, reason: Option<Text>, timeout: Duration) {
         self.tick(now);
         if self.goaway_sent || !matches!(self.state, State::Open | State::Draining) {
@@ -1236,6 +1237,9 @@ impl Connection {
         if self.config.resume {
             capabilities.push(Text::from_static(CAP_RESUME));
         }
+        let initial = u16::try_from(self.tools.len())
+            .unwrap_or(u16::MAX)
+            .min(self.peer_limits.max_tools);
         let hello = Hello {
             versions: Versions::single(version),
             capabilities,
@@ -1243,15 +1247,16 @@ impl Connection {
             heartbeat_ms: self.heartbeat_ms(),
             connection_id: self.connection_id.clone(),
             resume_token: self.resume_token.clone().filter(|_| self.resumable),
-            tools: u16::try_from(self.tools.len()).unwrap_or(u16::MAX),
+            tools: initial,
             agent: self.config.agent.clone(),
         };
         self.queue(Frame::Hello(hello));
-        // SPEC §6.2 step 3: the initial tool set follows the HELLO.
+        // SPEC §6.2 step 3: the initial tool set follows the HELLO, cut to the client's
+        // `max_tools` so it never provokes TOO_MANY_TOOLS.
         let defs: Vec<ToolDef> = self
             .tools
             .values()
-            .take(usize::from(u16::MAX))
+            .take(usize::from(initial))
             .cloned()
             .collect();
         for d in defs {
