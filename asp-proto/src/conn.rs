@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use core::time::Duration;
 
-use crate::codec::{self, decode_frame, encoded_len, Decoder, HEADER_LEN};
+use crate::codec::{decode_frame, encoded_len, Decoder, HEADER_LEN};
 use crate::config::{Config, HeartbeatMode, Limits};
 use crate::error::{CloseReason, DecodeError, ErrorCode, ErrorScope, SendError};
 use crate::event::{Event, Outcome, Session, ToolChange};
 use crate::exchange::{Exchange, Kind};
 use crate::frame::*;
+use crate::outbox::Outbox;
 use crate::rate::{RateVerdict, RateWindow};
 use crate::replay::Replay;
 use crate::time::Instant;
@@ -144,8 +145,7 @@ pub struct Connection {
     tools: BTreeMap<Text, ToolDef>,
 
     // Output.
-    out: VecDeque<Frame>,
-    queued_bytes: usize,
+    out: Outbox,
     events: VecDeque<Event>,
     overloaded: bool,
 
@@ -187,8 +187,7 @@ impl Connection {
             requests: 0,
             next_id: 0,
             tools: BTreeMap::new(),
-            out: VecDeque::new(),
-            queued_bytes: 0,
+            out: Outbox::default(),
             events: VecDeque::new(),
             overloaded: false,
             handshake_deadline: Some(now + config.handshake_timeout),
@@ -285,7 +284,7 @@ impl Connection {
 
     /// Encoded bytes waiting in the transmit queue.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.out.len()
     }
 
     /// Whether the transmit queue holds anything.
@@ -370,10 +369,7 @@ impl Connection {
         self.decoder = Decoder::new(self.config.limits.max_frame_payload);
         // A RESUME not sent on the lost transport would be stale on the next one (the next
         // `resume`/`accept_resume` queues a fresh one).
-        if self.out.iter().any(|f| matches!(f, Frame::Resume(_))) {
-            self.out.retain(|f| !matches!(f, Frame::Resume(_)));
-            self.queued_bytes = self.out.iter().map(encoded_len).sum();
-        }
+        self.out.remove_type(FrameType::Resume);
         self.emit(Event::Detached);
     }
 
@@ -459,38 +455,53 @@ impl Connection {
         if self.state == State::Detached {
             return 0;
         }
-        let start = buf.len();
-        while let Some(frame) = self.out.front() {
-            if buf.len() > start && buf.len() - start >= MAX_TRANSMIT {
+        // Pick whole frames up to about MAX_TRANSMIT bytes.
+        let resuming_client = self.state == State::Resuming && self.role == Role::Client;
+        let (mut n, mut total) = (0, 0usize);
+        for q in self.out.records() {
+            if total >= MAX_TRANSMIT {
                 break;
             }
             // While resuming, only RESUME itself may go out (SPEC §11.2).
-            if self.state == State::Resuming
-                && self.role == Role::Client
-                && !matches!(frame, Frame::Resume(_))
-            {
+            if resuming_client && q.ty != FrameType::Resume {
                 break;
             }
-            let Some(frame) = self.out.pop_front() else {
-                break;
-            };
-            let before = buf.len();
-            codec::encode(&frame, buf);
-            let size = buf.len() - before;
-            self.queued_bytes = self.queued_bytes.saturating_sub(size);
-            if let Frame::Stream(s) = &frame {
-                if let Some(e) = self.exchanges.get_mut(&s.id.0) {
-                    e.queued = e.queued.saturating_sub(s.data.len());
+            n += 1;
+            total += q.len as usize;
+        }
+        if n == 0 {
+            return 0;
+        }
+        let (chunk, records) = self.out.take(n, total);
+        let mut replayable = Vec::new();
+        let mut offset = 0;
+        for q in records {
+            if q.ty == FrameType::Stream && q.data > 0 {
+                if let Some(e) = self.exchanges.get_mut(&q.id) {
+                    e.queued = e.queued.saturating_sub(q.data as usize);
                 }
             }
-            if counted(frame.frame_type() as u8) {
+            if counted(q.ty as u8) {
                 self.sent_count += 1;
                 if self.resumable {
-                    self.replay.push(frame, size);
+                    replayable.push((offset, q.len as usize, q.ty));
                 }
             }
+            offset += q.len as usize;
         }
-        let written = buf.len() - start;
+        if replayable.is_empty() {
+            // Zero-copy when the caller's buffer is empty (the usual case).
+            buf.unsplit(chunk);
+        } else {
+            // SPEC §11.1: keep what was sent, as slices of the transmitted bytes.
+            let frozen = chunk.freeze();
+            for (at, len, ty) in replayable {
+                self.replay.push(frozen.slice(at..at + len), ty);
+            }
+            buf.extend_from_slice(&frozen);
+        }
+        let written = total;
+
         if written > 0 {
             self.wake_blocked();
         }
@@ -502,7 +513,7 @@ impl Connection {
     /// `stream` refused because the connection-wide queue was full has nothing of its own
     /// queued to wake it).
     fn wake_blocked(&mut self) {
-        if self.queued_bytes + STREAM_OVERHEAD + 1 > self.config.max_queued_bytes {
+        if self.out.len() + STREAM_OVERHEAD + 1 > self.config.max_queued_bytes {
             return;
         }
         let per_inv = self.config.max_queued_per_invocation;
@@ -656,7 +667,7 @@ impl Connection {
             });
         }
         let frame_len = data.len() + STREAM_OVERHEAD;
-        let queue_full = self.queued_bytes + frame_len > self.config.max_queued_bytes;
+        let queue_full = self.out.len() + frame_len > self.config.max_queued_bytes;
         let per_inv = self.config.max_queued_per_invocation;
         let e = self.exchange_mut(id, Kind::Invocation)?;
         if e.finished {
@@ -687,7 +698,7 @@ impl Connection {
             e.kind == Kind::Invocation
                 && !e.finished
                 && e.has_room(len, self.config.max_queued_per_invocation)
-                && self.queued_bytes + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
+                && self.out.len() + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
         })
     }
 
@@ -975,10 +986,7 @@ impl Connection {
         match self.replay.take_from(received, self.sent_count) {
             Some(frames) => {
                 self.sent_count = received;
-                for (f, size) in frames.into_iter().rev() {
-                    self.queued_bytes += size;
-                    self.out.push_front(f);
-                }
+                self.out.push_front_encoded(frames);
                 true
             }
             None => false,
@@ -1157,7 +1165,7 @@ impl Connection {
             Frame::Error(e) => self.on_error(e),
             Frame::Ping => {
                 // SPEC §6.7: answer; a PONG may be dropped when the queue is full.
-                if self.queued_bytes < self.config.max_queued_bytes {
+                if self.out.len() < self.config.max_queued_bytes {
                     self.queue(Frame::Pong);
                 }
             }
@@ -1536,7 +1544,6 @@ impl Connection {
             }
         }
         self.out.clear();
-        self.queued_bytes = 0;
         self.replay = Replay::new(self.config.replay_buffer);
         self.sent_count = 0;
         self.recv_count = 0;
@@ -1693,19 +1700,16 @@ impl Connection {
     }
 
     fn queue(&mut self, frame: Frame) {
-        let size = encoded_len(&frame);
-        self.queued_bytes += size;
-        self.out.push_back(frame);
+        self.out.push(&frame);
         // Control frames are bounded only indirectly (by inbound rate); if the peer stops
         // reading while provoking replies, stop rather than grow.
-        if self.queued_bytes > 2 * self.config.max_queued_bytes + HEADER_LEN {
+        if self.out.len() > 2 * self.config.max_queued_bytes + HEADER_LEN {
             self.overloaded = true;
         }
     }
 
     fn queue_front(&mut self, frame: Frame) {
-        self.queued_bytes += encoded_len(&frame);
-        self.out.push_front(frame);
+        self.out.push_front(&frame);
     }
 
     fn emit(&mut self, ev: Event) {

@@ -14,6 +14,8 @@
 //! - [`Connection`]: the state machine; drive it with `handle_*`, command it with `invoke`,
 //!   `stream`, `complete`…, and drain `poll_transmit`, `poll_ping`, `poll_event`, then
 //!   `poll_timeout`, after every input.
+//! - `fuzzing` (feature `arbitrary`): `arbitrary::Arbitrary` for frames and the bodies of
+//!   the `fuzz/` targets.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -33,7 +35,10 @@ pub mod error;
 mod event;
 mod exchange;
 pub mod frame;
+#[cfg(feature = "arbitrary")]
+pub mod fuzzing;
 mod msgpack;
+mod outbox;
 mod rate;
 mod replay;
 mod time;

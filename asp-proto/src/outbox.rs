@@ -1,0 +1,117 @@
+//! The transmit queue. Frames are encoded once, when queued, straight into the bytes that
+//! `poll_transmit` hands out; a 12-byte record per frame keeps what the accounting needs when
+//! the frame leaves (its size, type, id and STREAM data length). Queueing a STREAM chunk
+//! therefore moves no `Frame` value around and encodes nothing twice.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec;
+use crate::frame::{Frame, FrameType};
+
+/// What is remembered about one queued frame.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Queued {
+    pub(crate) len: u32,
+    pub(crate) ty: FrameType,
+    pub(crate) id: u16,
+    /// STREAM data bytes (for per-invocation queue accounting); 0 otherwise, and 0 for
+    /// replayed frames, which were accounted for when first sent.
+    pub(crate) data: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    bytes: BytesMut,
+    frames: VecDeque<Queued>,
+}
+
+impl Outbox {
+    /// Encoded bytes waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Appends a frame; returns its encoded size.
+    pub(crate) fn push(&mut self, frame: &Frame) -> usize {
+        let start = self.bytes.len();
+        codec::encode(frame, &mut self.bytes);
+        let len = self.bytes.len() - start;
+        let data = match frame {
+            Frame::Stream(s) => s.data.len() as u32,
+            _ => 0,
+        };
+        self.frames.push_back(Queued {
+            len: len as u32,
+            ty: frame.frame_type(),
+            id: frame.request_id().0,
+            data,
+        });
+        len
+    }
+
+    /// Puts frames, already encoded, in front of everything queued, in the given order.
+    pub(crate) fn push_front_encoded(&mut self, items: Vec<(Bytes, FrameType)>) {
+        let extra: usize = items.iter().map(|(b, _)| b.len()).sum();
+        let mut bytes = BytesMut::with_capacity(extra + self.bytes.len());
+        for (b, ty) in items.iter().rev() {
+            self.frames.push_front(Queued {
+                len: b.len() as u32,
+                ty: *ty,
+                id: 0,
+                data: 0,
+            });
+        }
+        for (b, _) in &items {
+            bytes.extend_from_slice(b);
+        }
+        bytes.extend_from_slice(&self.bytes);
+        self.bytes = bytes;
+    }
+
+    /// Puts one frame in front of everything queued.
+    pub(crate) fn push_front(&mut self, frame: &Frame) {
+        let mut b = BytesMut::new();
+        codec::encode(frame, &mut b);
+        self.push_front_encoded(vec![(b.freeze(), frame.frame_type())]);
+    }
+
+    /// The records of the queued frames, oldest first.
+    pub(crate) fn records(&self) -> impl Iterator<Item = &Queued> {
+        self.frames.iter()
+    }
+
+    /// Takes the first `n` frames, `len` bytes in total (from [`Outbox::records`]).
+    pub(crate) fn take(
+        &mut self,
+        n: usize,
+        len: usize,
+    ) -> (BytesMut, std::collections::vec_deque::Drain<'_, Queued>) {
+        (self.bytes.split_to(len), self.frames.drain(..n))
+    }
+
+    /// Drops every queued frame of type `ty` (rare: a stale RESUME after a transport loss).
+    pub(crate) fn remove_type(&mut self, ty: FrameType) {
+        let mut bytes = BytesMut::with_capacity(self.bytes.len());
+        let mut offset = 0;
+        for q in &self.frames {
+            let end = offset + q.len as usize;
+            if q.ty != ty {
+                bytes.extend_from_slice(self.bytes.get(offset..end).unwrap_or_default());
+            }
+            offset = end;
+        }
+        self.frames.retain(|q| q.ty != ty);
+        self.bytes = bytes;
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.frames.clear();
+    }
+}
