@@ -517,7 +517,6 @@ impl<'a> Fields<'a> {
         }
         Ok(true)
     }
-
 }
 
 fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> KResult<()> {
@@ -536,6 +535,7 @@ const fn keys(n: u32) -> u32 {
 }
 
 /// Step 6 of SPEC §3.7: the payload of a frame whose header passed [`Header::check`].
+#[inline(always)]
 pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<Frame> {
     Ok(match ty {
         FrameType::Hello => Frame::Hello(hello(payload)?),
@@ -559,6 +559,9 @@ pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<
             })
         }
         FrameType::Stream => {
+            if let Some(f) = stream_fast(id, payload) {
+                return Ok(f);
+            }
             let (mut data, mut seq, mut fin) = (None, None, None);
             Fields::each(payload, keys(3), |k, f| {
                 match k {
@@ -1054,4 +1057,78 @@ impl Decoder {
         frame.advance(HEADER_LEN);
         decode_payload(ty, RequestId(h.request_id), &frame).map_err(|k| h.error(k))
     }
+}
+
+/// The STREAM payload exactly as [`encode`] writes it (fixmap, keys 0, 1 and optionally 2 in
+/// order, data as fixstr/str 8/bin 8, seq in shortest form), parsed without the generic map
+/// walker: the hot path of token streaming. Anything else — other encodings, errors, an
+/// empty non-final chunk (SPEC §5.3) — returns `None` and takes the generic path, which
+/// accepts every valid encoding and names every error.
+#[inline(always)]
+fn stream_fast(id: RequestId, p: &Bytes) -> Option<Frame> {
+    let b: &[u8] = p;
+    let with_fin = match *b.first()? {
+        0x82 => false,
+        0x83 => true,
+        _ => return None,
+    };
+    if *b.get(1)? != 0 {
+        return None;
+    }
+    let marker = *b.get(2)?;
+    let (text, len, start) = match marker {
+        0xa0..=0xbf => (true, usize::from(marker & 0x1f), 3),
+        0xd9 => (true, usize::from(*b.get(3)?), 4),
+        0xc4 => (false, usize::from(*b.get(3)?), 4),
+        _ => return None,
+    };
+    let end = start + len;
+    let data = b.get(start..end)?;
+    // ASCII is valid UTF-8 and much cheaper to check; tokens are mostly ASCII.
+    if text && !data.is_ascii() && core::str::from_utf8(data).is_err() {
+        return None;
+    }
+    if *b.get(end)? != 1 {
+        return None;
+    }
+    let (seq, n) = match *b.get(end + 1)? {
+        v @ 0..=0x7f => (u32::from(v), 1),
+        0xcc => (u32::from(*b.get(end + 2)?), 2),
+        0xcd => (
+            u32::from(u16::from_be_bytes(
+                b.get(end + 2..end + 4)?.try_into().ok()?,
+            )),
+            3,
+        ),
+        0xce => (
+            u32::from_be_bytes(b.get(end + 2..end + 6)?.try_into().ok()?),
+            5,
+        ),
+        _ => return None,
+    };
+    let mut i = end + 1 + n;
+    let fin = if with_fin {
+        if *b.get(i)? != 2 {
+            return None;
+        }
+        let v = match *b.get(i + 1)? {
+            0xc2 => false,
+            0xc3 => true,
+            _ => return None,
+        };
+        i += 2;
+        v
+    } else {
+        false
+    };
+    if i != b.len() || (len == 0 && !fin) {
+        return None;
+    }
+    Some(Frame::Stream(Stream {
+        id,
+        data: p.slice(start..end),
+        text,
+        seq,
+        fin,
+    }))
 }

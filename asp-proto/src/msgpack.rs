@@ -114,8 +114,16 @@ impl<'a> Reader<'a> {
     }
 
     /// A map key: any unsigned integer (SPEC §4.1). Keys beyond `u8` are unknown keys.
+    #[inline]
     pub(crate) fn key(&mut self) -> Result<u64, Malformed> {
-        match self.uint() {
+        // Fast path: senders use positive fixint keys (SPEC §4.1).
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        match self.uint_slow() {
             Ok(k) => Ok(k),
             Err(ReadError::Malformed(m)) => Err(m),
             Err(ReadError::Invalid(_)) => Err(Malformed::NonIntegerKey),
@@ -123,7 +131,19 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned integer in any encoding that holds a non-negative value (SPEC §4.2).
+    #[inline]
     pub(crate) fn uint(&mut self) -> ReadResult<u64> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.uint_slow()
+    }
+
+    #[inline(never)]
+    fn uint_slow(&mut self) -> ReadResult<u64> {
         let v = match self.marker()? {
             Marker::FixPos(n) => u64::from(n),
             Marker::U8 => self.be(1)?,
