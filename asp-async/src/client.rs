@@ -37,7 +37,7 @@ impl<R: Runtime> ClientBuilder<R> {
         ClientBuilder {
             rt,
             token: None,
-            config: Config::default(),
+            config: crate::ws_default_config(),
             on_request: None,
             ws: crate::default_ws_config(),
         }
@@ -55,7 +55,8 @@ impl<R: Runtime> ClientBuilder<R> {
         self
     }
 
-    /// Answers server requests (SPEC §8). Without one, requests are declined.
+    /// Answers server requests (SPEC §8). Without one, requests are declined (and with
+    /// [`Config::accept_requests`] off, the server is told not to send any).
     pub fn on_request(mut self, handler: impl RequestHandler) -> Self {
         self.on_request = Some(Arc::new(handler));
         self
@@ -134,7 +135,13 @@ impl<R: Runtime> Client<R> {
         // Chunks wait in per-invocation buffers until the application takes them; credit
         // is granted only then, so the window bounds those buffers (SPEC §7.5).
         config.auto_credit = false;
-        config.accept_requests = on_request.is_some();
+        // A handler needs the `requests` capability. Without one, keep the configured
+        // value (default on) so that requests are declined, as `ClientBuilder::on_request`
+        // documents (`Hooks::Client` declines when there is no handler); forcing it off here
+        // made the server's `ctx.ask` fail with `Unsupported` instead of seeing `Declined`.
+        if on_request.is_some() {
+            config.accept_requests = true;
+        }
         let clock = Clock::new();
         let conn = Connection::client(config, clock.now());
         let spawner = rt.clone();

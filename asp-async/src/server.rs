@@ -175,7 +175,7 @@ impl<R: Runtime> ServerBuilder<R> {
             rt,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: UpgradePolicy::default(),
-            config: Config::default(),
+            config: crate::ws_default_config(),
             tools: Vec::new(),
             max_connections: 10_000,
             ws: crate::default_ws_config(),
