@@ -2,57 +2,19 @@
 //!
 //! Starts a server on 127.0.0.1 (port 0) with a mock agent tool that streams tokens, connects
 //! a client, invokes the tool, prints the streamed tokens and the COMPLETE metrics, then
-//! measures the INVOKE→COMPLETE round trip of a small echo tool.
+//! measures the INVOKE→COMPLETE round trip of a small echo tool. The tools are
+//! [`asp_tokio::demo`]'s, which `asp serve` also runs.
 
 use std::time::{Duration, Instant};
 
-use asp_tokio::{Args, Metrics, Output, Tool, ToolContext, ToolError};
+use asp_tokio::demo::{agent_tool, echo_tool};
 use futures::StreamExt;
-
-/// A stand-in for an LLM: streams the words of a canned answer one token at a time.
-async fn mock_agent(ctx: ToolContext, args: Args) -> Result<Output, ToolError> {
-    #[derive(serde::Deserialize)]
-    struct Prompt {
-        prompt: String,
-    }
-    let Prompt { prompt } = args.parse()?;
-    let answer = format!(
-        "You asked: \"{prompt}\". Agent Socket streams each token as its own STREAM frame, \
-         many invocations share one socket, and either side can interrupt."
-    );
-    let mut tokens = 0;
-    for word in answer.split_inclusive(' ') {
-        ctx.stream_text(word)
-            .await
-            .map_err(|_| ToolError::Cancelled)?;
-        tokens += 1;
-    }
-    let mut out = Output::value(&serde_json_like(tokens))?;
-    out.metrics = Metrics {
-        input_tokens: Some(prompt.split_whitespace().count() as u64),
-        output_tokens: Some(tokens),
-        ..Metrics::default()
-    };
-    Ok(out)
-}
-
-fn serde_json_like(tokens: u64) -> std::collections::BTreeMap<&'static str, u64> {
-    [("tokens", tokens)].into_iter().collect()
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = asp_tokio::server()
-        .tool(Tool::new("agent", mock_agent).description("mock LLM: streams a canned answer"))
-        .tool(
-            Tool::new("echo", |_ctx: ToolContext, args: Args| async move {
-                Ok(Output {
-                    result: args.0,
-                    metrics: Metrics::default(),
-                })
-            })
-            .description("returns its arguments"),
-        )
+        .tool(agent_tool())
+        .tool(echo_tool())
         .start()
         .await?;
     println!("server listening on {}", server.url());

@@ -36,6 +36,8 @@ use tungstenite::handshake::client::{Request as WsRequest, Response as WsRespons
 
 pub use asp_async::*;
 
+pub mod demo;
+
 /// The tokio runtime, as an [`asp_async::Runtime`].
 #[derive(Clone, Debug)]
 pub struct Tokio {
@@ -51,7 +53,8 @@ impl Tokio {
         }
     }
 
-    /// A specific runtime.
+    /// A specific runtime, usable from any thread (also outside tokio, e.g. from a smol
+    /// task): sockets and timers are created on that runtime.
     pub fn from_handle(handle: tokio::runtime::Handle) -> Tokio {
         Tokio { handle }
     }
@@ -67,11 +70,17 @@ impl Runtime for Tokio {
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
+        // Enter the runtime: a `Tokio` made with `from_handle` may be used from a thread
+        // outside tokio (a smol client awaiting a tokio server's `shutdown`), and tokio's
+        // timer panics when created there. The sleep keeps the handle it was created with.
+        let _guard = self.handle.enter();
         Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<TcpListener>> {
-        Box::pin(TcpListener::bind(addr))
+        // Run on the runtime: tokio sockets must be registered from inside it, and the
+        // caller may be outside (see `sleep_until`).
+        on_runtime(&self.handle, TcpListener::bind(addr))
     }
 
     fn local_addr(&self, l: &TcpListener) -> std::io::Result<SocketAddr> {
@@ -86,7 +95,7 @@ impl Runtime for Tokio {
     }
 
     fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<TcpStream>> {
-        Box::pin(async move { TcpStream::connect(addr).await })
+        on_runtime(&self.handle, async move { TcpStream::connect(addr).await })
     }
 
     fn set_nodelay(&self, tcp: &TcpStream) -> std::io::Result<()> {
@@ -118,6 +127,16 @@ impl Runtime for Tokio {
             Some(config),
         ))
     }
+}
+
+/// Runs a socket-creating future as a task of `handle`'s runtime and awaits it from
+/// anywhere.
+fn on_runtime<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+) -> BoxFuture<'static, std::io::Result<T>> {
+    let task = handle.spawn(fut);
+    Box::pin(async move { task.await.map_err(std::io::Error::other)? })
 }
 
 /// A server on tokio.

@@ -1,0 +1,2 @@
+//! `asp-relay` (placeholder while the relay is being written).
+fn main() {}
