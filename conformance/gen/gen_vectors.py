@@ -65,7 +65,7 @@ ERROR_CODES = {
     "INVALID_FIELD": 0x15, "INVALID_ID": 0x16, "UNKNOWN_TOOL": 0x20, "DUPLICATE_ID": 0x21,
     "UNKNOWN_ID": 0x22, "TOO_MANY_INFLIGHT": 0x23, "CHUNK_TOO_LARGE": 0x24,
     "FLOW_CONTROL": 0x25, "BAD_SEQUENCE": 0x26, "DEADLINE_EXCEEDED": 0x27, "DRAINING": 0x28,
-    "RATE_LIMITED": 0x29, "TOO_MANY_TOOLS": 0x30, "TOOL_STATE": 0x31,
+    "RATE_LIMITED": 0x29, "UNSUPPORTED": 0x2A, "TOO_MANY_TOOLS": 0x30, "TOOL_STATE": 0x31,
     "INVALID_ARGUMENTS": 0x40, "TOOL_FAILED": 0x41, "INTERNAL": 0x42, "UNAVAILABLE": 0x43,
     "UPSTREAM_TIMEOUT": 0x44,
 }
@@ -668,6 +668,28 @@ def build_frames():
     decode_only("decode-only/invoke-tool-str8", "§4.2",
                 "INVOKE whose 4-byte tool name is written as str 8 (d9 04) instead of a fixstr.",
                 "INVOKE", 1, b"\x81\x00\xd9\x04echo", {"tool": "echo"})
+    decode_only("decode-only/hello-versions-repeated", "§4.3",
+                "Client HELLO whose versions [1, 1] repeats an entry: the same as [1].",
+                "HELLO", 0, b"\x81\x00\x92\x01\x01", {"versions": [1]}, sender="client")
+    decode_only("decode-only/invoke-unknown-key-twice", "§4.3",
+                "INVOKE with the undefined key 9 twice: ignored both times.",
+                "INVOKE", 1, b"\x83\x00" + pk("echo") + b"\x09\x01\x09\x02",
+                {"tool": "echo"})
+    decode_only("decode-only/invoke-args-not-utf8", "§4.3",
+                "INVOKE whose args (any) is a string holding the byte ff: strings inside an "
+                "`any` value are not checked for UTF-8.",
+                "INVOKE", 1, b"\x82\x00" + pk("echo") + b"\x01\xa2a\xff",
+                {"tool": "echo", "args": {"msgpack": "a2 61 ff"}})
+    decode_only("decode-only/complete-metrics-unknown-key", "§4.3",
+                "COMPLETE whose metrics map has the undefined key 9 (ignored) beside wall_us.",
+                "COMPLETE", 1, b"\x82\x00\x00\x02\x82\x00\x05\x09" + pk("x"),
+                {"status": 0, "metrics": {"wall_us": 5}})
+    decode_only("decode-only/hello-limits-unknown-key", "§4.3, §5.1",
+                "Server HELLO whose limits map has the undefined key 7 (ignored) beside "
+                "max_inflight.", "HELLO", 0,
+                b"\x83\x00\x91\x01\x02\x82\x01\x10\x07\x90\x04" + pk("c1"),
+                {"versions": [1], "limits": {"max_inflight": 16}, "connection_id": "c1"},
+                sender="server")
     decode_only("decode-only/stream-data-bin16", "§4.2",
                 "STREAM whose 2-byte binary data is written as bin 16 (c5 00 02).",
                 "STREAM", 1, b"\x82\x00\xc5\x00\x02\xca\xfe\x01\x00",
@@ -681,8 +703,21 @@ def build_frames():
 REJ_TESTS: list[dict] = []
 
 
+def reply_id(type_code: int, rid: int, error: str) -> int:
+    """The request id of the ERROR a receiver sends for a rejected frame (§3.7, §6.6).
+
+    A connection error is sent with id 0. A frame error names the frame's id only if that id
+    is allowed for the frame's type (the type is defined and the id satisfies §3.5);
+    otherwise 0, so that a frame with a bad id can never end an unrelated exchange.
+    """
+    if ERROR_CODES[error] < 0x10:
+        return 0
+    tn = TYPE_NAMES.get(type_code)
+    return rid if tn is not None and id_allowed(tn, rid) else 0
+
+
 def rej(vid, spec, description, type_code, rid, payload: bytes, error, *, flags=0, version=1,
-        receiver=None, config=None):
+        receiver=None, config=None, role_dependent=False):
     """A frame (header + full payload) that a receiver must reject with `error`."""
     tn = TYPE_NAMES.get(type_code)
     if receiver is None:
@@ -693,8 +728,13 @@ def rej(vid, spec, description, type_code, rid, payload: bytes, error, *, flags=
     reply = not (tn == "ERROR" and not connection_error)
     t = {"id": vid, "spec": spec, "description": description, "hex": hexs(fb),
          "error": error,
-         "request_id": 0 if connection_error else rid,  # §6.6: connection errors use id 0
+         "request_id": reply_id(type_code, rid, error),
          "frame_type": type_code, "receiver": receiver, "reply": reply}
+    if role_dependent:
+        # The fault exists only because of the sender's role (§5.1, §5.13): a role-agnostic
+        # frame decoder accepts the frame; the receiving role's checks must reject it.
+        assert receiver in ("client", "server")
+        t["role_dependent"] = True
     if config:
         t["config"] = config
     REJ_TESTS.append(t)
@@ -815,6 +855,20 @@ def build_rejections():
     rej("payload/unknown-key-invalid-value", "§4.3", "INVOKE with an unknown key 100 whose "
         "value is the never-used byte c1.", INV, 1, m((0, ECHO), (100, b"\xc1")),
         "MALFORMED_PAYLOAD")
+    rej("payload/limits-string-key", "§4.3", "Client HELLO whose nested limits map has the "
+        "string key \"x\": nested maps follow the same rules.", H["HELLO"], 0,
+        m((0, pk([1])), (2, b"\x81" + pk("x") + pk(1))), "MALFORMED_PAYLOAD",
+        receiver="server")
+    rej("payload/limits-duplicate-key", "§4.3", "Client HELLO whose limits map has key 0 "
+        "(max_frame_payload) twice.", H["HELLO"], 0,
+        m((0, pk([1])), (2, b"\x82\x00" + pk(65536) + b"\x00" + pk(65536))),
+        "MALFORMED_PAYLOAD", receiver="server")
+    rej("payload/metrics-negative-key", "§4.3", "COMPLETE whose metrics map has the negative "
+        "key -1.", H["COMPLETE"], 1, m((0, pk(0)), (2, b"\x81\xff\x05")),
+        "MALFORMED_PAYLOAD")
+    rej("payload/metrics-duplicate-key", "§4.3", "COMPLETE whose metrics map has key 0 "
+        "(wall_us) twice.", H["COMPLETE"], 1, m((0, pk(0)), (2, b"\x82\x00\x01\x00\x02")),
+        "MALFORMED_PAYLOAD")
     # ---- MISSING_FIELD ----
     rej("missing/invoke-tool", "§5.2", "INVOKE without tool (only args).", INV, 1,
         m((1, pk({"a": 1}))), "MISSING_FIELD")
@@ -845,12 +899,10 @@ def build_rejections():
     rej("missing/resume-received", "§5.13", "Client RESUME without received.", H["RESUME"],
         0, m((0, pk(TOKEN16))), "MISSING_FIELD", receiver="server")
     rej("missing/resume-token", "§5.13", "Client RESUME without token (required from a "
-        "client).", H["RESUME"], 0, m((1, pk(0))), "MISSING_FIELD", receiver="server")
+        "client).", H["RESUME"], 0, m((1, pk(0))), "MISSING_FIELD", receiver="server",
+        role_dependent=True)
     rej("missing/hello-versions", "§5.1", "Client HELLO without versions.", H["HELLO"], 0,
         m((7, pk("asp-py/1.0"))), "MISSING_FIELD", receiver="server")
-    rej("missing/hello-server-connection-id", "§5.1", "Server HELLO without connection_id "
-        "(required from a server).", H["HELLO"], 0, m((0, pk([1]))), "MISSING_FIELD",
-        receiver="client")
     # ---- INVALID_FIELD ----
     rej("invalid/invoke-tool-int", "§4.2", "INVOKE whose tool is the integer 5.", INV, 1,
         m((0, pk(5))), "INVALID_FIELD")
@@ -938,9 +990,6 @@ def build_rejections():
     rej("invalid/hello-versions-not-array", "§5.1", "Client HELLO whose versions is the "
         "integer 1, not an array.", H["HELLO"], 0, m((0, pk(1))), "INVALID_FIELD",
         receiver="server")
-    rej("invalid/hello-server-two-versions", "§5.1", "Server HELLO whose versions has 2 "
-        "entries (a server sends exactly 1).", H["HELLO"], 0,
-        m((0, pk([1, 2])), (4, pk("c1"))), "INVALID_FIELD", receiver="client")
     rej("invalid/hello-capability-int", "§5.1", "Client HELLO whose capabilities contains an "
         "integer.", H["HELLO"], 0, m((0, pk([1])), (1, pk(["resume", 7]))), "INVALID_FIELD",
         receiver="server")
@@ -960,6 +1009,15 @@ def build_rejections():
     rej("invalid/hello-connection-id-empty", "§5.1", "Server HELLO whose connection_id is the "
         "empty string (range 1–64 bytes).", H["HELLO"], 0, m((0, pk([1])), (4, pk(""))),
         "INVALID_FIELD", receiver="client")
+    rej("invalid/hello-client-connection-id-int", "§4.3", "Client HELLO whose connection_id "
+        "(a field only a server uses) is the integer 5: still type-checked.", H["HELLO"], 0,
+        m((0, pk([1])), (4, pk(5))), "INVALID_FIELD", receiver="server")
+    rej("invalid/tool_def-remove-description-int", "§4.3, §5.5", "TOOL_DEF remove whose "
+        "description (ignored for remove) is the integer 7: still type-checked.",
+        H["TOOL_DEF"], 0, m((0, pk(2)), (1, ECHO), (2, pk(7))), "INVALID_FIELD")
+    rej("invalid/resume-server-token-str", "§4.3, §5.13", "Server RESUME whose token (a field "
+        "only a client uses) is a str: still type-checked.", H["RESUME"], 0,
+        m((0, pk("abc")), (1, pk(0))), "INVALID_FIELD", receiver="client")
     # ---- §3.7 processing order: several faults, the first failing step decides ----
     rej("order/version-first", "§3.7", "Version 2, reserved type 0xF, all flags set and a "
         "payload over the limit: the version check comes first.", 0xF, 7,
@@ -1128,7 +1186,9 @@ def check_field(f: F, v: Node, payload: bytes, sender: str):
         if not (lo <= len(v.val) <= hi):
             raise Reject("INVALID_FIELD")
         if k == "arr_uint":
-            return [json_uint(uint_in(x, f.elo, f.ehi)) for x in v.val]
+            # §4.3: repeated entries in HELLO `versions` are the same as one.
+            vals = [json_uint(uint_in(x, f.elo, f.ehi)) for x in v.val]
+            return list(dict.fromkeys(vals))
         return [utf8(x, f.elo, f.ehi) for x in v.val]
     if k in ("limits", "metrics"):
         table = LIMITS if k == "limits" else METRICS
@@ -1136,11 +1196,12 @@ def check_field(f: F, v: Node, payload: bytes, sender: str):
             raise Reject("INVALID_FIELD")
         out, seen = {}, set()
         for kn, vn in v.val:
+            # §4.3: nested maps with integer keys follow the same rules as the payload map.
             if kn.tag != "int" or kn.val < 0:
-                raise Reject("INVALID_FIELD")  # not tested: see README (open questions)
+                raise Reject("MALFORMED_PAYLOAD")
             if kn.val in table:
                 if kn.val in seen:
-                    raise Reject("INVALID_FIELD")  # not tested
+                    raise Reject("MALFORMED_PAYLOAD")
                 seen.add(kn.val)
                 if vn.tag == "nil":
                     continue
@@ -1206,7 +1267,7 @@ def receive(frame_bytes: bytes, config: dict, receiver: str):
         out = {name: val for name, (_, val) in sorted(fields.items(), key=lambda x: x[1][0])}
         return ("ok", tn, rid, out)
     except Reject as r:
-        return ("reject", r.error, rid, tcode)
+        return ("reject", r.error, reply_id(tcode, rid, r.error), tcode)
 
 
 def self_check():
@@ -1222,7 +1283,8 @@ def self_check():
         payload = fb[8:]
         # msgpack-python must parse the payload as exactly one map (or it is empty).
         if payload:
-            up = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True)
+            up = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
+                                  unicode_errors="surrogateescape")
             up.feed(payload)
             vals = list(up)
             assert len(vals) == 1 and isinstance(vals[0], dict), t["id"]
@@ -1367,6 +1429,1804 @@ def splice_spec(md: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Session vectors: scripted exchanges for one role (SPEC §6–§11), worked out by hand from SPEC
+# ---------------------------------------------------------------------------------------------
+#
+# Every expected frame and event below is derived from the SPEC text cited in the vector's
+# `spec`, not recorded from an implementation. Frames the implementation receives are encoded
+# with msgpack-python (`wire`); frames it must send are given in the JSON form of frames.json
+# with wildcards (`X`). See conformance/README.md, "Session vectors".
+
+SESSIONS_JSON = VECTORS_DIR / "sessions.json"
+SESS_TESTS: list[dict] = []
+
+# §12.2 "retryable" column.
+RETRYABLE = {"HANDSHAKE_TIMEOUT", "HEARTBEAT_TIMEOUT", "GOING_AWAY", "TOO_MANY_INFLIGHT",
+             "DEADLINE_EXCEEDED", "DRAINING", "RATE_LIMITED", "INTERNAL", "UNAVAILABLE",
+             "UPSTREAM_TIMEOUT"}
+
+# §13 defaults of the limits announced in HELLO.
+DEFAULT_LIMITS = {"max_frame_payload": 1048576, "max_inflight": 128, "max_tools": 256,
+                  "max_chunk": 65536, "initial_window": 262144}
+
+# The tools a server under test in live mode offers (README, "Live profile").
+LIVE_TOOL_NAMES = ["ask", "chunks", "echo", "fail", "wait"]
+LIVE_CONFIG = {"tools": [{"name": n} for n in LIVE_TOOL_NAMES]}
+
+ANY_KEYS = {"args", "result", "body", "meta", "input_schema", "annotations"}
+
+
+def wire(type_name: str, rid, fields=None, flags: int = 0) -> str:
+    """Hex of one valid frame. `rid` may be a placeholder such as "$r1" (two id bytes)."""
+    payload, _, _ = encode_fields(type_name, fields or {})
+    h = header(TYPE_CODES[type_name], 0 if isinstance(rid, str) else rid, len(payload),
+               flags=flags)
+    parts = hexs(h).split(" ")
+    if isinstance(rid, str):
+        parts[2:4] = [rid]
+    return " ".join(parts + ([hexs(payload)] if payload else []))
+
+
+def wire_raw(type_code: int, rid: int, payload: bytes, flags: int = 0, version: int = 1) -> str:
+    """Hex of an arbitrary (possibly invalid) frame."""
+    return hexs(header(type_code, rid, len(payload), flags=flags, version=version) + payload)
+
+
+def msg(*frames: str) -> str:
+    """One WebSocket message holding several whole frames."""
+    return " ".join(frames)
+
+
+def json_fields(type_name: str, fields: dict) -> dict:
+    """Fields in the JSON form of frames.json; "*" passes through; ERROR codes by name."""
+    wild = {k: v for k, v in fields.items() if isinstance(v, str) and v == "*"}
+    concrete = {k: v for k, v in fields.items() if k not in wild}
+    code = None
+    if type_name == "ERROR" and isinstance(concrete.get("code"), str):
+        code = concrete["code"]
+        concrete["code"] = ERROR_CODES[code]
+    _, jf, _ = encode_fields(type_name, concrete)
+    if code is not None:
+        jf["code"] = code
+    out = dict(jf)
+    out.update(wild)
+    return {k: out[k] for k in sorted(out, key=lambda n: BY_NAME[type_name][n].key)}
+
+
+def X(type_name: str, rid, fields=None, may=None, optional: bool = False) -> dict:
+    """An expected frame: `fields` present with these values ("*": any value), `may` absent
+    or with these values, every other field absent (after SPEC defaults are applied)."""
+    out = {"type": type_name, "id": rid, "fields": json_fields(type_name, fields or {})}
+    if may:
+        out["may"] = json_fields(type_name, may)
+    if optional:
+        out["optional"] = True
+    return out
+
+
+def XERR(rid, code, ft=None, ft_required: bool = False, message=None, optional=False) -> dict:
+    """An expected ERROR. `code` is a §12.2 name (or a number); `retryable` follows the
+    registry; the message is free unless given; `frame_type` is required for frame errors
+    (§3.7) and otherwise may be present (§5.7 "when one did")."""
+    fields = {"code": code}
+    if code in RETRYABLE:
+        fields["retryable"] = True
+    may = {}
+    if message is None:
+        may["message"] = "*"
+    else:
+        fields["message"] = message
+    if ft_required:
+        fields["frame_type"] = ft
+    else:
+        may["frame_type"] = "*" if ft is None else ft
+    return X("ERROR", rid, fields, may, optional)
+
+
+def U(*frames) -> dict:
+    """Frames that may be sent in any order among themselves."""
+    return {"unordered": list(frames)}
+
+
+def E(event: str, **kw) -> dict:
+    """An expected event: the listed keys must match ("*": any value)."""
+    return {"event": event, **kw}
+
+
+def C(op: str, **kw) -> dict:
+    """A local command (the application's action)."""
+    out = {"op": op}
+    for k, v in kw.items():
+        if k in ANY_KEYS:
+            out[k] = {"msgpack": hexs(pk(v))}
+        elif k == "data":
+            out[k] = {"str": v} if isinstance(v, str) else {"bin": hexs(v)}
+        else:
+            out[k] = v
+    return out
+
+
+def anyv(v) -> dict:
+    """An `any` value in the JSON form (events, expected fields)."""
+    return {"msgpack": hexs(pk(v))}
+
+
+def step(at: int, *, transmit=None, events=None, state=None, closed=False, refused=False,
+         **action) -> dict:
+    assert len(action) == 1, action
+    (k, v), = action.items()
+    assert k in ("start", "recv", "recv_text", "command", "timeout", "transport_closed"), k
+    s = {"at_ms": at, k: v}
+    if refused:
+        assert k == "command"
+        s["refused"] = True
+    if transmit:
+        s["transmit"] = transmit
+    if events:
+        s["events"] = events
+    if state:
+        s["state"] = state
+    if closed:
+        s["closed"] = True
+    return s
+
+
+def session(vid, spec, description, role, steps, config=None, live=False, binding=None):
+    config = dict(config or {})
+    if live:
+        assert role == "server" and config == LIVE_CONFIG, vid
+        for s in steps:
+            # Live mode cannot trigger local commands other than what the profile's tools do.
+            if "command" in s:
+                assert s["command"]["op"] in ("complete", "stream", "fail", "request"), vid
+            assert "transport_closed" not in s, vid
+    t = {"id": vid, "spec": spec, "description": description, "role": role, "live": live}
+    if binding:
+        t["binding"] = binding
+    t["config"] = config
+    t["steps"] = steps
+    SESS_TESTS.append(t)
+
+
+# ---- building blocks ----
+
+C_HELLO = {"versions": [1], "capabilities": ["requests"]}
+S_HELLO = {"versions": [1], "connection_id": "c1"}
+TOOLDEF_MAY = {"description": "*", "input_schema": "*", "annotations": "*"}
+
+
+def server_hello_exp(ntools: int) -> dict:
+    fields = {"versions": [1], "connection_id": "*"}
+    may = {"capabilities": "*", "limits": "*", "heartbeat_ms": "*", "agent": "*"}
+    if ntools:
+        fields["tools"] = ntools
+    return X("HELLO", 0, fields, may)
+
+
+def server_open(config, hello=None, at=0) -> list:
+    """start + the client's HELLO → the server's HELLO and its initial tool set (§6.2)."""
+    tools = [t["name"] for t in config.get("tools", [])]
+    exp = [server_hello_exp(len(tools))]
+    tds = [X("TOOL_DEF", 0, {"op": 0, "name": n}, TOOLDEF_MAY) for n in tools]
+    if len(tds) > 1:
+        exp.append(U(*tds))
+    else:
+        exp.extend(tds)
+    return [step(0, start=True, state="Handshaking"),
+            step(at, recv=wire("HELLO", 0, hello or C_HELLO), transmit=exp,
+                 events=[E("Connected")], state="Open")]
+
+
+def client_hello_exp(config) -> dict:
+    fields = {"versions": [1]}
+    may = {"agent": "*"}
+    caps = []
+    if config.get("requests", True):
+        caps.append("requests")
+    if config.get("resume", False):
+        caps.append("resume")
+    if caps:
+        fields["capabilities"] = caps
+    else:
+        may["capabilities"] = []
+    hb = config.get("heartbeat_ms", 30000)
+    if hb != 30000:
+        fields["heartbeat_ms"] = hb  # §5.1: absent means 30000, so another value is sent
+    lim = {k: config[k] for k in DEFAULT_LIMITS if config.get(k, DEFAULT_LIMITS[k])
+           != DEFAULT_LIMITS[k]}
+    if lim:
+        fields["limits"] = lim  # §6.4: each side announces what it accepts
+    return X("HELLO", 0, fields, may)
+
+
+def client_open(config, hello=None, events=None) -> list:
+    """start → the client's HELLO (§6.2 step 1); the server's HELLO → open."""
+    return [step(0, start=True, transmit=[client_hello_exp(config)], state="Handshaking"),
+            step(0, recv=wire("HELLO", 0, hello or S_HELLO),
+                 events=[E("Connected", connection_id="c1")] if events is None else events,
+                 state="Open")]
+
+
+def invoke_client(at, rid, tool="echo", args=None, **kw) -> dict:
+    """Client command invoke → the INVOKE it must send."""
+    cargs = {} if args is None else {"args": args}
+    fields = {"tool": tool, **({"args": args} if args is not None else {})}
+    opts = {k: v for k, v in kw.items() if k in ("deadline_ms", "meta")}
+    fields.update(opts)
+    return step(at, command=C("invoke", tool=tool, **cargs, **opts),
+                transmit=[X("INVOKE", rid, fields)])
+
+
+def closed_ev(reason, code=None) -> dict:
+    return E("Closed", reason=reason, **({"code": code} if code else {}))
+
+
+def conn_error(at, code, **action) -> dict:
+    """A step after which the implementation sends the connection error `code` and closes."""
+    return step(at, transmit=[XERR(0, code)], events=[closed_ev("error_sent", code)],
+                state="Closed", closed=True, **action)
+
+
+def with_tools(*names, **extra) -> dict:
+    return {"tools": [{"name": n} for n in names], **extra}
+
+
+def build_server_sessions():
+    L = LIVE_CONFIG
+    op = server_open(L)
+    cmeta = {"may": {"metrics": "*"}}
+
+    def complete_exp(rid, status=0, result=None, optional=False):
+        f = {"status": status}
+        if result is not None:
+            f["result"] = result
+        return X("COMPLETE", rid, f, {"metrics": "*"}, optional)
+
+    # ---- §6.2 / §6.3 handshake ----
+    session("server/handshake", "§6.2", "The client's HELLO is answered with the server's "
+            "HELLO (exactly one version, a connection_id, `tools` = size of the initial tool "
+            "set, no resume_token since the client did not list `resume`), then one "
+            "TOOL_DEF(add) per tool.", "server", op, L, live=True)
+    session("server/handshake-no-tools", "§6.2", "A server with no tools answers HELLO with "
+            "HELLO only (`tools` absent or 0) and sends no TOOL_DEF.", "server",
+            server_open({}), {})
+    session("server/version-highest-common", "§6.3", "A client offering versions [1, 2, 15] "
+            "gets the highest version both speak, 1, as the only element of `versions`.",
+            "server", server_open(L, hello={"versions": [1, 2, 15]}), L, live=True)
+    session("server/version-none", "§6.3", "A client offering only versions 2 and 3 gets "
+            "ERROR(UNSUPPORTED_VERSION) with id 0 and the connection closes.", "server",
+            [step(0, start=True),
+             conn_error(0, "UNSUPPORTED_VERSION", recv=wire("HELLO", 0, {"versions": [2, 3]}))],
+            L, live=True)
+    session("server/first-frame-invoke", "§6.2", "An INVOKE as the first frame (before "
+            "HELLO) is the connection error PROTOCOL_VIOLATION.", "server",
+            [step(0, start=True),
+             conn_error(0, "PROTOCOL_VIOLATION", recv=wire("INVOKE", 1, {"tool": "echo"}))],
+            L, live=True)
+    session("server/first-frame-ping", "§6.2", "A PING as the first frame is the connection "
+            "error PROTOCOL_VIOLATION: the first frame must be HELLO or RESUME.", "server",
+            [step(0, start=True), conn_error(0, "PROTOCOL_VIOLATION", recv=wire("PING", 0))],
+            L, live=True)
+    session("server/second-hello", "§6.2", "A second HELLO on an open connection is the "
+            "connection error PROTOCOL_VIOLATION.", "server",
+            op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire("HELLO", 0, C_HELLO))],
+            L, live=True)
+    session("server/handshake-frame-error", "§3.7, §6.2", "A frame error in the first frame "
+            "(HELLO with an empty `versions`, INVALID_FIELD) is a connection error during the "
+            "handshake: ERROR(INVALID_FIELD) with id 0, then close.", "server",
+            [step(0, start=True),
+             conn_error(0, "INVALID_FIELD", recv=wire_raw(0x1, 0, b"\x81\x00\x90"))],
+            L, live=True)
+    session("server/handshake-reserved-flags", "§3.4, §3.7, §6.2", "A HELLO with flag bit "
+            "0x01 as the first frame: RESERVED_FLAGS, a connection error during the "
+            "handshake (id 0, close).", "server",
+            [step(0, start=True),
+             conn_error(0, "RESERVED_FLAGS", recv=wire("HELLO", 0, C_HELLO, flags=0x01))],
+            L, live=True)
+    session("server/handshake-unsupported-header-version", "§3.2", "A first frame whose "
+            "header version is 2 is the connection error UNSUPPORTED_VERSION.", "server",
+            [step(0, start=True),
+             conn_error(0, "UNSUPPORTED_VERSION",
+                        recv=wire_raw(0x1, 0, pk({0: [1]}), version=2))], L, live=True)
+    session("server/handshake-timeout", "§6.2", "No HELLO within the handshake timeout "
+            "(default 10 s): ERROR(HANDSHAKE_TIMEOUT, retryable) with id 0, then close.",
+            "server",
+            [step(0, start=True),
+             step(9999, timeout=True, state="Handshaking"),
+             conn_error(10001, "HANDSHAKE_TIMEOUT", timeout=True)],
+            {"heartbeat_ms": 0})
+    session("server/handshake-timeout-configured", "§6.2, §13", "A handshake timeout "
+            "configured to 500 ms: nothing at 499 ms, HANDSHAKE_TIMEOUT at 501 ms.", "server",
+            [step(0, start=True), step(499, timeout=True),
+             conn_error(501, "HANDSHAKE_TIMEOUT", timeout=True)],
+            {"handshake_timeout_ms": 500})
+    session("server/resume-not-supported", "§11.2, §12.2", "A server that does not support "
+            "resume answers RESUME with ERROR(RESUME_FAILED) and id 0; the transport stays open "
+            "in Handshaking and a HELLO then starts a new session.", "server",
+            [step(0, start=True),
+             step(0, recv=wire("RESUME", 0, {"token": TOKEN16, "received": 0}),
+                  transmit=[XERR(0, "RESUME_FAILED")], state="Handshaking"),
+             op[1]], L, live=True)
+
+    session("server/version-repeated", "§4.3, §6.3", "Repeated entries in HELLO `versions` "
+            "are the same as one: [1, 1] is accepted.", "server",
+            server_open(L, hello={"versions": [1, 1]}), L, live=True)
+    session("server/hello-unused-fields", "§4.3, §6.4", "A client HELLO carrying fields only a "
+            "server uses (connection_id, tools) and an unknown capability: they are "
+            "type-checked, then ignored; the handshake completes.", "server",
+            server_open(L, hello={"versions": [1], "capabilities": ["requests", "x-future"],
+                                  "connection_id": "ignored", "tools": 3,
+                                  "agent": "asp-conformance"}), L, live=True)
+    session("server/resume-without-token", "§5.13, §3.7, §6.2", "A client RESUME must carry "
+            "`token`: without it the first frame fails with MISSING_FIELD, a connection error "
+            "during the handshake (id 0, close).", "server",
+            [step(0, start=True),
+             conn_error(0, "MISSING_FIELD", recv=wire_raw(0xE, 0, m((1, pk(0)))))],
+            L, live=True)
+    rt = with_tools("echo", resume=True, resume_token=hexs(TOKEN16))
+    session("server/resume-token-offered", "§6.4, §11.2", "Both HELLOs list `resume`: the "
+            "server's HELLO carries its resume_token.", "server",
+            [step(0, start=True),
+             step(0, recv=wire("HELLO", 0, {"versions": [1], "capabilities": ["resume"]}),
+                  transmit=[X("HELLO", 0, {"versions": [1], "connection_id": "*", "tools": 1,
+                                          "capabilities": ["resume"],
+                                          "resume_token": TOKEN16},
+                              {"limits": "*", "heartbeat_ms": "*", "agent": "*"}),
+                            X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY)],
+                  events=[E("Connected", resumable=True)], state="Open")], rt)
+    session("server/resume-token-not-offered", "§6.4", "The client did not list `resume`: "
+            "the server's HELLO carries no resume_token, even though the server supports "
+            "resume.", "server",
+            [step(0, start=True),
+             step(0, recv=wire("HELLO", 0, {"versions": [1]}),
+                  transmit=[X("HELLO", 0, {"versions": [1], "connection_id": "*", "tools": 1},
+                              {"capabilities": "*", "limits": "*", "heartbeat_ms": "*",
+                               "agent": "*"}),
+                            X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY)],
+                  events=[E("Connected", resumable=False)], state="Open")], rt)
+
+    # ---- §7 invocations ----
+    inv_echo = step(0, recv=wire("INVOKE", 1, {"tool": "echo", "args": {"t": "hi"}}),
+                    events=[E("Invoked", id=1, tool="echo", args=anyv({"t": "hi"}))])
+    session("server/invoke-echo", "§7.1, §5.6", "INVOKE of `echo` runs; the application ends "
+            "it with COMPLETE(ok) carrying the result.", "server",
+            op + [inv_echo,
+                  step(0, command=C("complete", id=1, status=0, result={"t": "hi"}),
+                       transmit=[complete_exp(1, 0, {"t": "hi"})])], L, live=True)
+    session("server/invoke-stream", "§7.1, §7.6, §5.3", "The server streams two chunks "
+            "(seq 0 and 1), then COMPLETE(ok).", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "chunks", "args": ["a", "bc"]}),
+                       events=[E("Invoked", id=1, tool="chunks")]),
+                  step(0, command=C("stream", id=1, data="a"),
+                       transmit=[X("STREAM", 1, {"data": "a", "seq": 0})]),
+                  step(0, command=C("stream", id=1, data="bc"),
+                       transmit=[X("STREAM", 1, {"data": "bc", "seq": 1})]),
+                  step(0, command=C("complete", id=1, status=0),
+                       transmit=[complete_exp(1)])], L, live=True)
+    session("server/stream-final", "§5.3, §7.1", "A STREAM with `final` ends the stream: "
+            "nothing more may be streamed (a STREAM after final is BAD_SEQUENCE at the "
+            "client), the invocation still ends with COMPLETE.", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
+                       events=[E("Invoked", id=1, tool="chunks")]),
+                  step(0, command=C("stream", id=1, data=b"\x01\x02", final=True),
+                       transmit=[X("STREAM", 1, {"data": b"\x01\x02", "seq": 0,
+                                                 "final": True})]),
+                  step(0, command=C("stream", id=1, data="x"), refused=True),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+                  step(0, command=C("stream", id=1, data="y"), refused=True)], L)
+    session("server/id-reuse", "§3.5", "An id may be reused once its terminal frame was "
+            "sent: INVOKE 1, COMPLETE 1, INVOKE 1 again runs normally.", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+                  step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            L, live=True)
+    session("server/unknown-key-ignored", "§4.3", "An INVOKE with an unknown key 9 (and a "
+            "PING with an unknown key) is processed normally; the key is ignored.", "server",
+            op + [step(0, recv=wire_raw(0x2, 1, m((0, ECHO), (9, pk([1, "x"])))),
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+                  step(0, recv=wire_raw(0x8, 0, m((5, pk("x")))), transmit=[X("PONG", 0)])],
+            L, live=True)
+    session("server/multiple-frames-per-message", "§2.1", "One WebSocket message carrying "
+            "PING, PING and INVOKE: each frame is processed, in order.", "server",
+            op + [step(0, recv=msg(wire("PING", 0), wire("PING", 0),
+                                   wire("INVOKE", 1, {"tool": "echo"})),
+                       transmit=[X("PONG", 0), X("PONG", 0)],
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            L, live=True)
+
+    wait1 = step(0, recv=wire("INVOKE", 1, {"tool": "wait"}),
+                 events=[E("Invoked", id=1, tool="wait")])
+    session("server/interrupt", "§7.3, §7.1", "INTERRUPT of a running invocation: the server "
+            "must still end it, normally with COMPLETE(cancelled); an INTERRUPT or CREDIT "
+            "for the id after its terminal frame is ignored silently.", "server",
+            op + [wait1,
+                  step(0, recv=wire("INTERRUPT", 1, {"reason": "stop"}),
+                       events=[E("Interrupted", id=1, reason="stop")]),
+                  step(0, command=C("complete", id=1, status=1),
+                       transmit=[complete_exp(1, 1)]),
+                  step(0, recv=wire("INTERRUPT", 1)),
+                  step(0, recv=wire("CREDIT", 1, {"bytes": 10}))], L, live=True)
+    session("server/interrupt-twice", "§7.3", "A second INTERRUPT for the same invocation has "
+            "no further effect; the invocation ends once.", "server",
+            op + [wait1,
+                  step(0, recv=wire("INTERRUPT", 1), events=[E("Interrupted", id=1)]),
+                  step(0, recv=wire("INTERRUPT", 1, {"reason": "again"})),
+                  step(0, command=C("complete", id=1, status=1),
+                       transmit=[complete_exp(1, 1)])], L, live=True)
+    session("server/interrupt-complete-race", "§7.3, §7.1", "The server already sent "
+            "COMPLETE(ok) when the client's INTERRUPT arrives: the INTERRUPT crossed the "
+            "terminal frame and is ignored without error.", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "echo", "args": "x"}),
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0, result="x"),
+                       transmit=[complete_exp(1, 0, "x")]),
+                  step(0, recv=wire("INTERRUPT", 1, {"reason": "too late"}))], L, live=True)
+    session("server/interrupt-unknown-id", "§7.3, §7.1", "INTERRUPT and CREDIT for an id that "
+            "was never used are ignored without error.", "server",
+            op + [step(0, recv=wire("INTERRUPT", 5)),
+                  step(0, recv=wire("CREDIT", 5, {"bytes": 100})),
+                  step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)])], L, live=True)
+    session("server/duplicate-id", "§7.2", "An INVOKE for an id already in flight is "
+            "answered ERROR(DUPLICATE_ID), which ends the existing invocation too: the server "
+            "sends nothing more for the id.", "server",
+            op + [wait1,
+                  step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                       transmit=[XERR(1, "DUPLICATE_ID", 0x2)],
+                       events=[E("Aborted", id=1, code="DUPLICATE_ID")]),
+                  step(0, command=C("complete", id=1, status=0), refused=True),
+                  step(0, recv=wire("INTERRUPT", 1))], L, live=True)
+    session("server/too-many-inflight", "§7.2, §13", "With max_inflight 1, a second INVOKE is "
+            "answered ERROR(TOO_MANY_INFLIGHT, retryable); once the first ends, the id is "
+            "free and a new INVOKE runs.", "server",
+            server_open(with_tools("echo", "wait", max_inflight=1)) +
+            [wait1,
+             step(0, recv=wire("INVOKE", 2, {"tool": "echo"}),
+                  transmit=[XERR(2, "TOO_MANY_INFLIGHT", 0x2)]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+             step(0, recv=wire("INVOKE", 2, {"tool": "echo"}),
+                  events=[E("Invoked", id=2, tool="echo")])],
+            with_tools("echo", "wait", max_inflight=1))
+    many = msg(*[wire("INVOKE", i, {"tool": "wait"}) for i in range(1, 129)])
+    session("server/too-many-inflight-default", "§7.2, §13", "The default max_inflight is "
+            "128: 128 invocations run, the 129th is refused with TOO_MANY_INFLIGHT; after one "
+            "ends, a new one runs.", "server",
+            op + [step(0, recv=many,
+                       events=[E("Invoked", id=i, tool="wait") for i in range(1, 129)]),
+                  step(0, recv=wire("INVOKE", 129, {"tool": "echo"}),
+                       transmit=[XERR(129, "TOO_MANY_INFLIGHT", 0x2)]),
+                  step(0, recv=wire("INTERRUPT", 1), events=[E("Interrupted", id=1)]),
+                  step(0, command=C("complete", id=1, status=1),
+                       transmit=[complete_exp(1, 1)]),
+                  step(0, recv=wire("INVOKE", 129, {"tool": "echo"}),
+                       events=[E("Invoked", id=129, tool="echo")]),
+                  step(0, command=C("complete", id=129, status=0),
+                       transmit=[complete_exp(129)])], L, live=True)
+    session("server/unknown-tool", "§7.2", "INVOKE of a tool the server does not have is "
+            "answered ERROR(UNKNOWN_TOOL); the id is then free.", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "nope"}),
+                       transmit=[XERR(1, "UNKNOWN_TOOL", 0x2)]),
+                  step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            L, live=True)
+    session("server/invoke-check-order", "§7.2", "The checks of §7.2 apply in order: with "
+            "max_inflight reached, INVOKE of an unknown tool is TOO_MANY_INFLIGHT (step 3), "
+            "not UNKNOWN_TOOL (step 5).", "server",
+            server_open(with_tools("wait", max_inflight=1)) +
+            [wait1,
+             step(0, recv=wire("INVOKE", 2, {"tool": "nope"}),
+                  transmit=[XERR(2, "TOO_MANY_INFLIGHT", 0x2)])],
+            with_tools("wait", max_inflight=1))
+    session("server/deadline", "§7.4", "INVOKE with deadline_ms 200 still running 200 ms after "
+            "receipt: the server ends it with ERROR(DEADLINE_EXCEEDED, retryable); a later "
+            "INTERRUPT for it is ignored.", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "wait", "deadline_ms": 200}),
+                       events=[E("Invoked", id=1, tool="wait", deadline_ms=200)]),
+                  step(199, timeout=True),
+                  step(201, timeout=True, transmit=[XERR(1, "DEADLINE_EXCEEDED")],
+                       events=[E("Aborted", id=1, code="DEADLINE_EXCEEDED")]),
+                  step(210, recv=wire("INTERRUPT", 1))], L, live=True)
+    session("server/deadline-met", "§7.4", "An invocation that completes before its deadline "
+            "is not affected by it.", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "echo", "deadline_ms": 200}),
+                       events=[E("Invoked", id=1, tool="echo", deadline_ms=200)]),
+                  step(100, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+                  step(300, timeout=True)], L)
+
+    # ---- §7.5 flow control, server side ----
+    fc_hello = {"versions": [1], "limits": {"max_chunk": 4, "initial_window": 4}}
+    fcc = with_tools("chunks")
+    session("server/flow-control-window", "§7.5", "The client announced initial_window 4: "
+            "the server may send 4 bytes of STREAM data, then nothing until CREDIT; CREDIT(3) "
+            "allows 3 more.", "server",
+            server_open(fcc, hello=fc_hello) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
+                  events=[E("Invoked", id=1, tool="chunks")]),
+             step(0, command=C("stream", id=1, data="abcd"),
+                  transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+             step(0, command=C("stream", id=1, data="e"), refused=True),
+             step(0, recv=wire("CREDIT", 1, {"bytes": 3})),
+             step(0, command=C("stream", id=1, data="efgh"), refused=True),
+             step(0, command=C("stream", id=1, data="efg"),
+                  transmit=[X("STREAM", 1, {"data": "efg", "seq": 1})]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            fcc)
+    session("server/stream-zero-length", "§7.5", "Zero-length STREAM data is always allowed, "
+            "also with the window used up and without `final`.", "server",
+            server_open(fcc, hello=fc_hello) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
+                  events=[E("Invoked", id=1, tool="chunks")]),
+             step(0, command=C("stream", id=1, data="abcd"),
+                  transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+             step(0, command=C("stream", id=1, data=""),
+                  transmit=[X("STREAM", 1, {"data": "", "seq": 1})]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            fcc)
+    session("server/chunk-limit", "§7.5", "The client announced max_chunk 4: a 5-byte chunk "
+            "may not be sent; a 4-byte one may.", "server",
+            server_open(fcc, hello={"versions": [1], "limits": {"max_chunk": 4}}) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
+                  events=[E("Invoked", id=1, tool="chunks")]),
+             step(0, command=C("stream", id=1, data="abcde"), refused=True),
+             step(0, command=C("stream", id=1, data="abcd"),
+                  transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            fcc)
+    session("server/credit-overflow", "§7.5", "A CREDIT that takes the window above 2^32-1 "
+            "(262144 + 4294967295) is FLOW_CONTROL, which ends the invocation.", "server",
+            op + [wait1,
+                  step(0, recv=wire("CREDIT", 1, {"bytes": U32}),
+                       transmit=[XERR(1, "FLOW_CONTROL", 0xC)],
+                       events=[E("Aborted", id=1, code="FLOW_CONTROL")]),
+                  step(0, recv=wire("INTERRUPT", 1))], L, live=True)
+    session("server/peer-max-frame-payload", "§3.6", "The client announced max_frame_payload "
+            "64: the server may not send a COMPLETE whose payload exceeds it.", "server",
+            server_open(with_tools("echo"),
+                        hello={"versions": [1], "limits": {"max_frame_payload": 64}}) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  events=[E("Invoked", id=1, tool="echo")]),
+             step(0, command=C("complete", id=1, status=0, result="r" * 100), refused=True),
+             step(0, command=C("complete", id=1, status=0, result="r" * 10),
+                  transmit=[complete_exp(1, 0, "r" * 10)])],
+            with_tools("echo"))
+
+    # ---- §8 server requests ----
+    ask1 = step(0, recv=wire("INVOKE", 1, {"tool": "ask", "args": "Delete 3 files?"}),
+                events=[E("Invoked", id=1, tool="ask")])
+    req_exp = X("REQUEST", "$r1", {"kind": "confirm", "body": "Delete 3 files?",
+                                   "invocation": 1})
+    req_cmd = C("request", kind="confirm", body="Delete 3 files?", invocation=1)
+    session("server/request-reply", "§8, §5.9, §5.10", "The client listed `requests`: the "
+            "server asks (REQUEST with a server-space id, on behalf of invocation 1), the "
+            "client answers REPLY(answered), and the invocation completes.", "server",
+            op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
+                  step(0, recv=wire("REPLY", "$r1", {"status": 0, "body": "yes"}),
+                       events=[E("Ended", id="$r1", outcome="reply", status=0,
+                                 body=anyv("yes"))]),
+                  step(0, command=C("complete", id=1, status=0, result="yes"),
+                       transmit=[complete_exp(1, 0, "yes")])], L, live=True)
+    session("server/request-without-capability", "§6.4, §8", "The client did not list "
+            "`requests`: the server MUST NOT send REQUEST; the tool then fails "
+            "(ERROR(TOOL_FAILED), as the live profile's `ask` does).", "server",
+            server_open(L, hello={"versions": [1]}) +
+            [ask1, step(0, command=req_cmd, refused=True),
+             step(0, command=C("fail", id=1, code="TOOL_FAILED", message="cannot ask"),
+                  transmit=[XERR(1, "TOOL_FAILED")])], L, live=True)
+    session("server/request-interrupt", "§8", "The server interrupts its own request; the "
+            "client ends it with REPLY(cancelled).", "server",
+            op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
+                  step(0, command=C("interrupt", id="$r1", reason="invocation ended"),
+                       transmit=[X("INTERRUPT", "$r1", {"reason": "invocation ended"})]),
+                  step(0, recv=wire("REPLY", "$r1", {"status": 1}),
+                       events=[E("Ended", id="$r1", outcome="reply", status=1)]),
+                  step(0, command=C("interrupt", id="$r1"), refused=True)], L)
+    session("server/request-error", "§8, §5.7", "The client ends requests with ERROR "
+            "(DRAINING, then UNSUPPORTED): each ERROR is the request's terminal frame.",
+            "server",
+            op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
+                  step(0, recv=wire("ERROR", "$r1", {"code": ERROR_CODES["DRAINING"],
+                                                     "retryable": True}),
+                       events=[E("Ended", id="$r1", outcome="error", code="DRAINING")]),
+                  step(0, command=C("request", kind="input"),
+                       transmit=[X("REQUEST", "$r2", {"kind": "input"})]),
+                  step(0, recv=wire("ERROR", "$r2", {"code": ERROR_CODES["UNSUPPORTED"]}),
+                       events=[E("Ended", id="$r2", outcome="error", code="UNSUPPORTED")])],
+            L)
+    session("server/request-max-inflight", "§8, §13", "The client announced max_inflight 1: "
+            "the server may have only one request in flight.", "server",
+            server_open(L, hello={"versions": [1], "capabilities": ["requests"],
+                                  "limits": {"max_inflight": 1}}) +
+            [ask1, step(0, command=req_cmd, transmit=[req_exp]),
+             step(0, command=C("request", kind="input"), refused=True),
+             step(0, recv=wire("REPLY", "$r1", {"status": 2}),
+                  events=[E("Ended", id="$r1", outcome="reply", status=2)]),
+             step(0, command=C("request", kind="input"),
+                  transmit=[X("REQUEST", "$r2", {"kind": "input"})])], L)
+    session("server/frame-error-ends-request", "§3.7, §8", "A REPLY for the server's request "
+            "with status 3 (INVALID_FIELD): the ERROR names the request, which ends on both "
+            "sides; the invocation that asked then fails (ERROR(TOOL_FAILED), as the live "
+            "profile's `ask` does).", "server",
+            op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
+                  step(0, recv=wire_raw(0xB, 0, m((0, pk(3)))).replace("1b 00 00 00",
+                                                                       "1b 00 $r1"),
+                       transmit=[XERR("$r1", "INVALID_FIELD", 0xB, ft_required=True)],
+                       events=[E("Ended", id="$r1", outcome="error", code="INVALID_FIELD")]),
+                  step(0, command=C("fail", id=1, code="TOOL_FAILED", message="no answer"),
+                       transmit=[XERR(1, "TOOL_FAILED")])], L, live=True)
+    session("server/peer-max-tools", "§6.4, §9", "The client announced max_tools 1 and holds "
+            "one tool: the server may not add another until it removed one.", "server",
+            server_open(with_tools("echo"), hello={"versions": [1],
+                                                   "limits": {"max_tools": 1}}) +
+            [step(0, command=C("add_tool", name="search"), refused=True),
+             step(0, command=C("remove_tool", name="echo"),
+                  transmit=[X("TOOL_DEF", 0, {"op": 2, "name": "echo"}, TOOLDEF_MAY)]),
+             step(0, command=C("add_tool", name="search"),
+                  transmit=[X("TOOL_DEF", 0, {"op": 0, "name": "search"}, TOOLDEF_MAY)])],
+            with_tools("echo"))
+    session("server/reply-unknown-id", "§12.2", "A REPLY for a request id not in flight is "
+            "ERROR(UNKNOWN_ID).", "server",
+            op + [step(0, recv=wire("REPLY", 0x8005, {"status": 0}),
+                       transmit=[XERR(0x8005, "UNKNOWN_ID", 0xB)])], L, live=True)
+
+    # ---- §3.7 frame errors in an open session ----
+    session("server/frame-error-ends-invocation", "§3.7", "A frame error on a frame whose id "
+            "names an invocation in flight (CREDIT 1 with bytes 0: INVALID_FIELD) is answered "
+            "with that id and frame_type, and ends the invocation on both sides.", "server",
+            op + [wait1,
+                  step(0, recv=wire_raw(0xC, 1, m((0, pk(0))))
+                       , transmit=[XERR(1, "INVALID_FIELD", 0xC, ft_required=True)],
+                       events=[E("Aborted", id=1, code="INVALID_FIELD")]),
+                  step(0, recv=wire("INTERRUPT", 1))], L, live=True)
+    session("server/frame-error-flags-ends-invocation", "§3.4, §3.7", "A second INVOKE 1 with "
+            "a reserved flag while invocation 1 runs: RESERVED_FLAGS with id 1 (allowed for "
+            "INVOKE), which ends invocation 1.", "server",
+            op + [wait1,
+                  step(0, recv=wire("INVOKE", 1, {"tool": "echo"}, flags=0x40),
+                       transmit=[XERR(1, "RESERVED_FLAGS", 0x2, ft_required=True)],
+                       events=[E("Aborted", id=1, code="RESERVED_FLAGS")]),
+                  step(0, recv=wire("INTERRUPT", 1))], L, live=True)
+    session("server/frame-error-bad-id", "§3.5, §3.7", "A frame whose id is not allowed for "
+            "its type (REQUEST with client-space id 1) is INVALID_ID answered with id 0, so "
+            "invocation 1 is not affected and can still be interrupted.", "server",
+            op + [wait1,
+                  step(0, recv=wire("REQUEST", 1, {"kind": "confirm"}),
+                       transmit=[XERR(0, "INVALID_ID", 0xA, ft_required=True)]),
+                  step(0, recv=wire("INTERRUPT", 1), events=[E("Interrupted", id=1)]),
+                  step(0, command=C("complete", id=1, status=1),
+                       transmit=[complete_exp(1, 1)])], L, live=True)
+    session("server/error-ends-invocation", "§5.7", "An ERROR from the client whose id is in "
+            "flight is that invocation's terminal frame: the server sends nothing more for "
+            "it.", "server",
+            op + [wait1,
+                  step(0, recv=wire("ERROR", 1, {"code": ERROR_CODES["INTERNAL"],
+                                                 "retryable": True}),
+                       events=[E("Aborted", id=1, code="INTERNAL")]),
+                  step(0, recv=wire("INTERRUPT", 1)),
+                  step(0, command=C("complete", id=1, status=0), refused=True)], L, live=True)
+    session("server/error-not-answered", "§3.7, §5.7", "An invalid ERROR (code 0) is not "
+            "answered with an ERROR; an ERROR for an id not in flight is informational.",
+            "server",
+            op + [step(0, recv=wire_raw(0x7, 0, m((0, pk(0))))),
+                  step(0, recv=wire("ERROR", 9, {"code": ERROR_CODES["UNKNOWN_ID"]}),
+                       events=[E("PeerError", id=9, code="UNKNOWN_ID")]),
+                  step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)])], L, live=True)
+
+    # ---- §3.3 direction ----
+    for vid, tn, rid, fields in [
+            ("stream", "STREAM", 1, {"data": "x", "seq": 0}),
+            ("tool-def", "TOOL_DEF", 0, {"op": 0, "name": "echo"}),
+            ("complete", "COMPLETE", 1, {"status": 0}),
+            ("request", "REQUEST", 0x8000, {"kind": "confirm"})]:
+        session(f"server/direction-{vid}", "§3.3", f"A {tn} from a client (a server → client "
+                "frame) is the connection error PROTOCOL_VIOLATION.", "server",
+                op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire(tn, rid, fields))],
+                L, live=True)
+
+    # ---- §2.1 framing ----
+    session("server/framing-truncated", "§2.1", "A binary message that ends inside a frame "
+            "(PING declaring 5 payload bytes, 1 present) is ERROR(FRAMING_ERROR), then close.",
+            "server", op + [conn_error(0, "FRAMING_ERROR",
+                                       recv="18 00 00 00 00 00 00 05 80")],
+            L, live=True, binding="websocket")
+    session("server/framing-text", "§2.1", "A text WebSocket message is "
+            "ERROR(FRAMING_ERROR), then close.", "server",
+            op + [conn_error(0, "FRAMING_ERROR", recv_text="hello")], L, live=True,
+            binding="websocket")
+
+    # ---- §5.8 / §6.7 ping and heartbeat ----
+    session("server/ping", "§5.8", "PING is answered with PONG (also a PING whose payload "
+            "is an explicit empty map); a PONG is not answered.", "server",
+            op + [step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+                  step(0, recv=wire_raw(0x8, 0, b"\x80"), transmit=[X("PONG", 0)]),
+                  step(0, recv=wire("PONG", 0))], L, live=True)
+    hb = with_tools("echo", heartbeat_ms=5000)
+    session("server/heartbeat", "§6.7, §6.4", "Server heartbeat 5000 ms, client 1000 ms: the "
+            "session uses 1000. PING after 1000 ms of silence and after each further 1000 ms; "
+            "after 3000 ms ERROR(HEARTBEAT_TIMEOUT, retryable) and close.", "server",
+            server_open(hb, hello={"versions": [1], "heartbeat_ms": 1000}) +
+            [step(999, timeout=True),
+             step(1001, timeout=True, transmit=[X("PING", 0)]),
+             step(1500, timeout=True),
+             step(2001, timeout=True, transmit=[X("PING", 0)]),
+             step(2999, timeout=True),
+             conn_error(3001, "HEARTBEAT_TIMEOUT", timeout=True)], hb)
+    hb2 = with_tools("echo", heartbeat_ms=1000)
+    session("server/heartbeat-reset", "§6.7", "Anything received (here a PONG at 1500 ms) "
+            "restarts the silence: the next PING is due 1000 ms after it, the timeout 3000 ms "
+            "after it.", "server",
+            server_open(hb2, hello={"versions": [1], "heartbeat_ms": 5000}) +
+            [step(1001, timeout=True, transmit=[X("PING", 0)]),
+             step(1500, recv=wire("PONG", 0)),
+             step(2001, timeout=True),
+             step(2501, timeout=True, transmit=[X("PING", 0)]),
+             step(3501, timeout=True, transmit=[X("PING", 0)]),
+             step(4499, timeout=True),
+             conn_error(4501, "HEARTBEAT_TIMEOUT", timeout=True)], hb2)
+    hb0 = with_tools("echo", heartbeat_ms=0)
+    session("server/heartbeat-off", "§6.4, §6.7", "Both sides announce heartbeat_ms 0: no "
+            "heartbeat, no PING and no timeout however long the silence.", "server",
+            server_open(hb0, hello={"versions": [1], "heartbeat_ms": 0}) +
+            [step(100000, timeout=True), step(1000000, timeout=True),
+             step(1000001, recv=wire("PING", 0), transmit=[X("PONG", 0)])], hb0)
+
+    # ---- §6.5 GOAWAY ----
+    gw = with_tools("echo", "wait")
+    session("server/goaway-drain", "§6.5", "After sending GOAWAY the server refuses new "
+            "INVOKEs with ERROR(DRAINING, retryable), keeps serving the one in flight, and "
+            "closes once none is left.", "server",
+            server_open(gw) +
+            [wait1,
+             step(0, command=C("goaway", reason="maintenance", timeout_ms=5000),
+                  transmit=[X("GOAWAY", 0, {"reason": "maintenance", "timeout_ms": 5000})],
+                  state="Draining"),
+             step(10, recv=wire("INVOKE", 2, {"tool": "echo"}),
+                  transmit=[XERR(2, "DRAINING", 0x2)]),
+             step(20, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(30, command=C("complete", id=1, status=0), transmit=[complete_exp(1)],
+                  events=[closed_ev("drained")], state="Closed", closed=True)], gw)
+    session("server/goaway-order", "§7.2", "After GOAWAY, INVOKE of an unknown tool is "
+            "DRAINING (step 1 of §7.2), not UNKNOWN_TOOL.", "server",
+            server_open(gw) +
+            [wait1,
+             step(0, command=C("goaway", timeout_ms=5000),
+                  transmit=[X("GOAWAY", 0, {"timeout_ms": 5000})], state="Draining"),
+             step(0, recv=wire("INVOKE", 2, {"tool": "nope"}),
+                  transmit=[XERR(2, "DRAINING", 0x2)])], gw)
+    session("server/goaway-idle", "§6.5", "GOAWAY with nothing in flight: the server closes "
+            "right after sending it.", "server",
+            server_open(gw) +
+            [step(0, command=C("goaway", reason="bye"),
+                  transmit=[X("GOAWAY", 0, {"reason": "bye"}, {"timeout_ms": "*"})],
+                  events=[closed_ev("drained")], state="Closed", closed=True)], gw)
+    session("server/goaway-timeout", "§6.5", "GOAWAY with timeout_ms 5000 and an invocation "
+            "that does not end: at 5000 ms the server sends ERROR(GOING_AWAY, retryable) with "
+            "id 0 and closes.", "server",
+            server_open(gw) +
+            [wait1,
+             step(0, command=C("goaway", timeout_ms=5000),
+                  transmit=[X("GOAWAY", 0, {"timeout_ms": 5000})], state="Draining"),
+             step(4999, timeout=True, state="Draining"),
+             conn_error(5001, "GOING_AWAY", timeout=True)], gw)
+    session("server/goaway-received", "§6.5", "After receiving the client's GOAWAY the server "
+            "is draining: it opens no new exchange (no REQUEST) but still serves INVOKEs, and "
+            "it does not close (the side that sent GOAWAY does).", "server",
+            op + [step(0, recv=wire("GOAWAY", 0, {"reason": "client leaving"}),
+                       events=[E("GoAway", reason="client leaving")], state="Draining"),
+                  step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                       events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)],
+                       state="Draining")], L, live=True)
+    session("server/goaway-received-no-request", "§6.5", "After receiving GOAWAY the server "
+            "MUST NOT send REQUEST; the transport closing then ends the session.", "server",
+            op + [ask1,
+                  step(0, recv=wire("GOAWAY", 0), events=[E("GoAway")], state="Draining"),
+                  step(0, command=req_cmd, refused=True),
+                  step(0, transport_closed=True, events=[closed_ev("transport_closed")],
+                       state="Closed", closed=True)], L)
+    session("server/goaway-waits-for-request", "§6.5", "The server sent GOAWAY while its "
+            "own REQUEST is in flight: it closes only when none is left on either side, i.e. "
+            "after the REPLY.", "server",
+            op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
+                  step(0, command=C("complete", id=1, status=0),
+                       transmit=[complete_exp(1)]),
+                  step(0, command=C("goaway", timeout_ms=5000),
+                       transmit=[X("GOAWAY", 0, {"timeout_ms": 5000})], state="Draining"),
+                  step(10, recv=wire("REPLY", "$r1", {"status": 0}),
+                       events=[E("Ended", id="$r1", outcome="reply", status=0),
+                               closed_ev("drained")], state="Closed", closed=True)], L)
+    session("server/goaway-crossing", "§6.5", "GOAWAYs cross: both sides drain; the server "
+            "(which sent one) closes when its invocation ends.", "server",
+            server_open(gw) +
+            [wait1,
+             step(0, command=C("goaway", timeout_ms=5000),
+                  transmit=[X("GOAWAY", 0, {"timeout_ms": 5000})], state="Draining"),
+             step(1, recv=wire("GOAWAY", 0), events=[E("GoAway")], state="Draining"),
+             step(2, command=C("complete", id=1, status=0), transmit=[complete_exp(1)],
+                  events=[closed_ev("drained")], state="Closed", closed=True)], gw)
+    session("server/transport-closed", "§6.6", "The transport closes with an invocation in "
+            "flight: the connection is closed.", "server",
+            op + [wait1,
+                  step(0, transport_closed=True, events=[closed_ev("transport_closed")],
+                       state="Closed", closed=True)], L)
+
+    # ---- §9 tool set ----
+    session("server/tool-def-push", "§9, §5.5", "The server changes its tool set while the "
+            "session is open: TOOL_DEF add, update (replaces the definition), remove; INVOKE "
+            "of the removed tool is then UNKNOWN_TOOL.", "server",
+            server_open(with_tools("echo")) +
+            [step(0, command=C("add_tool", name="search", description="Search."),
+                  transmit=[X("TOOL_DEF", 0, {"op": 0, "name": "search",
+                                              "description": "Search."},
+                              {"input_schema": "*", "annotations": "*"})]),
+             step(0, command=C("add_tool", name="search", description="Search v2."),
+                  transmit=[X("TOOL_DEF", 0, {"op": 1, "name": "search",
+                                              "description": "Search v2."},
+                              {"input_schema": "*", "annotations": "*"})]),
+             step(0, recv=wire("INVOKE", 1, {"tool": "search"}),
+                  events=[E("Invoked", id=1, tool="search")]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+             step(0, command=C("remove_tool", name="search"),
+                  transmit=[X("TOOL_DEF", 0, {"op": 2, "name": "search"}, TOOLDEF_MAY)]),
+             step(0, recv=wire("INVOKE", 2, {"tool": "search"}),
+                  transmit=[XERR(2, "UNKNOWN_TOOL", 0x2)])], with_tools("echo"))
+
+    # ---- §10 rate limiting ----
+    rl = with_tools("echo", rate_limit=3, flood_limit=5)
+    session("server/rate-limit", "§10, §7.2", "Rate limit R=3, hard limit F=5 frames per "
+            "second. In a new window: 3 PINGs pass; the 4th frame, an INVOKE, is refused "
+            "ERROR(RATE_LIMITED, retryable) and draws the one warning ERROR(RATE_LIMITED) "
+            "with id 0; the 5th (PING) is still processed; the 6th is FLOOD: send, close.",
+            "server",
+            server_open(rl) +
+            [step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2000, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  transmit=[U(XERR(0, "RATE_LIMITED"), XERR(1, "RATE_LIMITED", 0x2))]),
+             step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             conn_error(2000, "FLOOD", recv=wire("PING", 0))], rl)
+    rl2 = with_tools("echo", rate_limit=2, flood_limit=100)
+    session("server/rate-limit-window", "§10", "R=2: the third frame in a window is still "
+            "processed (PING → PONG) and draws one warning; a window starts with the first "
+            "frame after the previous one ended, so an INVOKE 1000 ms later runs.", "server",
+            server_open(rl2) +
+            [step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2100, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2200, recv=wire("PING", 0), transmit=[U(XERR(0, "RATE_LIMITED"),
+                                                         X("PONG", 0))]),
+             step(2300, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(3000, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  events=[E("Invoked", id=1, tool="echo")]),
+             step(3000, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            rl2)
+
+    # ---- §12.2 application codes, sent by the application (live: the `fail` tool) ----
+    app_steps = []
+    for i, code in enumerate(["INVALID_ARGUMENTS", "TOOL_FAILED", "INTERNAL", "UNAVAILABLE",
+                              "UPSTREAM_TIMEOUT", 0x1234], 1):
+        num = ERROR_CODES[code] if isinstance(code, str) else code
+        app_steps += [
+            step(0, recv=wire("INVOKE", i, {"tool": "fail", "args": num}),
+                 events=[E("Invoked", id=i, tool="fail")]),
+            step(0, command=C("fail", id=i, code=code, message="failed",
+                              retryable=code in RETRYABLE),
+                 transmit=[XERR(i, code)])]
+    session("server/application-errors", "§12.1, §12.2", "The application ends invocations "
+            "with ERROR of each application code (INVALID_ARGUMENTS, TOOL_FAILED, INTERNAL, "
+            "UNAVAILABLE, UPSTREAM_TIMEOUT, and the application-defined 0x1234), retryable "
+            "as the registry says.", "server", op + app_steps, L, live=True)
+
+
+def build_client_sessions():
+    D = {}
+    op = client_open(D)
+
+    def inv(rid=1, tool="echo", args=None, at=0, **kw):
+        return invoke_client(at, rid, tool, args, **kw)
+
+    def ended_lost(rid):
+        return E("Ended", id=rid, outcome="lost")
+
+    # ---- §6.2 / §6.3 handshake ----
+    session("client/handshake", "§6.2, §5.1", "The client's first frame is its HELLO "
+            "(versions [1], capabilities [requests]); the server's HELLO opens the session.",
+            "client", op, D)
+    lim = {"max_frame_payload": 4096, "max_inflight": 2, "max_tools": 3, "max_chunk": 4,
+           "initial_window": 8, "heartbeat_ms": 0}
+    session("client/handshake-limits", "§5.1, §6.4", "The client announces in HELLO what it "
+            "accepts when it differs from the defaults: all five limits, and heartbeat_ms 0 "
+            "(absent would mean 30000).", "client", client_open(lim), lim)
+    session("client/no-invoke-before-hello", "§6.2", "The client MUST NOT send anything but "
+            "its HELLO before the server's HELLO: an invoke is refused locally; after the "
+            "server's HELLO it is sent.", "client",
+            [op[0], step(0, command=C("invoke", tool="echo"), refused=True,
+                         state="Handshaking"),
+             op[1], inv(1)], D)
+    session("client/initial-tools", "§6.2, §9", "Server HELLO with tools 2, then its two "
+            "TOOL_DEF(add) in the same message: the initial tool set is complete.", "client",
+            [op[0], step(0, recv=msg(wire("HELLO", 0, {**S_HELLO, "tools": 2}),
+                                     wire("TOOL_DEF", 0, {"op": 0, "name": "a"}),
+                                     wire("TOOL_DEF", 0, {"op": 0, "name": "b",
+                                                          "description": "B."})),
+                         events=[E("ToolAdded", name="a"), E("ToolAdded", name="b"),
+                                 E("Connected", connection_id="c1")], state="Open")], D)
+    session("client/initial-tools-split", "§6.2", "The client is open as soon as the server's "
+            "HELLO arrives and MAY invoke at once; its initial tool set (tools 1) is complete "
+            "when the announced TOOL_DEF arrives.", "client",
+            [op[0], step(0, recv=wire("HELLO", 0, {**S_HELLO, "tools": 1}), state="Open"),
+             inv(1),
+             step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "echo"}),
+                  events=[E("ToolAdded", name="echo"), E("Connected", connection_id="c1")])],
+            D)
+    session("client/version-not-offered", "§6.3", "A server HELLO naming a version the client "
+            "did not offer (2): the client sends ERROR(UNSUPPORTED_VERSION) and closes.",
+            "client",
+            [op[0], conn_error(0, "UNSUPPORTED_VERSION",
+                               recv=wire("HELLO", 0, {"versions": [2], "connection_id": "c1"}))],
+            D)
+    session("client/server-hello-two-versions", "§6.2", "A server HELLO must name exactly one "
+            "version; [1, 2] is UNSUPPORTED_VERSION (a connection error).", "client",
+            [op[0], conn_error(0, "UNSUPPORTED_VERSION",
+                               recv=wire_raw(0x1, 0, m((0, pk([1, 2])), (4, pk("c1")))))],
+            D)
+    session("client/server-hello-no-connection-id", "§6.2, §3.7", "A server HELLO without "
+            "connection_id is MISSING_FIELD, which during the handshake is a connection "
+            "error: ERROR with id 0, then close.", "client",
+            [op[0], conn_error(0, "MISSING_FIELD", recv=wire_raw(0x1, 0, m((0, pk([1])))))],
+            D)
+    session("client/server-refuses-version", "§6.3, §6.6", "The server answers the client's "
+            "HELLO with ERROR(UNSUPPORTED_VERSION) and id 0: the client does not answer it, "
+            "and the connection is closed.", "client",
+            [op[0], step(0, recv=wire("ERROR", 0, {"code": ERROR_CODES["UNSUPPORTED_VERSION"],
+                                                   "message": "supported versions: [2]"}),
+                         events=[closed_ev("error_received", "UNSUPPORTED_VERSION")],
+                         state="Closed", closed=True)], D)
+    session("client/frame-before-hello", "§6.2, §12.2", "A frame other than HELLO from the "
+            "server before its HELLO (a PING) is PROTOCOL_VIOLATION.", "client",
+            [op[0], conn_error(0, "PROTOCOL_VIOLATION", recv=wire("PING", 0))], D)
+    session("client/second-hello", "§6.2", "A second server HELLO is PROTOCOL_VIOLATION.",
+            "client", op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire("HELLO", 0,
+                                                                           S_HELLO))], D)
+    session("client/handshake-timeout", "§6.2", "No server HELLO within the handshake timeout "
+            "(10 s): the client closes (it may send ERROR(HANDSHAKE_TIMEOUT) first).",
+            "client",
+            [op[0], step(9999, timeout=True, state="Handshaking"),
+             step(10001, timeout=True, transmit=[XERR(0, "HANDSHAKE_TIMEOUT", optional=True)],
+                  events=[E("Closed")], state="Closed", closed=True)], D)
+
+    # ---- §7 invocations ----
+    session("client/invoke-complete", "§7.1, §5.2, §5.6", "invoke → INVOKE with the client's "
+            "first id 1; COMPLETE(ok) ends it.", "client",
+            op + [inv(1, args={"t": "hi"}),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 0, "result": {"t": "hi"}}),
+                       events=[E("Ended", id=1, outcome="complete", status=0,
+                                 result=anyv({"t": "hi"}))])], D)
+    session("client/invoke-options", "§5.2", "INVOKE carries deadline_ms and meta when the "
+            "application gives them.", "client",
+            op + [inv(1, tool="search", args={"q": "x"}, deadline_ms=5000,
+                      meta={"trace": "4bf92f35"})], D)
+    session("client/invoke-stream", "§7.1, §7.6, §5.3", "STREAM chunks (seq 0 text, seq 1 "
+            "binary with final) are delivered in order; COMPLETE ends the invocation.",
+            "client",
+            op + [inv(1),
+                  step(0, recv=wire("STREAM", 1, {"data": "Hel", "seq": 0}),
+                       events=[E("Chunk", id=1, seq=0, data={"str": "Hel"}, final=False)]),
+                  step(0, recv=wire("STREAM", 1, {"data": b"lo", "seq": 1, "final": True}),
+                       events=[E("Chunk", id=1, seq=1, data={"bin": "6c 6f"}, final=True)]),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                       events=[E("Ended", id=1, outcome="complete", status=0)])], D)
+    session("client/bad-sequence", "§7.6, §7.1", "A first STREAM with seq 1 is BAD_SEQUENCE, "
+            "which ends the invocation; a COMPLETE for it afterwards is UNKNOWN_ID.",
+            "client",
+            op + [inv(1),
+                  step(0, recv=wire("STREAM", 1, {"data": "x", "seq": 1}),
+                       transmit=[XERR(1, "BAD_SEQUENCE", 0x3)],
+                       events=[E("Ended", id=1, outcome="error", code="BAD_SEQUENCE")]),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                       transmit=[XERR(1, "UNKNOWN_ID", 0x6)])], D)
+    session("client/stream-after-final", "§7.1, §7.6", "A STREAM after the one with `final` "
+            "is BAD_SEQUENCE, which ends the invocation.", "client",
+            op + [inv(1),
+                  step(0, recv=wire("STREAM", 1, {"data": "a", "seq": 0, "final": True}),
+                       events=[E("Chunk", id=1, seq=0, final=True)]),
+                  step(0, recv=wire("STREAM", 1, {"data": "b", "seq": 1}),
+                       transmit=[XERR(1, "BAD_SEQUENCE", 0x3)],
+                       events=[E("Ended", id=1, outcome="error", code="BAD_SEQUENCE")])], D)
+    mc = {"max_chunk": 4}
+    session("client/chunk-too-large", "§7.5, §13", "With max_chunk 4, a STREAM of 5 bytes is "
+            "CHUNK_TOO_LARGE, which ends the invocation; 4 bytes are fine.", "client",
+            client_open(mc) +
+            [inv(1),
+             step(0, recv=wire("STREAM", 1, {"data": "1234", "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)]),
+             step(0, recv=wire("STREAM", 1, {"data": "12345", "seq": 1}),
+                  transmit=[XERR(1, "CHUNK_TOO_LARGE", 0x3)],
+                  events=[E("Ended", id=1, outcome="error", code="CHUNK_TOO_LARGE")])], mc)
+    fc = {"initial_window": 8, "auto_credit": False}
+    session("client/flow-control", "§7.5", "initial_window 8 and no credit granted: after 5 "
+            "bytes, a STREAM of 4 bytes exceeds the window: FLOW_CONTROL ends the invocation.",
+            "client",
+            client_open(fc) +
+            [inv(1),
+             step(0, recv=wire("STREAM", 1, {"data": "abcde", "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)]),
+             step(0, recv=wire("STREAM", 1, {"data": "fghi", "seq": 1}),
+                  transmit=[XERR(1, "FLOW_CONTROL", 0x3)],
+                  events=[E("Ended", id=1, outcome="error", code="FLOW_CONTROL")])], fc)
+    session("client/flow-control-exact", "§7.5", "STREAM data exactly filling the window is "
+            "fine, and zero-length data is always allowed, also with the window at 0.",
+            "client",
+            client_open(fc) +
+            [inv(1),
+             step(0, recv=wire("STREAM", 1, {"data": "abcdefgh", "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)]),
+             step(0, recv=wire("STREAM", 1, {"data": "", "seq": 1}),
+                  events=[E("Chunk", id=1, seq=1, data={"str": ""}, final=False)]),
+             step(0, recv=wire("STREAM", 1, {"data": b"", "seq": 2, "final": True}),
+                  events=[E("Chunk", id=1, seq=2, final=True)]),
+             step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                  events=[E("Ended", id=1, outcome="complete", status=0)])], fc)
+    mfc = {"initial_window": 8, "auto_credit": False}
+    session("client/credit-manual", "§7.5", "The application consumed the 8 bytes of its "
+            "window: the client grants CREDIT(8), and the server may stream 8 more.",
+            "client",
+            client_open(mfc) +
+            [inv(1),
+             step(0, recv=wire("STREAM", 1, {"data": "abcdefgh", "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)]),
+             step(0, command=C("release", id=1, len=8),
+                  transmit=[X("CREDIT", 1, {"bytes": 8})]),
+             step(0, recv=wire("STREAM", 1, {"data": "ijklmnop", "seq": 1}),
+                  events=[E("Chunk", id=1, seq=1)])], mfc)
+    acc = {"initial_window": 8}
+    session("client/credit-batching", "§7.5", "SHOULD-level: with initial_window 8 the client "
+            "grants CREDIT once at least half the window (4 bytes) has been consumed since the "
+            "last grant: not after 3 bytes, CREDIT(4) after 4, CREDIT(8) after 8 more.",
+            "client",
+            client_open(acc) +
+            [inv(1),
+             step(0, recv=wire("STREAM", 1, {"data": "abc", "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)]),
+             step(0, recv=wire("STREAM", 1, {"data": "d", "seq": 1}),
+                  transmit=[X("CREDIT", 1, {"bytes": 4})], events=[E("Chunk", id=1, seq=1)]),
+             step(0, recv=wire("STREAM", 1, {"data": "efghijkl", "seq": 2}),
+                  transmit=[X("CREDIT", 1, {"bytes": 8})], events=[E("Chunk", id=1, seq=2)]),
+             step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                  events=[E("Ended", id=1, outcome="complete", status=0)])], acc)
+    session("client/unknown-id", "§7.1, §12.2", "STREAM and COMPLETE for ids never used are "
+            "UNKNOWN_ID.", "client",
+            op + [step(0, recv=wire("STREAM", 7, {"data": "x", "seq": 0}),
+                       transmit=[XERR(7, "UNKNOWN_ID", 0x3)]),
+                  step(0, recv=wire("COMPLETE", 9, {"status": 0}),
+                       transmit=[XERR(9, "UNKNOWN_ID", 0x6)])], D)
+    session("client/interrupt", "§7.3", "The client interrupts an invocation; a second "
+            "interrupt has no further effect; COMPLETE(cancelled) ends it; after that the id "
+            "cannot be interrupted.", "client",
+            op + [inv(1, tool="wait"),
+                  step(0, command=C("interrupt", id=1, reason="stop"),
+                       transmit=[X("INTERRUPT", 1, {"reason": "stop"})]),
+                  step(0, command=C("interrupt", id=1),
+                       transmit=[X("INTERRUPT", 1, {}, {"reason": "*"}, optional=True)]),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 1}),
+                       events=[E("Ended", id=1, outcome="complete", status=1)]),
+                  step(0, command=C("interrupt", id=1), refused=True)], D)
+    session("client/interrupt-complete-race", "§7.3", "The server completed before it saw the "
+            "INTERRUPT: COMPLETE(ok) is the terminal frame the client accepts.", "client",
+            op + [inv(1),
+                  step(0, command=C("interrupt", id=1),
+                       transmit=[X("INTERRUPT", 1)]),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 0, "result": 42}),
+                       events=[E("Ended", id=1, outcome="complete", status=0,
+                                 result=anyv(42))])], D)
+    session("client/deadline-error", "§7.4", "The server ends an invocation with "
+            "ERROR(DEADLINE_EXCEEDED); the client enforces nothing itself.", "client",
+            op + [inv(1, tool="wait", deadline_ms=100),
+                  step(50, timeout=True),
+                  step(101, recv=wire("ERROR", 1, {"code": ERROR_CODES["DEADLINE_EXCEEDED"],
+                                                   "retryable": True}),
+                       events=[E("Ended", id=1, outcome="error", code="DEADLINE_EXCEEDED")]),
+                  step(200, timeout=True)], D)
+    steps = op[:]
+    codes = ["INVALID_ARGUMENTS", "TOOL_FAILED", "INTERNAL", "UNAVAILABLE", "UPSTREAM_TIMEOUT",
+             0x1234]
+    for i, _ in enumerate(codes, 1):
+        steps.append(inv(i, tool="fail"))
+    for i, code in enumerate(codes, 1):
+        num = ERROR_CODES[code] if isinstance(code, str) else code
+        f = {"code": num, "message": "failed"}
+        if code in RETRYABLE:
+            f["retryable"] = True
+        steps.append(step(0, recv=wire("ERROR", i, f),
+                          events=[E("Ended", id=i, outcome="error", code=code)]))
+    session("client/application-errors", "§12.1, §12.2", "ERRORs with the application codes "
+            "(and the application-defined 0x1234) end the invocations they name.", "client",
+            steps, D)
+    session("client/error-informational", "§5.7, §12.1", "ERRORs that end nothing are "
+            "informational: id not in flight, the RATE_LIMITED warning (id 0), a TOOL_STATE "
+            "report (id 0). No reply, no close.", "client",
+            op + [step(0, recv=wire("ERROR", 7, {"code": ERROR_CODES["UNKNOWN_TOOL"]}),
+                       events=[E("PeerError", id=7, code="UNKNOWN_TOOL")]),
+                  step(0, recv=wire("ERROR", 0, {"code": ERROR_CODES["RATE_LIMITED"],
+                                                 "retryable": True}),
+                       events=[E("PeerError", id=0, code="RATE_LIMITED")]),
+                  step(0, recv=wire("ERROR", 0, {"code": ERROR_CODES["TOOL_STATE"],
+                                                 "frame_type": 5}),
+                       events=[E("PeerError", id=0, code="TOOL_STATE")], state="Open")], D)
+    session("client/unknown-error-codes", "§12.1", "Codes the client does not know are "
+            "treated by their range: 0x3F with an id in flight ends that invocation; 0x2F "
+            "with id 0 is informational; 0x0F (connection range) ends the session.", "client",
+            op + [inv(1),
+                  step(0, recv=wire("ERROR", 1, {"code": 0x3F}),
+                       events=[E("Ended", id=1, outcome="error", code=0x3F)]),
+                  step(0, recv=wire("ERROR", 0, {"code": 0x2F}),
+                       events=[E("PeerError", id=0, code=0x2F)], state="Open"),
+                  step(0, recv=wire("ERROR", 0, {"code": 0x0F}),
+                       events=[closed_ev("error_received", 0x0F)], state="Closed",
+                       closed=True)], D)
+    session("client/peer-limits", "§3.6, §6.4", "The client respects what the server "
+            "announced: max_inflight 1 (a second invoke is refused while one is in flight) "
+            "and max_frame_payload 64 (an INVOKE whose payload would exceed it is refused).",
+            "client",
+            client_open(D, hello={**S_HELLO, "limits": {"max_inflight": 1,
+                                                        "max_frame_payload": 64}}) +
+            [step(0, command=C("invoke", tool="echo", args="a" * 80), refused=True),
+             inv(1),
+             step(0, command=C("invoke", tool="echo"), refused=True),
+             step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                  events=[E("Ended", id=1, outcome="complete", status=0)]),
+             inv(2)], D)
+    session("client/connection-code-nonzero-id", "§12.1", "The scope of an ERROR is decided "
+            "by its code: PROTOCOL_VIOLATION (connection range) fails the session even when "
+            "its id names an invocation, which ends.", "client",
+            op + [inv(1),
+                  step(0, recv=wire("ERROR", 1, {"code": ERROR_CODES["PROTOCOL_VIOLATION"]}),
+                       events=[E("Ended", id=1),
+                               closed_ev("error_received", "PROTOCOL_VIOLATION")],
+                       state="Closed", closed=True)], D)
+    session("client/frame-error-ends-invocation", "§3.7", "A STREAM for invocation 1 whose "
+            "seq is a string (INVALID_FIELD) is answered with id 1 and frame_type 3, and ends "
+            "the invocation on both sides.", "client",
+            op + [inv(1),
+                  step(0, recv=wire_raw(0x3, 1, m((0, pk("x")), (1, pk("0")))),
+                       transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True)],
+                       events=[E("Ended", id=1, outcome="error", code="INVALID_FIELD")])], D)
+    session("client/invalid-error-ends-invocation", "§3.7", "An ERROR for invocation 1 that "
+            "fails decoding (code 0: INVALID_FIELD) is not answered but still ends the "
+            "invocation, with the detected code reported locally; one for an id not in "
+            "flight is dropped.", "client",
+            op + [inv(1),
+                  step(0, recv=wire_raw(0x7, 1, m((0, pk(0))))
+                       , events=[E("Ended", id=1, outcome="error", code="INVALID_FIELD")]),
+                  step(0, recv=wire_raw(0x7, 5, m((0, pk(0))))), ], D)
+
+    # ---- §8 requests at the client ----
+    session("client/request-reply", "§8, §5.10", "The client listed `requests`: a REQUEST is "
+            "delivered; the application answers with REPLY, exactly once.", "client",
+            op + [inv(1, tool="ask"),
+                  step(0, recv=wire("REQUEST", 0x8000, {"kind": "confirm", "body": "Sure?",
+                                                        "invocation": 1}),
+                       events=[E("Requested", id=0x8000, kind="confirm", body=anyv("Sure?"),
+                                 invocation=1)]),
+                  step(0, command=C("reply", id=0x8000, status=0, body="yes"),
+                       transmit=[X("REPLY", 0x8000, {"status": 0, "body": "yes"})]),
+                  step(0, command=C("reply", id=0x8000, status=0), refused=True)], D)
+    nr = {"requests": False}
+    session("client/request-unsupported", "§8, §6.4", "A client that did not list `requests` "
+            "answers a REQUEST with ERROR(UNSUPPORTED), which ends it.", "client",
+            client_open(nr) +
+            [step(0, recv=wire("REQUEST", 0x8000, {"kind": "confirm"}),
+                  transmit=[XERR(0x8000, "UNSUPPORTED", 0xA)])], nr)
+    one = {"max_inflight": 1}
+    session("client/request-too-many-inflight", "§8, §13", "With max_inflight 1, a second "
+            "REQUEST in flight is TOO_MANY_INFLIGHT (retryable), which ends that request.",
+            "client",
+            client_open(one) +
+            [step(0, recv=wire("REQUEST", 0x8000, {"kind": "confirm"}),
+                  events=[E("Requested", id=0x8000, kind="confirm")]),
+             step(0, recv=wire("REQUEST", 0x8001, {"kind": "input"}),
+                  transmit=[XERR(0x8001, "TOO_MANY_INFLIGHT", 0xA)]),
+             step(0, command=C("reply", id=0x8000, status=2),
+                  transmit=[X("REPLY", 0x8000, {"status": 2})]),
+             step(0, recv=wire("REQUEST", 0x8001, {"kind": "input"}),
+                  events=[E("Requested", id=0x8001, kind="input")])], one)
+    session("client/request-duplicate", "§8", "A REQUEST with an id already in flight is "
+            "DUPLICATE_ID, which ends both.", "client",
+            op + [step(0, recv=wire("REQUEST", 0x8000, {"kind": "confirm"}),
+                       events=[E("Requested", id=0x8000, kind="confirm")]),
+                  step(0, recv=wire("REQUEST", 0x8000, {"kind": "input"}),
+                       transmit=[XERR(0x8000, "DUPLICATE_ID", 0xA)],
+                       events=[E("Aborted", id=0x8000, code="DUPLICATE_ID")]),
+                  step(0, command=C("reply", id=0x8000, status=0), refused=True)], D)
+    session("client/request-interrupted", "§8", "The server interrupts a request: the client "
+            "must still end it, normally with REPLY(cancelled); an INTERRUPT after that is "
+            "ignored.", "client",
+            op + [step(0, recv=wire("REQUEST", 0x8000, {"kind": "confirm"}),
+                       events=[E("Requested", id=0x8000, kind="confirm")]),
+                  step(0, recv=wire("INTERRUPT", 0x8000, {"reason": "no longer needed"}),
+                       events=[E("Interrupted", id=0x8000, reason="no longer needed")]),
+                  step(0, command=C("reply", id=0x8000, status=1),
+                       transmit=[X("REPLY", 0x8000, {"status": 1})]),
+                  step(0, recv=wire("INTERRUPT", 0x8000))], D)
+    session("client/reply-error", "§8", "The application refuses a request with an ERROR "
+            "(an application code) instead of REPLY.", "client",
+            op + [step(0, recv=wire("REQUEST", 0x8000, {"kind": "input"}),
+                       events=[E("Requested", id=0x8000, kind="input")]),
+                  step(0, command=C("fail", id=0x8000, code="INVALID_ARGUMENTS",
+                                    message="no"),
+                       transmit=[XERR(0x8000, "INVALID_ARGUMENTS")])], D)
+
+    # ---- §6.5 / §6.6 drain and close ----
+    session("client/draining-request", "§6.5", "After sending GOAWAY the client answers a "
+            "REQUEST with ERROR(DRAINING); the invocation in flight still completes, and then "
+            "the client closes.", "client",
+            op + [inv(1, tool="wait"),
+                  step(0, command=C("goaway", reason="closing tab", timeout_ms=5000),
+                       transmit=[X("GOAWAY", 0, {"reason": "closing tab", "timeout_ms": 5000})],
+                       state="Draining"),
+                  step(10, recv=wire("REQUEST", 0x8000, {"kind": "confirm"}),
+                       transmit=[XERR(0x8000, "DRAINING", 0xA)]),
+                  step(20, recv=wire("COMPLETE", 1, {"status": 0}),
+                       events=[E("Ended", id=1, outcome="complete", status=0),
+                               closed_ev("drained")], state="Closed", closed=True)], D)
+    session("client/goaway-received", "§6.5", "After the server's GOAWAY the client opens no "
+            "new invocation; the one in flight continues; the client does not close, the "
+            "transport closing ends the session.", "client",
+            op + [inv(1, tool="chunks"),
+                  step(0, recv=wire("GOAWAY", 0, {"reason": "deploy", "timeout_ms": 1000}),
+                       events=[E("GoAway", reason="deploy", timeout_ms=1000)],
+                       state="Draining"),
+                  step(0, command=C("invoke", tool="echo"), refused=True),
+                  step(0, recv=wire("STREAM", 1, {"data": "x", "seq": 0}),
+                       events=[E("Chunk", id=1, seq=0)]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "late"}),
+                       events=[E("ToolAdded", name="late")]),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                       events=[E("Ended", id=1, outcome="complete", status=0)],
+                       state="Draining"),
+                  step(5, transport_closed=True, events=[closed_ev("transport_closed")],
+                       state="Closed", closed=True)], D)
+    session("client/going-away", "§6.5, §6.6", "The server's drain timeout elapses: "
+            "ERROR(GOING_AWAY) with id 0 closes the connection; the invocation still in "
+            "flight ends as lost.", "client",
+            op + [inv(1, tool="wait"),
+                  step(0, recv=wire("GOAWAY", 0, {"timeout_ms": 1000}),
+                       events=[E("GoAway", timeout_ms=1000)]),
+                  step(1000, recv=wire("ERROR", 0, {"code": ERROR_CODES["GOING_AWAY"],
+                                                    "retryable": True}),
+                       events=[ended_lost(1), closed_ev("error_received", "GOING_AWAY")],
+                       state="Closed", closed=True)], D)
+    session("client/connection-error-received", "§6.6, §12.1", "A connection error from the "
+            "server (PROTOCOL_VIOLATION, id 0) is not answered; the session fails and the "
+            "invocation in flight is lost.", "client",
+            op + [inv(1),
+                  step(0, recv=wire("ERROR", 0, {"code": ERROR_CODES["PROTOCOL_VIOLATION"]}),
+                       events=[ended_lost(1),
+                               closed_ev("error_received", "PROTOCOL_VIOLATION")],
+                       state="Closed", closed=True)], D)
+    session("client/transport-closed", "§6.6", "The transport closes with an invocation in "
+            "flight (no resume): it ends with a connection-lost outcome.", "client",
+            op + [inv(1),
+                  step(0, transport_closed=True,
+                       events=[ended_lost(1), closed_ev("transport_closed")],
+                       state="Closed", closed=True)], D)
+    session("client/close", "§6.6", "The application closes the connection: invocations in "
+            "flight end as lost; nothing is processed after close.", "client",
+            op + [inv(1),
+                  step(0, command=C("close"), events=[ended_lost(1), closed_ev("local")],
+                       state="Closed", closed=True),
+                  step(1, recv=wire("PING", 0), state="Closed", closed=True)], D)
+
+    # ---- §3.3 direction ----
+    for vid, tn, rid, fields in [("invoke", "INVOKE", 1, {"tool": "echo"}),
+                                 ("credit", "CREDIT", 1, {"bytes": 5}),
+                                 ("reply", "REPLY", 0x8000, {"status": 0})]:
+        session(f"client/direction-{vid}", "§3.3", f"A {tn} from a server (a client → server "
+                "frame) is the connection error PROTOCOL_VIOLATION.", "client",
+                op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire(tn, rid, fields))], D)
+
+    # ---- §9 tools ----
+    session("client/tool-def", "§9, §5.5", "TOOL_DEF add, a second add of the same name "
+            "(TOOL_STATE, id 0, ignored), update and remove of an unknown name (TOOL_STATE), "
+            "update replacing the definition, remove, and add again.", "client",
+            op + [step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "a", "description": "A.",
+                                                    "input_schema": {"type": "object"}}),
+                       events=[E("ToolAdded", name="a", description="A.")]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "a"}),
+                       transmit=[XERR(0, "TOOL_STATE", 0x5)]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 1, "name": "b"}),
+                       transmit=[XERR(0, "TOOL_STATE", 0x5)]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 2, "name": "b"}),
+                       transmit=[XERR(0, "TOOL_STATE", 0x5)]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 1, "name": "a",
+                                                    "description": "A v2."}),
+                       events=[E("ToolUpdated", name="a", description="A v2.")]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 2, "name": "a",
+                                                    "description": "ignored"}),
+                       events=[E("ToolRemoved", name="a")]),
+                  step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "a"}),
+                       events=[E("ToolAdded", name="a")])], D)
+    mt = {"max_tools": 1}
+    session("client/too-many-tools", "§9, §13", "With max_tools 1, a second add is "
+            "ERROR(TOO_MANY_TOOLS) with id 0 and the tool is not added; after a remove, the "
+            "add succeeds.", "client",
+            client_open(mt) +
+            [step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "a"}),
+                  events=[E("ToolAdded", name="a")]),
+             step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "b"}),
+                  transmit=[XERR(0, "TOO_MANY_TOOLS", 0x5)]),
+             step(0, recv=wire("TOOL_DEF", 0, {"op": 1, "name": "b"}),
+                  transmit=[XERR(0, "TOOL_STATE", 0x5)]),
+             step(0, recv=wire("TOOL_DEF", 0, {"op": 2, "name": "a"}),
+                  events=[E("ToolRemoved", name="a")]),
+             step(0, recv=wire("TOOL_DEF", 0, {"op": 0, "name": "b"}),
+                  events=[E("ToolAdded", name="b")])], mt)
+
+    session("client/too-many-tools-initial", "§6.2, §9", "The initial tool set (tools 2) "
+            "exceeds max_tools 1: the second add is TOO_MANY_TOOLS, and the initial set is "
+            "still complete after the two announced TOOL_DEFs.", "client",
+            [client_open(mt)[0],
+             step(0, recv=msg(wire("HELLO", 0, {**S_HELLO, "tools": 2}),
+                              wire("TOOL_DEF", 0, {"op": 0, "name": "a"}),
+                              wire("TOOL_DEF", 0, {"op": 0, "name": "b"})),
+                  transmit=[XERR(0, "TOO_MANY_TOOLS", 0x5)],
+                  events=[E("ToolAdded", name="a"), E("Connected", connection_id="c1")],
+                  state="Open")], mt)
+
+    # ---- §6.7 heartbeat, §5.8 ping ----
+    chb = {"heartbeat_ms": 1000}
+    session("client/heartbeat", "§6.7, §6.4", "Client heartbeat 1000 ms, server 0 (none): the "
+            "session uses 1000. PINGs at 1000 and 2000 ms of silence, HEARTBEAT_TIMEOUT at "
+            "3000 ms.", "client",
+            client_open(chb, hello={**S_HELLO, "heartbeat_ms": 0}) +
+            [step(999, timeout=True),
+             step(1001, timeout=True, transmit=[X("PING", 0)]),
+             step(2001, timeout=True, transmit=[X("PING", 0)]),
+             step(2999, timeout=True),
+             conn_error(3001, "HEARTBEAT_TIMEOUT", timeout=True)], chb)
+    session("client/heartbeat-negotiated", "§6.4, §6.7", "Client 1000 ms, server 400 ms: the "
+            "smaller, 400, is used; a PONG at 500 ms restarts the silence.", "client",
+            client_open(chb, hello={**S_HELLO, "heartbeat_ms": 400}) +
+            [step(401, timeout=True, transmit=[X("PING", 0)]),
+             step(500, recv=wire("PONG", 0)),
+             step(850, timeout=True),
+             step(901, timeout=True, transmit=[X("PING", 0)]),
+             step(1301, timeout=True, transmit=[X("PING", 0)]),
+             step(1699, timeout=True),
+             conn_error(1701, "HEARTBEAT_TIMEOUT", timeout=True)], chb)
+    session("client/ping", "§5.8", "The client answers PING with PONG.", "client",
+            op + [step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+                  step(0, recv=wire_raw(0x8, 0, b"\x80"), transmit=[X("PONG", 0)])], D)
+
+    # ---- §10 rate limit at the client ----
+    crl = {"rate_limit": 2, "flood_limit": 100}
+    session("client/rate-limited-request", "§10", "R=2 at the client: the third frame in a "
+            "window, a REQUEST, is refused with ERROR(RATE_LIMITED, retryable) and draws the "
+            "warning ERROR(RATE_LIMITED) with id 0.", "client",
+            client_open(crl) +
+            [step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2000, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(2000, recv=wire("REQUEST", 0x8000, {"kind": "confirm"}),
+                  transmit=[U(XERR(0, "RATE_LIMITED"), XERR(0x8000, "RATE_LIMITED", 0xA))])],
+            crl)
+
+    # ---- §11 resume ----
+    rs = {"resume": True, "heartbeat_ms": 0}
+    rs_hello = {**S_HELLO, "capabilities": ["resume"], "resume_token": TOKEN16,
+                "heartbeat_ms": 0}
+    rs_open = client_open(rs, hello=rs_hello)
+    detach = step(10, transport_closed=True, events=[E("Detached")], state="Detached")
+    session("client/resume-failed", "§11.1, §11.2", "A resumable session loses its transport; "
+            "the client sends RESUME(token, received = 2 counted frames: the STREAM and a "
+            "discarded invalid ERROR; HELLO and PING are not counted); ERROR(RESUME_FAILED) ends the old session's invocation as lost, "
+            "and the client may start a new session with HELLO.", "client",
+            rs_open +
+            [inv(1, tool="chunks"),
+             step(0, recv=wire("STREAM", 1, {"data": "a", "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)]),
+             step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(0, recv=wire_raw(0x7, 9, m((0, pk(0))))),
+             detach,
+             step(20, command=C("resume"),
+                  transmit=[X("RESUME", 0, {"token": TOKEN16, "received": 2})]),
+             step(30, recv=wire("ERROR", 0, {"code": ERROR_CODES["RESUME_FAILED"]}),
+                  transmit=[X("HELLO", 0, {"versions": [1]}, {"capabilities": "*",
+                                                              "heartbeat_ms": "*",
+                                                              "agent": "*"}, optional=True)],
+                  events=[ended_lost(1), E("PeerError", id=0, code="RESUME_FAILED")],
+                  state="Handshaking"),
+             step(40, recv=wire("HELLO", 0, {**S_HELLO, "connection_id": "c2"}),
+                  events=[E("Connected", connection_id="c2")], state="Open")], rs)
+    session("client/resume-replay", "§11.2", "The server resumes and says it received 0 "
+            "counted frames: the client re-sends the INVOKE it missed, and the session "
+            "continues.", "client",
+            rs_open +
+            [inv(1),
+             detach,
+             step(20, command=C("resume"),
+                  transmit=[X("RESUME", 0, {"token": TOKEN16, "received": 0})]),
+             step(30, recv=wire("RESUME", 0, {"received": 0}),
+                  transmit=[X("INVOKE", 1, {"tool": "echo"})], events=[E("Resumed")],
+                  state="Open"),
+             step(40, recv=wire("COMPLETE", 1, {"status": 0}),
+                  events=[E("Ended", id=1, outcome="complete", status=0)])], rs)
+    session("client/resume-nothing-missed", "§11.2", "The server resumes having received the "
+            "INVOKE (received 1): nothing is re-sent.", "client",
+            rs_open +
+            [inv(1), detach,
+             step(20, command=C("resume"),
+                  transmit=[X("RESUME", 0, {"token": TOKEN16, "received": 0})]),
+             step(30, recv=wire("RESUME", 0, {"received": 1}), events=[E("Resumed")],
+                  state="Open")], rs)
+    small = {**rs, "replay_buffer": 16}
+    session("client/resume-replay-buffer", "§11.1, §11.2", "With a 16-byte replay buffer the "
+            "client cannot keep its 29-byte INVOKE: when the server resumes with received 0, "
+            "it sends ERROR(RESUME_FAILED) and closes.", "client",
+            client_open(small, hello=rs_hello) +
+            [inv(1, args="x" * 12), detach,
+             step(20, command=C("resume"),
+                  transmit=[X("RESUME", 0, {"token": TOKEN16, "received": 0})]),
+             step(30, recv=wire("RESUME", 0, {"received": 0}),
+                  transmit=[XERR(0, "RESUME_FAILED")],
+                  events=[ended_lost(1), closed_ev("error_sent", "RESUME_FAILED")],
+                  state="Closed", closed=True)], small)
+    session("client/resume-window", "§11.2, §13", "A detached session is kept for the resume "
+            "window (30 s); when it passes without a resume, the invocation is lost and the "
+            "connection closed.", "client",
+            rs_open +
+            [inv(1), detach,
+             step(30009, timeout=True, state="Detached"),
+             step(30011, timeout=True, events=[ended_lost(1), closed_ev("transport_closed")],
+                  state="Closed", closed=True)], rs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage (README "Coverage"): SPEC rule → vectors. Every id listed must exist; every
+# §12.2 code must appear in some vector (checked in `coverage_markdown`).
+# ---------------------------------------------------------------------------------------------
+
+COVERAGE = [
+    # (section, rule, [vector ids or id prefixes ending in "/"])
+    ("§2.1", "one message carries one or more whole frames", [
+        "server/multiple-frames-per-message", "client/initial-tools"]),
+    ("§2.1", "text message or message ending inside a frame → FRAMING_ERROR, close", [
+        "server/framing-text", "server/framing-truncated"]),
+    ("§2.1", "subprotocol `asp-v1` offered and selected", ["(live mode: every live vector)"]),
+    ("§2.2", "byte stream: frames in any chunking, skipped payloads keep the framing", [
+        "frames.json (Decoder, one byte at a time)", "rejections.json (byte-stream run)",
+        "sessions.json (byte-stream run of every non-websocket vector)"]),
+    ("§3.1", "header layout, big-endian id and length", ["frames.json: all"]),
+    ("§3.2", "header version ≠ 1 → UNSUPPORTED_VERSION, connection error", [
+        "header/version-0", "header/version-2", "header/version-15", "order/version-first",
+        "server/handshake-unsupported-header-version"]),
+    ("§3.3", "every frame type 0x1–0xE encodes and decodes", [
+        "hello/", "invoke/", "stream/", "interrupt/", "tool_def/", "complete/", "error/",
+        "ping/", "pong/", "request/", "reply/", "credit/", "goaway/", "resume/"]),
+    ("§3.3", "reserved types 0x0, 0xF → UNKNOWN_FRAME_TYPE", [
+        "header/type-0", "header/type-15", "order/type-before-flags"]),
+    ("§3.3", "known type in the wrong direction → PROTOCOL_VIOLATION", [
+        "server/direction-stream", "server/direction-tool-def", "server/direction-complete",
+        "server/direction-request", "client/direction-invoke", "client/direction-credit",
+        "client/direction-reply"]),
+    ("§3.4", "each of the 8 flag bits → RESERVED_FLAGS", [
+        "header/flag-0x01", "header/flag-0x02", "header/flag-0x04", "header/flag-0x08",
+        "header/flag-0x10", "header/flag-0x20", "header/flag-0x40", "header/flag-0x80",
+        "server/handshake-reserved-flags", "server/frame-error-flags-ends-invocation"]),
+    ("§3.5", "id rules per type → INVALID_ID", ["id/"]),
+    ("§3.5", "an id may be reused after its terminal frame", [
+        "server/id-reuse", "server/unknown-tool", "server/too-many-inflight"]),
+    ("§3.6", "declared length above max_frame_payload → FRAME_TOO_LARGE, payload skipped", [
+        "header/too-large", "header/too-large-1k", "order/length-before-type",
+        "order/length-before-flags"]),
+    ("§3.6", "a sender respects the peer's max_frame_payload", [
+        "server/peer-max-frame-payload"]),
+    ("§3.6, §4.4", "payload length 0 is an empty map", [
+        "ping/empty", "pong/empty", "interrupt/bare", "goaway/bare",
+        "decode-only/ping-empty-map"]),
+    ("§3.7", "processing order: the first failing step decides", ["order/"]),
+    ("§3.7", "frame error: ERROR with code, frame_type, reply id = frame id if allowed else 0;"
+             " carry on", ["rejections.json: all (run through a Connection)",
+                           "server/frame-error-bad-id"]),
+    ("§3.7", "a frame error on an id in flight ends that exchange on both sides", [
+        "server/frame-error-ends-invocation", "server/frame-error-flags-ends-invocation",
+        "server/frame-error-ends-request", "client/frame-error-ends-invocation"]),
+    ("§3.7", "a frame error during the handshake is a connection error (id 0, close)", [
+        "server/handshake-frame-error", "server/handshake-reserved-flags",
+        "client/server-hello-no-connection-id"]),
+    ("§3.7", "ERROR is never answered with ERROR; an invalid ERROR still ends its exchange", [
+        "missing/error-code", "invalid/error-code-0", "invalid/error-code-65536",
+        "invalid/error-frame-type-16", "server/error-not-answered",
+        "client/invalid-error-ends-invocation"]),
+    ("§4.1", "keys in any unsigned encoding and order; map 16", [
+        "decode-only/invoke-keys-descending", "decode-only/invoke-map16"]),
+    ("§4.2", "value types and ranges; non-shortest and signed encodings accepted", [
+        "decode-only/", "invalid/", "missing/"]),
+    ("§4.3", "unknown keys ignored; bad keys, duplicates, trailing bytes → MALFORMED_PAYLOAD", [
+        "decode-only/invoke-unknown-key", "decode-only/pong-unknown-key", "payload/",
+        "server/unknown-key-ignored"]),
+    ("§4.3", "fields the receiving role does not use are type-checked, then ignored; "
+             "role-dependent requirements", [
+        "invalid/hello-connection-id-empty", "invalid/hello-client-connection-id-int",
+        "invalid/tool_def-remove-description-int", "invalid/resume-server-token-str",
+        "missing/resume-token", "server/hello-unused-fields", "server/resume-without-token"]),
+    ("§4.3", "repeated HELLO versions are the same as one", [
+        "server/version-repeated", "decode-only/hello-versions-repeated"]),
+    ("§4.3", "nested maps follow the payload rules; undefined keys ignored (also twice); "
+             "strings inside `any` not checked for UTF-8", [
+        "payload/limits-string-key", "payload/limits-duplicate-key",
+        "payload/metrics-negative-key", "payload/metrics-duplicate-key",
+        "decode-only/complete-metrics-unknown-key", "decode-only/hello-limits-unknown-key",
+        "decode-only/invoke-unknown-key-twice", "decode-only/invoke-args-not-utf8"]),
+    ("§5.1–§5.13", "every field of every frame type", ["frames.json: *-full, *-minimal"]),
+    ("§6.1", "states Handshaking → Open → Draining → Closed", [
+        "server/handshake", "server/goaway-drain", "client/draining-request",
+        "client/goaway-received"]),
+    ("§6.1, §11", "detached state", ["client/resume-failed", "client/resume-window"]),
+    ("§6.2", "client HELLO first; nothing else before the server's HELLO", [
+        "client/handshake", "client/no-invoke-before-hello"]),
+    ("§6.2", "server: first frame not HELLO/RESUME, or a second HELLO → PROTOCOL_VIOLATION", [
+        "server/first-frame-invoke", "server/first-frame-ping", "server/second-hello",
+        "client/second-hello", "client/frame-before-hello"]),
+    ("§6.2", "server HELLO then its initial tool set; client open at HELLO", [
+        "server/handshake", "server/handshake-no-tools", "client/initial-tools",
+        "client/initial-tools-split"]),
+    ("§6.2", "server HELLO: exactly one offered version, connection_id required", [
+        "client/version-not-offered", "client/server-hello-two-versions",
+        "client/server-hello-no-connection-id"]),
+    ("§6.2", "handshake timeout", ["server/handshake-timeout",
+                                   "server/handshake-timeout-configured",
+                                   "client/handshake-timeout"]),
+    ("§6.3", "version negotiation: highest common; none → UNSUPPORTED_VERSION", [
+        "server/version-highest-common", "server/version-none",
+        "client/server-refuses-version"]),
+    ("§6.4", "capabilities: `requests` gates REQUEST; `resume` gates resume_token; unknown "
+             "names ignored", [
+        "server/request-without-capability", "client/request-unsupported",
+        "server/resume-token-offered", "server/resume-token-not-offered",
+        "server/hello-unused-fields"]),
+    ("§3.6, §6.4", "each side respects the limits its peer announced", [
+        "client/peer-limits", "server/peer-max-frame-payload", "server/chunk-limit",
+        "server/flow-control-window", "server/request-max-inflight", "server/peer-max-tools"]),
+    ("§6.4", "limits announced in HELLO; heartbeat = smaller non-zero value", [
+        "client/handshake-limits", "server/heartbeat", "server/heartbeat-reset",
+        "client/heartbeat-negotiated", "server/heartbeat-off"]),
+    ("§6.5", "after sending GOAWAY: new exchanges refused with DRAINING", [
+        "server/goaway-drain", "server/goaway-order", "client/draining-request"]),
+    ("§6.5", "after receiving GOAWAY: open no new exchange; in-flight ones continue", [
+        "server/goaway-received", "server/goaway-received-no-request",
+        "client/goaway-received"]),
+    ("§6.5", "drain completion (nothing in flight on either side) closes; drain timeout → "
+             "GOING_AWAY", [
+        "server/goaway-drain", "server/goaway-idle", "server/goaway-waits-for-request",
+        "server/goaway-timeout", "client/going-away"]),
+    ("§6.5", "GOAWAYs may cross", ["server/goaway-crossing"]),
+    ("§6.6", "close: exchanges in flight end as lost; connection errors sent with id 0", [
+        "client/transport-closed", "client/connection-error-received", "client/close",
+        "server/transport-closed"]),
+    ("§6.7", "PING after H of silence and every further H; HEARTBEAT_TIMEOUT after 3H", [
+        "server/heartbeat", "server/heartbeat-reset", "client/heartbeat",
+        "client/heartbeat-negotiated"]),
+    ("§5.8, §6.7", "PING is answered with PONG", ["server/ping", "client/ping"]),
+    ("§7.1", "invocation lifecycle: Running → (Finishing) → ended by COMPLETE or ERROR", [
+        "server/invoke-echo", "server/invoke-stream", "server/stream-final",
+        "client/invoke-complete", "client/invoke-stream"]),
+    ("§7.1", "ended id: INTERRUPT/CREDIT ignored; STREAM/COMPLETE → UNKNOWN_ID", [
+        "server/interrupt", "server/interrupt-unknown-id", "client/bad-sequence",
+        "client/unknown-id"]),
+    ("§7.2", "INVOKE refusals in order: DRAINING, DUPLICATE_ID, TOO_MANY_INFLIGHT, "
+             "RATE_LIMITED, UNKNOWN_TOOL", [
+        "server/goaway-order", "server/duplicate-id", "server/too-many-inflight",
+        "server/too-many-inflight-default", "server/rate-limit", "server/unknown-tool",
+        "server/invoke-check-order"]),
+    ("§7.3", "interrupt; interrupt twice; interrupt/COMPLETE race", [
+        "server/interrupt", "server/interrupt-twice", "server/interrupt-complete-race",
+        "client/interrupt", "client/interrupt-complete-race"]),
+    ("§7.4", "deadline → DEADLINE_EXCEEDED", [
+        "server/deadline", "server/deadline-met", "client/deadline-error"]),
+    ("§7.5", "window, CREDIT, zero-length data, CHUNK_TOO_LARGE, FLOW_CONTROL, overflow", [
+        "server/flow-control-window", "server/stream-zero-length", "server/chunk-limit",
+        "server/credit-overflow", "client/flow-control", "client/flow-control-exact",
+        "client/chunk-too-large", "client/credit-manual", "client/credit-batching"]),
+    ("§7.6", "seq starts at 0, +1 each; otherwise BAD_SEQUENCE", [
+        "server/invoke-stream", "client/bad-sequence", "client/stream-after-final"]),
+    ("§8", "REQUEST/REPLY, interrupt, ERROR ends a request, UNSUPPORTED, max_inflight, "
+           "DUPLICATE_ID", [
+        "server/request-reply", "server/request-interrupt", "server/request-error",
+        "server/request-max-inflight", "server/reply-unknown-id", "client/request-reply",
+        "client/request-unsupported", "client/request-too-many-inflight",
+        "client/request-duplicate", "client/request-interrupted", "client/reply-error"]),
+    ("§9", "TOOL_DEF add/update/remove, TOOL_STATE, TOO_MANY_TOOLS", [
+        "server/tool-def-push", "client/tool-def", "client/too-many-tools",
+        "client/too-many-tools-initial", "server/peer-max-tools"]),
+    ("§10", "rate limit R: INVOKE/REQUEST refused, one warning; hard limit F → FLOOD", [
+        "server/rate-limit", "server/rate-limit-window", "client/rate-limited-request"]),
+    ("§11.1", "counted frames (HELLO, RESUME, PING, PONG not counted); replay buffer bound", [
+        "client/resume-failed", "client/resume-replay-buffer"]),
+    ("§11.2", "RESUME refused → RESUME_FAILED, transport stays open for HELLO", [
+        "server/resume-not-supported", "client/resume-failed"]),
+    ("§11.2", "resume accepted: missed frames re-sent; resume window", [
+        "client/resume-replay", "client/resume-nothing-missed", "client/resume-window"]),
+    ("§12.1", "codes by range; unknown codes treated by their range", [
+        "server/application-errors", "client/application-errors", "error/app-defined-code",
+        "client/unknown-error-codes", "client/connection-code-nonzero-id"]),
+    ("§9", "TOOL_DEF while draining", ["client/goaway-received"]),
+    ("§6.6", "after close no frame is processed", ["client/close"]),
+]
+
+# Limits of §13 → vectors.
+LIMIT_COVERAGE = [
+    ("max_frame_payload", ["header/too-large", "header/too-large-1k",
+                           "server/peer-max-frame-payload", "client/handshake-limits"]),
+    ("max_inflight", ["server/too-many-inflight", "server/too-many-inflight-default",
+                      "server/request-max-inflight", "client/request-too-many-inflight"]),
+    ("max_tools", ["client/too-many-tools", "client/too-many-tools-initial",
+                   "server/peer-max-tools"]),
+    ("max_chunk", ["client/chunk-too-large", "server/chunk-limit"]),
+    ("initial_window", ["client/flow-control", "client/credit-batching",
+                        "server/flow-control-window"]),
+    ("heartbeat interval", ["server/heartbeat", "client/heartbeat", "server/heartbeat-off"]),
+    ("handshake timeout", ["server/handshake-timeout", "server/handshake-timeout-configured",
+                           "client/handshake-timeout"]),
+    ("rate limit R / hard limit F", ["server/rate-limit", "server/rate-limit-window",
+                                     "client/rate-limited-request",
+                                     "(configured small; the defaults are not exercised)"]),
+    ("replay buffer", ["client/resume-replay-buffer"]),
+    ("resume window", ["client/resume-window"]),
+]
+
+NOT_COVERED = [
+    ("§2.1", "HTTP-level upgrade rules (400/426 without `asp-v1`, 401, 403, close codes "
+             "1000/1002/1008)", "below the frame layer; live mode checks only that "
+             "`asp-v1` is selected"),
+    ("§6.7", "WebSocket ping/pong replacing PING/PONG", "transport-level; the vectors use "
+             "PING frames"),
+    ("§11.2", "server side of a successful resume (token lookup, replay to the client)",
+     "needs the server application to route a RESUME to the detached session's connection; "
+     "only the refusal is a vector"),
+    ("§13", "outgoing queue bound", "implementation-local, not visible on the wire"),
+    ("§13", "the default rate limits (100 000 / 200 000 frames per second)", "a vector would "
+            "need 200 001 frames; the rules are checked with small configured limits"),
+    ("§3.5", "sequential id allocation, wrapping, skipping ids in flight", "SHOULD; the client "
+             "vectors only assume the first ids are 1, 2, 3"),
+    ("§13.1", "resume token randomness and constant-time comparison", "not observable"),
+]
+
+
+def expected_codes(t) -> set:
+    """§12.2 names of the ERROR codes a vector sends or expects."""
+    out = set()
+
+    def visit(x):
+        if isinstance(x, dict):
+            c = x.get("code")
+            if isinstance(c, str) and c in ERROR_CODES:
+                out.add(c)
+            elif isinstance(c, int) and c in ERROR_NAMES:
+                out.add(ERROR_NAMES[c])
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, list):
+            for v in x:
+                visit(v)
+    if "error" in t:
+        out.add(t["error"])
+    visit(t.get("steps", []))
+    for s in t.get("steps", []):
+        if "recv" in s and "$" not in s["recv"]:
+            for fb in split_frames(bytes.fromhex(s["recv"].replace(" ", ""))):
+                if fb[0] == 0x17:
+                    try:
+                        d = msgpack.unpackb(fb[8:], strict_map_key=False)
+                        if isinstance(d, dict) and d.get(0) in ERROR_NAMES:
+                            out.add(ERROR_NAMES[d[0]])
+                    except Exception:
+                        pass
+    return out
+
+
+def split_frames(b: bytes) -> list:
+    out, pos = [], 0
+    while pos + 8 <= len(b):
+        n = struct.unpack(">I", b[pos + 4:pos + 8])[0]
+        out.append(b[pos:pos + 8 + n])
+        pos += 8 + n
+    return out
+
+
+def coverage_markdown() -> str:
+    all_ids = ([t["id"] for t in FRAME_TESTS] + [t["id"] for t in REJ_TESTS]
+               + [t["id"] for t in SESS_TESTS])
+
+    def resolve(ref):
+        if " " in ref or "(" in ref or ref.endswith(".json") or ":" in ref:
+            return [ref], ref  # a prose reference
+        if ref.endswith("/"):
+            hits = [i for i in all_ids if i.startswith(ref)]
+            assert hits, ref
+            return hits, f"`{ref}*` ({len(hits)})"
+        assert ref in all_ids, ref
+        return [ref], f"`{ref}`"
+
+    lines = ["| § | rule | vectors |", "|---|---|---|"]
+    for sec, rule, refs in COVERAGE:
+        lines.append(f"| {sec} | {rule} | {', '.join(resolve(r)[1] for r in refs)} |")
+    out = ["### SPEC rules", "", *lines, ""]
+
+    # Error codes: computed from the vectors themselves.
+    by_code: dict[str, list] = {c: [] for c in ERROR_CODES}
+    for t in FRAME_TESTS:
+        f = t["frame"]
+        if f["type"] == "ERROR":
+            code = f["fields"].get("code")
+            if code in ERROR_NAMES:
+                by_code[ERROR_NAMES[code]].append(t["id"])
+    for t in REJ_TESTS + SESS_TESTS:
+        for c in expected_codes(t):
+            by_code[c].append(t["id"])
+    missing = [c for c, v in by_code.items() if not v]
+    assert not missing, f"error codes without a vector: {missing}"
+    out += ["### Error codes (§12.2)", "", "| code | name | vectors |", "|---|---|---|"]
+    for c, ids in sorted(by_code.items(), key=lambda x: ERROR_CODES[x[0]]):
+        shown = ", ".join(f"`{i}`" for i in ids[:4])
+        more = f" and {len(ids) - 4} more" if len(ids) > 4 else ""
+        out.append(f"| `0x{ERROR_CODES[c]:02X}` | `{c}` | {shown}{more} |")
+    out += ["", "### Limits (§13)", "", "| limit | vectors |", "|---|---|"]
+    for name, refs in LIMIT_COVERAGE:
+        out.append(f"| {name} | {', '.join(resolve(r)[1] for r in refs)} |")
+    out += ["", "### Not covered", "", "| § | rule | why |", "|---|---|---|"]
+    for sec, rule, why in NOT_COVERED:
+        out.append(f"| {sec} | {rule} | {why} |")
+    return "\n".join(out) + "\n"
+
+
+README_MD = ROOT / "conformance" / "README.md"
+COV_BEGIN = "<!-- COVERAGE:BEGIN -->"
+COV_END = "<!-- COVERAGE:END -->"
+
+
+def splice_readme(md: str) -> None:
+    text = README_MD.read_text(encoding="utf-8")
+    # The markers count only on lines of their own.
+    b, e = f"\n{COV_BEGIN}\n", f"\n{COV_END}"
+    if text.count(b) != 1 or text.count(e) != 1:
+        sys.exit(f"README.md: expected one line {COV_BEGIN} and one line {COV_END}")
+    a = text.index(b) + 1
+    z = text.index(e) + len(e)
+    new = text[:a] + f"{COV_BEGIN}\n\n{md}\n{COV_END}" + text[z:]
+    if new != text:
+        README_MD.write_text(new, encoding="utf-8")
+
+
+def check_sessions(ids: set) -> dict:
+    """Structural self-check of the session vectors."""
+    stats = {"sessions": 0, "live": 0, "server": 0, "client": 0, "steps": 0}
+    for t in SESS_TESTS:
+        assert t["id"] not in ids, t["id"]
+        ids.add(t["id"])
+        assert t["steps"] and "start" in t["steps"][0], t["id"]
+        last = -1
+        for s in t["steps"]:
+            assert s["at_ms"] >= last, t["id"]
+            last = s["at_ms"]
+            if "recv" in s:
+                hx = " ".join("00 00" if p.startswith("$") else p
+                              for p in s["recv"].split(" "))
+                b = bytes.fromhex(hx.replace(" ", ""))
+                frames = split_frames(b)
+                whole = sum(len(f) for f in frames) == len(b)
+                assert whole or t.get("binding") == "websocket", t["id"]
+        stats["sessions"] += 1
+        stats["steps"] += len(t["steps"])
+        stats["live"] += t["live"]
+        stats[t["role"]] += 1
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
 
 def write_json(path: Path, doc: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1376,19 +3236,31 @@ def write_json(path: Path, doc: dict) -> None:
 def main() -> int:
     build_frames()
     build_rejections()
+    build_server_sessions()
+    build_client_sessions()
     assert set(EXAMPLES) == set(ORDER), set(ORDER) - set(EXAMPLES)
     covered = {t["frame"]["type"] for t in FRAME_TESTS}
     assert covered == set(TYPE_CODES), set(TYPE_CODES) - covered
     stats = self_check()
+    sstats = check_sessions({t["id"] for t in FRAME_TESTS} | {t["id"] for t in REJ_TESTS})
+    cov = coverage_markdown()
 
     write_json(FRAMES_JSON, {"suite": "asp-conformance", "schema_version": 1,
                              "kind": "frames", "tests": FRAME_TESTS})
-    write_json(REJECTIONS_JSON, {"suite": "asp-conformance", "schema_version": 1,
-                                 "kind": "rejections", "config": DEFAULT_CONFIG,
-                                 "tests": REJ_TESTS})
+    write_json(REJECTIONS_JSON, {
+        "suite": "asp-conformance", "schema_version": 1, "kind": "rejections",
+        "config": DEFAULT_CONFIG,
+        # Bytes that open a session for a receiver of each role (README, "Rejection vectors").
+        "handshake": {"server": wire("HELLO", 0, C_HELLO), "client": wire("HELLO", 0, S_HELLO)},
+        "tests": REJ_TESTS})
+    write_json(SESSIONS_JSON, {
+        "suite": "asp-conformance", "schema_version": 1, "kind": "sessions",
+        "live_profile": {"tools": LIVE_TOOL_NAMES},
+        "tests": SESS_TESTS})
     md = examples_markdown()
     EXAMPLES_MD.write_text(md, encoding="utf-8")
     splice_spec(md)
+    splice_readme(cov)
 
     by_err: dict[str, int] = {}
     for t in REJ_TESTS:
@@ -1398,8 +3270,11 @@ def main() -> int:
     print(f"rejections.json: {stats['rejections']} vectors")
     for e, c in sorted(by_err.items(), key=lambda x: ERROR_CODES[x[0]]):
         print(f"  {e:22} {c}")
+    print(f"sessions.json:   {sstats['sessions']} vectors ({sstats['server']} server, "
+          f"{sstats['client']} client; {sstats['live']} live; {sstats['steps']} steps)")
     print(f"spec examples:   {len(EXAMPLES)} frame types -> {EXAMPLES_MD.relative_to(ROOT)}, "
           f"SPEC.md §14")
+    print("coverage:        conformance/README.md")
     print("self-check: OK")
     return 0
 

@@ -1,0 +1,89 @@
+//! `cargo test -p conformance`: every vector in process against `asp-proto`, and the live
+//! session vectors against an `asp-tokio` and an `asp-smol` server over WebSocket.
+
+use std::time::Duration;
+
+use conformance::{
+    default_expected_failures, default_vectors_dir, load, profile, run_files, run_live,
+    ExpectedFailures, LiveOptions, Summary,
+};
+
+fn report(name: &str, out: Vec<u8>, sum: Summary) {
+    let text = String::from_utf8_lossy(&out);
+    println!("{text}");
+    assert_eq!(
+        sum.failed, 0,
+        "{name}: {} vectors failed (see the lines marked FAIL above)",
+        sum.failed
+    );
+    assert!(sum.passed > 0, "{name}: no vectors ran");
+}
+
+fn expected_failures() -> ExpectedFailures {
+    ExpectedFailures::load(&default_expected_failures()).expect("expected-failures.json")
+}
+
+#[test]
+fn all_vectors_in_process() {
+    let files = load(&[default_vectors_dir()]).expect("vectors");
+    let kinds: Vec<&str> = files.iter().map(|f| f.kind()).collect();
+    for k in ["frames", "rejections", "sessions"] {
+        assert!(kinds.contains(&k), "no {k} vectors found");
+    }
+    let mut out = Vec::new();
+    let sum = run_files(&files, &expected_failures(), &mut out);
+    sum.finish(&mut out);
+    report("in process", out, sum);
+}
+
+fn live_options(url: String) -> LiveOptions {
+    LiveOptions {
+        url,
+        timeout: Duration::from_secs(2),
+    }
+}
+
+#[test]
+fn live_against_asp_tokio() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let files = load(&[default_vectors_dir()]).expect("vectors");
+    let xf = expected_failures();
+    let (out, sum) = rt.block_on(async {
+        let mut b = asp_tokio::server();
+        for t in profile::tools() {
+            b = b.tool(t);
+        }
+        let server = b.start().await.expect("asp-tokio server on 127.0.0.1:0");
+        let mut out = Vec::new();
+        let sum = run_live(&files, &live_options(server.url()), &xf, &mut out).await;
+        server.shutdown(Duration::from_millis(200)).await;
+        (out, sum)
+    });
+    let mut out = out;
+    sum.finish(&mut out);
+    report("live, asp-tokio", out, sum);
+}
+
+#[test]
+fn live_against_asp_smol() {
+    // The smol server runs on smol's global executor; the runner on its own tokio runtime.
+    let mut b = asp_smol::server();
+    for t in profile::tools() {
+        b = b.tool(t);
+    }
+    let server = futures::executor::block_on(b.start()).expect("asp-smol server on 127.0.0.1:0");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let files = load(&[default_vectors_dir()]).expect("vectors");
+    let xf = expected_failures();
+    let mut out = Vec::new();
+    let sum = rt.block_on(run_live(&files, &live_options(server.url()), &xf, &mut out));
+    futures::executor::block_on(server.shutdown(Duration::from_millis(200)));
+    sum.finish(&mut out);
+    report("live, asp-smol", out, sum);
+}
