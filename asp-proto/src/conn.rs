@@ -17,7 +17,7 @@ use core::time::Duration;
 
 use crate::codec::{decode_frame, encoded_len, Decoder, HEADER_LEN};
 use crate::config::{Config, HeartbeatMode, Limits};
-use crate::error::{CloseReason, DecodeError, ErrorCode, ErrorScope, SendError};
+use crate::error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 use crate::event::{Event, Outcome, Session, ToolChange};
 use crate::exchange::{Exchange, Kind};
 use crate::frame::*;
@@ -1077,6 +1077,17 @@ impl Connection {
     }
 
     fn on_frame(&mut self, frame: Frame, over_rate: bool) {
+        // SPEC §5.13 with §3.7: `token` is required of a client's RESUME. That is a step-6
+        // field check, decided before any state rule (step 7); only the receiver's role tells
+        // it apart from a server's RESUME, which has no token.
+        if let (Role::Server, Frame::Resume(Resume { token: None, .. })) = (self.role, &frame) {
+            self.on_decode_error(DecodeError {
+                request_id: 0,
+                frame_type: FrameType::Resume as u8,
+                kind: DecodeErrorKind::MissingField { field: "token" },
+            });
+            return;
+        }
         // SPEC §6.2: the handshake comes first.
         match (self.state, self.role, &frame) {
             (State::Handshaking, Role::Server, Frame::Hello(_) | Frame::Resume(_)) => {}

@@ -734,7 +734,9 @@ fn initial_tool_set_beyond_client_max_tools() {
     assert!(k[0].starts_with("ToolsChanged(Added"));
     assert_eq!(k[1], "Connected");
     assert_eq!(p.client.tools().count(), 1);
-    assert!(kinds(p.events(Side::Server)).iter().all(|e| !e.starts_with("Violation")));
+    assert!(kinds(p.events(Side::Server))
+        .iter()
+        .all(|e| !e.starts_with("Violation")));
 }
 
 // ───────────────────────── heartbeat (SPEC §6.7) ─────────────────────────

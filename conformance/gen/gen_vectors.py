@@ -496,8 +496,6 @@ def build_frames():
           "STREAM", 2, {"data": "x", "seq": 70000})
     frame("stream/seq-max", "§5.3", "STREAM with seq 2^32-1, the maximum.",
           "STREAM", 2, {"data": "x", "seq": U32})
-    frame("stream/empty-text", "§7.5", "STREAM with zero-length text data.",
-          "STREAM", 3, {"data": "", "seq": 2})
     frame("stream/empty-bin-final", "§5.3", "Final STREAM with zero-length binary data.",
           "STREAM", 3, {"data": b"", "seq": 3, "final": True})
     frame("stream/utf8", "§5.3", "STREAM of multi-byte UTF-8 text.",
@@ -932,6 +930,9 @@ def build_rejections():
         H["STREAM"], 1, m((0, pk("x")), (1, pk(1.0))), "INVALID_FIELD")
     rej("invalid/stream-data-int", "§5.3", "STREAM whose data is the integer 7.", H["STREAM"],
         1, m((0, pk(7)), (1, pk(0))), "INVALID_FIELD")
+    rej("invalid/stream-empty-not-final", "§5.3", "STREAM with zero-length text data and no "
+        "final: only the final chunk may be empty.", H["STREAM"], 3, m((0, pk("")), (1, pk(2))),
+        "INVALID_FIELD")
     rej("invalid/stream-final-int", "§4.2", "STREAM whose final is the integer 1, not a bool.",
         H["STREAM"], 1, m((0, pk("x")), (1, pk(0)), (2, pk(1))), "INVALID_FIELD")
     rej("invalid/interrupt-reason-1025", "§5.4", "INTERRUPT whose reason is 1025 bytes "
@@ -1264,6 +1265,12 @@ def receive(frame_bytes: bytes, config: dict, receiver: str):
                 f.req.get(sender) if sender != "either" else "O")
             if req == "R" and f.name not in fields:
                 raise Reject("MISSING_FIELD")
+        # §5.3: only the final chunk may be empty.
+        if tn == "STREAM" and "data" in fields and not fields.get("final", (0, False))[1]:
+            dv = fields["data"][1]
+            raw = dv.get("str", dv.get("bin")) if isinstance(dv, dict) else dv
+            if raw in ("", b""):
+                raise Reject("INVALID_FIELD")
         out = {name: val for name, (_, val) in sorted(fields.items(), key=lambda x: x[1][0])}
         return ("ok", tn, rid, out)
     except Reject as r:
@@ -1956,15 +1963,17 @@ def build_server_sessions():
                   transmit=[X("STREAM", 1, {"data": "efg", "seq": 1})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
-    session("server/stream-zero-length", "§7.5", "Zero-length STREAM data is always allowed, "
-            "also with the window used up and without `final`.", "server",
+    session("server/stream-zero-length", "§5.3", "An empty chunk may be sent only as the final "
+            "one (then also with the window used up); an empty non-final chunk is refused.",
+            "server",
             server_open(fcc, hello=fc_hello) +
             [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
                   events=[E("Invoked", id=1, tool="chunks")]),
              step(0, command=C("stream", id=1, data="abcd"),
                   transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
-             step(0, command=C("stream", id=1, data=""),
-                  transmit=[X("STREAM", 1, {"data": "", "seq": 1})]),
+             step(0, command=C("stream", id=1, data=""), refused=True),
+             step(0, command=C("stream", id=1, data="", final=True),
+                  transmit=[X("STREAM", 1, {"data": "", "seq": 1, "final": True})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
     session("server/chunk-limit", "§7.5", "The client announced max_chunk 4: a 5-byte chunk "
@@ -2459,16 +2468,14 @@ def build_client_sessions():
                   transmit=[XERR(1, "FLOW_CONTROL", 0x3)],
                   events=[E("Ended", id=1, outcome="error", code="FLOW_CONTROL")])], fc)
     session("client/flow-control-exact", "§7.5", "STREAM data exactly filling the window is "
-            "fine, and zero-length data is always allowed, also with the window at 0.",
+            "fine, and the final chunk may be empty, also with the window at 0.",
             "client",
             client_open(fc) +
             [inv(1),
              step(0, recv=wire("STREAM", 1, {"data": "abcdefgh", "seq": 0}),
                   events=[E("Chunk", id=1, seq=0)]),
-             step(0, recv=wire("STREAM", 1, {"data": "", "seq": 1}),
-                  events=[E("Chunk", id=1, seq=1, data={"str": ""}, final=False)]),
-             step(0, recv=wire("STREAM", 1, {"data": b"", "seq": 2, "final": True}),
-                  events=[E("Chunk", id=1, seq=2, final=True)]),
+             step(0, recv=wire("STREAM", 1, {"data": b"", "seq": 1, "final": True}),
+                  events=[E("Chunk", id=1, seq=1, final=True)]),
              step(0, recv=wire("COMPLETE", 1, {"status": 0}),
                   events=[E("Ended", id=1, outcome="complete", status=0)])], fc)
     mfc = {"initial_window": 8, "auto_credit": False}
@@ -2593,6 +2600,13 @@ def build_client_sessions():
             "the invocation on both sides.", "client",
             op + [inv(1),
                   step(0, recv=wire_raw(0x3, 1, m((0, pk("x")), (1, pk("0")))),
+                       transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True)],
+                       events=[E("Ended", id=1, outcome="error", code="INVALID_FIELD")])], D)
+    session("client/empty-nonfinal-chunk", "§5.3", "An empty STREAM chunk without final is "
+            "INVALID_FIELD: answered with id 1 and frame_type 3, and it ends the invocation "
+            "on both sides.", "client",
+            op + [inv(1),
+                  step(0, recv=wire_raw(0x3, 1, m((0, pk("")), (1, pk(0)))),
                        transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True)],
                        events=[E("Ended", id=1, outcome="error", code="INVALID_FIELD")])], D)
     session("client/invalid-error-ends-invocation", "§3.7", "An ERROR for invocation 1 that "
