@@ -1380,51 +1380,17 @@ impl Connection {
     }
 
     fn on_invoke(&mut self, i: Invoke, over_rate: bool) {
-        // SPEC §7.2, in order.
-        let id = i.id;
-        let refuse = if self.goaway_sent {
-            Some((ErrorCode::DRAINING, "server is draining".to_string()))
-        } else if self.exchanges.contains_key(&id.0) {
-            // Ends the existing invocation too.
-            let err = error_frame(
-                id,
-                ErrorCode::DUPLICATE_ID,
-                "id already in flight".into(),
-                Some(FrameType::Invoke as u8),
-            );
-            self.queue(Frame::Error(err.clone()));
-            self.emit(Event::Violation(err.clone()));
-            self.remove(id.0);
-            self.emit(Event::Aborted { id, error: err });
-            return;
-        } else if self.invocations >= usize::from(self.config.limits.max_inflight) {
-            Some((
-                ErrorCode::TOO_MANY_INFLIGHT,
-                format!("max_inflight is {}", self.config.limits.max_inflight),
-            ))
-        } else if over_rate {
-            Some((
-                ErrorCode::RATE_LIMITED,
-                "over the frame rate limit".to_string(),
-            ))
-        } else if self.config.check_tools && !self.tools.contains_key(&i.tool) {
-            Some((
+        let unknown_tool = self.config.check_tools && !self.tools.contains_key(&i.tool);
+        let last = unknown_tool.then(|| {
+            (
                 ErrorCode::UNKNOWN_TOOL,
                 format!("no tool named {:?}", i.tool.as_str()),
-            ))
-        } else {
-            None
-        };
-        if let Some((code, message)) = refuse {
-            let err = error_frame(id, code, message, Some(FrameType::Invoke as u8));
-            self.queue(Frame::Error(err.clone()));
-            // SPEC §5.7: an ERROR naming an id in flight at the peer is that exchange's
-            // terminal frame there. DRAINING is checked before DUPLICATE_ID (§7.2), so an
-            // opening frame for an id in flight can be refused with it: end ours too, as
-            // DUPLICATE_ID would, or the two sides disagree about the id.
-            self.end_by_error(id, err);
+            )
+        });
+        if !self.admit(i.id, Kind::Invocation, over_rate, None, last) {
             return;
         }
+        let id = i.id;
         let mut e = Exchange::new(Kind::Invocation, self.peer_limits.initial_window);
         if i.deadline_ms > 0 {
             e.deadline = Some(self.now + Duration::from_millis(u64::from(i.deadline_ms)));
@@ -1571,54 +1537,78 @@ impl Connection {
     }
 
     fn on_request(&mut self, r: Request, over_rate: bool) {
-        let id = r.id;
-        let refuse = if !self.config.accept_requests {
-            Some((
+        let first = (!self.config.accept_requests).then(|| {
+            (
                 ErrorCode::UNSUPPORTED,
                 "client does not accept requests".to_string(),
-            ))
-        } else if self.goaway_sent {
-            Some((ErrorCode::DRAINING, "client is draining".to_string()))
-        } else if self.exchanges.contains_key(&id.0) {
-            let err = error_frame(
-                id,
-                ErrorCode::DUPLICATE_ID,
-                "id already in flight".into(),
-                Some(FrameType::Request as u8),
-            );
-            self.queue(Frame::Error(err.clone()));
-            self.emit(Event::Violation(err.clone()));
-            self.remove(id.0);
-            self.emit(Event::Aborted { id, error: err });
-            return;
-        } else if self.requests >= usize::from(self.config.limits.max_inflight) {
-            Some((
-                ErrorCode::TOO_MANY_INFLIGHT,
-                format!("max_inflight is {}", self.config.limits.max_inflight),
-            ))
-        } else if over_rate {
-            Some((
-                ErrorCode::RATE_LIMITED,
-                "over the frame rate limit".to_string(),
-            ))
-        } else {
-            None
-        };
-        if let Some((code, message)) = refuse {
-            let err = error_frame(id, code, message, Some(FrameType::Request as u8));
-            self.queue(Frame::Error(err.clone()));
-            // SPEC §5.7: an ERROR naming an id in flight at the peer is that exchange's
-            // terminal frame there. DRAINING is checked before DUPLICATE_ID (§7.2), so an
-            // opening frame for an id in flight can be refused with it: end ours too, as
-            // DUPLICATE_ID would, or the two sides disagree about the id.
-            self.end_by_error(id, err);
+            )
+        });
+        if !self.admit(r.id, Kind::Request, over_rate, first, None) {
             return;
         }
+        let id = r.id;
         self.insert(id, Exchange::new(Kind::Request, 0));
         self.emit(Event::Requested(r));
     }
 
     // ───────────────────────── helpers ─────────────────────────
+
+    /// SPEC §7.2 (and §8 for requests): whether to run an opening frame, checked in order:
+    /// `first` (a kind-specific refusal that comes first), DRAINING, DUPLICATE_ID,
+    /// TOO_MANY_INFLIGHT, RATE_LIMITED, then `last`. A refusal sends the terminal ERROR.
+    fn admit(
+        &mut self,
+        id: RequestId,
+        kind: Kind,
+        over_rate: bool,
+        first: Option<(ErrorCode, String)>,
+        last: Option<(ErrorCode, String)>,
+    ) -> bool {
+        let ty = match kind {
+            Kind::Invocation => FrameType::Invoke,
+            Kind::Request => FrameType::Request,
+        };
+        let who = match self.role {
+            Role::Client => "client",
+            Role::Server => "server",
+        };
+        let draining = self
+            .goaway_sent
+            .then(|| (ErrorCode::DRAINING, format!("{who} is draining")));
+        let first = first.or(draining);
+        if first.is_none() && self.exchanges.contains_key(&id.0) {
+            // Ends the exchange already in flight with this id too.
+            self.violation(id, ErrorCode::DUPLICATE_ID, "id already in flight", ty);
+            return false;
+        }
+        let in_flight = match kind {
+            Kind::Invocation => self.invocations,
+            Kind::Request => self.requests,
+        };
+        let max = self.config.limits.max_inflight;
+        let refuse = first
+            .or_else(|| {
+                (in_flight >= usize::from(max)).then(|| {
+                    (
+                        ErrorCode::TOO_MANY_INFLIGHT,
+                        format!("max_inflight is {max}"),
+                    )
+                })
+            })
+            .or_else(|| {
+                over_rate.then(|| (ErrorCode::RATE_LIMITED, "over the frame rate limit".into()))
+            })
+            .or(last);
+        let Some((code, message)) = refuse else {
+            return true;
+        };
+        let err = error_frame(id, code, message, Some(ty as u8));
+        self.queue(Frame::Error(err.clone()));
+        // SPEC §7.2: an ERROR naming an id in flight is terminal there; a refusal that comes
+        // before DUPLICATE_ID (DRAINING) ends ours too, or the two sides would disagree.
+        self.end_by_error(id, err);
+        false
+    }
 
     /// A rule broken for one exchange: ERROR to the peer (which ends the exchange there),
     /// and the exchange ends here too.
