@@ -84,6 +84,13 @@ impl From<tungstenite::Error> for Error {
             }
             tungstenite::Error::Io(e) => Error::Io(e.to_string()),
             tungstenite::Error::Url(e) => Error::InvalidUrl(e.to_string()),
+            // tungstenite's client handshake already fails when the server selects no (or
+            // another) subprotocol than the one offered, before `ClientBuilder::connect`
+            // can check; report that as the documented `Subprotocol` error, not a generic
+            // WebSocket one.
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
+            ) => Error::Subprotocol,
             other => Error::WebSocket(other.to_string()),
         }
     }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::runtime::{BoxFuture, Clock, Notify};
 use crate::server::ToolRegistry;
-use crate::tool::{run_handler, RequestHandler};
+use crate::tool::{run_handler, RequestHandler, Tool};
 
 /// Handle to one connection's shared state.
 pub(crate) type SharedRef = Arc<Mutex<Shared>>;
@@ -69,6 +69,8 @@ pub(crate) enum Hooks {
     },
     Server {
         tools: Arc<ToolRegistry>,
+        /// Runs tools the registry does not have (`ServerBuilder::fallback`).
+        fallback: Option<Arc<Tool>>,
     },
 }
 
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) conn: Connection,
     pub(crate) clock: Clock,
     pub(crate) notify: Arc<Notify>,
+    /// The core deadline the writer task sleeps until (set by the writer before it sleeps).
+    pub(crate) armed_timeout: Option<asp_proto::Instant>,
     pub(crate) calls: HashMap<u16, Call>,
     pub(crate) served: HashMap<u16, Served>,
     pub(crate) session: Option<Session>,
@@ -103,6 +107,7 @@ impl Shared {
                 conn,
                 clock,
                 notify: Arc::new(Notify::default()),
+                armed_timeout: None,
                 calls: HashMap::new(),
                 served: HashMap::new(),
                 session: None,
@@ -129,7 +134,16 @@ impl Shared {
         while let Some(ev) = self.conn.poll_event() {
             self.dispatch(ev);
         }
-        if self.conn.wants_transmit() || self.conn.is_closed() {
+        // Also wake the writer when the core now wants a timeout earlier than the one the
+        // writer sleeps until: an INVOKE with `deadline_ms` produces no output, so before
+        // this the writer slept on until the next heartbeat (30 s by default) and the
+        // deadline (SPEC §7.4) fired that late.
+        let earlier = match (self.conn.poll_timeout(), self.armed_timeout) {
+            (Some(t), Some(armed)) => t < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if self.conn.wants_transmit() || self.conn.is_closed() || earlier {
             self.notify.notify();
         }
     }
@@ -222,10 +236,10 @@ impl Shared {
     }
 
     fn start_handler(&mut self, inv: asp_proto::frame::Invoke) {
-        let Hooks::Server { tools } = &self.hooks else {
+        let Hooks::Server { tools, fallback } = &self.hooks else {
             return;
         };
-        let Some(tool) = tools.get(inv.tool.as_str()) else {
+        let Some(tool) = tools.get(inv.tool.as_str()).or_else(|| fallback.clone()) else {
             // Removed from the registry after the core accepted the INVOKE.
             let _ = self
                 .conn

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::connection::ServerConnection;
 use crate::error::Error;
 use crate::runtime::BoxFuture;
 use crate::shared::{lock, Call, Cancel, Shared};
@@ -64,6 +65,14 @@ pub enum ToolError {
     Failed(Option<RawValue>),
     /// End with COMPLETE(cancelled).
     Cancelled,
+    /// End with COMPLETE of this status, result and metrics (e.g. a relay passing on a
+    /// function's own COMPLETE(failed) with its metrics). `wall_us` is filled in if empty.
+    Complete {
+        /// ok, cancelled or failed.
+        status: Status,
+        /// The result and metrics.
+        output: Output,
+    },
 }
 
 impl ToolError {
@@ -204,6 +213,8 @@ where
 pub struct ToolContext {
     id: RequestId,
     tool: Text,
+    deadline_ms: u32,
+    meta: Option<RawValue>,
     shared: Weak<Mutex<Shared>>,
 }
 
@@ -233,6 +244,22 @@ impl ToolContext {
         self.tool.as_str()
     }
 
+    /// The INVOKE's `deadline_ms` (0 = none). The core enforces it (SPEC §7.4); a handler
+    /// that forwards the call elsewhere passes it on.
+    pub fn deadline_ms(&self) -> u32 {
+        self.deadline_ms
+    }
+
+    /// The INVOKE's `meta`, if any.
+    pub fn meta(&self) -> Option<&RawValue> {
+        self.meta.as_ref()
+    }
+
+    /// The connection this invocation runs on (its id, session, a handle for pushes).
+    pub fn connection(&self) -> Option<ServerConnection> {
+        ServerConnection::from_weak(self.shared.clone())
+    }
+
     /// Streams text; long text is split into chunks the client accepts. Waits while the
     /// flow-control window or send queue is full.
     pub async fn stream_text(&self, text: &str) -> Result<(), StreamError> {
@@ -247,7 +274,7 @@ impl ToolContext {
 
     /// Streams a chunk, `fin` marking the last one (SPEC §5.3).
     pub async fn stream(&self, mut data: Bytes, text: bool, fin: bool) -> Result<(), StreamError> {
-        let max = self.max_chunk();
+        let mut max = self.max_chunk();
         loop {
             let cut = if data.len() > max {
                 if text {
@@ -262,12 +289,25 @@ impl ToolContext {
             } else {
                 data.len()
             };
-            let piece = data.split_to(cut);
-            let last = data.is_empty();
-            self.send_piece(piece, text, fin && last).await?;
+            let last = cut == data.len();
+            match self.send_piece(data.slice(..cut), text, fin && last).await {
+                Ok(()) => {}
+                // The core also fits the whole STREAM frame into the client's
+                // `max_frame_payload`, which `max_chunk` does not account for; a client
+                // with a small frame limit made every larger chunk fail. Split to the
+                // core's limit instead.
+                Err(StreamError::Invalid(SendError::TooLarge { max: m, .. }))
+                    if m > 0 && m < cut =>
+                {
+                    max = m;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if last {
                 return Ok(());
             }
+            data = data.split_off(cut);
         }
     }
 
@@ -276,7 +316,12 @@ impl ToolContext {
             .upgrade()
             .and_then(|s| {
                 lock(&s).session.as_ref().map(|x| {
-                    (x.peer_limits.max_chunk as usize).min(x.peer_limits.initial_window as usize)
+                    // Half the window, not all of it: a client grants credit in batches of
+                    // half its initial window (SPEC §7.5), so up to half a window can stay
+                    // unreturned for good once it has read everything. A chunk larger than
+                    // the other half could then never fit and the invocation hung.
+                    (x.peer_limits.max_chunk as usize)
+                        .min((x.peer_limits.initial_window / 2).max(1) as usize)
                 })
             })
             .unwrap_or(64 << 10)
@@ -383,6 +428,8 @@ pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, in
     let ctx = ToolContext {
         id: inv.id,
         tool: inv.tool.clone(),
+        deadline_ms: inv.deadline_ms,
+        meta: inv.meta.clone(),
         shared: shared.clone(),
     };
     let work =
@@ -417,6 +464,11 @@ pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, in
                 ..Metrics::default()
             },
         ),
+        Some(Ok(Err(ToolError::Complete { status, mut output }))) => {
+            output.metrics.wall_us = output.metrics.wall_us.or(wall_us);
+            s.conn
+                .complete(inv.id, status, output.result, output.metrics)
+        }
         Some(Ok(Err(ToolError::Failed(result)))) => s.conn.complete(
             inv.id,
             Status::Failed,

@@ -97,10 +97,10 @@ async fn raw_server() -> String {
                                 return;
                             }
                         }
-                        Message::Binary(_) => {
-                            if ws.send(Message::Binary(reply.clone())).await.is_err() {
-                                return;
-                            }
+                        Message::Binary(_)
+                            if ws.send(Message::Binary(reply.clone())).await.is_err() =>
+                        {
+                            return;
                         }
                         _ => {}
                     }
