@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod connection;
 mod driver;
 mod error;
 mod runtime;
@@ -24,6 +25,7 @@ pub use asp_proto::frame::{
 };
 pub use asp_proto::{CloseReason, Config, ErrorCode, InvokeOptions, Limits, Session, ToolChange};
 pub use client::{Chunk, Client, ClientBuilder, Completion, Invocation, ToolChanges};
+pub use connection::{ConnectionHook, Locked, ServerConnection};
 pub use driver::WsStream;
 pub use error::Error;
 pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck};

@@ -14,12 +14,13 @@ use asp_proto::frame::Text;
 use asp_proto::{Config, Connection, ServerParams};
 use futures::future::{select, Either};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::http::{HeaderValue, StatusCode};
+use tungstenite::http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::connection::{ConnectionHook, ServerConnection};
 use crate::driver;
 use crate::runtime::{Clock, Notify, Runtime};
 use crate::shared::{lock, Hooks, Shared, SharedRef};
-use crate::tool::Tool;
+use crate::tool::{Handler, Tool};
 use crate::{WsConfig, SUBPROTOCOL};
 
 /// The tools a server offers, shared by all its connections.
@@ -164,6 +165,8 @@ pub struct ServerBuilder<R: Runtime> {
     policy: UpgradePolicy,
     config: Config,
     tools: Vec<Tool>,
+    fallback: Option<Arc<Tool>>,
+    hook: Option<Arc<dyn ConnectionHook>>,
     max_connections: usize,
     ws: WsConfig,
 }
@@ -177,6 +180,8 @@ impl<R: Runtime> ServerBuilder<R> {
             policy: UpgradePolicy::default(),
             config: crate::ws_default_config(),
             tools: Vec::new(),
+            fallback: None,
+            hook: None,
             max_connections: 10_000,
             ws: crate::default_ws_config(),
         }
@@ -233,6 +238,27 @@ impl<R: Runtime> ServerBuilder<R> {
         self
     }
 
+    /// Runs INVOKEs of tools that are not in the registry (a relay forwards every tool to
+    /// its functions). The core refuses unknown tools with UNKNOWN_TOOL before they get
+    /// here unless [`Config::check_tools`] is off.
+    pub fn fallback(mut self, handler: impl Handler) -> Self {
+        self.fallback = Some(Arc::new(Tool::new("*", handler)));
+        self
+    }
+
+    /// Tells `hook` about every connection as it opens and closes.
+    pub fn on_connection(mut self, hook: impl ConnectionHook) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// WebSocket settings (buffer sizes, message limits). Default
+    /// [`default_ws_config`](crate::default_ws_config).
+    pub fn ws_config(mut self, ws: WsConfig) -> Self {
+        self.ws = ws;
+        self
+    }
+
     /// Binds and starts accepting connections in the background.
     pub async fn start(self) -> std::io::Result<Server<R>> {
         let listener = self.rt.bind(self.addr).await?;
@@ -244,6 +270,8 @@ impl<R: Runtime> ServerBuilder<R> {
         let inner = Arc::new(Inner {
             rt: self.rt.clone(),
             tools: registry,
+            fallback: self.fallback,
+            hook: self.hook,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             live: AtomicUsize::new(0),
@@ -265,6 +293,8 @@ impl<R: Runtime> ServerBuilder<R> {
 struct Inner<R: Runtime> {
     rt: R,
     tools: Arc<ToolRegistry>,
+    fallback: Option<Arc<Tool>>,
+    hook: Option<Arc<dyn ConnectionHook>>,
     conns: Mutex<HashMap<u64, SharedRef>>,
     next_conn: AtomicU64,
     live: AtomicUsize,
@@ -403,6 +433,9 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
         inner.rt.spawn(Box::pin(async move {
             let full = inner2.live.fetch_add(1, Ordering::AcqRel) >= inner2.max_connections;
             let policy = inner2.policy.clone();
+            // The upgrade request's headers, for the connection hook.
+            let upgrade = Arc::new(Mutex::new(HeaderMap::new()));
+            let keep = inner2.hook.is_some().then(|| upgrade.clone());
             let check: crate::runtime::UpgradeCheck = Box::new(move |req, resp| {
                 if full {
                     return Err(refuse(
@@ -410,10 +443,18 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
                         "too many connections",
                     ));
                 }
-                policy.check(req, resp)
+                let resp = policy.check(req, resp)?;
+                if let Some(keep) = keep {
+                    *keep.lock().unwrap_or_else(|e| e.into_inner()) = req.headers().clone();
+                }
+                Ok(resp)
             });
             match inner2.rt.upgrade(tcp, check, inner2.ws).await {
-                Ok(ws) if !full => serve(&inner2, ws, peer).await,
+                Ok(ws) if !full => {
+                    let headers =
+                        std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
+                    serve(&inner2, ws, peer, headers).await
+                }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
             }
@@ -431,7 +472,7 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
     }
 }
 
-async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr) {
+async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, upgrade: HeaderMap) {
     let n = inner.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut h = inner.id_seed.build_hasher();
     h.write_u64(n);
@@ -456,6 +497,7 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr) {
         clock,
         Hooks::Server {
             tools: inner.tools.clone(),
+            fallback: inner.fallback.clone(),
         },
         spawn,
         span.clone(),
@@ -470,6 +512,11 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr) {
         let now = s.now();
         s.conn.goaway(now, None, Duration::from_secs(1));
     }
+    let handle = ServerConnection::new(Arc::downgrade(&shared), Text::from(connection_id.as_str()));
+    if let Some(hook) = &inner.hook {
+        hook.connected(handle.clone(), &upgrade);
+    }
+    drop(upgrade);
     tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone()), span).await;
     // The reader ended: wait for the writer to send the last frames and close.
     poll_fn(|cx| {
@@ -482,6 +529,9 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr) {
         }
     })
     .await;
+    if let Some(hook) = &inner.hook {
+        hook.closed(&handle);
+    }
     inner
         .conns
         .lock()

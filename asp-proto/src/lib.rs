@@ -11,6 +11,7 @@
 //! - [`codec`]: frames ↔ bytes ([`codec::encode`], [`codec::decode_frame`], [`Decoder`]).
 //! - [`frame`]: one type per frame.
 //! - [`error`]: wire error codes and decode errors.
+//! - [`relay`]: the relay binding (SPEC §15): INVOKE ↔ HTTP call to a function.
 //! - [`Connection`]: the state machine; drive it with `handle_*`, command it with `invoke`,
 //!   `stream`, `complete`…, and drain `poll_transmit`, `poll_ping`, `poll_event`, then
 //!   `poll_timeout`, after every input.
@@ -40,6 +41,7 @@ pub mod fuzzing;
 mod msgpack;
 mod outbox;
 mod rate;
+pub mod relay;
 mod replay;
 mod time;
 

@@ -1,0 +1,121 @@
+//! A handle on one server-side connection, for code that acts on a connection from outside
+//! its tool handlers: a relay's push API (SPEC §15.5), an admin console. Tool handlers reach
+//! theirs with [`ToolContext::connection`](crate::ToolContext::connection); a
+//! [`ConnectionHook`] receives every connection as it opens and closes.
+
+use std::sync::{Mutex, MutexGuard, Weak};
+
+use asp_proto::frame::{RawValue, RequestId, Text};
+use asp_proto::{Connection, Instant, Outcome, SendError, Session};
+use tungstenite::http::HeaderMap;
+
+use crate::shared::{lock, Call, Shared};
+
+/// Observes the connections of a server (see `ServerBuilder::on_connection`).
+pub trait ConnectionHook: Send + Sync + 'static {
+    /// A client connected (the WebSocket upgrade succeeded); `upgrade` holds the headers of
+    /// its upgrade request (e.g. `Authorization`, to forward). The ASP handshake may not be
+    /// done yet.
+    fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap);
+    /// The connection closed; its exchanges have ended.
+    fn closed(&self, conn: &ServerConnection);
+}
+
+/// A handle on one server connection. Cheap to clone; it does not keep the connection
+/// alive, and every method is a no-op (or `None`) once the connection is gone.
+#[derive(Clone)]
+pub struct ServerConnection {
+    shared: Weak<Mutex<Shared>>,
+    id: Text,
+}
+
+impl std::fmt::Debug for ServerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerConnection({})", self.id)
+    }
+}
+
+impl ServerConnection {
+    pub(crate) fn new(shared: Weak<Mutex<Shared>>, id: Text) -> ServerConnection {
+        ServerConnection { shared, id }
+    }
+
+    pub(crate) fn from_weak(shared: Weak<Mutex<Shared>>) -> Option<ServerConnection> {
+        let id = {
+            let s = shared.upgrade()?;
+            let g = lock(&s);
+            g.session.as_ref()?.connection_id.clone()
+        };
+        Some(ServerConnection { shared, id })
+    }
+
+    /// The connection id (HELLO `connection_id`).
+    pub fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    /// The negotiated session, once the handshake is done.
+    pub fn session(&self) -> Option<Session> {
+        let s = self.shared.upgrade()?;
+        let g = lock(&s);
+        g.session.clone()
+    }
+
+    /// Whether the connection has closed (or is gone).
+    pub fn is_closed(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_none_or(|s| lock(&s).closed.is_some())
+    }
+
+    /// Runs `f` with the connection's core locked, then routes the core's events and wakes
+    /// the writer. Several commands in one `f` are atomic with respect to the connection's
+    /// other users. `None` if the connection is gone.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Locked<'_>) -> T) -> Option<T> {
+        let s = self.shared.upgrade()?;
+        let mut locked = Locked { s: lock(&s) };
+        let r = f(&mut locked);
+        locked.s.pump();
+        Some(r)
+    }
+
+    /// Waits for the outcome of a request sent with [`Locked::request`]: the client's REPLY or
+    /// ERROR, or `Lost` if the connection closed first.
+    pub async fn outcome(&self, id: RequestId) -> Outcome {
+        match self.shared.upgrade() {
+            Some(s) => crate::client::wait_outcome(&s, id).await,
+            None => Outcome::Lost(asp_proto::CloseReason::TransportClosed),
+        }
+    }
+}
+
+/// A connection's core, locked (see [`ServerConnection::with`]).
+pub struct Locked<'a> {
+    s: MutexGuard<'a, Shared>,
+}
+
+impl Locked<'_> {
+    /// The Sans-IO core: `stream`, `add_tool`, `remove_tool`, `goaway`, `in_flight`… Its
+    /// rules apply as always (a STREAM for an id not in flight is refused, and so on).
+    pub fn conn(&mut self) -> &mut Connection {
+        &mut self.s.conn
+    }
+
+    /// The connection's clock, for the core's time arguments.
+    pub fn now(&self) -> Instant {
+        self.s.now()
+    }
+
+    /// Sends a REQUEST (SPEC §8) whose outcome [`ServerConnection::outcome`] then returns.
+    /// (A request sent with `conn().request` directly has its outcome dropped.)
+    pub fn request(
+        &mut self,
+        kind: impl Into<Text>,
+        body: Option<RawValue>,
+        invocation: Option<RequestId>,
+    ) -> Result<RequestId, SendError> {
+        let id = self.s.conn.request(kind, body, invocation)?;
+        self.s.calls.insert(id.0, Call::default());
+        Ok(id)
+    }
+}

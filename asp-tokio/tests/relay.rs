@@ -1,0 +1,1419 @@
+//! Relay mode (SPEC §15) end to end: a real function server on loopback (hyper, and one in
+//! Python's standard library), the relay on 127.0.0.1:0, and an ordinary `asp_tokio` client.
+//!
+//! `cargo test -p asp-tokio --features relay --test relay`. Every wait is bounded
+//! ([`LIMIT`]); nothing sleeps to synchronize: the function server reports what it saw
+//! (requests, aborts, replies) on a channel the tests wait on.
+#![cfg(feature = "relay")]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use asp_proto::codec::encode;
+use asp_proto::frame::{Frame, Request as RequestFrame, Stream as StreamFrame, ToolDef, ToolOp};
+use asp_proto::relay::base64_encode;
+use asp_proto::{Bytes, ErrorCode};
+use asp_tokio::relay::{Relay, RelayConfig};
+use asp_tokio::{Chunk, Client, Error, RawValue, ReplyStatus, RequestId, Status, ToolChange};
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame as BodyFrame, Incoming};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// The most any one wait may take.
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+// ───────────────────────────── the function server ─────────────────────────────
+
+/// What the function server saw.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// An `/invoke` request: its headers and decoded body.
+    Invoke {
+        headers: HeaderMap,
+        body: InvokeBody,
+    },
+    /// The relay went away before the function finished answering `request_id`.
+    Aborted { tool: String, request_id: u16 },
+    /// A `/reply` body.
+    Reply(Value),
+}
+
+/// `/invoke` body (SPEC §15.2), MessagePack.
+#[derive(Debug, Clone, Deserialize)]
+struct InvokeBody {
+    connection_id: String,
+    request_id: u16,
+    tool: String,
+    #[serde(default)]
+    args: Value,
+    #[serde(default)]
+    deadline_ms: Option<u32>,
+    #[serde(default)]
+    state: Option<Bin>,
+}
+
+/// A MessagePack `bin`.
+#[derive(Debug, Clone, PartialEq)]
+struct Bin(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Bin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bin, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bin;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bin, E> {
+                Ok(Bin(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A response body fed from a channel: chunked encoding, trailers, and a closed channel
+/// (send error) when the relay goes away.
+struct ChannelBody(mpsc::Receiver<BodyFrame<Bytes>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+/// Reports `Aborted` if dropped before `done` (hyper drops the handler when the relay
+/// closes the connection).
+struct AbortGuard {
+    seen: mpsc::UnboundedSender<Seen>,
+    tool: String,
+    request_id: u16,
+    done: bool,
+}
+
+impl AbortGuard {
+    /// The function answered completely.
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.seen.send(Seen::Aborted {
+                tool: self.tool.clone(),
+                request_id: self.request_id,
+            });
+        }
+    }
+}
+
+struct Function {
+    addr: SocketAddr,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    /// Bytes the `flood` tool managed to hand to hyper so far.
+    flooded: Arc<AtomicUsize>,
+    /// Held invocations (`hold` tool) wait for a message here.
+    release: Arc<Mutex<Vec<mpsc::Sender<()>>>>,
+    /// TCP connections accepted from the relay.
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Function {
+    async fn start() -> Function {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let flooded = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Mutex::new(Vec::new()));
+        let state = (tx, flooded.clone(), release.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::AcqRel);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(function(req, state).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Function {
+            addr,
+            seen,
+            flooded,
+            release,
+            accepted,
+        }
+    }
+
+    fn url(&self) -> hyper::Uri {
+        format!("http://{}", self.addr).parse().unwrap()
+    }
+
+    /// The next thing seen that `pick` selects (others are skipped).
+    async fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(Seen) -> Option<T>) -> T {
+        within(what, async {
+            loop {
+                let s = self.seen.recv().await.expect("function server alive");
+                if let Some(t) = pick(s) {
+                    return t;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn aborted(&mut self, tool: &str) -> u16 {
+        self.wait(
+            &format!("the function to see `{tool}` aborted"),
+            |s| match s {
+                Seen::Aborted {
+                    tool: t,
+                    request_id,
+                } if t == tool => Some(request_id),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn invoked(&mut self, tool: &str) -> (HeaderMap, InvokeBody) {
+        self.wait(&format!("an /invoke of `{tool}`"), |s| match s {
+            Seen::Invoke { headers, body } if body.tool == tool => Some((headers, body)),
+            _ => None,
+        })
+        .await
+    }
+}
+
+type State = (
+    mpsc::UnboundedSender<Seen>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<mpsc::Sender<()>>>>,
+);
+
+fn text_response(
+    status: u16,
+    content_type: &str,
+    headers: &[(&str, String)],
+) -> (Response<ChannelBody>, mpsc::Sender<BodyFrame<Bytes>>) {
+    let (tx, rx) = mpsc::channel(1);
+    let mut r = Response::new(ChannelBody(rx));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
+    // Hyper sends only the trailer fields announced here (and only to a client that sent
+    // `TE: trailers`, as the relay does).
+    r.headers_mut().insert(
+        "trailer",
+        "x-cpu-time, x-output-tokens, x-asp-state".parse().unwrap(),
+    );
+    for (k, v) in headers {
+        r.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    (r, tx)
+}
+
+fn data(s: &str) -> BodyFrame<Bytes> {
+    BodyFrame::data(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn trailers(list: &[(&str, String)]) -> BodyFrame<Bytes> {
+    let mut h = HeaderMap::new();
+    for (k, v) in list {
+        h.insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    BodyFrame::trailers(h)
+}
+
+fn b64(b: &[u8]) -> String {
+    let mut s = String::new();
+    base64_encode(b, &mut s);
+    s
+}
+
+/// The function. Tools, by name:
+/// - `tokens {n, delay_ms}`: n text tokens, `X-Cpu-Time` header 1.5 ms and trailer 12.25 ms,
+///   `X-Output-Tokens` trailer;
+/// - `count`: counts its invocations in the connection's state (header `X-Asp-State`);
+/// - `count_trailer`: the same, with the state in a trailer;
+/// - `big_state`: sets a 32-byte state;
+/// - `fail {status, body}`: that status;
+/// - `sleep {ms}`: answers after `ms` (bounded), reporting an abort;
+/// - `slow`: a token every 20 ms for up to 10 s, reporting an abort;
+/// - `hold`: headers, then waits for `Function::release` (bounded), then ends;
+/// - `frames`: a frames body: two STREAM, COMPLETE(failed) with a result and metrics;
+/// - `auth`: the `Authorization` header it got, as the body;
+/// - `flood {bytes}`: that many bytes as fast as hyper takes them;
+/// - `unknown`: 404.
+async fn function(
+    req: Request<Incoming>,
+    (seen, flooded, release): State,
+) -> Response<ChannelBody> {
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    let raw = req.into_body().collect().await.unwrap().to_bytes();
+    if path == "/reply" {
+        let v: Value = rmp_serde::from_slice(&raw).expect("reply body is MessagePack");
+        let _ = seen.send(Seen::Reply(v));
+        return text_response(204, "text/plain", &[]).0;
+    }
+    assert_eq!(path, "/invoke");
+    let body: InvokeBody = rmp_serde::from_slice(&raw).expect("invoke body is MessagePack");
+    let _ = seen.send(Seen::Invoke {
+        headers: headers.clone(),
+        body: body.clone(),
+    });
+    let arg = |k: &str| body.args.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let guard = AbortGuard {
+        seen: seen.clone(),
+        tool: body.tool.clone(),
+        request_id: body.request_id,
+        done: false,
+    };
+    match body.tool.as_str() {
+        "tokens" => {
+            let (r, tx) = text_response(
+                200,
+                "text/plain; charset=utf-8",
+                &[("x-cpu-time", "1.5".into()), ("x-input-tokens", "7".into())],
+            );
+            let (n, delay) = (arg("n"), arg("delay_ms"));
+            tokio::spawn(async move {
+                for i in 0..n {
+                    if tx.send(data(&format!("tok{i} "))).await.is_err() {
+                        return;
+                    }
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                }
+                let _ = tx
+                    .send(trailers(&[
+                        ("x-cpu-time", "12.25".into()),
+                        ("x-output-tokens", n.to_string()),
+                    ]))
+                    .await;
+                guard.finish();
+            });
+            r
+        }
+        "count" | "count_trailer" => {
+            let prev = body
+                .state
+                .as_ref()
+                .map_or(0, |b| b.0.first().copied().unwrap_or(0));
+            let next = b64(&[prev + 1]);
+            let in_trailer = body.tool == "count_trailer";
+            let hdrs = if in_trailer {
+                vec![]
+            } else {
+                vec![("x-asp-state", next.clone())]
+            };
+            let (r, tx) = text_response(200, "text/plain", &hdrs);
+            guard.finish();
+            tokio::spawn(async move {
+                let _ = tx.send(data(&format!("count={}", prev + 1))).await;
+                if in_trailer {
+                    let _ = tx.send(trailers(&[("x-asp-state", next)])).await;
+                }
+            });
+            r
+        }
+        "big_state" => {
+            let (r, tx) = text_response(200, "text/plain", &[("x-asp-state", b64(&[9; 32]))]);
+            guard.finish();
+            tokio::spawn(async move {
+                let _ = tx.send(data("big")).await;
+            });
+            r
+        }
+        "fail" => {
+            let status = u16::try_from(arg("status")).unwrap();
+            let msg = body
+                .args
+                .get("body")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            let (r, tx) = text_response(status, "text/plain", &[]);
+            guard.finish();
+            tokio::spawn(async move {
+                if !msg.is_empty() {
+                    let _ = tx.send(data(&msg)).await;
+                }
+            });
+            r
+        }
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(arg("ms").min(10_000))).await;
+            guard.finish();
+            let (r, tx) = text_response(200, "text/plain", &[]);
+            tokio::spawn(async move {
+                let _ = tx.send(data("woke")).await;
+            });
+            r
+        }
+        "slow" => {
+            let (r, tx) = text_response(200, "text/plain", &[]);
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    if tx.send(data(&format!("s{i} "))).await.is_err() {
+                        return; // the guard reports the abort
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                guard.finish();
+            });
+            r
+        }
+        "hold" => {
+            let (r, tx) = text_response(200, "text/plain", &[]);
+            let (go, mut wait) = mpsc::channel(1);
+            release.lock().unwrap().push(go);
+            tokio::spawn(async move {
+                let _ = tx.send(data("held ")).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(LIMIT, wait.recv()) => {}
+                    // The relay closed the connection (hyper dropped the body).
+                    _ = tx.closed() => return,
+                }
+                let _ = tx.send(data("released")).await;
+                guard.finish();
+            });
+            r
+        }
+        "frames" => {
+            let (r, tx) = text_response(
+                200,
+                "application/vnd.asp.frames",
+                &[("x-cpu-time", "3".into())],
+            );
+            guard.finish();
+            let mut b = BytesMut::new();
+            for (i, t) in ["fr", "ames"].iter().enumerate() {
+                encode(
+                    &Frame::Stream(StreamFrame {
+                        id: RequestId(1),
+                        data: Bytes::from_static(t.as_bytes()),
+                        text: true,
+                        seq: 100 + i as u32,
+                        fin: false,
+                    }),
+                    &mut b,
+                );
+            }
+            encode(
+                &Frame::Complete(asp_proto::frame::Complete {
+                    id: RequestId(1),
+                    status: Status::Failed,
+                    result: Some(RawValue::string("partial")),
+                    metrics: asp_proto::frame::Metrics {
+                        output_tokens: Some(2),
+                        ..Default::default()
+                    },
+                }),
+                &mut b,
+            );
+            let b = b.freeze();
+            tokio::spawn(async move {
+                // Split mid-frame: the relay reassembles.
+                let _ = tx.send(BodyFrame::data(b.slice(..5))).await;
+                let _ = tx.send(BodyFrame::data(b.slice(5..))).await;
+            });
+            r
+        }
+        "auth" => {
+            let auth = headers
+                .get("authorization")
+                .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+            let (r, tx) = text_response(200, "text/plain", &[]);
+            guard.finish();
+            tokio::spawn(async move {
+                let _ = tx.send(data(&auth)).await;
+            });
+            r
+        }
+        "flood" => {
+            let (r, tx) = text_response(200, "application/octet-stream", &[]);
+            let total = arg("bytes") as usize;
+            guard.finish();
+            tokio::spawn(async move {
+                let block = Bytes::from(vec![b'x'; 16 << 10]);
+                let mut sent = 0;
+                while sent < total {
+                    if tx.send(BodyFrame::data(block.clone())).await.is_err() {
+                        return;
+                    }
+                    sent += block.len();
+                    flooded.store(sent, Ordering::Release);
+                }
+            });
+            r
+        }
+        _ => {
+            guard.finish();
+            let (r, tx) = text_response(404, "text/plain", &[]);
+            tokio::spawn(async move {
+                let _ = tx.send(data("no such tool")).await;
+            });
+            r
+        }
+    }
+}
+
+// ───────────────────────────── helpers ─────────────────────────────
+
+const SECRET: &str = "test-secret";
+
+async fn relay_to(upstream: hyper::Uri, tweak: impl FnOnce(&mut RelayConfig)) -> Relay {
+    let mut c = RelayConfig::new(upstream);
+    c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.admin_secret = Some(SECRET.into());
+    tweak(&mut c);
+    Relay::start(c).await.expect("relay starts")
+}
+
+async fn connect(relay: &Relay) -> Client {
+    within("connect", asp_tokio::connect(&relay.url()))
+        .await
+        .expect("client connects")
+}
+
+async fn run(
+    client: &Client,
+    tool: &str,
+    args: Value,
+) -> (String, Result<asp_tokio::Completion, Error>) {
+    let mut call = client.invoke(tool, &args).expect("invoke");
+    let mut text = String::new();
+    within(&format!("{tool} to end"), async {
+        while let Some(c) = call.next().await {
+            text.push_str(&String::from_utf8_lossy(&c.data));
+        }
+    })
+    .await;
+    let end = within("completion", call.completion()).await;
+    (text, end)
+}
+
+fn remote(r: Result<asp_tokio::Completion, Error>) -> asp_proto::frame::ErrorFrame {
+    match r {
+        Err(Error::Remote(e)) => e,
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
+}
+
+/// An admin API call.
+async fn admin(
+    relay: &Relay,
+    method: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: Bytes,
+) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", relay.admin_addr().unwrap()))
+        .header("content-type", "application/vnd.asp.frames");
+    if let Some(s) = secret {
+        req = req.header("authorization", format!("Bearer {s}"));
+    }
+    let resp = within(
+        "admin call",
+        client.request(req.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("admin API answers");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, v)
+}
+
+fn frames(fs: &[Frame]) -> Bytes {
+    let mut b = BytesMut::new();
+    for f in fs {
+        encode(f, &mut b);
+    }
+    b.freeze()
+}
+
+fn conn_id(client: &Client) -> String {
+    client.session().unwrap().connection_id.to_string()
+}
+
+// ───────────────────────────── tests ─────────────────────────────
+
+#[tokio::test]
+async fn invoke_streams_tokens_and_completes_with_metrics() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let mut call = client
+        .invoke("tokens", &json!({"n": 5, "delay_ms": 2}))
+        .unwrap();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    within("chunks", async {
+        while let Some(c) = call.next().await {
+            chunks.push(c);
+        }
+    })
+    .await;
+    let done = within("completion", call.completion()).await.unwrap();
+    let text: String = chunks.iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(text, "tok0 tok1 tok2 tok3 tok4 ");
+    assert!(
+        chunks.len() >= 2,
+        "streamed as it arrived, not buffered: {chunks:?}"
+    );
+    assert_eq!(done.status, Status::Ok);
+    assert_eq!(
+        done.metrics.cpu_us,
+        Some(12_250),
+        "the trailer wins over the header"
+    );
+    assert_eq!(done.metrics.input_tokens, Some(7), "from the header");
+    assert_eq!(done.metrics.output_tokens, Some(5), "from the trailer");
+    assert!(done.metrics.wall_us.unwrap() >= 8_000, "{:?}", done.metrics);
+
+    // What the function received (SPEC §15.2).
+    let (headers, body) = f.invoked("tokens").await;
+    assert_eq!(body.connection_id, conn_id(&client));
+    assert_eq!(headers["x-asp-connection-id"], body.connection_id.as_str());
+    assert_eq!(
+        headers["x-asp-request-id"],
+        body.request_id.to_string().as_str()
+    );
+    assert_eq!(headers["x-asp-tool"], "tokens");
+    assert_eq!(headers["content-type"], "application/msgpack");
+    assert_eq!(headers["accept"], "application/vnd.asp.frames, */*");
+    assert_eq!(body.args, json!({"n": 5, "delay_ms": 2}));
+    assert_eq!(body.deadline_ms, None);
+    assert_eq!(body.state, None);
+    assert!(
+        headers.get("authorization").is_none(),
+        "not forwarded unless configured"
+    );
+}
+
+#[tokio::test]
+async fn frames_body_gives_typed_chunks_and_the_functions_complete() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let (text, end) = run(&client, "frames", json!({})).await;
+    assert_eq!(text, "frames");
+    let c = end.unwrap();
+    assert_eq!(c.status, Status::Failed);
+    assert_eq!(c.result, Some(RawValue::string("partial")));
+    assert_eq!(c.metrics.output_tokens, Some(2));
+    assert_eq!(c.metrics.cpu_us, Some(3_000));
+    assert!(c.metrics.wall_us.is_some());
+}
+
+#[tokio::test]
+async fn function_errors_map_to_error_codes() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    for (status, body, code, retryable) in [
+        (503, "overloaded", ErrorCode::UNAVAILABLE, true),
+        (500, "", ErrorCode::INTERNAL, true),
+        (422, "bad args", ErrorCode::INVALID_ARGUMENTS, false),
+        (403, "no", ErrorCode::TOOL_FAILED, false),
+        (504, "slow", ErrorCode::UPSTREAM_TIMEOUT, true),
+    ] {
+        let e = remote(
+            run(&client, "fail", json!({"status": status, "body": body}))
+                .await
+                .1,
+        );
+        assert_eq!((e.code, e.retryable), (code, retryable), "HTTP {status}");
+        let expected = if body.is_empty() {
+            format!("the function answered HTTP {status}")
+        } else {
+            body.to_owned()
+        };
+        assert_eq!(e.message.unwrap().as_str(), expected);
+    }
+    let e = remote(run(&client, "no_such_tool", json!({})).await.1);
+    assert_eq!(e.code, ErrorCode::UNKNOWN_TOOL);
+    assert_eq!(e.message.unwrap().as_str(), "no such tool");
+    // The connection carries on.
+    assert_eq!(run(&client, "tokens", json!({"n": 1})).await.0, "tok0 ");
+}
+
+#[tokio::test]
+async fn unreachable_function_is_unavailable_and_retryable() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay = relay_to(format!("http://127.0.0.1:{port}").parse().unwrap(), |_| {}).await;
+    let client = connect(&relay).await;
+    let e = remote(run(&client, "anything", json!({})).await.1);
+    assert_eq!((e.code, e.retryable), (ErrorCode::UNAVAILABLE, true));
+    assert!(e.message.unwrap().as_str().contains("unreachable"));
+}
+
+#[tokio::test]
+async fn upstream_timeouts() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |c| {
+        c.timeouts.upstream = Duration::from_millis(300);
+        c.timeouts.idle = Duration::from_millis(300);
+    })
+    .await;
+    let client = connect(&relay).await;
+    // No status line in time.
+    let e = remote(run(&client, "sleep", json!({"ms": 5000})).await.1);
+    assert_eq!((e.code, e.retryable), (ErrorCode::UPSTREAM_TIMEOUT, true));
+    assert!(e.message.unwrap().as_str().contains("no response"));
+    f.aborted("sleep").await; // the relay gave up on the request
+                              // A body that stalls: `hold` sends one chunk, then nothing.
+    let (text, end) = run(&client, "hold", json!({})).await;
+    assert_eq!(text, "held ");
+    let e = remote(end);
+    assert_eq!(e.code, ErrorCode::UPSTREAM_TIMEOUT);
+    assert!(e.message.unwrap().as_str().contains("no body bytes"));
+    f.aborted("hold").await;
+}
+
+#[tokio::test]
+async fn interrupt_aborts_the_upstream_request() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+
+    // While the function streams.
+    let mut call = client.invoke("slow", &json!({})).unwrap();
+    let first = within("first chunk", call.next()).await.unwrap();
+    assert!(first.as_str().unwrap().starts_with("s0"));
+    call.interrupt();
+    let done = within("cancelled", call.completion()).await.unwrap();
+    assert_eq!(done.status, Status::Cancelled);
+    f.aborted("slow").await;
+
+    // Before the function has answered at all.
+    let call = client.invoke("sleep", &json!({"ms": 10_000})).unwrap();
+    f.invoked("sleep").await;
+    call.interrupt();
+    let done = within("cancelled", call.completion()).await.unwrap();
+    assert_eq!(done.status, Status::Cancelled);
+    f.aborted("sleep").await;
+
+    // The connection and the pool still work.
+    assert_eq!(
+        run(&client, "tokens", json!({"n": 2})).await.0,
+        "tok0 tok1 "
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_aborts_its_upstream_requests() {
+    use asp_proto::frame::{Hello, Invoke, Versions};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    // A bare WebSocket client, so that it can vanish without sending anything (the
+    // `Client` API interrupts what it drops).
+    let mut req = relay.url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
+    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    let hello = Frame::Hello(Hello {
+        versions: Versions::V1,
+        ..Hello::default()
+    });
+    let invoke = |id: u16, tool: &str, args: Value| {
+        Frame::Invoke(Invoke {
+            id: RequestId(id),
+            tool: tool.into(),
+            args: Some(asp_tokio::to_value(&args).unwrap()),
+            deadline_ms: 0,
+            meta: None,
+        })
+    };
+    within("hello", ws.send(Message::Binary(frames(&[hello]))))
+        .await
+        .unwrap();
+    within("server hello", ws.next()).await.unwrap().unwrap();
+    let both = frames(&[
+        invoke(1, "slow", json!({})),
+        invoke(2, "sleep", json!({"ms": 10_000})),
+    ]);
+    within("invokes", ws.send(Message::Binary(both)))
+        .await
+        .unwrap();
+    f.invoked("slow").await;
+    f.invoked("sleep").await;
+    // The first STREAM of `slow` shows the relay is reading its body.
+    within("a STREAM", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&0x13) => return,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    drop(ws); // the TCP connection closes, no goodbye
+    let mut aborted = vec![f.aborted_any().await, f.aborted_any().await];
+    aborted.sort();
+    assert_eq!(aborted, ["sleep", "slow"]);
+    within("the relay to drop the connection", async {
+        while relay.connections() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+impl Function {
+    async fn aborted_any(&mut self) -> String {
+        self.wait("an abort", |s| match s {
+            Seen::Aborted { tool, .. } => Some(tool),
+            _ => None,
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn state_is_carried_across_invocations() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |c| c.max_state = 16).await;
+    let client = connect(&relay).await;
+    assert_eq!(run(&client, "count", json!({})).await.0, "count=1");
+    assert_eq!(run(&client, "count", json!({})).await.0, "count=2");
+    // The state set by a trailer counts too.
+    assert_eq!(run(&client, "count_trailer", json!({})).await.0, "count=3");
+    assert_eq!(run(&client, "count", json!({})).await.0, "count=4");
+    // Larger than max_state (16): ignored, the state stays.
+    assert_eq!(run(&client, "big_state", json!({})).await.0, "big");
+    assert_eq!(run(&client, "count", json!({})).await.0, "count=5");
+    let (_, body) = f.invoked("count").await;
+    assert_eq!(body.state, None, "the first call has no state");
+    let (_, body) = f.invoked("count").await;
+    assert_eq!(body.state, Some(Bin(vec![1])));
+    // Per connection: another client starts empty.
+    let other = connect(&relay).await;
+    assert_eq!(run(&other, "count", json!({})).await.0, "count=1");
+    let (s, v) = admin(
+        &relay,
+        "GET",
+        &format!("/connections/{}", conn_id(&client)),
+        Some(SECRET),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((s, v["state_bytes"].as_u64()), (200, Some(1)));
+}
+
+#[tokio::test]
+async fn push_through_the_admin_api() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |c| {
+        c.tools = vec![ToolDef {
+            op: ToolOp::Add,
+            name: "tokens".into(),
+            description: "streams tokens".into(),
+            input_schema: None,
+            annotations: None,
+        }];
+    })
+    .await;
+    let client = within(
+        "connect",
+        asp_tokio::client()
+            .on_request(|req: asp_tokio::Request| async move {
+                asp_tokio::reply(&req, ReplyStatus::Answered, Some(RawValue::string("yes")))
+            })
+            .connect(&relay.url()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.tools().len(), 1, "the configured initial tool set");
+    let id = conn_id(&client);
+    let path = format!("/connections/{id}/frames");
+    let mut changes = client.tool_changes();
+
+    // TOOL_DEF.
+    let def = ToolDef {
+        op: ToolOp::Add,
+        name: "late".into(),
+        description: "pushed later".into(),
+        input_schema: None,
+        annotations: None,
+    };
+    let (s, v) = admin(
+        &relay,
+        "POST",
+        &path,
+        Some(SECRET),
+        frames(&[Frame::ToolDef(def)]),
+    )
+    .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    match within("tool change", changes.next()).await.unwrap() {
+        ToolChange::Added(d) => assert_eq!(d.name.as_str(), "late"),
+        other => panic!("{other:?}"),
+    }
+
+    // STREAM into an invocation in flight, with a seq the relay renumbers.
+    let mut call = client.invoke("hold", &json!({})).unwrap();
+    let first = within("held chunk", call.next()).await.unwrap();
+    assert_eq!(first.as_str(), Some("held "));
+    let push = frames(&[Frame::Stream(StreamFrame {
+        id: call.id(),
+        data: Bytes::from_static(b"pushed "),
+        text: true,
+        seq: 77,
+        fin: false,
+    })]);
+    let (s, _) = admin(&relay, "POST", &path, Some(SECRET), push).await;
+    assert_eq!(s, 202);
+    assert_eq!(
+        within("pushed chunk", call.next()).await.unwrap().as_str(),
+        Some("pushed ")
+    );
+    let go = f.release.lock().unwrap().pop().unwrap();
+    go.send(()).await.unwrap();
+    assert_eq!(
+        within("released chunk", call.next())
+            .await
+            .unwrap()
+            .as_str(),
+        Some("released")
+    );
+    assert_eq!(
+        within("completion", call.completion())
+            .await
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+
+    // A STREAM for an id not in flight: 409, and nothing of the body is sent.
+    let def2 = ToolDef {
+        op: ToolOp::Add,
+        name: "never".into(),
+        description: "".into(),
+        input_schema: None,
+        annotations: None,
+    };
+    let stale = frames(&[
+        Frame::ToolDef(def2),
+        Frame::Stream(StreamFrame {
+            id: RequestId(99),
+            data: Bytes::from_static(b"x"),
+            text: true,
+            seq: 0,
+            fin: false,
+        }),
+    ]);
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), stale).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(!client.tools().iter().any(|t| t.name.as_str() == "never"));
+
+    // A server→client REQUEST: the answer goes to POST {upstream}/reply.
+    let ask = frames(&[Frame::Request(RequestFrame {
+        id: RequestId(0x8000),
+        kind: "confirm".into(),
+        body: Some(RawValue::string("proceed?")),
+        invocation: None,
+    })]);
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), ask).await;
+    assert_eq!(s, 202, "{v}");
+    let rid = v["request_ids"][0].as_u64().unwrap();
+    assert!(rid >= 0x8000);
+    let reply = f
+        .wait("the reply", |s| match s {
+            Seen::Reply(v) => Some(v),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        reply,
+        json!({"connection_id": id, "request_id": rid, "status": "answered", "body": "yes"})
+    );
+
+    // GET describes the connection.
+    let (s, v) = admin(
+        &relay,
+        "GET",
+        &format!("/connections/{id}"),
+        Some(SECRET),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["connection_id"], id.as_str());
+    assert_eq!(v["tools"], json!(["late", "tokens"]));
+    assert_eq!(v["in_flight"], 0);
+
+    // Errors: malformed body, unknown connection, frame type not allowed.
+    let (s, _) = admin(
+        &relay,
+        "POST",
+        &path,
+        Some(SECRET),
+        Bytes::from_static(b"\x15\x00"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = admin(&relay, "POST", &path, Some(SECRET), frames(&[Frame::Ping])).await;
+    assert_eq!(s, 400);
+    let (s, _) = admin(
+        &relay,
+        "GET",
+        "/connections/nope",
+        Some(SECRET),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // DELETE: GOAWAY, then the connection closes (nothing in flight).
+    let (s, _) = admin(
+        &relay,
+        "DELETE",
+        &format!("/connections/{id}"),
+        Some(SECRET),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(s, 204);
+    within("the client to be closed", client.closed()).await;
+    let (s, _) = admin(
+        &relay,
+        "GET",
+        &format!("/connections/{id}"),
+        Some(SECRET),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn unauthenticated_admin_calls_are_refused() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let id = conn_id(&client);
+    let push = frames(&[Frame::ToolDef(ToolDef {
+        op: ToolOp::Add,
+        name: "evil".into(),
+        description: "".into(),
+        input_schema: None,
+        annotations: None,
+    })]);
+    for secret in [None, Some("wrong"), Some("test-secre")] {
+        for (method, path) in [
+            ("POST", format!("/connections/{id}/frames")),
+            ("GET", format!("/connections/{id}")),
+            ("DELETE", format!("/connections/{id}")),
+        ] {
+            let (s, _) = admin(&relay, method, &path, secret, push.clone()).await;
+            assert_eq!(s, 401, "{method} {path} with {secret:?}");
+        }
+    }
+    // Nothing happened to the connection.
+    assert!(client.tools().is_empty());
+    assert_eq!(run(&client, "tokens", json!({"n": 1})).await.0, "tok0 ");
+}
+
+#[tokio::test]
+async fn client_auth_is_forwarded_when_configured() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |c| c.forward_auth = true).await;
+    let client = within(
+        "connect",
+        asp_tokio::client()
+            .token("user-token")
+            .connect(&relay.url()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run(&client, "auth", json!({})).await.0, "Bearer user-token");
+    let plain = relay_to(f.url(), |_| {}).await;
+    let client = within(
+        "connect",
+        asp_tokio::client()
+            .token("user-token")
+            .connect(&plain.url()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run(&client, "auth", json!({})).await.0, "none");
+}
+
+#[tokio::test]
+async fn a_slow_client_slows_the_function_down() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    const TOTAL: usize = 48 << 20;
+    let mut call = client.invoke("flood", &json!({"bytes": TOTAL})).unwrap();
+    // The client reads one chunk, then nothing: the relay may hold at most the window, its
+    // queue, hyper's buffer and the sockets' buffers.
+    within("first chunk", call.next()).await.unwrap();
+    let mut last = 0;
+    let mut stable = 0;
+    within("the function to be blocked", async {
+        // Wait until the function's progress stops (10 checks in a row without change).
+        while stable < 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = f.flooded.load(Ordering::Acquire);
+            if now == last {
+                stable += 1;
+            } else {
+                stable = 0;
+                last = now;
+            }
+        }
+    })
+    .await;
+    eprintln!("the function was held at {} KiB", last >> 10);
+    assert!(
+        last < 16 << 20,
+        "the function wrote {} MiB of {} MiB while the client read nothing",
+        last >> 20,
+        TOTAL >> 20
+    );
+    // Reading resumes the flow to the end.
+    let mut got = 0;
+    within("the rest", async {
+        while let Some(c) = call.next().await {
+            got += c.data.len();
+        }
+    })
+    .await;
+    assert!(got + (64 << 10) >= TOTAL, "got {got}");
+    assert_eq!(
+        within("completion", call.completion())
+            .await
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    for _ in 0..5 {
+        assert_eq!(run(&client, "tokens", json!({"n": 2})).await.0, "tok0 tok1 ");
+        assert_eq!(run(&client, "frames", json!({})).await.0, "frames");
+    }
+    assert_eq!(f.accepted.load(Ordering::Acquire), 1, "one pooled connection");
+}
+
+#[tokio::test]
+async fn many_invocations_share_one_socket() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let runs = (0..8).map(|i| {
+        let client = client.clone();
+        async move { run(&client, "tokens", json!({"n": i + 1, "delay_ms": 1})).await }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (i, (text, end)) in results.into_iter().enumerate() {
+        assert_eq!(text.split_whitespace().count(), i + 1);
+        assert_eq!(end.unwrap().status, Status::Ok);
+    }
+}
+
+// ───────────────────────────── the Python function ─────────────────────────────
+
+/// `tests/relay_upstream.py`, started as a child; killed on drop.
+struct PythonFunction {
+    child: std::process::Child,
+    url: hyper::Uri,
+}
+
+impl Drop for PythonFunction {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_function() -> Option<PythonFunction> {
+    use std::io::{BufRead, BufReader};
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/relay_upstream.py");
+    let mut child = match std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: python3 is not available ({e}); the Python function test did not run"
+            );
+            return None;
+        }
+    };
+    // The script prints its port first; read it on a thread so the wait is bounded.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(LIMIT)
+        .expect("the Python function prints its port");
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad first line {line:?}"));
+    Some(PythonFunction {
+        child,
+        url: format!("http://127.0.0.1:{port}").parse().unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn python_function_over_json() {
+    let Some(py) = python_function() else {
+        return;
+    };
+    let relay = relay_to(py.url.clone(), |c| {
+        c.format = asp_proto::relay::BodyFormat::Json
+    })
+    .await;
+    let client = connect(&relay).await;
+
+    let mut call = client
+        .invoke("tokens", &json!({"n": 4, "prefix": "py"}))
+        .unwrap();
+    let mut chunks = Vec::new();
+    within("chunks", async {
+        while let Some(c) = call.next().await {
+            chunks.push(c);
+        }
+    })
+    .await;
+    let done = within("completion", call.completion()).await.unwrap();
+    let text: String = chunks.iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(text, "py0 py1 py2 py3 ");
+    assert!(chunks.len() >= 2, "streamed: {chunks:?}");
+    assert_eq!(done.status, Status::Ok);
+    assert_eq!(
+        done.metrics.cpu_us,
+        Some(2_500),
+        "X-Cpu-Time trailer from Python"
+    );
+    assert_eq!(done.metrics.output_tokens, Some(4));
+
+    // State: the Python function counts its calls in the connection's state.
+    let (t1, _) = run(&client, "count", json!({})).await;
+    let (t2, _) = run(&client, "count", json!({})).await;
+    assert_eq!((t1.as_str(), t2.as_str()), ("calls=1", "calls=2"));
+
+    // The JSON body it received, echoed back.
+    let (echo, _) = run(&client, "echo", json!({"x": [1, "two", null]})).await;
+    let v: Value = serde_json::from_str(&echo).unwrap();
+    assert_eq!(v["args"], json!({"x": [1, "two", null]}));
+    assert_eq!(v["connection_id"], conn_id(&client).as_str());
+    assert!(v["state"].is_string(), "the state travels as base64: {v}");
+
+    // Errors from Python.
+    let e = remote(run(&client, "fail", json!({})).await.1);
+    assert_eq!((e.code, e.retryable), (ErrorCode::UNAVAILABLE, true));
+    assert_eq!(e.message.unwrap().as_str(), "python says no");
+}
+
+#[tokio::test]
+async fn deadline_and_meta_are_forwarded_and_enforced() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let opts = asp_tokio::InvokeOptions {
+        deadline_ms: 300,
+        meta: Some(asp_tokio::to_value(&json!({"trace": "t-1"})).unwrap()),
+    };
+    let args = asp_tokio::to_value(&json!({"ms": 10_000})).unwrap();
+    let call = client.invoke_raw("sleep", Some(args), opts).unwrap();
+    let e = match within("deadline", call.completion()).await {
+        Err(Error::Remote(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(e.code, ErrorCode::DEADLINE_EXCEEDED);
+    let (_, body) = f.invoked("sleep").await;
+    assert_eq!(body.deadline_ms, Some(300));
+    f.aborted("sleep").await;
+}
+
+#[tokio::test]
+async fn limits_on_connections_and_calls_in_flight() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |c| {
+        c.max_connections = 1;
+        c.max_inflight = 1;
+    })
+    .await;
+    let client = connect(&relay).await;
+    assert_eq!(client.session().unwrap().peer_limits.max_inflight, 1, "announced in HELLO");
+    let mut held = client.invoke("hold", &json!({})).unwrap();
+    within("held chunk", held.next()).await.unwrap();
+    match client.invoke("tokens", &json!({"n": 1})) {
+        Err(Error::Send(asp_proto::SendError::TooManyInflight)) => {}
+        other => panic!("expected TooManyInflight, got {other:?}"),
+    }
+    match within("second connect", asp_tokio::connect(&relay.url())).await {
+        Err(Error::Rejected { status: 503, .. }) => {}
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    let go = f.release.lock().unwrap().pop().unwrap();
+    go.send(()).await.unwrap();
+    assert_eq!(within("held end", held.completion()).await.unwrap().status, Status::Ok);
+    assert_eq!(run(&client, "tokens", json!({"n": 1})).await.0, "tok0 ");
+}
+
+/// The `asp-relay` binary: a config file, a tools file, the secret from the environment.
+#[tokio::test]
+async fn relay_binary_with_config_and_tools_files() {
+    use std::io::{BufRead, BufReader};
+    let f = Function::start().await;
+    let dir = std::env::temp_dir().join(format!("asp-relay-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tools = dir.join("tools.json");
+    std::fs::write(
+        &tools,
+        r#"[{"name": "tokens", "description": "streams tokens", "input_schema": {"type": "object"}},
+            {"name": "count", "annotations": {"readOnly": false}}]"#,
+    )
+    .unwrap();
+    let config = dir.join("relay.json");
+    std::fs::write(
+        &config,
+        json!({
+            "upstream": format!("http://{}", f.addr),
+            "listen": "127.0.0.1:0",
+            "admin-listen": "127.0.0.1:0",
+            "max-inflight": 4,
+            "tools": tools.to_str().unwrap(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_asp-relay"))
+            .args(["--config", config.to_str().unwrap(), "--upstream-timeout", "5"])
+            .env("ASP_RELAY_ADMIN_SECRET", SECRET)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn asp-relay"),
+    );
+    // The banner names both listeners; read it on a thread so the wait is bounded.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(LIMIT).expect("banner");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("url");
+    let admin_addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .expect("admin address")
+        .trim_end_matches(')');
+
+    let client = within("connect", asp_tokio::connect(url)).await.unwrap();
+    let names: Vec<String> = client.tools().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["count", "tokens"]);
+    assert_eq!(client.session().unwrap().peer_limits.max_inflight, 4);
+    assert_eq!(run(&client, "tokens", json!({"n": 3})).await.0, "tok0 tok1 tok2 ");
+
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let get = |secret: &'static str| {
+        Request::get(format!("http://{admin_addr}/connections/{}", conn_id(&client)))
+            .header("authorization", format!("Bearer {secret}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let ok = within("admin", http.request(get(SECRET))).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = within("admin", http.request(get("nope"))).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
