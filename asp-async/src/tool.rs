@@ -490,6 +490,17 @@ pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, in
     s.pump();
 }
 
+/// Lets a handler write `ctx.stream_text(..).await?`: a stream that stopped because the
+/// invocation was interrupted ends it as cancelled; a refused chunk fails it.
+impl From<StreamError> for ToolError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::Cancelled => ToolError::Cancelled,
+            StreamError::Invalid(e) => ToolError::failed(e.to_string()),
+        }
+    }
+}
+
 /// Builds a REPLY answering `req`.
 pub fn reply(req: &Request, status: ReplyStatus, body: Option<RawValue>) -> Reply {
     Reply {

@@ -164,3 +164,8 @@ pub fn client() -> ClientBuilder {
 pub async fn connect(url: &str) -> Result<Client, Error> {
     client().connect(url).await
 }
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
