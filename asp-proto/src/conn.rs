@@ -143,11 +143,13 @@ pub struct Connection {
 
     /// Server: the registry; client: the mirror (SPEC §9).
     tools: BTreeMap<Text, ToolDef>,
+    /// Server: registry entries the client never received (cut from the initial set by its
+    /// `max_tools` or `max_frame_payload`); later updates and removals of them send nothing.
+    unannounced: std::collections::BTreeSet<Text>,
 
     // Output.
     out: Outbox,
     events: VecDeque<Event>,
-    overloaded: bool,
 
     // Lifecycle timers.
     handshake_deadline: Option<Instant>,
@@ -187,9 +189,9 @@ impl Connection {
             requests: 0,
             next_id: 0,
             tools: BTreeMap::new(),
+            unannounced: std::collections::BTreeSet::new(),
             out: Outbox::default(),
             events: VecDeque::new(),
-            overloaded: false,
             handshake_deadline: Some(now + config.handshake_timeout),
             goaway_sent: false,
             goaway_received: false,
@@ -301,6 +303,7 @@ impl Connection {
         if !self.accepts_input() {
             return;
         }
+        let mark = self.input_mark();
         if msg.is_empty() {
             self.fatal(ErrorCode::FRAMING_ERROR, "empty WebSocket message".into());
         }
@@ -310,7 +313,7 @@ impl Connection {
                 break;
             }
         }
-        self.after_input();
+        self.after_input(mark);
     }
 
     /// A text WebSocket message: not allowed (SPEC §2.1).
@@ -327,6 +330,7 @@ impl Connection {
         if !self.accepts_input() {
             return;
         }
+        let mark = self.input_mark();
         self.decoder.feed(data);
         while let Some(r) = self.decoder.next_frame() {
             self.on_decoded(r);
@@ -334,7 +338,7 @@ impl Connection {
                 break;
             }
         }
-        self.after_input();
+        self.after_input(mark);
     }
 
     /// A transport-level pong (WebSocket) arrived: the peer is alive (SPEC §6.7).
@@ -810,20 +814,23 @@ impl Connection {
         if def.name.is_empty() || def.name.len() > 128 {
             return Err(SendError::InvalidField("name"));
         }
-        let op = if self.tools.contains_key(&def.name) {
-            ToolOp::Update
-        } else {
-            ToolOp::Add
-        };
+        if def.description.len() > 65535 {
+            return Err(SendError::InvalidField("description"));
+        }
+        // SPEC §9: the client knows a tool if it was announced to it.
+        let known = self.tools.contains_key(&def.name) && !self.unannounced.contains(&def.name);
+        let op = if known { ToolOp::Update } else { ToolOp::Add };
         let limit = usize::from(self.peer_limits.max_tools);
-        if op == ToolOp::Add && self.session.is_some() && self.tools.len() >= limit {
+        let announced = self.tools.len() - self.unannounced.len();
+        if op == ToolOp::Add && self.session.is_some() && announced >= limit {
             return Err(SendError::TooLarge {
-                len: self.tools.len() + 1,
+                len: announced + 1,
                 max: limit,
             });
         }
         let frame = Frame::ToolDef(ToolDef { op, ..def.clone() });
         self.check_frame_size(&frame)?;
+        self.unannounced.remove(&def.name);
         self.tools.insert(def.name.clone(), def);
         if self.session.is_some() {
             self.queue(frame);
@@ -839,7 +846,8 @@ impl Connection {
         let Some(def) = self.tools.remove(&key) else {
             return Ok(false);
         };
-        if self.session.is_some() && self.state != State::Closed {
+        let announced = !self.unannounced.remove(&key);
+        if announced && self.session.is_some() && self.state != State::Closed {
             self.queue(Frame::ToolDef(ToolDef {
                 op: ToolOp::Remove,
                 name: def.name,
@@ -866,6 +874,9 @@ impl Connection {
         if e.interrupted {
             return Ok(());
         }
+        if reason.as_ref().is_some_and(|r| r.len() > 1024) {
+            return Err(SendError::InvalidField("reason"));
+        }
         e.interrupted = true;
         self.queue(Frame::Interrupt(Interrupt { id, reason }));
         Ok(())
@@ -884,6 +895,8 @@ impl Connection {
         self.state = State::Draining;
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         self.drain_deadline = Some(self.now + timeout);
+        // SPEC §5.12: at most 1024 bytes; `goaway` cannot fail, so a longer reason is cut.
+        let reason = reason.map(|r| Text::from(truncated(r.as_str(), 1024)));
         self.queue(Frame::GoAway(GoAway { reason, timeout_ms }));
         self.check_drained();
     }
@@ -1008,10 +1021,21 @@ impl Connection {
         matches!(self.state, State::Open | State::Draining)
     }
 
-    fn after_input(&mut self) {
-        if self.overloaded {
+    /// The bounds on replies and events exist because a peer can provoke them faster than
+    /// they drain; they are judged on what one input batch left behind, so a large frame
+    /// the application itself queued never closes a healthy connection later.
+    fn after_input(&mut self, before: (usize, usize)) {
+        let grew_out = self.out.len() > before.0
+            && self.out.len() > 2 * self.config.max_queued_bytes + HEADER_LEN;
+        let grew_events =
+            self.events.len() > before.1 && self.events.len() > self.config.max_pending_events;
+        if grew_out || grew_events {
             self.close(CloseReason::Overloaded);
         }
+    }
+
+    fn input_mark(&self) -> (usize, usize) {
+        (self.out.len(), self.events.len())
     }
 
     fn on_decoded(&mut self, r: Result<Frame, DecodeError>) {
@@ -1068,6 +1092,12 @@ impl Connection {
         let id = FrameType::from_nibble(e.frame_type)
             .filter(|t| t.id_rule().allows(RequestId(e.request_id)))
             .map_or(RequestId::CONNECTION, |_| RequestId(e.request_id));
+        // SPEC §6.2 step 4: a rejected TOOL_DEF of the initial set still counts, so the
+        // handshake completes.
+        if e.frame_type == FrameType::ToolDef as u8 && self.initial_tools > 0 {
+            self.initial_tools -= 1;
+            self.maybe_connected();
+        }
         let err = error_frame(id, e.code(), e.kind.to_string(), Some(e.frame_type));
         if e.frame_type != FrameType::Error as u8 {
             self.queue(Frame::Error(err.clone()));
@@ -1256,9 +1286,25 @@ impl Connection {
         if self.config.resume {
             capabilities.push(Text::from_static(CAP_RESUME));
         }
-        let initial = u16::try_from(self.tools.len())
-            .unwrap_or(u16::MAX)
-            .min(self.peer_limits.max_tools);
+        // SPEC §6.2 step 3: the initial tool set follows the HELLO, cut to what the client
+        // accepts (its `max_tools`, and frames within its `max_frame_payload`), so it never
+        // provokes an error and the client's countdown to `Connected` always completes.
+        let max_payload = self.peer_limits.max_frame_payload as usize;
+        let mut initial_set = Vec::new();
+        self.unannounced.clear();
+        for d in self.tools.values() {
+            let frame = Frame::ToolDef(ToolDef {
+                op: ToolOp::Add,
+                ..d.clone()
+            });
+            let fits = encoded_len(&frame) - HEADER_LEN <= max_payload;
+            if fits && initial_set.len() < usize::from(self.peer_limits.max_tools) {
+                initial_set.push(frame);
+            } else {
+                self.unannounced.insert(d.name.clone());
+            }
+        }
+        let initial = u16::try_from(initial_set.len()).unwrap_or(u16::MAX);
         let hello = Hello {
             versions: Versions::single(version),
             capabilities,
@@ -1270,19 +1316,8 @@ impl Connection {
             agent: self.config.agent.clone(),
         };
         self.queue(Frame::Hello(hello));
-        // SPEC §6.2 step 3: the initial tool set follows the HELLO, cut to the client's
-        // `max_tools` so it never provokes TOO_MANY_TOOLS.
-        let defs: Vec<ToolDef> = self
-            .tools
-            .values()
-            .take(usize::from(initial))
-            .cloned()
-            .collect();
-        for d in defs {
-            self.queue(Frame::ToolDef(ToolDef {
-                op: ToolOp::Add,
-                ..d
-            }));
+        for frame in initial_set {
+            self.queue(frame);
         }
         self.open(version, h.capabilities, h.agent);
     }
@@ -1701,12 +1736,9 @@ impl Connection {
     }
 
     fn queue(&mut self, frame: Frame) {
+        // Replies the peer provokes are bounded by `after_input`: if it stops reading while
+        // provoking them, the connection stops rather than grows.
         self.out.push(&frame);
-        // Control frames are bounded only indirectly (by inbound rate); if the peer stops
-        // reading while provoking replies, stop rather than grow.
-        if self.out.len() > 2 * self.config.max_queued_bytes + HEADER_LEN {
-            self.overloaded = true;
-        }
     }
 
     fn queue_front(&mut self, frame: Frame) {
@@ -1714,9 +1746,6 @@ impl Connection {
     }
 
     fn emit(&mut self, ev: Event) {
-        if self.events.len() >= self.config.max_pending_events {
-            self.overloaded = true;
-        }
         self.events.push_back(ev);
     }
 
@@ -1826,19 +1855,20 @@ fn negotiate_heartbeat(ours: Option<Duration>, theirs_ms: Option<u32>) -> Option
     }
 }
 
-fn error_frame(id: RequestId, code: ErrorCode, message: String, ty: Option<u8>) -> ErrorFrame {
-    let mut message = message;
-    if message.len() > 1024 {
-        let mut cut = 1024;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut cut = max.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
     }
+    s.get(..cut).unwrap_or_default()
+}
+
+fn error_frame(id: RequestId, code: ErrorCode, message: String, ty: Option<u8>) -> ErrorFrame {
     ErrorFrame {
         id,
         code,
-        message: Some(Text::from(message)),
+        message: Some(Text::from(truncated(&message, 1024))),
         retryable: code.default_retryable(),
         frame_type: ty,
     }
