@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# CI smoke test for the fuzz targets, on the stable toolchain (no sanitizer: `-s none`).
+#
+# Installs cargo-fuzz if it is missing, builds every target, then runs each one from the
+# committed seeds (fuzz/seeds/<target>, which include every crash regression) for a short,
+# bounded and reproducible time. Exits non-zero if a build fails or any target crashes;
+# the crashing input is in fuzz/artifacts/<target>/.
+#
+# Knobs (environment):
+#   FUZZ_SMOKE_SECS   wall-clock cap per target, seconds (default 60)
+#   FUZZ_SMOKE_RUNS   execution cap per target (default 1000000)
+#   FUZZ_SMOKE_TARGETS  space-separated targets (default: all, from `cargo fuzz list`)
+#   ASP_FUZZ_AVOID_KNOWN=1  steer around crashes already reported (see fuzz/README.md)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+secs="${FUZZ_SMOKE_SECS:-60}"
+runs="${FUZZ_SMOKE_RUNS:-1000000}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz smoke: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+fi
+
+t0=$(date +%s)
+cargo fuzz build -s none
+echo "fuzz smoke: built in $(( $(date +%s) - t0 )) s"
+
+targets="${FUZZ_SMOKE_TARGETS:-$(cargo fuzz list)}"
+failed=()
+for t in $targets; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
+    echo "fuzz smoke: $t (at most ${secs} s / ${runs} runs)"
+    start=$(date +%s)
+    log="$(mktemp)"
+    # The first directory receives new inputs; the seeds stay untouched.
+    if RUST_BACKTRACE=1 cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+        -seed=1 -runs="$runs" -max_total_time="$secs" -dict=fuzz/asp.dict \
+        -print_final_stats=1 >"$log" 2>&1; then
+        grep -E '^#[0-9]+ +DONE|^Done' "$log" | tail -n 2 || true
+        echo "fuzz smoke: $t ok in $(( $(date +%s) - start )) s"
+    else
+        tail -n 60 "$log"
+        echo "fuzz smoke: $t FAILED (see fuzz/artifacts/$t/)"
+        failed+=("$t")
+    fi
+    rm -f "$log"
+done
+
+echo "fuzz smoke: total $(( $(date +%s) - t0 )) s"
+if [ "${#failed[@]}" -ne 0 ]; then
+    echo "fuzz smoke: crashes in: ${failed[*]}"
+    exit 1
+fi

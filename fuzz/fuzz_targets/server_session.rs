@@ -1,0 +1,9 @@
+#![no_main]
+//! See `asp_proto::fuzzing::session` for the input layout and the invariants.
+use asp_proto::Role;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(
+    init: asp_proto::fuzzing::init_from_env(),
+    |data: &[u8]| asp_proto::fuzzing::session(Role::Server, data)
+);
