@@ -35,10 +35,15 @@ use futures::future::{join, join_all, select, Either};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub mod proxy;
 pub mod raw;
+pub mod resume;
 pub mod util;
 
 use raw::{refusal, ws_connect, RawPeer};
+pub use resume::{
+    no_resume_closes, resume_mid_stream, resume_over_half_open, resume_refused_starts_new_session,
+};
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
 /// Calls `$callback! { scenario, … }` with every scenario name, so each test binary
@@ -68,6 +73,10 @@ macro_rules! for_each_scenario {
             small_window_large_writes,
             deadline_exceeded,
             max_connections,
+            resume_mid_stream,
+            resume_refused_starts_new_session,
+            resume_over_half_open,
+            no_resume_closes,
         }
     };
 }

@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 use asp_proto::frame::{
     Complete, Metrics, RawValue, RequestId, Status, Stream as StreamFrame, ToolDef,
 };
-use asp_proto::{Config, Connection, InvokeOptions, Outcome, Session, ToolChange};
+use asp_proto::{Config, Connection, InvokeOptions, Outcome, Session, State, ToolChange};
 use bytes::Bytes;
+use futures::future::{select, Either};
 use futures::Stream;
 use serde::Serialize;
 use tungstenite::client::IntoClientRequest;
@@ -17,8 +18,8 @@ use tungstenite::http::HeaderValue;
 
 use crate::driver;
 use crate::error::Error;
-use crate::runtime::{Clock, Runtime};
-use crate::shared::{lock, wake, Call, Hooks, Shared, SharedRef};
+use crate::runtime::{BoxFuture, Clock, Runtime};
+use crate::shared::{lock, wake, Call, Hooks, Reconnect, Shared, SharedRef};
 use crate::tool::{to_value, RequestHandler};
 use crate::{WsConfig, SUBPROTOCOL};
 
@@ -29,7 +30,15 @@ pub struct ClientBuilder<R: Runtime> {
     config: Config,
     on_request: Option<Arc<dyn RequestHandler>>,
     ws: WsConfig,
+    resume: bool,
 }
+
+/// Opens a new WebSocket to the server the client first connected to.
+type Dial<R> = Arc<dyn Fn() -> BoxFuture<'static, Result<<R as Runtime>::Ws, Error>> + Send + Sync>;
+
+/// Reconnect backoff: the first retry after this, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<R: Runtime> ClientBuilder<R> {
     /// A builder on runtime `rt` with default configuration.
@@ -40,6 +49,7 @@ impl<R: Runtime> ClientBuilder<R> {
             config: crate::ws_default_config(),
             on_request: None,
             ws: crate::default_ws_config(),
+            resume: false,
         }
     }
 
@@ -62,39 +72,116 @@ impl<R: Runtime> ClientBuilder<R> {
         self
     }
 
+    /// Resumes the session when the connection drops (SPEC §11; the same as
+    /// [`Config::resume`], which [`config`](Self::config) may also set), if the server
+    /// offers it. The client then redials the same URL (retrying with a short backoff,
+    /// 20 ms doubling to 1 s) until [`Config::resume_window`] has passed, and continues the
+    /// session: invocations in flight lose no chunk. If the server no longer knows the
+    /// session, a new one starts on the new connection: invocations of the old one end with
+    /// [`Error::Closed`], and [`Client::ready`] tells when the new one is usable. If the
+    /// window passes, the client closes as without resume.
+    pub fn resume(mut self, on: bool) -> Self {
+        self.resume = on;
+        self
+    }
+
     /// Connects to `url` (`ws://host:port/path`) and completes the ASP handshake, including
     /// the initial tool set.
     pub async fn connect(self, url: &str) -> Result<Client<R>, Error> {
-        let mut req = url
-            .into_client_request()
-            .map_err(|e| Error::InvalidUrl(e.to_string()))?;
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        if let Some(t) = &self.token {
-            let v = HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|_| Error::InvalidUrl("token is not a valid header value".into()))?;
-            req.headers_mut().insert("Authorization", v);
+        let mut config = self.config;
+        config.resume |= self.resume;
+        let url: Arc<str> = url.into();
+        let token: Option<Arc<str>> = self.token.map(Into::into);
+        let ws = dial(self.rt.clone(), url.clone(), token.clone(), self.ws).await?;
+        let redial = config.resume.then(|| {
+            let (rt, wsc) = (self.rt.clone(), self.ws);
+            let dial: Dial<R> = Arc::new(move || {
+                Box::pin(dial(rt.clone(), url.clone(), token.clone(), wsc))
+                    as BoxFuture<'static, Result<R::Ws, Error>>
+            });
+            dial
+        });
+        Client::start(self.rt, ws, config, self.on_request, redial).await
+    }
+}
+
+/// Dials `url` and completes the WebSocket upgrade with the `asp-v1` subprotocol.
+async fn dial<R: Runtime>(
+    rt: R,
+    url: Arc<str>,
+    token: Option<Arc<str>>,
+    ws: WsConfig,
+) -> Result<R::Ws, Error> {
+    let mut req = (*url)
+        .into_client_request()
+        .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    if let Some(t) = &token {
+        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| Error::InvalidUrl("token is not a valid header value".into()))?;
+        req.headers_mut().insert("Authorization", v);
+    }
+    let addr = crate::host_port(&req)?;
+    let tcp = rt
+        .tcp_connect(addr)
+        .await
+        .map_err(|e| Error::Io(e.to_string()))?;
+    rt.set_nodelay(&tcp).map_err(|e| Error::Io(e.to_string()))?;
+    let (ws, resp) = rt.handshake(req, tcp, ws).await?;
+    let selected = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok());
+    if selected != Some(SUBPROTOCOL) {
+        return Err(Error::Subprotocol);
+    }
+    Ok(ws)
+}
+
+/// The reconnect task of a detached session (SPEC §11.2 steps 2 and 6): redials with a
+/// bounded backoff until the resume window has passed; on a new WebSocket, sends RESUME
+/// and drives the session on it. The core closes the session itself when the window ends
+/// (the lost transport's writer runs its timers meanwhile).
+async fn reconnect<R: Runtime>(
+    shared: SharedRef,
+    rt: R,
+    dial: Dial<R>,
+    window: std::time::Duration,
+) {
+    let give_up = std::time::Instant::now() + window;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if lock(&shared).conn.state() != State::Detached {
+            return; // closed meanwhile
         }
-        let addr = crate::host_port(&req)?;
-        let tcp = self
-            .rt
-            .tcp_connect(addr)
-            .await
-            .map_err(|e| Error::Io(e.to_string()))?;
-        self.rt
-            .set_nodelay(&tcp)
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let (ws, resp) = self.rt.handshake(req, tcp, self.ws).await?;
-        let selected = resp
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok());
-        if selected != Some(SUBPROTOCOL) {
-            return Err(Error::Subprotocol);
+        match select(dial(), rt.sleep_until(give_up)).await {
+            Either::Left((Ok(ws), _)) => {
+                let gen = {
+                    let mut s = lock(&shared);
+                    if s.conn.state() != State::Detached {
+                        return;
+                    }
+                    let now = s.now();
+                    if s.conn.resume(now).is_err() {
+                        return;
+                    }
+                    let gen = s.new_transport();
+                    s.pump();
+                    gen
+                };
+                tracing::debug!("reconnected: resuming the session");
+                driver::run(shared, ws, rt, gen).await;
+                return;
+            }
+            Either::Left((Err(e), _)) => tracing::debug!(error = %e, "reconnect failed"),
+            Either::Right(_) => return,
         }
-        Client::over(self.rt, ws, self.config, self.on_request).await
+        let next = (std::time::Instant::now() + backoff).min(give_up);
+        rt.sleep_until(next).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -125,12 +212,26 @@ impl<R: Runtime> Client<R> {
         ClientBuilder::new(rt)
     }
 
-    /// Runs a client over an already-open WebSocket (any [`driver::WsStream`]).
+    /// Runs a client over an already-open WebSocket (any [`driver::WsStream`]). Such a
+    /// client cannot redial, so [`Config::resume`] is turned off.
     pub async fn over<S: driver::WsStream>(
         rt: R,
         ws: S,
         mut config: Config,
         on_request: Option<Arc<dyn RequestHandler>>,
+    ) -> Result<Client<R>, Error> {
+        config.resume = false;
+        Client::start(rt, ws, config, on_request, None).await
+    }
+
+    /// Runs a client over `ws`; with `redial`, a dropped connection is resumed (if
+    /// `config.resume`).
+    async fn start<S: driver::WsStream>(
+        rt: R,
+        ws: S,
+        mut config: Config,
+        on_request: Option<Arc<dyn RequestHandler>>,
+        redial: Option<Dial<R>>,
     ) -> Result<Client<R>, Error> {
         // Chunks wait in per-invocation buffers until the application takes them; credit
         // is granted only then, so the window bounds those buffers (SPEC §7.5).
@@ -143,25 +244,35 @@ impl<R: Runtime> Client<R> {
             config.accept_requests = true;
         }
         let clock = Clock::new();
-        let conn = Connection::client(config, clock.now());
         let spawner = rt.clone();
         let spawn = Arc::new(move |f| spawner.spawn(f));
         let span = tracing::info_span!("asp.conn", role = "client");
+        let window = config.resume_window;
+        let reconnect = redial.filter(|_| config.resume).map(|dial| {
+            let (rt, span) = (rt.clone(), span.clone());
+            Arc::new(move |shared: SharedRef| {
+                let task = reconnect(shared, rt.clone(), dial.clone(), window);
+                rt.spawn(Box::pin(tracing::Instrument::instrument(
+                    task,
+                    span.clone(),
+                )));
+            }) as Reconnect
+        });
+        let conn = Connection::client(config, clock.now());
         let shared = Shared::new(
             conn,
             clock,
-            Hooks::Client { on_request },
+            Hooks::Client {
+                on_request,
+                reconnect,
+            },
             spawn,
             span.clone(),
         );
-        {
-            let shared = shared.clone();
-            let rt2 = rt.clone();
-            rt.spawn(Box::pin(tracing::Instrument::instrument(
-                async move { driver::run(shared, ws, rt2).await },
-                span,
-            )));
-        }
+        rt.spawn(Box::pin(tracing::Instrument::instrument(
+            driver::run(shared.clone(), ws, rt.clone(), 0),
+            span,
+        )));
         lock(&shared).notify.notify();
         poll_fn(|cx| {
             let mut s = lock(&shared);
@@ -223,12 +334,31 @@ impl<R: Runtime> Client<R> {
         })
     }
 
-    /// Starts a graceful close (GOAWAY) and waits until the connection has closed.
+    /// Waits until the session is usable on a live connection: the handshake is done, or,
+    /// after the connection dropped (with [`ClientBuilder::resume`]), the session was
+    /// resumed or a new one started. Fails once the client has closed.
+    pub async fn ready(&self) -> Result<(), Error> {
+        poll_fn(|cx| {
+            let mut s = lock(&self.shared);
+            if let Some(r) = &s.closed {
+                Poll::Ready(Err(Error::Closed(r.clone())))
+            } else if matches!(s.conn.state(), State::Open | State::Draining) {
+                Poll::Ready(Ok(()))
+            } else {
+                s.state_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Starts a graceful close (GOAWAY) and waits until the connection has closed. A session
+    /// waiting to be resumed closes at once.
     pub async fn close(&self) {
         {
             let mut s = lock(&self.shared);
             let now = s.now();
-            if s.conn.in_flight() == 0 {
+            if s.conn.in_flight() == 0 || s.conn.state() == State::Detached {
                 s.conn.close(asp_proto::CloseReason::Local);
             } else {
                 s.conn.goaway(now, None, std::time::Duration::from_secs(30));

@@ -14,8 +14,9 @@ use crate::shared::{lock, Call, Shared};
 /// Observes the connections of a server (see `ServerBuilder::on_connection`).
 pub trait ConnectionHook: Send + Sync + 'static {
     /// A client connected (the WebSocket upgrade succeeded); `upgrade` holds the headers of
-    /// its upgrade request (e.g. `Authorization`, to forward). The ASP handshake may not be
-    /// done yet.
+    /// its upgrade request (e.g. `Authorization`, to forward). Called before the connection
+    /// reads its first frame, so tools added here (`Locked::conn().add_tool`) are part of
+    /// the initial tool set sent after HELLO (SPEC §6.2 step 3).
     fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap);
     /// The connection closed; its exchanges have ended.
     fn closed(&self, conn: &ServerConnection);

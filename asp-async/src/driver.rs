@@ -11,6 +11,17 @@
 //! once the socket buffers are full) nor answers the WebSocket close. The writer keeps the
 //! core's timers running while a write is stuck, so the heartbeat still detects it, and
 //! after the connection closes both tasks wait for the peer at most [`CLOSE_LINGER`].
+//!
+//! Resume (SPEC §11): a session may outlive its transport. Each transport's tasks carry the
+//! session's transport generation they started with ([`Shared::new_transport`]) and stop
+//! touching the core once it changed. When the transport of a resumable session ends, the
+//! session is detached: the reader returns, and the writer drops its sink and keeps only the
+//! core's timers running (the resume window) until the session closes or a new transport
+//! takes over. On the server, a new connection whose RESUME matched a detached session hands
+//! its WebSocket over: the writer gives its sink back to the reader, which reunites the
+//! halves and starts a driver for the old session on them.
+//!
+//! [`Shared::new_transport`]: crate::shared::Shared::new_transport
 
 use std::future::Future;
 use std::pin::pin;
@@ -18,12 +29,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use asp_proto::State;
 use bytes::BytesMut;
+use futures::channel::oneshot;
 use futures::future::{select, Either};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tungstenite::Message;
 
-use crate::runtime::{Clock, Notify, Runtime};
+use crate::runtime::{BoxFuture, Clock, Notify, Runtime};
 use crate::shared::{lock, SharedRef};
 
 /// After the connection has closed: how long the writer may take to hand over the last
@@ -52,40 +66,94 @@ impl<T> WsStream for T where
 {
 }
 
-/// Runs a connection until it closes: spawns the writer, runs the reader here.
-pub(crate) async fn run<S: WsStream, R: Runtime>(shared: SharedRef, ws: S, rt: R) {
-    let (sink, stream) = ws.split();
-    let notify = lock(&shared).notify.clone();
-    // Writer → reader: the connection has closed. Without it the reader waited for the
-    // peer's next message or close forever, so a peer that went silent without closing
-    // its socket kept the connection (and `Server::connections`) alive for good.
-    let closing = Arc::new(Notify::default());
-    rt.spawn(Box::pin(writer(
-        shared.clone(),
-        sink,
-        notify,
-        closing.clone(),
-        rt.clone(),
-    )));
-    reader(shared, stream, closing, rt).await;
+/// Runs one transport of a connection until it ends: spawns the writer, runs the reader
+/// here. `gen` is the transport generation (0 for a connection's first transport, else
+/// what [`Shared::new_transport`](crate::shared::Shared::new_transport) returned); a
+/// transport already superseded does nothing.
+pub(crate) fn run<S: WsStream, R: Runtime>(
+    shared: SharedRef,
+    ws: S,
+    rt: R,
+    gen: u64,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let notify = {
+            let s = lock(&shared);
+            if s.generation != gen {
+                return;
+            }
+            s.notify.clone()
+        };
+        let (sink, stream) = ws.split();
+        // Writer → reader: the connection has closed (or its transport is gone). Without it
+        // the reader waited for the peer's next message or close forever, so a peer that went
+        // silent without closing its socket kept the connection (and `Server::connections`)
+        // alive for good.
+        let closing = Arc::new(Notify::default());
+        let (give_sink, sink_back) = oneshot::channel();
+        rt.spawn(Box::pin(writer(
+            shared.clone(),
+            sink,
+            gen,
+            notify,
+            closing.clone(),
+            give_sink,
+            rt.clone(),
+        )));
+        let Some((stream, target, target_gen)) =
+            reader(shared, stream, gen, closing, rt.clone()).await
+        else {
+            return;
+        };
+        // Server: this transport resumed a detached session. Take the sink back from the
+        // writer (it stops at once: its connection's generation changed), and drive the old
+        // session with the whole WebSocket, as a task of its own (this connection is done).
+        let Ok(sink) = sink_back.await else { return };
+        let Ok(ws) = stream.reunite(sink) else { return };
+        let span = lock(&target).span.clone();
+        let rt2 = rt.clone();
+        rt.spawn(Box::pin(tracing::Instrument::instrument(
+            async move { run(target, ws, rt2, target_gen).await },
+            span,
+        )));
+    })
 }
 
-async fn reader<St, R>(shared: SharedRef, mut stream: St, closing: Arc<Notify>, rt: R)
+/// What the reader hands back when its WebSocket moves to another session: the stream half,
+/// that session and the generation of its new transport.
+type Handoff<S> = (SplitStream<S>, SharedRef, u64);
+
+async fn reader<S, R>(
+    shared: SharedRef,
+    mut stream: SplitStream<S>,
+    gen: u64,
+    closing: Arc<Notify>,
+    rt: R,
+) -> Option<Handoff<S>>
 where
-    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    S: WsStream,
     R: Runtime,
 {
     loop {
         let msg = match select(stream.next(), closing.notified()).await {
             Either::Left((msg, _)) => msg,
             Either::Right(_) => {
-                if lock(&shared).conn.is_closed() {
+                let s = lock(&shared);
+                if s.generation != gen || s.conn.state() == State::Detached {
+                    // The session lives on without this transport.
+                    return None;
+                }
+                if s.conn.is_closed() {
                     break;
                 }
                 continue;
             }
         };
         let mut s = lock(&shared);
+        if s.generation != gen {
+            // A newer transport took the session over: this one is stale.
+            return None;
+        }
         let now = s.now();
         match msg {
             Some(Ok(Message::Binary(b))) => s.conn.handle_message(now, b),
@@ -99,13 +167,17 @@ where
             }
             Some(Ok(Message::Frame(_))) => {}
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                // Closes the session, or detaches it if it is resumable.
                 s.conn.handle_transport_closed(now);
                 s.pump();
                 s.notify.notify();
-                return;
+                return None;
             }
         }
         s.pump();
+        if let Some((target, target_gen)) = s.handoff.take() {
+            return Some((stream, target, target_gen));
+        }
         if s.conn.is_closed() {
             break;
         }
@@ -117,54 +189,106 @@ where
     loop {
         match select(stream.next(), expiry).await {
             Either::Left((Some(Ok(_)), rest)) => expiry = rest,
-            _ => return,
+            _ => return None,
         }
     }
 }
 
-async fn writer<Si, R>(
+async fn writer<S, R>(
     shared: SharedRef,
-    mut sink: Si,
+    mut sink: SplitSink<S, Message>,
+    gen: u64,
     notify: Arc<Notify>,
     closing: Arc<Notify>,
+    give_sink: oneshot::Sender<SplitSink<S, Message>>,
     rt: R,
 ) where
-    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+    S: WsStream,
     R: Runtime,
 {
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut batches = Vec::new();
     loop {
-        let (ping, closed, clock) = {
+        let step = {
             let mut s = lock(&shared);
-            let now = s.now();
-            if s.conn.poll_timeout().is_some_and(|t| now >= t) {
-                // Compare with the clock rather than trusting the sleep alone (quinn's
-                // note: a runtime's timer may report late or early under load).
-                s.conn.handle_timeout(now);
+            if s.generation != gen {
+                Step::Superseded
+            } else if s.conn.state() == State::Detached {
+                Step::Detached
+            } else {
+                let now = s.now();
+                if s.conn.poll_timeout().is_some_and(|t| now >= t) {
+                    // Compare with the clock rather than trusting the sleep alone (quinn's
+                    // note: a runtime's timer may report late or early under load).
+                    s.conn.handle_timeout(now);
+                }
+                while s.conn.poll_transmit(&mut buf) > 0 {
+                    batches.push(Message::Binary(buf.split().freeze()));
+                }
+                let ping = s.conn.poll_ping();
+                s.pump();
+                Step::Write(ping, s.conn.is_closed(), s.clock)
             }
-            while s.conn.poll_transmit(&mut buf) > 0 {
-                batches.push(Message::Binary(buf.split().freeze()));
+        };
+        let (ping, closed, clock) = match step {
+            Step::Write(ping, closed, clock) => (ping, closed, clock),
+            // Another transport owns the session now (or, on a server connection that
+            // resumed another session, this WebSocket moves there): give the sink back to
+            // the reader, which drops it or hands it over.
+            Step::Superseded => {
+                let _ = give_sink.send(sink);
+                closing.notify();
+                return;
             }
-            let ping = s.conn.poll_ping();
-            s.pump();
-            (ping, s.conn.is_closed(), s.clock)
+            // The reader saw the transport end and the session is resumable.
+            Step::Detached => {
+                drop(sink);
+                closing.notify();
+                detached_timers(&shared, gen, &notify, &rt).await;
+                return;
+            }
         };
         if closed {
             closing.notify();
         }
         let write = send_all(&mut sink, &mut batches, ping);
-        let sent = drive_write(&shared, &rt, clock, closed, write).await;
+        let sent = drive_write(&shared, &rt, clock, closed, gen, write).await;
         if closed || !sent {
             if sent {
                 let close = sink.close();
                 let expiry = rt.sleep_until(std::time::Instant::now() + CLOSE_LINGER);
                 let _ = select(pin!(close), expiry).await;
             } else {
-                let mut s = lock(&shared);
-                let now = s.now();
-                s.conn.handle_transport_closed(now);
-                s.pump();
+                let step = {
+                    let mut s = lock(&shared);
+                    if s.generation != gen {
+                        Step::Superseded
+                    } else {
+                        let now = s.now();
+                        // Closes the session, or detaches it if it is resumable.
+                        s.conn.handle_transport_closed(now);
+                        s.pump();
+                        if s.conn.state() == State::Detached {
+                            Step::Detached
+                        } else {
+                            Step::Write(false, true, s.clock)
+                        }
+                    }
+                };
+                match step {
+                    Step::Superseded => {
+                        let _ = give_sink.send(sink);
+                        closing.notify();
+                        return;
+                    }
+                    Step::Detached => {
+                        drop(sink);
+                        closing.notify();
+                        detached_timers(&shared, gen, &notify, &rt).await;
+                        return;
+                    }
+                    Step::Write(..) => {}
+                }
             }
             closing.notify();
             return;
@@ -183,6 +307,48 @@ async fn writer<Si, R>(
                 match select(Box::pin(wake), sleep).await {
                     Either::Left(_) | Either::Right(_) => {}
                 }
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// What the writer does next, decided under the lock (and done after releasing it).
+enum Step {
+    /// Write what was taken from the core: (transport ping, closed, clock).
+    Write(bool, bool, Clock),
+    /// A newer transport owns the session.
+    Superseded,
+    /// The session is detached: only its timers run.
+    Detached,
+}
+
+/// A detached session's timers (the resume window, SPEC §11.2), run by the writer of the
+/// transport that was lost, without writing anything, until the session closes or a new
+/// transport takes over (and runs them from then on).
+async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Notify, rt: &R) {
+    loop {
+        let (deadline, clock) = {
+            let mut s = lock(shared);
+            if s.generation != gen || s.conn.is_closed() {
+                return;
+            }
+            let now = s.now();
+            if s.conn.poll_timeout().is_some_and(|t| now >= t) {
+                s.conn.handle_timeout(now);
+                s.pump();
+                if s.conn.is_closed() {
+                    return;
+                }
+            }
+            s.armed_timeout = s.conn.poll_timeout();
+            (s.armed_timeout, s.clock)
+        };
+        let wake = notify.notified();
+        match deadline {
+            Some(t) => {
+                let sleep = rt.sleep_until(clock.to_std(t));
+                let _ = select(Box::pin(wake), sleep).await;
             }
             None => wake.await,
         }
@@ -218,6 +384,7 @@ async fn drive_write<R: Runtime>(
     rt: &R,
     clock: Clock,
     closed: bool,
+    gen: u64,
     write: impl Future<Output = Result<(), tungstenite::Error>>,
 ) -> bool {
     let mut write = pin!(write);
@@ -237,6 +404,10 @@ async fn drive_write<R: Runtime>(
             Either::Right(_) if give_up.is_some() => return false,
             Either::Right(_) => {
                 let mut s = lock(shared);
+                if s.generation != gen || s.conn.state() == State::Detached {
+                    // Superseded or detached: this transport has nothing left to write.
+                    return false;
+                }
                 let now = s.now();
                 s.conn.handle_timeout(now);
                 s.pump();

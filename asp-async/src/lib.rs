@@ -14,6 +14,7 @@ mod client;
 mod connection;
 mod driver;
 mod error;
+mod resume;
 mod runtime;
 mod server;
 mod shared;

@@ -11,13 +11,14 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use asp_proto::frame::Text;
-use asp_proto::{Config, Connection, ServerParams};
+use asp_proto::{CloseReason, Config, Connection, ServerParams, State};
 use futures::future::{select, Either};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::connection::{ConnectionHook, ServerConnection};
 use crate::driver;
+use crate::resume::ResumeTable;
 use crate::runtime::{Clock, Notify, Runtime};
 use crate::shared::{lock, Hooks, Shared, SharedRef};
 use crate::tool::{Handler, Tool};
@@ -154,7 +155,7 @@ pub fn bearer_token(token: impl Into<String>) -> AuthHook {
     })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -169,6 +170,7 @@ pub struct ServerBuilder<R: Runtime> {
     hook: Option<Arc<dyn ConnectionHook>>,
     max_connections: usize,
     ws: WsConfig,
+    resume: bool,
 }
 
 impl<R: Runtime> ServerBuilder<R> {
@@ -184,6 +186,7 @@ impl<R: Runtime> ServerBuilder<R> {
             hook: None,
             max_connections: 10_000,
             ws: crate::default_ws_config(),
+            resume: false,
         }
     }
 
@@ -232,6 +235,15 @@ impl<R: Runtime> ServerBuilder<R> {
         self
     }
 
+    /// Offers session resume (SPEC §11; the same as [`Config::resume`], which
+    /// [`config`](Self::config) may also set): each connection gets a random resume token,
+    /// and a client whose transport drops may continue its session on a new one within
+    /// [`Config::resume_window`] (detached sessions still count as connections meanwhile).
+    pub fn resume(mut self, on: bool) -> Self {
+        self.resume = on;
+        self
+    }
+
     /// Adds a tool.
     pub fn tool(mut self, tool: Tool) -> Self {
         self.tools.push(tool);
@@ -267,6 +279,9 @@ impl<R: Runtime> ServerBuilder<R> {
         for t in self.tools {
             registry.insert(t);
         }
+        let mut config = self.config;
+        config.resume |= self.resume;
+        let resume = config.resume.then(|| Arc::new(ResumeTable::new()));
         let inner = Arc::new(Inner {
             rt: self.rt.clone(),
             tools: registry,
@@ -277,7 +292,8 @@ impl<R: Runtime> ServerBuilder<R> {
             live: AtomicUsize::new(0),
             max_connections: self.max_connections,
             policy: self.policy,
-            config: self.config,
+            config,
+            resume,
             ws: self.ws,
             stopping: AtomicBool::new(false),
             stop: Notify::default(),
@@ -301,6 +317,7 @@ struct Inner<R: Runtime> {
     max_connections: usize,
     policy: UpgradePolicy,
     config: Config,
+    resume: Option<Arc<ResumeTable>>,
     ws: WsConfig,
     stopping: AtomicBool,
     stop: Notify,
@@ -383,6 +400,11 @@ impl<R: Runtime> Server<R> {
         self.inner.stop.notify();
         self.each_conn(|s| {
             let now = s.now();
+            if s.conn.state() == State::Detached {
+                // No new transport will be accepted: it can never resume.
+                s.conn.close(CloseReason::Local);
+                return;
+            }
             s.conn.goaway(
                 now,
                 Some(Text::from_static("server shutting down")),
@@ -482,7 +504,10 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         inner.config.clone(),
         ServerParams {
             connection_id: Text::from(connection_id.as_str()),
-            resume_token: None,
+            resume_token: inner
+                .resume
+                .as_ref()
+                .and_then(|_| crate::resume::new_token()),
         },
         clock.now(),
     );
@@ -498,6 +523,7 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         Hooks::Server {
             tools: inner.tools.clone(),
             fallback: inner.fallback.clone(),
+            resume: inner.resume.clone(),
         },
         spawn,
         span.clone(),
@@ -517,8 +543,12 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         hook.connected(handle.clone(), &upgrade);
     }
     drop(upgrade);
-    tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone()), span).await;
-    // The reader ended: wait for the writer to send the last frames and close.
+    tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone(), 0), span)
+        .await;
+    // The reader ended: wait for the writer to send the last frames and close. A resumable
+    // session waits here while detached (the timers run on), and while a later transport
+    // that resumed it runs. A connection whose RESUME moved its transport to another session
+    // counts as closed at once.
     poll_fn(|cx| {
         let mut s = lock(&shared);
         if s.closed.is_some() {

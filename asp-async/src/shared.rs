@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
 use asp_proto::frame::{Reply, ReplyStatus, Request, RequestId, Stream};
-use asp_proto::{CloseReason, Connection, ErrorCode, Event, Outcome, Session, ToolChange};
+use asp_proto::{CloseReason, Connection, ErrorCode, Event, Outcome, Session, State, ToolChange};
 use futures::FutureExt;
 use tracing::Instrument;
 
+use crate::resume::ResumeTable;
 use crate::runtime::{BoxFuture, Clock, Notify};
 use crate::server::ToolRegistry;
 use crate::tool::{run_handler, RequestHandler, Tool};
@@ -63,14 +64,22 @@ pub(crate) struct Watcher {
 /// Bound on a tool watcher's backlog; older changes are dropped (and `lagged` set).
 const WATCH_BACKLOG: usize = 1024;
 
+/// Client: starts the reconnect task of a detached session (SPEC §11.2 step 2). Called
+/// with the connection's lock held: it must only spawn.
+pub(crate) type Reconnect = Arc<dyn Fn(SharedRef) + Send + Sync>;
+
 pub(crate) enum Hooks {
     Client {
         on_request: Option<Arc<dyn RequestHandler>>,
+        /// Set when resume is on (`ClientBuilder::resume`).
+        reconnect: Option<Reconnect>,
     },
     Server {
         tools: Arc<ToolRegistry>,
         /// Runs tools the registry does not have (`ServerBuilder::fallback`).
         fallback: Option<Arc<Tool>>,
+        /// The server's resumable sessions, when resume is on.
+        resume: Option<Arc<ResumeTable>>,
     },
 }
 
@@ -92,6 +101,19 @@ pub(crate) struct Shared {
     pub(crate) spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
     pub(crate) me: Weak<Mutex<Shared>>,
     pub(crate) span: tracing::Span,
+    /// Transport generation: bumped whenever a new transport takes the session over
+    /// ([`Shared::new_transport`]). Driver tasks remember the generation they started with
+    /// and stop touching the connection once it changed, so exactly one transport's tasks
+    /// drive the core at any time.
+    pub(crate) generation: u64,
+    /// Server, on a new connection whose RESUME matched a detached session: that session and
+    /// its new transport generation. The reader hands the WebSocket over to it.
+    pub(crate) handoff: Option<(SharedRef, u64)>,
+    /// Server: the token this session is registered under in the resume table.
+    resume_registered: Option<bytes::Bytes>,
+    /// Client: counts sessions (a refused resume starts a new one); request handlers of an
+    /// old session must not answer the new session's requests, whose ids start over.
+    pub(crate) session_epoch: u64,
 }
 
 impl Shared {
@@ -120,12 +142,28 @@ impl Shared {
                 spawn,
                 me: me.clone(),
                 span,
+                generation: 0,
+                handoff: None,
+                resume_registered: None,
+                session_epoch: 0,
             })
         })
     }
 
     pub(crate) fn now(&self) -> asp_proto::Instant {
         self.clock.now()
+    }
+
+    /// A new transport takes the session over: returns its generation. The tasks of the
+    /// previous transport see the change and stop (a detached session's timer task is woken
+    /// for that); the new transport's writer gets a fresh wake-up flag, so that a stale task
+    /// can never consume its notifications.
+    pub(crate) fn new_transport(&mut self) -> u64 {
+        self.generation += 1;
+        self.notify.notify();
+        self.notify = Arc::new(Notify::default());
+        self.armed_timeout = None;
+        self.generation
     }
 
     /// Routes every pending core event, then wakes the writer if there is output. Call
@@ -151,7 +189,18 @@ impl Shared {
     fn dispatch(&mut self, ev: Event) {
         match ev {
             Event::Connected(s) => {
+                if self.session.is_some() {
+                    // Client: the server refused a resume and a new session started (SPEC
+                    // §11.2 step 4). Requests of the old session are gone.
+                    for s in self.served.values_mut() {
+                        s.cancel.get_or_insert(Cancel::Aborted);
+                        wake(&mut s.cancel_waker);
+                        wake(&mut s.writable_waker);
+                    }
+                }
+                self.session_epoch += 1;
                 self.session = Some(s);
+                self.register_resumable();
                 wake_all(&mut self.state_wakers);
             }
             Event::Invoked(inv) => self.start_handler(inv),
@@ -200,16 +249,36 @@ impl Shared {
             Event::Violation(e) => {
                 tracing::warn!(parent: &self.span, code = %e.code, message = ?e.message, "peer broke a protocol rule");
             }
-            Event::ResumeRequested { .. } => {
-                // Session resume across transports is not offered by this adapter yet
-                // (`Config::resume` stays off), so a RESUME is refused here.
-                let now = self.now();
-                self.conn.reject_resume(now);
+            Event::ResumeRequested { token, received } => self.resume_requested(&token, received),
+            Event::Detached => {
+                tracing::debug!(parent: &self.span, "transport lost, session detached");
+                if let Hooks::Client {
+                    reconnect: Some(reconnect),
+                    ..
+                } = &self.hooks
+                {
+                    if let Some(me) = self.me.upgrade() {
+                        reconnect(me);
+                    }
+                }
+                wake_all(&mut self.state_wakers);
             }
-            Event::Detached | Event::Resumed => {}
+            Event::Resumed => {
+                tracing::debug!(parent: &self.span, "session resumed");
+                wake_all(&mut self.state_wakers);
+            }
             Event::Closed(reason) => {
                 tracing::debug!(parent: &self.span, %reason, "connection closed");
                 self.closed = Some(reason);
+                if let (
+                    Some(token),
+                    Hooks::Server {
+                        resume: Some(t), ..
+                    },
+                ) = (self.resume_registered.take(), &self.hooks)
+                {
+                    t.remove(&token, &self.me);
+                }
                 for c in self.calls.values_mut() {
                     wake(&mut c.waker);
                 }
@@ -227,6 +296,74 @@ impl Shared {
         }
     }
 
+    /// Server: a resumable session is findable by its token (SPEC §11.2 step 3).
+    fn register_resumable(&mut self) {
+        let Hooks::Server {
+            resume: Some(table),
+            ..
+        } = &self.hooks
+        else {
+            return;
+        };
+        if let Some(token) = self.conn.resume_token().cloned() {
+            table.register(&token, self.me.clone());
+            self.resume_registered = Some(token);
+        }
+    }
+
+    /// Server, on a new connection: its first frame was RESUME. If the token names a live
+    /// session of this server that can continue, that session takes this connection's
+    /// transport over (`handoff`, carried out by the driver); otherwise the resume is
+    /// refused and this connection waits for a HELLO.
+    ///
+    /// Lock order: this (new) connection is locked, and the old one is locked inside. Nobody
+    /// locks them the other way round: this connection is not in the resume table (it never
+    /// had a session), so no other connection's RESUME can reach it, and handles lock one
+    /// connection at a time.
+    fn resume_requested(&mut self, token: &[u8], received: u64) {
+        let table = match &self.hooks {
+            Hooks::Server {
+                resume: Some(t), ..
+            } => Some(t.clone()),
+            _ => None,
+        };
+        let old = table.and_then(|t| t.find(token));
+        let accepted = old.and_then(|old| {
+            let mut o = lock(&old);
+            // Each connection has its own clock.
+            let now = o.now();
+            if matches!(o.conn.state(), State::Open | State::Draining) {
+                // The client resumes, so its old transport is gone even if we have not seen
+                // it end yet (its EOF may still be on the way): detach now.
+                o.conn.handle_transport_closed(now);
+            }
+            if o.conn.state() != State::Detached {
+                o.pump();
+                return None;
+            }
+            let r = o.conn.accept_resume(now, received);
+            let gen = r.is_ok().then(|| o.new_transport());
+            o.pump();
+            drop(o);
+            gen.map(|g| (old, g))
+        });
+        match accepted {
+            Some(handoff) => {
+                tracing::debug!(parent: &self.span, "RESUME accepted: moving the transport to its session");
+                self.handoff = Some(handoff);
+                // This connection is done: its tasks stop and its transport moves on.
+                self.new_transport();
+                self.closed = Some(CloseReason::Local);
+                wake_all(&mut self.state_wakers);
+            }
+            None => {
+                tracing::debug!(parent: &self.span, "RESUME refused: unknown or expired session");
+                let now = self.now();
+                self.conn.reject_resume(now);
+            }
+        }
+    }
+
     fn cancel(&mut self, id: RequestId, why: Cancel) {
         if let Some(s) = self.served.get_mut(&id.0) {
             s.cancel.get_or_insert(why);
@@ -236,7 +373,10 @@ impl Shared {
     }
 
     fn start_handler(&mut self, inv: asp_proto::frame::Invoke) {
-        let Hooks::Server { tools, fallback } = &self.hooks else {
+        let Hooks::Server {
+            tools, fallback, ..
+        } = &self.hooks
+        else {
             return;
         };
         let Some(tool) = tools.get(inv.tool.as_str()).or_else(|| fallback.clone()) else {
@@ -260,7 +400,7 @@ impl Shared {
     }
 
     fn start_request_handler(&mut self, req: Request) {
-        let Hooks::Client { on_request } = &self.hooks else {
+        let Hooks::Client { on_request, .. } = &self.hooks else {
             return;
         };
         let Some(handler) = on_request.clone() else {
@@ -270,6 +410,7 @@ impl Shared {
         self.served.insert(req.id.0, Served::default());
         let me = self.me.clone();
         let id = req.id;
+        let epoch = self.session_epoch;
         let fut = async move {
             let answer = std::panic::AssertUnwindSafe(handler.answer(req))
                 .catch_unwind()
@@ -281,6 +422,11 @@ impl Shared {
                 });
             if let Some(shared) = me.upgrade() {
                 let mut s = lock(&shared);
+                if s.session_epoch != epoch {
+                    // The session was replaced meanwhile: the id may now name a request of
+                    // the new session.
+                    return;
+                }
                 s.served.remove(&id.0);
                 // NotInFlight if the server interrupted and we raced: harmless.
                 let _ = s.conn.reply(id, answer.status, answer.body);

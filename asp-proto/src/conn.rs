@@ -291,7 +291,16 @@ impl Connection {
 
     /// Whether the transmit queue holds anything.
     pub fn wants_transmit(&self) -> bool {
-        !self.out.is_empty() && self.state != State::Detached
+        match self.state {
+            State::Detached => false,
+            // A resuming client holds everything but its RESUME (SPEC §11.2).
+            State::Resuming if self.role == Role::Client => self
+                .out
+                .records()
+                .next()
+                .is_some_and(|q| q.ty == FrameType::Resume),
+            _ => !self.out.is_empty(),
+        }
     }
 
     // ───────────────────────── inputs ─────────────────────────

@@ -1,0 +1,255 @@
+//! Session resume (SPEC §11) through a cuttable proxy ([`crate::proxy::Proxy`]): the client
+//! reconnects and continues its session, or starts a new one when the server no longer knows
+//! it, or (without resume) closes.
+
+use std::time::Duration;
+
+use asp_async::{
+    Args, ClientBuilder, CloseReason, Error, ErrorCode, Output, Runtime, ServerBuilder, Status,
+    Tool, ToolContext, ToolError,
+};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::Proxy;
+use crate::{finish, gated_tool, greet_ok, greet_tool, poll_until, start, Gate};
+
+/// Arguments of the `count` tool.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct CountArgs {
+    /// Chunks to stream.
+    pub n: u32,
+    /// Report and wait for the first gate before this chunk.
+    pub first_pause: u32,
+    /// Report and wait for the second gate before this chunk.
+    pub second_pause: u32,
+}
+
+/// Streams `n` numbered ~1 KiB text chunks (`chunk-00042-xxx…`), then returns `n`. Before
+/// chunk `first_pause` it reports the number on `paused` and waits for `gates.0`; before
+/// `second_pause`, the same with `gates.1`.
+fn count_tool(paused: mpsc::UnboundedSender<u32>, gates: (Gate, Gate)) -> Tool {
+    Tool::new("count", move |ctx: ToolContext, args: Args| {
+        let (paused, gates) = (paused.clone(), gates.clone());
+        async move {
+            let a: CountArgs = args.parse()?;
+            let pad = "x".repeat(1000);
+            for i in 0..a.n {
+                for (at, gate) in [(a.first_pause, &gates.0), (a.second_pause, &gates.1)] {
+                    if i == at {
+                        let _ = paused.unbounded_send(i);
+                        gate.wait().await;
+                    }
+                }
+                ctx.stream_text(&format!("chunk-{i:05}-{pad}"))
+                    .await
+                    .map_err(|_| ToolError::Cancelled)?;
+            }
+            Output::value(&a.n)
+        }
+    })
+}
+
+fn chunk_number(text: &str) -> u32 {
+    text.strip_prefix("chunk-")
+        .and_then(|t| t.get(..5))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered chunk: {:?}", &text[..text.len().min(20)]))
+}
+
+/// The connection drops mid-stream, with chunks the server sent lost on the way: the client
+/// reconnects through the proxy and resumes the session; the invocation's chunks all
+/// arrive, in order, none lost or duplicated (the server replays what was lost), it
+/// completes, and the session (same connection id) serves a new invocation.
+pub async fn resume_mid_stream<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    const N: u32 = 200;
+    let (gates, (paused_tx, mut paused)) = ((Gate::new(), Gate::new()), mpsc::unbounded());
+    let server = start(
+        ServerBuilder::new(srv)
+            .resume(true)
+            .tool(count_tool(paused_tx, gates.clone()))
+            .tool(greet_tool()),
+    )
+    .await;
+    let proxy = Proxy::start(server.local_addr());
+    let client = ClientBuilder::new(cli.clone())
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy");
+    let session = client.session().expect("session");
+    assert!(session.resumable, "both sides offer resume");
+
+    let args = CountArgs {
+        n: N,
+        first_pause: 5,
+        second_pause: 100,
+    };
+    let mut inv = client.invoke("count", &args).expect("invoke count");
+    let mut next = 0u32;
+    let mut check = |text: &str| {
+        assert_eq!(chunk_number(text), next, "chunk lost or duplicated");
+        next += 1;
+    };
+    for _ in 0..5 {
+        let c = inv.next().await.expect("chunk before the cut");
+        check(c.as_str().expect("text"));
+    }
+    assert_eq!(paused.next().await, Some(5));
+    // Chunks 5..100 leave the server but never reach the client.
+    proxy.hold();
+    gates.0.open();
+    assert_eq!(paused.next().await, Some(100));
+    proxy.cut();
+    // The tool goes on while the session is detached (its output waits) or resumed.
+    gates.1.open();
+    while let Some(c) = inv.next().await {
+        check(c.as_str().expect("text"));
+    }
+    assert_eq!(next, N, "every chunk arrived");
+    let done = inv.completion().await.expect("completion after the resume");
+    assert_eq!(done.status, Status::Ok);
+    assert!(proxy.accepted() >= 2, "the client reconnected");
+    client.ready().await.expect("ready after the resume");
+    assert_eq!(
+        client.session().expect("session").connection_id,
+        session.connection_id,
+        "the session was resumed, not restarted"
+    );
+    greet_ok(&client, "resumed").await;
+    finish(client, server).await;
+}
+
+/// The client's side of the connection vanishes while the server's stays open and silent
+/// (a half-open TCP connection): the client's RESUME on its new connection proves the old
+/// one gone, so the server lets it take the session over at once rather than refuse it.
+pub async fn resume_over_half_open<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let server = start(ServerBuilder::new(srv).resume(true).tool(greet_tool())).await;
+    let proxy = Proxy::start(server.local_addr());
+    let client = ClientBuilder::new(cli.clone())
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy");
+    let session = client.session().expect("session");
+    greet_ok(&client, "before").await;
+    proxy.vanish();
+    // The client sees its connection end at once; the server sees nothing.
+    let mut inv = client
+        .invoke(
+            "greet",
+            &crate::GreetArgs {
+                name: "during".into(),
+                times: 2,
+            },
+        )
+        .expect("invoke while reconnecting");
+    let mut n = 0;
+    while let Some(c) = inv.next().await {
+        assert_eq!(c.as_str(), Some(format!("hello during #{n}\n").as_str()));
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    assert_eq!(
+        inv.completion().await.expect("completes").status,
+        Status::Ok
+    );
+    assert_eq!(proxy.accepted(), 2, "one reconnect");
+    assert_eq!(
+        client.session().expect("session").connection_id,
+        session.connection_id,
+        "the session was resumed"
+    );
+    greet_ok(&client, "after").await;
+    assert_eq!(server.connections(), 1, "the session counts once");
+    finish(client, server).await;
+}
+
+/// The connection drops and the client reconnects to a server that does not know its
+/// session (a restarted server, here another one behind the proxy): the resume is refused,
+/// the invocation of the old session ends with `Error::Closed`, and the client goes on
+/// with a new session on the new server.
+pub async fn resume_refused_starts_new_session<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let (started_tx, mut started) = mpsc::unbounded();
+    let gate = Gate::new();
+    let first = start(
+        ServerBuilder::new(srv.clone())
+            .resume(true)
+            .tool(gated_tool("hang", started_tx, gate.clone())),
+    )
+    .await;
+    let proxy = Proxy::start(first.local_addr());
+    let client = ClientBuilder::new(cli.clone())
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy");
+    let old = client.session().expect("session");
+    let inv = client.invoke("hang", &()).expect("invoke hang");
+    started.next().await.expect("hang started");
+
+    let second = start(ServerBuilder::new(srv).resume(true).tool(greet_tool())).await;
+    proxy.set_upstream(second.local_addr());
+    proxy.cut();
+
+    match inv.completion().await {
+        Err(Error::Closed(CloseReason::PeerError { code, .. })) => {
+            assert_eq!(code, ErrorCode::RESUME_FAILED)
+        }
+        other => panic!("expected the old invocation to be lost, got {other:?}"),
+    }
+    client.ready().await.expect("a new session");
+    let new = client.session().expect("session");
+    assert_ne!(new.connection_id, old.connection_id, "a new session");
+    assert!(new.resumable);
+    let names: Vec<String> = client
+        .tools()
+        .iter()
+        .map(|t| t.name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, ["greet"], "the new server's tool set");
+    greet_ok(&client, "again").await;
+
+    // The first server still holds the detached session; shutting down closes it.
+    gate.open();
+    first.shutdown(Duration::from_secs(1)).await;
+    poll_until(&cli, Duration::from_secs(5), "first server empty", || {
+        first.connections() == 0
+    })
+    .await;
+    finish(client, second).await;
+}
+
+/// Without resume on both sides, a dropped connection closes the client (`closed()`
+/// resolves), whether the client or the server does not offer it.
+pub async fn no_resume_closes<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    for (server_resume, client_resume) in [(true, false), (false, true)] {
+        let server = start(
+            ServerBuilder::new(srv.clone())
+                .resume(server_resume)
+                .tool(greet_tool()),
+        )
+        .await;
+        let proxy = Proxy::start(server.local_addr());
+        let client = ClientBuilder::new(cli.clone())
+            .resume(client_resume)
+            .connect(&proxy.url(asp_async::DEFAULT_PATH))
+            .await
+            .expect("connect through the proxy");
+        assert!(!client.session().expect("session").resumable);
+        greet_ok(&client, "once").await;
+        proxy.cut();
+        assert_eq!(client.closed().await, CloseReason::TransportClosed);
+        assert!(matches!(client.ready().await, Err(Error::Closed(_))));
+        assert_eq!(proxy.accepted(), 1, "no reconnect");
+        poll_until(
+            &cli,
+            Duration::from_secs(5),
+            "server connection gone",
+            || server.connections() == 0,
+        )
+        .await;
+        server.shutdown(Duration::from_secs(1)).await;
+    }
+}
