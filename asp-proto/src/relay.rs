@@ -6,8 +6,8 @@
 //! - [`InvokeRequest`]: headers and body of `POST {upstream}/invoke` (SPEC §15.2).
 //! - [`UpstreamCall`]: one response. Feed it with [`UpstreamCall::handle_body`] and
 //!   [`UpstreamCall::handle_end`] and drain [`UpstreamCall::poll_output`]: chunks to stream,
-//!   then exactly one [`Ending`] (SPEC §15.3); [`UpstreamCall::state_update`] says what the
-//!   response did to the connection's state (SPEC §15.4).
+//!   then exactly one [`Ending`] (SPEC §15.3); [`UpstreamCall::take_state_update`] says
+//!   what the response did to the connection's state (SPEC §15.4).
 //! - [`Ending::unreachable`], [`Ending::timed_out`]: failures without a response.
 //! - [`parse_push`]: the frames a function pushes through the admin API (SPEC §15.5), and
 //!   [`ReplyRequest`], the `POST {upstream}/reply` that delivers a client's answer.

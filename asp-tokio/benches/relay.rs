@@ -6,6 +6,8 @@
 //!    body) sent straight to the function with a pooled keep-alive hyper client, and against
 //!    an ASP server answering the tool itself (the ASP floor, no HTTP hop). All in one
 //!    2-worker tokio runtime.
+//!    Then the same three calls alternate 5 000 times (paired samples, robust to load from
+//!    other processes) and their medians are printed.
 //! 2. Idle memory per relay connection (printed after the criterion groups): the
 //!    `asp-relay` binary runs as a child process (bench profile) and this process opens
 //!    `ASP_RELAY_IDLE_CONNS` (default 10 000) idle client connections to it; the child's
@@ -69,10 +71,9 @@ fn hop(c: &mut Criterion) {
             .await
             .expect("relay");
         let client = asp_tokio::connect(&relay.url()).await.expect("connect");
-        let direct = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<Full<Bytes>>();
+        let direct =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
         let ok = Tool::new("ok", |_c: ToolContext, _a: Args| async move {
             Ok(Output::from(RawValue::string("ok")))
         });
@@ -83,11 +84,7 @@ fn hop(c: &mut Criterion) {
         let invoke_uri: hyper::Uri = format!("http://{addr}/invoke").parse().expect("uri");
         (relay, client, direct, asp_server, asp_client, invoke_uri)
     });
-    let conn_id = client
-        .session()
-        .expect("session")
-        .connection_id
-        .to_string();
+    let conn_id = client.session().expect("session").connection_id.to_string();
     let body = InvokeRequest::new(
         BodyFormat::MsgPack,
         &conn_id,
@@ -139,6 +136,62 @@ fn hop(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Paired samples: the three calls alternate, so load from other processes on this
+    // machine hits all three alike; medians and the median difference are printed.
+    if std::env::args().any(|a| a == "--bench") {
+        const PAIRS: usize = 5_000;
+        let (mut via, mut direct_t, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        rt.block_on(async {
+            for _ in 0..PAIRS {
+                let t = Instant::now();
+                let mut call = client
+                    .invoke_raw("ok", Some(args.clone()), Default::default())
+                    .expect("invoke");
+                call.next().await.expect("chunk");
+                call.completion().await.expect("complete");
+                via.push(t.elapsed());
+                let t = Instant::now();
+                let mut req = Request::post(invoke_uri.clone());
+                for (k, v) in &body.headers {
+                    req = req.header(*k, v.as_str());
+                }
+                let resp = direct
+                    .request(req.body(Full::new(body.body.clone())).expect("request"))
+                    .await
+                    .expect("response");
+                resp.into_body().collect().await.expect("body");
+                direct_t.push(t.elapsed());
+                let t = Instant::now();
+                asp_client
+                    .invoke_raw("ok", Some(args.clone()), Default::default())
+                    .expect("invoke")
+                    .completion()
+                    .await
+                    .expect("complete");
+                floor.push(t.elapsed());
+            }
+        });
+        let pct = |v: &mut Vec<Duration>, p: usize| {
+            v.sort();
+            v[v.len() * p / 100].as_secs_f64() * 1e6
+        };
+        let mut diffs: Vec<f64> = Vec::new();
+        for (a, b) in via.iter().zip(&direct_t) {
+            diffs.push(a.as_secs_f64() * 1e6 - b.as_secs_f64() * 1e6);
+        }
+        diffs.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "relay_hop paired ({PAIRS} each, µs p50/p90): via relay {:.1}/{:.1}, direct HTTP {:.1}/{:.1}, ASP server {:.1}/{:.1}; relay adds p50 {:.1} µs (median of paired differences)",
+            pct(&mut via, 50),
+            pct(&mut via, 90),
+            pct(&mut direct_t, 50),
+            pct(&mut direct_t, 90),
+            pct(&mut floor, 50),
+            pct(&mut floor, 90),
+            diffs[diffs.len() / 2],
+        );
+    }
     rt.block_on(async {
         relay.shutdown(Duration::from_secs(1)).await;
         asp_server.shutdown(Duration::from_secs(1)).await;

@@ -51,6 +51,9 @@ struct Args {
     /// Forward the client's upgrade Authorization header to the function.
     #[arg(long)]
     forward_auth: bool,
+    /// Require `Authorization: Bearer <token>` from clients.
+    #[arg(long, env = "ASP_RELAY_CLIENT_TOKEN", hide_env_values = true)]
+    client_token: Option<String>,
     /// Client connections at most [default: 10000].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -102,6 +105,7 @@ fn merge_file(args: &mut Args) {
             "upstream",
             "format",
             "forward-auth",
+            "client-token",
             "max-connections",
             "max-inflight",
             "max-state",
@@ -128,6 +132,7 @@ fn merge_file(args: &mut Args) {
         Some("json") => Some(Format::Json),
         Some(o) => fail(format!("format: `{o}` is not msgpack or json")),
     });
+    args.client_token = args.client_token.take().or_else(|| s("client-token"));
     args.forward_auth |= obj
         .get("forward-auth")
         .and_then(|v| v.as_bool())
@@ -169,6 +174,7 @@ fn config(mut args: Args) -> RelayConfig {
         c.format = asp_tokio::asp_proto::relay::BodyFormat::Json;
     }
     c.forward_auth = args.forward_auth;
+    c.client_token = args.client_token.filter(|t| !t.is_empty());
     if let Some(n) = args.max_connections {
         c.max_connections = n;
     }

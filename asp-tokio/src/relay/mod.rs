@@ -54,6 +54,10 @@ pub struct RelayConfig {
     pub format: BodyFormat,
     /// Forward the client's upgrade `Authorization` header to the function. Default false.
     pub forward_auth: bool,
+    /// Require `Authorization: Bearer <token>` from clients (HTTP 401 otherwise, SPEC §2.1).
+    /// Default `None`: the relay accepts every client and leaves authentication to the
+    /// function (with `forward_auth`).
+    pub client_token: Option<String>,
     /// Client connections at most (more get HTTP 503). Default 10 000.
     pub max_connections: usize,
     /// Upstream calls in flight per connection (the `max_inflight` announced to clients;
@@ -70,7 +74,7 @@ pub struct RelayConfig {
     /// Protocol settings towards clients (limits, heartbeat…); `check_tools` is forced off
     /// (the function decides, SPEC §15.1) and `limits.max_inflight` is `max_inflight`.
     pub asp: asp_async::Config,
-    /// WebSocket buffer sizes. Default: an 8 KiB read buffer (tungstenite zero-fills its
+    /// WebSocket buffer sizes. Default: a 4 KiB read buffer (tungstenite zero-fills its
     /// whole read buffer, so its 128 KiB default would cost 128 KiB of RSS per idle client).
     pub ws: asp_async::WsConfig,
 }
@@ -86,6 +90,7 @@ impl RelayConfig {
             upstream,
             format: BodyFormat::MsgPack,
             forward_auth: false,
+            client_token: None,
             max_connections: 10_000,
             max_inflight: 32,
             max_state: 64 << 10,
@@ -93,7 +98,7 @@ impl RelayConfig {
             pool_max_idle: 256,
             tools: Vec::new(),
             asp: asp_async::ws_default_config(),
-            ws: asp_async::default_ws_config().read_buffer_size(8 << 10),
+            ws: asp_async::default_ws_config().read_buffer_size(4 << 10),
         }
     }
 
@@ -224,7 +229,11 @@ impl Relay {
             let inner = inner.clone();
             move |ctx, args| upstream::forward(inner.clone(), ctx, args)
         };
-        let server = crate::ServerBuilder::new(Tokio::current())
+        let mut builder = crate::ServerBuilder::new(Tokio::current());
+        if let Some(t) = &inner.config.client_token {
+            builder = builder.token(t.clone());
+        }
+        let server = builder
             .bind(inner.config.listen)
             .path(inner.config.path.clone())
             .max_connections(inner.config.max_connections)

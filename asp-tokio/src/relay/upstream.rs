@@ -15,9 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use asp_async::asp_proto::frame::{Invoke, Status, Text};
-use asp_async::{
-    Args, Output, RequestId, ServerConnection, StreamError, ToolContext, ToolError,
-};
+use asp_async::{Args, Output, RequestId, ServerConnection, StreamError, ToolContext, ToolError};
 use asp_proto::relay::{
     CallLimits, Ending, InvokeRequest, RelayOut, ReplyRequest, StateUpdate, TimeoutPhase,
     UpstreamCall,
