@@ -5,7 +5,7 @@
 //! [`Shared::pump`] routes the core's events to whoever waits for them and wakes the writer
 //! task if bytes are queued. No protocol decision is made here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
@@ -89,8 +89,9 @@ pub(crate) struct Shared {
     pub(crate) notify: Arc<Notify>,
     /// The core deadline the writer task sleeps until (set by the writer before it sleeps).
     pub(crate) armed_timeout: Option<asp_proto::Instant>,
-    pub(crate) calls: HashMap<u16, Call>,
-    pub(crate) served: HashMap<u16, Served>,
+    // Keyed by request id; a BTreeMap avoids hashing on every chunk.
+    pub(crate) calls: BTreeMap<u16, Call>,
+    pub(crate) served: BTreeMap<u16, Served>,
     pub(crate) session: Option<Session>,
     pub(crate) closed: Option<CloseReason>,
     pub(crate) goaway: bool,
@@ -130,8 +131,8 @@ impl Shared {
                 clock,
                 notify: Arc::new(Notify::default()),
                 armed_timeout: None,
-                calls: HashMap::new(),
-                served: HashMap::new(),
+                calls: BTreeMap::new(),
+                served: BTreeMap::new(),
                 session: None,
                 closed: None,
                 goaway: false,

@@ -215,6 +215,9 @@ pub struct ToolContext {
     tool: Text,
     deadline_ms: u32,
     meta: Option<RawValue>,
+    /// Largest chunk to send (the client's limits are fixed for the session): worked out
+    /// once, so streaming takes the connection lock once per chunk.
+    max_chunk: usize,
     shared: Weak<Mutex<Shared>>,
 }
 
@@ -312,20 +315,7 @@ impl ToolContext {
     }
 
     fn max_chunk(&self) -> usize {
-        self.shared
-            .upgrade()
-            .and_then(|s| {
-                lock(&s).session.as_ref().map(|x| {
-                    // Half the window, not all of it: a client grants credit in batches of
-                    // half its initial window (SPEC §7.5), so up to half a window can stay
-                    // unreturned for good once it has read everything. A chunk larger than
-                    // the other half could then never fit and the invocation hung.
-                    (x.peer_limits.max_chunk as usize)
-                        .min((x.peer_limits.initial_window / 2).max(1) as usize)
-                })
-            })
-            .unwrap_or(64 << 10)
-            .clamp(1, 1 << 20)
+        self.max_chunk
     }
 
     async fn send_piece(&self, piece: Bytes, text: bool, fin: bool) -> Result<(), StreamError> {
@@ -425,11 +415,26 @@ impl ToolContext {
 /// result, COMPLETE(cancelled) when interrupted (the handler future is dropped), nothing when
 /// the protocol already ended it. A panicking handler gives ERROR(INTERNAL).
 pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, inv: Invoke) {
+    let max_chunk = shared
+        .upgrade()
+        .and_then(|s| {
+            lock(&s).session.as_ref().map(|x| {
+                // Half the window, not all of it: a client grants credit in batches of half
+                // its initial window (SPEC §7.5), so up to half a window can stay unreturned
+                // for good once it has read everything. A chunk larger than the other half
+                // could then never fit and the invocation would hang.
+                (x.peer_limits.max_chunk as usize)
+                    .min((x.peer_limits.initial_window / 2).max(1) as usize)
+            })
+        })
+        .unwrap_or(64 << 10)
+        .clamp(1, 1 << 20);
     let ctx = ToolContext {
         id: inv.id,
         tool: inv.tool.clone(),
         deadline_ms: inv.deadline_ms,
         meta: inv.meta.clone(),
+        max_chunk,
         shared: shared.clone(),
     };
     let work =
