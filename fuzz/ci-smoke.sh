@@ -10,7 +10,6 @@
 #   FUZZ_SMOKE_SECS   wall-clock cap per target, seconds (default 60)
 #   FUZZ_SMOKE_RUNS   execution cap per target (default 1000000)
 #   FUZZ_SMOKE_TARGETS  space-separated targets (default: all, from `cargo fuzz list`)
-#   ASP_FUZZ_AVOID_KNOWN=1  steer around crashes already reported (see fuzz/README.md)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,7 +39,9 @@ for t in $targets; do
         grep -E '^#[0-9]+ +DONE|^Done' "$log" | tail -n 2 || true
         echo "fuzz smoke: $t ok in $(( $(date +%s) - start )) s"
     else
-        tail -n 60 "$log"
+        # The panic message first (the backtrace after it is long), then libFuzzer's summary.
+        grep -m 1 -A 2 'panicked at' "$log" || true
+        grep -E 'SUMMARY|Test unit written|Failing input|crash-' "$log" | head -n 5 || true
         echo "fuzz smoke: $t FAILED (see fuzz/artifacts/$t/)"
         failed+=("$t")
     fi

@@ -1744,7 +1744,21 @@ impl Connection {
         }
     }
 
-    fn queue(&mut self, frame: Frame) {
+    fn queue(&mut self, mut frame: Frame) {
+        // SPEC §3.6: optional human-readable text (ERROR message, INTERRUPT/GOAWAY reason)
+        // is ours to drop when it would push the frame past the peer's `max_frame_payload`.
+        if matches!(
+            frame,
+            Frame::Error(_) | Frame::Interrupt(_) | Frame::GoAway(_)
+        ) && encoded_len(&frame) - HEADER_LEN > self.peer_limits.max_frame_payload as usize
+        {
+            match &mut frame {
+                Frame::Error(e) => e.message = None,
+                Frame::Interrupt(i) => i.reason = None,
+                Frame::GoAway(g) => g.reason = None,
+                _ => {}
+            }
+        }
         // Replies the peer provokes are bounded by `after_input`: if it stops reading while
         // provoking them, the connection stops rather than grows.
         self.out.push(&frame);

@@ -25,7 +25,6 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use bytes::{Bytes, BytesMut};
@@ -37,42 +36,6 @@ use crate::{
     CloseReason, Config, Connection, DecodeError, DecodeErrorKind, ErrorCode, Event, HeartbeatMode,
     InvokeOptions, Limits, Outcome, Role, ServerParams, State,
 };
-
-// ───────────────────────────── known-bug avoidance ─────────────────────────────
-
-static AVOID_KNOWN: AtomicBool = AtomicBool::new(false);
-
-/// Makes the harnesses steer around crashes that are reported but not fixed yet, so that a
-/// long run can look for *new* ones. Off by default, and never on in the seed-replay test.
-/// The fuzz targets turn it on when the environment variable `ASP_FUZZ_AVOID_KNOWN` is set
-/// (see [`init_from_env`]).
-///
-/// Currently avoided:
-/// - GOAWAY and INTERRUPT reasons over 1024 bytes from the application (cut to 1024): they
-///   are queued unchecked, and the peer rejects the frame (`INVALID_FIELD`);
-/// - a client `max_tools` below the number of tools the pair's server registers (raised to
-///   16): tools cut from the initial set stay in the server's registry, and a later
-///   `remove_tool`/`add_tool` of one sends TOOL_DEF(remove/update) for a name the client
-///   never got (`TOOL_STATE`);
-/// - an `Overloaded` close long after the overload cleared (that check is off): the
-///   overload flag is never reset;
-/// - a client `max_frame_payload` below the size of a TOOL_DEF the pair's server registered
-///   before the handshake (raised to 1 MiB): the initial tool set is sent unchecked, the
-///   client rejects it (`FRAME_TOO_LARGE`) and never reports `Connected`.
-pub fn avoid_known_bugs(on: bool) {
-    AVOID_KNOWN.store(on, Ordering::Relaxed);
-}
-
-/// Reads `ASP_FUZZ_AVOID_KNOWN` (set and not `0`: [`avoid_known_bugs`]). Called once by
-/// each fuzz target.
-pub fn init_from_env() {
-    let on = std::env::var("ASP_FUZZ_AVOID_KNOWN").is_ok_and(|v| v != "0");
-    avoid_known_bugs(on);
-}
-
-fn avoiding() -> bool {
-    AVOID_KNOWN.load(Ordering::Relaxed)
-}
 
 // ───────────────────────────── generators ─────────────────────────────
 
@@ -743,17 +706,9 @@ fn pick<T: Copy>(choices: &[T], b: u8) -> T {
 /// A [`Config`] with small limits, from 4 bytes (all zero: the first choice of each).
 fn small_config(b: [u8; 4], pair: bool) -> Config {
     let limits = Limits {
-        max_frame_payload: if pair && avoiding() {
-            1 << 20
-        } else {
-            pick(&[256, 64, 128, 1 << 20], b[0])
-        },
+        max_frame_payload: pick(&[256, 64, 128, 1 << 20], b[0]),
         max_inflight: pick(&[2, 1, 3, 4], b[0] >> 2),
-        max_tools: if pair && avoiding() {
-            16
-        } else {
-            pick(&[2, 0, 1, 4], b[0] >> 4)
-        },
+        max_tools: pick(&[2, 0, 1, 4], b[0] >> 4),
         max_chunk: pick(&[64, 1, 16, 1024], b[0] >> 6),
         initial_window: pick(&[128, 1, 32, 4096], b[1]),
     };
@@ -828,15 +783,6 @@ fn long_text(u: &mut Unstructured<'_>) -> Result<Option<Text>> {
         0 => None,
         1 => Some(text(u, 0, 64)?),
         _ => Some(Text::from("r".repeat(usize::from(u8::arbitrary(u)?) * 8))),
-    })
-}
-
-/// [`long_text`], cut to the SPEC maximum of 1024 bytes when avoiding known bugs.
-fn reason_text(u: &mut Unstructured<'_>) -> Result<Option<Text>> {
-    let t = long_text(u)?;
-    Ok(match t {
-        Some(t) if avoiding() && t.len() > 1024 => Some(Text::from(&t.as_str()[..1024])),
-        t => t,
     })
 }
 
@@ -921,7 +867,7 @@ impl Checker {
     /// `Overloaded` close needs an overload that still holds: the queue past the bound or
     /// the event backlog at `max_pending_events`; not one that was cleared long ago.
     fn closed_by(&self, queued: usize, pending: usize) {
-        if self.reason == Some(CloseReason::Overloaded) && !avoiding() {
+        if self.reason == Some(CloseReason::Overloaded) {
             assert!(
                 queued > self.bound || pending >= self.max_events,
                 "closed as Overloaded with {queued} bytes queued (bound {}) and {pending} \
@@ -1509,7 +1455,7 @@ fn local_command(s: &mut Session, tag: u8, u: &mut Unstructured<'_>) -> Result<(
         17 => {
             let slot = u8::arbitrary(u)?;
             let id = s.mine.get(slot, if client { 1 } else { 0x8000 });
-            let reason = reason_text(u)?;
+            let reason = long_text(u)?;
             let _ = s.conn.interrupt(id, reason);
         }
         18 => {
@@ -1534,7 +1480,7 @@ fn local_command(s: &mut Session, tag: u8, u: &mut Unstructured<'_>) -> Result<(
         }
         19 => {
             let b = u8::arbitrary(u)?;
-            let reason = reason_text(u)?;
+            let reason = long_text(u)?;
             s.conn.goaway(now, reason, step_of(b));
         }
         20 => s.conn.close(CloseReason::Local),

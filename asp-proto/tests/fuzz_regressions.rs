@@ -135,3 +135,14 @@ fn regress_stale_overload_flag() {
         "../../fuzz/seeds/server_session/regress-stale-overload-flag.bin"
     ));
 }
+
+/// `interrupt` checks its reason against SPEC §5.4's 1024 bytes but not the frame against
+/// the peer's `max_frame_payload` (SPEC minimum 64): a 57-byte reason makes a 65-byte
+/// payload the honest server rejects (FRAME_TOO_LARGE). `goaway`, `fail` and the core's own
+/// ERROR frames have the same gap.
+#[test]
+fn regress_interrupt_over_peer_max_frame_payload() {
+    fuzzing::pair(include_bytes!(
+        "../../fuzz/seeds/pair/regress-interrupt-over-peer-max-frame-payload.bin"
+    ));
+}

@@ -2,7 +2,4 @@
 //! See `asp_proto::fuzzing::decode` for the input layout and the invariants.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(
-    init: asp_proto::fuzzing::init_from_env(),
-    |data: &[u8]| asp_proto::fuzzing::decode(data)
-);
+fuzz_target!(|data: &[u8]| asp_proto::fuzzing::decode(data));

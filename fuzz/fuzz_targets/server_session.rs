@@ -3,7 +3,4 @@
 use asp_proto::Role;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(
-    init: asp_proto::fuzzing::init_from_env(),
-    |data: &[u8]| asp_proto::fuzzing::session(Role::Server, data)
-);
+fuzz_target!(|data: &[u8]| asp_proto::fuzzing::session(Role::Server, data));
