@@ -13,20 +13,6 @@ use asp_proto::{
 use bytes::Bytes;
 use pair::*;
 
-fn with_invocations(client: Config, server: Config, n: u16) -> (Pair, Vec<RequestId>) {
-    let mut p = Pair::connected(client, server);
-    p.server.add_tool(tool("echo")).unwrap();
-    p.drive();
-    let ids: Vec<RequestId> = (0..n)
-        .map(|_| p.client.invoke("echo", None, Default::default()).unwrap())
-        .collect();
-    p.drive();
-    assert_eq!(p.server.in_flight(), usize::from(n));
-    p.clear_events();
-    p.clear_wire();
-    (p, ids)
-}
-
 fn small_window(window: u32) -> Config {
     Config {
         limits: Limits {

@@ -715,3 +715,23 @@ pub fn frame_kinds(frames: &[Frame]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A connected pair whose client has `n` invocations of `echo` in flight, with events and
+/// the wire transcript cleared.
+pub fn with_invocations(
+    client: asp_proto::Config,
+    server: asp_proto::Config,
+    n: u16,
+) -> (Pair, Vec<asp_proto::RequestId>) {
+    let mut p = Pair::connected(client, server);
+    p.server.add_tool(tool("echo")).unwrap();
+    p.drive();
+    let ids: Vec<asp_proto::RequestId> = (0..n)
+        .map(|_| p.client.invoke("echo", None, Default::default()).unwrap())
+        .collect();
+    p.drive();
+    assert_eq!(p.server.in_flight(), usize::from(n));
+    p.clear_events();
+    p.clear_wire();
+    (p, ids)
+}
