@@ -2077,6 +2077,56 @@ def build_server_sessions():
              step(0, command=C("add_tool", name="search"),
                   transmit=[X("TOOL_DEF", 0, {"op": 0, "name": "search"}, TOOLDEF_MAY)])],
             with_tools("echo"))
+    # ---- found by fuzzing (fuzz/README.md, "Crashes found"): each crash input, as a vector ----
+    session("server/unsupported-version-open", "§3.2, §3.7, §2.2", "One message (on a byte "
+            "stream: one read) holds a PING, then a whole frame whose header version is 2: the "
+            "PING is answered, then UNSUPPORTED_VERSION closes the connection. (Found by fuzzing: "
+            "a decoder that panicked on a whole bad-version header in a byte-stream read.)",
+            "server",
+            op + [step(0, recv=msg(wire("PING", 0), wire_raw(0x8, 0, b"", version=2)),
+                       transmit=[X("PONG", 0), XERR(0, "UNSUPPORTED_VERSION")],
+                       events=[closed_ev("error_sent", "UNSUPPORTED_VERSION")],
+                       state="Closed", closed=True)], L, live=True)
+    session("server/goaway-reason-over-limit", "§3.6, §5.12", "The application gives GOAWAY "
+            "a 1500-byte reason: the server still sends GOAWAY, with the reason shortened to "
+            "at most 1024 bytes or omitted, never an undecodable frame. (Found by fuzzing.)",
+            "server",
+            server_open({}) +
+            [step(0, command=C("goaway", reason="r" * 1500, timeout_ms=5000),
+                  transmit=[X("GOAWAY", 0, {"timeout_ms": 5000}, {"reason": "*"})],
+                  events=[closed_ev("drained")], state="Closed", closed=True)], {})
+    cut_hello = {"versions": [1], "limits": {"max_tools": 0}}
+    session("server/remove-tool-cut-from-initial-set", "§6.2, §9", "The client announced "
+            "max_tools 0, so the server's tool `echo` is cut from the initial set (HELLO "
+            "`tools` 0, no TOOL_DEF). Removing it later sends nothing: the client never held "
+            "it; adding it again is refused while the client accepts no tool. (Found by "
+            "fuzzing: TOOL_DEF(remove) for a tool the client never received.)", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=wire("HELLO", 0, cut_hello), transmit=[server_hello_exp(0)],
+                  events=[E("Connected")], state="Open"),
+             step(0, command=C("remove_tool", name="echo")),
+             step(0, command=C("add_tool", name="echo"), refused=True),
+             step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)])],
+            with_tools("echo"))
+    big = {"name": "big", "description": "d" * 100}
+    small_hello = {"versions": [1], "limits": {"max_frame_payload": 64}}
+    session("server/initial-tool-over-client-max-frame-payload", "§6.2, §3.6, §9", "The "
+            "client accepts payloads of at most 64 bytes; the server's tool `big` (a 100-byte "
+            "description) does not fit, so the initial set holds only `echo` (HELLO `tools` "
+            "1). `big` is unknown to the client: re-registered with a short description it "
+            "is sent as an add, then removed. (Found by fuzzing: the oversized TOOL_DEF was "
+            "sent and the client never completed its initial set.)", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=wire("HELLO", 0, small_hello),
+                  transmit=[server_hello_exp(1),
+                            X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY)],
+                  events=[E("Connected")], state="Open"),
+             step(0, command=C("add_tool", name="big", description="short"),
+                  transmit=[X("TOOL_DEF", 0, {"op": 0, "name": "big", "description": "short"},
+                              {"input_schema": "*", "annotations": "*"})]),
+             step(0, command=C("remove_tool", name="big"),
+                  transmit=[X("TOOL_DEF", 0, {"op": 2, "name": "big"}, TOOLDEF_MAY)])],
+            {"tools": [big, {"name": "echo"}]})
     session("server/reply-unknown-id", "§12.2", "A REPLY for a request id not in flight is "
             "ERROR(UNKNOWN_ID).", "server",
             op + [step(0, recv=wire("REPLY", 0x8005, {"status": 0}),
@@ -2587,6 +2637,24 @@ def build_client_sessions():
              step(0, recv=wire("COMPLETE", 1, {"status": 0}),
                   events=[E("Ended", id=1, outcome="complete", status=0)]),
              inv(2)], D)
+    # ---- found by fuzzing (fuzz/README.md, "Crashes found") ----
+    session("client/interrupt-reason-over-peer-max-frame-payload", "§3.6, §5.4", "The server "
+            "accepts payloads of at most 64 bytes; the application interrupts with a 100-byte "
+            "reason: the client still sends INTERRUPT, with the reason shortened or omitted so "
+            "that the frame fits. (Found by fuzzing: a 65-byte INTERRUPT the server rejected.)",
+            "client",
+            client_open(D, hello={**S_HELLO, "limits": {"max_frame_payload": 64}}) +
+            [inv(1, tool="wait"),
+             step(0, command=C("interrupt", id=1, reason="r" * 100),
+                  transmit=[X("INTERRUPT", 1, {}, {"reason": "*"})]),
+             step(0, recv=wire("COMPLETE", 1, {"status": 1}),
+                  events=[E("Ended", id=1, outcome="complete", status=1)])], D)
+    session("client/goaway-reason-over-limit", "§3.6, §5.12", "The application gives GOAWAY a "
+            "1500-byte reason: the client still sends GOAWAY, with the reason shortened to at "
+            "most 1024 bytes or omitted. (Found by fuzzing.)", "client",
+            op + [step(0, command=C("goaway", reason="r" * 1500, timeout_ms=5000),
+                       transmit=[X("GOAWAY", 0, {"timeout_ms": 5000}, {"reason": "*"})],
+                       events=[closed_ev("drained")], state="Closed", closed=True)], D)
     session("client/connection-code-nonzero-id", "§12.1", "The scope of an ERROR is decided "
             "by its code: PROTOCOL_VIOLATION (connection range) fails the session even when "
             "its id names an invocation, which ends.", "client",
@@ -2911,12 +2979,13 @@ COVERAGE = [
         "server/framing-text", "server/framing-truncated"]),
     ("§2.1", "subprotocol `asp-v1` offered and selected", ["(live mode: every live vector)"]),
     ("§2.2", "byte stream: frames in any chunking, skipped payloads keep the framing", [
-        "frames.json (Decoder, one byte at a time)", "rejections.json (byte-stream run)",
-        "sessions.json (byte-stream run of every non-websocket vector)"]),
+        "frames.json (Decoder, one byte at a time)",
+        "rejections.json (byte-stream runs: byte by byte, and each frame as one read)",
+        "sessions.json (both byte-stream runs of every non-websocket vector)"]),
     ("§3.1", "header layout, big-endian id and length", ["frames.json: all"]),
     ("§3.2", "header version ≠ 1 → UNSUPPORTED_VERSION, connection error", [
         "header/version-0", "header/version-2", "header/version-15", "order/version-first",
-        "server/handshake-unsupported-header-version"]),
+        "server/handshake-unsupported-header-version", "server/unsupported-version-open"]),
     ("§3.3", "every frame type 0x1–0xE encodes and decodes", [
         "hello/", "invoke/", "stream/", "interrupt/", "tool_def/", "complete/", "error/",
         "ping/", "pong/", "request/", "reply/", "credit/", "goaway/", "resume/"]),
@@ -3069,16 +3138,26 @@ COVERAGE = [
         "client/unknown-error-codes", "client/connection-code-nonzero-id"]),
     ("§9", "TOOL_DEF while draining", ["client/goaway-received"]),
     ("§6.6", "after close no frame is processed", ["client/close"]),
+    ("§3.6", "optional text is shortened or omitted so that ERROR, INTERRUPT and GOAWAY are "
+             "still sent, within the peer's max_frame_payload and the 1024-byte limit", [
+        "client/interrupt-reason-over-peer-max-frame-payload", "server/goaway-reason-over-limit",
+        "client/goaway-reason-over-limit"]),
+    ("§6.2", "initial tool set cut to the client's max_tools and max_frame_payload; a tool "
+             "left out is unknown to the client", [
+        "server/initial-tool-over-client-max-frame-payload",
+        "server/remove-tool-cut-from-initial-set"]),
 ]
 
 # Limits of §13 → vectors.
 LIMIT_COVERAGE = [
     ("max_frame_payload", ["header/too-large", "header/too-large-1k",
-                           "server/peer-max-frame-payload", "client/handshake-limits"]),
+                           "server/peer-max-frame-payload", "client/handshake-limits",
+                           "server/initial-tool-over-client-max-frame-payload",
+                           "client/interrupt-reason-over-peer-max-frame-payload"]),
     ("max_inflight", ["server/too-many-inflight", "server/too-many-inflight-default",
                       "server/request-max-inflight", "client/request-too-many-inflight"]),
     ("max_tools", ["client/too-many-tools", "client/too-many-tools-initial",
-                   "server/peer-max-tools"]),
+                   "server/peer-max-tools", "server/remove-tool-cut-from-initial-set"]),
     ("max_chunk", ["client/chunk-too-large", "server/chunk-limit"]),
     ("initial_window", ["client/flow-control", "client/credit-batching",
                         "server/flow-control-window"]),
@@ -3101,7 +3180,9 @@ NOT_COVERED = [
     ("§11.2", "server side of a successful resume (token lookup, replay to the client)",
      "needs the server application to route a RESUME to the detached session's connection; "
      "only the refusal is a vector"),
-    ("§13", "outgoing queue bound", "implementation-local, not visible on the wire"),
+    ("§13", "outgoing queue bound", "implementation-local, not visible on the wire (so the "
+            "one fuzzing crash of this kind, a stale overload flag, is a regression test in "
+            "`asp-proto/tests/fuzz_regressions.rs`, not a vector)"),
     ("§13", "the default rate limits (100 000 / 200 000 frames per second)", "a vector would "
             "need 200 001 frames; the rules are checked with small configured limits"),
     ("§3.5", "sequential id allocation, wrapping, skipping ids in flight", "SHOULD; the client "

@@ -19,6 +19,19 @@ pub enum Binding {
     Message,
     /// A byte stream, fed one byte at a time (`handle_bytes`, SPEC §2.2).
     Bytes,
+    /// A byte stream where each `recv` arrives as one read (`handle_bytes` with all of it):
+    /// whole frames, and several of them, in one call (a fuzzing crash lived only here).
+    Reads,
+}
+
+impl Binding {
+    /// Every binding, in the order the runner tries them.
+    pub const ALL: [Binding; 3] = [Binding::Message, Binding::Bytes, Binding::Reads];
+
+    /// Whether this binding is a byte stream (SPEC §2.2) rather than WebSocket messages.
+    pub fn is_stream(self) -> bool {
+        self != Binding::Message
+    }
 }
 
 impl Binding {
@@ -27,6 +40,7 @@ impl Binding {
         match self {
             Binding::Message => "websocket",
             Binding::Bytes => "byte-stream",
+            Binding::Reads => "byte-stream-reads",
         }
     }
 }
@@ -130,6 +144,10 @@ pub struct Harness {
     /// The connection.
     pub conn: Connection,
     binding: Binding,
+    /// The largest payload the peer (the vector) accepts: the SPEC §13 default until a HELLO
+    /// among the received bytes announces another. Everything the connection sends is decoded
+    /// against it, so a frame over the peer's limit (SPEC §3.6) fails the vector.
+    peer_max_payload: u32,
 }
 
 impl Harness {
@@ -167,17 +185,37 @@ impl Harness {
                 conn
             }
         };
-        Ok(Harness { conn, binding })
+        Ok(Harness {
+            conn,
+            binding,
+            peer_max_payload: asp_proto::Limits::default().max_frame_payload,
+        })
     }
 
     /// Received bytes: one message, or a byte stream fed byte by byte.
     pub fn feed(&mut self, now: Instant, data: &[u8]) {
+        self.note_peer_hello(data);
         match self.binding {
             Binding::Message => self.conn.handle_message(now, Bytes::copy_from_slice(data)),
             Binding::Bytes => {
                 for b in data {
                     self.conn.handle_bytes(now, Bytes::copy_from_slice(&[*b]));
                 }
+            }
+            Binding::Reads => self.conn.handle_bytes(now, Bytes::copy_from_slice(data)),
+        }
+    }
+
+    /// Records the `max_frame_payload` of a HELLO the peer sends (SPEC §6.4), read from the
+    /// vector's own bytes rather than asked of the implementation under test.
+    fn note_peer_hello(&mut self, data: &[u8]) {
+        let mut rest = Bytes::copy_from_slice(data);
+        while let Some(Ok(f)) = codec::decode_frame(&mut rest, u32::MAX) {
+            if let asp_proto::Frame::Hello(h) = f {
+                self.peer_max_payload = h
+                    .limits
+                    .max_frame_payload
+                    .unwrap_or(asp_proto::Limits::default().max_frame_payload);
             }
         }
     }
@@ -199,7 +237,7 @@ impl Harness {
             while self.conn.poll_transmit(&mut buf) > 0 {
                 any = true;
                 let mut msg = buf.split().freeze();
-                while let Some(r) = codec::decode_frame(&mut msg, u32::MAX) {
+                while let Some(r) = codec::decode_frame(&mut msg, self.peer_max_payload) {
                     match r {
                         Ok(f) => sent.push(Sent::of(&f)),
                         Err(e) => return Err(format!("sent an invalid frame: {e}")),

@@ -87,7 +87,7 @@ pub fn run(t: &Value, cx: &Context<'_>) -> Result<(), String> {
     let ping = hex::parse_plain("18 00 00 00 00 00 00 00")?;
     let pong = [json!({ "type": "PONG", "id": 0 })];
     for role in roles {
-        for binding in [Binding::Message, Binding::Bytes] {
+        for binding in Binding::ALL {
             let at = |what: &str| format!("{what} ({:?} receiver, {})", role, binding.name());
             let mut h = open(*role, &config, binding, cx)?;
             let now = Instant::from_millis(1);

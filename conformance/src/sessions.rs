@@ -13,12 +13,12 @@ use crate::hex::{self, Captures};
 use crate::matcher::{events_match, transmit_matches};
 use crate::model::{self, Obj};
 
-/// Runs one session vector in both bindings (only the WebSocket one for vectors marked
+/// Runs one session vector in every binding (only the WebSocket one for vectors marked
 /// `"binding": "websocket"`).
 pub fn run(t: &Value) -> Result<(), String> {
     let ws_only = t["binding"].as_str() == Some("websocket");
-    for binding in [Binding::Message, Binding::Bytes] {
-        if ws_only && binding == Binding::Bytes {
+    for binding in Binding::ALL {
+        if ws_only && binding.is_stream() {
             continue;
         }
         run_binding(t, binding).map_err(|e| format!("{e} [{}]", binding.name()))?;
