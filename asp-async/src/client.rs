@@ -1,5 +1,6 @@
 //! The client: connect, invoke tools, stream their output, mirror the tool set.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -331,6 +332,8 @@ impl<R: Runtime> Client<R> {
             id,
             shared: self.shared.clone(),
             done: false,
+            taken: VecDeque::new(),
+            consumed: 0,
         })
     }
 
@@ -446,6 +449,13 @@ pub struct Invocation {
     id: RequestId,
     shared: SharedRef,
     done: bool,
+    /// Chunks taken from the connection in one batch (everything that had arrived), handed
+    /// out without locking it again: one lock per batch rather than per chunk.
+    taken: VecDeque<StreamFrame>,
+    /// Bytes handed to the application and not yet credited back to the core (SPEC §7.5);
+    /// released at the next lock, which happens before this handle ever waits, so credit
+    /// never lags behind what the application has read when it asks for more.
+    consumed: usize,
 }
 
 impl std::fmt::Debug for Invocation {
@@ -470,10 +480,11 @@ impl Invocation {
 
     /// Waits for the end, discarding chunks not yet read.
     pub async fn completion(mut self) -> Result<Completion, Error> {
+        self.release_taken();
         let outcome = wait_outcome(&self.shared, self.id).await;
         self.done = true;
         match outcome {
-            Outcome::Complete(c) => Ok(c.into()),
+            Outcome::Complete(c) => Ok((*c).into()),
             Outcome::Error(e) => Err(Error::Remote(e)),
             Outcome::Lost(r) => Err(Error::Closed(r)),
             Outcome::Reply(_) => Err(Error::Closed(asp_proto::CloseReason::Local)),
@@ -485,26 +496,55 @@ impl Stream for Invocation {
     type Item = Chunk;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
-        let mut s = lock(&self.shared);
-        let id = self.id;
+        let this = self.get_mut();
+        if let Some(chunk) = this.taken.pop_front() {
+            this.consumed += chunk.data.len();
+            return Poll::Ready(Some(chunk.into()));
+        }
+        let id = this.id;
+        let mut s = lock(&this.shared);
+        let consumed = std::mem::take(&mut this.consumed);
         let Some(call) = s.calls.get_mut(&id.0) else {
             return Poll::Ready(None);
         };
-        if let Some(chunk) = call.chunks.pop_front() {
-            s.conn.release(id, chunk.data.len());
+        // Swap the queues: the connection keeps the (empty) allocation of ours.
+        std::mem::swap(&mut call.chunks, &mut this.taken);
+        let next = this.taken.pop_front();
+        let ended = call.outcome.is_some();
+        if next.is_none() && !ended {
+            call.waker = Some(cx.waker().clone());
+        }
+        if consumed > 0 {
+            s.conn.release(id, consumed);
             s.pump();
-            return Poll::Ready(Some(chunk.into()));
         }
-        if call.outcome.is_some() {
-            return Poll::Ready(None);
+        match next {
+            Some(chunk) => {
+                this.consumed += chunk.data.len();
+                Poll::Ready(Some(chunk.into()))
+            }
+            None if ended => Poll::Ready(None),
+            None => Poll::Pending,
         }
-        call.waker = Some(cx.waker().clone());
-        Poll::Pending
+    }
+}
+
+impl Invocation {
+    /// Credits back what was read and what was taken but not read.
+    fn release_taken(&mut self) {
+        let unread: usize = self.taken.drain(..).map(|c| c.data.len()).sum();
+        let n = std::mem::take(&mut self.consumed) + unread;
+        if n > 0 {
+            let mut s = lock(&self.shared);
+            s.conn.release(self.id, n);
+            s.pump();
+        }
     }
 }
 
 impl Drop for Invocation {
     fn drop(&mut self) {
+        self.release_taken();
         let mut s = lock(&self.shared);
         if let Some(call) = s.calls.remove(&self.id.0) {
             let unread: usize = call.chunks.iter().map(|c| c.data.len()).sum();

@@ -32,8 +32,8 @@ pub use error::Error;
 pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck};
 pub use server::{bearer_token, AuthHook, Server, ServerBuilder, ToolRegistry, UpgradePolicy};
 pub use tool::{
-    from_value, reply, to_value, Args, Handler, Output, RequestHandler, StreamError, Tool,
-    ToolContext, ToolError,
+    from_value, reply, to_value, Args, Handler, Output, RequestHandler, StreamError, StreamSend,
+    Tool, ToolContext, ToolError,
 };
 pub use tungstenite;
 

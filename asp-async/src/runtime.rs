@@ -115,8 +115,11 @@ pub(crate) struct Notify {
 
 impl Notify {
     pub(crate) fn notify(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.waker.wake();
+        // Already set: whoever set it woke the waiter (or the waiter has not parked since and
+        // will see the flag), so a second wake-up is only cost; pumps call this per chunk.
+        if !self.flag.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 
     pub(crate) fn notified(&self) -> Notified<'_> {

@@ -200,11 +200,11 @@ impl Shared {
                     }
                 }
                 self.session_epoch += 1;
-                self.session = Some(s);
+                self.session = Some(*s);
                 self.register_resumable();
                 wake_all(&mut self.state_wakers);
             }
-            Event::Invoked(inv) => self.start_handler(inv),
+            Event::Invoked(inv) => self.start_handler(*inv),
             Event::Interrupted { id, .. } => self.cancel(id, Cancel::Interrupted),
             Event::Aborted { id, error } => {
                 tracing::debug!(parent: &self.span, id = id.0, code = %error.code, "exchange aborted");
@@ -230,11 +230,11 @@ impl Shared {
                         w.queue.pop_front();
                         w.lagged = true;
                     }
-                    w.queue.push_back(change.clone());
+                    w.queue.push_back((*change).clone());
                     wake(&mut w.waker);
                 }
             }
-            Event::Requested(req) => self.start_request_handler(req),
+            Event::Requested(req) => self.start_request_handler(*req),
             Event::Writable { id } => {
                 if let Some(s) = self.served.get_mut(&id.0) {
                     wake(&mut s.writable_waker);

@@ -275,81 +275,17 @@ impl ToolContext {
         self.stream(data, false, false).await
     }
 
-    /// Streams a chunk, `fin` marking the last one (SPEC §5.3).
-    pub async fn stream(&self, mut data: Bytes, text: bool, fin: bool) -> Result<(), StreamError> {
-        let mut max = self.max_chunk();
-        loop {
-            let cut = if data.len() > max {
-                if text {
-                    // Split text on a character boundary.
-                    (1..=max)
-                        .rev()
-                        .find(|i| std::str::from_utf8(&data[..*i]).is_ok())
-                        .unwrap_or(max)
-                } else {
-                    max
-                }
-            } else {
-                data.len()
-            };
-            let last = cut == data.len();
-            match self.send_piece(data.slice(..cut), text, fin && last).await {
-                Ok(()) => {}
-                // The core also fits the whole STREAM frame into the client's
-                // `max_frame_payload`, which `max_chunk` does not account for; a client
-                // with a small frame limit made every larger chunk fail. Split to the
-                // core's limit instead.
-                Err(StreamError::Invalid(SendError::TooLarge { max: m, .. }))
-                    if m > 0 && m < cut =>
-                {
-                    max = m;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            if last {
-                return Ok(());
-            }
-            data = data.split_off(cut);
+    /// Streams a chunk, `fin` marking the last one (SPEC §5.3). Data longer than the
+    /// client accepts per chunk is split (text on a character boundary); the future waits
+    /// while the flow-control window or the send queue is full.
+    pub fn stream(&self, data: Bytes, text: bool, fin: bool) -> StreamSend<'_> {
+        StreamSend {
+            ctx: self,
+            max: self.max_chunk,
+            data,
+            text,
+            fin,
         }
-    }
-
-    fn max_chunk(&self) -> usize {
-        self.max_chunk
-    }
-
-    async fn send_piece(&self, piece: Bytes, text: bool, fin: bool) -> Result<(), StreamError> {
-        let mut piece = Some(piece);
-        poll_fn(|cx| {
-            let Some(shared) = self.shared.upgrade() else {
-                return Poll::Ready(Err(StreamError::Cancelled));
-            };
-            let mut s = lock(&shared);
-            if s.served.get(&self.id.0).is_none_or(|x| x.cancel.is_some()) {
-                return Poll::Ready(Err(StreamError::Cancelled));
-            }
-            let Some(data) = piece.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            match s.conn.stream(self.id, data.clone(), text, fin) {
-                Ok(()) => {
-                    s.pump();
-                    Poll::Ready(Ok(()))
-                }
-                Err(SendError::Full) => {
-                    piece = Some(data);
-                    if let Some(x) = s.served.get_mut(&self.id.0) {
-                        x.writable_waker = Some(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-                Err(SendError::NotInFlight | SendError::Closed) => {
-                    Poll::Ready(Err(StreamError::Cancelled))
-                }
-                Err(e) => Poll::Ready(Err(StreamError::Invalid(e))),
-            }
-        })
-        .await
     }
 
     /// Has the invocation been interrupted or ended by the protocol?
@@ -414,6 +350,99 @@ impl ToolContext {
 /// Runs a handler for one invocation and ends it: COMPLETE or ERROR from the handler's
 /// result, COMPLETE(cancelled) when interrupted (the handler future is dropped), nothing when
 /// the protocol already ended it. A panicking handler gives ERROR(INTERNAL).
+/// The future of [`ToolContext::stream`]: a plain struct rather than an `async fn`, because
+/// a token stream creates one per chunk and the state machine of the nested `async fn`s it
+/// replaced was several times larger (moved on every call).
+#[must_use = "futures do nothing unless polled"]
+pub struct StreamSend<'a> {
+    ctx: &'a ToolContext,
+    /// Largest piece: the client's `max_chunk`, lowered if the core reports a smaller frame
+    /// limit.
+    max: usize,
+    /// What is still to be sent.
+    data: Bytes,
+    text: bool,
+    fin: bool,
+}
+
+impl std::fmt::Debug for StreamSend<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StreamSend({:?}, {} bytes)",
+            self.ctx.id,
+            self.data.len()
+        )
+    }
+}
+
+impl Future for StreamSend<'_> {
+    type Output = Result<(), StreamError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let id = this.ctx.id;
+        let Some(shared) = this.ctx.shared.upgrade() else {
+            return Poll::Ready(Err(StreamError::Cancelled));
+        };
+        let mut s = lock(&shared);
+        loop {
+            if s.served.get(&id.0).is_none_or(|x| x.cancel.is_some()) {
+                return Poll::Ready(Err(StreamError::Cancelled));
+            }
+            let cut = piece_len(&this.data, this.max, this.text);
+            let last = cut == this.data.len();
+            let piece = if last {
+                this.data.clone()
+            } else {
+                this.data.slice(..cut)
+            };
+            match s.conn.stream(id, piece, this.text, this.fin && last) {
+                Ok(()) => {
+                    if last {
+                        s.pump();
+                        return Poll::Ready(Ok(()));
+                    }
+                    bytes::Buf::advance(&mut this.data, cut);
+                }
+                Err(SendError::Full) => {
+                    // What was queued so far must reach the writer before we wait.
+                    s.pump();
+                    if let Some(x) = s.served.get_mut(&id.0) {
+                        x.writable_waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                // The core also fits the whole STREAM frame into the client's
+                // `max_frame_payload`, which `max_chunk` does not account for; a client with
+                // a small frame limit made every larger chunk fail. Split to the core's
+                // limit instead.
+                Err(SendError::TooLarge { max: m, .. }) if m > 0 && m < cut => this.max = m,
+                Err(SendError::NotInFlight | SendError::Closed) => {
+                    return Poll::Ready(Err(StreamError::Cancelled));
+                }
+                Err(e) => return Poll::Ready(Err(StreamError::Invalid(e))),
+            }
+        }
+    }
+}
+
+/// How much of `data` the next STREAM carries: all of it if it fits `max`, else `max`
+/// bytes, for text cut back to a character boundary.
+fn piece_len(data: &[u8], max: usize, text: bool) -> usize {
+    if data.len() <= max {
+        return data.len();
+    }
+    if text {
+        // Back off to the start of the character at `max` (UTF-8 continuation bytes are
+        // 0b10xxxxxx); data that is not UTF-8 after all is cut at `max` and the core refuses it.
+        let start = (1..=max).rev().find(|&i| data[i] & 0xC0 != 0x80);
+        start.unwrap_or(max)
+    } else {
+        max
+    }
+}
+
 pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, inv: Invoke) {
     let max_chunk = shared
         .upgrade()
@@ -512,5 +541,34 @@ pub fn reply(req: &Request, status: ReplyStatus, body: Option<RawValue>) -> Repl
         id: req.id,
         status,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::piece_len;
+
+    #[test]
+    fn pieces_fit_and_text_splits_on_character_boundaries() {
+        assert_eq!(piece_len(b"abc", 3, true), 3);
+        assert_eq!(piece_len(b"abcdef", 4, false), 4);
+        // "aé€" = 61 | c3 a9 | e2 82 ac: a cut at 2 or 4 would split a character.
+        let s = "aé€".as_bytes();
+        assert_eq!(piece_len(s, 2, true), 1);
+        assert_eq!(piece_len(s, 3, true), 3);
+        assert_eq!(piece_len(s, 4, true), 3);
+        assert_eq!(piece_len(s, 5, true), 3);
+        assert_eq!(piece_len(s, 4, false), 4);
+        // Every cut of a long text is a prefix that is valid UTF-8.
+        let long = "日本語のテキスト、ascii, and ünïcödé ".repeat(20);
+        for max in 4..40 {
+            let mut rest = long.as_bytes();
+            while !rest.is_empty() {
+                let n = piece_len(rest, max, true);
+                assert!(n > 0 && n <= max.max(1));
+                assert!(std::str::from_utf8(&rest[..n]).is_ok(), "max {max}");
+                rest = &rest[n..];
+            }
+        }
     }
 }

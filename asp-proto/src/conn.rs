@@ -139,6 +139,9 @@ pub struct Connection {
     exchanges: BTreeMap<u16, Exchange>,
     invocations: usize,
     requests: usize,
+    /// Exchanges in flight with a deadline (SPEC §7.4): `poll_timeout` runs on every pump
+    /// of every adapter, so it skips the scan when there are none (the common case).
+    with_deadline: usize,
     next_id: u16,
 
     /// Server: the registry; client: the mirror (SPEC §9).
@@ -187,6 +190,7 @@ impl Connection {
             exchanges: BTreeMap::new(),
             invocations: 0,
             requests: 0,
+            with_deadline: 0,
             next_id: 0,
             tools: BTreeMap::new(),
             unannounced: std::collections::BTreeSet::new(),
@@ -425,12 +429,15 @@ impl Connection {
             }
         }
         // SPEC §7.4: deadlines of invocations we serve.
-        let expired: Vec<u16> = self
-            .exchanges
-            .iter()
-            .filter(|(_, e)| e.deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<u16> = if self.with_deadline == 0 {
+            Vec::new()
+        } else {
+            self.exchanges
+                .iter()
+                .filter(|(_, e)| e.deadline.is_some_and(|d| now >= d))
+                .map(|(id, _)| *id)
+                .collect()
+        };
         for id in expired {
             let err = error_frame(
                 RequestId(id),
@@ -577,8 +584,10 @@ impl Connection {
             min(Some(self.last_recv + h * (self.pings_sent + 1)));
             min(Some(self.last_recv + h * 3));
         }
-        for e in self.exchanges.values() {
-            min(e.deadline);
+        if self.with_deadline > 0 {
+            for e in self.exchanges.values() {
+                min(e.deadline);
+            }
         }
         min(self.drain_deadline);
         t
@@ -1200,7 +1209,7 @@ impl Connection {
                 if self.take_initiated(c.id, Kind::Invocation) {
                     self.emit(Event::Ended {
                         id: c.id,
-                        outcome: Outcome::Complete(c),
+                        outcome: Outcome::Complete(Box::new(c)),
                     });
                     self.check_drained();
                 } else {
@@ -1378,7 +1387,7 @@ impl Connection {
     fn maybe_connected(&mut self) {
         if self.initial_tools == 0 {
             if let Some(s) = self.session.clone() {
-                self.emit(Event::Connected(s));
+                self.emit(Event::Connected(Box::new(s)));
             }
         }
     }
@@ -1440,7 +1449,7 @@ impl Connection {
             e.deadline = Some(self.now + Duration::from_millis(u64::from(i.deadline_ms)));
         }
         self.insert(id, e);
-        self.emit(Event::Invoked(i));
+        self.emit(Event::Invoked(Box::new(i)));
     }
 
     fn on_stream(&mut self, s: Stream) {
@@ -1509,7 +1518,7 @@ impl Connection {
                     ToolChange::Removed(t.name)
                 }
             };
-            self.emit(Event::ToolsChanged(change));
+            self.emit(Event::ToolsChanged(Box::new(change)));
         }
         if self.initial_tools > 0 {
             self.initial_tools -= 1;
@@ -1592,7 +1601,7 @@ impl Connection {
         }
         let id = r.id;
         self.insert(id, Exchange::new(Kind::Request, 0));
-        self.emit(Event::Requested(r));
+        self.emit(Event::Requested(Box::new(r)));
     }
 
     // ───────────────────────── helpers ─────────────────────────
@@ -1703,7 +1712,15 @@ impl Connection {
             Kind::Invocation => self.invocations += 1,
             Kind::Request => self.requests += 1,
         }
-        self.exchanges.insert(id.0, e);
+        self.with_deadline += usize::from(e.deadline.is_some());
+        if let Some(old) = self.exchanges.insert(id.0, e) {
+            // Not reached (callers check for duplicates first), but keep the counts exact.
+            match old.kind {
+                Kind::Invocation => self.invocations -= 1,
+                Kind::Request => self.requests -= 1,
+            }
+            self.with_deadline -= usize::from(old.deadline.is_some());
+        }
     }
 
     fn remove(&mut self, id: u16) {
@@ -1712,6 +1729,7 @@ impl Connection {
                 Kind::Invocation => self.invocations -= 1,
                 Kind::Request => self.requests -= 1,
             }
+            self.with_deadline -= usize::from(e.deadline.is_some());
         }
     }
 

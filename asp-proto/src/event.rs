@@ -28,8 +28,9 @@ pub struct Session {
 /// How an exchange we initiated ended (client: an invocation; server: a request).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// COMPLETE received (invocations).
-    Complete(Complete),
+    /// COMPLETE received (invocations). Boxed, as are the other large, once-per-exchange
+    /// payloads of [`Event`], so that the per-chunk event stays small to move.
+    Complete(Box<Complete>),
     /// REPLY received (requests).
     Reply(Reply),
     /// ERROR received, or sent by us because the peer broke a rule for this id.
@@ -54,9 +55,9 @@ pub enum ToolChange {
 #[non_exhaustive]
 pub enum Event {
     /// The handshake finished; for a client, the initial tool set has arrived too.
-    Connected(Session),
+    Connected(Box<Session>),
     /// Server: a new invocation to run. End it with `complete` or `fail`.
-    Invoked(Invoke),
+    Invoked(Box<Invoke>),
     /// Server: the client interrupted an invocation; client: the server interrupted a
     /// request. Either way the exchange must still be ended (SPEC §7.3).
     Interrupted {
@@ -84,9 +85,9 @@ pub enum Event {
         outcome: Outcome,
     },
     /// Client: the tool set changed.
-    ToolsChanged(ToolChange),
+    ToolsChanged(Box<ToolChange>),
     /// Client: the server asks a question. Answer with `reply`.
-    Requested(Request),
+    Requested(Box<Request>),
     /// Server: `stream` for this invocation may succeed again after `Full`.
     Writable {
         /// The invocation.

@@ -67,7 +67,7 @@ fn handshake_negotiates_the_session() {
     assert!(ss.peer_capabilities.iter().any(|c| c == "requests"));
     assert_eq!(p.client.state(), State::Open);
     assert_eq!(p.server.state(), State::Open);
-    assert_eq!(p.client.session(), Some(&cs));
+    assert_eq!(p.client.session(), Some(&*cs));
 
     // The wire: exactly one HELLO each way; the server's names the version and the id.
     let c = p.wire(Side::Client);
@@ -417,12 +417,12 @@ fn invocation_streams_and_completes() {
         ev[3],
         Event::Ended {
             id,
-            outcome: Outcome::Complete(Complete {
+            outcome: Outcome::Complete(Box::new(Complete {
                 id,
                 status: Status::Ok,
                 result: Some(result),
                 metrics: metrics(),
-            })
+            }))
         }
     );
     assert_eq!(p.client.in_flight(), 0);

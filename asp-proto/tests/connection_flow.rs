@@ -341,12 +341,12 @@ fn request_and_reply() {
     let ev = p.take_events(Side::Client);
     assert_eq!(
         ev,
-        [Event::Requested(Request {
+        [Event::Requested(Box::new(Request {
             id: r,
             kind: "confirm".into(),
             body: Some(body),
             invocation: Some(ids[0]),
-        })]
+        }))]
     );
     let answer = RawValue::string("yes");
     p.client
@@ -556,7 +556,9 @@ fn tool_changes_after_connect() {
     p.drive();
     assert_eq!(
         p.take_events(Side::Client),
-        [Event::ToolsChanged(ToolChange::Added(echo.clone()))]
+        [Event::ToolsChanged(Box::new(ToolChange::Added(
+            echo.clone()
+        )))]
     );
     // Adding a known name is an update.
     let echo2 = ToolDef {
@@ -568,10 +570,12 @@ fn tool_changes_after_connect() {
     p.drive();
     assert_eq!(
         p.take_events(Side::Client),
-        [Event::ToolsChanged(ToolChange::Updated(ToolDef {
-            op: ToolOp::Update,
-            ..echo2.clone()
-        }))]
+        [Event::ToolsChanged(Box::new(ToolChange::Updated(
+            ToolDef {
+                op: ToolOp::Update,
+                ..echo2.clone()
+            }
+        )))]
     );
     assert_eq!(
         p.client.tools().next().map(|t| &t.description),
@@ -582,7 +586,9 @@ fn tool_changes_after_connect() {
     p.drive();
     assert_eq!(
         p.take_events(Side::Client),
-        [Event::ToolsChanged(ToolChange::Removed("echo".into()))]
+        [Event::ToolsChanged(Box::new(ToolChange::Removed(
+            "echo".into()
+        )))]
     );
     assert_eq!(p.client.tools().count(), 0);
     let w = p.wire(Side::Server);

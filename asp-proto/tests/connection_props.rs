@@ -686,7 +686,7 @@ fn outcome_matches(
         Outcome::Complete(c) => {
             let sent = theirs
                 .iter()
-                .any(|f| matches!(f, Frame::Complete(x) if x == c));
+                .any(|f| matches!(f, Frame::Complete(x) if x == &**c));
             prop_assert!(sent, "{:?}: {:?} was never sent", side, c);
         }
         Outcome::Reply(r) => {

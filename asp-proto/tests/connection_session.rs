@@ -666,12 +666,12 @@ fn resume_mid_stream_loses_and_duplicates_nothing() {
             ended(&cev),
             [(
                 id,
-                Outcome::Complete(asp_proto::frame::Complete {
+                Outcome::Complete(Box::new(asp_proto::frame::Complete {
                     id,
                     status: Status::Ok,
                     result: None,
                     metrics: Metrics::default()
-                })
+                }))
             )]
         );
         assert!(

@@ -615,11 +615,11 @@ pub fn event_json(ev: &Event) -> Option<Value> {
             }
             "Ended"
         }
-        Event::ToolsChanged(c) => match c {
+        Event::ToolsChanged(c) => match &**c {
             ToolChange::Added(d) | ToolChange::Updated(d) => {
                 put("name", text(&d.name));
                 put("description", text(&d.description));
-                if matches!(c, ToolChange::Added(_)) {
+                if matches!(**c, ToolChange::Added(_)) {
                     "ToolAdded"
                 } else {
                     "ToolUpdated"
