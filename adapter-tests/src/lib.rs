@@ -994,9 +994,14 @@ pub async fn handler_panic<S: Runtime, C: Runtime>(srv: S, cli: C) {
         }
         Output::value("unreachable")
     });
+    // Panics in the handler function itself, before it returns a future.
+    fn boom_now(_ctx: ToolContext, _args: Args) -> std::future::Ready<Result<Output, ToolError>> {
+        panic!("handler function panic (expected by the test)")
+    }
     let server = start(
         ServerBuilder::new(srv)
             .tool(boom)
+            .tool(Tool::new("boom_now", boom_now))
             .tool(gated_tool("slow", started_tx, gate.clone()))
             .tool(greet_tool()),
     )
@@ -1025,6 +1030,9 @@ pub async fn handler_panic<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let again = client.invoke("boom", &()).expect("invoke");
     assert_eq!(remote_code(again.completion().await), ErrorCode::INTERNAL);
     greet_ok(&client, "after second panic").await;
+    let sync = client.invoke("boom_now", &()).expect("invoke");
+    assert_eq!(remote_code(sync.completion().await), ErrorCode::INTERNAL);
+    greet_ok(&client, "after a panicking handler function").await;
     finish(client, server).await;
 }
 

@@ -38,7 +38,7 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use tungstenite::Message;
 
 use crate::runtime::{BoxFuture, Clock, Notify, Runtime};
-use crate::shared::{lock, SharedRef};
+use crate::shared::{lock, Shared, SharedRef};
 
 /// After the connection has closed: how long the writer may take to hand over the last
 /// frames and the WebSocket close, and how long the reader keeps reading for the peer's
@@ -119,6 +119,46 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
     })
 }
 
+/// The handlers the message just read started, with the spawner for those that wait.
+type Starts = Option<(
+    Vec<BoxFuture<'static, ()>>,
+    Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
+)>;
+
+fn take_starts(s: &mut Shared) -> Starts {
+    s.collect_starts = false;
+    if s.starts.is_empty() {
+        return None;
+    }
+    Some((std::mem::take(&mut s.starts), s.spawn.clone()))
+}
+
+/// Polls each newly started handler once, here on the reader, and spawns those that are not
+/// done. A handler that answers at once (an echo, a lookup in memory) then completes without
+/// a task of its own: on a multi-thread runtime, spawning it woke the other worker, which
+/// stole it, and the round trip paid for two cross-thread wake-ups. A handler that waits is
+/// spawned after its first poll; its first poll used a no-op waker, but a spawned task is
+/// polled again at once and every future registers the waker of its latest poll, so no
+/// wake-up is lost. The cost: the handler's code up to its first `.await` runs on the reader
+/// (do long synchronous work after an `.await`, or in `spawn_blocking`).
+fn start_inline(starts: Starts) {
+    let Some((starts, spawn)) = starts else {
+        return;
+    };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for mut fut in starts {
+        // The handler's own panics are caught inside `run_handler` (and become INTERNAL);
+        // this catches one from a handler function that panics before returning its
+        // future, which must not take the reader down (as a spawned task it only ended
+        // that task).
+        let poll =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        if matches!(poll, Ok(Poll::Pending)) {
+            spawn(fut);
+        }
+    }
+}
+
 /// What the reader hands back when its WebSocket moves to another session: the stream half,
 /// that session and the generation of its new transport.
 type Handoff<S> = (SplitStream<S>, SharedRef, u64);
@@ -155,6 +195,7 @@ where
             return None;
         }
         let now = s.now();
+        s.collect_starts = true;
         match msg {
             Some(Ok(Message::Binary(b))) => s.conn.handle_message(now, b),
             Some(Ok(Message::Text(_))) => s.conn.handle_text_message(now),
@@ -171,14 +212,22 @@ where
                 s.conn.handle_transport_closed(now);
                 s.pump();
                 s.notify.notify();
+                let starts = take_starts(&mut s);
+                drop(s);
+                start_inline(starts);
                 return None;
             }
         }
         s.pump();
-        if let Some((target, target_gen)) = s.handoff.take() {
+        let starts = take_starts(&mut s);
+        let handoff = s.handoff.take();
+        let closed = s.conn.is_closed();
+        drop(s);
+        start_inline(starts);
+        if let Some((target, target_gen)) = handoff {
             return Some((stream, target, target_gen));
         }
-        if s.conn.is_closed() {
+        if closed {
             break;
         }
     }

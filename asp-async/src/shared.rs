@@ -112,6 +112,11 @@ pub(crate) struct Shared {
     pub(crate) handoff: Option<(SharedRef, u64)>,
     /// Server: the token this session is registered under in the resume table.
     resume_registered: Option<bytes::Bytes>,
+    /// Set by the reader while it handles a message: handlers started meanwhile are
+    /// collected in `starts` rather than spawned, and the reader polls each once itself
+    /// after releasing the lock (see `driver::start_inline`).
+    pub(crate) collect_starts: bool,
+    pub(crate) starts: Vec<BoxFuture<'static, ()>>,
     /// Client: counts sessions (a refused resume starts a new one); request handlers of an
     /// old session must not answer the new session's requests, whose ids start over.
     pub(crate) session_epoch: u64,
@@ -146,6 +151,8 @@ impl Shared {
                 generation: 0,
                 handoff: None,
                 resume_registered: None,
+                collect_starts: false,
+                starts: Vec::new(),
                 session_epoch: 0,
             })
         })
@@ -397,7 +404,7 @@ impl Shared {
         let span =
             tracing::info_span!(parent: &self.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
         let fut = run_handler(self.me.clone(), tool, inv);
-        (self.spawn)(Box::pin(fut.instrument(span)));
+        self.start(Box::pin(fut.instrument(span)));
     }
 
     fn start_request_handler(&mut self, req: Request) {
@@ -434,7 +441,16 @@ impl Shared {
                 s.pump();
             }
         };
-        (self.spawn)(Box::pin(fut));
+        self.start(Box::pin(fut));
+    }
+
+    /// Starts a handler task: spawned, or collected for the reader (`collect_starts`).
+    fn start(&mut self, fut: BoxFuture<'static, ()>) {
+        if self.collect_starts {
+            self.starts.push(fut);
+        } else {
+            (self.spawn)(fut);
+        }
     }
 
     /// Registers a tool-change subscriber.

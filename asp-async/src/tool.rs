@@ -154,6 +154,12 @@ impl std::fmt::Debug for Tool {
 
 impl Tool {
     /// A tool named `name` run by `handler`.
+    ///
+    /// Each invocation runs the handler's future as a task of its own, except that its first
+    /// poll happens on the connection's reader, so a handler that answers without waiting
+    /// needs no task at all. Code before the handler's first `.await` that does not wait
+    /// therefore delays the connection's other frames: put long synchronous work after an
+    /// `.await` or in the runtime's blocking pool.
     pub fn new(name: impl Into<String>, handler: impl Handler) -> Tool {
         Tool {
             def: ToolDef {
@@ -466,8 +472,18 @@ pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, in
         max_chunk,
         shared: shared.clone(),
     };
-    let work =
-        std::panic::AssertUnwindSafe(tool.handler.call(ctx.clone(), Args(inv.args))).catch_unwind();
+    // A handler function may also panic before it returns its future; that is the same
+    // failure (INTERNAL), and must not unwind into whoever polls this (the reader, for the
+    // first poll: `driver::start_inline`).
+    let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tool.handler.call(ctx.clone(), Args(inv.args))
+    }));
+    let work = async move {
+        match call {
+            Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+            Err(panic) => Err(panic),
+        }
+    };
     let cancel = ctx.cancel_cause();
     let result = match select(Box::pin(work), Box::pin(cancel)).await {
         Either::Left((r, _)) => Some(r),
