@@ -194,6 +194,18 @@ impl Shared {
         }
     }
 
+    /// [`Shared::pump`] after a command that only queued frames (`stream`): such a command
+    /// cannot make the core want an earlier timeout, so the timer comparison, which is most
+    /// of a pump's cost on the per-chunk path, is skipped.
+    pub(crate) fn pump_sent(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            self.dispatch(ev);
+        }
+        if self.conn.wants_transmit() || self.conn.is_closed() {
+            self.notify.notify();
+        }
+    }
+
     fn dispatch(&mut self, ev: Event) {
         match ev {
             Event::Connected(s) => {

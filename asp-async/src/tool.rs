@@ -406,14 +406,14 @@ impl Future for StreamSend<'_> {
             match s.conn.stream(id, piece, this.text, this.fin && last) {
                 Ok(()) => {
                     if last {
-                        s.pump();
+                        s.pump_sent();
                         return Poll::Ready(Ok(()));
                     }
                     bytes::Buf::advance(&mut this.data, cut);
                 }
                 Err(SendError::Full) => {
                     // What was queued so far must reach the writer before we wait.
-                    s.pump();
+                    s.pump_sent();
                     if let Some(x) = s.served.get_mut(&id.0) {
                         x.writable_waker = Some(cx.waker().clone());
                     }

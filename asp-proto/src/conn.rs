@@ -581,8 +581,16 @@ impl Connection {
             State::Open | State::Draining => {}
         }
         if let Some(h) = self.heartbeat.filter(|_| self.is_open()) {
-            min(Some(self.last_recv + h * (self.pings_sent + 1)));
-            min(Some(self.last_recv + h * 3));
+            // The next PING is due one interval after the last input plus one per PING
+            // already sent, and the peer is dead after three (SPEC §6.7): the earlier of the
+            // two, in integer microseconds (this runs on every adapter pump).
+            let h = u64::try_from(h.as_micros()).unwrap_or(u64::MAX);
+            let n = u64::from(self.pings_sent.saturating_add(1).min(3));
+            let due = self
+                .last_recv
+                .as_micros()
+                .saturating_add(h.saturating_mul(n));
+            min(Some(Instant::from_micros(due)));
         }
         if self.with_deadline > 0 {
             for e in self.exchanges.values() {
