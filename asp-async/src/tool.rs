@@ -291,6 +291,7 @@ impl ToolContext {
             data,
             text,
             fin,
+            done: false,
         }
     }
 
@@ -369,6 +370,8 @@ pub struct StreamSend<'a> {
     data: Bytes,
     text: bool,
     fin: bool,
+    /// Everything was queued: polling again must not send it twice.
+    done: bool,
 }
 
 impl std::fmt::Debug for StreamSend<'_> {
@@ -387,6 +390,9 @@ impl Future for StreamSend<'_> {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(()));
+        }
         let id = this.ctx.id;
         let Some(shared) = this.ctx.shared.upgrade() else {
             return Poll::Ready(Err(StreamError::Cancelled));
@@ -406,6 +412,7 @@ impl Future for StreamSend<'_> {
             match s.conn.stream(id, piece, this.text, this.fin && last) {
                 Ok(()) => {
                     if last {
+                        this.done = true;
                         s.pump_sent();
                         return Poll::Ready(Ok(()));
                     }
