@@ -68,6 +68,7 @@ macro_rules! for_each_scenario {
             graceful_shutdown,
             shutdown_timeout,
             handler_panic,
+            stream_from_spawned_task,
             flow_control,
             small_frame_limit,
             small_window_large_writes,
@@ -1033,6 +1034,42 @@ pub async fn handler_panic<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let sync = client.invoke("boom_now", &()).expect("invoke");
     assert_eq!(remote_code(sync.completion().await), ErrorCode::INTERNAL);
     greet_ok(&client, "after a panicking handler function").await;
+    finish(client, server).await;
+}
+
+/// The server coalesces a handler's chunks until its poll ends; chunks streamed from a task
+/// the handler spawned (with a clone of its context) must still go out at once, while the
+/// handler itself waits: here it waits for the client to have read them.
+pub async fn stream_from_spawned_task<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let gate = Gate::new();
+    let rt = srv.clone();
+    let g = gate.clone();
+    let tool = Tool::new("side", move |ctx: ToolContext, _args: Args| {
+        let rt = rt.clone();
+        let gate = g.clone();
+        async move {
+            let side = ctx.clone();
+            rt.spawn(Box::pin(async move {
+                for word in ["one ", "two ", "three"] {
+                    let _ = side.stream_text(word).await;
+                }
+            }));
+            gate.wait().await;
+            Output::value("done")
+        }
+    });
+    let server = start(ServerBuilder::new(srv).tool(tool)).await;
+    let client = connect(&cli, &server.url()).await;
+    let mut inv = client.invoke("side", &()).expect("invoke");
+    let mut text = String::new();
+    while text.len() < "one two three".len() {
+        let chunk = inv.next().await.expect("a chunk while the handler waits");
+        text.push_str(chunk.as_str().expect("text"));
+    }
+    assert_eq!(text, "one two three");
+    gate.open();
+    let done = inv.completion().await.expect("completes");
+    assert_eq!(done.status, Status::Ok);
     finish(client, server).await;
 }
 
