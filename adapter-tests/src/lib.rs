@@ -1037,9 +1037,8 @@ pub async fn handler_panic<S: Runtime, C: Runtime>(srv: S, cli: C) {
     finish(client, server).await;
 }
 
-/// The server coalesces a handler's chunks until its poll ends; chunks streamed from a task
-/// the handler spawned (with a clone of its context) must still go out at once, while the
-/// handler itself waits: here it waits for the client to have read them.
+/// Chunks streamed from a task the handler spawned (with a clone of its context) go out at
+/// once, while the handler itself waits: here it waits for the client to have read them.
 pub async fn stream_from_spawned_task<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let gate = Gate::new();
     let rt = srv.clone();

@@ -52,9 +52,6 @@ pub(crate) struct Served {
     pub(crate) cancel_waker: Option<Waker>,
     pub(crate) writable_waker: Option<Waker>,
     pub(crate) started: Option<asp_proto::Instant>,
-    /// The handler's future is being polled (`tool::run_handler`): chunks it streams now
-    /// need not wake the writer one by one, since the poll's end does (write coalescing).
-    pub(crate) in_poll: bool,
 }
 
 /// A subscriber to tool-set changes.
@@ -209,8 +206,7 @@ impl Shared {
         }
     }
 
-    /// Routes one core event to whoever waits for it.
-    pub(crate) fn dispatch(&mut self, ev: Event) {
+    fn dispatch(&mut self, ev: Event) {
         match ev {
             Event::Connected(s) => {
                 if self.session.is_some() {

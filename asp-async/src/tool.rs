@@ -413,20 +413,7 @@ impl Future for StreamSend<'_> {
                 Ok(()) => {
                     if last {
                         this.done = true;
-                        // Inside the handler's poll, the writer is woken when the poll ends
-                        // (`run_handler`), or once a writer's batch has piled up, so that a
-                        // handler with many chunks ready sends them in few messages rather
-                        // than waking the writer (on a multi-thread runtime: another thread)
-                        // for every chunk. Anywhere else (a task the handler spawned), now.
-                        let coalesce = s.served.get(&id.0).is_some_and(|x| x.in_poll)
-                            && s.conn.queued_bytes() < COALESCE_BYTES;
-                        if coalesce {
-                            while let Some(ev) = s.conn.poll_event() {
-                                s.dispatch(ev);
-                            }
-                        } else {
-                            s.pump_sent();
-                        }
+                        s.pump_sent();
                         return Poll::Ready(Ok(()));
                     }
                     bytes::Buf::advance(&mut this.data, cut);
@@ -452,10 +439,6 @@ impl Future for StreamSend<'_> {
         }
     }
 }
-
-/// Queued bytes past which a handler's chunks wake the writer before its poll ends: about
-/// one writer batch, which bounds the delay coalescing adds to a burst's first chunk.
-const COALESCE_BYTES: usize = 16 << 10;
 
 /// How much of `data` the next STREAM carries: all of it if it fits `max`, else `max`
 /// bytes, for text cut back to a character boundary.
@@ -508,28 +491,6 @@ pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, in
             Err(panic) => Err(panic),
         }
     };
-    let mut work = Box::pin(work);
-    let poll_shared = shared.clone();
-    let id = inv.id;
-    // Marks the handler's polls (see `StreamSend`) and wakes the writer after each one if
-    // the handler queued anything.
-    let work = poll_fn(move |cx| {
-        let mark = |on: bool| {
-            let shared = poll_shared.upgrade()?;
-            let mut s = lock(&shared);
-            if let Some(x) = s.served.get_mut(&id.0) {
-                x.in_poll = on;
-            }
-            if !on {
-                s.pump_sent();
-            }
-            Some(())
-        };
-        mark(true);
-        let r = work.as_mut().poll(cx);
-        mark(false);
-        r
-    });
     let cancel = ctx.cancel_cause();
     let result = match select(Box::pin(work), Box::pin(cancel)).await {
         Either::Left((r, _)) => Some(r),
