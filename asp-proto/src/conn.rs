@@ -1722,7 +1722,7 @@ impl Connection {
         }
         self.with_deadline += usize::from(e.deadline.is_some());
         if let Some(old) = self.exchanges.insert(id.0, e) {
-            // Not reached (callers check for duplicates first), but keep the counts exact.
+            // Keeps the counts exact should an id in flight ever be inserted again.
             match old.kind {
                 Kind::Invocation => self.invocations -= 1,
                 Kind::Request => self.requests -= 1,
