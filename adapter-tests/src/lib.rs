@@ -518,6 +518,24 @@ pub async fn server_request<S: Runtime, C: Runtime>(srv: S, cli: C) {
         }
     );
 
+    // A handler function that panics (before returning its future) declines too, and the
+    // client goes on: its reader polls new handlers, so the panic must not reach it.
+    fn panics(_req: Request) -> std::future::Ready<asp_async::asp_proto::frame::Reply> {
+        panic!("request handler panic (expected by the test)")
+    }
+    let panicking = ClientBuilder::new(cli.clone())
+        .on_request(panics)
+        .connect(&server.url())
+        .await
+        .expect("connect");
+    let (_, outcome) = ask_once(&panicking).await;
+    assert_eq!(outcome.status, "Declined");
+    let (_, outcome) = ask_once(&panicking).await;
+    assert_eq!(
+        outcome.status, "Declined",
+        "the client still answers after a panic"
+    );
+
     // accept_requests off: the capability is not offered, so the server may not ask.
     let deaf = ClientBuilder::new(cli.clone())
         .config(Config {
@@ -532,6 +550,7 @@ pub async fn server_request<S: Runtime, C: Runtime>(srv: S, cli: C) {
 
     answering.close().await;
     declining.close().await;
+    panicking.close().await;
     finish(deaf, server).await;
 }
 

@@ -146,14 +146,10 @@ fn start_inline(starts: Starts) {
         return;
     };
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // These futures do not panic: handler panics, also one before a handler returns its
+    // future, are caught inside them (`tool::run_handler`, `Shared::start_request_handler`).
     for mut fut in starts {
-        // The handler's own panics are caught inside `run_handler` (and become INTERNAL);
-        // this catches one from a handler function that panics before returning its
-        // future, which must not take the reader down (as a spawned task it only ended
-        // that task).
-        let poll =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
-        if matches!(poll, Ok(Poll::Pending)) {
+        if fut.as_mut().poll(&mut cx).is_pending() {
             spawn(fut);
         }
     }

@@ -177,6 +177,17 @@ impl Shared {
     /// Routes every pending core event, then wakes the writer if there is output. Call
     /// after every change to `conn`.
     pub(crate) fn pump(&mut self) {
+        self.route(true);
+    }
+
+    /// [`Shared::pump`] after a command that only queued frames (`stream`): such a command
+    /// cannot make the core want an earlier timeout, so the timer comparison, which is most
+    /// of a pump's cost on the per-chunk path, is skipped.
+    pub(crate) fn pump_sent(&mut self) {
+        self.route(false);
+    }
+
+    fn route(&mut self, check_timer: bool) {
         while let Some(ev) = self.conn.poll_event() {
             self.dispatch(ev);
         }
@@ -184,24 +195,13 @@ impl Shared {
         // writer sleeps until: an INVOKE with `deadline_ms` produces no output, so before
         // this the writer slept on until the next heartbeat (30 s by default) and the
         // deadline (SPEC §7.4) fired that late.
-        let earlier = match (self.conn.poll_timeout(), self.armed_timeout) {
-            (Some(t), Some(armed)) => t < armed,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let earlier = check_timer
+            && match (self.conn.poll_timeout(), self.armed_timeout) {
+                (Some(t), Some(armed)) => t < armed,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
         if self.conn.wants_transmit() || self.conn.is_closed() || earlier {
-            self.notify.notify();
-        }
-    }
-
-    /// [`Shared::pump`] after a command that only queued frames (`stream`): such a command
-    /// cannot make the core want an earlier timeout, so the timer comparison, which is most
-    /// of a pump's cost on the per-chunk path, is skipped.
-    pub(crate) fn pump_sent(&mut self) {
-        while let Some(ev) = self.conn.poll_event() {
-            self.dispatch(ev);
-        }
-        if self.conn.wants_transmit() || self.conn.is_closed() {
             self.notify.notify();
         }
     }
@@ -432,14 +432,20 @@ impl Shared {
         let id = req.id;
         let epoch = self.session_epoch;
         let fut = async move {
-            let answer = std::panic::AssertUnwindSafe(handler.answer(req))
-                .catch_unwind()
-                .await
-                .unwrap_or(Reply {
-                    id,
-                    status: ReplyStatus::Declined,
-                    body: None,
-                });
+            // As for tools (`tool::run_handler`): a handler that panics, in its future or
+            // before returning it, declines, and the panic never reaches whoever polls this.
+            // Called here, when first polled, never under the connection's lock.
+            let call =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.answer(req)));
+            let answer = match call {
+                Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            let answer = answer.unwrap_or(Reply {
+                id,
+                status: ReplyStatus::Declined,
+                body: None,
+            });
             if let Some(shared) = me.upgrade() {
                 let mut s = lock(&shared);
                 if s.session_epoch != epoch {
