@@ -530,10 +530,15 @@ impl Stream for Invocation {
 }
 
 impl Invocation {
-    /// Credits back what was read and what was taken but not read.
-    fn release_taken(&mut self) {
+    /// Bytes this handle owes the core credit for: read, or taken but not read.
+    fn held(&mut self) -> usize {
         let unread: usize = self.taken.drain(..).map(|c| c.data.len()).sum();
-        let n = std::mem::take(&mut self.consumed) + unread;
+        std::mem::take(&mut self.consumed) + unread
+    }
+
+    /// Credits back what this handle holds.
+    fn release_taken(&mut self) {
+        let n = self.held();
         if n > 0 {
             let mut s = lock(&self.shared);
             s.conn.release(self.id, n);
@@ -544,16 +549,17 @@ impl Invocation {
 
 impl Drop for Invocation {
     fn drop(&mut self) {
-        self.release_taken();
+        let held = self.held();
         let mut s = lock(&self.shared);
         if let Some(call) = s.calls.remove(&self.id.0) {
             let unread: usize = call.chunks.iter().map(|c| c.data.len()).sum();
-            s.conn.release(self.id, unread);
+            s.conn.release(self.id, held + unread);
             if call.outcome.is_none() && !self.done {
                 let _ = s.conn.interrupt(self.id, None);
             }
             s.pump();
         }
+        // No call left: the exchange is over and credit no longer matters.
     }
 }
 
