@@ -559,8 +559,8 @@ pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<
             })
         }
         FrameType::Stream => {
-            if let Some(f) = stream_fast(id, payload) {
-                return Ok(f);
+            if let Some(f) = stream_fast(id, payload, 0, payload.len()) {
+                return Ok(Frame::Stream(f));
             }
             let (mut data, mut seq, mut fin) = (None, None, None);
             Fields::each(payload, keys(3), |k, f| {
@@ -1064,9 +1064,11 @@ impl Decoder {
 /// walker: the hot path of token streaming. Anything else — other encodings, errors, an
 /// empty non-final chunk (SPEC §5.3) — returns `None` and takes the generic path, which
 /// accepts every valid encoding and names every error.
+///
+/// The payload is `p[from..to]`; the data comes out as a slice of `p`.
 #[inline(always)]
-fn stream_fast(id: RequestId, p: &Bytes) -> Option<Frame> {
-    let b: &[u8] = p;
+fn stream_fast(id: RequestId, p: &Bytes, from: usize, to: usize) -> Option<Stream> {
+    let b: &[u8] = p.get(from..to)?;
     let with_fin = match *b.first()? {
         0x82 => false,
         0x83 => true,
@@ -1124,11 +1126,184 @@ fn stream_fast(id: RequestId, p: &Bytes) -> Option<Frame> {
     if i != b.len() || (len == 0 && !fin) {
         return None;
     }
-    Some(Frame::Stream(Stream {
+    Some(Stream {
         id,
-        data: p.slice(start..end),
+        data: p.slice(from + start..from + end),
         text,
         seq,
         fin,
-    }))
+    })
+}
+
+/// Takes one STREAM frame off the front of `buf` if its header passes SPEC §3.7 steps 1–5
+/// and its payload is in the encoding [`stream_fast`] reads — without slicing the frame out
+/// of `buf` first or building a [`Frame`] (the receive hot path: one reference-count
+/// increment per chunk, for its data). Otherwise `None`, and `buf` is untouched:
+/// [`decode_frame`] then decodes it, or names what is wrong with it.
+#[inline]
+pub(crate) fn take_stream(buf: &mut Bytes, max_payload: u32) -> Option<Stream> {
+    let h = Header::parse(buf)?;
+    if h.frame_type != FrameType::Stream as u8 || h.check(max_payload).is_err() {
+        return None;
+    }
+    let total = HEADER_LEN + h.len as usize;
+    let s = stream_fast(RequestId(h.request_id), buf, HEADER_LEN, total)?;
+    buf.advance(total);
+    Some(s)
+}
+
+/// Appends a STREAM frame, byte for byte what [`encode`] writes for
+/// `Frame::Stream(Stream { id, data, text, seq, fin })`, with one capacity check and no
+/// `Frame` value (the send hot path).
+pub(crate) fn encode_stream(
+    buf: &mut BytesMut,
+    id: RequestId,
+    data: &[u8],
+    text: bool,
+    seq: u32,
+    fin: bool,
+) {
+    let n = data.len();
+    // At most: header, map and key, 5-byte data marker, key and 5-byte seq, `final`.
+    buf.reserve(HEADER_LEN + 14 + n);
+    let start = buf.len();
+    let id = id.0.to_be_bytes();
+    buf.extend_from_slice(&[
+        (VERSION << 4) | FrameType::Stream as u8,
+        0,
+        id[0],
+        id[1],
+        0,
+        0,
+        0,
+        0,
+    ]);
+    buf.extend_from_slice(&[if fin { 0x83 } else { 0x82 }, 0x00]);
+    // The forms `msgpack::Writer::{str, bin, uint}` choose.
+    match (text, n) {
+        (true, 0..=31) => buf.extend_from_slice(&[0xa0 | n as u8]),
+        (true, 32..=0xff) => buf.extend_from_slice(&[0xd9, n as u8]),
+        (false, 0..=0xff) => buf.extend_from_slice(&[0xc4, n as u8]),
+        (true, 0x100..=0xffff) => {
+            buf.extend_from_slice(&[0xda]);
+            buf.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        (false, 0x100..=0xffff) => {
+            buf.extend_from_slice(&[0xc5]);
+            buf.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        (true, _) => {
+            buf.extend_from_slice(&[0xdb]);
+            buf.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        (false, _) => {
+            buf.extend_from_slice(&[0xc6]);
+            buf.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(&[0x01]);
+    match seq {
+        0..=0x7f => buf.extend_from_slice(&[seq as u8]),
+        0x80..=0xff => buf.extend_from_slice(&[0xcc, seq as u8]),
+        0x100..=0xffff => {
+            buf.extend_from_slice(&[0xcd]);
+            buf.extend_from_slice(&(seq as u16).to_be_bytes());
+        }
+        _ => {
+            buf.extend_from_slice(&[0xce]);
+            buf.extend_from_slice(&seq.to_be_bytes());
+        }
+    }
+    if fin {
+        buf.extend_from_slice(&[0x02, 0xc3]);
+    }
+    let len = u32::try_from(buf.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
+    if let Some(slot) = buf.get_mut(start + 4..start + HEADER_LEN) {
+        slot.copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn general(id: u16, data: &[u8], text: bool, seq: u32, fin: bool) -> BytesMut {
+        let mut b = BytesMut::new();
+        encode(
+            &Frame::Stream(Stream {
+                id: RequestId(id),
+                data: Bytes::copy_from_slice(data),
+                text,
+                seq,
+                fin,
+            }),
+            &mut b,
+        );
+        b
+    }
+
+    #[test]
+    fn encode_stream_writes_what_encode_writes() {
+        let lens = [0, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000];
+        let seqs = [0, 127, 128, 255, 256, 65_535, 65_536, u32::MAX];
+        for len in lens {
+            let data = vec![b'a'; len];
+            for seq in seqs {
+                for (text, fin) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let mut fast = BytesMut::from(&b"prefix"[..]);
+                    encode_stream(&mut fast, RequestId(513), &data, text, seq, fin);
+                    let want = general(513, &data, text, seq, fin);
+                    assert_eq!(
+                        &fast[6..],
+                        &want[..],
+                        "len {len} seq {seq} text {text} fin {fin}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// `take_stream` takes exactly what `decode_frame` decodes as the same STREAM, and
+        /// leaves everything else (other frames, any error) untouched for it.
+        #[test]
+        fn take_stream_agrees_with_decode_frame(
+            id in any::<u16>(),
+            len in 0usize..300,
+            text in any::<bool>(),
+            seq in any::<u32>(),
+            fin in any::<bool>(),
+            max in prop_oneof![Just(u32::MAX), 0u32..400],
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            cut in any::<prop::sample::Index>(),
+            trailing in proptest::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut wire = general(id, &data, text, seq, fin).to_vec();
+            for (at, v) in flips {
+                let i = at.index(wire.len());
+                wire[i] = v;
+            }
+            if cut.index(4) == 0 {
+                let keep = cut.index(wire.len() + 1);
+                wire.truncate(keep);
+            }
+            wire.extend_from_slice(&trailing);
+            let wire = Bytes::from(wire);
+
+            let mut fast_buf = wire.clone();
+            let fast = take_stream(&mut fast_buf, max);
+            let mut slow_buf = wire.clone();
+            let slow = decode_frame(&mut slow_buf, max);
+            match fast {
+                Some(s) => {
+                    prop_assert_eq!(slow, Some(Ok(Frame::Stream(s))));
+                    prop_assert_eq!(fast_buf, slow_buf);
+                }
+                None => prop_assert_eq!(fast_buf, wire),
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use core::time::Duration;
 
-use crate::codec::{decode_frame, encoded_len, Decoder, HEADER_LEN};
+use crate::codec::{decode_frame, encoded_len, take_stream, Decoder, HEADER_LEN};
 use crate::config::{Config, HeartbeatMode, Limits};
 use crate::error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 use crate::event::{Event, Outcome, Session, ToolChange};
@@ -320,7 +320,24 @@ impl Connection {
         if msg.is_empty() {
             self.fatal(ErrorCode::FRAMING_ERROR, "empty WebSocket message".into());
         }
-        while let Some(r) = decode_frame(&mut msg, self.config.limits.max_frame_payload) {
+        let max = self.config.limits.max_frame_payload;
+        loop {
+            // The hot path (token streaming): a well-formed STREAM to an open client goes
+            // from the message straight to its event, without a `Frame` in between.
+            // Anything else, or a STREAM the fast decoder does not take, goes the general
+            // way, which applies every check of SPEC §3.7 and names what is wrong.
+            if self.role == Role::Client && self.is_open() {
+                if let Some(s) = take_stream(&mut msg, max) {
+                    self.on_stream_received(s);
+                    if !self.accepts_input() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let Some(r) = decode_frame(&mut msg, max) else {
+                break;
+            };
             self.on_decoded(r);
             if !self.accepts_input() {
                 break;
@@ -712,13 +729,8 @@ impl Connection {
         let seq = e.next_seq;
         e.next_seq = e.next_seq.wrapping_add(1);
         e.finished = fin;
-        self.queue(Frame::Stream(Stream {
-            id,
-            data,
-            text,
-            seq,
-            fin,
-        }));
+        // Encoded straight into the queue (`queue` has nothing to shorten in a STREAM).
+        self.out.push_stream(id, &data, text, seq, fin);
         Ok(())
     }
 
@@ -1062,6 +1074,16 @@ impl Connection {
 
     fn input_mark(&self) -> (usize, usize) {
         (self.out.len(), self.events.len())
+    }
+
+    /// What `on_decoded` and `on_frame` do for a STREAM that reached an open client: it is
+    /// input (SPEC §6.7), counted for resume (§11.1), exempt from the rate limit (§10), sent
+    /// in the allowed direction (§3.3) after the handshake (§6.2).
+    fn on_stream_received(&mut self, s: Stream) {
+        self.last_recv = self.now;
+        self.pings_sent = 0;
+        self.recv_count += 1;
+        self.on_stream(s);
     }
 
     fn on_decoded(&mut self, r: Result<Frame, DecodeError>) {

@@ -55,6 +55,28 @@ impl Outbox {
         len
     }
 
+    /// Appends a STREAM frame (what `push(&Frame::Stream(..))` does, without the `Frame`);
+    /// returns its encoded size.
+    pub(crate) fn push_stream(
+        &mut self,
+        id: crate::frame::RequestId,
+        data: &[u8],
+        text: bool,
+        seq: u32,
+        fin: bool,
+    ) -> usize {
+        let start = self.bytes.len();
+        codec::encode_stream(&mut self.bytes, id, data, text, seq, fin);
+        let len = self.bytes.len() - start;
+        self.frames.push_back(Queued {
+            len: len as u32,
+            ty: FrameType::Stream,
+            id: id.0,
+            data: data.len() as u32,
+        });
+        len
+    }
+
     /// Puts frames, already encoded, in front of everything queued, in the given order.
     pub(crate) fn push_front_encoded(&mut self, items: Vec<(Bytes, FrameType)>) {
         let extra: usize = items.iter().map(|(b, _)| b.len()).sum();
