@@ -274,7 +274,7 @@ impl<R: Runtime> Client<R> {
             driver::run(shared.clone(), ws, rt.clone(), 0),
             span,
         )));
-        lock(&shared).notify.notify();
+        lock(&shared).notify_writer();
         poll_fn(|cx| {
             let mut s = lock(&shared);
             if s.session.is_some() {

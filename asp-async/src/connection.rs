@@ -3,7 +3,7 @@
 //! theirs with [`ToolContext::connection`](crate::ToolContext::connection); a
 //! [`ConnectionHook`] receives every connection as it opens and closes.
 
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::sync::{Mutex, Weak};
 
 use asp_proto::frame::{RawValue, RequestId, Text};
 use asp_proto::{Connection, Instant, Outcome, SendError, Session};
@@ -92,7 +92,7 @@ impl ServerConnection {
 
 /// A connection's core, locked (see [`ServerConnection::with`]).
 pub struct Locked<'a> {
-    s: MutexGuard<'a, Shared>,
+    s: crate::shared::Guard<'a>,
 }
 
 impl Locked<'_> {

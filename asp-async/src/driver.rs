@@ -200,14 +200,14 @@ where
             // flush it.
             Some(Ok(Message::Ping(_))) => {
                 s.conn.handle_transport_pong(now);
-                s.notify.notify();
+                s.notify_writer();
             }
             Some(Ok(Message::Frame(_))) => {}
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // Closes the session, or detaches it if it is resumable.
                 s.conn.handle_transport_closed(now);
                 s.pump();
-                s.notify.notify();
+                s.notify_writer();
                 let starts = take_starts(&mut s);
                 drop(s);
                 start_inline(starts);

@@ -34,6 +34,15 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 
     /// Runs a task in the background.
     fn spawn(&self, fut: BoxFuture<'static, ()>);
+    /// Whether a task that streams without ever waiting should now and then give way to the
+    /// connection's writer task it woke (see `ToolContext::stream`). Say `true` when a task
+    /// woken by a running task cannot run elsewhere until that task yields, although other
+    /// threads are idle: tokio's multi-thread scheduler puts it in the waking worker's LIFO
+    /// slot, which other workers do not steal. Say `false` (the default) on a single thread,
+    /// where yielding only cuts write batches smaller.
+    fn yield_to_writer(&self) -> bool {
+        false
+    }
     /// A future that completes at `deadline`.
     fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()>;
     /// Binds a TCP listener.
@@ -120,6 +129,17 @@ impl Notify {
         if !self.flag.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
+    }
+
+    /// Sets the flag; returns the waiter's waker when this set it, for the caller to wake
+    /// (after releasing the connection lock, see `shared::Guard`).
+    pub(crate) fn set(&self) -> Option<std::task::Waker> {
+        // A load first: while the flag stays set (the writer has not run yet) a pump per
+        // chunk only reads the flag's cache line instead of taking it from the writer's core.
+        if self.flag.load(Ordering::Acquire) || self.flag.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.waker.take()
     }
 
     pub(crate) fn notified(&self) -> Notified<'_> {

@@ -528,6 +528,9 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         spawn,
         span.clone(),
     );
+    if inner.rt.yield_to_writer() {
+        lock(&shared).yield_at = crate::tool::YIELD_AT;
+    }
     inner
         .conns
         .lock()

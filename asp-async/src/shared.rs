@@ -4,8 +4,15 @@
 //! futures waiting on it, as quinn does. Handles lock briefly, call the core, then
 //! [`Shared::pump`] routes the core's events to whoever waits for them and wakes the writer
 //! task if bytes are queued. No protocol decision is made here.
+//!
+//! Wake-ups decided under the lock are carried out after it is released ([`Guard`]): a
+//! task woken while the lock is still held runs at once on another thread, finds the lock
+//! taken and sleeps in the kernel until it is released — two context switches per wake-up
+//! for nothing. On the client's stream path (the reader handing a message of many chunks to
+//! a waiting `Invocation`) that was most of the multi-thread runtime's scheduler time.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
@@ -24,8 +31,40 @@ pub(crate) type SharedRef = Arc<Mutex<Shared>>;
 
 /// Locks, recovering from a poisoned mutex (a panicking handler must not wedge the
 /// connection: the core's state is consistent between calls).
-pub(crate) fn lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
+pub(crate) fn lock(s: &Mutex<Shared>) -> Guard<'_> {
+    Guard(Some(s.lock().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// The locked connection. Dropping it releases the lock, then wakes the tasks that
+/// [`Shared::deferred`] collected meanwhile.
+pub(crate) struct Guard<'a>(Option<MutexGuard<'a, Shared>>);
+
+impl Deref for Guard<'_> {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        // Some until drop.
+        self.0.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Shared {
+        self.0.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let Some(mut g) = self.0.take() else { return };
+        if g.deferred.is_empty() {
+            return;
+        }
+        let wakers = std::mem::take(&mut g.deferred);
+        drop(g);
+        for w in wakers {
+            w.wake();
+        }
+    }
 }
 
 /// Why a served exchange stopped early.
@@ -120,6 +159,11 @@ pub(crate) struct Shared {
     /// Client: counts sessions (a refused resume starts a new one); request handlers of an
     /// old session must not answer the new session's requests, whose ids start over.
     pub(crate) session_epoch: u64,
+    /// Wake-ups to carry out once the lock is released (see [`Guard`]).
+    pub(crate) deferred: Vec<Waker>,
+    /// Server: queued bytes at which a streaming handler gives way to the writer
+    /// (`tool::StreamSend`); `usize::MAX` for never ([`crate::Runtime::yield_to_writer`]).
+    pub(crate) yield_at: usize,
 }
 
 impl Shared {
@@ -154,6 +198,8 @@ impl Shared {
                 collect_starts: false,
                 starts: Vec::new(),
                 session_epoch: 0,
+                deferred: Vec::new(),
+                yield_at: usize::MAX,
             })
         })
     }
@@ -162,13 +208,20 @@ impl Shared {
         self.clock.now()
     }
 
+    /// Wakes the writer task (once the lock is released).
+    pub(crate) fn notify_writer(&mut self) {
+        if let Some(w) = self.notify.set() {
+            self.deferred.push(w);
+        }
+    }
+
     /// A new transport takes the session over: returns its generation. The tasks of the
     /// previous transport see the change and stop (a detached session's timer task is woken
     /// for that); the new transport's writer gets a fresh wake-up flag, so that a stale task
     /// can never consume its notifications.
     pub(crate) fn new_transport(&mut self) -> u64 {
         self.generation += 1;
-        self.notify.notify();
+        self.notify_writer();
         self.notify = Arc::new(Notify::default());
         self.armed_timeout = None;
         self.generation
@@ -202,7 +255,7 @@ impl Shared {
                 (None, _) => false,
             };
         if self.conn.wants_transmit() || self.conn.is_closed() || earlier {
-            self.notify.notify();
+            self.notify_writer();
         }
     }
 
@@ -214,14 +267,14 @@ impl Shared {
                     // §11.2 step 4). Requests of the old session are gone.
                     for s in self.served.values_mut() {
                         s.cancel.get_or_insert(Cancel::Aborted);
-                        wake(&mut s.cancel_waker);
-                        wake(&mut s.writable_waker);
+                        defer(&mut self.deferred, &mut s.cancel_waker);
+                        defer(&mut self.deferred, &mut s.writable_waker);
                     }
                 }
                 self.session_epoch += 1;
                 self.session = Some(*s);
                 self.register_resumable();
-                wake_all(&mut self.state_wakers);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             Event::Invoked(inv) => self.start_handler(*inv),
             Event::Interrupted { id, .. } => self.cancel(id, Cancel::Interrupted),
@@ -232,7 +285,7 @@ impl Shared {
             Event::Chunk(s) => match self.calls.get_mut(&s.id.0) {
                 Some(call) => {
                     call.chunks.push_back(s);
-                    wake(&mut call.waker);
+                    defer(&mut self.deferred, &mut call.waker);
                 }
                 // Nobody listens any more (the handle was dropped): credit it back at once.
                 None => self.conn.release(s.id, s.data.len()),
@@ -240,7 +293,7 @@ impl Shared {
             Event::Ended { id, outcome } => {
                 if let Some(call) = self.calls.get_mut(&id.0) {
                     call.outcome = Some(outcome);
-                    wake(&mut call.waker);
+                    defer(&mut self.deferred, &mut call.waker);
                 }
             }
             Event::ToolsChanged(change) => {
@@ -250,18 +303,18 @@ impl Shared {
                         w.lagged = true;
                     }
                     w.queue.push_back((*change).clone());
-                    wake(&mut w.waker);
+                    defer(&mut self.deferred, &mut w.waker);
                 }
             }
             Event::Requested(req) => self.start_request_handler(*req),
             Event::Writable { id } => {
                 if let Some(s) = self.served.get_mut(&id.0) {
-                    wake(&mut s.writable_waker);
+                    defer(&mut self.deferred, &mut s.writable_waker);
                 }
             }
             Event::GoAway(_) => {
                 self.goaway = true;
-                wake_all(&mut self.state_wakers);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             Event::PeerError(e) => {
                 tracing::warn!(parent: &self.span, code = %e.code, message = ?e.message, "peer reported an error");
@@ -281,11 +334,11 @@ impl Shared {
                         reconnect(me);
                     }
                 }
-                wake_all(&mut self.state_wakers);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             Event::Resumed => {
                 tracing::debug!(parent: &self.span, "session resumed");
-                wake_all(&mut self.state_wakers);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             Event::Closed(reason) => {
                 tracing::debug!(parent: &self.span, %reason, "connection closed");
@@ -300,17 +353,17 @@ impl Shared {
                     t.remove(&token, &self.me);
                 }
                 for c in self.calls.values_mut() {
-                    wake(&mut c.waker);
+                    defer(&mut self.deferred, &mut c.waker);
                 }
                 for s in self.served.values_mut() {
                     s.cancel.get_or_insert(Cancel::Aborted);
-                    wake(&mut s.cancel_waker);
-                    wake(&mut s.writable_waker);
+                    defer(&mut self.deferred, &mut s.cancel_waker);
+                    defer(&mut self.deferred, &mut s.writable_waker);
                 }
                 for w in self.watchers.values_mut() {
-                    wake(&mut w.waker);
+                    defer(&mut self.deferred, &mut w.waker);
                 }
-                wake_all(&mut self.state_wakers);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             _ => {}
         }
@@ -374,7 +427,7 @@ impl Shared {
                 // This connection is done: its tasks stop and its transport moves on.
                 self.new_transport();
                 self.closed = Some(CloseReason::Local);
-                wake_all(&mut self.state_wakers);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             None => {
                 tracing::debug!(parent: &self.span, "RESUME refused: unknown or expired session");
@@ -387,8 +440,8 @@ impl Shared {
     fn cancel(&mut self, id: RequestId, why: Cancel) {
         if let Some(s) = self.served.get_mut(&id.0) {
             s.cancel.get_or_insert(why);
-            wake(&mut s.cancel_waker);
-            wake(&mut s.writable_waker);
+            defer(&mut self.deferred, &mut s.cancel_waker);
+            defer(&mut self.deferred, &mut s.writable_waker);
         }
     }
 
@@ -493,8 +546,13 @@ pub(crate) fn wake(w: &mut Option<Waker>) {
     }
 }
 
-fn wake_all(ws: &mut Vec<Waker>) {
-    for w in ws.drain(..) {
-        w.wake();
+/// Queues `w`'s waker for after the lock is released.
+fn defer(to: &mut Vec<Waker>, w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        to.push(w);
     }
+}
+
+fn defer_all(to: &mut Vec<Waker>, ws: &mut Vec<Waker>) {
+    to.append(ws);
 }

@@ -292,6 +292,7 @@ impl ToolContext {
             text,
             fin,
             done: false,
+            yielded: false,
         }
     }
 
@@ -372,7 +373,20 @@ pub struct StreamSend<'a> {
     fin: bool,
     /// Everything was queued: polling again must not send it twice.
     done: bool,
+    /// This send already gave way to the writer once (see [`YIELD_AT`]).
+    yielded: bool,
 }
+
+/// Queued bytes at which a send gives way to the writer before adding more, on runtimes that
+/// ask for it ([`crate::Runtime::yield_to_writer`]). A handler that streams without ever
+/// waiting would otherwise run until the window or queue is full while the writer it woke
+/// cannot run: tokio puts a task woken from a worker in that worker's LIFO slot, which other
+/// workers do not steal, so the writer waited for the handler to block and the two never
+/// ran in parallel. Yielding (wake ourselves, return `Pending`) requeues the handler at the
+/// back, where an idle worker takes it, and lets the writer run. A writer that keeps up
+/// keeps the queue below this, and no send yields. (README, adapter benchmarks: 32 and
+/// 64 KiB did best; 8 KiB yields too often, 256 KiB waits for the queue to fill.)
+pub(crate) const YIELD_AT: usize = 32 << 10;
 
 impl std::fmt::Debug for StreamSend<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -398,6 +412,12 @@ impl Future for StreamSend<'_> {
             return Poll::Ready(Err(StreamError::Cancelled));
         };
         let mut s = lock(&shared);
+        if !this.yielded && s.conn.queued_bytes() >= s.yield_at {
+            this.yielded = true;
+            drop(s);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             if s.served.get(&id.0).is_none_or(|x| x.cancel.is_some()) {
                 return Poll::Ready(Err(StreamError::Cancelled));

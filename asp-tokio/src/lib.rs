@@ -71,6 +71,14 @@ impl Runtime for Tokio {
         drop(self.handle.spawn(fut));
     }
 
+    fn yield_to_writer(&self) -> bool {
+        // The multi-thread scheduler's LIFO slot (see the trait method).
+        matches!(
+            self.handle.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        )
+    }
+
     fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
         // Enter the runtime: a `Tokio` made with `from_handle` may be used from a thread
         // outside tokio (a smol client awaiting a tokio server's `shutdown`), and tokio's
