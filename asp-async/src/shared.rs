@@ -61,9 +61,7 @@ impl Drop for Guard<'_> {
         }
         let wakers = std::mem::take(&mut g.deferred);
         drop(g);
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake();
     }
 }
 
@@ -160,7 +158,7 @@ pub(crate) struct Shared {
     /// old session must not answer the new session's requests, whose ids start over.
     pub(crate) session_epoch: u64,
     /// Wake-ups to carry out once the lock is released (see [`Guard`]).
-    pub(crate) deferred: Vec<Waker>,
+    pub(crate) deferred: Deferred,
     /// Server: queued bytes at which a streaming handler gives way to the writer
     /// (`tool::StreamSend`); `usize::MAX` for never ([`crate::Runtime::yield_to_writer`]).
     pub(crate) yield_at: usize,
@@ -198,7 +196,7 @@ impl Shared {
                 collect_starts: false,
                 starts: Vec::new(),
                 session_epoch: 0,
-                deferred: Vec::new(),
+                deferred: Deferred::default(),
                 yield_at: usize::MAX,
             })
         })
@@ -546,13 +544,43 @@ pub(crate) fn wake(w: &mut Option<Waker>) {
     }
 }
 
+/// Wakers to wake once the lock is released ([`Guard`]). A pump wakes one or two tasks, so
+/// two are kept inline and only more than that allocates.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    first: [Option<Waker>; 2],
+    rest: Vec<Waker>,
+}
+
+impl Deferred {
+    pub(crate) fn push(&mut self, w: Waker) {
+        match self.first.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(w),
+            None => self.rest.push(w),
+        }
+    }
+
+    /// Slots fill in order and are only emptied all at once.
+    fn is_empty(&self) -> bool {
+        self.first[0].is_none()
+    }
+
+    fn wake(self) {
+        for w in self.first.into_iter().flatten().chain(self.rest) {
+            w.wake();
+        }
+    }
+}
+
 /// Queues `w`'s waker for after the lock is released.
-fn defer(to: &mut Vec<Waker>, w: &mut Option<Waker>) {
+fn defer(to: &mut Deferred, w: &mut Option<Waker>) {
     if let Some(w) = w.take() {
         to.push(w);
     }
 }
 
-fn defer_all(to: &mut Vec<Waker>, ws: &mut Vec<Waker>) {
-    to.append(ws);
+fn defer_all(to: &mut Deferred, ws: &mut Vec<Waker>) {
+    for w in ws.drain(..) {
+        to.push(w);
+    }
 }
