@@ -69,6 +69,7 @@ macro_rules! for_each_scenario {
             shutdown_timeout,
             handler_panic,
             stream_from_spawned_task,
+            long_stream_without_waiting,
             flow_control,
             small_frame_limit,
             small_window_large_writes,
@@ -1088,6 +1089,48 @@ pub async fn stream_from_spawned_task<S: Runtime, C: Runtime>(srv: S, cli: C) {
     gate.open();
     let done = inv.completion().await.expect("completes");
     assert_eq!(done.status, Status::Ok);
+    finish(client, server).await;
+}
+
+const LONG_CHUNKS: u64 = 20_000;
+
+/// A handler that streams 20 000 chunks of 32 bytes (640 KB, well past the 32 KiB at which
+/// a send gives way to the writer on tokio's multi-thread runtime, the 256 KiB window and
+/// the per-invocation queue) without ever waiting on anything else, twice at once on one
+/// connection: every chunk of each arrives once and in order, and both complete.
+pub async fn long_stream_without_waiting<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let tool = Tool::new("long", |ctx: ToolContext, args: Args| async move {
+        let tag: u64 = args.parse()?;
+        for i in 0..LONG_CHUNKS {
+            let mut chunk = Vec::with_capacity(32);
+            chunk.extend_from_slice(&tag.to_be_bytes());
+            chunk.extend_from_slice(&i.to_be_bytes());
+            chunk.resize(32, b'.');
+            ctx.stream_bytes(Bytes::from(chunk))
+                .await
+                .map_err(|_| ToolError::Cancelled)?;
+        }
+        Output::value(&LONG_CHUNKS)
+    });
+    let server = start(ServerBuilder::new(srv).tool(tool)).await;
+    let client = connect(&cli, &server.url()).await;
+    let read = |tag: u64| {
+        let mut inv = client.invoke("long", &tag).expect("invoke");
+        async move {
+            let mut next = 0u64;
+            while let Some(c) = inv.next().await {
+                assert_eq!(c.data.len(), 32);
+                let got_tag = u64::from_be_bytes(c.data[..8].try_into().expect("8 bytes"));
+                let got = u64::from_be_bytes(c.data[8..16].try_into().expect("8 bytes"));
+                assert_eq!((got_tag, got), (tag, next), "chunk out of order or lost");
+                next += 1;
+            }
+            assert_eq!(next, LONG_CHUNKS);
+            let done = inv.completion().await.expect("completion");
+            assert_eq!(done.status, Status::Ok);
+        }
+    };
+    join(read(1), read(2)).await;
     finish(client, server).await;
 }
 
