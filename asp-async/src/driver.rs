@@ -253,6 +253,8 @@ async fn writer<S, R>(
 {
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut batches = Vec::new();
+    // The sleep the writer last waited on, with its deadline, kept while it has not fired.
+    let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;
     loop {
         let step = {
             let mut s = lock(&shared);
@@ -341,19 +343,37 @@ async fn writer<S, R>(
         let wake = notify.notified();
         // Read after the write: a timeout handled meanwhile moved it. Recorded so that
         // `Shared::pump` wakes us if the core later wants an earlier one.
+        //
+        // A sleep that has not fired is kept while it is due no later than the core's
+        // deadline: the heartbeat's deadline moves with every frame received, and a new
+        // sleep per wake-up (an allocation, a timer-wheel insertion and a removal under
+        // the driver's lock) was a measurable part of a round trip. Firing early only
+        // costs a pass through the loop, which handles the timeout only once it is due
+        // (the `now >= t` check above) and then sleeps until the deadline as it now is.
         let deadline = {
             let mut s = lock(&shared);
-            s.armed_timeout = s.conn.poll_timeout();
+            let want = s.conn.poll_timeout();
+            s.armed_timeout = match (&timer, want) {
+                (Some((at, _)), Some(t)) if *at <= t => Some(*at),
+                _ => want,
+            };
             s.armed_timeout
         };
         match deadline {
             Some(t) => {
-                let sleep = rt.sleep_until(clock.to_std(t));
-                match select(Box::pin(wake), sleep).await {
-                    Either::Left(_) | Either::Right(_) => {}
+                let sleep = match timer.take() {
+                    Some((at, sleep)) if at == t => sleep,
+                    _ => rt.sleep_until(clock.to_std(t)),
+                };
+                match select(pin!(wake), sleep).await {
+                    Either::Left((_, sleep)) => timer = Some((t, sleep)),
+                    Either::Right(_) => {}
                 }
             }
-            None => wake.await,
+            None => {
+                timer = None;
+                wake.await;
+            }
         }
     }
 }
