@@ -350,30 +350,27 @@ async fn writer<S, R>(
         // the driver's lock) was a measurable part of a round trip. Firing early only
         // costs a pass through the loop, which handles the timeout only once it is due
         // (the `now >= t` check above) and then sleeps until the deadline as it now is.
-        let deadline = {
+        let (deadline, keep) = {
             let mut s = lock(&shared);
             let want = s.conn.poll_timeout();
-            s.armed_timeout = match (&timer, want) {
-                (Some((at, _)), Some(t)) if *at <= t => Some(*at),
-                _ => want,
+            let keep = matches!((&timer, want), (Some((at, _)), Some(t)) if *at <= t);
+            s.armed_timeout = if keep {
+                timer.as_ref().map(|(at, _)| *at)
+            } else {
+                want
             };
-            s.armed_timeout
+            (s.armed_timeout, keep)
         };
-        match deadline {
-            Some(t) => {
-                let sleep = match timer.take() {
-                    Some((at, sleep)) if at == t => sleep,
-                    _ => rt.sleep_until(clock.to_std(t)),
-                };
-                match select(pin!(wake), sleep).await {
-                    Either::Left((_, sleep)) => timer = Some((t, sleep)),
-                    Either::Right(_) => {}
+        if !keep {
+            timer = deadline.map(|t| (t, rt.sleep_until(clock.to_std(t))));
+        }
+        match &mut timer {
+            Some((_, sleep)) => {
+                if let Either::Right(_) = select(pin!(wake), sleep.as_mut()).await {
+                    timer = None;
                 }
             }
-            None => {
-                timer = None;
-                wake.await;
-            }
+            None => wake.await,
         }
     }
 }
