@@ -46,6 +46,12 @@ use crate::shared::{lock, Shared, SharedRef};
 /// do not make the kernel reset the connection before the peer has read our last frames).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// At most this many bytes are taken from the core per write. What the writer holds is
+/// outside the core's count (SPEC §13.1, `Config::max_buffered`), so it is kept to a small
+/// constant: the rest waits, counted, in the core's queue, and a peer that does not read
+/// stops our reading (`Connection::wants_input`) rather than growing a buffer here.
+const WRITE_BATCH: usize = 256 << 10;
+
 /// Any WebSocket stream of tungstenite messages: tokio-tungstenite's and
 /// async-tungstenite's `WebSocketStream` both qualify.
 pub trait WsStream:
@@ -171,6 +177,22 @@ where
     R: Runtime,
 {
     loop {
+        // SPEC §13.1: while the core's transmit queue is full (the peer does not read what
+        // it asked for), stop reading: the peer's writes back up through TCP. The writer
+        // wakes us when it has taken bytes from the core.
+        loop {
+            let (input, paused) = {
+                let s = lock(&shared);
+                let paused = s.generation == gen
+                    && !s.conn.wants_input()
+                    && !matches!(s.conn.state(), State::Closed | State::Detached);
+                (s.input.clone(), paused)
+            };
+            if !paused {
+                break;
+            }
+            let _ = select(input.notified(), closing.notified()).await;
+        }
         let msg = match select(stream.next(), closing.notified()).await {
             Either::Left((msg, _)) => msg,
             Either::Right(_) => {
@@ -203,6 +225,11 @@ where
                 s.notify_writer();
             }
             Some(Ok(Message::Frame(_))) => {}
+            // SPEC §13.1: buffered input is bounded by the WebSocket message limit; a larger
+            // message is OVERLOADED, named before the close (no silent cut).
+            Some(Err(tungstenite::Error::Capacity(
+                tungstenite::error::CapacityError::MessageTooLong { size, .. },
+            ))) => s.conn.handle_oversized_message(now, size),
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // Closes the session, or detaches it if it is resumable.
                 s.conn.handle_transport_closed(now);
@@ -255,7 +282,10 @@ async fn writer<S, R>(
     let mut batches = Vec::new();
     // The sleep the writer last waited on, with its deadline, kept while it has not fired.
     let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;
+    // The core still had bytes after a full WRITE_BATCH: take more without waiting.
+    let mut more;
     loop {
+        more = false;
         let step = {
             let mut s = lock(&shared);
             if s.generation != gen {
@@ -269,11 +299,21 @@ async fn writer<S, R>(
                     // note: a runtime's timer may report late or early under load).
                     s.conn.handle_timeout(now);
                 }
-                while s.conn.poll_transmit(&mut buf) > 0 {
+                let mut taken = 0;
+                while taken < WRITE_BATCH {
+                    let n = s.conn.poll_transmit(&mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    taken += n;
                     batches.push(Message::Binary(buf.split().freeze()));
+                }
+                if taken > 0 {
+                    s.notify_reader();
                 }
                 let ping = s.conn.poll_ping();
                 s.pump();
+                more = s.conn.wants_transmit();
                 Step::Write(ping, s.conn.is_closed(), s.clock)
             }
         };
@@ -299,7 +339,7 @@ async fn writer<S, R>(
             closing.notify();
         }
         let write = send_all(&mut sink, &mut batches, ping);
-        let sent = drive_write(&shared, &rt, clock, closed, gen, write).await;
+        let sent = drive_write(&shared, &rt, clock, closed, gen, &notify, write).await;
         if closed || !sent {
             if sent {
                 let close = sink.close();
@@ -339,6 +379,9 @@ async fn writer<S, R>(
             }
             closing.notify();
             return;
+        }
+        if more {
+            continue;
         }
         let wake = notify.notified();
         // Read after the write: a timeout handled meanwhile moved it. Recorded so that
@@ -440,13 +483,16 @@ where
 /// the writer only ran them between writes, so a peer that stopped reading once the socket
 /// buffers were full was never found dead by the heartbeat and the connection hung. Once
 /// the connection is closed (before or meanwhile), the write gets CLOSE_LINGER, then is
-/// abandoned.
+/// abandoned. A connection the core closes meanwhile (say, OVERLOADED because the peer
+/// does not read, SPEC §13.1) is seen at the writer's next notification, not only at the
+/// next timer.
 async fn drive_write<R: Runtime>(
     shared: &SharedRef,
     rt: &R,
     clock: Clock,
     closed: bool,
     gen: u64,
+    notify: &Notify,
     write: impl Future<Output = Result<(), tungstenite::Error>>,
 ) -> bool {
     let mut write = pin!(write);
@@ -461,8 +507,14 @@ async fn drive_write<R: Runtime>(
         let Some(t) = timer else {
             return write.await.is_ok();
         };
-        match select(write.as_mut(), rt.sleep_until(t)).await {
+        let wait = select(rt.sleep_until(t), Box::pin(notify.notified()));
+        match select(write.as_mut(), wait).await {
             Either::Left((r, _)) => return r.is_ok(),
+            Either::Right((Either::Right(_), _)) => {
+                if give_up.is_none() && lock(shared).conn.is_closed() {
+                    give_up = Some(linger());
+                }
+            }
             Either::Right(_) if give_up.is_some() => return false,
             Either::Right(_) => {
                 let mut s = lock(shared);
