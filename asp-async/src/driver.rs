@@ -176,21 +176,24 @@ where
     S: WsStream,
     R: Runtime,
 {
-    loop {
+    'read: loop {
         // SPEC §13.1: while the core's transmit queue is full (the peer does not read what
         // it asked for), stop reading: the peer's writes back up through TCP. The writer
         // wakes us when it has taken bytes from the core.
         loop {
-            let (input, paused) = {
+            let input = {
                 let s = lock(&shared);
-                let paused = s.generation == gen
-                    && !s.conn.wants_input()
-                    && !matches!(s.conn.state(), State::Closed | State::Detached);
-                (s.input.clone(), paused)
+                if s.generation != gen || s.conn.state() == State::Detached {
+                    return None;
+                }
+                if s.conn.is_closed() {
+                    break 'read;
+                }
+                if s.conn.wants_input() {
+                    break;
+                }
+                s.input.clone()
             };
-            if !paused {
-                break;
-            }
             let _ = select(input.notified(), closing.notified()).await;
         }
         let msg = match select(stream.next(), closing.notified()).await {
@@ -502,25 +505,29 @@ async fn drive_write<R: Runtime>(
     }
     let linger = || std::time::Instant::now() + CLOSE_LINGER;
     let mut give_up = closed.then(linger);
-    loop {
+    // Whether a notification was taken here; it is given back on return, so that the
+    // writer's loop still sees it (more queued meanwhile, or the close) instead of sleeping.
+    let mut woke = false;
+    let sent = loop {
         let timer = give_up.or_else(|| lock(shared).conn.poll_timeout().map(|t| clock.to_std(t)));
         let Some(t) = timer else {
-            return write.await.is_ok();
+            break write.await.is_ok();
         };
         let wait = select(rt.sleep_until(t), Box::pin(notify.notified()));
         match select(write.as_mut(), wait).await {
-            Either::Left((r, _)) => return r.is_ok(),
+            Either::Left((r, _)) => break r.is_ok(),
             Either::Right((Either::Right(_), _)) => {
+                woke = true;
                 if give_up.is_none() && lock(shared).conn.is_closed() {
                     give_up = Some(linger());
                 }
             }
-            Either::Right(_) if give_up.is_some() => return false,
+            Either::Right(_) if give_up.is_some() => break false,
             Either::Right(_) => {
                 let mut s = lock(shared);
                 if s.generation != gen || s.conn.state() == State::Detached {
                     // Superseded or detached: this transport has nothing left to write.
-                    return false;
+                    break false;
                 }
                 let now = s.now();
                 s.conn.handle_timeout(now);
@@ -530,5 +537,9 @@ async fn drive_write<R: Runtime>(
                 }
             }
         }
+    };
+    if woke {
+        notify.notify();
     }
+    sent
 }

@@ -322,9 +322,7 @@ impl<R: Runtime> ServerBuilder<R> {
         }
         let mut config = self.config;
         config.resume |= self.resume;
-        let ws = self
-            .ws
-            .unwrap_or_else(|| crate::server_ws_config(&config));
+        let ws = self.ws.unwrap_or_else(|| crate::server_ws_config(&config));
         let resume = config.resume.then(|| Arc::new(ResumeTable::new()));
         let inner = Arc::new(Inner {
             rt: self.rt.clone(),
@@ -619,7 +617,9 @@ async fn upgrade_and_serve<R: Runtime>(
             serve(inner, ws, peer, headers).await
         }
         Either::Left((Ok(_), _)) => {}
-        Either::Left((Err(e), _)) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
+        Either::Left((Err(e), _)) => {
+            tracing::debug!(%peer, error = %e, "upgrade refused or failed")
+        }
         Either::Right(_) => tracing::debug!(%peer, "upgrade not completed in time: closed"),
     }
     live

@@ -1099,6 +1099,14 @@ impl Connection {
         matches!(self.state, State::Open | State::Draining)
     }
 
+    /// SPEC §13.1: the connection error OVERLOADED. What was queued is dropped first: the
+    /// peer is not reading it, the connection is ending, and the ERROR then comes right
+    /// after what the transport already holds instead of behind the backlog that caused it.
+    fn overloaded(&mut self, message: String) {
+        self.out.clear();
+        self.fatal(ErrorCode::OVERLOADED, message);
+    }
+
     /// SPEC §13.1: the bounds on replies and events exist because a peer can provoke them
     /// faster than they drain. They are judged on what the current input batch added, after
     /// every frame (so one batch cannot grow the queue far past the bound), and only growth
@@ -1111,21 +1119,15 @@ impl Connection {
         }
         let (out, events) = (self.out.len(), self.events.len());
         if out > before.0 && out > self.config.max_buffered {
-            self.fatal(
-                ErrorCode::OVERLOADED,
-                format!(
-                    "{out} bytes queued for a peer that does not read (bound {})",
-                    self.config.max_buffered
-                ),
-            );
+            self.overloaded(format!(
+                "{out} bytes queued for a peer that does not read (bound {})",
+                self.config.max_buffered
+            ));
         } else if events > before.1 && events > self.config.max_pending_events {
-            self.fatal(
-                ErrorCode::OVERLOADED,
-                format!(
-                    "{events} events the application did not take (bound {})",
-                    self.config.max_pending_events
-                ),
-            );
+            self.overloaded(format!(
+                "{events} events the application did not take (bound {})",
+                self.config.max_pending_events
+            ));
         }
     }
 
@@ -1141,13 +1143,10 @@ impl Connection {
     fn check_answer_bound(&mut self, before: usize) {
         let out = self.out.len();
         if before > 0 && out > self.config.max_buffered && self.state != State::Closed {
-            self.fatal(
-                ErrorCode::OVERLOADED,
-                format!(
-                    "{out} bytes queued for a peer that does not read (bound {})",
-                    self.config.max_buffered
-                ),
-            );
+            self.overloaded(format!(
+                "{out} bytes queued for a peer that does not read (bound {})",
+                self.config.max_buffered
+            ));
         }
     }
 
