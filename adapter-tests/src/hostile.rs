@@ -209,8 +209,8 @@ pub async fn overloaded_results_end_with_error<S: Runtime, C: Runtime>(srv: S, c
     server.shutdown(Duration::from_secs(1)).await;
 }
 
-/// A WebSocket message above the server's message limit (`2 × (8 + max_frame_payload)`,
-/// `server_ws_config`), which bounds the input one connection makes it buffer, is
+/// A WebSocket message above the server's message limit (`65 536 + 2 × (8 +
+/// max_frame_payload)`, `server_ws_config`, SPEC §2.1), which bounds the input one connection makes it buffer, is
 /// ERROR(OVERLOADED) and a close — not a silent drop of the connection.
 pub async fn oversized_message_is_overloaded<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let mut config = asp_async::ws_default_config();
@@ -221,8 +221,8 @@ pub async fn oversized_message_is_overloaded<S: Runtime, C: Runtime>(srv: S, cli
         .expect("raw connect");
     let mut peer = RawPeer::new(ws);
     peer.hello().await;
-    // 4 KiB of PINGs in one message: every frame is small, the message is not.
-    peer.send(&vec![Frame::Ping; 512]).await;
+    // 72 KiB of PINGs in one message: every frame is small, the message is not.
+    peer.send(&vec![Frame::Ping; 9 << 10]).await;
     let mut last = None;
     while let Some(f) = peer.next_frame().await {
         last = Some(f);
