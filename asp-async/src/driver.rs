@@ -281,7 +281,10 @@ async fn writer<S, R>(
     S: WsStream,
     R: Runtime,
 {
-    let mut buf = BytesMut::with_capacity(16 << 10);
+    // Empty: `poll_transmit` hands the core's bytes over without a copy when the buffer is
+    // empty (always, here), so a capacity reserved up front was only idle memory per
+    // connection (SPEC §13.1, README: idle connections).
+    let mut buf = BytesMut::new();
     let mut batches = Vec::new();
     // The sleep the writer last waited on, with its deadline, kept while it has not fired.
     let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;

@@ -77,10 +77,11 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
     let report = Arc::new(Mutex::new(LoadReport::default()));
     let mut idle = Vec::with_capacity(o.idle);
     if o.idle > 0 {
-        // Opened with bounded parallelism: a burst of 10 000 SYNs overflows the backlog.
+        // Opened with bounded parallelism: a burst of 10 000 SYNs overflows the backlog, and
+        // a server admits at most 128 upgrades in progress per source address (SPEC §13.1).
         let opened = futures::stream::iter(0..o.idle)
             .map(|_| connect(o))
-            .buffer_unordered(256)
+            .buffer_unordered(64)
             .collect::<Vec<_>>()
             .await;
         for c in opened {
@@ -122,7 +123,7 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
     let start = Instant::now();
     let conns = futures::stream::iter(0..o.connections)
         .map(|_| connect(o))
-        .buffer_unordered(256)
+        .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
     let mut workers = Vec::new();
@@ -286,32 +287,87 @@ async fn slow_consumer(
     report.lock().unwrap_or_else(|e| e.into_inner()).slow_bytes += bytes;
 }
 
-/// Connects, starts a stream, and drops the connection at the first chunk, over and over:
-/// the server must cancel each handler and free each connection.
+/// Connects, starts a 16 MiB stream, and drops the transport at the first chunk, over and
+/// over (a raw WebSocket, so that the TCP connection really goes away mid-call; dropping a
+/// `Client` leaves its connection open). The server must cancel each handler and free each
+/// connection.
 async fn storm(
     url: String,
     token: Option<String>,
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<LoadReport>>,
 ) {
-    let o = opts_for(url, token);
     let args = asp_tokio::to_value(&serde_json::json!({"bytes": 16 << 20, "chunk": 4096})).ok();
     let mut cycles = 0;
     while !stop.load(Ordering::Relaxed) {
-        let Ok(client) = connect(&o).await else {
+        let Some(mut ws) = raw_connect(&url, &token).await else {
             continue;
         };
-        if let Ok(mut inv) = client.invoke_raw("blob", args.clone(), InvokeOptions::default()) {
-            let _ = inv.next().await;
+        let mut buf = BytesMut::new();
+        codec::encode(
+            &Frame::Invoke(Invoke {
+                id: RequestId(1),
+                tool: "blob".into(),
+                args: args.clone(),
+                deadline_ms: 0,
+                meta: None,
+            }),
+            &mut buf,
+        );
+        if ws.send(Message::Binary(buf.freeze())).await.is_err() {
+            continue;
         }
-        // Dropped without `close`: the transport just goes away.
-        drop(client);
+        // Up to the first STREAM, then gone (the unread data makes the kernel reset it).
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(mut b) = m {
+                let mut streamed = false;
+                while let Some(Ok(f)) = codec::decode_frame(&mut b, u32::MAX) {
+                    streamed |= matches!(f, Frame::Stream(_));
+                }
+                if streamed {
+                    break;
+                }
+            }
+        }
+        drop(ws);
         cycles += 1;
     }
     report
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .storm_cycles += cycles;
+}
+
+type RawWs = <Tokio as Runtime>::Ws;
+
+/// A raw WebSocket with the ASP handshake done (HELLO sent; the server's HELLO and
+/// TOOL_DEFs are left unread).
+async fn raw_connect(url: &str, token: &Option<String>) -> Option<RawWs> {
+    let rt = Tokio::current();
+    let mut req = url.into_client_request().ok()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("asp-v1"));
+    if let Some(t) = token {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+            req.headers_mut().insert("Authorization", v);
+        }
+    }
+    let addr = asp_tokio::host_port(&req).ok()?;
+    let tcp = rt.tcp_connect(addr).await.ok()?;
+    let (mut ws, _) = rt
+        .handshake(req, tcp, asp_tokio::default_ws_config())
+        .await
+        .ok()?;
+    let mut buf = BytesMut::new();
+    codec::encode(
+        &Frame::Hello(Hello {
+            versions: Versions::V1,
+            ..Hello::default()
+        }),
+        &mut buf,
+    );
+    ws.send(Message::Binary(buf.freeze())).await.ok()?;
+    Some(ws)
 }
 
 /// A raw WebSocket that sends `echo` calls with 32 KiB arguments, 8 per message, and never
@@ -323,43 +379,11 @@ async fn flood(
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<LoadReport>>,
 ) {
-    let rt = Tokio::current();
-    let Ok(mut req) = url.as_str().into_client_request() else {
-        return;
-    };
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("asp-v1"));
-    if let Some(t) = &token {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-            req.headers_mut().insert("Authorization", v);
-        }
-    }
-    let Ok(addr) = asp_tokio::host_port(&req) else {
-        return;
-    };
-    let ws = async {
-        let tcp = rt.tcp_connect(addr).await?;
-        rt.handshake(req, tcp, asp_tokio::default_ws_config()).await
-    };
-    let Ok((mut ws, _)) = ws.await else {
+    let Some(mut ws) = raw_connect(&url, &token).await else {
         note(&report, "flood: connect failed".into());
         return;
     };
     let mut buf = BytesMut::new();
-    codec::encode(
-        &Frame::Hello(Hello {
-            versions: Versions::V1,
-            ..Hello::default()
-        }),
-        &mut buf,
-    );
-    if ws
-        .send(Message::Binary(buf.split().freeze()))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let arg = asp_tokio::to_value(&"x".repeat(32 << 10)).ok();
     let mut sent = 0u64;
     let mut id = 0u16;
