@@ -173,6 +173,11 @@ function readMap(
   return { values, end: pos };
 }
 
+/** A copy (Node's Buffer#slice would be a view into the receive buffer). */
+function copy(buf: Uint8Array, start: number, end: number): Uint8Array {
+  return Uint8Array.prototype.slice.call(buf, start, end);
+}
+
 function invalid(spec: FieldSpec, what: string): never {
   throw new FieldFault(ErrorCode.INVALID_FIELD, `${spec.name}: ${what}`);
 }
@@ -223,17 +228,17 @@ function readField(
       if (h.family !== "bin") invalid(spec, "not binary");
       const n = Number(h.value);
       if (n < spec.min || n > spec.max) invalid(spec, `length ${n} out of range ${spec.min}–${spec.max}`);
-      return buf.slice(h.body, h.body + n);
+      return copy(buf, h.body, h.body + n);
     }
     case "data": {
-      if (h.family === "bin") return buf.slice(h.body, h.body + Number(h.value));
+      if (h.family === "bin") return copy(buf, h.body, h.body + Number(h.value));
       if (h.family !== "str") invalid(spec, "neither string nor binary");
       const s = utf8Decode(buf.subarray(h.body, h.body + Number(h.value)));
       if (s === undefined) invalid(spec, "not UTF-8");
       return s;
     }
     case "any":
-      return new Raw(buf.slice(pos, skipValue(buf, view, pos, end)));
+      return new Raw(copy(buf, pos, skipValue(buf, view, pos, end)));
     case "uints": {
       if (h.family !== "array") invalid(spec, "not an array");
       const n = Number(h.value);

@@ -215,6 +215,11 @@ export class Connection {
     return this.peerCapabilities.has(name) && this.ownCapabilities().includes(name);
   }
 
+  /** Whether the peer's HELLO listed a capability (e.g. a client's `requests`, §6.4). */
+  peerListed(name: string): boolean {
+    return this.peerCapabilities.has(name);
+  }
+
   /** Number of exchanges in flight on either side. */
   get inFlight(): number {
     return this.invocations.size + this.requests.size;
@@ -279,7 +284,7 @@ export class Connection {
     }
     this.out.len = 0;
     // §11.2 step 1: a resumable session outlives its transport for the resume window.
-    if (this.resumable && this.role === "client" && (this.st === "Open" || this.st === "Draining")) {
+    if (this.resumable && (this.st === "Open" || this.st === "Draining")) {
       this.st = "Detached";
       this.detachedAt = now;
       this.resuming = false;
@@ -581,6 +586,42 @@ export class Connection {
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { token: this.resumeToken, received: this.recvCount } });
   }
 
+  /** Server, after `ResumeRequested`: no such session (§11.2 step 3). The transport stays open for HELLO. */
+  refuseResume(): void {
+    this.requireRole("server", "refuseResume");
+    if (this.st !== "Handshaking") throw new ProtocolMisuse("not waiting for a handshake");
+    this.sendError(0, ErrorCode.RESUME_FAILED, "no such session, or the frames it missed are gone", undefined);
+  }
+
+  /** Server: the resume token of this session, if it is resumable (§11.2). */
+  get sessionToken(): Uint8Array | undefined {
+    return this.resumable ? this.resumeToken : undefined;
+  }
+
+  /**
+   * Server, on the detached session a RESUME named (§11.2 step 3): if every frame the client
+   * missed is still held, answers RESUME, re-sends them in order and continues (true);
+   * otherwise returns false and the session is forgotten (closed).
+   */
+  resumeSession(received: number | bigint, now: number): boolean {
+    this.requireRole("server", "resumeSession");
+    if (this.st !== "Detached") return false;
+    const r = Number(received);
+    const missing = this.sentCount - r;
+    if (r > this.sentCount || missing > this.replay.length || r < this.replayFirst) {
+      this.close0("transport_closed", undefined);
+      return false;
+    }
+    this.st = this.goawaySent || this.goawayReceived ? "Draining" : "Open";
+    this.detachedAt = undefined;
+    this.lastRecv = now;
+    this.pingsSent = 0;
+    this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { received: this.recvCount } });
+    for (let i = r - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.emit({ type: "Resumed" });
+    return true;
+  }
+
   // ---------------------------------------------------------------- receiving
 
   private handleFrame(header: ReturnType<typeof readHeader>, buf: Uint8Array, start: number, now: number): void {
@@ -707,8 +748,13 @@ export class Connection {
     if (this.role === "server") {
       if (frame.type === FrameType.HELLO) return this.serverHello(frame, now);
       if (frame.type === FrameType.RESUME) {
-        // This server keeps no detached sessions to resume (§11.2 step 5).
-        this.sendError(0, ErrorCode.RESUME_FAILED, "no session to resume", undefined);
+        if (!this.cfg.resume || f["token"] === undefined) {
+          // §11.2 step 5: a side that does not support resume refuses; HELLO may follow.
+          this.sendError(0, ErrorCode.RESUME_FAILED, "resume is not supported", undefined);
+          return;
+        }
+        // The application finds the detached session by token (`resumeSession`) or refuses (`refuseResume`).
+        this.emit({ type: "ResumeRequested", token: f["token"] as Uint8Array, received: f["received"] as number | bigint });
         return;
       }
       this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `${frameName(frame.type)} before HELLO`, frame.type);
@@ -1234,7 +1280,10 @@ export class Connection {
   }
 
   private requireSession(what: string): void {
-    if (this.st !== "Open" && this.st !== "Draining") throw new ProtocolMisuse(`cannot ${what} in state ${this.st}`);
+    // Detached: frames are kept for replay and re-sent on resume (§11).
+    if (this.st !== "Open" && this.st !== "Draining" && this.st !== "Detached") {
+      throw new ProtocolMisuse(`cannot ${what} in state ${this.st}`);
+    }
   }
 
   private allocateId(map: Map<number, unknown>, lo: number, hi: number): number {

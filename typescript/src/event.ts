@@ -57,6 +57,8 @@ export type Event =
   | { type: "PeerError"; id: number; code: number; message?: string; retryable: boolean }
   /** Server: the peer granted STREAM credit, so `streamCapacity` grew. */
   | { type: "Writable"; id: number }
+  /** Server: a new transport asks to resume the session with this token (§11.2). */
+  | { type: "ResumeRequested"; token: Uint8Array; received: number | bigint }
   | { type: "Detached" }
   | { type: "Resumed" }
   | { type: "Closed"; reason: CloseReason; code?: number };
