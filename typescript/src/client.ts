@@ -4,7 +4,7 @@
  * WebSocket comes from the caller (`index.ts` uses the browser's, `node.ts` uses `ws`).
  * @module
  */
-import { decode as mpDecode, encode as mpEncode } from "@msgpack/msgpack";
+import { Decoder, Encoder } from "@msgpack/msgpack";
 import { ErrorCode } from "./codes.js";
 import { Connection, type ConnectionConfig } from "./connection.js";
 import { Driver, type SocketLike, SUBPROTOCOL, now } from "./driver.js";
@@ -12,6 +12,19 @@ import { AspError, ConnectionLost, ProtocolMisuse } from "./errors.js";
 import type { Event, Metrics, ToolDef } from "./event.js";
 import { Raw } from "./frame.js";
 import type { Limits } from "./limits.js";
+import { utf8Length } from "./msgpack.js";
+
+// One codec instance each: constructing them per call was a measurable share of a round trip.
+const encoder = new Encoder();
+const decoder = new Decoder();
+/** Application value → MessagePack bytes (a fresh copy). */
+export function mpEncode(v: unknown): Uint8Array {
+  return encoder.encode(v);
+}
+/** MessagePack bytes → application value. */
+export function mpDecode(b: Uint8Array): unknown {
+  return decoder.decode(b);
+}
 
 /** Opens a WebSocket offering the given subprotocol (and, where the platform allows, headers). */
 export type SocketFactory = (url: string, protocol: string, headers: Record<string, string>) => SocketLike;
@@ -139,6 +152,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
   private resolve!: (c: Completion) => void;
   private reject!: (e: Error) => void;
   private queue: (string | Uint8Array)[] = [];
+  private head = 0;
   private done = false;
   private error: Error | undefined;
   private waiter: (() => void) | undefined;
@@ -172,7 +186,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
       if (!this.iterating && !this.releaseAll) {
         this.releaseAll = true;
         let n = 0;
-        for (const c of this.queue) n += chunkLen(c);
+        for (let i = this.head; i < this.queue.length; i++) n += chunkLen(this.queue[i]!);
         if (n > 0) this.client.release(this.id, n);
       }
       return then(a, b);
@@ -208,21 +222,34 @@ export class Call implements AsyncIterable<string | Uint8Array> {
     w?.();
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<string | Uint8Array> {
+  [Symbol.asyncIterator](): AsyncIterator<string | Uint8Array> {
     this.iterating = true;
-    for (;;) {
-      if (this.queue.length > 0) {
-        const c = this.queue.shift()!;
+    // Hand-written (not an async generator): a chunk already queued costs one resolved promise.
+    const next = (): Promise<IteratorResult<string | Uint8Array>> => {
+      if (this.head < this.queue.length) {
+        const c = this.queue[this.head]!;
+        this.queue[this.head++] = "";
+        if (this.head === this.queue.length) {
+          this.queue.length = 0;
+          this.head = 0;
+        }
+        // Credit follows consumption (§7.5).
         if (!this.releaseAll) this.client.release(this.id, chunkLen(c));
-        yield c;
-        continue;
+        return Promise.resolve({ value: c, done: false });
       }
       if (this.done) {
-        if (this.error !== undefined) throw this.error;
-        return;
+        return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
       }
-      await new Promise<void>((r) => (this.waiter = r));
-    }
+      return new Promise<void>((r) => (this.waiter = r)).then(next);
+    };
+    return {
+      next,
+      return: (): Promise<IteratorResult<string | Uint8Array>> => {
+        // Leaving the loop early (break) stops the invocation.
+        if (!this.done) this.interrupt("iteration stopped");
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
   }
 
   /** Collects every text chunk (and awaits the result). */
@@ -234,7 +261,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
 }
 
 function chunkLen(c: string | Uint8Array): number {
-  return typeof c === "string" ? new TextEncoder().encode(c).length : c.length;
+  return typeof c === "string" ? utf8Length(c) : c.length;
 }
 
 const STATUS = ["ok", "cancelled", "failed"] as const;

@@ -148,17 +148,18 @@ function readMap(
   const n = Number(h.value);
   pos = h.body;
   const values: [FieldSpec, number][] = [];
-  const seen = new Set<number>();
+  // Defined keys are small (< 8) and equal to their index in the schema tables.
+  let seen = 0;
   for (let i = 0; i < n; i++) {
     const k = readHead(buf, view, pos, end);
     if (k.family !== "uint") throw new Malformed("map key is not an unsigned integer");
     pos = k.body;
     const key = k.value;
-    const spec = typeof key === "number" ? schema.find((s) => s.key === key) : undefined;
+    const spec = typeof key === "number" && key < schema.length ? schema[key] : undefined;
     const valueStart = pos;
     if (spec !== undefined) {
-      if (seen.has(spec.key)) throw new Malformed(`duplicate key ${spec.key}`);
-      seen.add(spec.key);
+      if (seen & (1 << (key as number))) throw new Malformed(`duplicate key ${spec.key}`);
+      seen |= 1 << (key as number);
       // Nested maps follow the same structural rules (§4.3).
       if (spec.kind === "map" && readHead(buf, view, pos, end).family === "map") {
         pos = readMap(spec.fields, buf, view, pos, end, false).end;

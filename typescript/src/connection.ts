@@ -215,6 +215,11 @@ export class Connection {
     return this.peerCapabilities.has(name) && this.ownCapabilities().includes(name);
   }
 
+  /** Whether anything waits in `pollTransmit` or `pollEvent`. */
+  get hasOutput(): boolean {
+    return this.out.len > 0 || this.eventHead < this.events.length;
+  }
+
   /** Whether the peer's HELLO listed a capability (e.g. a client's `requests`, §6.4). */
   peerListed(name: string): boolean {
     return this.peerCapabilities.has(name);

@@ -29,6 +29,19 @@ export function now(): number {
   return performance.now();
 }
 
+/** Runs `f` after pending I/O (Node's setImmediate; a MessageChannel task in browsers). */
+const immediate: (f: () => void) => void =
+  typeof setImmediate === "function"
+    ? (f) => void setImmediate(f)
+    : (f) => {
+        const ch = new MessageChannel();
+        ch.port1.onmessage = () => {
+          ch.port1.close();
+          f();
+        };
+        ch.port2.postMessage(null);
+      };
+
 export class Driver {
   socket: SocketLike | undefined;
   private timer: ReturnType<typeof setTimeout> | undefined;
@@ -36,6 +49,8 @@ export class Driver {
   private pumping = false;
   private scheduled = false;
   private socketClosed = false;
+  /** A message went out in this event-loop turn: later output waits for the turn's end (coalescing, §2.1). */
+  private sentThisTurn = false;
 
   constructor(
     readonly conn: Connection,
@@ -81,21 +96,28 @@ export class Driver {
     };
   }
 
-  /** Runs `fn` (a command on the connection) and flushes what it queued at the end of this turn. */
+  /** Runs `fn` (a command on the connection) and flushes what it queued soon after. */
   command<T>(fn: () => T): T {
     const r = fn();
-    this.schedule();
+    if (this.conn.hasOutput) this.schedule();
     return r;
   }
 
-  /** Flush soon (coalescing every command of this turn into one message). */
+  /**
+   * Flush soon. The first message of an event-loop turn leaves after the current microtasks
+   * (a round trip waits for nothing); output queued after it in the same turn — a handler
+   * streaming chunk after chunk — goes out together when the turn ends, as one message
+   * (SPEC §2.1: senders SHOULD coalesce frames that are ready at the same time).
+   */
   schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    queueMicrotask(() => {
+    const run = () => {
       this.scheduled = false;
       this.pump();
-    });
+    };
+    if (this.sentThisTurn) immediate(run);
+    else queueMicrotask(run);
   }
 
   /** Drains the connection: transmit, events, then arms the timer (SPEC-free glue). */
@@ -109,6 +131,10 @@ export class Driver {
         if (bytes !== undefined) {
           progress = true;
           if (this.socket !== undefined && !this.socketClosed && this.socket.readyState === 1) {
+            if (!this.sentThisTurn) {
+              this.sentThisTurn = true;
+              immediate(() => (this.sentThisTurn = false));
+            }
             try {
               this.socket.send(bytes);
             } catch {

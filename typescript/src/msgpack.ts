@@ -37,115 +37,128 @@ function i64(view: DataView, pos: number): number | bigint {
   return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
 }
 
-/** Reads the header of the value at `pos`. Throws `Malformed` on `0xc1` or truncation. */
+/**
+ * The one `Head` that `readHead` fills in: decoding allocates no object per value. Callers
+ * read its fields before the next `readHead` call.
+ */
+const HEAD: Head = { family: "nil", value: 0, body: 0 };
+
+function set(family: Family, value: number | bigint, body: number): Head {
+  HEAD.family = family;
+  HEAD.value = value;
+  HEAD.body = body;
+  return HEAD;
+}
+
+/** Reads the header of the value at `pos` (into a shared `Head`: read it before the next call). Throws `Malformed` on `0xc1` or truncation. */
 export function readHead(buf: Uint8Array, view: DataView, pos: number, end: number): Head {
   need(end, pos, 1);
   const b = buf[pos]!;
   const p = pos + 1;
-  if (b <= 0x7f) return { family: "uint", value: b, body: p };
-  if (b >= 0xe0) return { family: "neg", value: b - 0x100, body: p };
-  if (b <= 0x8f) return { family: "map", value: b & 0x0f, body: p };
-  if (b <= 0x9f) return { family: "array", value: b & 0x0f, body: p };
-  if (b <= 0xbf) return { family: "str", value: b & 0x1f, body: p };
+  if (b <= 0x7f) return set("uint", b, p);
+  if (b >= 0xe0) return set("neg", b - 0x100, p);
+  if (b <= 0x8f) return set("map", b & 0x0f, p);
+  if (b <= 0x9f) return set("array", b & 0x0f, p);
+  if (b <= 0xbf) return set("str", b & 0x1f, p);
   switch (b) {
     case 0xc0:
-      return { family: "nil", value: 0, body: p };
+      return set("nil", 0, p);
     case 0xc2:
-      return { family: "bool", value: 0, body: p };
+      return set("bool", 0, p);
     case 0xc3:
-      return { family: "bool", value: 1, body: p };
+      return set("bool", 1, p);
     case 0xc4:
       need(end, p, 1);
-      return { family: "bin", value: buf[p]!, body: p + 1 };
+      return set("bin", buf[p]!, p + 1);
     case 0xc5:
       need(end, p, 2);
-      return { family: "bin", value: view.getUint16(p), body: p + 2 };
+      return set("bin", view.getUint16(p), p + 2);
     case 0xc6:
       need(end, p, 4);
-      return { family: "bin", value: view.getUint32(p), body: p + 4 };
+      return set("bin", view.getUint32(p), p + 4);
     case 0xc7:
       need(end, p, 2);
-      return { family: "ext", value: buf[p]!, body: p + 2 };
+      return set("ext", buf[p]!, p + 2);
     case 0xc8:
       need(end, p, 3);
-      return { family: "ext", value: view.getUint16(p), body: p + 3 };
+      return set("ext", view.getUint16(p), p + 3);
     case 0xc9:
       need(end, p, 5);
-      return { family: "ext", value: view.getUint32(p), body: p + 5 };
+      return set("ext", view.getUint32(p), p + 5);
     case 0xca:
       need(end, p, 4);
-      return { family: "float", value: 0, body: p + 4 };
+      return set("float", 0, p + 4);
     case 0xcb:
       need(end, p, 8);
-      return { family: "float", value: 0, body: p + 8 };
+      return set("float", 0, p + 8);
     case 0xcc:
       need(end, p, 1);
-      return { family: "uint", value: buf[p]!, body: p + 1 };
+      return set("uint", buf[p]!, p + 1);
     case 0xcd:
       need(end, p, 2);
-      return { family: "uint", value: view.getUint16(p), body: p + 2 };
+      return set("uint", view.getUint16(p), p + 2);
     case 0xce:
       need(end, p, 4);
-      return { family: "uint", value: view.getUint32(p), body: p + 4 };
+      return set("uint", view.getUint32(p), p + 4);
     case 0xcf:
       need(end, p, 8);
-      return { family: "uint", value: u64(view, p), body: p + 8 };
+      return set("uint", u64(view, p), p + 8);
     case 0xd0: {
       need(end, p, 1);
       const v = view.getInt8(p);
-      return { family: v < 0 ? "neg" : "uint", value: v, body: p + 1 };
+      return set(v < 0 ? "neg" : "uint", v, p + 1);
     }
     case 0xd1: {
       need(end, p, 2);
       const v = view.getInt16(p);
-      return { family: v < 0 ? "neg" : "uint", value: v, body: p + 2 };
+      return set(v < 0 ? "neg" : "uint", v, p + 2);
     }
     case 0xd2: {
       need(end, p, 4);
       const v = view.getInt32(p);
-      return { family: v < 0 ? "neg" : "uint", value: v, body: p + 4 };
+      return set(v < 0 ? "neg" : "uint", v, p + 4);
     }
     case 0xd3: {
       need(end, p, 8);
       const v = i64(view, p);
-      return { family: v < 0 ? "neg" : "uint", value: v, body: p + 8 };
+      return set(v < 0 ? "neg" : "uint", v, p + 8);
     }
     case 0xd4:
       need(end, p, 2);
-      return { family: "ext", value: 1, body: p + 1 };
+      return set("ext", 1, p + 1);
     case 0xd5:
       need(end, p, 3);
-      return { family: "ext", value: 2, body: p + 1 };
+      return set("ext", 2, p + 1);
     case 0xd6:
       need(end, p, 5);
-      return { family: "ext", value: 4, body: p + 1 };
+      return set("ext", 4, p + 1);
     case 0xd7:
       need(end, p, 9);
-      return { family: "ext", value: 8, body: p + 1 };
+      return set("ext", 8, p + 1);
     case 0xd8:
       need(end, p, 17);
-      return { family: "ext", value: 16, body: p + 1 };
+      return set("ext", 16, p + 1);
     case 0xd9:
       need(end, p, 1);
-      return { family: "str", value: buf[p]!, body: p + 1 };
+      return set("str", buf[p]!, p + 1);
     case 0xda:
       need(end, p, 2);
-      return { family: "str", value: view.getUint16(p), body: p + 2 };
+      return set("str", view.getUint16(p), p + 2);
     case 0xdb:
       need(end, p, 4);
-      return { family: "str", value: view.getUint32(p), body: p + 4 };
+      return set("str", view.getUint32(p), p + 4);
     case 0xdc:
       need(end, p, 2);
-      return { family: "array", value: view.getUint16(p), body: p + 2 };
+      return set("array", view.getUint16(p), p + 2);
     case 0xdd:
       need(end, p, 4);
-      return { family: "array", value: view.getUint32(p), body: p + 4 };
+      return set("array", view.getUint32(p), p + 4);
     case 0xde:
       need(end, p, 2);
-      return { family: "map", value: view.getUint16(p), body: p + 2 };
+      return set("map", view.getUint16(p), p + 2);
     case 0xdf:
       need(end, p, 4);
-      return { family: "map", value: view.getUint32(p), body: p + 4 };
+      return set("map", view.getUint32(p), p + 4);
     default:
       // 0xc1 is never used (§4.3).
       throw new Malformed("invalid byte 0xc1");

@@ -5,15 +5,15 @@
  */
 import { createServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { decode as mpDecode, encode as mpEncode } from "@msgpack/msgpack";
 import { WebSocketServer, type WebSocket } from "ws";
-import { ToolFailed } from "./client.js";
+import { ToolFailed, mpDecode, mpEncode } from "./client.js";
 import { ErrorCode, scopeOf } from "./codes.js";
 import { Connection, type ConnectionConfig } from "./connection.js";
 import { Driver, type SocketLike, SUBPROTOCOL, now } from "./driver.js";
 import { AspError, ConnectionLost, ProtocolMisuse } from "./errors.js";
 import type { Event, Metrics, ToolDef } from "./event.js";
 import { Raw } from "./frame.js";
+import { utf8Length } from "./msgpack.js";
 import type { Limits } from "./limits.js";
 import { DEFAULT_PATH } from "./url.js";
 
@@ -89,6 +89,7 @@ export interface ServeOptions extends Partial<Limits> {
 
 /** Outgoing bytes queued in the socket above which streaming waits (SPEC §13 outgoing queue). */
 const HIGH_WATER = 1 << 20;
+const RESOLVED = Promise.resolve();
 
 function hex(b: Uint8Array): string {
   let s = "";
@@ -113,8 +114,31 @@ function decodeRaw(r: Raw | undefined): unknown {
   }
 }
 
+/** An AbortController made only when a handler looks at its signal (most never do). */
+class LazyAbort {
+  private ac: AbortController | undefined;
+  private reasonValue: unknown;
+  aborted = false;
+  get signal(): AbortSignal {
+    if (this.ac === undefined) {
+      this.ac = new AbortController();
+      if (this.aborted) this.ac.abort(this.reasonValue);
+    }
+    return this.ac.signal;
+  }
+  get reason(): unknown {
+    return this.reasonValue;
+  }
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reasonValue = reason;
+    this.ac?.abort(reason);
+  }
+}
+
 interface Running {
-  abort: AbortController;
+  abort: LazyAbort;
   /** Wakes a stream() waiting for window or socket room. */
   wake: (() => void) | undefined;
 }
@@ -214,7 +238,7 @@ class Session {
 
   private async run(id: number, tool: string, args: unknown, meta: unknown): Promise<void> {
     const spec = this.server.toolSpecs.get(tool);
-    const abort = new AbortController();
+    const abort = new LazyAbort();
     const running: Running = { abort, wake: undefined };
     this.running.set(id, running);
     const started = now();
@@ -223,7 +247,9 @@ class Session {
       tool,
       connectionId: this.conn.connectionId,
       meta,
-      signal: abort.signal,
+      get signal() {
+        return abort.signal;
+      },
       stream: (data) => this.stream(id, running, data),
       ask: (kind, body) => this.ask(id, kind, body),
       canAsk: this.conn.peerListed("requests"),
@@ -242,7 +268,7 @@ class Session {
     if (ctx.metrics.wall_us === undefined) ctx.metrics.wall_us = Math.round((now() - started) * 1000);
     try {
       this.driver.command(() => {
-        if (abort.signal.aborted && (error !== undefined || result === undefined)) {
+        if (abort.aborted && (error !== undefined || result === undefined)) {
           // §7.3: an interrupted invocation ends COMPLETE(cancelled).
           this.conn.complete(id, 1, undefined, ctx.metrics);
         } else if (error instanceof ToolFailed) {
@@ -267,23 +293,37 @@ class Session {
     }
   }
 
-  private async stream(id: number, running: Running, data: string | Uint8Array): Promise<void> {
+  private stream(id: number, running: Running, data: string | Uint8Array): Promise<void> {
+    // Fast path: the chunk fits the window and the socket has room; no promise to wait on.
+    if (!running.abort.aborted) {
+      const cap = this.conn.streamCapacity(id);
+      const socket = this.driver.socket;
+      const n = typeof data === "string" ? utf8Length(data) : data.length;
+      if (n > 0 && n <= cap && socket !== undefined && socket.bufferedAmount <= HIGH_WATER) {
+        this.driver.command(() => this.conn.stream(id, data));
+        return RESOLVED;
+      }
+    }
+    return this.streamSlow(id, running, data);
+  }
+
+  private async streamSlow(id: number, running: Running, data: string | Uint8Array): Promise<void> {
     let bytes: Uint8Array | undefined = typeof data === "string" ? undefined : data;
     let text = typeof data === "string" ? data : undefined;
     for (;;) {
-      if (running.abort.signal.aborted) throw running.abort.signal.reason ?? new AspError(ErrorCode.INTERNAL, "interrupted");
+      if (running.abort.aborted) throw running.abort.reason ?? new AspError(ErrorCode.INTERNAL, "interrupted");
       const cap = this.conn.streamCapacity(id);
       if (cap < 0) throw new ConnectionLost("the invocation is no longer running");
       const socket = this.driver.socket;
       const full = socket === undefined || socket.bufferedAmount > HIGH_WATER;
       if (cap > 0 && !full) {
         if (text !== undefined) {
-          // Split text at character boundaries within `cap` bytes.
-          const enc = new TextEncoder().encode(text);
-          if (enc.length <= cap) {
+          if (utf8Length(text) <= cap) {
             this.driver.command(() => this.conn.stream(id, text!));
             return;
           }
+          // Split text at character boundaries within `cap` bytes.
+          const enc = new TextEncoder().encode(text);
           let end = cap;
           while (end > 0 && (enc[end]! & 0xc0) === 0x80) end--;
           const head = new TextDecoder().decode(enc.subarray(0, end));
@@ -353,7 +393,7 @@ export class Server {
   /** @internal */ readonly toolSpecs = new Map<string, ToolSpec>();
   /** @internal */ readonly connections = new Set<Session>();
   /** @internal */ readonly sessions = new Map<string, Session>();
-  private readonly http: HttpServer;
+  /** @internal */ readonly http: HttpServer;
   private readonly wss: WebSocketServer;
   private readonly config: ServeOptions;
   /** The `ws://` URL clients connect to. */
