@@ -70,7 +70,7 @@ async function benchWs(server: Child, payload: Uint8Array): Promise<Sample> {
   let wake: (d: Buffer) => void = () => undefined;
   ws.on("message", (d: Buffer) => wake(d));
   const roundTrip = () => new Promise<Buffer>((r) => ((wake = r), ws.send(payload)));
-  for (let i = 0; i < 2000; i++) await roundTrip();
+  for (let i = 0; i < 5000; i++) await roundTrip();
   const b0 = await server.bytes();
   const t0 = ms();
   for (let i = 0; i < N; i++) await roundTrip();
@@ -98,7 +98,7 @@ async function benchWs(server: Child, payload: Uint8Array): Promise<Sample> {
 async function benchAsp(server: Child): Promise<Sample> {
   const client = await connect(server.url, { heartbeatMs: 0, reconnect: false });
   const arg = { text: "hello" };
-  for (let i = 0; i < 2000; i++) await client.call("echo", arg);
+  for (let i = 0; i < 5000; i++) await client.call("echo", arg);
   const b0 = await server.bytes();
   const t0 = ms();
   for (let i = 0; i < N; i++) await client.call("echo", arg);
@@ -158,6 +158,38 @@ function fmt(xs: number[], digits = 1): string {
   return xs.length === 1 ? f(xs[0]!) : `${f(median(xs))} [${f(Math.min(...xs))}–${f(Math.max(...xs))}]`;
 }
 
+/**
+ * Round trips, ws and ASP interleaved: `rounds` pairs of `batch` calls each, alternating, so
+ * both see the same moment of a loaded machine; the ratio is taken per pair.
+ */
+async function interleaved(wsServer: Child, aspServer: Child, payload: Uint8Array, rounds: number, batch: number) {
+  const ws = new WebSocket(wsServer.url, { perMessageDeflate: false });
+  await new Promise((r) => ws.once("open", r));
+  let wake: (d: Buffer) => void = () => undefined;
+  ws.on("message", (d: Buffer) => wake(d));
+  const wsTrip = () => new Promise<Buffer>((r) => ((wake = r), ws.send(payload)));
+  const client = await connect(aspServer.url, { heartbeatMs: 0, reconnect: false });
+  const arg = { text: "hello" };
+  // A long warm-up: the JIT needs thousands of calls before the ASP path is steady.
+  for (let i = 0; i < (quick ? 1000 : 10000); i++) {
+    await wsTrip();
+    await client.call("echo", arg);
+  }
+  const wsUs: number[] = [];
+  const aspUs: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    let t0 = ms();
+    for (let i = 0; i < batch; i++) await wsTrip();
+    wsUs.push(((ms() - t0) * 1000) / batch);
+    t0 = ms();
+    for (let i = 0; i < batch; i++) await client.call("echo", arg);
+    aspUs.push(((ms() - t0) * 1000) / batch);
+  }
+  ws.close();
+  client.close();
+  return { wsUs, aspUs, ratio: aspUs.map((a, i) => a / wsUs[i]!) };
+}
+
 async function main(): Promise<void> {
   const [wsServer, aspServer, mcpServer] = await Promise.all([start("ws"), start("asp"), start("mcp")]);
   // The raw floor sends what an ASP client sends for the same call: the INVOKE frame.
@@ -171,6 +203,8 @@ async function main(): Promise<void> {
     mcp.push(await benchMcp(mcpServer));
     process.stderr.write(`run ${r + 1}/${runs}: ws ${ws[r]!.usPerCall.toFixed(1)} µs, asp ${asp[r]!.usPerCall.toFixed(1)} µs, mcp ${mcp[r]!.usPerCall.toFixed(1)} µs\n`);
   }
+  const rounds = quick ? 5 : 40;
+  const inter = await interleaved(wsServer, aspServer, payload, rounds, 250);
   for (const s of [wsServer, aspServer, mcpServer]) s.stop();
   const col = (xs: Sample[], k: keyof Sample, d = 1) => fmt(xs.map((x) => x[k]), d);
   const ratio = (a: Sample[], b: Sample[], k: keyof Sample) => fmt(a.map((x, i) => x[k] / b[i]![k]), 2);
@@ -178,6 +212,7 @@ async function main(): Promise<void> {
   console.log("| measure | raw `ws` echo (floor) | ASP (this package) | MCP TS SDK, Streamable HTTP | ASP ÷ floor | MCP ÷ ASP |");
   console.log("|---|---|---|---|---|---|");
   console.log(`| round trip, µs/call | ${col(ws, "usPerCall")} | ${col(asp, "usPerCall")} | ${col(mcp, "usPerCall")} | ${ratio(asp, ws, "usPerCall")}× | ${ratio(mcp, asp, "usPerCall")}× |`);
+  console.log(`| round trip, interleaved: ${rounds} pairs of ${250}-call batches, µs/call | ${fmt(inter.wsUs)} | ${fmt(inter.aspUs)} | — | ${fmt(inter.ratio, 2)}× | — |`);
   console.log(`| bytes per call (TCP, both ways) | ${col(ws, "bytesPerCall", 0)} | ${col(asp, "bytesPerCall", 0)} | ${col(mcp, "bytesPerCall", 0)} | ${ratio(asp, ws, "bytesPerCall")}× | ${ratio(mcp, asp, "bytesPerCall")}× |`);
   console.log(`| 1,000-chunk stream, ms | ${col(ws, "msPerStream", 2)} | ${col(asp, "msPerStream", 2)} | ${col(mcp, "msPerStream", 2)} | ${ratio(asp, ws, "msPerStream")}× | ${ratio(mcp, asp, "msPerStream")}× |`);
 }

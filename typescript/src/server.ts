@@ -171,7 +171,7 @@ class Session {
         this.server.connections.add(this);
         return;
       case "Invoked":
-        void this.run(e.id, e.tool, decodeRaw(e.args), decodeRaw(e.meta));
+        this.run(e.id, e.tool, decodeRaw(e.args), decodeRaw(e.meta));
         return;
       case "Interrupted":
         this.running.get(e.id)?.abort.abort(new AspError(ErrorCode.INTERNAL, "interrupted"));
@@ -236,7 +236,7 @@ class Session {
     }
   }
 
-  private async run(id: number, tool: string, args: unknown, meta: unknown): Promise<void> {
+  private run(id: number, tool: string, args: unknown, meta: unknown): void {
     const spec = this.server.toolSpecs.get(tool);
     const abort = new LazyAbort();
     const running: Running = { abort, wake: undefined };
@@ -255,14 +255,27 @@ class Session {
       canAsk: this.conn.peerListed("requests"),
       metrics: {},
     };
-    let result: unknown;
-    let error: unknown;
+    let value: unknown;
     try {
       if (spec === undefined) throw new AspError(ErrorCode.UNKNOWN_TOOL, tool);
-      result = await spec.handler(args, ctx);
+      value = spec.handler(args, ctx);
     } catch (e) {
-      error = e;
+      this.finish(id, running, ctx, started, undefined, e);
+      return;
     }
+    if (value !== null && typeof (value as { then?: unknown })?.then === "function") {
+      (value as Promise<unknown>).then(
+        (r) => this.finish(id, running, ctx, started, r, undefined),
+        (e) => this.finish(id, running, ctx, started, undefined, e ?? new Error("rejected")),
+      );
+    } else {
+      // A handler that answers at once completes in this turn, without a promise.
+      this.finish(id, running, ctx, started, value, undefined);
+    }
+  }
+
+  private finish(id: number, running: Running, ctx: ToolContext, started: number, result: unknown, error: unknown): void {
+    const abort = running.abort;
     if (this.running.get(id) !== running) return; // ended by the protocol (deadline, ERROR, close)
     this.running.delete(id);
     if (ctx.metrics.wall_us === undefined) ctx.metrics.wall_us = Math.round((now() - started) * 1000);
