@@ -14,7 +14,9 @@ if [ -z "${ASP_BIN:-}" ]; then
   else
     (cd "$root" && cargo build --quiet -p asp-tokio --features cli --bin asp)
   fi
-  export ASP_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/asp"
+  target_dir="${CARGO_TARGET_DIR:-target}"
+  case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+  export ASP_BIN="$target_dir/debug/asp"
 fi
 [ -x "$ASP_BIN" ] || { echo "no asp binary at $ASP_BIN" >&2; exit 1; }
 
