@@ -147,10 +147,10 @@ function toTool(t: ToolDef): Tool {
 export class Call implements AsyncIterable<string | Uint8Array> {
   /** The invocation's request id. */
   readonly id: number;
-  /** Settles when the invocation ends: resolves for ok and cancelled, rejects with `ToolFailed`, `AspError` or `ConnectionLost`. */
-  readonly result: Promise<Completion>;
-  private resolve!: (c: Completion) => void;
-  private reject!: (e: Error) => void;
+  private promise: Promise<Completion> | undefined;
+  private resolve: ((c: Completion) => void) | undefined;
+  private reject: ((e: Error) => void) | undefined;
+  private completion: Completion | undefined;
   private queue: (string | Uint8Array)[] = [];
   private head = 0;
   private done = false;
@@ -158,6 +158,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
   private waiter: (() => void) | undefined;
   private iterating = false;
   private releaseAll = false;
+  private onAbort: (() => void) | undefined;
 
   /** @internal */
   constructor(
@@ -166,31 +167,40 @@ export class Call implements AsyncIterable<string | Uint8Array> {
     private readonly signal?: AbortSignal,
   ) {
     this.id = id;
-    const p = new Promise<Completion>((res, rej) => {
-      this.resolve = res;
-      this.reject = rej;
-    });
-    // A caller that only iterates must not see an unhandled rejection from `result`.
-    p.catch(() => undefined);
-    this.result = p;
     if (signal !== undefined) {
       const onAbort = () => this.interrupt("aborted");
       if (signal.aborted) queueMicrotask(onAbort);
-      else signal.addEventListener("abort", onAbort, { once: true });
-      void p.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => undefined);
+      else {
+        signal.addEventListener("abort", onAbort, { once: true });
+        this.onAbort = onAbort;
+      }
     }
-    // Awaiting only the result still lets the stream run: chunks nobody iterates are
-    // credited at once (SPEC §7.5) and kept for a later iteration.
-    const then = p.then.bind(p);
-    (this.result as { then: unknown }).then = ((a: never, b: never) => {
+  }
+
+  /**
+   * Settles when the invocation ends: resolves for ok and cancelled, rejects with
+   * `ToolFailed`, `AspError` or `ConnectionLost`. Made on first use, so a caller that only
+   * iterates never meets an unhandled rejection. Awaiting only the result still lets the
+   * stream run: chunks nobody iterates are credited at once (SPEC §7.5) and kept.
+   */
+  get result(): Promise<Completion> {
+    if (this.promise === undefined) {
+      if (this.done) {
+        this.promise = this.error !== undefined ? Promise.reject(this.error) : Promise.resolve(this.completion!);
+      } else {
+        this.promise = new Promise<Completion>((res, rej) => {
+          this.resolve = res;
+          this.reject = rej;
+        });
+      }
       if (!this.iterating && !this.releaseAll) {
         this.releaseAll = true;
         let n = 0;
         for (let i = this.head; i < this.queue.length; i++) n += chunkLen(this.queue[i]!);
         if (n > 0) this.client.release(this.id, n);
       }
-      return then(a, b);
-    }) as typeof p.then;
+    }
+    return this.promise;
   }
 
   /** Asks the server to stop (SPEC §7.3). The call then ends, normally `cancelled`. */
@@ -209,10 +219,14 @@ export class Call implements AsyncIterable<string | Uint8Array> {
   /** @internal */
   onEnd(c: Completion | undefined, error: Error | undefined): void {
     this.done = true;
+    if (this.onAbort !== undefined) this.signal?.removeEventListener("abort", this.onAbort);
     if (error !== undefined) {
       this.error = error;
-      this.reject(error);
-    } else this.resolve(c!);
+      this.reject?.(error);
+    } else {
+      this.completion = c;
+      this.resolve?.(c!);
+    }
     this.wake();
   }
 

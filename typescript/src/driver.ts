@@ -99,7 +99,12 @@ export class Driver {
   /** Runs `fn` (a command on the connection) and flushes what it queued soon after. */
   command<T>(fn: () => T): T {
     const r = fn();
-    if (this.conn.hasOutput) this.schedule();
+    if (this.conn.hasOutput) {
+      // Nothing went out yet this turn: send now (a round trip waits for nothing); otherwise
+      // coalesce with what follows.
+      if (!this.sentThisTurn && !this.pumping && !this.scheduled) this.pump();
+      else this.schedule();
+    }
     return r;
   }
 

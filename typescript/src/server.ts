@@ -143,6 +143,33 @@ interface Running {
   wake: (() => void) | undefined;
 }
 
+/** A handler's `ToolContext` (a class: its methods live on the prototype, not per call). */
+class Context implements ToolContext {
+  metrics: Metrics = {};
+  constructor(
+    private readonly session: Session,
+    readonly id: number,
+    readonly tool: string,
+    readonly meta: unknown,
+    private readonly running: Running,
+  ) {}
+  get connectionId(): string {
+    return this.session.conn.connectionId;
+  }
+  get signal(): AbortSignal {
+    return this.running.abort.signal;
+  }
+  get canAsk(): boolean {
+    return this.session.conn.peerListed("requests");
+  }
+  stream(data: string | Uint8Array): Promise<void> {
+    return this.session.stream(this.id, this.running, data);
+  }
+  ask(kind: string, body?: unknown): Promise<unknown> {
+    return this.session.ask(this.id, kind, body);
+  }
+}
+
 /** One client connection: its core, driver, and running handlers. */
 class Session {
   readonly conn: Connection;
@@ -242,19 +269,7 @@ class Session {
     const running: Running = { abort, wake: undefined };
     this.running.set(id, running);
     const started = now();
-    const ctx: ToolContext = {
-      id,
-      tool,
-      connectionId: this.conn.connectionId,
-      meta,
-      get signal() {
-        return abort.signal;
-      },
-      stream: (data) => this.stream(id, running, data),
-      ask: (kind, body) => this.ask(id, kind, body),
-      canAsk: this.conn.peerListed("requests"),
-      metrics: {},
-    };
+    const ctx = new Context(this, id, tool, meta, running);
     let value: unknown;
     try {
       if (spec === undefined) throw new AspError(ErrorCode.UNKNOWN_TOOL, tool);
@@ -306,7 +321,8 @@ class Session {
     }
   }
 
-  private stream(id: number, running: Running, data: string | Uint8Array): Promise<void> {
+  /** @internal */
+  stream(id: number, running: Running, data: string | Uint8Array): Promise<void> {
     // Fast path: the chunk fits the window and the socket has room; no promise to wait on.
     if (!running.abort.aborted) {
       const cap = this.conn.streamCapacity(id);
@@ -363,7 +379,8 @@ class Session {
     }
   }
 
-  private ask(invocation: number, kind: string, body: unknown): Promise<unknown> {
+  /** @internal */
+  ask(invocation: number, kind: string, body: unknown): Promise<unknown> {
     return new Promise((resolve, reject) => {
       try {
         const id = this.driver.command(() =>
