@@ -499,7 +499,11 @@ export class Connection {
   /** Server: asks the client (§8); returns the request id. */
   request(kind: string, body?: Uint8Array | Raw, invocation?: number): number {
     this.requireRole("server", "request");
-    if (this.st !== "Open") throw new ProtocolMisuse(`cannot send REQUEST in state ${this.st}`);
+    // §6.5: after receiving GOAWAY no new exchange; a server draining on its own GOAWAY may
+    // still ask for the invocations it is finishing.
+    if ((this.st !== "Open" && this.st !== "Draining") || this.goawayReceived) {
+      throw new ProtocolMisuse(`cannot send REQUEST in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    }
     if (!this.peerCapabilities.has("requests")) throw new ProtocolMisuse("the client did not list `requests` (§6.4)");
     const len = utf8Length(kind);
     if (len < 1 || len > 64) throw new ProtocolMisuse("kind must be 1–64 bytes");
