@@ -14,7 +14,7 @@ import {
   SCHEMAS,
   idAllowed,
 } from "./frame.js";
-import { Malformed, Writer, readHead, skipValue, utf8Decode } from "./msgpack.js";
+import { type ByteView, Malformed, Writer, byteView, readHead, skipValue, utf8DecodeRange } from "./msgpack.js";
 
 /** The fixed header of one frame (SPEC §3.1). */
 export interface Header {
@@ -108,14 +108,17 @@ function decodePayload(
 ): Record<string, FieldValue> {
   // §4.4: an empty payload is an empty map.
   if (start === end) return requireFields(schema, {}, sender);
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const view = byteView(buf);
   // Pass 1 (§4.3 structure): one map, unsigned keys, no duplicates of defined keys, every
   // value well-formed, no trailing bytes. Pass 2 type-checks the defined values.
-  const spans = readMap(schema, buf, view, start, end, true);
-  if (spans.end !== end) throw new Malformed("trailing bytes after the map");
+  const seenTop = { mask: 0 };
+  const after = readMap(schema, buf, view, start, end, TOP_POS, seenTop);
+  if (after !== end) throw new Malformed("trailing bytes after the map");
   const fields: Record<string, FieldValue> = {};
-  for (const [spec, pos] of spans.values) {
-    const v = readField(spec, buf, view, pos, end, sender);
+  for (let key = 0; key < schema.length; key++) {
+    if ((seenTop.mask & (1 << key)) === 0) continue;
+    const spec = schema[key]!;
+    const v = readField(spec, buf, view, TOP_POS[key]!, end, sender);
     if (v !== undefined) fields[spec.name] = v;
   }
   return requireFields(schema, fields, sender);
@@ -135,43 +138,52 @@ function requireFields(
   return fields;
 }
 
+/** Value offsets by key: the payload map's, and a nested map's (limits, metrics hold only uints). */
+const TOP_POS: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
+const NESTED_POS: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
+
+/**
+ * Pass 1 over one map (§4.3 structure): records the value offset of each defined key in
+ * `positions` (defined keys are < 8 and equal to their index in the schema tables) and the
+ * keys seen in `seen.mask`; returns the offset after the map.
+ */
 function readMap(
   schema: readonly FieldSpec[],
   buf: Uint8Array,
-  view: DataView,
+  view: ByteView,
   pos: number,
   end: number,
-  top: boolean,
-): { values: [FieldSpec, number][]; end: number } {
+  positions: number[],
+  seen: { mask: number },
+): number {
   const h = readHead(buf, view, pos, end);
-  if (h.family !== "map") throw new Malformed(top ? "payload is not a map" : "not a map");
+  if (h.family !== "map") throw new Malformed(positions === TOP_POS ? "payload is not a map" : "not a map");
   const n = Number(h.value);
   pos = h.body;
-  const values: [FieldSpec, number][] = [];
-  // Defined keys are small (< 8) and equal to their index in the schema tables.
-  let seen = 0;
+  let mask = 0;
   for (let i = 0; i < n; i++) {
     const k = readHead(buf, view, pos, end);
     if (k.family !== "uint") throw new Malformed("map key is not an unsigned integer");
     pos = k.body;
     const key = k.value;
     const spec = typeof key === "number" && key < schema.length ? schema[key] : undefined;
-    const valueStart = pos;
     if (spec !== undefined) {
-      if (seen & (1 << (key as number))) throw new Malformed(`duplicate key ${spec.key}`);
-      seen |= 1 << (key as number);
+      const bit = 1 << (key as number);
+      if (mask & bit) throw new Malformed(`duplicate key ${spec.key}`);
+      mask |= bit;
+      positions[key as number] = pos;
       // Nested maps follow the same structural rules (§4.3).
       if (spec.kind === "map" && readHead(buf, view, pos, end).family === "map") {
-        pos = readMap(spec.fields, buf, view, pos, end, false).end;
+        pos = readMap(spec.fields, buf, view, pos, end, NESTED_POS, { mask: 0 });
       } else {
         pos = skipValue(buf, view, pos, end);
       }
-      values.push([spec, valueStart]);
     } else {
       pos = skipValue(buf, view, pos, end);
     }
   }
-  return { values, end: pos };
+  seen.mask = mask;
+  return pos;
 }
 
 /** A copy (Node's Buffer#slice would be a view into the receive buffer). */
@@ -183,7 +195,7 @@ function invalid(spec: FieldSpec, what: string): never {
   throw new FieldFault(ErrorCode.INVALID_FIELD, `${spec.name}: ${what}`);
 }
 
-function readUint(spec: FieldSpec & { min: number; max: number | bigint }, buf: Uint8Array, view: DataView, pos: number, end: number): number | bigint {
+function readUint(spec: FieldSpec & { min: number; max: number | bigint }, buf: Uint8Array, view: ByteView, pos: number, end: number): number | bigint {
   const h = readHead(buf, view, pos, end);
   if (h.family !== "uint") invalid(spec, "not an unsigned integer");
   const v = h.value;
@@ -191,17 +203,20 @@ function readUint(spec: FieldSpec & { min: number; max: number | bigint }, buf: 
   return v;
 }
 
-function readStrBytes(buf: Uint8Array, view: DataView, pos: number, end: number): Uint8Array | undefined {
+/** A string value's byte range, or undefined if the value is not a string. */
+let strStart = 0;
+function readStrRange(buf: Uint8Array, view: ByteView, pos: number, end: number): number | undefined {
   const h = readHead(buf, view, pos, end);
   if (h.family !== "str") return undefined;
-  return buf.subarray(h.body, h.body + Number(h.value));
+  strStart = h.body;
+  return Number(h.value);
 }
 
 /** Pass 2: the value of one defined field, or undefined for `nil` (absent, §4.2). */
 function readField(
   spec: FieldSpec,
   buf: Uint8Array,
-  view: DataView,
+  view: ByteView,
   pos: number,
   end: number,
   sender: Role | undefined,
@@ -218,10 +233,10 @@ function readField(
       if (h.family !== "bool") invalid(spec, "not a bool");
       return h.value === 1;
     case "str": {
-      const b = readStrBytes(buf, view, pos, end);
-      if (b === undefined) invalid(spec, "not a string");
-      if (b.length < spec.min || b.length > spec.max) invalid(spec, `length ${b.length} out of range ${spec.min}–${spec.max}`);
-      const s = utf8Decode(b);
+      const n = readStrRange(buf, view, pos, end);
+      if (n === undefined) invalid(spec, "not a string");
+      if (n < spec.min || n > spec.max) invalid(spec, `length ${n} out of range ${spec.min}–${spec.max}`);
+      const s = utf8DecodeRange(buf, strStart, strStart + n);
       if (s === undefined) invalid(spec, "not UTF-8");
       return s;
     }
@@ -234,7 +249,7 @@ function readField(
     case "data": {
       if (h.family === "bin") return copy(buf, h.body, h.body + Number(h.value));
       if (h.family !== "str") invalid(spec, "neither string nor binary");
-      const s = utf8Decode(buf.subarray(h.body, h.body + Number(h.value)));
+      const s = utf8DecodeRange(buf, h.body, h.body + Number(h.value));
       if (s === undefined) invalid(spec, "not UTF-8");
       return s;
     }
@@ -264,10 +279,10 @@ function readField(
       const out: string[] = [];
       let p = h.body;
       for (let i = 0; i < n; i++) {
-        const b = readStrBytes(buf, view, p, end);
-        if (b === undefined) invalid(spec, "entry not a string");
-        if (b.length > spec.maxLen) invalid(spec, `entry longer than ${spec.maxLen} bytes`);
-        const s = utf8Decode(b);
+        const n = readStrRange(buf, view, p, end);
+        if (n === undefined) invalid(spec, "entry not a string");
+        if (n > spec.maxLen) invalid(spec, `entry longer than ${spec.maxLen} bytes`);
+        const s = utf8DecodeRange(buf, strStart, strStart + n);
         if (s === undefined) invalid(spec, "entry not UTF-8");
         out.push(s);
         p = skipValue(buf, view, p, end);
@@ -276,10 +291,13 @@ function readField(
     }
     case "map": {
       if (h.family !== "map") invalid(spec, "not a map");
-      const inner = readMap(spec.fields, buf, view, pos, end, false);
+      const seen = { mask: 0 };
+      readMap(spec.fields, buf, view, pos, end, NESTED_POS, seen);
       const out: Record<string, number | bigint> = {};
-      for (const [s, p] of inner.values) {
-        const v = readField(s, buf, view, p, end, sender);
+      for (let key = 0; key < spec.fields.length; key++) {
+        if ((seen.mask & (1 << key)) === 0) continue;
+        const s = spec.fields[key]!;
+        const v = readField(s, buf, view, NESTED_POS[key]!, end, sender);
         if (v !== undefined) out[s.name] = v as number | bigint;
       }
       return out;

@@ -27,12 +27,57 @@ function need(end: number, pos: number, n: number): void {
   if (pos + n > end) throw new Malformed("value truncated");
 }
 
-function u64(view: DataView, pos: number): number | bigint {
+/** The big-endian reads the reader needs (a `DataView` works; `byteView` is cheaper). */
+export interface ByteView {
+  getInt8(p: number): number;
+  getUint16(p: number): number;
+  getInt16(p: number): number;
+  getUint32(p: number): number;
+  getInt32(p: number): number;
+  getBigUint64(p: number): bigint;
+  getBigInt64(p: number): bigint;
+}
+
+/** Big-endian reads straight from a byte array: no `DataView` to allocate per frame. */
+class BytesView implements ByteView {
+  b: Uint8Array = new Uint8Array(0);
+  getInt8(p: number): number {
+    return (this.b[p]! << 24) >> 24;
+  }
+  getUint16(p: number): number {
+    return (this.b[p]! << 8) | this.b[p + 1]!;
+  }
+  getInt16(p: number): number {
+    return (((this.b[p]! << 8) | this.b[p + 1]!) << 16) >> 16;
+  }
+  getUint32(p: number): number {
+    return ((this.b[p]! << 24) >>> 0) + ((this.b[p + 1]! << 16) | (this.b[p + 2]! << 8) | this.b[p + 3]!);
+  }
+  getInt32(p: number): number {
+    return (this.b[p]! << 24) | (this.b[p + 1]! << 16) | (this.b[p + 2]! << 8) | this.b[p + 3]!;
+  }
+  getBigUint64(p: number): bigint {
+    return (BigInt(this.getUint32(p)) << 32n) | BigInt(this.getUint32(p + 4));
+  }
+  getBigInt64(p: number): bigint {
+    return BigInt.asIntN(64, this.getBigUint64(p));
+  }
+}
+
+const SHARED_VIEW = new BytesView();
+
+/** A `ByteView` over `buf`, shared: decoding is synchronous, so one is enough. */
+export function byteView(buf: Uint8Array): ByteView {
+  SHARED_VIEW.b = buf;
+  return SHARED_VIEW;
+}
+
+function u64(view: ByteView, pos: number): number | bigint {
   const v = view.getBigUint64(pos);
   return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
 }
 
-function i64(view: DataView, pos: number): number | bigint {
+function i64(view: ByteView, pos: number): number | bigint {
   const v = view.getBigInt64(pos);
   return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
 }
@@ -51,7 +96,7 @@ function set(family: Family, value: number | bigint, body: number): Head {
 }
 
 /** Reads the header of the value at `pos` (into a shared `Head`: read it before the next call). Throws `Malformed` on `0xc1` or truncation. */
-export function readHead(buf: Uint8Array, view: DataView, pos: number, end: number): Head {
+export function readHead(buf: Uint8Array, view: ByteView, pos: number, end: number): Head {
   need(end, pos, 1);
   const b = buf[pos]!;
   const p = pos + 1;
@@ -169,7 +214,7 @@ export function readHead(buf: Uint8Array, view: DataView, pos: number, end: numb
  * Skips one complete value starting at `pos` and returns the offset after it. Iterative, so
  * hostile nesting cannot exhaust the stack; every step consumes at least one byte.
  */
-export function skipValue(buf: Uint8Array, view: DataView, pos: number, end: number): number {
+export function skipValue(buf: Uint8Array, view: ByteView, pos: number, end: number): number {
   let pending = 1;
   while (pending > 0) {
     const h = readHead(buf, view, pos, end);
@@ -338,22 +383,24 @@ export function utf8Encode(s: string): Uint8Array {
 
 /** Decodes UTF-8, returning undefined for invalid input (§4.2: `INVALID_FIELD`). */
 export function utf8Decode(b: Uint8Array): string | undefined {
+  return utf8DecodeRange(b, 0, b.length);
+}
+
+/** `utf8Decode` of `b[start, end)`, without a subarray for short ASCII strings. */
+export function utf8DecodeRange(b: Uint8Array, start: number, end: number): string | undefined {
   // ASCII fast path: short protocol strings avoid the TextDecoder call.
-  if (b.length < 64) {
+  if (end - start < 64) {
     let s = "";
-    for (let i = 0; i < b.length; i++) {
+    let i = start;
+    for (; i < end; i++) {
       const c = b[i]!;
-      if (c >= 0x80) {
-        s = "";
-        break;
-      }
+      if (c >= 0x80) break;
       s += String.fromCharCode(c);
-      if (i === b.length - 1) return s;
     }
-    if (b.length === 0) return "";
+    if (i === end) return s;
   }
   try {
-    return decoder.decode(b);
+    return decoder.decode(b.subarray(start, end));
   } catch {
     return undefined;
   }
