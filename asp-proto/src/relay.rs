@@ -8,7 +8,8 @@
 //!   [`UpstreamCall::handle_end`] and drain [`UpstreamCall::poll_output`]: chunks to stream,
 //!   then exactly one [`Ending`] (SPEC §15.3); [`UpstreamCall::take_state_update`] says
 //!   what the response did to the connection's state (SPEC §15.4).
-//! - [`Ending::unreachable`], [`Ending::timed_out`]: failures without a response.
+//! - [`Ending::unreachable`], [`Ending::timed_out`]: failures the adapter detects itself (no
+//!   connection, no status line, a body that stalls).
 //! - [`parse_push`]: the frames a function pushes through the admin API (SPEC §15.5), and
 //!   [`ReplyRequest`], the `POST {upstream}/reply` that delivers a client's answer.
 //!
