@@ -1639,6 +1639,22 @@ async fn frames_body_ids_must_be_valid_for_their_type_and_are_replaced() {
         let e = remote(run(&client, "scripted", script(200, FRAMES, &body)).await.1);
         assert_eq!((e.code, e.retryable), (ErrorCode::INVALID_ID, false));
     }
+    // The same rule for a pushed REQUEST (§15.5): its id must be in the server space, and
+    // the relay allocates the one it sends.
+    let path = format!("/connections/{}/frames", conn_id(&client));
+    let ask = |id| {
+        frames(&[Frame::Request(RequestFrame {
+            id: RequestId(id),
+            kind: "confirm".into(),
+            body: None,
+            invocation: None,
+        })])
+    };
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), ask(0)).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), ask(0xfffe)).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["request_ids"], json!([0x8000]), "{v}");
 }
 
 /// Point 2: a pushed TOOL_DEF add or update means "the client has this definition": add of
