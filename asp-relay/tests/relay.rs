@@ -537,7 +537,7 @@ async fn function(
             let status = u16::try_from(a["status"].as_u64().unwrap_or(200)).unwrap();
             let (r, tx) = text_response(status, content_type, &hdrs);
             let bytes =
-                asp_proto::relay::base64_decode(a["body"].as_str().unwrap_or("").as_bytes())
+                asp_relay::binding::base64_decode(a["body"].as_str().unwrap_or("").as_bytes())
                     .expect("body is base64");
             let split = a["split"]
                 .as_u64()
@@ -2011,7 +2011,7 @@ async fn deadline_ms_zero_gives_no_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_bodies_convert_keys_and_refuse_what_json_cannot_say() {
     let mut f = Function::start().await;
-    let relay = relay_to(f.url(), |c| c.format = asp_proto::relay::BodyFormat::Json).await;
+    let relay = relay_to(f.url(), |c| c.format = asp_relay::binding::BodyFormat::Json).await;
     let client = connect(&relay).await;
     let call = |args: &[u8]| {
         let raw = RawValue::new(Bytes::copy_from_slice(args)).unwrap();
