@@ -107,7 +107,6 @@ export class Connection {
 
   private st: State = "Handshaking";
   private started = false;
-  private startedAt = 0;
   /** Handshake deadline (ms); also bounds a RESUME waiting for its answer (§11.2 step 6). */
   private handshakeDeadline: number | undefined;
 
@@ -186,7 +185,6 @@ export class Connection {
       this.resumeToken = config.resumeToken;
       for (const t of config.tools ?? []) this.tools.set(t.name, t);
     }
-    this.startedAt = now;
     this.lastRecv = now;
   }
 
@@ -236,7 +234,6 @@ export class Connection {
   start(now: number): void {
     if (this.started) return;
     this.started = true;
-    this.startedAt = now;
     this.lastRecv = now;
     this.handshakeDeadline = now + this.cfg.handshakeTimeoutMs;
     if (this.role === "client") this.sendHello();
