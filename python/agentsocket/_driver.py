@@ -55,6 +55,7 @@ class Driver:
         self._timer_at: float | None = None
         self._flush_scheduled = False
         self._close_code = CLOSE_NORMAL
+        #: Set once the connection is closed and its last bytes were written.
         self.closed = asyncio.Event()
 
     # ── inputs ──────────────────────────────────────────────────────────────
@@ -133,7 +134,10 @@ class Driver:
         kind, code, _ = reason
         if kind == "error_sent":
             self._close_code = CLOSE_POLICY if code == FLOOD else CLOSE_PROTOCOL_ERROR
-        self.closed.set()
+        if self._transport is None:
+            self.closed.set()
+        else:
+            self._wake.set()  # the writer sends what is left, closes, then sets `closed`
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -159,6 +163,8 @@ class Driver:
         self._out.clear()
         self._out_bytes = 0
         self.conn.hold_transmit = False
+        if self.conn.is_closed:
+            self.closed.set()
 
     async def _write_loop(self, transport: Transport) -> None:
         out = self._out
@@ -184,11 +190,14 @@ class Driver:
                         self.pump(self.conn.poll())
                 if self.conn.is_closed:
                     await transport.close(self._close_code)
+                    self.closed.set()
                     return
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the transport failed; the reader sees it end too
             log.debug("agentsocket: send failed: %r", e)
+            if self.conn.is_closed:
+                self.closed.set()
 
 
 def call_later_safe(fn: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:

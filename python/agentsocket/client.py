@@ -403,6 +403,8 @@ class Client(Driver):
         # goaway, peer_error, violation, writable: nothing to do (the core acts on them).
 
     def _tool_change(self, c: ToolChange) -> None:
+        if self.session is None:
+            return  # the initial tool set (SPEC §6.2), not a change
         if self._on_tool_change is not None:
             try:
                 r = self._on_tool_change(c)

@@ -548,7 +548,11 @@ class Server:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """GOAWAY to every connection (SPEC §6.5); waits until they have drained or
         ``timeout`` passed (then GOING_AWAY closes them)."""
-        sessions = self._all_sessions()
+        for s in list(self._detached.values()):
+            # No new transport will be accepted: a detached session can never resume.
+            s.conn.close()
+            s.kick()
+        sessions = list(self.sessions)
         for s in sessions:
             s.conn.goaway(s.loop.time(), "server shutting down", int(timeout * 1000))
             s.kick()
