@@ -196,7 +196,8 @@ async def test_resume_after_cut_connection(py_server) -> None:
     """The TCP connection is cut mid-stream; the client reconnects and resumes (SPEC §11):
     the invocation continues and no chunk is lost or repeated."""
     _, lst = py_server
-    async with await asp.connect(lst.url) as c:
+    # A small window keeps most of the stream unsent when the connection is cut.
+    async with await asp.connect(lst.url, config={"initial_window": 16 << 10}) as c:
         assert c.session is not None and c.session["resumable"]
         cid = c.connection_id
         call = c.invoke("tokens", {"n": 3000, "size": 100})
