@@ -55,6 +55,7 @@ class _Tool:
     sig: Signature
     input_schema: Any
     annotations: Any
+    whole_args: bool = False
 
 
 class Context:
@@ -75,6 +76,7 @@ class Context:
         #: Token metrics reported in COMPLETE (``input_tokens``, ``output_tokens``).
         self.metrics: dict[str, int] = {}
         self._ended = False
+        self._started = False
         self._writable: asyncio.Future[None] | None = None
 
     @property
@@ -205,12 +207,12 @@ class _Session(Driver):
             entry = self.tasks.get(ev[1])
             if entry is not None:
                 entry[1].interrupted = True
-                entry[0].cancel()
+                _cancel(entry)
         elif tag == "aborted":
             entry = self.tasks.get(ev[1])
             if entry is not None:
                 entry[1]._ended = True
-                entry[0].cancel()
+                _cancel(entry)
         elif tag == "connected":
             self.max_chunk = min(
                 ev[1]["peer_limits"]["max_chunk"], ev[1]["peer_limits"]["max_frame_payload"] - 24
@@ -230,9 +232,9 @@ class _Session(Driver):
             tok = self.conn.resume_token
             if tok is not None:
                 self.server._detached.pop(_key(tok), None)
-            for task, ctx in list(self.tasks.values()):
-                ctx._ended = True
-                task.cancel()
+            for entry in list(self.tasks.values()):
+                entry[1]._ended = True
+                _cancel(entry)
             for fut in self.requests.values():
                 if not fut.done():
                     fut.set_result(("lost", ev[1]))
@@ -243,7 +245,10 @@ class _Session(Driver):
             self._fail(id, ErrorCode.UNKNOWN_TOOL, f"no tool named {name}")
             return
         try:
-            kwargs = tool.sig.bind(args)
+            if tool.whole_args:
+                kwargs = {next(iter(tool.sig.params)): args} if tool.sig.params else {}
+            else:
+                kwargs = tool.sig.bind(args)
         except ValueError as e:
             self._fail(id, ErrorCode.INVALID_ARGUMENTS, str(e))
             return
@@ -257,8 +262,14 @@ class _Session(Driver):
     async def _run(self, tool: _Tool, ctx: Context, kwargs: dict[str, Any]) -> None:
         started = time.perf_counter()
         id = ctx.id
+        ctx._started = True
         try:
             try:
+                if ctx._ended:
+                    return
+                if ctx.interrupted:
+                    # Interrupted before it ran (INVOKE and INTERRUPT in one message).
+                    raise asyncio.CancelledError
                 value = await tool.fn(**kwargs)
             except asyncio.CancelledError:
                 if ctx.interrupted and not ctx._ended:
@@ -317,6 +328,13 @@ class _Session(Driver):
             log.debug("agentsocket: transport read failed: %r", e)
         finally:
             session.transport_lost()
+
+
+def _cancel(entry: tuple[asyncio.Task[None], Context]) -> None:
+    # A task cancelled before its first step never runs its coroutine (not even `finally`):
+    # one that has not started sees the flags when it does instead.
+    if entry[1]._started:
+        entry[0].cancel()
 
 
 def _metrics(ctx: Context, started: float) -> dict[str, int]:
@@ -398,14 +416,36 @@ class Server:
 
     @overload
     def tool(
-        self, *, name: str | None = None, description: str | None = None, annotations: Any = None
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        input_schema: Any = None,
+        annotations: Any = None,
+        whole_args: bool = False,
     ) -> Callable[[F], F]: ...
 
-    def tool(self, fn: Any = None, *, name: str | None = None, description: str | None = None, annotations: Any = None) -> Any:
-        """Decorator: registers an ``async def`` as a tool."""
+    def tool(
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        input_schema: Any = None,
+        annotations: Any = None,
+        whole_args: bool = False,
+    ) -> Any:
+        """Decorator: registers an ``async def`` as a tool (arguments as for :meth:`add_tool`)."""
 
         def register(f: F) -> F:
-            self.add_tool(f, name=name, description=description, annotations=annotations)
+            self.add_tool(
+                f,
+                name=name,
+                description=description,
+                input_schema=input_schema,
+                annotations=annotations,
+                whole_args=whole_args,
+            )
             return f
 
         return register(fn) if fn is not None else register
@@ -418,8 +458,15 @@ class Server:
         description: str | None = None,
         input_schema: Any = None,
         annotations: Any = None,
+        whole_args: bool = False,
     ) -> None:
-        """Adds (or replaces) a tool; connected clients get TOOL_DEF at once (SPEC §9)."""
+        """Adds (or replaces) a tool; connected clients get TOOL_DEF at once (SPEC §9).
+
+        ``name`` defaults to the function's, ``description`` to its docstring,
+        ``input_schema`` to the JSON Schema of its type hints. With ``whole_args`` the
+        function's one parameter (besides the context) receives the INVOKE ``args`` value as
+        sent, whatever its type, instead of one keyword argument per map entry.
+        """
         if not inspect.iscoroutinefunction(fn):
             raise TypeError("a tool is an async def function")
         sig = Signature(fn, Context)
@@ -430,7 +477,10 @@ class Server:
             sig=sig,
             input_schema=input_schema if input_schema is not None else sig.schema,
             annotations=annotations,
+            whole_args=whole_args,
         )
+        if whole_args and input_schema is None:
+            t.input_schema = None
         self._tools[t.name] = t
         for s in self._all_sessions():
             try:
