@@ -29,6 +29,64 @@ CLOSE_POLICY = 1008
 FLOOD = 0x05
 
 
+class _Resume:
+    """Awaitable that continues a coroutine already stepped once outside any task.
+
+    ``start_inline`` runs a coroutine's first step at once, in the caller (most tool calls
+    and socket writes finish there, without a task or a trip through the event loop); if it
+    suspends, the task that awaits this object takes over: it waits on what the coroutine
+    yielded (an asyncio future) and forwards results, exceptions and cancellation to it."""
+
+    __slots__ = ("coro", "pending", "started")
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+        self.started = False
+
+    def cancel_before_start(self) -> bool:
+        """Throws CancelledError into the coroutine now, for a task that has not taken over
+        yet (cancelling such a task would close it without the coroutine ever seeing the
+        cancellation). True if the coroutine finished."""
+        try:
+            self.pending = self.coro.throw(asyncio.CancelledError())
+        except BaseException:  # StopIteration, or what it raised: it is done either way
+            return True
+        return False
+
+    def __await__(self) -> Any:
+        self.started = True
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as e:  # noqa: BLE001 - forwarded to the coroutine
+                try:
+                    pending = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+def start_inline(coro: Any) -> tuple[bool, Any]:
+    """Steps ``coro`` once. ``(True, value)`` if it finished (an exception propagates);
+    ``(False, awaitable)`` to finish it in a task otherwise."""
+    try:
+        pending = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _Resume(coro, pending)
+
+
+async def finish(rest: Any) -> Any:
+    """A coroutine (for ``create_task``) that finishes what ``start_inline`` began."""
+    return await rest
+
+
 class Transport(Protocol):
     """What the driver needs of a message transport."""
 
@@ -49,11 +107,11 @@ class Driver:
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._transport: Transport | None = None
-        self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._pumping = False
         self._close_code = CLOSE_NORMAL
         #: Set once the connection is closed and its last bytes were written.
         self.closed = asyncio.Event()
@@ -79,6 +137,14 @@ class Driver:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def flush_now(self) -> None:
+        """Collect a command's output and write it at once (one exchange's start or end: no
+        later command in this iteration to share a message with, and latency matters)."""
+        if self._pumping:
+            self.kick()
+        else:
+            self.pump(self.conn.poll())
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         self.pump(self.conn.poll())
@@ -91,7 +157,15 @@ class Driver:
     # ── the loop body ───────────────────────────────────────────────────────
 
     def pump(self, batch: tuple[list[Event], list[bytes], float | None]) -> None:
-        """Apply one batch: events to the application, messages to the writer, the timer."""
+        """Apply one batch: events to the application, messages to the transport, the timer."""
+        self._pumping = True
+        try:
+            self._pump(batch)
+        finally:
+            self._pumping = False
+        self._send_now()
+
+    def _pump(self, batch: tuple[list[Event], list[bytes], float | None]) -> None:
         while True:
             events, out, deadline = batch
             for ev in events:
@@ -105,7 +179,6 @@ class Driver:
                     self._out_bytes += len(m)
                 if self._out_bytes >= HIGH_WATER:
                     self.conn.hold_transmit = True
-                self._wake.set()
             if deadline is not None:
                 self._arm(deadline)
             if not self._flush_scheduled:
@@ -113,8 +186,6 @@ class Driver:
             # An event handler issued commands: take their output now, in order.
             self._flush_scheduled = False
             batch = self.conn.poll()
-        if self.conn.is_closed and not self._out:
-            self._wake.set()  # let the writer close the transport
 
     def _arm(self, deadline: float) -> None:
         # The core's deadline moves with every frame (heartbeat); a timer that fires early is
@@ -136,8 +207,7 @@ class Driver:
             self._close_code = CLOSE_POLICY if code == FLOOD else CLOSE_PROTOCOL_ERROR
         if self._transport is None:
             self.closed.set()
-        else:
-            self._wake.set()  # the writer sends what is left, closes, then sets `closed`
+        # Otherwise `_send_now` writes what is left, closes the transport, then sets `closed`.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -149,9 +219,7 @@ class Driver:
         """Start writing to ``transport`` (a new connection, or the next one after a resume)."""
         self._detach_transport()
         self._transport = transport
-        self._writer = self.loop.create_task(self._write_loop(transport))
-        if self._out:
-            self._wake.set()
+        self._send_now()
 
     def _detach_transport(self) -> None:
         if self._writer is not None:
@@ -166,38 +234,70 @@ class Driver:
         if self.conn.is_closed:
             self.closed.set()
 
-    async def _write_loop(self, transport: Transport) -> None:
+    def _take(self) -> bytes:
         out = self._out
+        if len(out) == 1 or len(out[0]) >= MAX_MESSAGE:
+            data = out.popleft()
+        else:
+            parts = [out.popleft()]
+            size = len(parts[0])
+            while out and size + len(out[0]) <= MAX_MESSAGE:
+                m = out.popleft()
+                parts.append(m)
+                size += len(m)
+            data = b"".join(parts)
+        self._out_bytes -= len(data)
+        return data
+
+    def _send_now(self) -> None:
+        """Writes what is queued, in the caller while the transport takes it at once; a
+        write that must wait (socket buffer full) continues in a writer task, and later
+        messages queue behind it."""
+        t = self._transport
+        if t is None or self._writer is not None:
+            return
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while out:
-                    if len(out) == 1 or len(out[0]) >= MAX_MESSAGE:
-                        data = out.popleft()
-                    else:
-                        parts = [out.popleft()]
-                        size = len(parts[0])
-                        while out and size + len(out[0]) <= MAX_MESSAGE:
-                            m = out.popleft()
-                            parts.append(m)
-                            size += len(m)
-                        data = b"".join(parts)
-                    self._out_bytes -= len(data)
-                    await transport.send(data)
-                    if self.conn.hold_transmit and self._out_bytes < HIGH_WATER // 2:
-                        self.conn.hold_transmit = False
-                        self.pump(self.conn.poll())
-                if self.conn.is_closed:
-                    await transport.close(self._close_code)
-                    self.closed.set()
+            while self._out:
+                done, rest = start_inline(t.send(self._take()))
+                if not done:
+                    self._writer = self.loop.create_task(self._write_rest(t, rest))
                     return
+                self._sent()
+            if self.conn.is_closed:
+                self._writer = self.loop.create_task(self._close_transport(t))
+        except Exception as e:  # the transport failed; its reader sees it end too
+            log.debug("agentsocket: send failed: %r", e)
+            self._out.clear()
+            self._out_bytes = 0
+            if self.conn.is_closed:
+                self.closed.set()
+
+    def _sent(self) -> None:
+        if self.conn.hold_transmit and self._out_bytes < HIGH_WATER // 2:
+            self.conn.hold_transmit = False
+            self.kick()  # take more from the core
+
+    async def _write_rest(self, t: Transport, pending: Any) -> None:
+        try:
+            await pending
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # the transport failed; the reader sees it end too
+        except Exception as e:
             log.debug("agentsocket: send failed: %r", e)
             if self.conn.is_closed:
                 self.closed.set()
+            return
+        self._writer = None
+        self._sent()
+        self._send_now()
+
+    async def _close_transport(self, t: Transport) -> None:
+        try:
+            await t.close(self._close_code)
+        except Exception as e:
+            log.debug("agentsocket: close failed: %r", e)
+        finally:
+            self.closed.set()
 
 
 def call_later_safe(fn: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:

@@ -244,7 +244,7 @@ class Client(Driver):
         id = self.conn.invoke(tool, args, deadline_ms, meta)
         call = Call(self, id, tool)
         self._calls[id] = call
-        self.kick()
+        self.flush_now()
         return call
 
     async def call(self, tool: str, args: Any = None, *, deadline_ms: int = 0) -> Any:

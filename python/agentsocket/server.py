@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from . import _core
-from ._driver import Driver, Transport
+from ._driver import Driver, Transport, finish, start_inline
 from ._schema import Signature
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError, ToolError
 
@@ -77,6 +77,7 @@ class Context:
         self.metrics: dict[str, int] = {}
         self._ended = False
         self._started = False
+        self._rest: Any = None
         self._writable: asyncio.Future[None] | None = None
 
     @property
@@ -256,8 +257,14 @@ class _Session(Driver):
         if tool.sig.context_param is not None:
             kwargs = dict(kwargs)
             kwargs[tool.sig.context_param] = ctx
-        task = self.loop.create_task(self._run(tool, ctx, kwargs))
-        self.tasks[id] = (task, ctx)
+        # The tool's first step runs here, in the reader: a tool that answers without waiting
+        # needs no task (and its COMPLETE leaves with this batch). One that waits continues
+        # in a task.
+        done, rest = start_inline(self._run(tool, ctx, kwargs))
+        if not done:
+            task = self.loop.create_task(finish(rest))
+            self.tasks[id] = (task, ctx)
+            ctx._rest = rest
 
     async def _run(self, tool: _Tool, ctx: Context, kwargs: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -331,10 +338,15 @@ class _Session(Driver):
 
 
 def _cancel(entry: tuple[asyncio.Task[None], Context]) -> None:
-    # A task cancelled before its first step never runs its coroutine (not even `finally`):
-    # one that has not started sees the flags when it does instead.
-    if entry[1]._started:
-        entry[0].cancel()
+    task, ctx = entry
+    rest = ctx._rest
+    if rest is not None and not rest.started:
+        # The task has not taken over from the tool's inline first step yet; cancelling it
+        # would drop the tool without it ever seeing the cancellation (no COMPLETE).
+        if rest.cancel_before_start():
+            task.cancel()
+    else:
+        task.cancel()
 
 
 def _metrics(ctx: Context, started: float) -> dict[str, int]:

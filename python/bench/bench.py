@@ -128,13 +128,17 @@ async def stop(p: asyncio.subprocess.Process) -> None:
 
 
 async def timed(n: int, one: Callable[[], Awaitable[Any]]) -> float:
-    """Mean microseconds per call over ``n`` calls after ``n // 10`` warm-up calls."""
+    """Median microseconds of one call over ``n`` calls after ``n // 10`` warm-up calls (the
+    median, not the mean: on a loaded machine a few calls wait milliseconds for a core)."""
     for _ in range(max(10, n // 10)):
         await one()
-    t = time.perf_counter()
+    ts = []
+    clock = time.perf_counter
     for _ in range(n):
+        t = clock()
         await one()
-    return (time.perf_counter() - t) / n * 1e6
+        ts.append(clock() - t)
+    return statistics.median(ts) * 1e6
 
 
 async def rt_floor(url: str, n: int) -> float:
@@ -292,7 +296,7 @@ async def main(args: argparse.Namespace) -> None:
 
     f = rows
     print(f"\nPython {sys.version.split()[0]}, {args.rounds} rounds; median (min–max). The machine was shared and loaded.\n")
-    print("| round trip, 64-byte echo, one call at a time | µs per call | vs the websockets floor |")
+    print("| round trip, 64-byte echo, one call at a time | µs per call (median) | vs the websockets floor |")
     print("|---|---|---|")
     print(f"| floor: plain `websockets` client ↔ `websockets` echo server | {med(f['floor'])} | 1× |")
     print(f"| agentsocket client ↔ agentsocket Python server | {med(f['asp_py'])} | {ratio(f['asp_py'], f['floor'])} |")
@@ -307,7 +311,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"| MCP Streamable HTTP, 1,000 progress notifications vs 1,000 STREAM chunks | {ratio(f['st_mcp_http'], f['st_asp'])} |")
     print(f"| MCP stdio, 1,000 progress notifications vs 1,000 STREAM chunks | {ratio(f['st_mcp_stdio'], f['st_asp'])} |")
     print()
-    print("| 1,000 chunks then the result | µs per call |")
+    print("| 1,000 chunks then the result | µs per call (median) |")
     print("|---|---|")
     print(f"| ASP STREAM, Python ↔ Python | {med(f['st_asp'])} |")
     print(f"| MCP progress notifications, Streamable HTTP | {med(f['st_mcp_http'])} |")
