@@ -112,6 +112,7 @@ class Driver:
         self._timer_at: float | None = None
         self._flush_scheduled = False
         self._pumping = False
+        self._flush_handle: asyncio.Handle | None = None
         self._close_code = CLOSE_NORMAL
         #: Set once the connection is closed and its last bytes were written.
         self.closed = asyncio.Event()
@@ -135,7 +136,7 @@ class Driver:
         iteration share one batch and one WebSocket message)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def flush_now(self) -> None:
         """Collect a command's output and write it at once (one exchange's start or end: no
@@ -147,6 +148,7 @@ class Driver:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._flush_handle = None
         self.pump(self.conn.poll())
 
     def _on_timer(self) -> None:
@@ -185,6 +187,9 @@ class Driver:
                 break
             # An event handler issued commands: take their output now, in order.
             self._flush_scheduled = False
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
             batch = self.conn.poll()
 
     def _arm(self, deadline: float) -> None:

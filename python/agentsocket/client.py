@@ -129,7 +129,7 @@ class Call:
 
     def _end(self, result: Result | BaseException) -> None:
         if self._ended.done():
-            return
+            return  # (or a caller cancelled its wait)
         if isinstance(result, BaseException):
             self._ended.set_exception(result)
         else:
@@ -172,7 +172,9 @@ class Call:
             if self._unreleased:
                 self._client._release(self.id, self._unreleased)
                 self._unreleased = 0
-        r = await asyncio.shield(self._ended)
+        # Awaited directly (a shield costs a future and two callbacks per call); cancelling
+        # this await cancels only the waiting, `_end` ignores a cancelled future.
+        r = await self._ended
         if self._drained:
             r.chunks.extend(self._drained)
             self._drained = []
