@@ -217,6 +217,7 @@ impl Connection {
 
     /// Client: invoke `tool` (SPEC §5.2). Returns the invocation id.
     #[pyo3(signature = (tool, args=None, deadline_ms=0, meta=None))]
+    #[allow(clippy::field_reassign_with_default)]
     fn invoke(
         &mut self,
         tool: &str,
@@ -224,11 +225,10 @@ impl Connection {
         deadline_ms: u32,
         meta: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u16> {
-        let opts = InvokeOptions {
-            deadline_ms,
-            meta: encode_opt(meta)?,
-            ..Default::default()
-        };
+        // Field by field: the options may grow (`#[non_exhaustive]`).
+        let mut opts = InvokeOptions::default();
+        opts.deadline_ms = deadline_ms;
+        opts.meta = encode_opt(meta)?;
         self.core
             .invoke(tool, encode_opt(args)?, opts)
             .map(|i| i.0)
