@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from . import _core
 from ._driver import Driver, call_later_safe
+from ._fastws import FastClientConnection
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError
 
 __all__ = [
@@ -320,12 +321,15 @@ class Client(Driver):
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
             max_size=None,  # the core bounds frames (max_frame_payload, SPEC §3.6)
             open_timeout=self._open_timeout,
+            create_connection=FastClientConnection,
         )
         if ws.subprotocol != SUBPROTOCOL:
             await ws.close()
             raise ConnectionError(f"server did not select the {SUBPROTOCOL} subprotocol (SPEC §2.1)")
         self._ws = ws
         self.attach(_WsTransport(ws))
+        assert isinstance(ws, FastClientConnection)
+        ws.asp_sink = self.feed  # messages from now on arrive in data_received
         self._reader = self.loop.create_task(self._read(ws))
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -337,6 +341,7 @@ class Client(Driver):
         except Exception as e:  # a broken transport is a closed transport
             log.debug("agentsocket: read failed: %r", e)
         finally:
+            ws.asp_sink = None  # type: ignore[attr-defined]
             if self._ws is ws:
                 self._ws = None
                 self.transport_lost()

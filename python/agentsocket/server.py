@@ -20,6 +20,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from . import _core
 from ._driver import Driver, Transport, finish, start_inline
+from ._fastws import FastServerConnection
 from ._schema import Signature
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError, ToolError
 
@@ -319,22 +320,40 @@ class _Session(Driver):
             pass
         self.kick()
 
-    async def serve_transport(self, transport: Transport, messages: Any) -> None:
+    async def serve_transport(self, transport: Transport, messages: Any, fast: Any = None) -> None:
         """Runs this session over one transport: ``messages`` is an async iterator of
-        received messages (bytes or str) that ends when the transport does."""
-        session: _Session = self
-        session.attach(transport)
-        session.kick()
+        received messages (bytes or str) that ends when the transport does. ``fast``, a
+        :mod:`._fastws` connection, may deliver messages from its transport callback too."""
+        feeder = _Feeder(self)
+        self.attach(transport)
+        self.kick()
+        if fast is not None:
+            fast.asp_sink = feeder.feed
         try:
             async for msg in messages:
-                session.feed(msg)
-                if session.resumed_into is not None:
-                    # This transport now carries an earlier session (SPEC §11.2).
-                    session = session.resumed_into
+                feeder.feed(msg)
         except Exception as e:
             log.debug("agentsocket: transport read failed: %r", e)
         finally:
-            session.transport_lost()
+            if fast is not None:
+                fast.asp_sink = None
+            feeder.session.transport_lost()
+
+
+class _Feeder:
+    """Which session a transport's messages go to: its own, or after a RESUME the earlier
+    session it now carries (SPEC §11.2)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def feed(self, msg: bytes | str) -> None:
+        s = self.session
+        s.feed(msg)
+        if s.resumed_into is not None:
+            self.session = s.resumed_into
 
 
 def _cancel(entry: tuple[asyncio.Task[None], Context]) -> None:
@@ -585,7 +604,7 @@ class Server:
 
         async def handler(ws: ServerConnection) -> None:
             session = _Session(self, auths.pop(id(ws), None))
-            await session.serve_transport(_WsTransport(ws), _ws_messages(ws))
+            await session.serve_transport(_WsTransport(ws), _ws_messages(ws), ws)
 
         srv = await ws_serve(
             handler,
@@ -596,6 +615,7 @@ class Server:
             compression=None,
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
             max_size=None,  # the core bounds frames (max_frame_payload, SPEC §3.6)
+            create_connection=FastServerConnection,
         )
         return Listening(self, srv)
 
