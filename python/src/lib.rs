@@ -8,6 +8,7 @@
 mod config;
 mod connection;
 mod event;
+mod frames;
 mod value;
 
 use asp_proto::ErrorCode;
@@ -65,6 +66,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add_function(wrap_pyfunction!(error_retryable, m)?)?;
     m.add_function(wrap_pyfunction!(error_scope, m)?)?;
+    m.add_function(wrap_pyfunction!(frames::decode_frames, m)?)?;
     let codes = PyDict::new(py);
     for c in ErrorCode::ALL {
         if let Some(n) = c.name() {
