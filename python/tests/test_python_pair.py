@@ -344,3 +344,27 @@ async def test_value_without_python_form_arrives_raw(py_server) -> None:
         with pytest.raises(asp.AspError) as e:
             await c.call("echo", {"text": asp.Raw(b"\x81\x80\x01")})
         assert e.value.code == asp.ErrorCode.INVALID_ARGUMENTS
+
+
+async def test_client_survives_a_bad_server() -> None:
+    """A server that sends garbage: the client's core answers with the SPEC's ERROR, and
+    `connect` raises ConnectionLost carrying the code; nothing else breaks."""
+    from websockets.asyncio.server import serve
+
+    got: list[bytes] = []
+
+    async def bad(ws: object) -> None:
+        await ws.recv()  # type: ignore[attr-defined]  # the client's HELLO
+        await ws.send(b"\x11\x00\x00\x00\x00\x00\x00\x02\x81")  # a HELLO cut inside its payload
+        try:
+            async for m in ws:  # type: ignore[attr-defined]
+                got.append(m)
+        except websockets.ConnectionClosed:
+            pass
+
+    async with serve(bad, "127.0.0.1", 0, subprotocols=["asp-v1"]) as srv:  # type: ignore[list-item]
+        port = next(iter(srv.sockets)).getsockname()[1]
+        with pytest.raises(asp.ConnectionLost) as e:
+            await asp.connect(f"ws://127.0.0.1:{port}/", reconnect=False)
+        assert e.value.reason == "error_sent" and e.value.code == asp.ErrorCode.FRAMING_ERROR
+    assert got and got[0][0] == 0x17  # the client sent ERROR(FRAMING_ERROR)
