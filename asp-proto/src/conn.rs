@@ -161,6 +161,13 @@ pub struct Connection {
     drain_deadline: Option<Instant>,
     detached_until: Option<Instant>,
 
+    // Ids we ended by sending ERROR (SPEC §3.5): id → number of the PING queued after it.
+    // Frames for them are stale and dropped silently until that PING's PONG arrives.
+    quarantined: BTreeMap<u16, u64>,
+    /// PING frames queued so far, and PONGs received (each answers the oldest PING).
+    pings_queued: u64,
+    pongs_received: u64,
+
     // Resume (SPEC §11).
     sent_count: u64,
     recv_count: u64,
@@ -201,6 +208,9 @@ impl Connection {
             goaway_received: false,
             drain_deadline: None,
             detached_until: None,
+            quarantined: BTreeMap::new(),
+            pings_queued: 0,
+            pongs_received: 0,
             sent_count: 0,
             recv_count: 0,
             replay: Replay::new(config.replay_buffer),
@@ -440,7 +450,7 @@ impl Connection {
             if now >= self.last_recv + h * (self.pings_sent + 1) {
                 self.pings_sent += 1;
                 match self.config.heartbeat_mode {
-                    HeartbeatMode::Frames => self.queue(Frame::Ping),
+                    HeartbeatMode::Frames => self.queue_ping(),
                     HeartbeatMode::Transport => self.ping_due = true,
                 }
             }
@@ -630,7 +640,11 @@ impl Connection {
         opts: InvokeOptions,
     ) -> Result<RequestId, SendError> {
         self.require(Role::Client)?;
-        self.require_open()?;
+        // SPEC §6.2 step 1: a client may pipeline INVOKEs after its HELLO, before the
+        // server's arrives (not while resuming: only RESUME goes out then).
+        if self.state != State::Handshaking {
+            self.require_open()?;
+        }
         if self.goaway_received || self.goaway_sent {
             return Err(SendError::Draining);
         }
@@ -674,7 +688,10 @@ impl Connection {
         self.require_live()?;
         self.require_exchange(id, Kind::Request)?;
         let frame = Frame::Reply(Reply { id, status, body });
-        self.check_frame_size(&frame)?;
+        if let Err(e) = self.check_frame_size(&frame) {
+            self.end_too_large(id, &e);
+            return Err(e);
+        }
         self.queue(frame);
         self.remove(id.0);
         self.check_drained();
@@ -762,7 +779,10 @@ impl Connection {
             result,
             metrics,
         });
-        self.check_frame_size(&frame)?;
+        if let Err(e) = self.check_frame_size(&frame) {
+            self.end_too_large(id, &e);
+            return Err(e);
+        }
         self.queue(frame);
         self.remove(id.0);
         self.check_drained();
@@ -828,6 +848,7 @@ impl Connection {
         }
         let prev_id = self.next_id;
         let id = self.alloc_id(0x8000, 0xffff)?;
+        let parent = invocation.map_or(0, |i| i.0);
         let frame = Frame::Request(Request {
             id,
             kind,
@@ -839,7 +860,10 @@ impl Connection {
             return Err(e);
         }
         self.queue(frame);
-        self.insert(id, Exchange::new(Kind::Request, 0));
+        let mut e = Exchange::new(Kind::Request, 0);
+        // SPEC §8: the request ends with its invocation.
+        e.parent = parent;
+        self.insert(id, e);
         Ok(id)
     }
 
@@ -1133,6 +1157,26 @@ impl Connection {
             self.fatal(e.code(), e.kind.to_string());
             return;
         }
+        let mut e = e;
+        let payload_step = matches!(
+            e.kind,
+            DecodeErrorKind::Malformed(_)
+                | DecodeErrorKind::MissingField { .. }
+                | DecodeErrorKind::InvalidField { .. }
+        );
+        if let (true, Some(ty)) = (payload_step, FrameType::from_nibble(e.frame_type)) {
+            // SPEC §3.7 step 5: an INTERRUPT names an exchange its sender initiated.
+            if ty == FrameType::Interrupt && !self.peer_interrupt_id(RequestId(e.request_id)) {
+                e.kind = DecodeErrorKind::InvalidId;
+            } else if !self.peer_may_send(ty) {
+                // SPEC §3.7 step 6: direction is checked before the payload.
+                self.fatal(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    format!("{} may not be sent by a {}", ty.name(), self.peer_name()),
+                );
+                return;
+            }
+        }
         if matches!(self.state, State::Handshaking | State::Resuming) {
             // SPEC §6.2: nothing can proceed without a valid HELLO.
             self.fatal(e.code(), format!("during handshake: {}", e.kind));
@@ -1140,6 +1184,9 @@ impl Connection {
         }
         let id = FrameType::from_nibble(e.frame_type)
             .filter(|t| t.id_rule().allows(RequestId(e.request_id)))
+            .filter(|t| {
+                *t != FrameType::Interrupt || self.peer_interrupt_id(RequestId(e.request_id))
+            })
             .map_or(RequestId::CONNECTION, |_| RequestId(e.request_id));
         // SPEC §6.2 step 4: a rejected TOOL_DEF of the initial set still counts, so the
         // handshake completes.
@@ -1151,6 +1198,7 @@ impl Connection {
         if e.frame_type != FrameType::Error as u8 {
             self.queue(Frame::Error(err.clone()));
             self.emit(Event::Violation(err.clone()));
+            self.quarantine(id);
         }
         self.end_by_error(id, err);
     }
@@ -1166,6 +1214,18 @@ impl Connection {
                 kind: DecodeErrorKind::MissingField { field: "token" },
             });
             return;
+        }
+        // SPEC §3.5, §3.7 step 5: an INTERRUPT names an exchange its sender initiated (a
+        // frame error, not a connection error: the friendlier answer to a confused peer).
+        if let Frame::Interrupt(i) = &frame {
+            if !self.peer_interrupt_id(i.id) {
+                self.on_decode_error(DecodeError {
+                    request_id: i.id.0,
+                    frame_type: FrameType::Interrupt as u8,
+                    kind: DecodeErrorKind::InvalidId,
+                });
+                return;
+            }
         }
         // SPEC §6.2: the handshake comes first.
         match (self.state, self.role, &frame) {
@@ -1190,25 +1250,9 @@ impl Connection {
             _ => {}
         }
         // SPEC §3.3: direction.
-        let allowed = match (self.role, &frame) {
-            (
-                _,
-                Frame::Hello(_) | Frame::Error(_) | Frame::Ping | Frame::Pong | Frame::GoAway(_),
-            ) => true,
-            (_, Frame::Resume(_)) => true,
-            (Role::Server, Frame::Invoke(_) | Frame::Reply(_) | Frame::Credit(_)) => true,
-            (Role::Server, Frame::Interrupt(i)) => i.id.is_client(),
-            (Role::Client, Frame::Stream(_) | Frame::ToolDef(_) | Frame::Complete(_)) => true,
-            (Role::Client, Frame::Request(_)) => true,
-            (Role::Client, Frame::Interrupt(i)) => i.id.is_server(),
-            _ => false,
-        };
-        if !allowed {
+        if !self.peer_may_send(frame.frame_type()) {
             let name = frame.frame_type().name();
-            let who = match self.role {
-                Role::Client => "server",
-                Role::Server => "client",
-            };
+            let who = self.peer_name();
             self.fatal(
                 ErrorCode::PROTOCOL_VIOLATION,
                 format!("{name} may not be sent by a {who}"),
@@ -1243,7 +1287,7 @@ impl Connection {
                         outcome: Outcome::Complete(Box::new(c)),
                     });
                     self.check_drained();
-                } else {
+                } else if !self.quarantined.contains_key(&c.id.0) {
                     self.violation(
                         c.id,
                         ErrorCode::UNKNOWN_ID,
@@ -1259,7 +1303,7 @@ impl Connection {
                     self.queue(Frame::Pong);
                 }
             }
-            Frame::Pong => {}
+            Frame::Pong => self.on_pong(),
             Frame::Request(r) => self.on_request(r, over_rate),
             Frame::Reply(r) => {
                 if self.take_initiated(r.id, Kind::Request) {
@@ -1268,7 +1312,7 @@ impl Connection {
                         outcome: Outcome::Reply(r),
                     });
                     self.check_drained();
-                } else {
+                } else if !self.quarantined.contains_key(&r.id.0) {
                     self.violation(
                         r.id,
                         ErrorCode::UNKNOWN_ID,
@@ -1354,11 +1398,20 @@ impl Connection {
             }
         }
         let initial = u16::try_from(initial_set.len()).unwrap_or(u16::MAX);
+        // SPEC §5.1, §6.4: the server announces what is in force, defaults included, so a
+        // client need not know §13: the limits that bind the client, and the session's
+        // heartbeat interval (already the smaller of the two).
+        let mut limits = self.config.limits.to_hello();
+        limits.max_frame_payload = Some(self.config.limits.max_frame_payload);
+        limits.max_inflight = Some(self.config.limits.max_inflight);
+        let session_heartbeat = self
+            .heartbeat
+            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
         let hello = Hello {
             versions: Versions::single(version),
             capabilities,
-            limits: self.config.limits.to_hello(),
-            heartbeat_ms: self.heartbeat_ms(),
+            limits,
+            heartbeat_ms: Some(session_heartbeat),
             connection_id: self.connection_id.clone(),
             resume_token: self.resume_token.clone().filter(|_| self.resumable),
             tools: initial,
@@ -1464,7 +1517,10 @@ impl Connection {
     }
 
     fn on_invoke(&mut self, i: Invoke, over_rate: bool) {
-        let unknown_tool = self.config.check_tools && !self.tools.contains_key(&i.tool);
+        // SPEC §6.2 step 3, §7.2: a tool cut from the initial set is unknown to the client,
+        // so it is unknown here too until an `add` announces it.
+        let unknown_tool = self.config.check_tools
+            && (!self.tools.contains_key(&i.tool) || self.unannounced.contains(&i.tool));
         let last = unknown_tool.then(|| {
             (
                 ErrorCode::UNKNOWN_TOOL,
@@ -1486,6 +1542,10 @@ impl Connection {
     fn on_stream(&mut self, s: Stream) {
         let max_chunk = self.config.limits.max_chunk;
         let Some(e) = self.exchanges.get_mut(&s.id.0) else {
+            if self.quarantined.contains_key(&s.id.0) {
+                // SPEC §3.5: sent before the server read our ERROR for this id.
+                return;
+            }
             self.violation(
                 s.id,
                 ErrorCode::UNKNOWN_ID,
@@ -1581,7 +1641,7 @@ impl Connection {
         }
         if self.exchanges.contains_key(&e.id.0) {
             self.end_by_error(e.id, e);
-        } else {
+        } else if !self.quarantined.contains_key(&e.id.0) {
             self.emit(Event::PeerError(e));
         }
     }
@@ -1656,8 +1716,9 @@ impl Connection {
             Role::Client => "client",
             Role::Server => "server",
         };
-        let draining = self
-            .goaway_sent
+        // SPEC §6.5: after GOAWAY in either direction nobody opens new exchanges; an opening
+        // frame that still comes is refused, whichever side sent the GOAWAY.
+        let draining = (self.goaway_sent || self.goaway_received)
             .then(|| (ErrorCode::DRAINING, format!("{who} is draining")));
         let first = first.or(draining);
         if first.is_none() && self.exchanges.contains_key(&id.0) {
@@ -1700,7 +1761,85 @@ impl Connection {
         let err = error_frame(id, code, message.to_owned(), Some(ty as u8));
         self.queue(Frame::Error(err.clone()));
         self.emit(Event::Violation(err.clone()));
+        self.quarantine(id);
         self.end_by_error(id, err);
+    }
+
+    /// SPEC §3.5: we end an exchange we initiated by sending ERROR. The peer may have sent
+    /// frames for it before reading the ERROR; the id stays reserved and such frames are
+    /// dropped silently until the PONG of a PING queued right after the ERROR arrives
+    /// (frames are ordered, so by then the peer has read the ERROR).
+    fn quarantine(&mut self, id: RequestId) {
+        let Some(kind) = self.exchanges.get(&id.0).map(|e| e.kind) else {
+            return;
+        };
+        if !self.initiated(kind) {
+            return;
+        }
+        self.queue_ping();
+        self.quarantined.insert(id.0, self.pings_queued);
+    }
+
+    fn queue_ping(&mut self) {
+        self.pings_queued += 1;
+        self.queue(Frame::Ping);
+    }
+
+    /// A PONG answers the oldest PING not yet answered (a PONG may be dropped, which only
+    /// delays the release); ids quarantined up to that PING are free again.
+    fn on_pong(&mut self) {
+        self.pongs_received = (self.pongs_received + 1).min(self.pings_queued);
+        if !self.quarantined.is_empty() {
+            let answered = self.pongs_received;
+            self.quarantined.retain(|_, ping| *ping > answered);
+        }
+    }
+
+    /// SPEC §3.3: whether the peer's role may send frames of this type.
+    fn peer_may_send(&self, ty: FrameType) -> bool {
+        match ty {
+            FrameType::Hello
+            | FrameType::Error
+            | FrameType::Ping
+            | FrameType::Pong
+            | FrameType::GoAway
+            | FrameType::Resume
+            | FrameType::Interrupt => true,
+            FrameType::Invoke | FrameType::Reply | FrameType::Credit => self.role == Role::Server,
+            FrameType::Stream | FrameType::ToolDef | FrameType::Complete | FrameType::Request => {
+                self.role == Role::Client
+            }
+        }
+    }
+
+    /// SPEC §3.5: the peer's INTERRUPT names an exchange the peer initiated: a client's
+    /// an invocation (client id space), a server's a request (server id space).
+    fn peer_interrupt_id(&self, id: RequestId) -> bool {
+        match self.role {
+            Role::Server => id.is_client(),
+            Role::Client => id.is_server(),
+        }
+    }
+
+    fn peer_name(&self) -> &'static str {
+        match self.role {
+            Role::Client => "server",
+            Role::Server => "client",
+        }
+    }
+
+    /// SPEC §3.6, §7.1: the terminal frame of `id` (COMPLETE or REPLY) does not fit the
+    /// peer's `max_frame_payload`. The exchange still ends, with ERROR(RESULT_TOO_LARGE),
+    /// which always fits (its message is shortened as needed).
+    fn end_too_large(&mut self, id: RequestId, e: &SendError) {
+        self.queue(Frame::Error(error_frame(
+            id,
+            ErrorCode::RESULT_TOO_LARGE,
+            e.to_string(),
+            None,
+        )));
+        self.remove(id.0);
+        self.check_drained();
     }
 
     /// Ends exchange `id` (if in flight) because of an ERROR sent or received.
@@ -1761,6 +1900,31 @@ impl Connection {
                 Kind::Request => self.requests -= 1,
             }
             self.with_deadline -= usize::from(e.deadline.is_some());
+            if e.kind == Kind::Invocation && self.requests > 0 && self.state != State::Closed {
+                self.interrupt_requests_of(id);
+            }
+        }
+    }
+
+    /// Server, SPEC §8: an invocation ended, so the requests it asked end too: each gets
+    /// INTERRUPT (right after the invocation's terminal frame) and the client ends it,
+    /// normally with REPLY(cancelled).
+    fn interrupt_requests_of(&mut self, invocation: u16) {
+        if self.role != Role::Server {
+            return;
+        }
+        let mut ids = Vec::new();
+        for (id, e) in self.exchanges.iter_mut() {
+            if e.kind == Kind::Request && e.parent == invocation && !e.interrupted {
+                e.interrupted = true;
+                ids.push(*id);
+            }
+        }
+        for id in ids {
+            self.queue(Frame::Interrupt(Interrupt {
+                id: RequestId(id),
+                reason: Some(Text::from_static("its invocation ended")),
+            }));
         }
     }
 
@@ -1894,7 +2058,7 @@ impl Connection {
                 self.next_id + 1
             };
             self.next_id = next;
-            if !self.exchanges.contains_key(&next) {
+            if !self.exchanges.contains_key(&next) && !self.quarantined.contains_key(&next) {
                 return Ok(RequestId(next));
             }
         }

@@ -51,6 +51,9 @@ pub(crate) struct Exchange {
     pub(crate) consumed: u64,
     /// Server: when the deadline passes (SPEC §7.4).
     pub(crate) deadline: Option<Instant>,
+    /// Requests: the invocation they belong to (REQUEST `invocation`), 0 if none; they end
+    /// with it (SPEC §8).
+    pub(crate) parent: u16,
 }
 
 impl Exchange {
@@ -65,6 +68,7 @@ impl Exchange {
             blocked: false,
             consumed: 0,
             deadline: None,
+            parent: 0,
         }
     }
 

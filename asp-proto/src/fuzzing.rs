@@ -253,10 +253,10 @@ impl<'a> Arbitrary<'a> for HelloLimits {
             l.max_tools = Some(u16::arbitrary(u)?);
         }
         if bool::arbitrary(u)? {
-            l.max_chunk = Some(u32_biased(u, 1)?);
+            l.max_chunk = Some(u32_biased(u, 4)?);
         }
         if bool::arbitrary(u)? {
-            l.initial_window = Some(u32_biased(u, 1)?);
+            l.initial_window = Some(u32_biased(u, 8)?);
         }
         Ok(l)
     }
@@ -268,7 +268,7 @@ impl<'a> Arbitrary<'a> for Hello {
         let n_caps = if u.ratio(3, 4)? { n_caps % 3 } else { n_caps };
         let mut capabilities = Vec::with_capacity(n_caps);
         for _ in 0..n_caps {
-            capabilities.push(text(u, 0, 64)?);
+            capabilities.push(text(u, 1, 64)?);
         }
         Ok(Hello {
             versions: Versions::arbitrary(u)?,
@@ -709,8 +709,8 @@ fn small_config(b: [u8; 4], pair: bool) -> Config {
         max_frame_payload: pick(&[256, 64, 128, 1 << 20], b[0]),
         max_inflight: pick(&[2, 1, 3, 4], b[0] >> 2),
         max_tools: pick(&[2, 0, 1, 4], b[0] >> 4),
-        max_chunk: pick(&[64, 1, 16, 1024], b[0] >> 6),
-        initial_window: pick(&[128, 1, 32, 4096], b[1]),
+        max_chunk: pick(&[64, 4, 16, 1024], b[0] >> 6),
+        initial_window: pick(&[128, 8, 32, 4096], b[1]),
     };
     let (rate_limit, flood_limit) = if pair {
         (100_000, 200_000)
@@ -1048,8 +1048,8 @@ impl Session {
             max_frame_payload: [None, Some(64), Some(200), Some(1 << 16)][usize::from(b & 3)],
             max_inflight: [None, Some(1), Some(2)][usize::from(b >> 2 & 3) % 3],
             max_tools: [None, Some(0), Some(1)][usize::from(b >> 4 & 3) % 3],
-            max_chunk: [None, Some(1), Some(8)][usize::from(b >> 2 & 3) % 3],
-            initial_window: [None, Some(1), Some(64)][usize::from(b >> 4 & 3) % 3],
+            max_chunk: [None, Some(4), Some(8)][usize::from(b >> 2 & 3) % 3],
+            initial_window: [None, Some(8), Some(64)][usize::from(b >> 4 & 3) % 3],
         };
         let heartbeat_ms = [None, Some(0), Some(100), Some(1000)][usize::from(b >> 6)];
         let hello = match self.role {

@@ -73,7 +73,7 @@ ERROR_NAMES = {v: k for k, v in ERROR_CODES.items()}
 
 # Nested maps with defined keys: key -> (name, lo, hi); all values uint.
 LIMITS = {0: ("max_frame_payload", 64, U32), 1: ("max_inflight", 1, 32767),
-          2: ("max_tools", 0, 65535), 3: ("max_chunk", 1, U32), 4: ("initial_window", 1, U32)}
+          2: ("max_tools", 0, 65535), 3: ("max_chunk", 4, U32), 4: ("initial_window", 8, U32)}
 METRICS = {0: ("wall_us", 0, U64), 1: ("cpu_us", 0, U64), 2: ("input_tokens", 0, U64),
            3: ("output_tokens", 0, U64)}
 
@@ -99,7 +99,7 @@ SCHEMA: dict[str, list[F]] = {
     "HELLO": [
         F(0, "versions", "arr_uint", {"client": "R", "server": "R"}, elo=1, ehi=15,
           count={"client": (1, 16), "server": (1, 1)}),
-        F(1, "capabilities", "arr_str", lo=0, hi=32, elo=0, ehi=64),
+        F(1, "capabilities", "arr_str", lo=0, hi=32, elo=1, ehi=64),
         F(2, "limits", "limits"),
         F(3, "heartbeat_ms", "uint", lo=0, hi=U32),
         F(4, "connection_id", "str", {"client": "-", "server": "R"}, lo=1, hi=64),
@@ -1000,6 +1000,16 @@ def build_rejections():
     rej("invalid/hello-limits-max-frame-payload-10", "§5.1", "Client HELLO whose "
         "limits.max_frame_payload is 10 (minimum 64).", H["HELLO"], 0,
         m((0, pk([1])), (2, pk({0: 10}))), "INVALID_FIELD", receiver="server")
+    rej("invalid/hello-capability-empty", "§5.1", "Client HELLO with an empty capability "
+        "name (names are 1–64 bytes).", H["HELLO"], 0, m((0, pk([1])), (1, pk(["requests", ""]))),
+        "INVALID_FIELD", receiver="server")
+    rej("invalid/hello-limits-max-chunk-3", "§5.1, §7.5", "Client HELLO whose "
+        "limits.max_chunk is 3 (minimum 4: one UTF-8 character always fits a chunk).",
+        H["HELLO"], 0, m((0, pk([1])), (2, pk({3: 3}))), "INVALID_FIELD", receiver="server")
+    rej("invalid/hello-limits-initial-window-7", "§5.1, §7.5", "Client HELLO whose "
+        "limits.initial_window is 7 (minimum 8: twice the smallest max_chunk, since chunks "
+        "are at most half the window).", H["HELLO"], 0, m((0, pk([1])), (2, pk({4: 7}))),
+        "INVALID_FIELD", receiver="server")
     rej("invalid/hello-limits-max-inflight-0", "§5.1", "Client HELLO whose "
         "limits.max_inflight is 0 (range 1–32767).", H["HELLO"], 0,
         m((0, pk([1])), (2, pk({1: 0}))), "INVALID_FIELD", receiver="server")
@@ -1946,21 +1956,23 @@ def build_server_sessions():
                   step(300, timeout=True)], L)
 
     # ---- §7.5 flow control, server side ----
-    fc_hello = {"versions": [1], "limits": {"max_chunk": 4, "initial_window": 4}}
+    fc_hello = {"versions": [1], "limits": {"max_chunk": 4, "initial_window": 8}}
     fcc = with_tools("chunks")
-    session("server/flow-control-window", "§7.5", "The client announced initial_window 4: "
-            "the server may send 4 bytes of STREAM data, then nothing until CREDIT; CREDIT(3) "
-            "allows 3 more.", "server",
+    session("server/flow-control-window", "§7.5", "The client announced initial_window 8 "
+            "(the minimum): the server may send 8 bytes of STREAM data, then nothing until "
+            "CREDIT; CREDIT(3) allows 3 more.", "server",
             server_open(fcc, hello=fc_hello) +
             [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
                   events=[E("Invoked", id=1, tool="chunks")]),
              step(0, command=C("stream", id=1, data="abcd"),
                   transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
-             step(0, command=C("stream", id=1, data="e"), refused=True),
+             step(0, command=C("stream", id=1, data="efgh"),
+                  transmit=[X("STREAM", 1, {"data": "efgh", "seq": 1})]),
+             step(0, command=C("stream", id=1, data="i"), refused=True),
              step(0, recv=wire("CREDIT", 1, {"bytes": 3})),
-             step(0, command=C("stream", id=1, data="efgh"), refused=True),
-             step(0, command=C("stream", id=1, data="efg"),
-                  transmit=[X("STREAM", 1, {"data": "efg", "seq": 1})]),
+             step(0, command=C("stream", id=1, data="ijkl"), refused=True),
+             step(0, command=C("stream", id=1, data="ijk"),
+                  transmit=[X("STREAM", 1, {"data": "ijk", "seq": 2})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
     session("server/stream-zero-length", "§5.3", "An empty chunk may be sent only as the final "
@@ -1971,9 +1983,11 @@ def build_server_sessions():
                   events=[E("Invoked", id=1, tool="chunks")]),
              step(0, command=C("stream", id=1, data="abcd"),
                   transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+             step(0, command=C("stream", id=1, data="efgh"),
+                  transmit=[X("STREAM", 1, {"data": "efgh", "seq": 1})]),
              step(0, command=C("stream", id=1, data=""), refused=True),
              step(0, command=C("stream", id=1, data="", final=True),
-                  transmit=[X("STREAM", 1, {"data": "", "seq": 1, "final": True})]),
+                  transmit=[X("STREAM", 1, {"data": "", "seq": 2, "final": True})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
     session("server/chunk-limit", "§7.5", "The client announced max_chunk 4: a 5-byte chunk "
