@@ -255,6 +255,9 @@ async fn writer<S, R>(
     let mut batches = Vec::new();
     // The sleep the writer last waited on, with its deadline, kept while it has not fired.
     let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;
+    // The WebSocket close code to send once the connection has closed (SPEC §2.1): the core
+    // says which, from why it closed.
+    let mut close_code = asp_proto::error::close_code::NORMAL;
     loop {
         let step = {
             let mut s = lock(&shared);
@@ -274,6 +277,9 @@ async fn writer<S, R>(
                 }
                 let ping = s.conn.poll_ping();
                 s.pump();
+                if let Some(r) = &s.closed {
+                    close_code = r.websocket_close_code();
+                }
                 Step::Write(ping, s.conn.is_closed(), s.clock)
             }
         };
@@ -302,7 +308,7 @@ async fn writer<S, R>(
         let sent = drive_write(&shared, &rt, clock, closed, gen, write).await;
         if closed || !sent {
             if sent {
-                let close = sink.close();
+                let close = close_with(&mut sink, close_code);
                 let expiry = rt.sleep_until(std::time::Instant::now() + CLOSE_LINGER);
                 let _ = select(pin!(close), expiry).await;
             } else {
@@ -415,6 +421,20 @@ async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Noti
             None => wake.await,
         }
     }
+}
+
+/// Starts the WebSocket closing handshake with `code` (SPEC §2.1; tungstenite's plain
+/// `close` sends a Close frame without a code, which the peer sees as 1005), then flushes.
+async fn close_with<Si>(sink: &mut Si, code: u16) -> Result<(), tungstenite::Error>
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let frame = tungstenite::protocol::CloseFrame {
+        code: code.into(),
+        reason: Default::default(),
+    };
+    sink.send(Message::Close(Some(frame))).await?;
+    sink.close().await
 }
 
 /// Feeds the batches (and a transport ping) and flushes once.

@@ -677,7 +677,9 @@ impl Connection {
         Ok(id)
     }
 
-    /// Client: answers a server request (SPEC §5.10). Ends it.
+    /// Client: answers a server request (SPEC §5.10). Ends it; a REPLY that would exceed the
+    /// server's `max_frame_payload` becomes ERROR(RESULT_TOO_LARGE), reported as
+    /// [`Event::Aborted`] (SPEC §3.6).
     pub fn reply(
         &mut self,
         id: RequestId,
@@ -690,7 +692,7 @@ impl Connection {
         let frame = Frame::Reply(Reply { id, status, body });
         if let Err(e) = self.check_frame_size(&frame) {
             self.end_too_large(id, &e);
-            return Err(e);
+            return Ok(());
         }
         self.queue(frame);
         self.remove(id.0);
@@ -762,7 +764,9 @@ impl Connection {
         })
     }
 
-    /// Server: ends an invocation with COMPLETE (SPEC §5.6).
+    /// Server: ends an invocation with COMPLETE (SPEC §5.6). A COMPLETE that would exceed
+    /// the client's `max_frame_payload` is replaced by ERROR(RESULT_TOO_LARGE) (SPEC §3.6,
+    /// §7.1), reported as [`Event::Aborted`]: the invocation ends either way.
     pub fn complete(
         &mut self,
         id: RequestId,
@@ -781,7 +785,7 @@ impl Connection {
         });
         if let Err(e) = self.check_frame_size(&frame) {
             self.end_too_large(id, &e);
-            return Err(e);
+            return Ok(());
         }
         self.queue(frame);
         self.remove(id.0);
@@ -1832,13 +1836,10 @@ impl Connection {
     /// peer's `max_frame_payload`. The exchange still ends, with ERROR(RESULT_TOO_LARGE),
     /// which always fits (its message is shortened as needed).
     fn end_too_large(&mut self, id: RequestId, e: &SendError) {
-        self.queue(Frame::Error(error_frame(
-            id,
-            ErrorCode::RESULT_TOO_LARGE,
-            e.to_string(),
-            None,
-        )));
+        let err = error_frame(id, ErrorCode::RESULT_TOO_LARGE, e.to_string(), None);
+        self.queue(Frame::Error(err.clone()));
         self.remove(id.0);
+        self.emit(Event::Aborted { id, error: err });
         self.check_drained();
     }
 
