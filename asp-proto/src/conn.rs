@@ -175,7 +175,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(role: Role, config: Config, now: Instant) -> Connection {
+    fn new(role: Role, mut config: Config, now: Instant) -> Connection {
+        // SPEC §5.1: what HELLO may announce; smaller local settings are raised to the
+        // minimums (announcing them would be INVALID_FIELD at the peer).
+        let l = &mut config.limits;
+        l.max_chunk = l.max_chunk.max(crate::codec::MIN_MAX_CHUNK);
+        l.initial_window = l.initial_window.max(crate::codec::MIN_INITIAL_WINDOW);
         let max = config.limits.max_frame_payload;
         Connection {
             role,
@@ -725,8 +730,7 @@ impl Connection {
             // SPEC §5.3: text is UTF-8; only the final chunk may be empty.
             return Err(SendError::InvalidField("data"));
         }
-        let max_chunk = (self.peer_limits.max_chunk as usize)
-            .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD));
+        let max_chunk = self.chunk_cap();
         if data.len() > max_chunk {
             return Err(SendError::TooLarge {
                 len: data.len(),
@@ -754,14 +758,25 @@ impl Connection {
         Ok(())
     }
 
+    /// The largest STREAM data [`Connection::stream`] accepts in one chunk (SPEC §7.5): at
+    /// most the client's `max_chunk`, half its initial window (up to half a window can stay
+    /// unreturned for good, so a larger chunk might never fit) and what fits its frame limit
+    /// (§3.6). The minimums of §5.1 keep this at 4 bytes or more, so any character fits.
+    pub fn chunk_cap(&self) -> usize {
+        (self.peer_limits.max_chunk as usize)
+            .min((self.peer_limits.initial_window / 2) as usize)
+            .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD))
+    }
+
     /// Whether `stream(id, …)` of `len` bytes would be accepted now.
     pub fn can_stream(&self, id: RequestId, len: usize) -> bool {
-        self.exchanges.get(&id.0).is_some_and(|e| {
-            e.kind == Kind::Invocation
-                && !e.finished
-                && e.has_room(len, self.config.max_queued_per_invocation)
-                && self.out.len() + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
-        })
+        len <= self.chunk_cap()
+            && self.exchanges.get(&id.0).is_some_and(|e| {
+                e.kind == Kind::Invocation
+                    && !e.finished
+                    && e.has_room(len, self.config.max_queued_per_invocation)
+                    && self.out.len() + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
+            })
     }
 
     /// Server: ends an invocation with COMPLETE (SPEC §5.6). A COMPLETE that would exceed
