@@ -3160,7 +3160,14 @@ COVERAGE = [
     # (section, rule, [vector ids or id prefixes ending in "/"])
     ("§2.1", "one message carries one or more whole frames", [
         "server/multiple-frames-per-message", "client/initial-tools"]),
-    ("§2.1", "text message or message ending inside a frame → FRAMING_ERROR, close", [
+    ("§2.1", "WebSocket close codes: 1000 graceful, 1001 timeouts, 1002 protocol errors, "
+             "1008 FLOOD, 1011 RESUME_FAILED (`close_code` of closing steps; live mode reads "
+             "the server's Close)", [
+        "server/heartbeat-ping-frames", "server/framing-empty-message",
+        "server/direction-before-payload", "server/rate-limit", "server/goaway-drain",
+        "client/resume-replay-buffer", "(every closing step)"]),
+    ("§2.1", "text message, empty message or message ending inside a frame → FRAMING_ERROR, "
+             "close", ["server/framing-empty-message",
         "server/framing-text", "server/framing-truncated"]),
     ("§2.1", "subprotocol `asp-v1` offered and selected", ["(live mode: every live vector)"]),
     ("§2.2", "byte stream: frames in any chunking, skipped payloads keep the framing", [
@@ -3176,6 +3183,26 @@ COVERAGE = [
         "ping/", "pong/", "request/", "reply/", "credit/", "goaway/", "resume/"]),
     ("§3.3", "reserved types 0x0, 0xF → UNKNOWN_FRAME_TYPE", [
         "header/type-0", "header/type-15", "order/type-before-flags"]),
+    ("§3.7", "direction (step 6) before the payload; INTERRUPT names an exchange its sender "
+             "initiated, else INVALID_ID", [
+        "server/direction-before-payload", "server/interrupt-server-space-id",
+        "client/interrupt-client-space-id"]),
+    ("§3.6, §7.1", "a terminal frame over the peer's limit becomes ERROR(RESULT_TOO_LARGE)", [
+        "server/peer-max-frame-payload"]),
+    ("§3.5", "an id ended by the initiator's own ERROR is quarantined until the PONG of the "
+             "PING sent after it", ["client/bad-sequence", "client/stream-after-final"]),
+    ("§5.1, §7.5", "minimum max_chunk 4 and initial_window 8; chunks of at most half the "
+                   "initial window; text in whole characters", [
+        "invalid/hello-limits-max-chunk-3", "invalid/hello-limits-initial-window-7",
+        "server/hello-initial-window-below-minimum", "server/chunk-half-window",
+        "server/text-split-on-characters"]),
+    ("§5.1", "capability names are 1–64 bytes", ["invalid/hello-capability-empty"]),
+    ("§5.1, §6.7", "the server's HELLO announces the session heartbeat; heartbeats are PING "
+                   "frames on WebSocket too", ["server/heartbeat-ping-frames"]),
+    ("§6.5, §7.2", "after GOAWAY in either direction an opening frame is DRAINING", [
+        "server/goaway-received-then-invoke"]),
+    ("§8", "a request ends with its invocation (INTERRUPT after the terminal frame)", [
+        "server/request-ends-with-invocation", "server/goaway-waits-for-request"]),
     ("§3.3", "known type in the wrong direction → PROTOCOL_VIOLATION", [
         "server/direction-stream", "server/direction-tool-def", "server/direction-complete",
         "server/direction-request", "client/direction-invoke", "client/direction-credit",
@@ -3358,11 +3385,11 @@ LIMIT_COVERAGE = [
 ]
 
 NOT_COVERED = [
-    ("§2.1", "HTTP-level upgrade rules (400/426 without `asp-v1`, 401, 403, close codes "
-             "1000/1002/1008)", "below the frame layer; live mode checks only that "
-             "`asp-v1` is selected"),
-    ("§6.7", "WebSocket ping/pong replacing PING/PONG", "transport-level; the vectors use "
-             "PING frames"),
+    ("§2.1", "HTTP-level upgrade rules (400/426 without `asp-v1`, 401, 403)", "below the "
+             "frame layer; live mode checks only that `asp-v1` is selected (the adapters' "
+             "`adapter-tests` check the refusals)"),
+    ("§2.1, §6.7", "answering WebSocket pings with pongs", "the WebSocket library's job; the "
+                   "vectors use PING frames"),
     ("§11.2", "server side of a successful resume (token lookup, replay to the client)",
      "needs the server application to route a RESUME to the detached session's connection; "
      "only the refusal is a vector"),
