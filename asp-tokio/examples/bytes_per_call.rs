@@ -22,10 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct EchoArgs {
-    text: String,
-}
+/// The benchmark's arguments, `{"text": …}`.
+type EchoArgs = std::collections::BTreeMap<String, String>;
 
 /// Copies `from` → `to`, adding every byte to `count`.
 async fn pump(
@@ -74,7 +72,7 @@ async fn main() {
     let echo = Tool::new("echo", |_ctx: ToolContext, args: Args| async move {
         // The benchmark's shape `{"text": …}`, or a bare string.
         match args.parse::<EchoArgs>() {
-            Ok(a) => Output::value(&a.text),
+            Ok(mut a) => Output::value(&a.remove("text").unwrap_or_default()),
             Err(_) => Ok(Output::from(args.0.unwrap_or_else(RawValue::nil))),
         }
     });
@@ -90,10 +88,8 @@ async fn main() {
         let args = if bare {
             asp_tokio::to_value(&PAYLOAD).expect("args")
         } else {
-            asp_tokio::to_value(&EchoArgs {
-                text: PAYLOAD.into(),
-            })
-            .expect("args")
+            asp_tokio::to_value(&EchoArgs::from([("text".to_owned(), PAYLOAD.to_owned())]))
+                .expect("args")
         };
         let call = || async {
             let done = client
