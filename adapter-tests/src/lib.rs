@@ -80,6 +80,7 @@ macro_rules! for_each_scenario {
             resume_over_half_open,
             no_resume_closes,
             close_codes,
+            request_ends_with_invocation,
         }
     };
 }
@@ -554,6 +555,38 @@ pub async fn server_request<S: Runtime, C: Runtime>(srv: S, cli: C) {
     declining.close().await;
     panicking.close().await;
     finish(deaf, server).await;
+}
+
+/// SPEC §8: a request ends with its invocation. The client's request handler waits forever;
+/// interrupting the invocation ends it (`cancelled`), the server then interrupts the request,
+/// and the client drops the handler and answers REPLY(cancelled).
+pub async fn request_ends_with_invocation<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let server = start(ServerBuilder::new(srv).tool(ask_tool())).await;
+    let (asked_tx, mut asked) = mpsc::unbounded::<()>();
+    let (dropped_tx, mut dropped) = mpsc::unbounded::<()>();
+    let client = ClientBuilder::new(cli.clone())
+        .on_request(move |req: Request| {
+            let guard = DropSignal::new(dropped_tx.clone(), || ());
+            let _ = asked_tx.unbounded_send(());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                reply(&req, ReplyStatus::Answered, None)
+            }
+        })
+        .connect(&server.url())
+        .await
+        .expect("connect");
+    let inv = client.invoke("ask", &()).expect("invoke ask");
+    asked.next().await.expect("the question reached the client");
+    inv.interrupt();
+    let done = inv.completion().await.expect("the invocation ends");
+    assert_eq!(done.status, Status::Cancelled);
+    dropped
+        .next()
+        .await
+        .expect("the client dropped the question of the ended invocation");
+    finish(client, server).await;
 }
 
 // ───────────────────────────── 6. bearer token ─────────────────────────────

@@ -155,7 +155,9 @@ pub fn clarify_tool() -> Tool {
                 send_text(&ctx, &format!("You answered: {shown}")).await?;
                 Ok(Output::from(answer))
             }
-            ReplyStatus::Cancelled => Err(ToolError::Cancelled),
+            // The client withdrew the question; nobody interrupted the invocation, so it
+            // is not `cancelled` (SPEC §5.6).
+            ReplyStatus::Cancelled => Err(failed_with("the client cancelled the question")),
             ReplyStatus::Declined => Err(failed_with("the client declined to answer")),
         }
     })
