@@ -952,6 +952,7 @@ impl Connection {
             Role::Client => Kind::Invocation,
             Role::Server => Kind::Request,
         };
+        let handshaking = self.state == State::Handshaking;
         let e = self.exchange_mut(id, kind)?;
         if e.interrupted {
             return Ok(());
@@ -960,6 +961,12 @@ impl Connection {
             return Err(SendError::InvalidField("reason"));
         }
         e.interrupted = true;
+        if handshaking {
+            // SPEC §6.2 step 1: only INVOKE is pipelined; the INTERRUPT of a pipelined
+            // invocation waits for the server's HELLO (and its limits, §3.6).
+            e.deferred_interrupt = Some(reason);
+            return Ok(());
+        }
         self.queue(Frame::Interrupt(Interrupt { id, reason }));
         Ok(())
     }
@@ -1467,6 +1474,18 @@ impl Connection {
         self.resume_token = h.resume_token.clone();
         self.initial_tools = h.tools;
         self.open(1, h.capabilities, h.agent);
+        // SPEC §6.2 step 1: interrupts of pipelined invocations go out now.
+        let deferred: Vec<(u16, Option<Text>)> = self
+            .exchanges
+            .iter_mut()
+            .filter_map(|(id, e)| e.deferred_interrupt.take().map(|r| (*id, r)))
+            .collect();
+        for (id, reason) in deferred {
+            self.queue(Frame::Interrupt(Interrupt {
+                id: RequestId(id),
+                reason,
+            }));
+        }
     }
 
     fn open(&mut self, version: u8, peer_capabilities: Vec<Text>, peer_agent: Option<Text>) {
