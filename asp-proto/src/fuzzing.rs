@@ -1605,7 +1605,11 @@ impl PairModel {
                             // SPEC §3.6: a result over the client's frame limit.
                             | ErrorCode::RESULT_TOO_LARGE
                     )
-                    || (self.pipelined && e.code == ErrorCode::FRAME_TOO_LARGE);
+                    || (self.pipelined
+                        && matches!(
+                            e.code,
+                            ErrorCode::FRAME_TOO_LARGE | ErrorCode::TOO_MANY_INFLIGHT
+                        ));
                 assert!(
                     allowed,
                     "{who}: {id:?} ended with an unexpected error {e:?}"

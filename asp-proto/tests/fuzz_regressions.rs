@@ -156,3 +156,13 @@ fn regress_pipelined_interrupt_before_server_hello() {
         "../../fuzz/seeds/pair/regress-pipelined-interrupt-before-server-hello.bin"
     ));
 }
+
+/// SPEC §6.2 step 1 (pipelining): three INVOKEs pipelined under the default `max_inflight`
+/// meet a server that announces 2; the third is refused with TOO_MANY_INFLIGHT, the risk the
+/// SPEC gives a pipelining client (the harness had counted it as a misbehaving server).
+#[test]
+fn regress_pipelined_invokes_over_max_inflight() {
+    fuzzing::pair(include_bytes!(
+        "../../fuzz/seeds/pair/regress-pipelined-invokes-over-max-inflight.bin"
+    ));
+}
