@@ -778,15 +778,15 @@ impl Connection {
             .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD))
     }
 
-    /// Whether `stream(id, …)` of `len` bytes would be accepted now.
+    /// Whether the window and queues have room for `len` more bytes of STREAM data of `id`
+    /// now (in chunks of at most [`Connection::chunk_cap`]).
     pub fn can_stream(&self, id: RequestId, len: usize) -> bool {
-        len <= self.chunk_cap()
-            && self.exchanges.get(&id.0).is_some_and(|e| {
-                e.kind == Kind::Invocation
-                    && !e.finished
-                    && e.has_room(len, self.config.max_queued_per_invocation)
-                    && self.out.len() + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
-            })
+        self.exchanges.get(&id.0).is_some_and(|e| {
+            e.kind == Kind::Invocation
+                && !e.finished
+                && e.has_room(len, self.config.max_queued_per_invocation)
+                && self.out.len() + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
+        })
     }
 
     /// Server: ends an invocation with COMPLETE (SPEC §5.6). A COMPLETE that would exceed

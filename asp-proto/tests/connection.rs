@@ -95,6 +95,21 @@ fn handshake_negotiates_the_session() {
 }
 
 #[test]
+fn server_hello_announces_what_is_in_force() {
+    // SPEC §5.1: the server's HELLO carries the session heartbeat and the limits that bind
+    // the client even when they are the §13 defaults, so a client needs no copy of §13.
+    let p = Pair::connected(Config::default(), Config::default());
+    let s = p.wire(Side::Server);
+    let Some(Frame::Hello(sh)) = s.first() else {
+        panic!("no server HELLO: {s:?}")
+    };
+    assert_eq!(sh.heartbeat_ms, Some(30_000));
+    assert_eq!(sh.limits.max_frame_payload, Some(1 << 20));
+    assert_eq!(sh.limits.max_inflight, Some(128));
+    assert_eq!(p.client.session().map(|x| x.heartbeat_ms), Some(30_000));
+}
+
+#[test]
 fn heartbeat_zero_on_one_side_uses_the_other() {
     // SPEC §6.4: the smaller of the two *non-zero* values.
     let mut p = Pair::connected(

@@ -40,8 +40,9 @@ fn window_exhaustion_then_credit_then_writable() {
     let (mut p, ids) = with_invocations(small_window(64), quiet_config(), 1);
     let a = ids[0];
     // SPEC §7.5: one chunk is at most half the initial window.
-    assert!(p.server.can_stream(a, 32));
-    assert!(!p.server.can_stream(a, 33));
+    assert_eq!(p.server.chunk_cap(), 32);
+    assert!(p.server.can_stream(a, 64));
+    assert!(!p.server.can_stream(a, 65));
     assert!(matches!(
         p.server.stream(a, Bytes::from(vec![1; 33]), false, false),
         Err(SendError::TooLarge { len: 33, max: 32 })
