@@ -2333,8 +2333,9 @@ def build_server_sessions():
 
     # ---- §8 requests end with their invocation ----
     session("server/request-ends-with-invocation", "§8", "When an invocation ends, the "
-            "requests it asked end too: right after the invocation's terminal frame the "
-            "server sends INTERRUPT for each, and the client ends it with REPLY(cancelled).",
+            "requests it asked end too: with the invocation's terminal frame (just before or "
+            "right after it) the server sends INTERRUPT for each, and the client ends it with "
+            "REPLY(cancelled).",
             "server",
             op + [step(0, recv=wire("INVOKE", 1, {"tool": "ask", "args": "Delete?"}),
                        events=[E("Invoked", id=1, tool="ask")]),
@@ -2343,8 +2344,8 @@ def build_server_sessions():
                                                        "invocation": 1})]),
                   step(0, recv=wire("INTERRUPT", 1), events=[E("Interrupted", id=1)]),
                   step(0, command=C("complete", id=1, status=1),
-                       transmit=[complete_exp(1, 1), X("INTERRUPT", "$r1", {},
-                                                        {"reason": "*"})]),
+                       transmit=[U(complete_exp(1, 1), X("INTERRUPT", "$r1", {},
+                                                          {"reason": "*"}))]),
                   step(0, recv=wire("REPLY", "$r1", {"status": 1}),
                        events=[E("Ended", id="$r1", outcome="reply", status=1)])],
             L, live=True)
@@ -2459,7 +2460,7 @@ def build_server_sessions():
             "after the REPLY.", "server",
             op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
                   step(0, command=C("complete", id=1, status=0),
-                       transmit=[complete_exp(1), X("INTERRUPT", "$r1", {}, {"reason": "*"})]),
+                       transmit=[U(complete_exp(1), X("INTERRUPT", "$r1", {}, {"reason": "*"}))]),
                   step(0, command=C("goaway", timeout_ms=5000),
                        transmit=[X("GOAWAY", 0, {"timeout_ms": 5000})], state="Draining"),
                   step(10, recv=wire("REPLY", "$r1", {"status": 0}),
@@ -3201,7 +3202,7 @@ COVERAGE = [
                    "frames on WebSocket too", ["server/heartbeat-ping-frames"]),
     ("§6.5, §7.2", "after GOAWAY in either direction an opening frame is DRAINING", [
         "server/goaway-received-then-invoke"]),
-    ("§8", "a request ends with its invocation (INTERRUPT after the terminal frame)", [
+    ("§8", "a request ends with its invocation (INTERRUPT with the terminal frame)", [
         "server/request-ends-with-invocation", "server/goaway-waits-for-request"]),
     ("§3.3", "known type in the wrong direction → PROTOCOL_VIOLATION", [
         "server/direction-stream", "server/direction-tool-def", "server/direction-complete",
