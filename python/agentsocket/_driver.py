@@ -24,9 +24,6 @@ MAX_MESSAGE = 256 << 10
 
 #: WebSocket close codes of SPEC §2.1.
 CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_POLICY = 1008
-FLOOD = 0x05
 
 
 class _Resume:
@@ -208,8 +205,8 @@ class Driver:
     def note_close(self, reason: tuple[str, int | None, str | None]) -> None:
         """SPEC §2.1 close code for the WebSocket after the connection closed."""
         kind, code, _ = reason
-        if kind == "error_sent":
-            self._close_code = CLOSE_POLICY if code == FLOOD else CLOSE_PROTOCOL_ERROR
+        # The core decides the code (1001 after a timeout, 1008 after FLOOD, …).
+        self._close_code = _core.websocket_close_code(kind, code)
         if self._transport is None:
             self.closed.set()
         # Otherwise `_send_now` writes what is left, closes the transport, then sets `closed`.
