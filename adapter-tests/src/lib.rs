@@ -739,7 +739,7 @@ pub async fn oversized_frame<S: Runtime, C: Runtime>(srv: S, cli: C) {
                 assert_eq!(c.status, Status::Ok);
                 completed.push(c.id.0);
             }
-            Some(Frame::Ping | Frame::ToolDef(_)) => {}
+            Some(Frame::Ping(_) | Frame::ToolDef(_)) => {}
             other => panic!("expected COMPLETE, got {other:?}"),
         }
     }
@@ -769,7 +769,7 @@ pub async fn heartbeat_closes_unresponsive_peer<S: Runtime, C: Runtime>(srv: S, 
     let mut timeout = None;
     while let Some(f) = peer.next_frame().await {
         match f {
-            Frame::Ping => pings += 1,
+            Frame::Ping(_) => pings += 1,
             Frame::Error(e) => timeout = Some(e),
             other => panic!("unexpected {other:?}"),
         }

@@ -1034,7 +1034,7 @@ async fn push_through_the_admin_api() {
     )
     .await;
     assert_eq!(s, 400);
-    let (s, _) = admin(&relay, "POST", &path, Some(SECRET), frames(&[Frame::Ping])).await;
+    let (s, _) = admin(&relay, "POST", &path, Some(SECRET), frames(&[Frame::PING])).await;
     assert_eq!(s, 400);
     let (s, _) = admin(
         &relay,
