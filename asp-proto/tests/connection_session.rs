@@ -731,7 +731,7 @@ fn resume_beyond_the_replay_buffer_fails_and_the_client_starts_over() {
     );
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
-    let id = p.client.invoke("echo", None, Default::default()).unwrap();
+    let _lost = p.client.invoke("echo", None, Default::default()).unwrap();
     p.drive();
     p.clear_events();
     p.latency = Duration::from_millis(10);
