@@ -1170,6 +1170,23 @@ pub(crate) fn take_stream(buf: &mut Bytes, max_payload: u32) -> Option<Stream> {
     Some(s)
 }
 
+/// The encoded length of the STREAM frame [`encode_stream`] writes (header included).
+pub(crate) fn stream_len(n: usize, text: bool, seq: u32, fin: bool) -> usize {
+    let marker = match (text, n) {
+        (true, 0..=31) => 1,
+        (_, 0..=0xff) => 2,
+        (_, 0x100..=0xffff) => 3,
+        _ => 5,
+    };
+    let seq_len = match seq {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    };
+    HEADER_LEN + 2 + marker + n + 1 + seq_len + if fin { 2 } else { 0 }
+}
+
 /// Appends a STREAM frame, byte for byte what [`encode`] writes for
 /// `Frame::Stream(Stream { id, data, text, seq, fin })`, with one capacity check and no
 /// `Frame` value (the send hot path).
@@ -1260,6 +1277,21 @@ mod fast_path_tests {
             &mut b,
         );
         b
+    }
+
+    #[test]
+    fn stream_len_is_what_encode_stream_writes() {
+        for n in [0usize, 1, 31, 32, 255, 256, 65535, 65536] {
+            for (text, seq, fin) in [(true, 0, false), (false, 200, true), (true, 70000, true)] {
+                let mut b = BytesMut::new();
+                encode_stream(&mut b, RequestId(1), &vec![b'a'; n], text, seq, fin);
+                assert_eq!(
+                    stream_len(n, text, seq, fin),
+                    b.len(),
+                    "{n} {text} {seq} {fin}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use core::time::Duration;
 
-use crate::codec::{decode_frame, encoded_len, take_stream, Decoder, HEADER_LEN};
+use crate::codec::{self, decode_frame, encoded_len, take_stream, Decoder, HEADER_LEN};
 use crate::config::{Config, HeartbeatMode, Limits};
 use crate::error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 use crate::event::{Event, Outcome, Session, ToolChange};
@@ -778,17 +778,19 @@ impl Connection {
             });
         }
         let frame_len = data.len() + STREAM_OVERHEAD;
+        let queue_full = self.out.len() + frame_len > self.config.max_queued_bytes;
         // SPEC §11.1: in a resumable session STREAM data also waits while the replay buffer
         // is full of frames the peer has not acknowledged, so that whatever a cut loses can
-        // be replayed.
-        let queue_full = self.out.len() + frame_len > self.config.max_queued_bytes
-            || !self.replay_has_room(frame_len);
+        // be replayed (judged on the frame's exact length: the SPEC's rule is in bytes).
+        let replay_room = self.exchanges.get(&id.0).is_none_or(|e| {
+            self.replay_has_room(codec::stream_len(data.len(), text, e.next_seq, fin))
+        });
         let per_inv = self.config.max_queued_per_invocation;
         let e = self.exchange_mut(id, Kind::Invocation)?;
         if e.finished {
             return Err(SendError::StreamFinished);
         }
-        if queue_full || !e.has_room(data.len(), per_inv) {
+        if queue_full || !replay_room || !e.has_room(data.len(), per_inv) {
             e.blocked = true;
             return Err(SendError::Full);
         }
