@@ -15,7 +15,7 @@
 //! The adapter's loop for one invocation:
 //!
 //! ```
-//! use asp_proto::relay::{BodyFormat, CallLimits, InvokeRequest, RelayOut, UpstreamCall};
+//! use asp_relay::binding::{BodyFormat, CallLimits, InvokeRequest, RelayOut, UpstreamCall};
 //! use asp_proto::{frame::{Invoke, RequestId}, Instant};
 //!
 //! let inv = Invoke { id: RequestId(1), tool: "echo".into(), args: None, deadline_ms: 0, meta: None };
@@ -41,14 +41,14 @@ use bytes::{Bytes, BytesMut};
 use core::time::Duration;
 use rmp::Marker;
 
-use crate::codec::{decode_frame, Decoder};
-use crate::error::{ErrorCode, ErrorScope};
-use crate::event::Outcome;
-use crate::frame::{
+use asp_proto::codec::{decode_frame, Decoder};
+use asp_proto::error::{ErrorCode, ErrorScope};
+use asp_proto::frame::{
     Frame, Invoke, Metrics, RawValue, ReplyStatus, RequestId, Status, Text, ToolDef,
 };
+use asp_proto::{Instant, Outcome};
+
 use crate::msgpack::Writer;
-use crate::time::Instant;
 
 /// `Content-Type` of a body made of ASP frames (SPEC §15.3, §15.5).
 pub const FRAMES_CONTENT_TYPE: &str = "application/vnd.asp.frames";
@@ -1322,8 +1322,8 @@ fn json_string(out: &mut String, s: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::encode;
-    use crate::frame::{Complete, ErrorFrame, Reply, Request, Stream, ToolOp};
+    use asp_proto::codec::encode;
+    use asp_proto::frame::{Complete, ErrorFrame, Reply, Request, Stream, ToolOp};
 
     fn invoke(args: Option<&[u8]>) -> Invoke {
         Invoke {

@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::binding::{cut_chunks, parse_push, PushFrame, RelayOut};
 use asp_async::asp_proto::codec::encoded_len;
 use asp_async::asp_proto::frame::{Frame, Request as RequestFrame, Text, ToolDef, ToolOp};
 use asp_async::{Locked, RequestId};
-use asp_proto::relay::{cut_chunks, parse_push, PushFrame, RelayOut};
 use asp_proto::{Bytes, State};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use super::{upstream, RelayConn, RelayInner};
+use crate::{upstream, RelayConn, RelayInner};
 
 /// Largest push body accepted.
 const MAX_PUSH_BODY: usize = 16 << 20;

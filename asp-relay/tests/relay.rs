@@ -1,10 +1,9 @@
 //! Relay mode (SPEC §15) end to end: a real function server on loopback (hyper, and one in
 //! Python's standard library), the relay on 127.0.0.1:0, and an ordinary `asp_tokio` client.
 //!
-//! `cargo test -p asp-tokio --features relay --test relay`. Every wait is bounded
+//! `cargo test -p asp-relay --test relay`. Every wait is bounded
 //! ([`LIMIT`]); nothing sleeps to synchronize: the function server reports what it saw
 //! (requests, aborts, replies) on a channel the tests wait on.
-#![cfg(feature = "relay")]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,9 +15,9 @@ use std::time::Duration;
 
 use asp_proto::codec::encode;
 use asp_proto::frame::{Frame, Request as RequestFrame, Stream as StreamFrame, ToolDef, ToolOp};
-use asp_proto::relay::base64_encode;
 use asp_proto::{Bytes, ErrorCode};
-use asp_tokio::relay::{Relay, RelayConfig};
+use asp_relay::binding::base64_encode;
+use asp_relay::{Relay, RelayConfig};
 use asp_tokio::{Chunk, Client, Error, RawValue, ReplyStatus, RequestId, Status, ToolChange};
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
@@ -1284,7 +1283,7 @@ async fn python_function_over_json() {
         return;
     };
     let relay = relay_to(py.url.clone(), |c| {
-        c.format = asp_proto::relay::BodyFormat::Json
+        c.format = asp_relay::binding::BodyFormat::Json
     })
     .await;
     let client = connect(&relay).await;

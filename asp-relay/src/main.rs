@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use asp_tokio::relay::{parse_tools, Relay, RelayConfig};
+use asp_relay::{parse_tools, Relay, RelayConfig};
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -179,7 +179,7 @@ fn config(mut args: Args) -> RelayConfig {
         fail("--admin-listen needs --admin-secret (or ASP_RELAY_ADMIN_SECRET)");
     }
     if let Some(Format::Json) = args.format {
-        c.format = asp_tokio::asp_proto::relay::BodyFormat::Json;
+        c.format = asp_relay::binding::BodyFormat::Json;
     }
     c.forward_auth = args.forward_auth;
     c.asp.resume = !args.no_resume;
