@@ -59,12 +59,7 @@ fn live() -> isize {
 type Gates = Arc<Mutex<std::collections::HashMap<u32, adapter_tests::Gate>>>;
 
 fn gate(gates: &Gates, run: u32) -> adapter_tests::Gate {
-    gates
-        .lock()
-        .expect("lock")
-        .entry(run)
-        .or_insert_with(adapter_tests::Gate::new)
-        .clone()
+    gates.lock().expect("lock").entry(run).or_default().clone()
 }
 
 /// Streams `n` numbered ~1 KiB chunks, reporting (run, chunk) after each; waits for the
