@@ -1826,7 +1826,7 @@ async fn relay_errors_carry_the_documented_retryable_flag() {
             false,
         ),
         (
-            script(200, FRAMES, &frames(&[Frame::Ping])),
+            script(200, FRAMES, &frames(&[Frame::PING])),
             ErrorCode::INTERNAL,
             false,
         ),
