@@ -319,9 +319,18 @@ pub async fn resume_after_reset_past_the_window<S: Runtime, C: Runtime>(srv: S, 
     }
     proxy.hold();
     gate.open();
-    while let Some(i) = progress.next().await {
-        if i >= PAUSE + LOST {
-            break;
+    // Until LOST chunks went into the held link, or (on a machine too loaded to get there
+    // promptly) the stream stopped for a second waiting for room: either way what is in
+    // flight is lost in the reset.
+    loop {
+        let next = futures::future::select(
+            progress.next(),
+            Box::pin(crate::sleep(&cli, Duration::from_secs(1))),
+        )
+        .await;
+        match next {
+            futures::future::Either::Left((Some(i), _)) if i < PAUSE + LOST => {}
+            _ => break,
         }
     }
     proxy.reset();
