@@ -35,11 +35,16 @@ use futures::future::{join, join_all, select, Either};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub mod hostile;
 pub mod proxy;
 pub mod raw;
 pub mod resume;
 pub mod util;
 
+pub use hostile::{
+    flood_that_never_reads, half_open_connections, overloaded_results_end_with_error,
+    oversized_message_is_overloaded,
+};
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
     heartbeat_timeout_then_resume, no_resume_closes, resume_after_reset_past_the_window,
@@ -84,6 +89,10 @@ macro_rules! for_each_scenario {
             resume_after_reset_past_the_window,
             resume_after_reset_with_invoke_in_flight,
             heartbeat_timeout_then_resume,
+            flood_that_never_reads,
+            overloaded_results_end_with_error,
+            oversized_message_is_overloaded,
+            half_open_connections,
         }
     };
 }
