@@ -222,7 +222,7 @@ pub async fn oversized_message_is_overloaded<S: Runtime, C: Runtime>(srv: S, cli
     let mut peer = RawPeer::new(ws);
     peer.hello().await;
     // 72 KiB of PINGs in one message: every frame is small, the message is not.
-    peer.send(&vec![Frame::Ping; 9 << 10]).await;
+    peer.send(&vec![Frame::PING; 9 << 10]).await;
     let mut last = None;
     while let Some(f) = peer.next_frame().await {
         last = Some(f);

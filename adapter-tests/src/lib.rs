@@ -47,7 +47,9 @@ pub use hostile::{
 };
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
-    no_resume_closes, resume_mid_stream, resume_over_half_open, resume_refused_starts_new_session,
+    heartbeat_timeout_then_resume, no_resume_closes, resume_after_reset_past_the_window,
+    resume_after_reset_with_invoke_in_flight, resume_mid_stream, resume_over_half_open,
+    resume_refused_starts_new_session,
 };
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
@@ -84,6 +86,9 @@ macro_rules! for_each_scenario {
             resume_refused_starts_new_session,
             resume_over_half_open,
             no_resume_closes,
+            resume_after_reset_past_the_window,
+            resume_after_reset_with_invoke_in_flight,
+            heartbeat_timeout_then_resume,
             flood_that_never_reads,
             overloaded_results_end_with_error,
             oversized_message_is_overloaded,
@@ -782,7 +787,7 @@ pub async fn oversized_frame<S: Runtime, C: Runtime>(srv: S, cli: C) {
                 assert_eq!(c.status, Status::Ok);
                 completed.push(c.id.0);
             }
-            Some(Frame::Ping | Frame::ToolDef(_)) => {}
+            Some(Frame::Ping(_) | Frame::ToolDef(_)) => {}
             other => panic!("expected COMPLETE, got {other:?}"),
         }
     }
@@ -812,7 +817,7 @@ pub async fn heartbeat_closes_unresponsive_peer<S: Runtime, C: Runtime>(srv: S, 
     let mut timeout = None;
     while let Some(f) = peer.next_frame().await {
         match f {
-            Frame::Ping => pings += 1,
+            Frame::Ping(_) => pings += 1,
             Frame::Error(e) => timeout = Some(e),
             other => panic!("unexpected {other:?}"),
         }
@@ -1082,11 +1087,11 @@ pub async fn close_codes<S: Runtime, C: Runtime>(srv: S, cli: C) {
     // Beyond the hard rate limit (§10): FLOOD, then 1008.
     let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
     peer.send(&[
-        Frame::Ping,
-        Frame::Ping,
-        Frame::Ping,
-        Frame::Ping,
-        Frame::Ping,
+        Frame::PING,
+        Frame::PING,
+        Frame::PING,
+        Frame::PING,
+        Frame::PING,
     ])
     .await;
     let (errors, code) = peer.errors_until_close().await;

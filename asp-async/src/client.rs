@@ -356,7 +356,9 @@ impl<R: Runtime> Client<R> {
     }
 
     /// Starts a graceful close (GOAWAY) and waits until the connection has closed. A session
-    /// waiting to be resumed closes at once.
+    /// waiting to be resumed closes at once, and so does one that loses its transport while
+    /// it drains (it would otherwise wait out the resume window to finish exchanges the
+    /// application is done with).
     pub async fn close(&self) {
         {
             let mut s = lock(&self.shared);
@@ -368,6 +370,20 @@ impl<R: Runtime> Client<R> {
             }
             s.pump();
         }
+        poll_fn(|cx| {
+            let mut s = lock(&self.shared);
+            if s.closed.is_some() {
+                return Poll::Ready(());
+            }
+            if s.conn.state() == State::Detached {
+                s.conn.close(asp_proto::CloseReason::Local);
+                s.pump();
+                return Poll::Ready(());
+            }
+            s.state_wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
         self.closed().await;
     }
 

@@ -228,6 +228,22 @@ where
                 s.notify_writer();
             }
             Some(Ok(Message::Frame(_))) => {}
+            // SPEC §11.3: a Close with status 1000, or none, ends the session on purpose;
+            // any other end of the transport (another status: a proxy or node going away,
+            // an error, EOF without Close) leaves a resumable session to be resumed.
+            Some(Ok(Message::Close(frame)))
+                if frame.as_ref().is_none_or(|f| {
+                    f.code == tungstenite::protocol::frame::coding::CloseCode::Normal
+                }) =>
+            {
+                s.conn.handle_peer_close(now);
+                s.pump();
+                s.notify_writer();
+                let starts = take_starts(&mut s);
+                drop(s);
+                start_inline(starts);
+                return None;
+            }
             // SPEC §13.1: buffered input is bounded by the WebSocket message limit; a larger
             // message is OVERLOADED, named before the close (no silent cut).
             Some(Err(tungstenite::Error::Capacity(
@@ -308,25 +324,32 @@ async fn writer<S, R>(
                     // note: a runtime's timer may report late or early under load).
                     s.conn.handle_timeout(now);
                 }
-                let mut taken = 0;
-                while taken < WRITE_BATCH {
-                    let n = s.conn.poll_transmit(&mut buf);
-                    if n == 0 {
-                        break;
+                if s.conn.state() == State::Detached {
+                    // The heartbeat found a resumable session's peer silent (SPEC §11.3):
+                    // this transport is given up.
+                    s.pump();
+                    Step::Detached
+                } else {
+                    let mut taken = 0;
+                    while taken < WRITE_BATCH {
+                        let n = s.conn.poll_transmit(&mut buf);
+                        if n == 0 {
+                            break;
+                        }
+                        taken += n;
+                        batches.push(Message::Binary(buf.split().freeze()));
                     }
-                    taken += n;
-                    batches.push(Message::Binary(buf.split().freeze()));
+                    if taken > 0 {
+                        s.notify_reader();
+                    }
+                    let ping = s.conn.poll_ping();
+                    s.pump();
+                    more = s.conn.wants_transmit();
+                    if let Some(r) = &s.closed {
+                        close_code = r.websocket_close_code();
+                    }
+                    Step::Write(ping, s.conn.is_closed(), s.clock)
                 }
-                if taken > 0 {
-                    s.notify_reader();
-                }
-                let ping = s.conn.poll_ping();
-                s.pump();
-                more = s.conn.wants_transmit();
-                if let Some(r) = &s.closed {
-                    close_code = r.websocket_close_code();
-                }
-                Step::Write(ping, s.conn.is_closed(), s.clock)
             }
         };
         let (ping, closed, clock) = match step {
@@ -555,6 +578,10 @@ async fn drive_write<R: Runtime>(
                 let now = s.now();
                 s.conn.handle_timeout(now);
                 s.pump();
+                if s.conn.state() == State::Detached {
+                    // Detached by the heartbeat while the write was stuck (SPEC §11.3).
+                    return false;
+                }
                 if s.conn.is_closed() {
                     give_up = Some(linger());
                 }

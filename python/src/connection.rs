@@ -202,6 +202,13 @@ impl Connection {
         self.batch(py)
     }
 
+    /// The peer ended the transport on purpose (WebSocket Close 1000 or no status, SPEC
+    /// §11.3): a resumable session ends instead of detaching.
+    fn peer_close<'py>(&mut self, py: Python<'py>, now: f64) -> PyResult<Batch<'py>> {
+        self.core.handle_peer_close(instant(now));
+        self.batch(py)
+    }
+
     /// Timers; safe to call early.
     fn timeout<'py>(&mut self, py: Python<'py>, now: f64) -> PyResult<Batch<'py>> {
         self.core.handle_timeout(instant(now));

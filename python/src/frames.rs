@@ -39,6 +39,8 @@ fn fields<'py>(py: Python<'py>, f: &Frame) -> PyResult<Bound<'py, PyDict>> {
                 ("max_tools", l.max_tools.map(u64::from)),
                 ("max_chunk", l.max_chunk.map(u64::from)),
                 ("initial_window", l.initial_window.map(u64::from)),
+                ("replay_buffer", l.replay_buffer.map(u64::from)),
+                ("resume_window_ms", l.resume_window_ms.map(u64::from)),
             ] {
                 if let Some(v) = v {
                     lim.set_item(k, v)?;
@@ -145,7 +147,12 @@ fn fields<'py>(py: Python<'py>, f: &Frame) -> PyResult<Bound<'py, PyDict>> {
             }
             o.set_item("received", r.received)?;
         }
-        // PING, PONG, and frame types this binding does not know yet: no fields.
+        Frame::Ping(h) | Frame::Pong(h) => {
+            if let Some(r) = h.received {
+                o.set_item("received", r)?;
+            }
+        }
+        // Frame types this binding does not know yet: no fields.
         #[allow(unreachable_patterns)]
         _ => {}
     }

@@ -20,7 +20,7 @@ XFAIL = {k for k in json.loads((REPO / "conformance/expected-failures.json").rea
 
 UINT_FIELDS = {"deadline_ms", "seq", "op", "status", "frame_type", "invocation", "bytes", "timeout_ms", "received", "heartbeat_ms", "tools"}
 DEFAULTS: dict[str, Any] = {"final": False, "retryable": False, "deadline_ms": 0, "timeout_ms": 0, "tools": 0, "description": "", "heartbeat_ms": 30000, "capabilities": []}
-LIMIT_DEFAULTS = {"max_frame_payload": 1 << 20, "max_inflight": 128, "max_tools": 256, "max_chunk": 64 << 10, "initial_window": 256 << 10}
+LIMIT_DEFAULTS = {"max_frame_payload": 1 << 20, "max_inflight": 128, "max_tools": 256, "max_chunk": 64 << 10, "initial_window": 256 << 10, "replay_buffer": 256 << 10, "resume_window_ms": 30000}
 STATUS = {0: "ok", 1: "cancelled", 2: "failed"}
 REPLY_STATUS = {0: "answered", 1: "cancelled", 2: "declined"}
 
@@ -354,6 +354,8 @@ def run_vector(t: dict[str, Any]) -> str | None:
             take(conn.timeout(now))
         elif step.get("transport_closed"):
             take(conn.transport_closed(now))
+        elif step.get("peer_close"):
+            take(conn.peer_close(now))
         while True:  # everything the step causes (events first, then transmit)
             ev, o, _ = conn.poll()
             if not ev and not o:
