@@ -406,6 +406,19 @@ pub enum CloseReason {
     Overloaded,
 }
 
+impl CloseReason {
+    /// The WebSocket close code the closing side sends after its last frame (SPEC §2.1):
+    /// 1008 after sending `FLOOD`, 1002 after sending another connection error (§12.2),
+    /// 1000 otherwise (graceful shutdown, a local close, the peer's error, a lost transport).
+    pub fn websocket_close_code(&self) -> u16 {
+        match self {
+            CloseReason::ProtocolError { code, .. } if *code == ErrorCode::FLOOD => 1008,
+            CloseReason::ProtocolError { .. } => 1002,
+            _ => 1000,
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -418,5 +431,27 @@ impl fmt::Display for CloseReason {
             CloseReason::TransportClosed => write!(f, "transport closed"),
             CloseReason::Overloaded => write!(f, "local bound exceeded"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_close_codes_follow_spec_2_1() {
+        let sent = |code| CloseReason::ProtocolError {
+            code,
+            message: String::new(),
+        };
+        assert_eq!(sent(ErrorCode::FLOOD).websocket_close_code(), 1008);
+        assert_eq!(sent(ErrorCode::FRAMING_ERROR).websocket_close_code(), 1002);
+        let received = CloseReason::PeerError {
+            code: ErrorCode::FLOOD,
+            message: None,
+        };
+        assert_eq!(received.websocket_close_code(), 1000);
+        assert_eq!(CloseReason::Drained.websocket_close_code(), 1000);
+        assert_eq!(CloseReason::Local.websocket_close_code(), 1000);
     }
 }

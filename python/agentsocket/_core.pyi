@@ -46,6 +46,8 @@ class Connection:
     ``config`` takes the keys of ``CONFIG_KEYS`` (SPEC §13 defaults when absent)."""
 
     hold_transmit: bool
+    #: The WebSocket close code to send once closed (SPEC §2.1), decided by the core.
+    websocket_close_code: int
     def __init__(self, role: Literal["client", "server"], now: float, config: Optional[dict[str, Any]] = None) -> None: ...
     # inputs
     def receive_message(self, now: float, data: bytes) -> Batch: ...

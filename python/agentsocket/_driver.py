@@ -21,12 +21,13 @@ log = logging.getLogger("agentsocket")
 HIGH_WATER = 256 << 10
 #: Most bytes joined into one WebSocket message (several whole frames, SPEC §2.1).
 MAX_MESSAGE = 256 << 10
+#: Largest WebSocket message read from a peer, as in the Rust adapters (asp-async): websockets
+#: assembles a message in memory before the core sees a byte of it, so without this bound a
+#: hostile peer's endless fragmented message would grow it without limit.
+MAX_INCOMING_MESSAGE = 64 << 20
 
-#: WebSocket close codes of SPEC §2.1.
+#: The WebSocket close code before the core closed (its own then comes from the core).
 CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_POLICY = 1008
-FLOOD = 0x05
 
 
 class _Resume:
@@ -206,10 +207,8 @@ class Driver:
         raise NotImplementedError
 
     def note_close(self, reason: tuple[str, int | None, str | None]) -> None:
-        """SPEC §2.1 close code for the WebSocket after the connection closed."""
-        kind, code, _ = reason
-        if kind == "error_sent":
-            self._close_code = CLOSE_POLICY if code == FLOOD else CLOSE_PROTOCOL_ERROR
+        """The connection closed: the WebSocket close code is the core's (SPEC §2.1)."""
+        self._close_code = self.conn.websocket_close_code
         if self._transport is None:
             self.closed.set()
         # Otherwise `_send_now` writes what is left, closes the transport, then sets `closed`.
