@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from . import _core
-from ._driver import Driver, call_later_safe
+from ._driver import MAX_INCOMING_MESSAGE, Driver, call_later_safe
 from ._fastws import FastClientConnection
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError
 
@@ -319,7 +319,7 @@ class Client(Driver):
             additional_headers=self._headers,
             compression=None,
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
-            max_size=None,  # the core bounds frames (max_frame_payload, SPEC §3.6)
+            max_size=MAX_INCOMING_MESSAGE,  # the core bounds frames (SPEC §3.6), this the message
             open_timeout=self._open_timeout,
             create_connection=FastClientConnection,
         )
