@@ -582,6 +582,16 @@ export class Connection {
     this.close0("local", undefined);
   }
 
+  /**
+   * Closes at once because a local bound was hit (the peer provokes output faster than it
+   * reads it, SPEC §13 outgoing queue): as `close`, with the reason `overloaded`.
+   */
+  closeOverloaded(): void {
+    if (this.st === "Closed") return;
+    this.out.len = 0;
+    this.close0("overloaded", undefined);
+  }
+
   /** Client, after `Detached`: resume on a new transport (§11.2 step 2). */
   resume(now: number): void {
     this.requireRole("client", "resume");
