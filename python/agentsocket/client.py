@@ -453,8 +453,11 @@ class Client(Driver):
         for task in self._questions.values():
             task.cancel()
         for q in self._watchers:
-            if not q.full():
-                q.put_nowait(None)
+            # The end must reach every watcher, or its `async for` never stops: a full queue
+            # (a watcher too slow for the bound) loses its oldest change instead.
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(None)
         if not self._connected.done():
             self._connected.set_exception(err)
 
