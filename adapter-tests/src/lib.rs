@@ -35,11 +35,16 @@ use futures::future::{join, join_all, select, Either};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub mod hostile;
 pub mod proxy;
 pub mod raw;
 pub mod resume;
 pub mod util;
 
+pub use hostile::{
+    flood_that_never_reads, half_open_connections, overloaded_results_end_with_error,
+    oversized_message_is_overloaded,
+};
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
     no_resume_closes, resume_mid_stream, resume_over_half_open, resume_refused_starts_new_session,
@@ -79,6 +84,10 @@ macro_rules! for_each_scenario {
             resume_refused_starts_new_session,
             resume_over_half_open,
             no_resume_closes,
+            flood_that_never_reads,
+            overloaded_results_end_with_error,
+            oversized_message_is_overloaded,
+            half_open_connections,
         }
     };
 }

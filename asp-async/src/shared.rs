@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     pub(crate) conn: Connection,
     pub(crate) clock: Clock,
     pub(crate) notify: Arc<Notify>,
+    /// Wakes a reader that stopped reading because the core asked it to (SPEC §13.1,
+    /// `Connection::wants_input`); the writer sets it whenever it takes bytes from the core.
+    pub(crate) input: Arc<Notify>,
     /// The core deadline the writer task sleeps until (set by the writer before it sleeps).
     pub(crate) armed_timeout: Option<asp_proto::Instant>,
     // Keyed by request id; a BTreeMap avoids hashing on every chunk.
@@ -177,6 +180,7 @@ impl Shared {
                 conn,
                 clock,
                 notify: Arc::new(Notify::default()),
+                input: Arc::new(Notify::default()),
                 armed_timeout: None,
                 calls: BTreeMap::new(),
                 served: BTreeMap::new(),
@@ -209,6 +213,13 @@ impl Shared {
     /// Wakes the writer task (once the lock is released).
     pub(crate) fn notify_writer(&mut self) {
         if let Some(w) = self.notify.set() {
+            self.deferred.push(w);
+        }
+    }
+
+    /// Wakes a reader waiting for the core to want input again (once the lock is released).
+    pub(crate) fn notify_reader(&mut self) {
+        if let Some(w) = self.input.set() {
             self.deferred.push(w);
         }
     }

@@ -317,7 +317,32 @@ impl Connection {
         }
     }
 
+    /// Whether the adapter should read more input now (SPEC §13.1). A server stops
+    /// reading while its transmit queue is at or above `max_queued_bytes`: the peer is not
+    /// reading what it asked for, and not reading its input pushes back on it through the
+    /// transport (TCP backpressure) instead of growing the queue. Read again once
+    /// `poll_transmit` has taken the queue below the mark. A client always reads: if both
+    /// sides paused, two peers each waiting for the other to read would deadlock.
+    pub fn wants_input(&self) -> bool {
+        self.role == Role::Client
+            || self.state == State::Closed
+            || self.out.len() < self.config.max_queued_bytes
+    }
+
     // ───────────────────────── inputs ─────────────────────────
+
+    /// The transport refused a WebSocket message of `len` bytes as larger than this
+    /// receiver accepts (the adapter's message limit, which bounds buffered input, SPEC
+    /// §13.1): the connection error OVERLOADED, sent before the close.
+    pub fn handle_oversized_message(&mut self, now: Instant, len: usize) {
+        self.tick(now);
+        if self.accepts_input() {
+            self.fatal(
+                ErrorCode::OVERLOADED,
+                format!("a WebSocket message of {len} bytes is above this receiver's limit"),
+            );
+        }
+    }
 
     /// One WebSocket binary message: one or more whole frames (SPEC §2.1). Payloads of
     /// the resulting events are slices of `msg`.
@@ -349,6 +374,7 @@ impl Connection {
                 break;
             };
             self.on_decoded(r);
+            self.check_input_bounds(mark);
             if !self.accepts_input() {
                 break;
             }
@@ -374,6 +400,7 @@ impl Connection {
         self.decoder.feed(data);
         while let Some(r) = self.decoder.next_frame() {
             self.on_decoded(r);
+            self.check_input_bounds(mark);
             if !self.accepts_input() {
                 break;
             }
@@ -685,9 +712,11 @@ impl Connection {
         self.require_exchange(id, Kind::Request)?;
         let frame = Frame::Reply(Reply { id, status, body });
         self.check_frame_size(&frame)?;
+        let before = self.out.len();
         self.queue(frame);
         self.remove(id.0);
         self.check_drained();
+        self.check_answer_bound(before);
         Ok(())
     }
 
@@ -773,9 +802,11 @@ impl Connection {
             metrics,
         });
         self.check_frame_size(&frame)?;
+        let before = self.out.len();
         self.queue(frame);
         self.remove(id.0);
         self.check_drained();
+        self.check_answer_bound(before);
         Ok(())
     }
 
@@ -801,6 +832,7 @@ impl Connection {
         if message.len() > 1024 {
             return Err(SendError::InvalidField("message"));
         }
+        let before = self.out.len();
         self.queue(Frame::Error(ErrorFrame {
             id,
             code,
@@ -810,6 +842,7 @@ impl Connection {
         }));
         self.remove(id.0);
         self.check_drained();
+        self.check_answer_bound(before);
         Ok(())
     }
 
@@ -848,8 +881,10 @@ impl Connection {
             self.next_id = prev_id;
             return Err(e);
         }
+        let before = self.out.len();
         self.queue(frame);
         self.insert(id, Exchange::new(Kind::Request, 0));
+        self.check_answer_bound(before);
         Ok(id)
     }
 
@@ -882,7 +917,9 @@ impl Connection {
         self.unannounced.remove(&def.name);
         self.tools.insert(def.name.clone(), def);
         if self.session.is_some() {
+            let before = self.out.len();
             self.queue(frame);
+            self.check_answer_bound(before);
         }
         Ok(())
     }
@@ -897,6 +934,7 @@ impl Connection {
         };
         let announced = !self.unannounced.remove(&key);
         if announced && self.session.is_some() && self.state != State::Closed {
+            let before = self.out.len();
             self.queue(Frame::ToolDef(ToolDef {
                 op: ToolOp::Remove,
                 name: def.name,
@@ -904,6 +942,7 @@ impl Connection {
                 input_schema: None,
                 annotations: None,
             }));
+            self.check_answer_bound(before);
         }
         Ok(true)
     }
@@ -1070,16 +1109,54 @@ impl Connection {
         matches!(self.state, State::Open | State::Draining)
     }
 
-    /// The bounds on replies and events exist because a peer can provoke them faster than
-    /// they drain; they are judged on what one input batch left behind, so a large frame
-    /// the application itself queued never closes a healthy connection later.
+    /// SPEC §13.1: the connection error OVERLOADED. What was queued is dropped first: the
+    /// peer is not reading it, the connection is ending, and the ERROR then comes right
+    /// after what the transport already holds instead of behind the backlog that caused it.
+    fn overloaded(&mut self, message: String) {
+        self.out.clear();
+        self.fatal(ErrorCode::OVERLOADED, message);
+    }
+
+    /// SPEC §13.1: the bounds on replies and events exist because a peer can provoke them
+    /// faster than they drain. They are judged on what the current input batch added, after
+    /// every frame (so one batch cannot grow the queue far past the bound), and only growth
+    /// counts, so a large frame the application itself queued never closes a healthy
+    /// connection later. Reaching one is the connection error OVERLOADED: named, not a
+    /// silent cut.
+    fn check_input_bounds(&mut self, before: (usize, usize)) {
+        if self.state == State::Closed {
+            return;
+        }
+        let (out, events) = (self.out.len(), self.events.len());
+        if out > before.0 && out > self.config.max_buffered {
+            self.overloaded(format!(
+                "{out} bytes queued for a peer that does not read (bound {})",
+                self.config.max_buffered
+            ));
+        } else if events > before.1 && events > self.config.max_pending_events {
+            self.overloaded(format!(
+                "{events} events the application did not take (bound {})",
+                self.config.max_pending_events
+            ));
+        }
+    }
+
     fn after_input(&mut self, before: (usize, usize)) {
-        let grew_out = self.out.len() > before.0
-            && self.out.len() > 2 * self.config.max_queued_bytes + HEADER_LEN;
-        let grew_events =
-            self.events.len() > before.1 && self.events.len() > self.config.max_pending_events;
-        if grew_out || grew_events {
-            self.close(CloseReason::Overloaded);
+        self.check_input_bounds(before);
+    }
+
+    /// SPEC §13.1: an answer (COMPLETE, ERROR, REPLY) or a server's own frame (REQUEST,
+    /// TOOL_DEF) that takes the queue past `max_buffered` ends the connection with
+    /// OVERLOADED: the peer is not reading, and what it does not read is held here. A frame
+    /// queued into an empty queue never does (one frame is bounded by the peer's own
+    /// `max_frame_payload`).
+    fn check_answer_bound(&mut self, before: usize) {
+        let out = self.out.len();
+        if before > 0 && out > self.config.max_buffered && self.state != State::Closed {
+            self.overloaded(format!(
+                "{out} bytes queued for a peer that does not read (bound {})",
+                self.config.max_buffered
+            ));
         }
     }
 

@@ -71,6 +71,9 @@ codes! {
     FRAMING_ERROR = 0x07;
     /// A session could not be resumed.
     RESUME_FAILED = 0x08;
+    /// The peer made this side hold more than its per-connection bound (SPEC §13.1):
+    /// replies it does not read, or a WebSocket message above the receiver's limit.
+    OVERLOADED = 0x09;
     /// Frame type `0x0` or `0xF`.
     UNKNOWN_FRAME_TYPE = 0x10;
     /// A reserved flag bit was set.
@@ -141,6 +144,7 @@ impl ErrorCode {
             self,
             ErrorCode::HANDSHAKE_TIMEOUT
                 | ErrorCode::HEARTBEAT_TIMEOUT
+                | ErrorCode::OVERLOADED
                 | ErrorCode::GOING_AWAY
                 | ErrorCode::TOO_MANY_INFLIGHT
                 | ErrorCode::DEADLINE_EXCEEDED
@@ -401,9 +405,6 @@ pub enum CloseReason {
     },
     /// The transport ended (and the session could not be or was not resumed).
     TransportClosed,
-    /// The application stopped polling events or the peer stopped reading while we
-    /// queued replies; a bound was hit.
-    Overloaded,
 }
 
 impl CloseReason {
@@ -429,7 +430,6 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::ProtocolError { code, message } => write!(f, "{code}: {message}"),
             CloseReason::TransportClosed => write!(f, "transport closed"),
-            CloseReason::Overloaded => write!(f, "local bound exceeded"),
         }
     }
 }

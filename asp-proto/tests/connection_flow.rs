@@ -1027,8 +1027,21 @@ fn an_application_that_stops_polling_events_is_closed() {
     let now = p.now;
     p.server.handle_message(now, Bytes::from(msg));
     p.drain(Side::Server);
-    let k = kinds(p.events(Side::Server));
-    assert_eq!(k.last().unwrap(), "Closed(Overloaded)", "{k:?}");
+    let evs = p.events(Side::Server);
+    assert!(
+        matches!(
+            evs.last(),
+            Some(Event::Closed(CloseReason::ProtocolError {
+                code: ErrorCode::OVERLOADED,
+                ..
+            }))
+        ),
+        "{:?}",
+        kinds(evs)
+    );
+    // SPEC §13.1: not a silent cut — the peer is told why.
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
 }
 
 #[test]
@@ -1037,6 +1050,7 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
         quiet_config(),
         Config {
             max_queued_bytes: 1000,
+            max_buffered: 4000,
             ..quiet_config()
         },
     );
@@ -1044,10 +1058,16 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
     // never drained.
     let now = p.now;
     for id in 1..=200u16 {
+        // SPEC §13.1: the server stops reading at `max_queued_bytes`; this peer writes on
+        // regardless (the adapter would have stopped reading it).
+        if !p.server.wants_input() {
+            assert!(p.server.queued_bytes() >= 1000);
+        }
         p.server
             .handle_message(now, encode(&invoke_frame(id, "nope")));
         assert!(
-            p.server.queued_bytes() <= 2 * 1000 + 8 + 200,
+            // The bound, one reply past it and the OVERLOADED ERROR.
+            p.server.queued_bytes() <= 4000 + 300,
             "{}",
             p.server.queued_bytes()
         );
@@ -1057,8 +1077,86 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
     }
     assert!(p.server.is_closed());
     p.drain(Side::Server);
-    assert_eq!(
-        kinds(p.events(Side::Server)).last().unwrap(),
-        "Closed(Overloaded)"
+    let evs = p.events(Side::Server);
+    assert!(
+        matches!(
+            evs.last(),
+            Some(Event::Closed(CloseReason::ProtocolError {
+                code: ErrorCode::OVERLOADED,
+                ..
+            }))
+        ),
+        "{:?}",
+        kinds(evs)
     );
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
+}
+
+#[test]
+fn a_server_stops_reading_while_its_queue_is_full_and_reads_again_once_drained() {
+    let mut p = Pair::connected(
+        quiet_config(),
+        Config {
+            max_queued_bytes: 1000,
+            max_buffered: 100_000,
+            ..quiet_config()
+        },
+    );
+    let now = p.now;
+    let mut id = 1;
+    while p.server.wants_input() {
+        p.server
+            .handle_message(now, encode(&invoke_frame(id, "nope")));
+        id += 1;
+        assert!(id < 200, "never paused");
+    }
+    assert!(!p.server.is_closed());
+    // The client is always read: only one side may pause (SPEC §13.1).
+    assert!(p.client.wants_input());
+    let mut buf = bytes::BytesMut::new();
+    while p.server.poll_transmit(&mut buf) > 0 {}
+    assert!(p.server.wants_input());
+}
+
+#[test]
+fn answers_queued_for_a_peer_that_does_not_read_end_the_connection_with_overloaded() {
+    let mut p = Pair::connected(
+        quiet_config(),
+        Config {
+            max_queued_bytes: 1000,
+            max_buffered: 4000,
+            check_tools: false,
+            ..quiet_config()
+        },
+    );
+    let now = p.now;
+    for id in 1..=8u16 {
+        p.server.handle_message(now, encode(&invoke_frame(id, "t")));
+    }
+    p.drain(Side::Server);
+    let blob = vec![b'x'; 900];
+    let mut closed_at = None;
+    for id in 1..=8u16 {
+        let mut v = Vec::new();
+        rmp::encode::write_bin(&mut v, &blob).unwrap();
+        let r = p.server.complete(
+            RequestId(id),
+            Status::Ok,
+            Some(RawValue::new(Bytes::from(v)).unwrap()),
+            Default::default(),
+        );
+        if p.server.is_closed() {
+            closed_at = Some(id);
+            break;
+        }
+        r.unwrap();
+    }
+    // 900-byte results: the fifth takes the queue past 4000 bytes.
+    assert_eq!(closed_at, Some(5));
+    // The backlog is dropped: only the ERROR is left to send (SPEC §13.1).
+    assert!(p.server.queued_bytes() < 200, "{}", p.server.queued_bytes());
+    p.drain(Side::Server);
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
 }

@@ -6,7 +6,7 @@ Chunk = Union[str, bytes]
 #: ``(code, message, retryable)`` of an ERROR frame.
 ErrorFields = tuple[int, Optional[str], bool]
 #: ``(kind, code, message)``: kind is local, drained, error_sent, error_received,
-#: transport_closed or overloaded.
+#: or transport_closed (a local bound is error_sent with code 0x09, OVERLOADED).
 CloseReason = tuple[str, Optional[int], Optional[str]]
 #: ``("complete", status, result, metrics)``, ``("reply", status, body)``,
 #: ``("error", ErrorFields)`` or ``("lost", CloseReason)``.

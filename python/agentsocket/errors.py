@@ -85,7 +85,8 @@ class AspError(Exception):
 
 class ConnectionLost(AspError):
     """The connection closed before the exchange ended (``reason``: ``transport_closed``,
-    ``error_sent``, ``error_received``, ``local``, ``drained`` or ``overloaded``). Retryable:
+    ``error_sent`` — with code 0x09 OVERLOADED for a local bound, SPEC §13.1 —,
+    ``error_received``, ``local`` or ``drained``). Retryable:
     the exchange may never have reached the peer."""
 
     def __init__(self, reason: str, code: int | None = None, message: str | None = None):

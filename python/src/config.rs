@@ -20,6 +20,7 @@ pub const KEYS: &[&str] = &[
     "rate_limit",
     "flood_limit",
     "max_queued_bytes",
+    "max_buffered",
     "max_queued_per_invocation",
     "max_pending_events",
     "requests",
@@ -111,6 +112,9 @@ pub fn parse(d: Option<&Bound<'_, PyDict>>) -> PyResult<Parsed> {
     }
     if let Some(v) = get(d, "max_queued_bytes")? {
         c.max_queued_bytes = v;
+    }
+    if let Some(v) = get(d, "max_buffered")? {
+        c.max_buffered = v;
     }
     if let Some(v) = get(d, "max_queued_per_invocation")? {
         c.max_queued_per_invocation = v;

@@ -85,7 +85,8 @@ pub fn session<'py>(py: Python<'py>, s: &Session) -> PyResult<Bound<'py, PyDict>
 }
 
 /// `(kind, code, message)`: kind is `local`, `drained`, `error_sent`, `error_received`,
-/// `transport_closed` or `overloaded` (the names of the conformance vectors).
+/// or `transport_closed` (the names of the conformance vectors; a local bound is `error_sent`
+/// with OVERLOADED).
 pub fn close_reason<'py>(py: Python<'py>, r: &CloseReason) -> PyResult<Bound<'py, PyAny>> {
     let none: Option<u16> = None;
     match r {
@@ -100,7 +101,6 @@ pub fn close_reason<'py>(py: Python<'py>, r: &CloseReason) -> PyResult<Bound<'py
         CloseReason::TransportClosed => {
             ("transport_closed", none, None::<&str>).into_bound_py_any(py)
         }
-        CloseReason::Overloaded => ("overloaded", none, None::<&str>).into_bound_py_any(py),
     }
 }
 
