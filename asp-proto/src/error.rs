@@ -408,12 +408,17 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The WebSocket close code the closing side sends after its last frame (SPEC §2.1):
-    /// 1008 after sending `FLOOD`, 1002 after sending another connection error (§12.2),
-    /// 1000 otherwise (graceful shutdown, a local close, the peer's error, a lost transport).
+    /// The WebSocket close code the closing side sends after its last frame (SPEC §2.1,
+    /// §13.1): 1008 after sending `FLOOD` or `OVERLOADED`, 1002 after sending another
+    /// connection error (§12.2), 1000 otherwise (graceful shutdown, a local close, the peer's
+    /// error, a lost transport).
     pub fn websocket_close_code(&self) -> u16 {
         match self {
-            CloseReason::ProtocolError { code, .. } if *code == ErrorCode::FLOOD => 1008,
+            CloseReason::ProtocolError { code, .. }
+                if *code == ErrorCode::FLOOD || *code == ErrorCode::OVERLOADED =>
+            {
+                1008
+            }
             CloseReason::ProtocolError { .. } => 1002,
             _ => 1000,
         }
@@ -445,6 +450,7 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(sent(ErrorCode::FLOOD).websocket_close_code(), 1008);
+        assert_eq!(sent(ErrorCode::OVERLOADED).websocket_close_code(), 1008);
         assert_eq!(sent(ErrorCode::FRAMING_ERROR).websocket_close_code(), 1002);
         let received = CloseReason::PeerError {
             code: ErrorCode::FLOOD,
