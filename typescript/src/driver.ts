@@ -22,12 +22,12 @@ export interface SocketLike {
 }
 
 /**
- * Bytes a socket may hold unsent before input that makes it grow closes the connection:
- * twice SPEC §13's 1 MiB outgoing queue, as the Rust core. Streaming waits well below it
- * (the server's high-water mark); only a peer that provokes replies (PONG, errors, tool
+ * Bytes a socket may hold unsent before input that makes it grow closes the connection with
+ * `OVERLOADED`: SPEC §13.1's hard bound (`max_buffered`, 4 MiB). Streaming waits well below
+ * it (the server's high-water mark); only a peer that provokes replies (PONG, errors, tool
  * lists) while it never reads gets here.
  */
-export const MAX_UNSENT = (2 << 20) + 8;
+export const MAX_UNSENT = 4 << 20;
 
 /** The WebSocket subprotocol of SPEC §2.1. */
 export const SUBPROTOCOL = "asp-v1";

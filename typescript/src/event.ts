@@ -21,7 +21,7 @@ export interface Metrics {
 }
 
 /** Why a connection closed. */
-export type CloseReason = "local" | "drained" | "error_sent" | "error_received" | "transport_closed" | "overloaded";
+export type CloseReason = "local" | "drained" | "error_sent" | "error_received" | "transport_closed";
 
 /** Everything a `Connection` tells its application. */
 export type Event =
