@@ -290,6 +290,9 @@ async fn writer<S, R>(
     let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;
     // The core still had bytes after a full WRITE_BATCH: take more without waiting.
     let mut more;
+    // The WebSocket close code to send once the connection has closed (SPEC §2.1): the core
+    // says which, from why it closed.
+    let mut close_code = asp_proto::error::close_code::NORMAL;
     loop {
         more = false;
         let step = {
@@ -320,6 +323,9 @@ async fn writer<S, R>(
                 let ping = s.conn.poll_ping();
                 s.pump();
                 more = s.conn.wants_transmit();
+                if let Some(r) = &s.closed {
+                    close_code = r.websocket_close_code();
+                }
                 Step::Write(ping, s.conn.is_closed(), s.clock)
             }
         };
@@ -348,7 +354,7 @@ async fn writer<S, R>(
         let sent = drive_write(&shared, &rt, clock, closed, gen, &notify, write).await;
         if closed || !sent {
             if sent {
-                let close = sink.close();
+                let close = close_with(&mut sink, close_code);
                 let expiry = rt.sleep_until(std::time::Instant::now() + CLOSE_LINGER);
                 let _ = select(pin!(close), expiry).await;
             } else {
@@ -464,6 +470,20 @@ async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Noti
             None => wake.await,
         }
     }
+}
+
+/// Starts the WebSocket closing handshake with `code` (SPEC §2.1; tungstenite's plain
+/// `close` sends a Close frame without a code, which the peer sees as 1005), then flushes.
+async fn close_with<Si>(sink: &mut Si, code: u16) -> Result<(), tungstenite::Error>
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let frame = tungstenite::protocol::CloseFrame {
+        code: code.into(),
+        reason: Default::default(),
+    };
+    sink.send(Message::Close(Some(frame))).await?;
+    sink.close().await
 }
 
 /// Feeds the batches (and a transport ping) and flushes once.

@@ -89,13 +89,11 @@ pub fn host_port(
     Ok(format!("{}:{}", host, uri.port_u16().unwrap_or(80)))
 }
 
-/// The protocol configuration the builders start from: the core defaults (SPEC §13), with
-/// heartbeats sent as WebSocket pings (SPEC §6.7 allows either on this binding; tungstenite
-/// answers pings itself, so an idle peer costs no ASP frames). A `config(..)` call on a
-/// builder replaces it whole.
+/// The protocol configuration the builders start from: the core defaults (SPEC §13),
+/// heartbeats included as ASP PING frames: SPEC §6.7 makes the PING frame the heartbeat on
+/// every binding, since every ASP peer must answer it, while a peer's WebSocket library may
+/// not surface or answer WebSocket pings. A `config(..)` call on a builder replaces it
+/// whole.
 pub fn ws_default_config() -> Config {
-    Config {
-        heartbeat_mode: asp_proto::HeartbeatMode::Transport,
-        ..Config::default()
-    }
+    Config::default()
 }

@@ -253,10 +253,10 @@ impl<'a> Arbitrary<'a> for HelloLimits {
             l.max_tools = Some(u16::arbitrary(u)?);
         }
         if bool::arbitrary(u)? {
-            l.max_chunk = Some(u32_biased(u, 1)?);
+            l.max_chunk = Some(u32_biased(u, 4)?);
         }
         if bool::arbitrary(u)? {
-            l.initial_window = Some(u32_biased(u, 1)?);
+            l.initial_window = Some(u32_biased(u, 8)?);
         }
         Ok(l)
     }
@@ -268,7 +268,7 @@ impl<'a> Arbitrary<'a> for Hello {
         let n_caps = if u.ratio(3, 4)? { n_caps % 3 } else { n_caps };
         let mut capabilities = Vec::with_capacity(n_caps);
         for _ in 0..n_caps {
-            capabilities.push(text(u, 0, 64)?);
+            capabilities.push(text(u, 1, 64)?);
         }
         Ok(Hello {
             versions: Versions::arbitrary(u)?,
@@ -709,8 +709,8 @@ fn small_config(b: [u8; 4], pair: bool) -> Config {
         max_frame_payload: pick(&[256, 64, 128, 1 << 20], b[0]),
         max_inflight: pick(&[2, 1, 3, 4], b[0] >> 2),
         max_tools: pick(&[2, 0, 1, 4], b[0] >> 4),
-        max_chunk: pick(&[64, 1, 16, 1024], b[0] >> 6),
-        initial_window: pick(&[128, 1, 32, 4096], b[1]),
+        max_chunk: pick(&[64, 4, 16, 1024], b[0] >> 6),
+        initial_window: pick(&[128, 8, 32, 4096], b[1]),
     };
     let (rate_limit, flood_limit) = if pair {
         (100_000, 200_000)
@@ -1046,8 +1046,8 @@ impl Session {
             max_frame_payload: [None, Some(64), Some(200), Some(1 << 16)][usize::from(b & 3)],
             max_inflight: [None, Some(1), Some(2)][usize::from(b >> 2 & 3) % 3],
             max_tools: [None, Some(0), Some(1)][usize::from(b >> 4 & 3) % 3],
-            max_chunk: [None, Some(1), Some(8)][usize::from(b >> 2 & 3) % 3],
-            initial_window: [None, Some(1), Some(64)][usize::from(b >> 4 & 3) % 3],
+            max_chunk: [None, Some(4), Some(8)][usize::from(b >> 2 & 3) % 3],
+            initial_window: [None, Some(8), Some(64)][usize::from(b >> 4 & 3) % 3],
         };
         let heartbeat_ms = [None, Some(0), Some(100), Some(1000)][usize::from(b >> 6)];
         let hello = match self.role {
@@ -1562,12 +1562,21 @@ struct PairModel {
     failed: BTreeMap<u16, ErrorCode>,
     /// Error codes the client application refused a request with.
     refused: BTreeMap<u16, ErrorCode>,
+    /// The client pipelined an INVOKE before the server's HELLO (SPEC §6.2 step 1), under
+    /// the default limits: one may break a smaller limit the server then announces.
+    pipelined: bool,
 }
 
 impl PairModel {
     fn event(&mut self, ev: &Event, is_client: bool) {
         let who = if is_client { "client" } else { "server" };
         match ev {
+            // SPEC §6.2 step 1: the risk a pipelining client takes.
+            Event::Violation(e)
+                if !is_client
+                    && self.pipelined
+                    && e.code == ErrorCode::FRAME_TOO_LARGE
+                    && e.frame_type == Some(FrameType::Invoke as u8) => {}
             Event::Violation(e) => panic!("{who} saw a violation from an honest peer: {e:?}"),
             Event::Closed(r) => assert!(honest_close(r), "{who} closed with {r:?}"),
             Event::Chunk(c) => {
@@ -1594,7 +1603,14 @@ impl PairModel {
                         ErrorCode::DEADLINE_EXCEEDED
                             | ErrorCode::DRAINING
                             | ErrorCode::UNKNOWN_TOOL
-                    );
+                            // SPEC §3.6: a result over the client's frame limit.
+                            | ErrorCode::RESULT_TOO_LARGE
+                    )
+                    || (self.pipelined
+                        && matches!(
+                            e.code,
+                            ErrorCode::FRAME_TOO_LARGE | ErrorCode::TOO_MANY_INFLIGHT
+                        ));
                 assert!(
                     allowed,
                     "{who}: {id:?} ended with an unexpected error {e:?}"
@@ -1707,6 +1723,9 @@ impl Pair {
                     meta: None,
                 };
                 let c = &mut self.client;
+                if c.conn.state() == crate::State::Handshaking {
+                    self.model.pipelined = true;
+                }
                 if let Ok(id) = c.conn.invoke(pick(WORDS, b >> 4), body, opts) {
                     c.check.opened(id);
                     c.mine.add(id);

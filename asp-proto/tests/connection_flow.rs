@@ -39,13 +39,22 @@ fn credits(frames: &[Frame]) -> Vec<(u16, u32)> {
 fn window_exhaustion_then_credit_then_writable() {
     let (mut p, ids) = with_invocations(small_window(64), quiet_config(), 1);
     let a = ids[0];
+    // SPEC §7.5: one chunk is at most half the initial window.
+    assert_eq!(p.server.chunk_cap(), 32);
     assert!(p.server.can_stream(a, 64));
     assert!(!p.server.can_stream(a, 65));
+    assert!(matches!(
+        p.server.stream(a, Bytes::from(vec![1; 33]), false, false),
+        Err(SendError::TooLarge { len: 33, max: 32 })
+    ));
     p.server
-        .stream(a, Bytes::from(vec![1; 40]), false, false)
+        .stream(a, Bytes::from(vec![1; 32]), false, false)
         .unwrap();
     p.server
         .stream(a, Bytes::from(vec![2; 24]), false, false)
+        .unwrap();
+    p.server
+        .stream(a, Bytes::from(vec![2; 8]), false, false)
         .unwrap();
     // The window is exhausted. An empty chunk is allowed only as the final one (§5.3).
     assert_eq!(
@@ -59,19 +68,18 @@ fn window_exhaustion_then_credit_then_writable() {
     p.drive();
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
-        ["Chunk(1,0)", "Chunk(1,1)"]
+        ["Chunk(1,0)", "Chunk(1,1)", "Chunk(1,2)"]
     );
-    // Credit is batched at half the initial window: 40 ≥ 32 → CREDIT(40); then 24 < 32.
-    assert_eq!(credits(&p.wire(Side::Client)), [(1, 40)]);
+    // Credit is batched at half the initial window: 32 ≥ 32 → CREDIT(32); then 24 < 32;
+    // then 24 + 8 → CREDIT(32).
+    assert_eq!(credits(&p.wire(Side::Client)), [(1, 32), (1, 32)]);
     assert_eq!(kinds(&p.take_events(Side::Server)), ["Writable(1)"]);
-    assert!(p.server.can_stream(a, 40));
-    assert!(!p.server.can_stream(a, 41));
+    assert!(p.server.can_stream(a, 32));
     p.server
-        .stream(a, Bytes::from(vec![3; 40]), false, false)
+        .stream(a, Bytes::from(vec![3; 32]), false, false)
         .unwrap();
     p.drive();
-    // 24 + 40 consumed since the last grant.
-    assert_eq!(credits(&p.wire(Side::Client)), [(1, 40), (1, 64)]);
+    assert_eq!(credits(&p.wire(Side::Client)), [(1, 32), (1, 32), (1, 32)]);
     // Not blocked this time: no Writable.
     assert!(p.events(Side::Server).is_empty());
     p.server
@@ -80,7 +88,7 @@ fn window_exhaustion_then_credit_then_writable() {
     p.drive();
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
-        ["Chunk(1,2)", "Ended(1,Complete Ok)"]
+        ["Chunk(1,3)", "Ended(1,Complete Ok)"]
     );
 }
 
@@ -157,11 +165,16 @@ fn manual_release_grants_credit() {
         1,
     );
     let a = ids[0];
-    p.server
-        .stream(a, Bytes::from(vec![1; 64]), false, false)
-        .unwrap();
+    for _ in 0..2 {
+        p.server
+            .stream(a, Bytes::from(vec![1; 32]), false, false)
+            .unwrap();
+    }
     p.drive();
-    assert_eq!(kinds(&p.take_events(Side::Client)), ["Chunk(1,0)"]);
+    assert_eq!(
+        kinds(&p.take_events(Side::Client)),
+        ["Chunk(1,0)", "Chunk(1,1)"]
+    );
     assert!(credits(&p.wire(Side::Client)).is_empty());
     p.client.release(a, 10);
     p.drive();
@@ -193,7 +206,10 @@ fn stream_beyond_window_is_flow_control_for_that_invocation_only() {
     );
     // Invocation 2 is unaffected and can use its whole window.
     p.server
-        .stream(ids[1], Bytes::from(vec![0; 64]), false, true)
+        .stream(ids[1], Bytes::from(vec![0; 32]), false, false)
+        .unwrap();
+    p.server
+        .stream(ids[1], Bytes::from(vec![0; 32]), false, true)
         .unwrap();
     p.server
         .complete(ids[1], Status::Ok, None, Metrics::default())
@@ -201,7 +217,7 @@ fn stream_beyond_window_is_flow_control_for_that_invocation_only() {
     p.drive();
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
-        ["Chunk(2,0)", "Ended(2,Complete Ok)"]
+        ["Chunk(2,0)", "Chunk(2,1)", "Ended(2,Complete Ok)"]
     );
 }
 

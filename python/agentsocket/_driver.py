@@ -27,7 +27,7 @@ MAX_MESSAGE = 64 << 10
 #: hostile peer's endless fragmented message would grow it without limit.
 MAX_INCOMING_MESSAGE = 64 << 20
 
-#: The WebSocket close code before the core closed (its own then comes from the core).
+#: WebSocket close codes of SPEC §2.1.
 CLOSE_NORMAL = 1000
 
 
@@ -208,8 +208,10 @@ class Driver:
         raise NotImplementedError
 
     def note_close(self, reason: tuple[str, int | None, str | None]) -> None:
-        """The connection closed: the WebSocket close code is the core's (SPEC §2.1)."""
-        self._close_code = self.conn.websocket_close_code
+        """SPEC §2.1 close code for the WebSocket after the connection closed."""
+        kind, code, _ = reason
+        # The core decides the code (1001 after a timeout, 1008 after FLOOD, …).
+        self._close_code = _core.websocket_close_code(kind, code)
         if self._transport is None:
             self.closed.set()
         # Otherwise `_send_now` writes what is left, closes the transport, then sets `closed`.

@@ -123,18 +123,12 @@ pub struct Connection {
     /// the tools instead of a Python list growing.
     #[pyo3(get, set)]
     hold_transmit: bool,
-    /// The WebSocket close code to send once closed (SPEC §2.1, decided by the core).
-    #[pyo3(get)]
-    websocket_close_code: u16,
 }
 
 impl Connection {
     fn batch<'py>(&mut self, py: Python<'py>) -> PyResult<Batch<'py>> {
         let events = PyList::empty(py);
         while let Some(ev) = self.core.poll_event() {
-            if let asp_proto::Event::Closed(r) = &ev {
-                self.websocket_close_code = r.websocket_close_code();
-            }
             events.append(event::to_py(py, ev, self.raw)?)?;
         }
         let out = PyList::empty(py);
@@ -167,7 +161,6 @@ impl Connection {
             buf: BytesMut::with_capacity(4096),
             raw: p.raw_values,
             hold_transmit: false,
-            websocket_close_code: 1000,
         })
     }
 

@@ -55,6 +55,19 @@ fn error_scope(code: u16) -> &'static str {
     event::scope_name(ErrorCode(code))
 }
 
+/// SPEC §2.1: the WebSocket close code after a close whose `closed` event reads
+/// `(kind, code, _)`: the core's mapping (1000, 1001, 1002, 1008 or 1011).
+#[pyfunction]
+#[pyo3(signature = (kind, code=None))]
+fn websocket_close_code(kind: &str, code: Option<u16>) -> u16 {
+    use asp_proto::error::close_code;
+    match (kind, code) {
+        ("error_sent" | "error_received", Some(c)) => ErrorCode(c).websocket_close_code(),
+        ("overloaded", _) => close_code::INTERNAL_ERROR,
+        _ => close_code::NORMAL,
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -66,6 +79,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add_function(wrap_pyfunction!(error_retryable, m)?)?;
     m.add_function(wrap_pyfunction!(error_scope, m)?)?;
+    m.add_function(wrap_pyfunction!(websocket_close_code, m)?)?;
     m.add_function(wrap_pyfunction!(frames::decode_frames, m)?)?;
     let codes = PyDict::new(py);
     for c in ErrorCode::ALL {
