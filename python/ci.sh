@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 
 PY="${PYTHON:-python3}"
 VENV="${ASP_PY_VENV:-target/py-ci-venv}"
+# Tests talk to 127.0.0.1 only: never through a proxy from the environment.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
+
+# A fresh Debian has python3 without `venv`/`ensurepip` (package python3-venv).
+if ! command -v "$PY" >/dev/null || ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
+  apt-get update -qq && apt-get install -y -qq python3 python3-venv
+fi
 
 # The extension crate is outside the cargo workspace (it links against Python).
 (cd python && cargo fmt --check && PYO3_PYTHON="$(command -v "$PY")" cargo clippy --all-targets -- -D warnings)
@@ -27,11 +34,12 @@ rm -rf "$VENV"
 export ASP_BIN="${ASP_BIN:-$PWD/target/debug/asp}"
 export CONFORMANCE_BIN="${CONFORMANCE_BIN:-$PWD/target/debug/conformance}"
 set +e
-"$VENV/bin/pytest" -q python/tests
+"$VENV/bin/pytest" -q python/tests  # its last line: `N passed in …s`
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
   echo "python/ci.sh: pytest collected no tests" >&2
   exit 1
 fi
+[ "$rc" -eq 0 ] || echo "python/ci.sh: pytest failed (exit $rc)" >&2
 exit "$rc"

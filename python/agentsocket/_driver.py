@@ -19,8 +19,13 @@ log = logging.getLogger("agentsocket")
 #: Bytes handed to the transport but not yet written before the driver stops taking more
 #: from the core (the core's own queue bound then applies, SPEC §13).
 HIGH_WATER = 256 << 10
-#: Most bytes joined into one WebSocket message (several whole frames, SPEC §2.1).
-MAX_MESSAGE = 256 << 10
+#: Most bytes joined into one WebSocket message (several whole frames): SPEC §2.1 stops
+#: coalescing at 64 KiB, so a message stays within `65 536 + 8 + max_frame_payload`.
+MAX_MESSAGE = 64 << 10
+#: Largest WebSocket message read from a peer, as in the Rust adapters (asp-async): websockets
+#: assembles a message in memory before the core sees a byte of it, so without this bound a
+#: hostile peer's endless fragmented message would grow it without limit.
+MAX_INCOMING_MESSAGE = 64 << 20
 
 #: WebSocket close codes of SPEC §2.1.
 CLOSE_NORMAL = 1000

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from . import _core
-from ._driver import Driver, call_later_safe
+from ._driver import MAX_INCOMING_MESSAGE, Driver, call_later_safe
 from ._fastws import FastClientConnection
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError
 
@@ -319,7 +319,7 @@ class Client(Driver):
             additional_headers=self._headers,
             compression=None,
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
-            max_size=None,  # the core bounds frames (max_frame_payload, SPEC §3.6)
+            max_size=MAX_INCOMING_MESSAGE,  # the core bounds frames (SPEC §3.6), this the message
             open_timeout=self._open_timeout,
             create_connection=FastClientConnection,
         )
@@ -453,8 +453,11 @@ class Client(Driver):
         for task in self._questions.values():
             task.cancel()
         for q in self._watchers:
-            if not q.full():
-                q.put_nowait(None)
+            # The end must reach every watcher, or its `async for` never stops: a full queue
+            # (a watcher too slow for the bound) loses its oldest change instead.
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(None)
         if not self._connected.done():
             self._connected.set_exception(err)
 

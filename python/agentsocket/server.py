@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from . import _core
-from ._driver import Driver, Transport, finish, start_inline
+from ._driver import MAX_INCOMING_MESSAGE, Driver, Transport, finish, start_inline
 from ._fastws import FastServerConnection
 from ._schema import Signature
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError, ToolError
@@ -614,7 +614,7 @@ class Server:
             process_request=process_request,
             compression=None,
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
-            max_size=None,  # the core bounds frames (max_frame_payload, SPEC §3.6)
+            max_size=MAX_INCOMING_MESSAGE,  # the core bounds frames (SPEC §3.6), this the message
             create_connection=FastServerConnection,
         )
         return Listening(self, srv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import AsyncIterator
 
 import httpx
@@ -33,24 +34,27 @@ async def uvicorn_app() -> AsyncIterator[tuple[asp.Server, str]]:
             Mount("/mounted", app=asgi),  # or mounted under a prefix
         ]
     )
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="websockets-sansio", lifespan="on")
+    # The listening socket is bound here and handed to uvicorn: connections made before
+    # uvicorn's startup ends wait in the kernel's backlog, so nothing needs polling for it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
     uv = uvicorn.Server(config)
-    task = asyncio.ensure_future(uv.serve())
-    while not uv.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)  # uvicorn offers no startup signal to await
-    port = uv.servers[0].sockets[0].getsockname()[1]
+    task = asyncio.ensure_future(uv.serve(sockets=[sock]))
     try:
         yield server, f"127.0.0.1:{port}"
     finally:
         uv.should_exit = True
         await asyncio.wait_for(task, 15)
+        sock.close()
 
 
 async def test_asgi_under_uvicorn(uvicorn_app) -> None:
     server, hostport = uvicorn_app
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(trust_env=False) as http:
         assert (await http.get(f"http://{hostport}/health")).text == "ok"
         r = await http.get(f"http://{hostport}/mounted/")
         assert r.status_code == 426  # SPEC §2.1: the endpoint only upgrades

@@ -596,7 +596,8 @@ function main(): void {
     }
   }
   console.log(`${passed} passed, ${failed} failed` + (xfailed > 0 ? `, ${xfailed} expected failures` : ""));
-  process.exitCode = failed > 0 ? 1 : 0;
+  // No vector found is a failure too (a wrong path must not pass quietly).
+  process.exitCode = failed > 0 || passed === 0 ? 1 : 0;
 }
 
 main();

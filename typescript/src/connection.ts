@@ -582,6 +582,16 @@ export class Connection {
     this.close0("local", undefined);
   }
 
+  /**
+   * A local bound was hit (the peer provokes output faster than it reads it, SPEC §13.1):
+   * drops what was queued, sends `ERROR(OVERLOADED)` and closes (WebSocket code 1008).
+   */
+  closeOverloaded(): void {
+    if (this.st === "Closed") return;
+    this.out.len = 0;
+    this.connectionError(ErrorCode.OVERLOADED, "the peer does not read what it provokes", undefined);
+  }
+
   /** Client, after `Detached`: resume on a new transport (§11.2 step 2). */
   resume(now: number): void {
     this.requireRole("client", "resume");
@@ -1204,7 +1214,7 @@ export class Connection {
   /** Sends a connection error (id 0) and closes (§6.6, §12.2). */
   private connectionError(code: number, message: string, frameType: number | undefined): void {
     this.sendError(0, code, message, frameType);
-    this.closeCodeValue = code === ErrorCode.FLOOD ? 1008 : 1002;
+    this.closeCodeValue = code === ErrorCode.FLOOD || code === ErrorCode.OVERLOADED ? 1008 : 1002;
     this.close0("error_sent", code);
   }
 

@@ -21,6 +21,14 @@ export interface SocketLike {
   onerror: ((ev: unknown) => void) | null;
 }
 
+/**
+ * Bytes a socket may hold unsent before input that makes it grow closes the connection with
+ * `OVERLOADED`: SPEC §13.1's hard bound (`max_buffered`, 4 MiB). Streaming waits well below
+ * it (the server's high-water mark); only a peer that provokes replies (PONG, errors, tool
+ * lists) while it never reads gets here.
+ */
+export const MAX_UNSENT = 4 << 20;
+
 /** The WebSocket subprotocol of SPEC §2.1. */
 export const SUBPROTOCOL = "asp-v1";
 
@@ -67,6 +75,7 @@ export class Driver {
       if (this.socket !== socket) return;
       const d = ev.data;
       const t = now();
+      const unsent = socket.bufferedAmount;
       if (typeof d === "string") this.conn.handleText(t);
       else if (d instanceof ArrayBuffer) this.conn.handleMessage(new Uint8Array(d), t);
       else if (d instanceof Uint8Array) this.conn.handleMessage(d, t);
@@ -82,6 +91,13 @@ export class Driver {
         this.conn.handleMessage(all, t);
       } else this.conn.handleText(t);
       this.pump();
+      // A peer that sends but never reads must not grow the socket's buffer without bound:
+      // judged on what this input added, so a large reply the application queued does not
+      // close a healthy connection later.
+      if (this.socket === socket && socket.bufferedAmount > unsent && socket.bufferedAmount > MAX_UNSENT) {
+        this.conn.closeOverloaded();
+        this.pump();
+      }
     };
     socket.onclose = () => {
       if (this.socket !== socket) return;
@@ -159,6 +175,8 @@ export class Driver {
           }
         }
         if (!progress) break;
+        // Bounded so one pump cannot hold the event loop; what is left goes next turn.
+        if (rounds === 999) this.schedule();
       }
       this.arm();
       if (this.conn.isClosed && this.socket !== undefined) {

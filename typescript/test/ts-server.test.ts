@@ -219,7 +219,13 @@ describe("TypeScript client ↔ TypeScript server", () => {
     const client = await connect(server.url);
     const events: string[] = [];
     client.on("detached", () => events.push("detached"));
-    client.on("resumed", () => events.push("resumed"));
+    // An explicit signal: on a loaded machine the stream may end before the resume does.
+    const resumed = new Promise<void>((r) =>
+      client.on("resumed", () => {
+        events.push("resumed");
+        r();
+      }),
+    );
     const call = client.invoke("agent", { delay_ms: 2, repeat: 4 });
     let text = "";
     let n = 0;
@@ -233,6 +239,7 @@ describe("TypeScript client ↔ TypeScript server", () => {
     }
     assert.deepEqual(await call.result.then((r) => r.value), { tokens: TOKENS.length * 4 });
     assert.equal(text, (TOKENS.join(" ") + " ").repeat(4));
+    await resumed;
     assert.deepEqual(events, ["detached", "resumed"]);
     assert.equal(client.state, "Open");
     client.close();
