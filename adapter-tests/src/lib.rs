@@ -35,14 +35,20 @@ use futures::future::{join, join_all, select, Either};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 pub mod resume;
+pub mod tls;
 pub mod util;
 
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
     no_resume_closes, resume_mid_stream, resume_over_half_open, resume_refused_starts_new_session,
+};
+pub use tls::{
+    wss_bad_certificates, wss_certificate_reload, wss_invoke_stream_interrupt, wss_mutual_tls,
+    wss_plaintext_mismatch, wss_resume_mid_stream,
 };
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
@@ -79,6 +85,12 @@ macro_rules! for_each_scenario {
             resume_refused_starts_new_session,
             resume_over_half_open,
             no_resume_closes,
+            wss_invoke_stream_interrupt,
+            wss_resume_mid_stream,
+            wss_bad_certificates,
+            wss_plaintext_mismatch,
+            wss_mutual_tls,
+            wss_certificate_reload,
         }
     };
 }

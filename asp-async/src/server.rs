@@ -171,6 +171,7 @@ pub struct ServerBuilder<R: Runtime> {
     max_connections: usize,
     ws: WsConfig,
     resume: bool,
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl<R: Runtime> ServerBuilder<R> {
@@ -187,7 +188,15 @@ impl<R: Runtime> ServerBuilder<R> {
             max_connections: 10_000,
             ws: crate::default_ws_config(),
             resume: false,
+            tls: None,
         }
+    }
+
+    /// Terminates TLS: clients connect with `wss://`, and [`Server::url`] says so. Keep a
+    /// clone of `tls` to [`reload`](crate::ServerTls::reload) the certificate later.
+    pub fn tls(mut self, tls: crate::tls::ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The address to listen on.
@@ -273,6 +282,14 @@ impl<R: Runtime> ServerBuilder<R> {
 
     /// Binds and starts accepting connections in the background.
     pub async fn start(self) -> std::io::Result<Server<R>> {
+        let tls = match &self.tls {
+            Some(t) => Some((
+                t.build()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+                t.timeout(),
+            )),
+            None => None,
+        };
         let listener = self.rt.bind(self.addr).await?;
         let addr = self.rt.local_addr(&listener)?;
         let registry = Arc::new(ToolRegistry::default());
@@ -295,6 +312,7 @@ impl<R: Runtime> ServerBuilder<R> {
             config,
             resume,
             ws: self.ws,
+            tls,
             stopping: AtomicBool::new(false),
             stop: Notify::default(),
             idle_wakers: Mutex::new(Vec::new()),
@@ -319,6 +337,7 @@ struct Inner<R: Runtime> {
     config: Config,
     resume: Option<Arc<ResumeTable>>,
     ws: WsConfig,
+    tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
     stopping: AtomicBool,
     stop: Notify,
     idle_wakers: Mutex<Vec<Waker>>,
@@ -348,9 +367,14 @@ impl<R: Runtime> Server<R> {
         self.addr
     }
 
-    /// `ws://addr/path` for clients.
+    /// `ws://addr/path` (`wss://` with TLS) for clients.
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.addr, self.inner.policy.path)
+        let scheme = if self.inner.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}{}", self.addr, self.inner.policy.path)
     }
 
     /// Open connections.
@@ -471,14 +495,43 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
                 }
                 Ok(resp)
             });
-            match inner2.rt.upgrade(tcp, check, inner2.ws).await {
-                Ok(ws) if !full => {
-                    let headers =
-                        std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
-                    serve(&inner2, ws, peer, headers).await
+            let tcp = match &inner2.tls {
+                None => Some(tcp),
+                Some((config, timeout)) => {
+                    let deadline = std::time::Instant::now() + *timeout;
+                    match select(
+                        inner2.rt.tls_accept(tcp, config.clone()),
+                        inner2.rt.sleep_until(deadline),
+                    )
+                    .await
+                    {
+                        Either::Left((Ok(tcp), _)) => Some(tcp),
+                        Either::Left((Err(e), _)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Either::Right(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            None
+                        }
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
+            };
+            let upgraded = match tcp {
+                Some(tcp) => Some(inner2.rt.upgrade(tcp, check, inner2.ws).await),
+                None => None,
+            };
+            match upgraded {
+                None => {}
+                Some(upgraded) => match upgraded {
+                    Ok(ws) if !full => {
+                        let headers =
+                            std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
+                        serve(&inner2, ws, peer, headers).await
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
+                },
             }
             if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
                 for w in inner2
