@@ -346,13 +346,16 @@ async fn wait_for_stop(tls: Option<asp_async::ServerTls>) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => match &tls {
-                    Some(t) => match t.reload() {
-                        Ok(()) => eprintln!("asp-relay: reloaded the TLS certificate"),
-                        Err(e) => eprintln!("asp-relay: TLS reload failed, keeping the old certificate: {e}"),
-                    },
-                    None => {}
-                },
+                _ = hup.recv() => {
+                    if let Some(t) = &tls {
+                        match t.reload() {
+                            Ok(()) => eprintln!("asp-relay: reloaded the TLS certificate"),
+                            Err(e) => eprintln!(
+                                "asp-relay: TLS reload failed, keeping the old certificate: {e}"
+                            ),
+                        }
+                    }
+                }
             }
         }
     }
