@@ -495,43 +495,18 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
                 }
                 Ok(resp)
             });
-            let tcp = match &inner2.tls {
-                None => Some(tcp),
-                Some((config, timeout)) => {
-                    let deadline = std::time::Instant::now() + *timeout;
-                    match select(
-                        inner2.rt.tls_accept(tcp, config.clone()),
-                        inner2.rt.sleep_until(deadline),
-                    )
-                    .await
-                    {
-                        Either::Left((Ok(tcp), _)) => Some(tcp),
-                        Either::Left((Err(e), _)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            None
-                        }
-                        Either::Right(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            None
-                        }
-                    }
-                }
-            };
-            let upgraded = match tcp {
-                Some(tcp) => Some(inner2.rt.upgrade(tcp, check, inner2.ws).await),
-                None => None,
+            let upgraded = match tls_handshake(&inner2, tcp, peer).await {
+                Some(tcp) => inner2.rt.upgrade(tcp, check, inner2.ws).await,
+                None => Err(tungstenite::Error::ConnectionClosed),
             };
             match upgraded {
-                None => {}
-                Some(upgraded) => match upgraded {
-                    Ok(ws) if !full => {
-                        let headers =
-                            std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
-                        serve(&inner2, ws, peer, headers).await
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
-                },
+                Ok(ws) if !full => {
+                    let headers =
+                        std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
+                    serve(&inner2, ws, peer, headers).await
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
             }
             if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
                 for w in inner2
@@ -544,6 +519,35 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
                 }
             }
         }));
+    }
+}
+
+/// The TLS handshake of a TLS server (bounded by its timeout), or the connection as is.
+/// `None` when it failed (logged here).
+async fn tls_handshake<R: Runtime>(
+    inner: &Inner<R>,
+    tcp: R::Tcp,
+    peer: SocketAddr,
+) -> Option<R::Tcp> {
+    let Some((config, timeout)) = &inner.tls else {
+        return Some(tcp);
+    };
+    let deadline = std::time::Instant::now() + *timeout;
+    match select(
+        inner.rt.tls_accept(tcp, config.clone()),
+        inner.rt.sleep_until(deadline),
+    )
+    .await
+    {
+        Either::Left((Ok(tcp), _)) => Some(tcp),
+        Either::Left((Err(e), _)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Either::Right(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
 }
 
