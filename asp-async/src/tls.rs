@@ -178,6 +178,20 @@ impl ClientTls {
         if let Some(c) = &self.rustls {
             return Ok(c.clone());
         }
+        // The default settings share one configuration per process: the OS store is read
+        // once, and every client's connections resume TLS sessions from one cache.
+        if self.cas.is_empty() && self.identity.is_none() && self.roots == Roots::Platform {
+            static DEFAULT: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+            if let Some(c) = DEFAULT.get() {
+                return Ok(c.clone());
+            }
+            let c = self.build_new()?;
+            return Ok(DEFAULT.get_or_init(|| c).clone());
+        }
+        self.build_new()
+    }
+
+    fn build_new(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let mut store = RootCertStore::empty();
         match self.roots {
             Roots::Platform => {
