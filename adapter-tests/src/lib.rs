@@ -36,9 +36,11 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub mod hostile;
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 pub mod resume;
+pub mod tls;
 pub mod util;
 
 pub use hostile::{
@@ -50,6 +52,10 @@ pub use resume::{
     heartbeat_timeout_then_resume, no_resume_closes, resume_after_reset_past_the_window,
     resume_after_reset_with_invoke_in_flight, resume_mid_stream, resume_over_half_open,
     resume_refused_starts_new_session,
+};
+pub use tls::{
+    wss_bad_certificates, wss_certificate_reload, wss_invoke_stream_interrupt, wss_mutual_tls,
+    wss_plaintext_mismatch, wss_resume_mid_stream,
 };
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
@@ -95,6 +101,12 @@ macro_rules! for_each_scenario {
             half_open_connections,
             close_codes,
             request_ends_with_invocation,
+            wss_invoke_stream_interrupt,
+            wss_resume_mid_stream,
+            wss_bad_certificates,
+            wss_plaintext_mismatch,
+            wss_mutual_tls,
+            wss_certificate_reload,
         }
     };
 }

@@ -63,19 +63,35 @@ fn chunk_number(text: &str) -> u32 {
 /// arrive, in order, none lost or duplicated (the server replays what was lost), it
 /// completes, and the session (same connection id) serves a new invocation.
 pub async fn resume_mid_stream<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    resume_mid_stream_over(srv, cli, None).await;
+}
+
+/// [`resume_mid_stream`], over TLS when `tls` is given (the proxy forwards TCP bytes).
+pub async fn resume_mid_stream_over<S: Runtime, C: Runtime>(
+    srv: S,
+    cli: C,
+    tls: Option<(asp_async::ServerTls, asp_async::ClientTls)>,
+) {
     const N: u32 = 200;
+    let (server_tls, client_tls) = tls.unzip();
     let (gates, (paused_tx, mut paused)) = ((Gate::new(), Gate::new()), mpsc::unbounded());
-    let server = start(
-        ServerBuilder::new(srv)
-            .resume(true)
-            .tool(count_tool(paused_tx, gates.clone()))
-            .tool(greet_tool()),
-    )
-    .await;
-    let proxy = Proxy::start(server.local_addr());
-    let client = ClientBuilder::new(cli.clone())
+    let mut builder = ServerBuilder::new(srv)
         .resume(true)
-        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .tool(count_tool(paused_tx, gates.clone()))
+        .tool(greet_tool());
+    if let Some(t) = server_tls {
+        builder = builder.tls(t);
+    }
+    let server = start(builder).await;
+    let proxy = Proxy::start(server.local_addr());
+    let mut url = proxy.url(asp_async::DEFAULT_PATH);
+    let mut client = ClientBuilder::new(cli.clone()).resume(true);
+    if let Some(t) = client_tls {
+        client = client.tls(t);
+        url = url.replacen("ws://", "wss://", 1);
+    }
+    let client = client
+        .connect(&url)
         .await
         .expect("connect through the proxy");
     let session = client.session().expect("session");

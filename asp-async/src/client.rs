@@ -32,6 +32,15 @@ pub struct ClientBuilder<R: Runtime> {
     on_request: Option<Arc<dyn RequestHandler>>,
     ws: WsConfig,
     resume: bool,
+    tls: Option<crate::tls::ClientTls>,
+}
+
+/// The TLS side of dialing a `wss://` URL: built once per client, so reconnects reuse the
+/// rustls session cache (TLS session resumption).
+struct TlsDial {
+    config: Arc<rustls::ClientConfig>,
+    name: Option<String>,
+    timeout: std::time::Duration,
 }
 
 /// Opens a new WebSocket to the server the client first connected to.
@@ -51,7 +60,16 @@ impl<R: Runtime> ClientBuilder<R> {
             on_request: None,
             ws: crate::default_ws_config(),
             resume: false,
+            tls: None,
         }
+    }
+
+    /// TLS settings for `wss://` URLs (roots, extra CAs, client certificate, SNI name).
+    /// Without them a `wss://` URL uses [`ClientTls::new`](crate::ClientTls::new)'s
+    /// defaults: the platform's roots.
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sends `Authorization: Bearer <token>` on the upgrade.
@@ -86,19 +104,41 @@ impl<R: Runtime> ClientBuilder<R> {
         self
     }
 
-    /// Connects to `url` (`ws://host:port/path`) and completes the ASP handshake, including
-    /// the initial tool set.
+    /// Connects to `url` (`ws://host:port/path`, or `wss://…` over TLS) and completes the
+    /// ASP handshake, including the initial tool set.
     pub async fn connect(self, url: &str) -> Result<Client<R>, Error> {
         let mut config = self.config;
         config.resume |= self.resume;
+        let tls = if is_wss(url) {
+            let settings = self.tls.unwrap_or_default();
+            Some(Arc::new(TlsDial {
+                config: settings.build().map_err(Error::Tls)?,
+                name: settings.name_override().map(str::to_string),
+                timeout: settings.timeout(),
+            }))
+        } else {
+            None
+        };
         let url: Arc<str> = url.into();
         let token: Option<Arc<str>> = self.token.map(Into::into);
-        let ws = dial(self.rt.clone(), url.clone(), token.clone(), self.ws).await?;
+        let ws = dial(
+            self.rt.clone(),
+            url.clone(),
+            token.clone(),
+            self.ws,
+            tls.clone(),
+        )
+        .await?;
         let redial = config.resume.then(|| {
             let (rt, wsc) = (self.rt.clone(), self.ws);
             let dial: Dial<R> = Arc::new(move || {
-                Box::pin(dial(rt.clone(), url.clone(), token.clone(), wsc))
-                    as BoxFuture<'static, Result<R::Ws, Error>>
+                Box::pin(dial(
+                    rt.clone(),
+                    url.clone(),
+                    token.clone(),
+                    wsc,
+                    tls.clone(),
+                )) as BoxFuture<'static, Result<R::Ws, Error>>
             });
             dial
         });
@@ -106,12 +146,19 @@ impl<R: Runtime> ClientBuilder<R> {
     }
 }
 
-/// Dials `url` and completes the WebSocket upgrade with the `asp-v1` subprotocol.
+fn is_wss(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+}
+
+/// Dials `url` (with TLS first for `wss://`) and completes the WebSocket upgrade with the
+/// `asp-v1` subprotocol.
 async fn dial<R: Runtime>(
     rt: R,
     url: Arc<str>,
     token: Option<Arc<str>>,
     ws: WsConfig,
+    tls: Option<Arc<TlsDial>>,
 ) -> Result<R::Ws, Error> {
     let mut req = (*url)
         .into_client_request()
@@ -131,7 +178,38 @@ async fn dial<R: Runtime>(
         .await
         .map_err(|e| Error::Io(e.to_string()))?;
     rt.set_nodelay(&tcp).map_err(|e| Error::Io(e.to_string()))?;
-    let (ws, resp) = rt.handshake(req, tcp, ws).await?;
+    let tcp = match &tls {
+        Some(tls) => {
+            let host = match &tls.name {
+                Some(n) => n.as_str(),
+                None => req.uri().host().unwrap_or_default(),
+            };
+            let name = crate::tls::server_name(host).map_err(Error::Tls)?;
+            let deadline = std::time::Instant::now() + tls.timeout;
+            match select(
+                rt.tls_connect(tcp, name, tls.config.clone()),
+                rt.sleep_until(deadline),
+            )
+            .await
+            {
+                Either::Left((Ok(tcp), _)) => tcp,
+                Either::Left((Err(e), _)) => {
+                    return Err(Error::Tls(crate::tls::TlsError::from_handshake(&e)))
+                }
+                Either::Right(_) => {
+                    return Err(Error::Tls(crate::tls::TlsError::HandshakeTimeout(
+                        tls.timeout,
+                    )))
+                }
+            }
+        }
+        None => tcp,
+    };
+    let plaintext = tls.is_none();
+    let (ws, resp) = rt
+        .handshake(req, tcp, ws)
+        .await
+        .map_err(|e| upgrade_error(e, plaintext))?;
     let selected = resp
         .headers()
         .get("Sec-WebSocket-Protocol")
@@ -140,6 +218,41 @@ async fn dial<R: Runtime>(
         return Err(Error::Subprotocol);
     }
     Ok(ws)
+}
+
+/// A failed upgrade as an [`Error`]; on a plaintext dial, names a TLS server on the other
+/// end (our servers answer 400 with [`PLAINTEXT_TO_TLS_BODY`](crate::tls::PLAINTEXT_TO_TLS_BODY);
+/// others answer with a TLS alert, which is no HTTP at all).
+fn upgrade_error(e: tungstenite::Error, plaintext: bool) -> Error {
+    // TLS 1.3 clients finish their handshake before the server checks a client certificate:
+    // a refusal arrives as an alert during the upgrade.
+    if let tungstenite::Error::Io(io) = &e {
+        if io
+            .get_ref()
+            .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
+        {
+            return Error::Tls(crate::tls::TlsError::from_handshake(io));
+        }
+    }
+    if plaintext {
+        match &e {
+            tungstenite::Error::Http(resp)
+                if resp.status() == 400
+                    && resp.body().as_deref()
+                        == Some(crate::tls::PLAINTEXT_TO_TLS_BODY.as_bytes()) =>
+            {
+                return Error::Tls(crate::tls::TlsError::PlaintextToTlsPort)
+            }
+            tungstenite::Error::HttpFormat(_) => {
+                return Error::Tls(crate::tls::TlsError::PlaintextToTlsPort)
+            }
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HttparseError(_)) => {
+                return Error::Tls(crate::tls::TlsError::PlaintextToTlsPort)
+            }
+            _ => {}
+        }
+    }
+    Error::from(e)
 }
 
 /// The reconnect task of a detached session (SPEC §11.2 steps 2 and 6): redials with a

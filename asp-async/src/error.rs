@@ -32,6 +32,9 @@ pub enum Error {
     Closed(CloseReason),
     /// Serializing or deserializing a MessagePack value failed.
     Codec(String),
+    /// The TLS handshake failed; the variant names the cause (untrusted certificate, name
+    /// mismatch, expired, plaintext on a TLS port, TLS to a plaintext port…).
+    Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for Error {
@@ -58,6 +61,7 @@ impl fmt::Display for Error {
             }
             Error::Closed(r) => write!(f, "connection closed: {r}"),
             Error::Codec(e) => write!(f, "MessagePack error: {e}"),
+            Error::Tls(e) => write!(f, "{e}"),
         }
     }
 }

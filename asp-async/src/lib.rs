@@ -18,6 +18,7 @@ mod resume;
 mod runtime;
 mod server;
 mod shared;
+pub mod tls;
 mod tool;
 
 pub use asp_proto;
@@ -30,7 +31,9 @@ pub use connection::{ConnectionHook, Locked, ServerConnection};
 pub use driver::WsStream;
 pub use error::Error;
 pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck};
+pub use rustls;
 pub use server::{bearer_token, AuthHook, Server, ServerBuilder, ToolRegistry, UpgradePolicy};
+pub use tls::{ClientTls, Roots, ServerTls, TlsError};
 pub use tool::{
     from_value, reply, to_value, Args, Handler, Output, RequestHandler, StreamError, StreamSend,
     Tool, ToolContext, ToolError,
@@ -73,20 +76,25 @@ pub fn server_ws_config(config: &Config) -> WsConfig {
         .max_frame_size(Some(max))
 }
 
-/// `host:port` to dial for a `ws://` request. TLS (`wss://`) is not built in: put a TLS
-/// terminator in front of the server.
+/// `host:port` to dial for a `ws://` or `wss://` request (default ports 80 and 443).
 pub fn host_port(
     request: &tungstenite::handshake::client::Request,
 ) -> Result<String, tungstenite::Error> {
     use tungstenite::error::UrlError;
     let uri = request.uri();
-    if uri.scheme_str() != Some("ws") {
-        return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme));
-    }
+    let default_port = match uri.scheme_str() {
+        Some("ws") => 80,
+        Some("wss") => 443,
+        _ => return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme)),
+    };
     let host = uri
         .host()
         .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?;
-    Ok(format!("{}:{}", host, uri.port_u16().unwrap_or(80)))
+    Ok(format!(
+        "{}:{}",
+        host,
+        uri.port_u16().unwrap_or(default_port)
+    ))
 }
 
 /// The protocol configuration the builders start from: the core defaults (SPEC §13),

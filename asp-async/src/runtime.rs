@@ -78,6 +78,34 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         'static,
         Result<(Self::Ws, tungstenite::handshake::client::Response), tungstenite::Error>,
     >;
+    /// Runs the server side of a TLS handshake on an accepted connection (see
+    /// [`crate::tls`]). A client that sends plaintext instead gets the plain-HTTP answer
+    /// [`crate::tls::plaintext_to_tls_response`] and an error. The default: no TLS.
+    fn tls_accept(
+        &self,
+        tcp: Self::Tcp,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> BoxFuture<'static, std::io::Result<Self::Tcp>> {
+        let _ = (tcp, config);
+        Box::pin(async { Err(no_tls()) })
+    }
+    /// Runs the client side of a TLS handshake to `name`. The default: no TLS.
+    fn tls_connect(
+        &self,
+        tcp: Self::Tcp,
+        name: rustls::pki_types::ServerName<'static>,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> BoxFuture<'static, std::io::Result<Self::Tcp>> {
+        let _ = (tcp, name, config);
+        Box::pin(async { Err(no_tls()) })
+    }
+}
+
+fn no_tls() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "this runtime adapter does not support TLS",
+    )
 }
 
 /// Maps the runtime's monotonic clock onto `asp_proto::Instant` (µs since an epoch). The

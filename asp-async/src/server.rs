@@ -172,6 +172,7 @@ pub struct ServerBuilder<R: Runtime> {
     upgrades: UpgradeLimits,
     ws: Option<WsConfig>,
     resume: bool,
+    tls: Option<crate::tls::ServerTls>,
 }
 
 /// Bounds on connections that have not completed the WebSocket upgrade (SPEC §13.1). They
@@ -206,7 +207,15 @@ impl<R: Runtime> ServerBuilder<R> {
             },
             ws: None,
             resume: false,
+            tls: None,
         }
+    }
+
+    /// Terminates TLS: clients connect with `wss://`, and [`Server::url`] says so. Keep a
+    /// clone of `tls` to [`reload`](crate::ServerTls::reload) the certificate later.
+    pub fn tls(mut self, tls: crate::tls::ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The address to listen on.
@@ -314,6 +323,14 @@ impl<R: Runtime> ServerBuilder<R> {
 
     /// Binds and starts accepting connections in the background.
     pub async fn start(self) -> std::io::Result<Server<R>> {
+        let tls = match &self.tls {
+            Some(t) => Some((
+                t.build()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+                t.timeout(),
+            )),
+            None => None,
+        };
         let listener = self.rt.bind(self.addr).await?;
         let addr = self.rt.local_addr(&listener)?;
         let registry = Arc::new(ToolRegistry::default());
@@ -339,6 +356,7 @@ impl<R: Runtime> ServerBuilder<R> {
             config,
             resume,
             ws,
+            tls,
             stopping: AtomicBool::new(false),
             stop: Notify::default(),
             idle_wakers: Mutex::new(Vec::new()),
@@ -367,6 +385,7 @@ struct Inner<R: Runtime> {
     config: Config,
     resume: Option<Arc<ResumeTable>>,
     ws: WsConfig,
+    tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
     stopping: AtomicBool,
     stop: Notify,
     idle_wakers: Mutex<Vec<Waker>>,
@@ -396,9 +415,14 @@ impl<R: Runtime> Server<R> {
         self.addr
     }
 
-    /// `ws://addr/path` for clients.
+    /// `ws://addr/path` (`wss://` with TLS) for clients.
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.addr, self.inner.policy.path)
+        let scheme = if self.inner.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}{}", self.addr, self.inner.policy.path)
     }
 
     /// Open connections.
@@ -604,8 +628,16 @@ async fn upgrade_and_serve<R: Runtime>(
         Ok(resp)
     });
     let deadline = std::time::Instant::now() + inner.upgrades.timeout;
+    // The TLS handshake, if any, and the upgrade share the upgrade's time limit and pending
+    // slot: a connection that never finishes either never holds a place for long.
+    let handshake_and_upgrade = async {
+        match tls_handshake(inner, tcp, peer).await {
+            Some(tcp) => inner.rt.upgrade(tcp, check, inner.ws).await,
+            None => Err(tungstenite::Error::ConnectionClosed),
+        }
+    };
     let upgraded = select(
-        inner.rt.upgrade(tcp, check, inner.ws),
+        Box::pin(handshake_and_upgrade),
         inner.rt.sleep_until(deadline),
     )
     .await;
@@ -623,6 +655,35 @@ async fn upgrade_and_serve<R: Runtime>(
         Either::Right(_) => tracing::debug!(%peer, "upgrade not completed in time: closed"),
     }
     live
+}
+
+/// The TLS handshake of a TLS server (bounded by its timeout), or the connection as is.
+/// `None` when it failed (logged here).
+async fn tls_handshake<R: Runtime>(
+    inner: &Inner<R>,
+    tcp: R::Tcp,
+    peer: SocketAddr,
+) -> Option<R::Tcp> {
+    let Some((config, timeout)) = &inner.tls else {
+        return Some(tcp);
+    };
+    let deadline = std::time::Instant::now() + *timeout;
+    match select(
+        inner.rt.tls_accept(tcp, config.clone()),
+        inner.rt.sleep_until(deadline),
+    )
+    .await
+    {
+        Either::Left((Ok(tcp), _)) => Some(tcp),
+        Either::Left((Err(e), _)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Either::Right(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, upgrade: HeaderMap) {

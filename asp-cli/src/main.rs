@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
+mod tls;
+
 /// Exit status: success.
 const EXIT_OK: i32 = 0;
 /// Exit status: the tool completed with status failed/cancelled, or the server answered ERROR.
@@ -89,6 +91,9 @@ struct Cli {
     )]
     connect_timeout: Duration,
 
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -154,6 +159,8 @@ enum Command {
         /// resume window (30 s), announced in HELLO with the replay buffer (256 KiB).
         #[arg(long)]
         no_resume: bool,
+        #[command(flatten)]
+        tls: tls::ServeTlsArgs,
     },
     /// Measure round-trip latency (p50/p90/p99) and throughput, or streaming throughput with
     /// --stream.
@@ -250,6 +257,7 @@ struct Global {
     token: Option<String>,
     json: bool,
     connect_timeout: Duration,
+    tls: tls::ClientTlsArgs,
 }
 
 async fn run(cli: Cli) -> i32 {
@@ -257,6 +265,7 @@ async fn run(cli: Cli) -> i32 {
         token: cli.token,
         json: cli.json,
         connect_timeout: cli.connect_timeout,
+        tls: cli.tls,
     };
     match cli.command {
         Command::Tools { url, watch } => tools(&g, &normalize_url(&url), watch).await,
@@ -285,9 +294,10 @@ async fn run(cli: Cli) -> i32 {
             token_delay_ms,
             churn,
             no_resume,
+            tls,
         } => {
             let delay = Duration::from_millis(token_delay_ms);
-            serve(&g, addr, delay, churn, !no_resume).await
+            serve(&g, addr, delay, churn, !no_resume, tls).await
         }
         Command::Bench {
             url,
@@ -494,6 +504,12 @@ fn client_config() -> Config {
 
 async fn connect(g: &Global, url: &str, asker: Option<Arc<Asker>>) -> Result<Client, String> {
     let mut b = asp_tokio::client().config(client_config());
+    if url
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+    {
+        b = b.tls(g.tls.client_tls()?);
+    }
     if let Some(t) = &g.token {
         b = b.token(t.clone());
     }
@@ -554,11 +570,10 @@ fn describe_connect_error(e: &Error, url: &str, have_token: bool) -> String {
         Error::WebSocket(w) => {
             format!("WebSocket handshake with {url} failed: {w} — is this an ASP server?")
         }
-        Error::InvalidUrl(u) if url.starts_with("wss://") => format!(
-            "invalid URL {url}: {u} — TLS (wss://) is not built in; connect to a plain ws:// \
-             endpoint (e.g. behind your TLS terminator)"
-        ),
-        Error::InvalidUrl(u) => format!("invalid URL {url}: {u} — use ws://host:port/path"),
+        Error::InvalidUrl(u) => {
+            format!("invalid URL {url}: {u} — use ws://host:port/path or wss://host:port/path")
+        }
+        Error::Tls(t) => format!("cannot connect to {url}: {t}"),
         Error::Closed(r) => {
             format!("the server closed the connection during the ASP handshake: {r}")
         }
@@ -1059,6 +1074,7 @@ async fn serve(
     delay: Duration,
     churn: Option<Duration>,
     resume: bool,
+    tls_args: tls::ServeTlsArgs,
 ) -> i32 {
     use asp_cli::demo;
     let mut sig = match Interrupts::new() {
@@ -1076,6 +1092,14 @@ async fn serve(
     if let Some(t) = &g.token {
         builder = builder.token(t.clone());
     }
+    let server_tls = match tls_args.server_tls() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if let Some(t) = &server_tls {
+        builder = builder.tls(t.clone());
+    }
+    let mut hangups = tls::Hangups::new();
     let server = match builder.start().await {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
@@ -1107,6 +1131,17 @@ async fn serve(
     loop {
         tokio::select! {
             () = sig.recv() => break,
+            () = hangups.recv() => {
+                // SIGHUP: new handshakes get the certificate now in the files; open
+                // connections keep theirs.
+                let Some(t) = &server_tls else { continue };
+                match (t.reload(), g.json) {
+                    (Ok(()), true) => emit(&json!({"type": "tls_reloaded"})),
+                    (Ok(()), false) => eprintln!("reloaded the TLS certificate"),
+                    (Err(e), true) => emit(&json!({"type": "tls_reload_failed", "error": e.to_string()})),
+                    (Err(e), false) => eprintln!("TLS reload failed, keeping the old certificate: {e}"),
+                }
+            }
             () = next_tick(&mut tick) => {
                 present = !present;
                 if present {

@@ -47,7 +47,8 @@ impl AdminServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(Notify::new());
-        tokio::spawn(accept(inner, listener, stop.clone()));
+        let tls = crate::tls::admin_acceptor(&inner.config)?;
+        tokio::spawn(accept(inner, listener, tls, stop.clone()));
         Ok(AdminServer { addr, stop })
     }
 
@@ -56,7 +57,12 @@ impl AdminServer {
     }
 }
 
-async fn accept(inner: Arc<RelayInner>, listener: TcpListener, stop: Arc<Notify>) {
+async fn accept(
+    inner: Arc<RelayInner>,
+    listener: TcpListener,
+    tls: Option<crate::tls::AdminTls>,
+    stop: Arc<Notify>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -70,14 +76,20 @@ async fn accept(inner: Arc<RelayInner>, listener: TcpListener, stop: Arc<Notify>
         };
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let inner = inner.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&inner, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                None => http.serve_connection(TokioIo::new(tcp), service).await,
+                Some(tls) => match tls.accept(tcp).await {
+                    Some(tcp) => http.serve_connection(TokioIo::new(tcp), service).await,
+                    None => Ok(()),
+                },
+            };
         });
     }
 }

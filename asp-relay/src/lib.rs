@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod binding;
 mod msgpack;
+mod tls;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -89,6 +90,15 @@ pub struct RelayConfig {
     /// 128 KiB of RSS per idle client), and a message limit that bounds buffered input (SPEC
     /// §2.1, §13.1). Set it again after raising `asp.limits.max_frame_payload`.
     pub ws: asp_async::WsConfig,
+    /// Terminate TLS on the client listener (`wss://`). Default `None`. Keep a clone to
+    /// [`reload`](asp_async::ServerTls::reload) the certificate (the binary does on SIGHUP).
+    pub tls: Option<asp_async::ServerTls>,
+    /// Terminate TLS on the admin (push) API listener (`https://`). Default `None`; may be a
+    /// clone of `tls` (one reload then covers both).
+    pub admin_tls: Option<asp_async::ServerTls>,
+    /// Trust for `https://` upstreams: roots, extra CAs (`--upstream-ca`), a client
+    /// certificate for functions that require one. Default: the platform's roots.
+    pub upstream_tls: asp_async::ClientTls,
 }
 
 impl RelayConfig {
@@ -116,6 +126,9 @@ impl RelayConfig {
                 ..asp_async::ws_default_config()
             },
             ws: asp_async::server_ws_config(&asp_async::ws_default_config()),
+            tls: None,
+            admin_tls: None,
+            upstream_tls: asp_async::ClientTls::new(),
         }
     }
 
@@ -226,15 +239,13 @@ impl Relay {
         {
             return Err(invalid("the admin API needs a secret (--admin-secret)"));
         }
-        if config.upstream.scheme_str() != Some("http") {
-            return Err(invalid(
-                "the upstream URL must be http:// (put a TLS proxy in front of https functions)",
-            ));
+        if !matches!(config.upstream.scheme_str(), Some("http" | "https")) {
+            return Err(invalid("the upstream URL must be http:// or https://"));
         }
         let inner = Arc::new(RelayInner {
             invoke_uri: config.upstream_uri("/invoke")?,
             reply_uri: config.upstream_uri("/reply")?,
-            client: upstream::http_client(&config),
+            client: upstream::http_client(&config)?,
             conns: Mutex::new(HashMap::new()),
             config,
         });
@@ -249,6 +260,9 @@ impl Relay {
         let mut builder = asp_tokio::ServerBuilder::new(Tokio::current());
         if let Some(t) = &inner.config.client_token {
             builder = builder.token(t.clone());
+        }
+        if let Some(t) = &inner.config.tls {
+            builder = builder.tls(t.clone());
         }
         let server = builder
             .bind(inner.config.listen)
@@ -271,7 +285,7 @@ impl Relay {
         })
     }
 
-    /// `ws://addr/path` for clients.
+    /// `ws://addr/path` (`wss://` with TLS) for clients.
     pub fn url(&self) -> String {
         self.server.url()
     }

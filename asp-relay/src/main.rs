@@ -76,6 +76,33 @@ struct Args {
     /// 256 KiB replay buffer per session, announced in HELLO).
     #[arg(long)]
     no_resume: bool,
+    /// Serve clients over TLS (wss://) with this certificate chain (PEM); reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates issued by the CAs in this PEM file (mutual TLS).
+    #[arg(long)]
+    client_ca: Option<std::path::PathBuf>,
+    /// Serve the admin API over TLS (https://) too, with the --tls-cert certificate.
+    #[arg(long)]
+    admin_tls: bool,
+    /// Trust the CA certificates in this PEM file (instead of the built-in roots) for an
+    /// https:// upstream.
+    #[arg(long)]
+    upstream_ca: Option<std::path::PathBuf>,
+    /// Built-in roots for an https:// upstream without --upstream-ca [default: platform].
+    #[arg(long, value_enum)]
+    upstream_roots: Option<RootsArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RootsArg {
+    /// The operating system's trust store (webpki roots when it is empty).
+    Platform,
+    /// Mozilla's roots compiled in (webpki-roots).
+    Webpki,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -116,6 +143,12 @@ fn merge_file(args: &mut Args) {
             "upstream-timeout",
             "idle-timeout",
             "tools",
+            "tls-cert",
+            "tls-key",
+            "client-ca",
+            "admin-tls",
+            "upstream-ca",
+            "upstream-roots",
         ];
         if !KNOWN.contains(&key.as_str()) {
             fail(format!("{}: unknown setting `{key}`", path.display()));
@@ -157,6 +190,31 @@ fn merge_file(args: &mut Args) {
     args.upstream_timeout = args.upstream_timeout.or_else(|| n("upstream-timeout"));
     args.idle_timeout = args.idle_timeout.or_else(|| n("idle-timeout"));
     args.tools = args.tools.take().or_else(|| s("tools").map(Into::into));
+    args.tls_cert = args
+        .tls_cert
+        .take()
+        .or_else(|| s("tls-cert").map(Into::into));
+    args.tls_key = args.tls_key.take().or_else(|| s("tls-key").map(Into::into));
+    args.client_ca = args
+        .client_ca
+        .take()
+        .or_else(|| s("client-ca").map(Into::into));
+    args.admin_tls |= obj
+        .get("admin-tls")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    args.upstream_ca = args
+        .upstream_ca
+        .take()
+        .or_else(|| s("upstream-ca").map(Into::into));
+    args.upstream_roots = args
+        .upstream_roots
+        .or_else(|| match s("upstream-roots").as_deref() {
+            None => None,
+            Some("platform") => Some(RootsArg::Platform),
+            Some("webpki") => Some(RootsArg::Webpki),
+            Some(o) => fail(format!("upstream-roots: `{o}` is not platform or webpki")),
+        });
 }
 
 fn config(mut args: Args) -> RelayConfig {
@@ -207,6 +265,37 @@ fn config(mut args: Args) -> RelayConfig {
             .unwrap_or_else(|e| fail(format!("reading {}: {e}", path.display())));
         c.tools = parse_tools(&text).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
     }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut tls = asp_async::ServerTls::from_pem_files(cert, key)
+                .unwrap_or_else(|e| fail(format!("--tls-cert/--tls-key: {e}")));
+            if let Some(ca) = &args.client_ca {
+                tls = tls
+                    .client_ca_pem_file(ca)
+                    .unwrap_or_else(|e| fail(format!("--client-ca: {e}")));
+            }
+            if args.admin_tls {
+                c.admin_tls = Some(tls.clone());
+            }
+            c.tls = Some(tls);
+        }
+        (None, None) => {
+            if args.admin_tls || args.client_ca.is_some() {
+                fail("--admin-tls and --client-ca need --tls-cert and --tls-key");
+            }
+        }
+        _ => fail("--tls-cert and --tls-key go together"),
+    }
+    if let Some(RootsArg::Webpki) = args.upstream_roots {
+        c.upstream_tls = c.upstream_tls.roots(asp_async::Roots::Webpki);
+    }
+    if let Some(ca) = &args.upstream_ca {
+        c.upstream_tls = c
+            .upstream_tls
+            .roots(asp_async::Roots::Empty)
+            .ca_pem_file(ca)
+            .unwrap_or_else(|e| fail(format!("--upstream-ca: {e}")));
+    }
     c
 }
 
@@ -230,17 +319,58 @@ fn init_logging() {
 async fn main() {
     init_logging();
     let config = config(Args::parse());
+    let tls = config.tls.clone();
+    let relay_admin_tls = config.admin_tls.is_some();
     let relay = Relay::start(config)
         .await
         .unwrap_or_else(|e| fail(format!("cannot start: {e}")));
     // One line a supervisor (or a test) can parse.
     match relay.admin_addr() {
         Some(a) => println!(
-            "asp-relay listening on {} (admin API on http://{a})",
-            relay.url()
+            "asp-relay listening on {} (admin API on {}://{a})",
+            relay.url(),
+            if relay_admin_tls { "https" } else { "http" }
         ),
         None => println!("asp-relay listening on {}", relay.url()),
     }
-    let _ = tokio::signal::ctrl_c().await;
+    wait_for_stop(tls).await;
     relay.shutdown(Duration::from_secs(10)).await;
+}
+
+/// Waits for Ctrl-C (or SIGTERM); on SIGHUP meanwhile, reloads the TLS certificate files:
+/// new handshakes (client and admin listeners) get the new certificate, open connections
+/// keep theirs.
+async fn wait_for_stop(tls: Option<asp_async::ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    if let Some(t) = &tls {
+                        match t.reload() {
+                            Ok(()) => eprintln!("asp-relay: reloaded the TLS certificate"),
+                            Err(e) => eprintln!(
+                                "asp-relay: TLS reload failed, keeping the old certificate: {e}"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -24,24 +24,29 @@ use asp_proto::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::{RelayConfig, RelayConn, RelayInner};
 
-/// The pooled keep-alive client to the function.
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The pooled keep-alive client to the function: `http://`, or `https://` with rustls
+/// (HTTP/2 when the function offers it by ALPN, else HTTP/1.1; see [`crate::tls`]).
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-pub(crate) fn http_client(config: &RelayConfig) -> HttpClient {
+pub(crate) fn http_client(config: &RelayConfig) -> std::io::Result<HttpClient> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.timeouts.upstream));
-    Client::builder(TokioExecutor::new())
+    // The HTTPS wrapper decides the scheme.
+    connector.enforce_http(false);
+    let connector = crate::tls::upstream_connector(config, connector)?;
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .pool_max_idle_per_host(config.pool_max_idle)
-        .build(connector)
+        .build(connector))
 }
 
 /// Bytes of a body the relay still reads after the call ended early (a frames body's

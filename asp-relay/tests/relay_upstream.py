@@ -10,12 +10,13 @@ streamed body (chunked transfer encoding, written by hand), metrics in the trail
 Tools: `tokens` ({"n", "prefix"}) streams n tokens; `count` counts its calls in the
 state; `echo` returns the request body; `fail` answers 503.
 
-Run: `python3 relay_upstream.py [port]`; it prints `PORT <n>` first, then serves until
-killed. Used by `asp-relay/tests/relay.rs`.
+Run: `python3 relay_upstream.py [port] [--tls CERT KEY]`; it prints `PORT <n>` first, then
+serves (over HTTPS with `--tls`: the `ssl` module, HTTP/1.1) until killed. Used by `asp-relay/tests/relay.rs`.
 """
 
 import base64
 import json
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,9 +102,21 @@ class Function(BaseHTTPRequestHandler):
 
 
 def main():
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    args = sys.argv[1:]
+    tls = None
+    if "--tls" in args:
+        i = args.index("--tls")
+        tls = (args[i + 1], args[i + 2])
+        del args[i : i + 3]
+    port = int(args[0]) if args else 0
     server = ThreadingHTTPServer(("127.0.0.1", port), Function)
     server.daemon_threads = True
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(*tls)
+        ctx.set_alpn_protocols(["http/1.1"])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("PORT %d" % server.server_address[1], flush=True)
     server.serve_forever()
 

@@ -22,6 +22,10 @@
 
 use std::net::SocketAddr;
 
+mod tls_stream;
+
+pub use tls_stream::Stream;
+
 use async_tungstenite::WebSocketStream;
 use smol::net::{TcpListener, TcpStream};
 use tungstenite::handshake::client::{Request as WsRequest, Response as WsResponse};
@@ -34,8 +38,8 @@ pub struct Smol;
 
 impl Runtime for Smol {
     type Listener = TcpListener;
-    type Tcp = TcpStream;
-    type Ws = WebSocketStream<TcpStream>;
+    type Tcp = Stream;
+    type Ws = WebSocketStream<Stream>;
 
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
         smol::spawn(fut).detach();
@@ -58,21 +62,41 @@ impl Runtime for Smol {
     fn accept<'a>(
         &self,
         l: &'a TcpListener,
-    ) -> BoxFuture<'a, std::io::Result<(TcpStream, SocketAddr)>> {
-        Box::pin(l.accept())
+    ) -> BoxFuture<'a, std::io::Result<(Stream, SocketAddr)>> {
+        Box::pin(async move {
+            let (tcp, peer) = l.accept().await?;
+            Ok((Stream::Plain(tcp), peer))
+        })
     }
 
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<TcpStream>> {
-        Box::pin(async move { TcpStream::connect(addr).await })
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Stream>> {
+        Box::pin(async move { TcpStream::connect(addr).await.map(Stream::Plain) })
     }
 
-    fn set_nodelay(&self, tcp: &TcpStream) -> std::io::Result<()> {
-        tcp.set_nodelay(true)
+    fn set_nodelay(&self, tcp: &Stream) -> std::io::Result<()> {
+        tcp.tcp().set_nodelay(true)
+    }
+
+    fn tls_accept(
+        &self,
+        tcp: Stream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> BoxFuture<'static, std::io::Result<Stream>> {
+        tls_stream::accept(tcp, config)
+    }
+
+    fn tls_connect(
+        &self,
+        tcp: Stream,
+        name: rustls::pki_types::ServerName<'static>,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> BoxFuture<'static, std::io::Result<Stream>> {
+        tls_stream::connect(tcp, name, config)
     }
 
     fn upgrade(
         &self,
-        tcp: TcpStream,
+        tcp: Stream,
         check: UpgradeCheck,
         config: WsConfig,
     ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
@@ -86,7 +110,7 @@ impl Runtime for Smol {
     fn handshake(
         &self,
         request: WsRequest,
-        tcp: TcpStream,
+        tcp: Stream,
         config: WsConfig,
     ) -> BoxFuture<'static, Result<(Self::Ws, WsResponse), tungstenite::Error>> {
         Box::pin(async_tungstenite::client_async_with_config(

@@ -30,6 +30,9 @@
 
 use std::net::SocketAddr;
 
+mod tls_stream;
+
+pub use tls_stream::Stream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::client::{Request as WsRequest, Response as WsResponse};
@@ -60,8 +63,8 @@ impl Tokio {
 
 impl Runtime for Tokio {
     type Listener = TcpListener;
-    type Tcp = TcpStream;
-    type Ws = WebSocketStream<TcpStream>;
+    type Tcp = Stream;
+    type Ws = WebSocketStream<Stream>;
 
     fn spawn(&self, fut: BoxFuture<'static, ()>) {
         drop(self.handle.spawn(fut));
@@ -96,21 +99,43 @@ impl Runtime for Tokio {
     fn accept<'a>(
         &self,
         l: &'a TcpListener,
-    ) -> BoxFuture<'a, std::io::Result<(TcpStream, SocketAddr)>> {
-        Box::pin(l.accept())
+    ) -> BoxFuture<'a, std::io::Result<(Stream, SocketAddr)>> {
+        Box::pin(async move {
+            let (tcp, peer) = l.accept().await?;
+            Ok((Stream::Plain(tcp), peer))
+        })
     }
 
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<TcpStream>> {
-        on_runtime(&self.handle, async move { TcpStream::connect(addr).await })
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Stream>> {
+        on_runtime(&self.handle, async move {
+            TcpStream::connect(addr).await.map(Stream::Plain)
+        })
     }
 
-    fn set_nodelay(&self, tcp: &TcpStream) -> std::io::Result<()> {
-        tcp.set_nodelay(true)
+    fn set_nodelay(&self, tcp: &Stream) -> std::io::Result<()> {
+        tcp.tcp().set_nodelay(true)
+    }
+
+    fn tls_accept(
+        &self,
+        tcp: Stream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> BoxFuture<'static, std::io::Result<Stream>> {
+        tls_stream::accept(tcp, config)
+    }
+
+    fn tls_connect(
+        &self,
+        tcp: Stream,
+        name: rustls::pki_types::ServerName<'static>,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> BoxFuture<'static, std::io::Result<Stream>> {
+        tls_stream::connect(tcp, name, config)
     }
 
     fn upgrade(
         &self,
-        tcp: TcpStream,
+        tcp: Stream,
         check: UpgradeCheck,
         config: WsConfig,
     ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
@@ -124,7 +149,7 @@ impl Runtime for Tokio {
     fn handshake(
         &self,
         request: WsRequest,
-        tcp: TcpStream,
+        tcp: Stream,
         config: WsConfig,
     ) -> BoxFuture<'static, Result<(Self::Ws, WsResponse), tungstenite::Error>> {
         Box::pin(tokio_tungstenite::client_async_with_config(

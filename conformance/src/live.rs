@@ -10,7 +10,6 @@ use asp_proto::codec;
 use asp_proto::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -32,6 +31,8 @@ pub struct LiveOptions {
     pub url: String,
     /// How long to wait for each expected frame or close.
     pub timeout: Duration,
+    /// Trust (and client certificate) for a `wss://` URL. Default: the platform's roots.
+    pub tls: asp_tokio::ClientTls,
 }
 
 impl LiveOptions {
@@ -40,6 +41,7 @@ impl LiveOptions {
         LiveOptions {
             url: url.into(),
             timeout: Duration::from_secs(5),
+            tls: asp_tokio::ClientTls::new(),
         }
     }
 }
@@ -69,7 +71,8 @@ pub async fn run_live(
     sum
 }
 
-type Ws = WebSocketStream<TcpStream>;
+/// Plain TCP for `ws://`, TLS for `wss://` (asp-tokio's connection type).
+type Ws = WebSocketStream<asp_tokio::Stream>;
 
 struct Peer {
     ws: Ws,
@@ -85,7 +88,12 @@ enum Next {
 }
 
 impl Peer {
-    async fn connect(url: &str, timeout: Duration) -> Result<Peer, String> {
+    async fn connect(
+        url: &str,
+        timeout: Duration,
+        tls: &asp_tokio::ClientTls,
+    ) -> Result<Peer, String> {
+        use asp_tokio::Runtime as _;
         let mut req = url
             .into_client_request()
             .map_err(|e| format!("bad url {url}: {e}"))?;
@@ -93,17 +101,25 @@ impl Peer {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL),
         );
-        let uri = req.uri();
-        if uri.scheme_str() != Some("ws") {
-            return Err("only ws:// URLs are supported".into());
-        }
-        let host = uri.host().ok_or("url without host")?;
-        let addr = format!("{}:{}", host, uri.port_u16().unwrap_or(80));
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+        let addr = asp_tokio::host_port(&req).map_err(|e| format!("bad url {url}: {e}"))?;
+        let wss = req.uri().scheme_str() == Some("wss");
+        let host = req.uri().host().unwrap_or_default().to_owned();
+        let rt = asp_tokio::Tokio::current();
+        let tcp = tokio::time::timeout(timeout, rt.tcp_connect(addr.clone()))
             .await
             .map_err(|_| format!("connect {addr}: timed out"))?
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
+        let _ = rt.set_nodelay(&tcp);
+        let tcp = if wss {
+            let config = tls.build().map_err(|e| e.to_string())?;
+            let name = asp_tokio::tls::server_name(&host).map_err(|e| e.to_string())?;
+            tokio::time::timeout(timeout, rt.tls_connect(tcp, name, config))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_string())?
+                .map_err(|e| asp_tokio::TlsError::from_handshake(&e).to_string())?
+        } else {
+            tcp
+        };
         let (ws, resp) = tokio::time::timeout(timeout, tokio_tungstenite::client_async(req, tcp))
             .await
             .map_err(|_| "WebSocket handshake timed out".to_string())?
@@ -193,7 +209,11 @@ pub async fn play(t: &Value, opts: &LiveOptions) -> Result<(), String> {
         let fail = |e: String| format!("step {n} (at {at_ms} ms): {e}");
         tokio::time::sleep_until(t0 + Duration::from_millis(at_ms)).await;
         if s.get("start").is_some() {
-            peer = Some(Peer::connect(&opts.url, opts.timeout).await.map_err(fail)?);
+            peer = Some(
+                Peer::connect(&opts.url, opts.timeout, &opts.tls)
+                    .await
+                    .map_err(fail)?,
+            );
         }
         let p = peer.as_mut().ok_or_else(|| fail("no start step".into()))?;
         if let Some(x) = s["recv"].as_str() {

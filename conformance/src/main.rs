@@ -21,7 +21,9 @@ Runs ASP conformance vectors (files or folders; default: conformance/vectors).
 
 options:
   --against URL              play the live session vectors against the ASP server at URL
-                             (ws://HOST:PORT/PATH, subprotocol asp-v1)
+                             (ws://HOST:PORT/PATH or wss://…, subprotocol asp-v1)
+  --ca FILE                  live mode, wss://: trust the CAs in this PEM file (default:
+                             the platform's roots)
   --role client              the role the runner plays in live mode (only `client`: the
                              vectors of role `server` test the remote server)
   --timeout-ms N             live mode: how long to wait for each expected frame (5000)
@@ -36,6 +38,7 @@ struct Args {
     timeout: Duration,
     xf: PathBuf,
     serve: Option<String>,
+    ca: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -45,6 +48,7 @@ fn parse() -> Result<Args, String> {
         timeout: Duration::from_secs(5),
         xf: default_expected_failures(),
         serve: None,
+        ca: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,6 +70,7 @@ fn parse() -> Result<Args, String> {
                 a.timeout = Duration::from_millis(ms);
             }
             "--expected-failures" => a.xf = PathBuf::from(value("--expected-failures")?),
+            "--ca" => a.ca = Some(PathBuf::from(value("--ca")?)),
             "--serve" => a.serve = Some(value("--serve")?),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             p => a.paths.push(PathBuf::from(p)),
@@ -119,10 +124,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = LiveOptions {
-                url,
-                timeout: args.timeout,
-            };
+            let mut opts = LiveOptions::new(url);
+            opts.timeout = args.timeout;
+            if let Some(ca) = &args.ca {
+                opts.tls = match asp_tokio::ClientTls::new()
+                    .roots(asp_tokio::Roots::Empty)
+                    .ca_pem_file(ca)
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("error: --ca: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            }
             rt.block_on(run_live(&files, &opts, &xf, &mut out))
         }
     };

@@ -37,10 +37,9 @@ fn all_vectors_in_process() {
 }
 
 fn live_options(url: String) -> LiveOptions {
-    LiveOptions {
-        url,
-        timeout: Duration::from_secs(2),
-    }
+    let mut o = LiveOptions::new(url);
+    o.timeout = Duration::from_secs(2);
+    o
 }
 
 #[test]
@@ -65,6 +64,39 @@ fn live_against_asp_tokio() {
     let mut out = out;
     sum.finish(&mut out);
     report("live, asp-tokio", out, sum);
+}
+
+/// Live mode over `wss://`: the same vectors against an asp-tokio server terminating TLS
+/// with a certificate made now, trusted through the options.
+#[test]
+fn live_against_asp_tokio_over_wss() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let files = load(&[default_vectors_dir()]).expect("vectors");
+    let xf = expected_failures();
+    let ca = adapter_tests::pki::Ca::new("conformance CA");
+    let (out, sum) = rt.block_on(async {
+        let mut b = asp_tokio::server().tls(ca.server(&["localhost", "127.0.0.1"]).server_tls());
+        for t in profile::tools() {
+            b = b.tool(t);
+        }
+        let server = b
+            .start()
+            .await
+            .expect("asp-tokio TLS server on 127.0.0.1:0");
+        assert!(server.url().starts_with("wss://"), "{}", server.url());
+        let mut opts = live_options(server.url());
+        opts.tls = ca.client_tls();
+        let mut out = Vec::new();
+        let sum = run_live(&files, &opts, &xf, &mut out).await;
+        server.shutdown(Duration::from_millis(200)).await;
+        (out, sum)
+    });
+    let mut out = out;
+    sum.finish(&mut out);
+    report("live over wss, asp-tokio", out, sum);
 }
 
 #[test]

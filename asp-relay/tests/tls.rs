@@ -1,0 +1,347 @@
+//! The relay over TLS: `wss://` at the edge, `https://` upstreams — a Python function
+//! (`http.server` + `ssl`, HTTP/1.1) and a Rust one (hyper over rustls, HTTP/2 by ALPN) —
+//! with streaming, trailer metrics and pooled upstream connections; an untrusted upstream
+//! certificate is a named failure; the admin API over TLS. Certificates are made at test
+//! time (rcgen). Every wait is bounded.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use adapter_tests::pki::{temp_dir, Ca};
+use asp_proto::Bytes;
+use asp_relay::{Relay, RelayConfig};
+use asp_tokio::{Client, ClientBuilder, Error, Status};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use hyper::body::Frame as BodyFrame;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const LIMIT: Duration = Duration::from_secs(20);
+const NAMES: &[&str] = &["localhost", "127.0.0.1"];
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Invokes `tool` and collects its text and completion.
+async fn run(
+    client: &Client,
+    tool: &str,
+    args: serde_json::Value,
+) -> (Vec<String>, Result<asp_tokio::Completion, Error>) {
+    let mut call = client.invoke(tool, &args).expect("invoke");
+    let mut chunks = Vec::new();
+    within("chunks", async {
+        while let Some(c) = call.next().await {
+            chunks.push(String::from_utf8_lossy(&c.data).into_owned());
+        }
+    })
+    .await;
+    (chunks, within("completion", call.completion()).await)
+}
+
+/// A relay with TLS on the client side (`wss://`), calling `upstream` with `ca` trusted.
+async fn tls_relay(upstream: &str, ca: &Ca, tweak: impl FnOnce(&mut RelayConfig)) -> Relay {
+    let mut c = RelayConfig::new(upstream.parse().expect("upstream URL"));
+    c.tls = Some(ca.server(NAMES).server_tls());
+    c.upstream_tls = ca.client_tls();
+    c.format = asp_relay::binding::BodyFormat::Json;
+    tweak(&mut c);
+    Relay::start(c).await.expect("relay starts")
+}
+
+async fn connect(relay: &Relay, ca: &Ca) -> Client {
+    let url = relay.url();
+    assert!(url.starts_with("wss://"), "{url}");
+    within(
+        "connect",
+        ClientBuilder::new(asp_tokio::Tokio::current())
+            .tls(ca.client_tls())
+            .connect(&url),
+    )
+    .await
+    .expect("wss connect to the relay")
+}
+
+// ───────────────────────────── Python over HTTPS ─────────────────────────────
+
+struct PythonFunction {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for PythonFunction {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_https_function(cert: &std::path::Path, key: &std::path::Path) -> PythonFunction {
+    use std::io::{BufRead, BufReader};
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/relay_upstream.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--tls")
+        .arg(cert)
+        .arg(key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3 (the CI installs it)");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(LIMIT)
+        .expect("the function prints its port");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad first line {line:?}"));
+    PythonFunction { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_function_over_https() {
+    let ca = Ca::new("relay test CA");
+    let dir = temp_dir("relay-py");
+    let (cert, key) = ca.server(NAMES).write(&dir, "function");
+    let py = python_https_function(&cert, &key);
+    let upstream = format!("https://127.0.0.1:{}", py.port);
+    let relay = tls_relay(&upstream, &ca, |_| {}).await;
+    let client = connect(&relay, &ca).await;
+
+    let (chunks, done) = run(&client, "tokens", json!({"n": 4, "prefix": "py"})).await;
+    assert_eq!(chunks.concat(), "py0 py1 py2 py3 ");
+    assert!(chunks.len() >= 2, "streamed as it came: {chunks:?}");
+    let done = done.expect("completion");
+    assert_eq!(done.status, Status::Ok);
+    assert_eq!(
+        done.metrics.cpu_us,
+        Some(2_500),
+        "X-Cpu-Time trailer over TLS"
+    );
+    assert_eq!(done.metrics.output_tokens, Some(4));
+    let (t1, _) = run(&client, "count", json!({})).await;
+    let (t2, _) = run(&client, "count", json!({})).await;
+    assert_eq!(
+        (t1.concat(), t2.concat()),
+        ("calls=1".into(), "calls=2".into())
+    );
+
+    // A relay that does not trust the function's CA: the call fails, naming the cause.
+    let untrusting = tls_relay(&upstream, &ca, |c| {
+        c.upstream_tls = Ca::new("another CA").client_tls();
+    })
+    .await;
+    let client2 = connect(&untrusting, &ca).await;
+    let (_, r) = run(&client2, "tokens", json!({"n": 1})).await;
+    let e = match r {
+        Err(Error::Remote(e)) => e,
+        other => panic!("expected an ERROR, got {other:?}"),
+    };
+    let msg = e.message.map(|m| m.as_str().to_owned()).unwrap_or_default();
+    assert!(
+        msg.contains("certificate") || msg.contains("UnknownIssuer"),
+        "names the certificate problem: {msg}"
+    );
+    client2.close().await;
+    untrusting.shutdown(Duration::from_secs(2)).await;
+    client.close().await;
+    relay.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ───────────────────────────── Rust over HTTPS, HTTP/2 ─────────────────────────────
+
+/// A body that yields the given frames with a short pause between them.
+struct Paced {
+    frames: std::collections::VecDeque<BodyFrame<Bytes>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Paced {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        if let Some(s) = &mut self.sleep {
+            if s.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        let next = self.frames.pop_front();
+        if next.is_some() {
+            self.sleep = Some(Box::pin(tokio::time::sleep(Duration::from_millis(2))));
+        }
+        Poll::Ready(next.map(Ok))
+    }
+}
+
+/// A function over HTTPS that speaks only HTTP/2 (ALPN `h2`): `tokens {n}` streams n text
+/// tokens, then trailers. Reports each request's HTTP version; counts TCP connections.
+async fn rust_h2_function(
+    ca: &Ca,
+) -> (
+    String,
+    mpsc::UnboundedReceiver<hyper::Version>,
+    Arc<AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let config = ca
+        .server(NAMES)
+        .server_tls()
+        .build_with_alpn(&[b"h2"])
+        .expect("TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let conns2 = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            conns2.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let _ = tx.send(req.version());
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let v: serde_json::Value = body
+                                .ok()
+                                .and_then(|b| serde_json::from_slice(&b).ok())
+                                .unwrap_or_default();
+                            let n = v["args"]["n"].as_u64().unwrap_or(3);
+                            let mut frames: std::collections::VecDeque<_> = (0..n)
+                                .map(|i| BodyFrame::data(Bytes::from(format!("rs{i} "))))
+                                .collect();
+                            let mut t = hyper::HeaderMap::new();
+                            t.insert("x-cpu-time", "4.5".parse().expect("value"));
+                            t.insert("x-output-tokens", n.to_string().parse().expect("value"));
+                            frames.push_back(BodyFrame::trailers(t));
+                            let mut r = Response::new(Paced {
+                                frames,
+                                sleep: None,
+                            });
+                            r.headers_mut().insert(
+                                "content-type",
+                                "text/plain; charset=utf-8".parse().expect("value"),
+                            );
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}"), rx, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_function_over_https_http2_streams_trailers_and_pools() {
+    let ca = Ca::new("relay test CA");
+    let (upstream, mut versions, conns) = rust_h2_function(&ca).await;
+    let relay = tls_relay(&upstream, &ca, |_| {}).await;
+    let client = connect(&relay, &ca).await;
+    for round in 0..3 {
+        let (chunks, done) = run(&client, "tokens", json!({"n": 5})).await;
+        assert_eq!(chunks.concat(), "rs0 rs1 rs2 rs3 rs4 ", "round {round}");
+        assert!(chunks.len() >= 2, "streamed: {chunks:?}");
+        let done = done.expect("completion");
+        assert_eq!(done.status, Status::Ok);
+        assert_eq!(done.metrics.cpu_us, Some(4_500), "HTTP/2 trailer");
+        assert_eq!(done.metrics.output_tokens, Some(5));
+        assert_eq!(
+            within("version", versions.recv()).await,
+            Some(hyper::Version::HTTP_2),
+            "negotiated by ALPN"
+        );
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection for sequential calls"
+    );
+    client.close().await;
+    relay.shutdown(Duration::from_secs(2)).await;
+}
+
+// ───────────────────────────── the admin API over TLS ─────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_over_tls() {
+    let ca = Ca::new("relay test CA");
+    let (upstream, _versions, _) = rust_h2_function(&ca).await;
+    let relay = tls_relay(&upstream, &ca, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.admin_secret = Some("s3cret".into());
+        c.admin_tls = c.tls.clone();
+    })
+    .await;
+    let admin = relay.admin_addr().expect("admin listener");
+
+    // HTTPS with the secret: the API answers (no such connection).
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*ca.client_tls().build().expect("TLS")).clone())
+        .https_only()
+        .enable_http1()
+        .build();
+    let http: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let req = Request::get(format!("https://{admin}/connections/nope"))
+        .header("authorization", "Bearer s3cret")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = within("admin over TLS", http.request(req))
+        .await
+        .expect("HTTPS admin call");
+    assert_eq!(resp.status(), 404);
+
+    // Plaintext to the TLS admin port: a plain 400 saying so, not a hang.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /connections/x HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    within("plaintext answer", tcp.read_to_string(&mut answer))
+        .await
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("speaks TLS"), "{answer}");
+    relay.shutdown(Duration::from_secs(2)).await;
+}
