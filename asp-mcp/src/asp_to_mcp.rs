@@ -19,9 +19,9 @@ use base64::Engine;
 use futures::StreamExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequestParams,
-    ElicitationAction, ElicitationSchema, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ServerCapabilities,
-    ServerConfig, SubscriptionFilter,
+    ElicitationAction, ElicitationSchema, Implementation, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProtocolVersion, ServerCapabilities, ServerConfig,
+    SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
@@ -86,7 +86,9 @@ impl AspTools {
 
     /// An MCP server handler over these tools, for one MCP session.
     pub fn handler(self: &Arc<Self>) -> McpFace {
-        McpFace { tools: self.clone() }
+        McpFace {
+            tools: self.clone(),
+        }
     }
 }
 
@@ -102,7 +104,11 @@ async fn elicit(peer: Option<Peer<RoleServer>>, req: Request) -> Reply {
     if !supported {
         return reply(&req, ReplyStatus::Declined, None);
     }
-    let body = req.body.as_ref().and_then(raw_to_json).unwrap_or(Value::Null);
+    let body = req
+        .body
+        .as_ref()
+        .and_then(raw_to_json)
+        .unwrap_or(Value::Null);
     let (message, schema) = match &body {
         Value::String(s) => (s.clone(), None),
         Value::Object(o) => (
@@ -177,9 +183,7 @@ impl ServerHandler for McpFace {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let args = request
-            .arguments
-            .map(|a| json_to_raw(&Value::Object(a)));
+        let args = request.arguments.map(|a| json_to_raw(&Value::Object(a)));
         let mut inv = self
             .tools
             .client

@@ -77,7 +77,8 @@ pub async fn run(cmd: Bridge) -> Result<(), String> {
             let mut config = crate::McpToAspConfig::new(upstream);
             config.listen = a.listen;
             config.generation = a.generation;
-            config.call_timeout = (a.call_timeout_ms > 0).then(|| Duration::from_millis(a.call_timeout_ms));
+            config.call_timeout =
+                (a.call_timeout_ms > 0).then(|| Duration::from_millis(a.call_timeout_ms));
             config.token = a.token;
             let server = crate::serve_mcp_as_asp(config)
                 .await

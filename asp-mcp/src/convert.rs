@@ -393,12 +393,16 @@ mod tests {
 
     #[test]
     fn tool_definitions_round_trip() {
-        let schema = serde_json::json!({"type": "object", "properties": {"x": {"type": "integer"}}});
+        let schema =
+            serde_json::json!({"type": "object", "properties": {"x": {"type": "integer"}}});
         let mut tool = Tool::new("t", "does t", schema.as_object().unwrap().clone());
         tool.title = Some("The T".into());
         let def = tool_to_def(&tool);
         assert_eq!(def.name.as_str(), "t");
-        assert_eq!(raw_to_json(def.input_schema.as_ref().unwrap()), Some(schema));
+        assert_eq!(
+            raw_to_json(def.input_schema.as_ref().unwrap()),
+            Some(schema)
+        );
         let back = def_to_tool(&def);
         assert_eq!(back.title.as_deref(), Some("The T"));
         assert_eq!(back, tool);

@@ -20,8 +20,7 @@ use asp_tokio::{
 };
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
-    ClientNotification, ClientRequest, InputRequest, ProgressNotificationParam, ServerResult,
-    Tool,
+    ClientNotification, ClientRequest, InputRequest, ProgressNotificationParam, ServerResult, Tool,
 };
 use rmcp::service::{PeerRequestOptions, ServiceError};
 use rmcp::{Peer, RoleClient};
@@ -105,7 +104,11 @@ struct Client {
 struct Hook(Arc<Bridge>);
 
 impl ConnectionHook for Hook {
-    fn connected(&self, conn: ServerConnection, _upgrade: &asp_tokio::tungstenite::http::HeaderMap) {
+    fn connected(
+        &self,
+        conn: ServerConnection,
+        _upgrade: &asp_tokio::tungstenite::http::HeaderMap,
+    ) {
         let routes = Arc::new(Routes::default());
         *routes.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         let client = Arc::new(Client {
@@ -170,11 +173,21 @@ impl Bridge {
             .connection()
             .and_then(|c| self.client(c.id()))
             .ok_or_else(|| unavailable("connection closing"))?;
-        let peer = client
-            .peer
-            .borrow()
-            .clone()
-            .ok_or_else(|| unavailable("the MCP server is not running (restarting)"))?;
+        // While the session restarts, a call waits for the new one (bounded by the start
+        // timeout) rather than failing: only the calls the dead session held are lost.
+        let mut live = client.peer.subscribe();
+        let peer = tokio::time::timeout(upstream::START_TIMEOUT, async {
+            // A peer whose transport closed is a session that just died and that the
+            // supervisor has not replaced yet.
+            live.wait_for(|p| p.as_ref().is_some_and(|p| !p.is_transport_closed()))
+                .await
+                .ok()
+                .and_then(|p| p.clone())
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| unavailable("the MCP server is not running (restarting)"))?;
         let arguments = match args.raw().and_then(raw_to_json) {
             None | Some(Value::Null) => None,
             Some(Value::Object(o)) => Some(o),
@@ -193,9 +206,13 @@ impl Bridge {
                 Ok(r) => r,
                 Err(_) => {
                     // The call's guard sent `notifications/cancelled`. Is the server alive?
-                    let probe = tokio::time::timeout(t.min(Duration::from_secs(5)), peer.list_tools(None)).await;
+                    let probe =
+                        tokio::time::timeout(t.min(Duration::from_secs(5)), peer.list_tools(None))
+                            .await;
                     if !matches!(probe, Ok(Ok(_))) {
                         tracing::warn!("MCP server hung: restarting it");
+                        // Later calls wait for the new session rather than the hung one.
+                        client.peer.send_replace(None);
                         client.restart.notify_one();
                     }
                     return Err(ToolError::Error {
@@ -224,7 +241,8 @@ async fn start(
     client: &Client,
     conn: &ServerConnection,
 ) -> Result<upstream::Session, String> {
-    let session = upstream::connect(&config.upstream, config.generation, client.routes.clone()).await?;
+    let session =
+        upstream::connect(&config.upstream, config.generation, client.routes.clone()).await?;
     let tools = session
         .peer()
         .list_all_tools()
@@ -278,10 +296,16 @@ async fn supervise(
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            match tokio::time::timeout(upstream::START_TIMEOUT, start(&config, &client, &conn)).await {
+            match tokio::time::timeout(upstream::START_TIMEOUT, start(&config, &client, &conn))
+                .await
+            {
                 Ok(Ok(s)) => session = Some(s),
-                Ok(Err(e)) => tracing::warn!(upstream = %config.upstream, error = %e, "MCP session restart failed"),
-                Err(_) => tracing::warn!(upstream = %config.upstream, "MCP session restart timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %config.upstream, error = %e, "MCP session restart failed")
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %config.upstream, "MCP session restart timed out")
+                }
             }
             continue;
         };
@@ -462,7 +486,10 @@ async fn call(
 
 /// A progress notification as one STREAM text chunk: its message, or, without one, the
 /// numbers as JSON (`{"progress":…,"total":…}`).
-async fn stream_progress(ctx: &ToolContext, p: &ProgressNotificationParam) -> Result<(), ToolError> {
+async fn stream_progress(
+    ctx: &ToolContext,
+    p: &ProgressNotificationParam,
+) -> Result<(), ToolError> {
     let text = match &p.message {
         Some(m) if !m.is_empty() => m.clone(),
         _ => serde_json::json!({"progress": p.progress, "total": p.total}).to_string(),

@@ -14,10 +14,13 @@ use rmcp::model::{
     ElicitationCapability, Implementation, ProgressNotificationParam, ProgressToken,
     ProtocolVersion, RequestId as McpId,
 };
+use rmcp::model::{JsonRpcMessage, ServerNotification};
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext,
     RequestContext, RunningService,
 };
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::{IntoTransport, Transport};
 use rmcp::{ClientHandler, ErrorData, RoleClient};
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
@@ -140,6 +143,31 @@ impl Routes {
             .remove(call);
     }
 
+    /// Routes one progress notification, in the order the transport read it.
+    async fn route_progress(&self, params: ProgressNotificationParam) {
+        let tx = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&params.progress_token)
+            .cloned();
+        match tx {
+            // Waits while the invocation's queue is full: the MCP session then reads no
+            // further until the ASP client takes the stream (SPEC §7.5 flow control reaches
+            // back to the MCP server through the pipe or socket).
+            Some(tx) => {
+                let _ = tx.send(params).await;
+            }
+            None => {
+                let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+                if early.len() >= PROGRESS_QUEUE {
+                    early.pop_front();
+                }
+                early.push_back(params);
+            }
+        }
+    }
+
     fn invocation_for(&self, ctx: &RequestContext<RoleClient>) -> Option<AspId> {
         let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(InboundStreamOrigin::OutboundRequest(id)) = ctx.extensions.get() {
@@ -153,7 +181,11 @@ impl Routes {
     }
 
     /// Asks the ASP client (REQUEST `input`, SPEC §8) what an MCP elicitation asks.
-    pub(crate) async fn elicit(&self, params: &ElicitRequestParams, inv: Option<AspId>) -> ElicitResult {
+    pub(crate) async fn elicit(
+        &self,
+        params: &ElicitRequestParams,
+        inv: Option<AspId>,
+    ) -> ElicitResult {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(conn) = conn else {
             return ElicitResult::new(ElicitationAction::Cancel);
@@ -219,37 +251,44 @@ impl ClientHandler for BridgeClient {
         Ok(self.routes.elicit(&request, inv).await)
     }
 
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let tx = self
-            .routes
-            .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&params.progress_token)
-            .cloned();
-        match tx {
-            // Waits while the invocation's queue is full: the MCP session then reads no
-            // further until the ASP client takes the stream (SPEC §7.5 flow control reaches
-            // back to the MCP server through the pipe).
-            Some(tx) => {
-                let _ = tx.send(params).await;
-            }
-            None => {
-                let mut early = self.routes.early.lock().unwrap_or_else(|e| e.into_inner());
-                if early.len() >= PROGRESS_QUEUE {
-                    early.pop_front();
-                }
-                early.push_back(params);
-            }
-        }
-    }
+    // Progress is routed by `Tap` as it is read, not here: rmcp runs each notification
+    // callback as a task of its own, so callbacks may run out of order, and after the
+    // response they preceded.
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.routes.list_changed.notify_one();
+    }
+}
+
+/// The upstream transport, with progress notifications routed as they are read: in order,
+/// and before the response that follows them.
+struct Tap<T> {
+    inner: T,
+    routes: Arc<Routes>,
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for Tap<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let msg = self.inner.receive().await?;
+        if let JsonRpcMessage::Notification(n) = &msg {
+            if let ServerNotification::ProgressNotification(p) = &n.notification {
+                self.routes.route_progress(p.params.clone()).await;
+            }
+        }
+        Some(msg)
+    }
+
+    fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
     }
 }
 
@@ -272,7 +311,9 @@ pub(crate) async fn connect(
             legacy_version: Some(ProtocolVersion::V_2025_11_25),
         },
     };
-    let handler = BridgeClient { routes };
+    let handler = BridgeClient {
+        routes: routes.clone(),
+    };
     match up {
         Upstream::Stdio { program, args } => {
             let mut cmd = tokio::process::Command::new(program);
@@ -281,13 +322,22 @@ pub(crate) async fn connect(
                 .stderr(std::process::Stdio::inherit())
                 .spawn()
                 .map_err(|e| format!("cannot start {program}: {e}"))?;
+            let transport = Tap {
+                inner: transport,
+                routes,
+            };
             handler
                 .serve_with_lifecycle(transport, lifecycle)
                 .await
                 .map_err(|e| format!("MCP handshake with {up} failed: {e}"))
         }
         Upstream::Http { url } => {
-            let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.as_str());
+            let transport = Tap {
+                inner: IntoTransport::<RoleClient, _, _>::into_transport(
+                    rmcp::transport::StreamableHttpClientTransport::from_uri(url.as_str()),
+                ),
+                routes,
+            };
             handler
                 .serve_with_lifecycle(transport, lifecycle)
                 .await
