@@ -6,12 +6,12 @@
 //! crate's comments cite its sections (`SPEC §3.6`).
 //!
 //! This crate does no IO, reads no clock and spawns nothing: bytes and time go in, frames,
-//! events and deadlines come out. Runtime adapters (`asp-tokio`, `asp-smol`) move the bytes.
+//! events and deadlines come out. Runtime adapters (`asp-tokio`, `asp-smol`) move the bytes; the relay binding
+//! (SPEC §15) lives in `asp-relay`.
 //!
 //! - [`codec`]: frames ↔ bytes ([`codec::encode`], [`codec::decode_frame`], [`Decoder`]).
 //! - [`frame`]: one type per frame.
 //! - [`error`]: wire error codes and decode errors.
-//! - [`relay`]: the relay binding (SPEC §15): INVOKE ↔ HTTP call to a function.
 //! - [`Connection`]: the state machine; drive it with `handle_*`, command it with `invoke`,
 //!   `stream`, `complete`…, and drain `poll_transmit`, `poll_ping`, `poll_event`, then
 //!   `poll_timeout`, after every input.
@@ -41,7 +41,6 @@ pub mod fuzzing;
 mod msgpack;
 mod outbox;
 mod rate;
-pub mod relay;
 mod replay;
 mod time;
 

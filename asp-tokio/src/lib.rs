@@ -36,10 +36,6 @@ use tungstenite::handshake::client::{Request as WsRequest, Response as WsRespons
 
 pub use asp_async::*;
 
-pub mod demo;
-#[cfg(feature = "relay")]
-pub mod relay;
-
 /// The tokio runtime, as an [`asp_async::Runtime`].
 #[derive(Clone, Debug)]
 pub struct Tokio {

@@ -280,7 +280,7 @@ pub fn raw_connect() -> Connect {
 }
 
 // ---------------------------------------------------------------------------------------
-// The relay (asp-tokio feature `relay`) in front of a small hyper function.
+// The relay (`asp-relay`) in front of a small hyper function.
 
 #[cfg(feature = "relay")]
 pub mod relay {
@@ -357,7 +357,7 @@ pub mod relay {
 
     /// Starts the function (hyper, HTTP/1.1 keep-alive, TCP_NODELAY) and the relay in front
     /// of it, on the current tokio runtime.
-    pub async fn start() -> (asp_tokio::relay::Relay, Connect) {
+    pub async fn start() -> (asp_relay::Relay, Connect) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let fn_addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -371,8 +371,8 @@ pub mod relay {
             }
         });
         let config =
-            asp_tokio::relay::RelayConfig::new(format!("http://{fn_addr}").parse().expect("uri"));
-        let relay = asp_tokio::relay::Relay::start(config).await.expect("relay");
+            asp_relay::RelayConfig::new(format!("http://{fn_addr}").parse().expect("uri"));
+        let relay = asp_relay::Relay::start(config).await.expect("relay");
         let connect = connector(|addr: Option<SocketAddr>| async move {
             let url = format!("ws://{}{}", addr.expect("addr"), asp_async::DEFAULT_PATH);
             let client = asp_tokio::connect(&url).await.expect("relay connect");

@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! let server = asp_tokio::server().tool(asp_tokio::demo::agent_tool()).start().await?;
+//! let server = asp_tokio::server().tool(asp_cli::demo::agent_tool()).start().await?;
 //! # Ok(()) }
 //! ```
 
@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{to_value, Args, Metrics, Output, ReplyStatus, Tool, ToolContext, ToolError};
+use asp_tokio::{to_value, Args, Metrics, Output, ReplyStatus, Tool, ToolContext, ToolError};
 
 /// Every demo tool: `agent` (no delay between tokens), `echo`, `clarify`, `fail`, `blob`.
 pub fn tools() -> Vec<Tool> {
@@ -149,8 +149,8 @@ pub fn clarify_tool() -> Tool {
             .map_err(|e| ToolError::failed(format!("could not ask the client: {e}")))?;
         match reply.status {
             ReplyStatus::Answered => {
-                let answer = reply.body.unwrap_or_else(crate::RawValue::nil);
-                let shown = crate::from_value::<String>(&answer)
+                let answer = reply.body.unwrap_or_else(asp_tokio::RawValue::nil);
+                let shown = asp_tokio::from_value::<String>(&answer)
                     .unwrap_or_else(|_| "(a structured answer)".to_owned());
                 send_text(&ctx, &format!("You answered: {shown}")).await?;
                 Ok(Output::from(answer))

@@ -4,7 +4,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /connections/{id}/frames` (body: ASP frames) | `202 {"accepted", "request_ids"}`, `400`, `404`, `409` |
-//! | `GET /connections/{id}` | `200 {"connection_id", "connected_ms", "in_flight", "state_bytes", "tools"}`, `404` |
+//! | `GET /connections/{id}` | `200 {"connection_id", "connected_for_ms", "in_flight", "requests_in_flight", "state_bytes", "tools"}`, `404` |
 //! | `DELETE /connections/{id}[?timeout_ms=N]` | `204` (GOAWAY, close when idle), `404` |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::binding::{cut_chunks, parse_push, PushFrame, RelayOut};
 use asp_async::asp_proto::codec::encoded_len;
 use asp_async::asp_proto::frame::{Frame, Request as RequestFrame, Text, ToolDef, ToolOp};
 use asp_async::{Locked, RequestId};
-use asp_proto::relay::{cut_chunks, parse_push, PushFrame, RelayOut};
 use asp_proto::{Bytes, State};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use super::{upstream, RelayConn, RelayInner};
+use crate::{upstream, RelayConn, RelayInner};
 
 /// Largest push body accepted.
 const MAX_PUSH_BODY: usize = 16 << 20;
@@ -159,10 +159,10 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
 
 fn describe(rc: &RelayConn) -> Reply {
     let state_bytes = rc.state.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let Some((in_flight, tools)) = rc.handle.with(|l| {
+    let Some((in_flight, requests, tools)) = rc.handle.with(|l| {
         let c = l.conn();
         let tools: Vec<String> = c.tools().map(|t| t.name.to_string()).collect();
-        (c.in_flight(), tools)
+        (c.invocations_in_flight(), c.requests_in_flight(), tools)
     }) else {
         return error(StatusCode::NOT_FOUND, "the connection closed");
     };
@@ -170,8 +170,11 @@ fn describe(rc: &RelayConn) -> Reply {
         StatusCode::OK,
         Some(serde_json::json!({
             "connection_id": rc.handle.id(),
-            "connected_ms": rc.connected.elapsed().as_millis() as u64,
+            // SPEC §15.5: a duration (how long the client has been connected), not a time.
+            "connected_for_ms": rc.connected.elapsed().as_millis() as u64,
+            // Invocations only; pushed REQUESTs awaiting the client's answer apart.
             "in_flight": in_flight,
+            "requests_in_flight": requests,
             "state_bytes": state_bytes,
             "tools": tools,
         })),
@@ -354,6 +357,8 @@ fn apply(
                 ToolOp::Remove => {
                     l.conn().remove_tool(d.name.as_str()).map_err(internal)?;
                 }
+                // SPEC §15.5: add and update both mean "the client has this definition";
+                // the core sends add or update by what the client holds (SPEC §9).
                 ToolOp::Add | ToolOp::Update => l
                     .conn()
                     .add_tool(ToolDef {
@@ -368,6 +373,8 @@ fn apply(
                 text,
                 fin,
             } => {
+                // SPEC §15.5: a STREAM over the client's chunk size is split, as a
+                // function's are (§15.3), not refused.
                 for piece in cut_chunks(data, text, fin, max) {
                     if let RelayOut::Chunk { data, text, fin } = piece {
                         l.conn().stream(id, data, text, fin).map_err(internal)?;

@@ -11,7 +11,7 @@ Tools: `tokens` ({"n", "prefix"}) streams n tokens; `count` counts its calls in 
 state; `echo` returns the request body; `fail` answers 503.
 
 Run: `python3 relay_upstream.py [port]`; it prints `PORT <n>` first, then serves until
-killed. Used by `asp-tokio/tests/relay.rs`.
+killed. Used by `asp-relay/tests/relay.rs`.
 """
 
 import base64

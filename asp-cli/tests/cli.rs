@@ -1,8 +1,7 @@
 //! The `asp` binary against servers on loopback: output and exit codes.
 //!
-//! `cargo test -p asp-tokio --features cli --test cli`. Every wait is bounded: children are
+//! `cargo test -p asp-cli --test cli`. Every wait is bounded: children are
 //! read line by line through channels with a time limit and killed when it passes.
-#![cfg(feature = "cli")]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,7 +9,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use asp_tokio::{demo, Args, Metrics, Output, Tool, ToolContext};
+use asp_cli::demo;
+use asp_tokio::{Args, Metrics, Output, Tool, ToolContext};
 use serde_json::Value;
 
 /// The most any one child process may take.

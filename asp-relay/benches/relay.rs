@@ -1,4 +1,4 @@
-//! `cargo bench -p asp-tokio --features relay --bench relay`
+//! `cargo bench -p asp-relay --bench relay`
 //!
 //! 1. `relay_hop/*` (criterion): what the relay adds to a call. A small INVOKE through the
 //!    relay to a loopback function that answers `ok` (client → WebSocket → relay → HTTP →
@@ -20,8 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use asp_proto::frame::{Invoke, RawValue, RequestId, Text};
-use asp_proto::relay::{BodyFormat, InvokeRequest};
-use asp_tokio::relay::{Relay, RelayConfig};
+use asp_relay::binding::{BodyFormat, InvokeRequest};
+use asp_relay::{Relay, RelayConfig};
 use asp_tokio::{Args, Output, Tool, ToolContext};
 use bytes::Bytes;
 use criterion::Criterion;

@@ -1,15 +1,17 @@
-//! Relay mode (SPEC §15): ASP sockets at the edge, serverless functions behind HTTP.
+//! # asp-relay — relay mode of the Agent Socket Protocol (SPEC §15)
+//!
+//! ASP sockets at the edge, serverless functions behind HTTP.
 //!
 //! The relay is an ordinary ASP server (the `asp-async` machinery over tokio) whose every
 //! tool is served by one generic handler that forwards the INVOKE as `POST {upstream}/invoke`
 //! and streams the function's response back ([`upstream`]). An admin HTTP API on a separate
 //! listener lets functions push frames to a connection later ([`admin`]). What goes on the
 //! wire and how a response maps to STREAM / COMPLETE / ERROR is decided by the Sans-IO
-//! [`asp_proto::relay`]; this module only moves bytes and runs timers.
+//! [`binding`]; the rest of this crate only moves bytes and runs timers.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! use asp_tokio::relay::{Relay, RelayConfig};
+//! use asp_relay::{Relay, RelayConfig};
 //! let relay = Relay::start(RelayConfig {
 //!     admin_listen: Some("127.0.0.1:0".parse().unwrap()),
 //!     admin_secret: Some("s3cret".into()),
@@ -20,7 +22,12 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod admin;
+pub mod binding;
+mod msgpack;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -29,13 +36,13 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::binding::{BodyFormat, Timeouts};
 use asp_async::tungstenite::http::HeaderMap;
 use asp_async::{ConnectionHook, ServerConnection, ToolDef};
-use asp_proto::relay::{BodyFormat, Timeouts};
 use asp_proto::Bytes;
 use hyper::Uri;
 
-use crate::{Server, Tokio};
+use asp_tokio::{Server, Tokio};
 
 /// Everything the relay needs to run. [`RelayConfig::new`] gives the SPEC defaults.
 #[derive(Clone, Debug)]
@@ -229,7 +236,7 @@ impl Relay {
             let inner = inner.clone();
             move |ctx, args| upstream::forward(inner.clone(), ctx, args)
         };
-        let mut builder = crate::ServerBuilder::new(Tokio::current());
+        let mut builder = asp_tokio::ServerBuilder::new(Tokio::current());
         if let Some(t) = &inner.config.client_token {
             builder = builder.token(t.clone());
         }

@@ -1,13 +1,13 @@
-//! The README's first command: `cargo run --release -p asp-tokio --example demo`.
+//! The README's first command: `cargo run --release -p asp-cli --example demo`.
 //!
 //! Starts a server on 127.0.0.1 (port 0) with a mock agent tool that streams tokens, connects
 //! a client, invokes the tool, prints the streamed tokens and the COMPLETE metrics, then
 //! measures the INVOKE→COMPLETE round trip of a small echo tool. The tools are
-//! [`asp_tokio::demo`]'s, which `asp serve` also runs.
+//! [`asp_cli::demo`]'s, which `asp serve` also runs.
 
 use std::time::{Duration, Instant};
 
-use asp_tokio::demo::{agent_tool, echo_tool};
+use asp_cli::demo::{agent_tool, echo_tool};
 use futures::StreamExt;
 
 #[tokio::main(flavor = "current_thread")]

@@ -1,4 +1,4 @@
-//! `asp` — poke an Agent Socket Protocol server from the command line (feature `cli`).
+//! `asp` — poke an Agent Socket Protocol server from the command line.
 //!
 //! `asp tools`, `asp call`, `asp serve` and `asp bench`; see `asp --help`. Built on the public
 //! client and server API of `asp-tokio` only.
@@ -978,7 +978,7 @@ async fn read_line() -> Option<String> {
 // asp serve
 
 async fn serve(g: &Global, addr: SocketAddr, delay: Duration, churn: Option<Duration>) -> i32 {
-    use asp_tokio::demo;
+    use asp_cli::demo;
     let mut sig = match Interrupts::new() {
         Ok(s) => s,
         Err(e) => return fail(e),

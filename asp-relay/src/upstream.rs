@@ -14,12 +14,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use asp_async::asp_proto::frame::{Invoke, Status, Text};
-use asp_async::{Args, Output, RequestId, ServerConnection, StreamError, ToolContext, ToolError};
-use asp_proto::relay::{
+use crate::binding::{
     CallLimits, Ending, InvokeRequest, RelayOut, ReplyRequest, StateUpdate, TimeoutPhase,
     UpstreamCall,
 };
+use asp_async::asp_proto::frame::{Invoke, Status, Text};
+use asp_async::{Args, Output, RequestId, ServerConnection, StreamError, ToolContext, ToolError};
 use asp_proto::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
@@ -28,7 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{RelayConfig, RelayConn, RelayInner};
+use crate::{RelayConfig, RelayConn, RelayInner};
 
 /// The pooled keep-alive client to the function.
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
