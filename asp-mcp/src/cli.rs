@@ -42,9 +42,6 @@ pub struct FromMcp {
     /// restart a server that no longer answers at all). 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub call_timeout_ms: u64,
-    /// Require `Authorization: Bearer <TOKEN>` from ASP clients.
-    #[arg(long, env = "ASP_TOKEN")]
-    pub token: Option<String>,
 }
 
 /// Arguments of `to-mcp`.
@@ -55,13 +52,11 @@ pub struct ToMcp {
     /// Serve Streamable HTTP at `http://ADDR/mcp` (default: one host on stdin/stdout).
     #[arg(long)]
     pub http: Option<SocketAddr>,
-    /// Bearer token for the ASP server.
-    #[arg(long, env = "ASP_TOKEN")]
-    pub token: Option<String>,
 }
 
-/// Runs a bridge command until it ends (stdio host gone) or Ctrl-C.
-pub async fn run(cmd: Bridge) -> Result<(), String> {
+/// Runs a bridge command until it ends (stdio host gone) or Ctrl-C. `token` is the bearer
+/// token: required from ASP clients by `from-mcp`, sent to the ASP server by `to-mcp`.
+pub async fn run(cmd: Bridge, token: Option<String>) -> Result<(), String> {
     match cmd {
         Bridge::FromMcp(a) => {
             let upstream = match (a.url, a.command.split_first()) {
@@ -79,7 +74,7 @@ pub async fn run(cmd: Bridge) -> Result<(), String> {
             config.generation = a.generation;
             config.call_timeout =
                 (a.call_timeout_ms > 0).then(|| Duration::from_millis(a.call_timeout_ms));
-            config.token = a.token;
+            config.token = token;
             let server = crate::serve_mcp_as_asp(config)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
@@ -89,7 +84,7 @@ pub async fn run(cmd: Bridge) -> Result<(), String> {
             Ok(())
         }
         Bridge::ToMcp(a) => {
-            let tools = crate::AspTools::connect(&a.asp_url, a.token.as_deref())
+            let tools = crate::AspTools::connect(&a.asp_url, token.as_deref())
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", a.asp_url))?;
             match a.http {

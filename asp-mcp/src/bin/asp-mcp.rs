@@ -6,6 +6,10 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "asp-mcp", version)]
 struct Cli {
+    /// Bearer token: required from ASP clients (`from-mcp`), sent to the ASP server
+    /// (`to-mcp`).
+    #[arg(long, global = true, env = "ASP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: asp_mcp::cli::Bridge,
 }
@@ -18,7 +22,8 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    if let Err(e) = asp_mcp::cli::run(Cli::parse().cmd).await {
+    let cli = Cli::parse();
+    if let Err(e) = asp_mcp::cli::run(cli.cmd, cli.token).await {
         eprintln!("asp-mcp: {e}");
         std::process::exit(1);
     }
