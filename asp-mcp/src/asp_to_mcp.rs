@@ -6,35 +6,64 @@
 //! `subscriptions/listen` stream for 2026-07-28 hosts). A `tools/call` is an INVOKE: STREAM
 //! chunks become progress notifications (when the host sent a progress token), COMPLETE
 //! the result (`convert::complete_to_result`), a cancelled request an INTERRUPT. A REQUEST
-//! (SPEC §8) becomes `elicitation/create` for hosts that offer elicitation on a
-//! 2025-era session; other hosts decline it.
+//! (SPEC §8) becomes `elicitation/create` for 2025-era hosts that offer elicitation, and an
+//! `input_required` result for 2026-07-28 hosts, whose retry carries the answer (the
+//! invocation waits, parked, meanwhile).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use asp_tokio::asp_proto::frame::{Reply, ReplyStatus, Request};
-use asp_tokio::{reply, Error as AspError, ErrorCode, InvokeOptions};
+use asp_tokio::{reply, Error as AspError, ErrorCode, Invocation, InvokeOptions};
 use base64::Engine;
 use futures::StreamExt;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequestParams,
-    ElicitationAction, ElicitationSchema, Implementation, ListToolsResult, PaginatedRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
+    ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationSchema, Implementation,
+    InputRequest, InputRequiredResult, ListToolsResult, PaginatedRequestParams,
     ProgressNotificationParam, ProtocolVersion, ServerCapabilities, ServerConfig,
     SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::convert::{complete_to_result, def_to_tool, json_to_raw, raw_to_json};
+
+/// Who answers the REQUESTs of one invocation.
+#[derive(Clone)]
+enum Asker {
+    /// A 2025-era host session: `elicitation/create` on its peer.
+    Peer(Peer<RoleServer>),
+    /// A 2026-07-28 host, which takes no server requests: the call in progress returns an
+    /// `input_required` result and the host's retry carries the answer (MRTR).
+    Retry(mpsc::Sender<(Request, oneshot::Sender<Reply>)>),
+}
+
+type Asks = mpsc::Receiver<(Request, oneshot::Sender<Reply>)>;
+
+/// An invocation whose `tools/call` returned `input_required` and waits for the host's retry.
+struct Parked {
+    inv: Invocation,
+    asks: Option<Asks>,
+    /// The question's key in `inputRequests`, and where its answer goes.
+    key: String,
+    reply: oneshot::Sender<Reply>,
+    request: Request,
+}
+
+/// How long a parked invocation waits for the host's retry before it is interrupted.
+const PARK_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The state every MCP session of one bridge shares: the ASP client and who to ask.
 pub struct AspTools {
     client: asp_tokio::Client,
-    /// ASP invocation id → the MCP peer whose call it runs (for REQUEST → elicitation).
-    calls: Arc<Mutex<HashMap<u16, Peer<RoleServer>>>>,
+    /// ASP invocation id → who answers its REQUESTs.
+    calls: Arc<Mutex<HashMap<u16, Asker>>>,
+    /// `requestState` → a parked invocation (bounded in time by [`PARK_LIMIT`]).
+    parked: Arc<Mutex<HashMap<String, Parked>>>,
     /// The tool set changed.
     changes: broadcast::Sender<()>,
 }
@@ -48,17 +77,31 @@ impl std::fmt::Debug for AspTools {
 impl AspTools {
     /// Connects to the ASP server at `url` (with a bearer `token` if given).
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Arc<AspTools>, AspError> {
-        let calls: Arc<Mutex<HashMap<u16, Peer<RoleServer>>>> = Arc::default();
+        let calls: Arc<Mutex<HashMap<u16, Asker>>> = Arc::default();
         let asked = calls.clone();
         let mut builder = asp_tokio::client().on_request(move |req: Request| {
-            let peer = req.invocation.and_then(|inv| {
+            let asker = req.invocation.and_then(|inv| {
                 asked
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&inv.0)
                     .cloned()
             });
-            async move { elicit(peer, req).await }
+            async move {
+                match asker {
+                    Some(Asker::Peer(peer)) => elicit(Some(peer), req).await,
+                    Some(Asker::Retry(tx)) => {
+                        let (answer, rx) = oneshot::channel();
+                        if tx.send((req.clone(), answer)).await.is_err() {
+                            return reply(&req, ReplyStatus::Declined, None);
+                        }
+                        // Dropped unanswered (the host never retried): cancelled.
+                        rx.await
+                            .unwrap_or_else(|_| reply(&req, ReplyStatus::Cancelled, None))
+                    }
+                    None => elicit(None, req).await,
+                }
+            }
         });
         if let Some(t) = token {
             builder = builder.token(t);
@@ -75,6 +118,7 @@ impl AspTools {
         Ok(Arc::new(AspTools {
             client,
             calls,
+            parked: Arc::default(),
             changes,
         }))
     }
@@ -104,6 +148,31 @@ async fn elicit(peer: Option<Peer<RoleServer>>, req: Request) -> Reply {
     if !supported {
         return reply(&req, ReplyStatus::Declined, None);
     }
+    let Some(params) = elicit_params(&req) else {
+        return reply(&req, ReplyStatus::Declined, None);
+    };
+    match peer.create_elicitation(params).await {
+        Ok(r) => answer(&req, &r),
+        Err(_) => reply(&req, ReplyStatus::Cancelled, None),
+    }
+}
+
+/// The REPLY for an elicitation result.
+fn answer(req: &Request, r: &ElicitResult) -> Reply {
+    match r.action {
+        ElicitationAction::Accept => reply(
+            req,
+            ReplyStatus::Answered,
+            r.content.as_ref().map(json_to_raw),
+        ),
+        ElicitationAction::Decline => reply(req, ReplyStatus::Declined, None),
+        _ => reply(req, ReplyStatus::Cancelled, None),
+    }
+}
+
+/// A REQUEST as an elicitation form: `body.message` (or the body itself if it is a string)
+/// and `body.schema`, else a form of one string field `answer`.
+fn elicit_params(req: &Request) -> Option<ElicitRequestParams> {
     let body = req
         .body
         .as_ref()
@@ -130,26 +199,11 @@ async fn elicit(peer: Option<Peer<RoleServer>>, req: Request) -> Reply {
             }))
             .ok()
         });
-    let Some(schema) = schema else {
-        return reply(&req, ReplyStatus::Declined, None);
-    };
-    let params = ElicitRequestParams::FormElicitationParams {
+    Some(ElicitRequestParams::FormElicitationParams {
         meta: None,
         message,
-        requested_schema: schema,
-    };
-    match peer.create_elicitation(params).await {
-        Ok(r) => match r.action {
-            ElicitationAction::Accept => reply(
-                &req,
-                ReplyStatus::Answered,
-                r.content.as_ref().map(json_to_raw),
-            ),
-            ElicitationAction::Decline => reply(&req, ReplyStatus::Declined, None),
-            _ => reply(&req, ReplyStatus::Cancelled, None),
-        },
-        Err(_) => reply(&req, ReplyStatus::Cancelled, None),
-    }
+        requested_schema: schema?,
+    })
 }
 
 /// One MCP session's view of the ASP tools.
@@ -183,21 +237,56 @@ impl ServerHandler for McpFace {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let args = request.arguments.map(|a| json_to_raw(&Value::Object(a)));
-        let mut inv = self
-            .tools
-            .client
-            .invoke_raw(&request.name, args, InvokeOptions::default())
-            .map_err(|e| ErrorData::internal_error(format!("ASP: {e}"), None))?;
-        let id = inv.id();
-        self.tools
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.0, context.peer.clone());
-        let _forget = Forget {
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        let resumed = request.request_state.as_ref().and_then(|state| {
+            self.tools
+                .parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(state)
+        });
+        let (mut inv, mut asks) = match resumed {
+            // The host's retry of an `input_required` call: its answer is the REPLY.
+            Some(p) => {
+                let result = request
+                    .input_responses
+                    .as_ref()
+                    .and_then(|r| r.get(&p.key))
+                    .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok());
+                let r = match result {
+                    Some(r) => answer(&p.request, &r),
+                    None => reply(&p.request, ReplyStatus::Cancelled, None),
+                };
+                let _ = p.reply.send(r);
+                (p.inv, p.asks)
+            }
+            None => {
+                let args = request.arguments.map(|a| json_to_raw(&Value::Object(a)));
+                let inv = self
+                    .tools
+                    .client
+                    .invoke_raw(&request.name, args, InvokeOptions::default())
+                    .map_err(|e| ErrorData::internal_error(format!("ASP: {e}"), None))?;
+                let (asker, asks) = if modern {
+                    let (tx, rx) = mpsc::channel(4);
+                    (Asker::Retry(tx), Some(rx))
+                } else {
+                    (Asker::Peer(context.peer.clone()), None)
+                };
+                self.tools
+                    .calls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(inv.id().0, asker);
+                (inv, asks)
+            }
+        };
+        let mut forget = Forget {
             calls: self.tools.calls.clone(),
-            id: id.0,
+            id: inv.id().0,
+            armed: true,
         };
         let token = context.meta.get_progress_token();
         let mut n = 0u64;
@@ -215,6 +304,42 @@ impl ServerHandler for McpFace {
                             .with_message(message);
                         let _ = context.peer.notify_progress(p).await;
                     }
+                }
+                Some((req, reply_to)) = next_ask(&mut asks) => {
+                    // A 2026-07-28 host: park the invocation and ask with `input_required`.
+                    let Some(params) = elicit_params(&req) else {
+                        let _ = reply_to.send(reply(&req, ReplyStatus::Declined, None));
+                        continue;
+                    };
+                    let key = format!("asp-{}", req.id.0);
+                    let state = new_state();
+                    let mut requests = std::collections::BTreeMap::new();
+                    requests.insert(
+                        key.clone(),
+                        InputRequest::Elicitation(ElicitRequest::new(params)),
+                    );
+                    forget.armed = false;
+                    let parked = Parked { inv, asks: asks.take(), key, reply: reply_to, request: req };
+                    self.tools
+                        .parked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(state.clone(), parked);
+                    let all = self.tools.parked.clone();
+                    let calls = self.tools.calls.clone();
+                    let expired = state.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(PARK_LIMIT).await;
+                        let gone = all.lock().unwrap_or_else(|e| e.into_inner()).remove(&expired);
+                        if let Some(p) = gone {
+                            calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.inv.id().0);
+                            // Dropping the invocation interrupts it.
+                        }
+                    });
+                    return Ok(CallToolResponse::InputRequired(InputRequiredResult::new(
+                        Some(requests),
+                        Some(state),
+                    )));
                 }
                 _ = context.ct.cancelled() => {
                     // notifications/cancelled (or, on 2026-07-28 HTTP, the closed stream).
@@ -289,13 +414,34 @@ fn asp_error(code: ErrorCode, message: Option<&str>) -> Result<CallToolResponse,
     Err(ErrorData::internal_error(text, None))
 }
 
+/// The next REQUEST for a 2026-07-28 call (never, for others).
+async fn next_ask(asks: &mut Option<Asks>) -> Option<(Request, oneshot::Sender<Reply>)> {
+    match asks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An unguessable `requestState`: it names a parked invocation, and a host must not be
+/// able to answer another host's question.
+fn new_state() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Forgets the invocation's asker when the call ends (not when it is parked).
 struct Forget {
-    calls: Arc<Mutex<HashMap<u16, Peer<RoleServer>>>>,
+    calls: Arc<Mutex<HashMap<u16, Asker>>>,
     id: u16,
+    armed: bool,
 }
 
 impl Drop for Forget {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -454,9 +454,9 @@ async fn call(
                         // Sampling and roots have no ASP counterpart: refused, so the server
                         // can fall back or fail the call with its own message.
                         _ => {
-                            return Err(mcp_error(
-                                -32601,
-                                "the bridge answers only elicitation input requests",
+                            return Err(ToolError::failed(
+                                "the MCP server asked for sampling or roots, which the bridge \
+                                 cannot answer over ASP (only elicitation)",
                             ))
                         }
                     };
