@@ -132,6 +132,7 @@ impl AspTools {
     pub fn handler(self: &Arc<Self>) -> McpFace {
         McpFace {
             tools: self.clone(),
+            listening: Arc::default(),
         }
     }
 }
@@ -210,6 +211,9 @@ fn elicit_params(req: &Request) -> Option<ElicitRequestParams> {
 #[derive(Clone)]
 pub struct McpFace {
     tools: Arc<AspTools>,
+    /// Subscribed when a `subscriptions/listen` is accepted, which rmcp acknowledges before
+    /// it runs [`ServerHandler::listen`]: a change between the two is not lost.
+    listening: Arc<Mutex<Option<broadcast::Receiver<()>>>>,
 }
 
 impl ServerHandler for McpFace {
@@ -378,12 +382,19 @@ impl ServerHandler for McpFace {
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
         let _ = requested;
+        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(self.tools.changes.subscribe());
         Some(SubscriptionFilter::builder().tools_list_changed().build())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         // 2026-07-28: list changes go on the host's `subscriptions/listen` stream.
-        let mut rx = self.tools.changes.subscribe();
+        let early = self
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut rx = early.unwrap_or_else(|| self.tools.changes.subscribe());
         loop {
             tokio::select! {
                 _ = context.cancelled() => return Ok(()),
