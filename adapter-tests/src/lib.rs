@@ -35,11 +35,16 @@ use futures::future::{join, join_all, select, Either};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub mod hostile;
 pub mod proxy;
 pub mod raw;
 pub mod resume;
 pub mod util;
 
+pub use hostile::{
+    flood_that_never_reads, half_open_connections, overloaded_results_end_with_error,
+    oversized_message_is_overloaded,
+};
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
     no_resume_closes, resume_mid_stream, resume_over_half_open, resume_refused_starts_new_session,
@@ -79,6 +84,12 @@ macro_rules! for_each_scenario {
             resume_refused_starts_new_session,
             resume_over_half_open,
             no_resume_closes,
+            flood_that_never_reads,
+            overloaded_results_end_with_error,
+            oversized_message_is_overloaded,
+            half_open_connections,
+            close_codes,
+            request_ends_with_invocation,
         }
     };
 }
@@ -555,6 +566,38 @@ pub async fn server_request<S: Runtime, C: Runtime>(srv: S, cli: C) {
     finish(deaf, server).await;
 }
 
+/// SPEC §8: a request ends with its invocation. The client's request handler waits forever;
+/// interrupting the invocation ends it (`cancelled`), the server then interrupts the request,
+/// and the client drops the handler and answers REPLY(cancelled).
+pub async fn request_ends_with_invocation<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let server = start(ServerBuilder::new(srv).tool(ask_tool())).await;
+    let (asked_tx, mut asked) = mpsc::unbounded::<()>();
+    let (dropped_tx, mut dropped) = mpsc::unbounded::<()>();
+    let client = ClientBuilder::new(cli.clone())
+        .on_request(move |req: Request| {
+            let guard = DropSignal::new(dropped_tx.clone(), || ());
+            let _ = asked_tx.unbounded_send(());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                reply(&req, ReplyStatus::Answered, None)
+            }
+        })
+        .connect(&server.url())
+        .await
+        .expect("connect");
+    let inv = client.invoke("ask", &()).expect("invoke ask");
+    asked.next().await.expect("the question reached the client");
+    inv.interrupt();
+    let done = inv.completion().await.expect("the invocation ends");
+    assert_eq!(done.status, Status::Cancelled);
+    dropped
+        .next()
+        .await
+        .expect("the client dropped the question of the ended invocation");
+    finish(client, server).await;
+}
+
 // ───────────────────────────── 6. bearer token ─────────────────────────────
 
 /// A server with `.token("secret")` refuses a client without (or with a wrong) token with
@@ -777,6 +820,8 @@ pub async fn heartbeat_closes_unresponsive_peer<S: Runtime, C: Runtime>(srv: S, 
     let e = timeout.expect("an ERROR before the close");
     assert_eq!(e.code, ErrorCode::HEARTBEAT_TIMEOUT);
     assert_eq!(e.id, RequestId(0));
+    // SPEC §2.1: a timeout closes with 1001 (going away).
+    assert_eq!(peer.close_code, Some(1001));
     assert!(pings >= 1, "the server pinged before giving up");
     drop(peer);
     poll_until(&cli, Duration::from_secs(5), "connection gone", || {
@@ -1000,6 +1045,63 @@ pub async fn shutdown_timeout<S: Runtime, C: Runtime>(srv: S, cli: C) {
         server.connections() == 0
     })
     .await;
+}
+
+/// SPEC §2.1: every WebSocket Close carries the code that says why: 1002 after a protocol
+/// error (a STREAM from a client; an empty binary message), 1008 after FLOOD, 1000 after a
+/// GOAWAY drain. (1001 after HEARTBEAT_TIMEOUT: `heartbeat_closes_unresponsive_peer`.)
+pub async fn close_codes<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let config = Config {
+        rate_limit: 2,
+        flood_limit: 4,
+        ..Config::default()
+    };
+    let server = start(ServerBuilder::new(srv).config(config).tool(greet_tool())).await;
+
+    // A frame in the wrong direction (§3.3): PROTOCOL_VIOLATION, then 1002.
+    let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
+    peer.send(&[Frame::Stream(asp_async::asp_proto::frame::Stream {
+        id: RequestId(1),
+        data: Bytes::from_static(b"x"),
+        text: true,
+        seq: 0,
+        fin: false,
+    })])
+    .await;
+    let (errors, code) = peer.errors_until_close().await;
+    assert_eq!(errors, [ErrorCode::PROTOCOL_VIOLATION]);
+    assert_eq!(code, Some(1002), "close code after PROTOCOL_VIOLATION");
+
+    // An empty binary message (§2.1): FRAMING_ERROR, then 1002.
+    let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
+    peer.send_raw(b"").await;
+    let (errors, code) = peer.errors_until_close().await;
+    assert_eq!(errors, [ErrorCode::FRAMING_ERROR]);
+    assert_eq!(code, Some(1002), "close code after FRAMING_ERROR");
+
+    // Beyond the hard rate limit (§10): FLOOD, then 1008.
+    let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
+    peer.send(&[
+        Frame::Ping,
+        Frame::Ping,
+        Frame::Ping,
+        Frame::Ping,
+        Frame::Ping,
+    ])
+    .await;
+    let (errors, code) = peer.errors_until_close().await;
+    assert_eq!(errors.last(), Some(&ErrorCode::FLOOD), "{errors:?}");
+    assert_eq!(code, Some(1008), "close code after FLOOD");
+
+    // A graceful drain (§6.5): GOAWAY, nothing in flight, close with 1000.
+    let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
+    let ((), (errors, code)) = join(
+        server.shutdown(Duration::from_secs(5)),
+        peer.errors_until_close(),
+    )
+    .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(code, Some(1000), "close code after a GOAWAY drain");
 }
 
 // ───────────────────────────── 12. handler panic ─────────────────────────────

@@ -12,6 +12,7 @@ use asp_async::tungstenite::{self, Message};
 use asp_async::Runtime;
 use asp_proto::codec;
 use asp_proto::frame::{Frame, Hello, Versions};
+use asp_proto::ErrorCode;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 
@@ -54,6 +55,9 @@ pub fn refusal<T>(r: Result<T, tungstenite::Error>) -> (u16, String) {
 pub struct RawPeer<W> {
     ws: W,
     pending: VecDeque<Frame>,
+    /// The code of the server's WebSocket Close once one arrived (1005 for a Close without a
+    /// code, RFC 6455 §7.1.5).
+    pub close_code: Option<u16>,
 }
 
 impl<W: asp_async::WsStream> RawPeer<W> {
@@ -62,6 +66,7 @@ impl<W: asp_async::WsStream> RawPeer<W> {
         RawPeer {
             ws,
             pending: VecDeque::new(),
+            close_code: None,
         }
     }
 
@@ -103,10 +108,33 @@ impl<W: asp_async::WsStream> RawPeer<W> {
                     }
                 }
                 Some(Ok(Message::Text(_))) => panic!("the server sent a text message"),
-                Some(Ok(_)) => {} // close, ping, pong: tungstenite answers those itself
+                Some(Ok(Message::Close(f))) => {
+                    self.close_code = Some(f.map_or(1005, |f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => {} // ping, pong: tungstenite answers those itself
                 Some(Err(_)) | None => return None,
             }
         }
+    }
+
+    /// Reads until the server closes; returns the codes of the ERROR frames it sent and the
+    /// code of its WebSocket Close.
+    pub async fn errors_until_close(&mut self) -> (Vec<ErrorCode>, Option<u16>) {
+        let mut errors = Vec::new();
+        while let Some(f) = self.next_frame().await {
+            if let Frame::Error(e) = f {
+                errors.push(e.code);
+            }
+        }
+        (errors, self.close_code)
+    }
+
+    /// Sends a raw binary message (possibly not whole frames).
+    pub async fn send_raw(&mut self, bytes: &'static [u8]) {
+        self.ws
+            .send(Message::Binary(bytes::Bytes::from_static(bytes)))
+            .await
+            .expect("raw send");
     }
 
     /// Sends HELLO (versions [1], defaults otherwise) and returns the server's HELLO.

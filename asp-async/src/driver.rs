@@ -46,6 +46,12 @@ use crate::shared::{lock, Shared, SharedRef};
 /// do not make the kernel reset the connection before the peer has read our last frames).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// At most this many bytes are taken from the core per write. What the writer holds is
+/// outside the core's count (SPEC §13.1, `Config::max_buffered`), so it is kept to a small
+/// constant: the rest waits, counted, in the core's queue, and a peer that does not read
+/// stops our reading (`Connection::wants_input`) rather than growing a buffer here.
+const WRITE_BATCH: usize = 256 << 10;
+
 /// Any WebSocket stream of tungstenite messages: tokio-tungstenite's and
 /// async-tungstenite's `WebSocketStream` both qualify.
 pub trait WsStream:
@@ -170,7 +176,26 @@ where
     S: WsStream,
     R: Runtime,
 {
-    loop {
+    'read: loop {
+        // SPEC §13.1: while the core's transmit queue is full (the peer does not read what
+        // it asked for), stop reading: the peer's writes back up through TCP. The writer
+        // wakes us when it has taken bytes from the core.
+        loop {
+            let input = {
+                let s = lock(&shared);
+                if s.generation != gen || s.conn.state() == State::Detached {
+                    return None;
+                }
+                if s.conn.is_closed() {
+                    break 'read;
+                }
+                if s.conn.wants_input() {
+                    break;
+                }
+                s.input.clone()
+            };
+            let _ = select(input.notified(), closing.notified()).await;
+        }
         let msg = match select(stream.next(), closing.notified()).await {
             Either::Left((msg, _)) => msg,
             Either::Right(_) => {
@@ -203,6 +228,11 @@ where
                 s.notify_writer();
             }
             Some(Ok(Message::Frame(_))) => {}
+            // SPEC §13.1: buffered input is bounded by the WebSocket message limit; a larger
+            // message is OVERLOADED, named before the close (no silent cut).
+            Some(Err(tungstenite::Error::Capacity(
+                tungstenite::error::CapacityError::MessageTooLong { size, .. },
+            ))) => s.conn.handle_oversized_message(now, size),
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // Closes the session, or detaches it if it is resumable.
                 s.conn.handle_transport_closed(now);
@@ -251,11 +281,20 @@ async fn writer<S, R>(
     S: WsStream,
     R: Runtime,
 {
-    let mut buf = BytesMut::with_capacity(16 << 10);
+    // Empty: `poll_transmit` hands the core's bytes over without a copy when the buffer is
+    // empty (always, here), so a capacity reserved up front was only idle memory per
+    // connection (SPEC §13.1, README: idle connections).
+    let mut buf = BytesMut::new();
     let mut batches = Vec::new();
     // The sleep the writer last waited on, with its deadline, kept while it has not fired.
     let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;
+    // The core still had bytes after a full WRITE_BATCH: take more without waiting.
+    let mut more;
+    // The WebSocket close code to send once the connection has closed (SPEC §2.1): the core
+    // says which, from why it closed.
+    let mut close_code = asp_proto::error::close_code::NORMAL;
     loop {
+        more = false;
         let step = {
             let mut s = lock(&shared);
             if s.generation != gen {
@@ -269,11 +308,24 @@ async fn writer<S, R>(
                     // note: a runtime's timer may report late or early under load).
                     s.conn.handle_timeout(now);
                 }
-                while s.conn.poll_transmit(&mut buf) > 0 {
+                let mut taken = 0;
+                while taken < WRITE_BATCH {
+                    let n = s.conn.poll_transmit(&mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    taken += n;
                     batches.push(Message::Binary(buf.split().freeze()));
+                }
+                if taken > 0 {
+                    s.notify_reader();
                 }
                 let ping = s.conn.poll_ping();
                 s.pump();
+                more = s.conn.wants_transmit();
+                if let Some(r) = &s.closed {
+                    close_code = r.websocket_close_code();
+                }
                 Step::Write(ping, s.conn.is_closed(), s.clock)
             }
         };
@@ -299,10 +351,10 @@ async fn writer<S, R>(
             closing.notify();
         }
         let write = send_all(&mut sink, &mut batches, ping);
-        let sent = drive_write(&shared, &rt, clock, closed, gen, write).await;
+        let sent = drive_write(&shared, &rt, clock, closed, gen, &notify, write).await;
         if closed || !sent {
             if sent {
-                let close = sink.close();
+                let close = close_with(&mut sink, close_code);
                 let expiry = rt.sleep_until(std::time::Instant::now() + CLOSE_LINGER);
                 let _ = select(pin!(close), expiry).await;
             } else {
@@ -339,6 +391,9 @@ async fn writer<S, R>(
             }
             closing.notify();
             return;
+        }
+        if more {
+            continue;
         }
         let wake = notify.notified();
         // Read after the write: a timeout handled meanwhile moved it. Recorded so that
@@ -417,6 +472,20 @@ async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Noti
     }
 }
 
+/// Starts the WebSocket closing handshake with `code` (SPEC §2.1; tungstenite's plain
+/// `close` sends a Close frame without a code, which the peer sees as 1005), then flushes.
+async fn close_with<Si>(sink: &mut Si, code: u16) -> Result<(), tungstenite::Error>
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let frame = tungstenite::protocol::CloseFrame {
+        code: code.into(),
+        reason: Default::default(),
+    };
+    sink.send(Message::Close(Some(frame))).await?;
+    sink.close().await
+}
+
 /// Feeds the batches (and a transport ping) and flushes once.
 async fn send_all<Si>(
     sink: &mut Si,
@@ -440,13 +509,16 @@ where
 /// the writer only ran them between writes, so a peer that stopped reading once the socket
 /// buffers were full was never found dead by the heartbeat and the connection hung. Once
 /// the connection is closed (before or meanwhile), the write gets CLOSE_LINGER, then is
-/// abandoned.
+/// abandoned. A connection the core closes meanwhile (say, OVERLOADED because the peer
+/// does not read, SPEC §13.1) is seen at the writer's next notification, not only at the
+/// next timer.
 async fn drive_write<R: Runtime>(
     shared: &SharedRef,
     rt: &R,
     clock: Clock,
     closed: bool,
     gen: u64,
+    notify: &Notify,
     write: impl Future<Output = Result<(), tungstenite::Error>>,
 ) -> bool {
     let mut write = pin!(write);
@@ -456,19 +528,29 @@ async fn drive_write<R: Runtime>(
     }
     let linger = || std::time::Instant::now() + CLOSE_LINGER;
     let mut give_up = closed.then(linger);
-    loop {
+    // Whether a notification was taken here; it is given back on return, so that the
+    // writer's loop still sees it (more queued meanwhile, or the close) instead of sleeping.
+    let mut woke = false;
+    let sent = loop {
         let timer = give_up.or_else(|| lock(shared).conn.poll_timeout().map(|t| clock.to_std(t)));
         let Some(t) = timer else {
-            return write.await.is_ok();
+            break write.await.is_ok();
         };
-        match select(write.as_mut(), rt.sleep_until(t)).await {
-            Either::Left((r, _)) => return r.is_ok(),
-            Either::Right(_) if give_up.is_some() => return false,
+        let wait = select(rt.sleep_until(t), Box::pin(notify.notified()));
+        match select(write.as_mut(), wait).await {
+            Either::Left((r, _)) => break r.is_ok(),
+            Either::Right((Either::Right(_), _)) => {
+                woke = true;
+                if give_up.is_none() && lock(shared).conn.is_closed() {
+                    give_up = Some(linger());
+                }
+            }
+            Either::Right(_) if give_up.is_some() => break false,
             Either::Right(_) => {
                 let mut s = lock(shared);
                 if s.generation != gen || s.conn.state() == State::Detached {
                     // Superseded or detached: this transport has nothing left to write.
-                    return false;
+                    break false;
                 }
                 let now = s.now();
                 s.conn.handle_timeout(now);
@@ -478,5 +560,9 @@ async fn drive_write<R: Runtime>(
                 }
             }
         }
+    };
+    if woke {
+        notify.notify();
     }
+    sent
 }

@@ -55,6 +55,24 @@ pub fn default_ws_config() -> WsConfig {
         .max_frame_size(Some(64 << 20))
 }
 
+/// The WebSocket settings a server starts from (SPEC §13.1), derived from its protocol
+/// configuration:
+/// - a 4 KiB read buffer, which tungstenite grows only while a larger message arrives: an
+///   idle connection then holds a few KiB instead of tungstenite's default 128 KiB (README,
+///   idle connections);
+/// - messages (and WebSocket frames) of at most `65 536 + 2 × (8 + max_frame_payload)` bytes
+///   (SPEC §2.1), which bounds the input one connection can make the server buffer. Senders
+///   keep messages within `65 536 + 8 + max_frame_payload` (64 KiB of coalesced frames and
+///   one more); the rest is room for a frame somewhat above the limit to still be skipped
+///   with FRAME_TOO_LARGE (SPEC §3.6). A larger message is the connection error OVERLOADED.
+pub fn server_ws_config(config: &Config) -> WsConfig {
+    let max = (64 << 10) + 2 * (8 + config.limits.max_frame_payload as usize);
+    WsConfig::default()
+        .read_buffer_size(4 << 10)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
 /// `host:port` to dial for a `ws://` request. TLS (`wss://`) is not built in: put a TLS
 /// terminator in front of the server.
 pub fn host_port(
@@ -71,13 +89,11 @@ pub fn host_port(
     Ok(format!("{}:{}", host, uri.port_u16().unwrap_or(80)))
 }
 
-/// The protocol configuration the builders start from: the core defaults (SPEC §13), with
-/// heartbeats sent as WebSocket pings (SPEC §6.7 allows either on this binding; tungstenite
-/// answers pings itself, so an idle peer costs no ASP frames). A `config(..)` call on a
-/// builder replaces it whole.
+/// The protocol configuration the builders start from: the core defaults (SPEC §13),
+/// heartbeats included as ASP PING frames: SPEC §6.7 makes the PING frame the heartbeat on
+/// every binding, since every ASP peer must answer it, while a peer's WebSocket library may
+/// not surface or answer WebSocket pings. A `config(..)` call on a builder replaces it
+/// whole.
 pub fn ws_default_config() -> Config {
-    Config {
-        heartbeat_mode: asp_proto::HeartbeatMode::Transport,
-        ..Config::default()
-    }
+    Config::default()
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
 use std::hash::{BuildHasher, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, Waker};
@@ -169,12 +169,26 @@ pub struct ServerBuilder<R: Runtime> {
     fallback: Option<Arc<Tool>>,
     hook: Option<Arc<dyn ConnectionHook>>,
     max_connections: usize,
-    ws: WsConfig,
+    upgrades: UpgradeLimits,
+    ws: Option<WsConfig>,
     resume: bool,
 }
 
+/// Bounds on connections that have not completed the WebSocket upgrade (SPEC §13.1). They
+/// are counted apart from established connections, with limits of their own, so that
+/// half-open connections (a bare connect, an upgrade request trickled a byte at a time)
+/// can never starve established clients or take their slots.
+#[derive(Clone, Copy, Debug)]
+struct UpgradeLimits {
+    timeout: Duration,
+    max_pending: usize,
+    max_pending_per_address: usize,
+}
+
 impl<R: Runtime> ServerBuilder<R> {
-    /// Defaults: `127.0.0.1:0`, path `/v1/agent-socket`, no auth, 10 000 connections.
+    /// Defaults: `127.0.0.1:0`, path `/v1/agent-socket`, no auth, 10 000 connections; at
+    /// most 1 024 connections (128 per source address) still in the WebSocket upgrade, each
+    /// given 5 s to complete it.
     pub fn new(rt: R) -> Self {
         ServerBuilder {
             rt,
@@ -185,7 +199,12 @@ impl<R: Runtime> ServerBuilder<R> {
             fallback: None,
             hook: None,
             max_connections: 10_000,
-            ws: crate::default_ws_config(),
+            upgrades: UpgradeLimits {
+                timeout: Duration::from_secs(5),
+                max_pending: 1024,
+                max_pending_per_address: 128,
+            },
+            ws: None,
             resume: false,
         }
     }
@@ -223,9 +242,30 @@ impl<R: Runtime> ServerBuilder<R> {
         self
     }
 
-    /// At most this many connections; more get HTTP 503.
+    /// At most this many established connections (upgraded to WebSocket); more get HTTP
+    /// 503. Connections still in the upgrade are not counted here
+    /// ([`max_pending_upgrades`](Self::max_pending_upgrades)).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Time allowed from accepting a TCP connection to the end of its WebSocket upgrade
+    /// (the request read, checked and answered). A connection that takes longer is closed
+    /// without an answer. Default 5 s. (The upgrade request's size is bounded by tungstenite:
+    /// 64 KiB, and it refuses requests trickled in tiny pieces.)
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrades.timeout = timeout;
+        self
+    }
+
+    /// At most `total` connections may be in the WebSocket upgrade at once, and at most
+    /// `per_address` from one source IP address; a connection beyond either is closed as
+    /// soon as it is accepted. Defaults 1 024 and 128. Established connections never count
+    /// against these limits, and these connections never against `max_connections`.
+    pub fn max_pending_upgrades(mut self, total: usize, per_address: usize) -> Self {
+        self.upgrades.max_pending = total;
+        self.upgrades.max_pending_per_address = per_address;
         self
     }
 
@@ -265,9 +305,10 @@ impl<R: Runtime> ServerBuilder<R> {
     }
 
     /// WebSocket settings (buffer sizes, message limits). Default
-    /// [`default_ws_config`](crate::default_ws_config).
+    /// [`server_ws_config`](crate::server_ws_config) of the protocol configuration: small
+    /// buffers that grow on demand, and a message limit that bounds buffered input.
     pub fn ws_config(mut self, ws: WsConfig) -> Self {
-        self.ws = ws;
+        self.ws = Some(ws);
         self
     }
 
@@ -281,6 +322,7 @@ impl<R: Runtime> ServerBuilder<R> {
         }
         let mut config = self.config;
         config.resume |= self.resume;
+        let ws = self.ws.unwrap_or_else(|| crate::server_ws_config(&config));
         let resume = config.resume.then(|| Arc::new(ResumeTable::new()));
         let inner = Arc::new(Inner {
             rt: self.rt.clone(),
@@ -291,10 +333,12 @@ impl<R: Runtime> ServerBuilder<R> {
             next_conn: AtomicU64::new(1),
             live: AtomicUsize::new(0),
             max_connections: self.max_connections,
+            upgrades: self.upgrades,
+            pending: Mutex::new(Pending::default()),
             policy: self.policy,
             config,
             resume,
-            ws: self.ws,
+            ws,
             stopping: AtomicBool::new(false),
             stop: Notify::default(),
             idle_wakers: Mutex::new(Vec::new()),
@@ -313,8 +357,12 @@ struct Inner<R: Runtime> {
     hook: Option<Arc<dyn ConnectionHook>>,
     conns: Mutex<HashMap<u64, SharedRef>>,
     next_conn: AtomicU64,
+    /// Established connections (upgraded), and those admitted by the upgrade check whose
+    /// upgrade is being answered.
     live: AtomicUsize,
     max_connections: usize,
+    upgrades: UpgradeLimits,
+    pending: Mutex<Pending>,
     policy: UpgradePolicy,
     config: Config,
     resume: Option<Arc<ResumeTable>>,
@@ -450,37 +498,15 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
                 continue;
             }
         };
+        // SPEC §13.1: connections still in the upgrade have limits of their own.
+        let Some(slot) = PendingSlot::take(&inner, peer.ip()) else {
+            tracing::debug!(%peer, "too many connections in the WebSocket upgrade: closed");
+            continue;
+        };
         let inner2 = inner.clone();
-        #[allow(clippy::result_large_err)] // tungstenite's `Callback` fixes this error type
         inner.rt.spawn(Box::pin(async move {
-            let full = inner2.live.fetch_add(1, Ordering::AcqRel) >= inner2.max_connections;
-            let policy = inner2.policy.clone();
-            // The upgrade request's headers, for the connection hook.
-            let upgrade = Arc::new(Mutex::new(HeaderMap::new()));
-            let keep = inner2.hook.is_some().then(|| upgrade.clone());
-            let check: crate::runtime::UpgradeCheck = Box::new(move |req, resp| {
-                if full {
-                    return Err(refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many connections",
-                    ));
-                }
-                let resp = policy.check(req, resp)?;
-                if let Some(keep) = keep {
-                    *keep.lock().unwrap_or_else(|e| e.into_inner()) = req.headers().clone();
-                }
-                Ok(resp)
-            });
-            match inner2.rt.upgrade(tcp, check, inner2.ws).await {
-                Ok(ws) if !full => {
-                    let headers =
-                        std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
-                    serve(&inner2, ws, peer, headers).await
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(%peer, error = %e, "upgrade refused or failed"),
-            }
-            if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let live = upgrade_and_serve(&inner2, tcp, peer, slot).await;
+            if live && inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
                 for w in inner2
                     .idle_wakers
                     .lock()
@@ -492,6 +518,111 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
             }
         }));
     }
+}
+
+/// Connections in the WebSocket upgrade, in all and per source address.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// One connection's place among those in the upgrade; given back when dropped.
+struct PendingSlot<R: Runtime> {
+    inner: Arc<Inner<R>>,
+    ip: IpAddr,
+}
+
+impl<R: Runtime> PendingSlot<R> {
+    fn take(inner: &Arc<Inner<R>>, ip: IpAddr) -> Option<PendingSlot<R>> {
+        let limits = inner.upgrades;
+        let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = p.by_address.get(&ip).copied().unwrap_or(0);
+        if p.total >= limits.max_pending || from_ip >= limits.max_pending_per_address {
+            return None;
+        }
+        p.total += 1;
+        *p.by_address.entry(ip).or_insert(0) += 1;
+        Some(PendingSlot {
+            inner: inner.clone(),
+            ip,
+        })
+    }
+}
+
+impl<R: Runtime> Drop for PendingSlot<R> {
+    fn drop(&mut self) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.total = p.total.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = p.by_address.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// Runs the upgrade within its time limit, then (once it is done and its pending slot
+/// given back) the connection. Returns whether the connection was counted in `live`.
+async fn upgrade_and_serve<R: Runtime>(
+    inner: &Arc<Inner<R>>,
+    tcp: R::Tcp,
+    peer: SocketAddr,
+    slot: PendingSlot<R>,
+) -> bool {
+    let policy = inner.policy.clone();
+    // The upgrade request's headers, for the connection hook.
+    let upgrade = Arc::new(Mutex::new(HeaderMap::new()));
+    let keep = inner.hook.is_some().then(|| upgrade.clone());
+    // Set by the check once the connection has a place among the established ones.
+    let admitted = Arc::new(AtomicBool::new(false));
+    let admitted2 = admitted.clone();
+    let inner2 = inner.clone();
+    #[allow(clippy::result_large_err)] // tungstenite's `Callback` fixes this error type
+    let check: crate::runtime::UpgradeCheck = Box::new(move |req, resp| {
+        let resp = policy.check(req, resp)?;
+        // Counted here, when the request is whole and acceptable: an upgrade still being
+        // read takes no place among the established connections.
+        let max = inner2.max_connections;
+        let took = inner2
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !took {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections",
+            ));
+        }
+        admitted2.store(true, Ordering::Release);
+        if let Some(keep) = keep {
+            *keep.lock().unwrap_or_else(|e| e.into_inner()) = req.headers().clone();
+        }
+        Ok(resp)
+    });
+    let deadline = std::time::Instant::now() + inner.upgrades.timeout;
+    let upgraded = select(
+        inner.rt.upgrade(tcp, check, inner.ws),
+        inner.rt.sleep_until(deadline),
+    )
+    .await;
+    drop(slot);
+    let live = admitted.load(Ordering::Acquire);
+    match upgraded {
+        Either::Left((Ok(ws), _)) if live => {
+            let headers = std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
+            serve(inner, ws, peer, headers).await
+        }
+        Either::Left((Ok(_), _)) => {}
+        Either::Left((Err(e), _)) => {
+            tracing::debug!(%peer, error = %e, "upgrade refused or failed")
+        }
+        Either::Right(_) => tracing::debug!(%peer, "upgrade not completed in time: closed"),
+    }
+    live
 }
 
 async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, upgrade: HeaderMap) {

@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     pub(crate) conn: Connection,
     pub(crate) clock: Clock,
     pub(crate) notify: Arc<Notify>,
+    /// Wakes a reader that stopped reading because the core asked it to (SPEC §13.1,
+    /// `Connection::wants_input`); the writer sets it whenever it takes bytes from the core.
+    pub(crate) input: Arc<Notify>,
     /// The core deadline the writer task sleeps until (set by the writer before it sleeps).
     pub(crate) armed_timeout: Option<asp_proto::Instant>,
     // Keyed by request id; a BTreeMap avoids hashing on every chunk.
@@ -177,6 +180,7 @@ impl Shared {
                 conn,
                 clock,
                 notify: Arc::new(Notify::default()),
+                input: Arc::new(Notify::default()),
                 armed_timeout: None,
                 calls: BTreeMap::new(),
                 served: BTreeMap::new(),
@@ -209,6 +213,13 @@ impl Shared {
     /// Wakes the writer task (once the lock is released).
     pub(crate) fn notify_writer(&mut self) {
         if let Some(w) = self.notify.set() {
+            self.deferred.push(w);
+        }
+    }
+
+    /// Wakes a reader waiting for the core to want input again (once the lock is released).
+    pub(crate) fn notify_reader(&mut self) {
+        if let Some(w) = self.input.set() {
             self.deferred.push(w);
         }
     }
@@ -488,15 +499,53 @@ impl Shared {
             // Called here, when first polled, never under the connection's lock.
             let call =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.answer(req)));
-            let answer = match call {
-                Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
-                Err(panic) => Err(panic),
+            let work = async move {
+                match call {
+                    Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+                    Err(panic) => Err(panic),
+                }
             };
-            let answer = answer.unwrap_or(Reply {
-                id,
-                status: ReplyStatus::Declined,
-                body: None,
-            });
+            // SPEC §8: the server interrupts a request (always when its invocation ended);
+            // the handler is dropped (a UI withdraws the question) and the request ends with
+            // REPLY(cancelled). Ended by the protocol instead: nothing to send.
+            let ended = {
+                let me = me.clone();
+                futures::future::poll_fn(move |cx| {
+                    let Some(shared) = me.upgrade() else {
+                        return std::task::Poll::Ready(None);
+                    };
+                    let mut s = lock(&shared);
+                    match s.served.get_mut(&id.0) {
+                        None => std::task::Poll::Ready(None),
+                        Some(x) => match x.cancel {
+                            Some(c) => std::task::Poll::Ready(Some(c)),
+                            None => {
+                                x.cancel_waker = Some(cx.waker().clone());
+                                std::task::Poll::Pending
+                            }
+                        },
+                    }
+                })
+            };
+            let answer = match futures::future::select(Box::pin(work), Box::pin(ended)).await {
+                futures::future::Either::Left((answer, _)) => answer.unwrap_or(Reply {
+                    id,
+                    status: ReplyStatus::Declined,
+                    body: None,
+                }),
+                futures::future::Either::Right((Some(Cancel::Interrupted), _)) => Reply {
+                    id,
+                    status: ReplyStatus::Cancelled,
+                    body: None,
+                },
+                // Ended by the protocol (or the connection is gone): the core refuses this
+                // reply as not in flight; only the bookkeeping below matters.
+                futures::future::Either::Right(_) => Reply {
+                    id,
+                    status: ReplyStatus::Declined,
+                    body: None,
+                },
+            };
             if let Some(shared) = me.upgrade() {
                 let mut s = lock(&shared);
                 if s.session_epoch != epoch {

@@ -111,9 +111,9 @@ async fn mock_agent(ctx: ToolContext, args: Args, default_ms: u64) -> Result<Out
 }
 
 async fn send_text(ctx: &ToolContext, text: &str) -> Result<(), ToolError> {
-    ctx.stream_text(text)
-        .await
-        .map_err(|_| ToolError::Cancelled)
+    // Only an interrupt is `cancelled` (SPEC §5.6); a chunk the core refused fails the
+    // invocation instead (`From<StreamError>`).
+    Ok(ctx.stream_text(text).await?)
 }
 
 /// `echo`: completes at once with its arguments as the result.
@@ -155,7 +155,9 @@ pub fn clarify_tool() -> Tool {
                 send_text(&ctx, &format!("You answered: {shown}")).await?;
                 Ok(Output::from(answer))
             }
-            ReplyStatus::Cancelled => Err(ToolError::Cancelled),
+            // The client withdrew the question; nobody interrupted the invocation, so it
+            // is not `cancelled` (SPEC §5.6).
+            ReplyStatus::Cancelled => Err(failed_with("the client cancelled the question")),
             ReplyStatus::Declined => Err(failed_with("the client declined to answer")),
         }
     })
@@ -228,8 +230,7 @@ pub fn blob_tool() -> Tool {
             let n = chunk.min(total - sent);
             let start = (sent % 256) as usize;
             ctx.stream_bytes(pattern.slice(start..start + n as usize))
-                .await
-                .map_err(|_| ToolError::Cancelled)?;
+                .await?;
             sent += n;
         }
         Output::value(&BTreeMap::from([("bytes", sent)]))

@@ -4,6 +4,8 @@
 //! client and server API of `asp-tokio` only.
 #![forbid(unsafe_code)]
 
+mod load;
+
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
@@ -186,6 +188,37 @@ enum Command {
         /// Never show the progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Load test: this many connections call `echo` at once (with --pipeline calls in
+        /// flight each); -n is then the calls per connection. Any of the load flags below
+        /// selects the load test.
+        #[arg(long, value_name = "N")]
+        connections: Option<usize>,
+        /// Load test: calls in flight per connection.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        pipeline: usize,
+        /// Load test: run for this many seconds instead of a call count.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Load test: check that every call ends exactly once with its own argument echoed
+        /// back; any failure exits with status 1.
+        #[arg(long)]
+        check: bool,
+        /// Load test: first open this many idle connections and keep them open to the end.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        idle: usize,
+        /// Load test: seconds to hold the idle connections before the calls start (to
+        /// measure the server's memory meanwhile).
+        #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+        hold: f64,
+        /// Load test: connections that stream `blob` and read one chunk per 10 ms.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        slow: usize,
+        /// Load test: tasks that connect, start a stream and drop the connection, repeatedly.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        storm: usize,
+        /// Load test: raw connections that send 32 KiB `echo` calls and never read.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        flood: usize,
     },
     /// Bridge MCP and ASP: serve an MCP server's tools over ASP (`from-mcp`), or an ASP
     /// server's tools to MCP hosts (`to-mcp`). Built with the `bridge` feature.
@@ -271,7 +304,41 @@ async fn run(cli: Cli) -> i32 {
             stream,
             chunk,
             no_progress,
+            connections,
+            pipeline,
+            duration,
+            check,
+            idle,
+            hold,
+            slow,
+            storm,
+            flood,
         } => {
+            let load = connections.is_some()
+                || duration.is_some()
+                || check
+                || idle > 0
+                || slow > 0
+                || storm > 0
+                || flood > 0;
+            if load {
+                let o = load::LoadOpts {
+                    url: normalize_url(&url),
+                    token: g.token.clone(),
+                    connections: connections.unwrap_or(1),
+                    pipeline,
+                    calls: count.unwrap_or(100),
+                    duration: duration.map(Duration::from_secs_f64),
+                    check,
+                    size: usize::try_from(size).unwrap_or(64),
+                    idle,
+                    hold: Duration::from_secs_f64(hold.max(0.0)),
+                    slow,
+                    storm,
+                    flood,
+                };
+                return load_bench(&g, o).await;
+            }
             let opts = BenchOpts {
                 url: normalize_url(&url),
                 count,
@@ -1087,6 +1154,102 @@ fn ephemeral_tool() -> asp_tokio::Tool {
 
 // ---------------------------------------------------------------------------------------
 // asp bench
+
+/// `asp bench` with the load flags: runs `load::run` and reports.
+async fn load_bench(g: &Global, o: load::LoadOpts) -> i32 {
+    let json = g.json;
+    let r = load::run(&o, |line| {
+        if !json {
+            eprintln!("{line}");
+        }
+    })
+    .await;
+    let mut lat = r.latencies.clone();
+    lat.sort();
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let total = r.calls_ok + r.calls_failed;
+    if g.json {
+        emit(&json!({
+            "type": "load",
+            "url": o.url,
+            "connections": o.connections,
+            "pipeline": o.pipeline,
+            "calls_ok": r.calls_ok,
+            "calls_failed": r.calls_failed,
+            "check_failures": r.check_failures,
+            "elapsed_s": (secs * 1e3).round() / 1e3,
+            "calls_per_s": (r.calls_ok as f64 / secs).round(),
+            "p50_us": micros(quantile(&lat, 0.50)),
+            "p99_us": micros(quantile(&lat, 0.99)),
+            "max_us": micros(quantile(&lat, 1.0)),
+            "idle_open": r.idle_open,
+            "idle_lost": r.idle_lost,
+            "slow_bytes": r.slow_bytes,
+            "storm_cycles": r.storm_cycles,
+            "flood_bytes_sent": r.flood_bytes_sent,
+            "flood_overloaded": r.flood_overloaded,
+            "flood_cut_silently": r.flood_cut_silently,
+            "errors": r.errors,
+        }));
+    } else {
+        outln(&format!(
+            "{total} calls on {} connections × {} in flight in {}: {} ok, {} failed{}",
+            o.connections,
+            o.pipeline,
+            human(r.elapsed),
+            r.calls_ok,
+            r.calls_failed,
+            if o.check {
+                format!(", {} check failures", r.check_failures)
+            } else {
+                String::new()
+            }
+        ));
+        outln(&format!(
+            "  {:.0} calls/s   latency p50 {}  p99 {}  max {}",
+            r.calls_ok as f64 / secs,
+            human(quantile(&lat, 0.50)),
+            human(quantile(&lat, 0.99)),
+            human(quantile(&lat, 1.0)),
+        ));
+        if o.idle > 0 {
+            outln(&format!(
+                "  idle: {} open, {} lost by the end",
+                r.idle_open, r.idle_lost
+            ));
+        }
+        if o.slow > 0 {
+            outln(&format!(
+                "  slow consumers read {}",
+                human_bytes(r.slow_bytes as f64)
+            ));
+        }
+        if o.storm > 0 {
+            outln(&format!("  disconnect storm: {} cycles", r.storm_cycles));
+        }
+        if o.flood > 0 {
+            outln(&format!(
+                "  floods sent {} without reading; ended with OVERLOADED: {}, cut silently: {}",
+                human_bytes(r.flood_bytes_sent as f64),
+                r.flood_overloaded,
+                r.flood_cut_silently
+            ));
+        }
+        for e in &r.errors {
+            eprintln!("  error: {e}");
+        }
+    }
+    let bad = r.calls_failed > 0
+        || r.check_failures > 0
+        || r.idle_lost > 0
+        || r.flood_cut_silently > 0
+        || r.calls_ok == 0 && o.connections > 0;
+    if bad {
+        EXIT_OUTCOME
+    } else {
+        EXIT_OK
+    }
+}
 
 struct BenchOpts {
     url: String,

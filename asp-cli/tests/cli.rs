@@ -607,6 +607,45 @@ fn bench_reports_percentiles() {
     assert!(r.stderr.contains("UNKNOWN_TOOL"), "{}", r.stderr);
 }
 
+/// The load mode (issue 16): connections × pipelined checked calls next to idle
+/// connections, a disconnect storm and a flood that never reads, for one second.
+#[test]
+fn bench_load_checks_every_call() {
+    let s = start_server(None);
+    let r = asp(&[
+        "bench",
+        &s.url,
+        "--connections",
+        "8",
+        "--pipeline",
+        "2",
+        "--duration",
+        "1",
+        "--check",
+        "--idle",
+        "5",
+        "--storm",
+        "1",
+        "--flood",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let b = &r.json_lines()[0];
+    assert_eq!(b["type"], "load");
+    assert!(b["calls_ok"].as_u64().expect("calls_ok") > 0, "{b}");
+    assert_eq!(b["calls_failed"], 0, "{b}");
+    assert_eq!(b["check_failures"], 0, "{b}");
+    assert_eq!(b["idle_open"], 5, "{b}");
+    assert_eq!(b["idle_lost"], 0, "{b}");
+    assert!(b["storm_cycles"].as_u64().expect("storm") > 0, "{b}");
+    assert!(b["flood_bytes_sent"].as_u64().expect("flood") > 0, "{b}");
+    assert_eq!(b["flood_cut_silently"], 0, "{b}");
+    // The server is still fine.
+    let r = asp(&["call", &s.url, "echo", "--args", "\"ok\"", "--json"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+}
+
 fn ticker() -> Tool {
     Tool::new("ticker", |_ctx: ToolContext, _args: Args| async move {
         Ok(Output {

@@ -529,6 +529,14 @@ fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> KResult
     }
 }
 
+/// The smallest `max_chunk` a HELLO may announce (SPEC §5.1): one UTF-8 character of
+/// the longest kind, so text can always be cut on character boundaries (§7.5).
+pub const MIN_MAX_CHUNK: u32 = 4;
+
+/// The smallest `initial_window` a HELLO may announce (SPEC §5.1): twice [`MIN_MAX_CHUNK`],
+/// since a server sends chunks of at most half the window (§7.5).
+pub const MIN_INITIAL_WINDOW: u32 = 8;
+
 /// Bit mask of keys `0..n`.
 const fn keys(n: u32) -> u32 {
     (1 << n) - 1
@@ -796,7 +804,8 @@ fn hello(payload: &Bytes) -> KResult<Hello> {
                 h.capabilities.reserve(n as usize);
                 for _ in 0..n {
                     let (a, b) = f.r.str_range().map_err(at("capabilities"))?;
-                    check_len("capabilities", b - a, 0, 64)?;
+                    // SPEC §5.1: a capability name is 1–64 bytes (an empty one names nothing).
+                    check_len("capabilities", b - a, 1, 64)?;
                     h.capabilities.push(Text::from_checked(f.slice((a, b))));
                 }
             }
@@ -807,8 +816,12 @@ fn hello(payload: &Bytes) -> KResult<Hello> {
                         0 => l.max_frame_payload = f.u32("limits.max_frame_payload", 64)?,
                         1 => l.max_inflight = f.u16("limits.max_inflight", 1, 0x7fff)?,
                         2 => l.max_tools = f.u16("limits.max_tools", 0, u16::MAX)?,
-                        3 => l.max_chunk = f.u32("limits.max_chunk", 1)?,
-                        _ => l.initial_window = f.u32("limits.initial_window", 1)?,
+                        // SPEC §5.1, §7.5: large enough that every UTF-8 character fits
+                        // a chunk, and half a window (the chunk cap) too.
+                        3 => l.max_chunk = f.u32("limits.max_chunk", MIN_MAX_CHUNK)?,
+                        _ => {
+                            l.initial_window = f.u32("limits.initial_window", MIN_INITIAL_WINDOW)?
+                        }
                     }
                     Ok(())
                 })?;

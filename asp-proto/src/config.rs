@@ -85,13 +85,23 @@ pub struct Config {
     pub rate_limit: u32,
     /// Inbound frames per second that close the connection with FLOOD. Default 200 000.
     pub flood_limit: u32,
-    /// Bound on encoded bytes waiting in the transmit queue; STREAM data beyond it is
-    /// refused with `SendError::Full`. Default 1 MiB.
+    /// Soft bound on encoded bytes waiting in the transmit queue (SPEC §13.1): STREAM data
+    /// beyond it is refused with `SendError::Full`, and a server stops reading input while
+    /// the queue is at or above it ([`Connection::wants_input`]). Default 1 MiB.
+    ///
+    /// [`Connection::wants_input`]: crate::Connection::wants_input
     pub max_queued_bytes: usize,
+    /// Hard bound on the transmit queue, every frame type counted (SPEC §13.1): replies the
+    /// peer provoked, or answers (COMPLETE, ERROR, REPLY, TOOL_DEF, REQUEST) queued while
+    /// the peer does not read, that take the queue past it end the connection with
+    /// `ERROR(OVERLOADED)`. Should be at least `max_queued_bytes` plus the largest answer
+    /// frame. Default 4 MiB.
+    pub max_buffered: usize,
     /// Bound on one invocation's queued STREAM bytes. Default 256 KiB.
     pub max_queued_per_invocation: usize,
-    /// Bound on undelivered events; beyond it the connection closes, since the application
-    /// stopped polling. Default 8192.
+    /// Bound on undelivered events; input that takes the backlog beyond it ends the
+    /// connection with `ERROR(OVERLOADED)`, since the application stopped polling.
+    /// Default 8192.
     pub max_pending_events: usize,
     /// Offer session resume (SPEC §11). Default false.
     pub resume: bool,
@@ -124,6 +134,7 @@ impl Default for Config {
             rate_limit: 100_000,
             flood_limit: 200_000,
             max_queued_bytes: 1 << 20,
+            max_buffered: 4 << 20,
             max_queued_per_invocation: 256 << 10,
             max_pending_events: 8192,
             resume: false,

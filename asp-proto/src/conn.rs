@@ -161,6 +161,13 @@ pub struct Connection {
     drain_deadline: Option<Instant>,
     detached_until: Option<Instant>,
 
+    // Ids we ended by sending ERROR (SPEC §3.5): id → number of the PING queued after it.
+    // Frames for them are stale and dropped silently until that PING's PONG arrives.
+    quarantined: BTreeMap<u16, u64>,
+    /// PING frames queued so far, and PONGs received (each answers the oldest PING).
+    pings_queued: u64,
+    pongs_received: u64,
+
     // Resume (SPEC §11).
     sent_count: u64,
     recv_count: u64,
@@ -168,7 +175,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(role: Role, config: Config, now: Instant) -> Connection {
+    fn new(role: Role, mut config: Config, now: Instant) -> Connection {
+        // SPEC §5.1: what HELLO may announce; smaller local settings are raised to the
+        // minimums (announcing them would be INVALID_FIELD at the peer).
+        let l = &mut config.limits;
+        l.max_chunk = l.max_chunk.max(crate::codec::MIN_MAX_CHUNK);
+        l.initial_window = l.initial_window.max(crate::codec::MIN_INITIAL_WINDOW);
         let max = config.limits.max_frame_payload;
         Connection {
             role,
@@ -201,6 +213,9 @@ impl Connection {
             goaway_received: false,
             drain_deadline: None,
             detached_until: None,
+            quarantined: BTreeMap::new(),
+            pings_queued: 0,
+            pongs_received: 0,
             sent_count: 0,
             recv_count: 0,
             replay: Replay::new(config.replay_buffer),
@@ -317,7 +332,32 @@ impl Connection {
         }
     }
 
+    /// Whether the adapter should read more input now (SPEC §13.1). A server stops
+    /// reading while its transmit queue is at or above `max_queued_bytes`: the peer is not
+    /// reading what it asked for, and not reading its input pushes back on it through the
+    /// transport (TCP backpressure) instead of growing the queue. Read again once
+    /// `poll_transmit` has taken the queue below the mark. A client always reads: if both
+    /// sides paused, two peers each waiting for the other to read would deadlock.
+    pub fn wants_input(&self) -> bool {
+        self.role == Role::Client
+            || self.state == State::Closed
+            || self.out.len() < self.config.max_queued_bytes
+    }
+
     // ───────────────────────── inputs ─────────────────────────
+
+    /// The transport refused a WebSocket message of `len` bytes as larger than this
+    /// receiver accepts (the adapter's message limit, which bounds buffered input, SPEC
+    /// §13.1): the connection error OVERLOADED, sent before the close.
+    pub fn handle_oversized_message(&mut self, now: Instant, len: usize) {
+        self.tick(now);
+        if self.accepts_input() {
+            self.fatal(
+                ErrorCode::OVERLOADED,
+                format!("a WebSocket message of {len} bytes is above this receiver's limit"),
+            );
+        }
+    }
 
     /// One WebSocket binary message: one or more whole frames (SPEC §2.1). Payloads of
     /// the resulting events are slices of `msg`.
@@ -349,6 +389,7 @@ impl Connection {
                 break;
             };
             self.on_decoded(r);
+            self.check_input_bounds(mark);
             if !self.accepts_input() {
                 break;
             }
@@ -374,6 +415,7 @@ impl Connection {
         self.decoder.feed(data);
         while let Some(r) = self.decoder.next_frame() {
             self.on_decoded(r);
+            self.check_input_bounds(mark);
             if !self.accepts_input() {
                 break;
             }
@@ -450,7 +492,7 @@ impl Connection {
             if now >= self.last_recv + h * (self.pings_sent + 1) {
                 self.pings_sent += 1;
                 match self.config.heartbeat_mode {
-                    HeartbeatMode::Frames => self.queue(Frame::Ping),
+                    HeartbeatMode::Frames => self.queue_ping(),
                     HeartbeatMode::Transport => self.ping_due = true,
                 }
             }
@@ -640,7 +682,11 @@ impl Connection {
         opts: InvokeOptions,
     ) -> Result<RequestId, SendError> {
         self.require(Role::Client)?;
-        self.require_open()?;
+        // SPEC §6.2 step 1: a client may pipeline INVOKEs after its HELLO, before the
+        // server's arrives (not while resuming: only RESUME goes out then).
+        if self.state != State::Handshaking {
+            self.require_open()?;
+        }
         if self.goaway_received || self.goaway_sent {
             return Err(SendError::Draining);
         }
@@ -673,7 +719,9 @@ impl Connection {
         Ok(id)
     }
 
-    /// Client: answers a server request (SPEC §5.10). Ends it.
+    /// Client: answers a server request (SPEC §5.10). Ends it; a REPLY that would exceed the
+    /// server's `max_frame_payload` becomes ERROR(RESULT_TOO_LARGE), reported as
+    /// [`Event::Aborted`] (SPEC §3.6).
     pub fn reply(
         &mut self,
         id: RequestId,
@@ -684,10 +732,15 @@ impl Connection {
         self.require_live()?;
         self.require_exchange(id, Kind::Request)?;
         let frame = Frame::Reply(Reply { id, status, body });
-        self.check_frame_size(&frame)?;
+        if let Err(e) = self.check_frame_size(&frame) {
+            self.end_too_large(id, &e);
+            return Ok(());
+        }
+        let before = self.out.len();
         self.queue(frame);
         self.remove(id.0);
         self.check_drained();
+        self.check_answer_bound(before);
         Ok(())
     }
 
@@ -716,8 +769,7 @@ impl Connection {
             // SPEC §5.3: text is UTF-8; only the final chunk may be empty.
             return Err(SendError::InvalidField("data"));
         }
-        let max_chunk = (self.peer_limits.max_chunk as usize)
-            .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD));
+        let max_chunk = self.chunk_cap();
         if data.len() > max_chunk {
             return Err(SendError::TooLarge {
                 len: data.len(),
@@ -745,7 +797,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Whether `stream(id, …)` of `len` bytes would be accepted now.
+    /// The largest STREAM data [`Connection::stream`] accepts in one chunk (SPEC §7.5): at
+    /// most the client's `max_chunk`, half its initial window (up to half a window can stay
+    /// unreturned for good, so a larger chunk might never fit) and what fits its frame limit
+    /// (§3.6). The minimums of §5.1 keep this at 4 bytes or more, so any character fits.
+    pub fn chunk_cap(&self) -> usize {
+        (self.peer_limits.max_chunk as usize)
+            .min((self.peer_limits.initial_window / 2) as usize)
+            .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD))
+    }
+
+    /// Whether the window and queues have room for `len` more bytes of STREAM data of `id`
+    /// now (in chunks of at most [`Connection::chunk_cap`]).
     pub fn can_stream(&self, id: RequestId, len: usize) -> bool {
         self.exchanges.get(&id.0).is_some_and(|e| {
             e.kind == Kind::Invocation
@@ -755,7 +818,9 @@ impl Connection {
         })
     }
 
-    /// Server: ends an invocation with COMPLETE (SPEC §5.6).
+    /// Server: ends an invocation with COMPLETE (SPEC §5.6). A COMPLETE that would exceed
+    /// the client's `max_frame_payload` is replaced by ERROR(RESULT_TOO_LARGE) (SPEC §3.6,
+    /// §7.1), reported as [`Event::Aborted`]: the invocation ends either way.
     pub fn complete(
         &mut self,
         id: RequestId,
@@ -772,10 +837,15 @@ impl Connection {
             result,
             metrics,
         });
-        self.check_frame_size(&frame)?;
+        if let Err(e) = self.check_frame_size(&frame) {
+            self.end_too_large(id, &e);
+            return Ok(());
+        }
+        let before = self.out.len();
         self.queue(frame);
         self.remove(id.0);
         self.check_drained();
+        self.check_answer_bound(before);
         Ok(())
     }
 
@@ -801,6 +871,7 @@ impl Connection {
         if message.len() > 1024 {
             return Err(SendError::InvalidField("message"));
         }
+        let before = self.out.len();
         self.queue(Frame::Error(ErrorFrame {
             id,
             code,
@@ -810,6 +881,7 @@ impl Connection {
         }));
         self.remove(id.0);
         self.check_drained();
+        self.check_answer_bound(before);
         Ok(())
     }
 
@@ -838,6 +910,7 @@ impl Connection {
         }
         let prev_id = self.next_id;
         let id = self.alloc_id(0x8000, 0xffff)?;
+        let parent = invocation.map_or(0, |i| i.0);
         let frame = Frame::Request(Request {
             id,
             kind,
@@ -848,8 +921,13 @@ impl Connection {
             self.next_id = prev_id;
             return Err(e);
         }
+        let before = self.out.len();
         self.queue(frame);
-        self.insert(id, Exchange::new(Kind::Request, 0));
+        let mut e = Exchange::new(Kind::Request, 0);
+        // SPEC §8: the request ends with its invocation.
+        e.parent = parent;
+        self.insert(id, e);
+        self.check_answer_bound(before);
         Ok(id)
     }
 
@@ -882,7 +960,9 @@ impl Connection {
         self.unannounced.remove(&def.name);
         self.tools.insert(def.name.clone(), def);
         if self.session.is_some() {
+            let before = self.out.len();
             self.queue(frame);
+            self.check_answer_bound(before);
         }
         Ok(())
     }
@@ -897,6 +977,7 @@ impl Connection {
         };
         let announced = !self.unannounced.remove(&key);
         if announced && self.session.is_some() && self.state != State::Closed {
+            let before = self.out.len();
             self.queue(Frame::ToolDef(ToolDef {
                 op: ToolOp::Remove,
                 name: def.name,
@@ -904,6 +985,7 @@ impl Connection {
                 input_schema: None,
                 annotations: None,
             }));
+            self.check_answer_bound(before);
         }
         Ok(true)
     }
@@ -919,6 +1001,7 @@ impl Connection {
             Role::Client => Kind::Invocation,
             Role::Server => Kind::Request,
         };
+        let handshaking = self.state == State::Handshaking;
         let e = self.exchange_mut(id, kind)?;
         if e.interrupted {
             return Ok(());
@@ -927,6 +1010,12 @@ impl Connection {
             return Err(SendError::InvalidField("reason"));
         }
         e.interrupted = true;
+        if handshaking {
+            // SPEC §6.2 step 1: only INVOKE is pipelined; the INTERRUPT of a pipelined
+            // invocation waits for the server's HELLO (and its limits, §3.6).
+            e.deferred_interrupt = Some(reason);
+            return Ok(());
+        }
         self.queue(Frame::Interrupt(Interrupt { id, reason }));
         Ok(())
     }
@@ -1070,16 +1159,54 @@ impl Connection {
         matches!(self.state, State::Open | State::Draining)
     }
 
-    /// The bounds on replies and events exist because a peer can provoke them faster than
-    /// they drain; they are judged on what one input batch left behind, so a large frame
-    /// the application itself queued never closes a healthy connection later.
+    /// SPEC §13.1: the connection error OVERLOADED. What was queued is dropped first: the
+    /// peer is not reading it, the connection is ending, and the ERROR then comes right
+    /// after what the transport already holds instead of behind the backlog that caused it.
+    fn overloaded(&mut self, message: String) {
+        self.out.clear();
+        self.fatal(ErrorCode::OVERLOADED, message);
+    }
+
+    /// SPEC §13.1: the bounds on replies and events exist because a peer can provoke them
+    /// faster than they drain. They are judged on what the current input batch added, after
+    /// every frame (so one batch cannot grow the queue far past the bound), and only growth
+    /// counts, so a large frame the application itself queued never closes a healthy
+    /// connection later. Reaching one is the connection error OVERLOADED: named, not a
+    /// silent cut.
+    fn check_input_bounds(&mut self, before: (usize, usize)) {
+        if self.state == State::Closed {
+            return;
+        }
+        let (out, events) = (self.out.len(), self.events.len());
+        if out > before.0 && out > self.config.max_buffered {
+            self.overloaded(format!(
+                "{out} bytes queued for a peer that does not read (bound {})",
+                self.config.max_buffered
+            ));
+        } else if events > before.1 && events > self.config.max_pending_events {
+            self.overloaded(format!(
+                "{events} events the application did not take (bound {})",
+                self.config.max_pending_events
+            ));
+        }
+    }
+
     fn after_input(&mut self, before: (usize, usize)) {
-        let grew_out = self.out.len() > before.0
-            && self.out.len() > 2 * self.config.max_queued_bytes + HEADER_LEN;
-        let grew_events =
-            self.events.len() > before.1 && self.events.len() > self.config.max_pending_events;
-        if grew_out || grew_events {
-            self.close(CloseReason::Overloaded);
+        self.check_input_bounds(before);
+    }
+
+    /// SPEC §13.1: an answer (COMPLETE, ERROR, REPLY) or a server's own frame (REQUEST,
+    /// TOOL_DEF) that takes the queue past `max_buffered` ends the connection with
+    /// OVERLOADED: the peer is not reading, and what it does not read is held here. A frame
+    /// queued into an empty queue never does (one frame is bounded by the peer's own
+    /// `max_frame_payload`).
+    fn check_answer_bound(&mut self, before: usize) {
+        let out = self.out.len();
+        if before > 0 && out > self.config.max_buffered && self.state != State::Closed {
+            self.overloaded(format!(
+                "{out} bytes queued for a peer that does not read (bound {})",
+                self.config.max_buffered
+            ));
         }
     }
 
@@ -1143,6 +1270,26 @@ impl Connection {
             self.fatal(e.code(), e.kind.to_string());
             return;
         }
+        let mut e = e;
+        let payload_step = matches!(
+            e.kind,
+            DecodeErrorKind::Malformed(_)
+                | DecodeErrorKind::MissingField { .. }
+                | DecodeErrorKind::InvalidField { .. }
+        );
+        if let (true, Some(ty)) = (payload_step, FrameType::from_nibble(e.frame_type)) {
+            // SPEC §3.7 step 5: an INTERRUPT names an exchange its sender initiated.
+            if ty == FrameType::Interrupt && !self.peer_interrupt_id(RequestId(e.request_id)) {
+                e.kind = DecodeErrorKind::InvalidId;
+            } else if !self.peer_may_send(ty) {
+                // SPEC §3.7 step 6: direction is checked before the payload.
+                self.fatal(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    format!("{} may not be sent by a {}", ty.name(), self.peer_name()),
+                );
+                return;
+            }
+        }
         if matches!(self.state, State::Handshaking | State::Resuming) {
             // SPEC §6.2: nothing can proceed without a valid HELLO.
             self.fatal(e.code(), format!("during handshake: {}", e.kind));
@@ -1150,6 +1297,9 @@ impl Connection {
         }
         let id = FrameType::from_nibble(e.frame_type)
             .filter(|t| t.id_rule().allows(RequestId(e.request_id)))
+            .filter(|t| {
+                *t != FrameType::Interrupt || self.peer_interrupt_id(RequestId(e.request_id))
+            })
             .map_or(RequestId::CONNECTION, |_| RequestId(e.request_id));
         // SPEC §6.2 step 4: a rejected TOOL_DEF of the initial set still counts, so the
         // handshake completes.
@@ -1161,6 +1311,7 @@ impl Connection {
         if e.frame_type != FrameType::Error as u8 {
             self.queue(Frame::Error(err.clone()));
             self.emit(Event::Violation(err.clone()));
+            self.quarantine(id);
         }
         self.end_by_error(id, err);
     }
@@ -1176,6 +1327,18 @@ impl Connection {
                 kind: DecodeErrorKind::MissingField { field: "token" },
             });
             return;
+        }
+        // SPEC §3.5, §3.7 step 5: an INTERRUPT names an exchange its sender initiated (a
+        // frame error, not a connection error: the friendlier answer to a confused peer).
+        if let Frame::Interrupt(i) = &frame {
+            if !self.peer_interrupt_id(i.id) {
+                self.on_decode_error(DecodeError {
+                    request_id: i.id.0,
+                    frame_type: FrameType::Interrupt as u8,
+                    kind: DecodeErrorKind::InvalidId,
+                });
+                return;
+            }
         }
         // SPEC §6.2: the handshake comes first.
         match (self.state, self.role, &frame) {
@@ -1200,25 +1363,9 @@ impl Connection {
             _ => {}
         }
         // SPEC §3.3: direction.
-        let allowed = match (self.role, &frame) {
-            (
-                _,
-                Frame::Hello(_) | Frame::Error(_) | Frame::Ping | Frame::Pong | Frame::GoAway(_),
-            ) => true,
-            (_, Frame::Resume(_)) => true,
-            (Role::Server, Frame::Invoke(_) | Frame::Reply(_) | Frame::Credit(_)) => true,
-            (Role::Server, Frame::Interrupt(i)) => i.id.is_client(),
-            (Role::Client, Frame::Stream(_) | Frame::ToolDef(_) | Frame::Complete(_)) => true,
-            (Role::Client, Frame::Request(_)) => true,
-            (Role::Client, Frame::Interrupt(i)) => i.id.is_server(),
-            _ => false,
-        };
-        if !allowed {
+        if !self.peer_may_send(frame.frame_type()) {
             let name = frame.frame_type().name();
-            let who = match self.role {
-                Role::Client => "server",
-                Role::Server => "client",
-            };
+            let who = self.peer_name();
             self.fatal(
                 ErrorCode::PROTOCOL_VIOLATION,
                 format!("{name} may not be sent by a {who}"),
@@ -1253,7 +1400,7 @@ impl Connection {
                         outcome: Outcome::Complete(Box::new(c)),
                     });
                     self.check_drained();
-                } else {
+                } else if !self.quarantined.contains_key(&c.id.0) {
                     self.violation(
                         c.id,
                         ErrorCode::UNKNOWN_ID,
@@ -1269,7 +1416,7 @@ impl Connection {
                     self.queue(Frame::Pong);
                 }
             }
-            Frame::Pong => {}
+            Frame::Pong => self.on_pong(),
             Frame::Request(r) => self.on_request(r, over_rate),
             Frame::Reply(r) => {
                 if self.take_initiated(r.id, Kind::Request) {
@@ -1278,7 +1425,7 @@ impl Connection {
                         outcome: Outcome::Reply(r),
                     });
                     self.check_drained();
-                } else {
+                } else if !self.quarantined.contains_key(&r.id.0) {
                     self.violation(
                         r.id,
                         ErrorCode::UNKNOWN_ID,
@@ -1364,11 +1511,20 @@ impl Connection {
             }
         }
         let initial = u16::try_from(initial_set.len()).unwrap_or(u16::MAX);
+        // SPEC §5.1, §6.4: the server announces what is in force, defaults included, so a
+        // client need not know §13: the limits that bind the client, and the session's
+        // heartbeat interval (already the smaller of the two).
+        let mut limits = self.config.limits.to_hello();
+        limits.max_frame_payload = Some(self.config.limits.max_frame_payload);
+        limits.max_inflight = Some(self.config.limits.max_inflight);
+        let session_heartbeat = self
+            .heartbeat
+            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
         let hello = Hello {
             versions: Versions::single(version),
             capabilities,
-            limits: self.config.limits.to_hello(),
-            heartbeat_ms: self.heartbeat_ms(),
+            limits,
+            heartbeat_ms: Some(session_heartbeat),
             connection_id: self.connection_id.clone(),
             resume_token: self.resume_token.clone().filter(|_| self.resumable),
             tools: initial,
@@ -1405,6 +1561,18 @@ impl Connection {
         self.resume_token = h.resume_token.clone();
         self.initial_tools = h.tools;
         self.open(1, h.capabilities, h.agent);
+        // SPEC §6.2 step 1: interrupts of pipelined invocations go out now.
+        let deferred: Vec<(u16, Option<Text>)> = self
+            .exchanges
+            .iter_mut()
+            .filter_map(|(id, e)| e.deferred_interrupt.take().map(|r| (*id, r)))
+            .collect();
+        for (id, reason) in deferred {
+            self.queue(Frame::Interrupt(Interrupt {
+                id: RequestId(id),
+                reason,
+            }));
+        }
     }
 
     fn open(&mut self, version: u8, peer_capabilities: Vec<Text>, peer_agent: Option<Text>) {
@@ -1474,7 +1642,10 @@ impl Connection {
     }
 
     fn on_invoke(&mut self, i: Invoke, over_rate: bool) {
-        let unknown_tool = self.config.check_tools && !self.tools.contains_key(&i.tool);
+        // SPEC §6.2 step 3, §7.2: a tool cut from the initial set is unknown to the client,
+        // so it is unknown here too until an `add` announces it.
+        let unknown_tool = self.config.check_tools
+            && (!self.tools.contains_key(&i.tool) || self.unannounced.contains(&i.tool));
         let last = unknown_tool.then(|| {
             (
                 ErrorCode::UNKNOWN_TOOL,
@@ -1496,6 +1667,10 @@ impl Connection {
     fn on_stream(&mut self, s: Stream) {
         let max_chunk = self.config.limits.max_chunk;
         let Some(e) = self.exchanges.get_mut(&s.id.0) else {
+            if self.quarantined.contains_key(&s.id.0) {
+                // SPEC §3.5: sent before the server read our ERROR for this id.
+                return;
+            }
             self.violation(
                 s.id,
                 ErrorCode::UNKNOWN_ID,
@@ -1591,7 +1766,7 @@ impl Connection {
         }
         if self.exchanges.contains_key(&e.id.0) {
             self.end_by_error(e.id, e);
-        } else {
+        } else if !self.quarantined.contains_key(&e.id.0) {
             self.emit(Event::PeerError(e));
         }
     }
@@ -1666,8 +1841,9 @@ impl Connection {
             Role::Client => "client",
             Role::Server => "server",
         };
-        let draining = self
-            .goaway_sent
+        // SPEC §6.5: after GOAWAY in either direction nobody opens new exchanges; an opening
+        // frame that still comes is refused, whichever side sent the GOAWAY.
+        let draining = (self.goaway_sent || self.goaway_received)
             .then(|| (ErrorCode::DRAINING, format!("{who} is draining")));
         let first = first.or(draining);
         if first.is_none() && self.exchanges.contains_key(&id.0) {
@@ -1710,7 +1886,82 @@ impl Connection {
         let err = error_frame(id, code, message.to_owned(), Some(ty as u8));
         self.queue(Frame::Error(err.clone()));
         self.emit(Event::Violation(err.clone()));
+        self.quarantine(id);
         self.end_by_error(id, err);
+    }
+
+    /// SPEC §3.5: we end an exchange we initiated by sending ERROR. The peer may have sent
+    /// frames for it before reading the ERROR; the id stays reserved and such frames are
+    /// dropped silently until the PONG of a PING queued right after the ERROR arrives
+    /// (frames are ordered, so by then the peer has read the ERROR).
+    fn quarantine(&mut self, id: RequestId) {
+        let Some(kind) = self.exchanges.get(&id.0).map(|e| e.kind) else {
+            return;
+        };
+        if !self.initiated(kind) {
+            return;
+        }
+        self.queue_ping();
+        self.quarantined.insert(id.0, self.pings_queued);
+    }
+
+    fn queue_ping(&mut self) {
+        self.pings_queued += 1;
+        self.queue(Frame::Ping);
+    }
+
+    /// A PONG answers the oldest PING not yet answered (a PONG may be dropped, which only
+    /// delays the release); ids quarantined up to that PING are free again.
+    fn on_pong(&mut self) {
+        self.pongs_received = (self.pongs_received + 1).min(self.pings_queued);
+        if !self.quarantined.is_empty() {
+            let answered = self.pongs_received;
+            self.quarantined.retain(|_, ping| *ping > answered);
+        }
+    }
+
+    /// SPEC §3.3: whether the peer's role may send frames of this type.
+    fn peer_may_send(&self, ty: FrameType) -> bool {
+        match ty {
+            FrameType::Hello
+            | FrameType::Error
+            | FrameType::Ping
+            | FrameType::Pong
+            | FrameType::GoAway
+            | FrameType::Resume
+            | FrameType::Interrupt => true,
+            FrameType::Invoke | FrameType::Reply | FrameType::Credit => self.role == Role::Server,
+            FrameType::Stream | FrameType::ToolDef | FrameType::Complete | FrameType::Request => {
+                self.role == Role::Client
+            }
+        }
+    }
+
+    /// SPEC §3.5: the peer's INTERRUPT names an exchange the peer initiated: a client's
+    /// an invocation (client id space), a server's a request (server id space).
+    fn peer_interrupt_id(&self, id: RequestId) -> bool {
+        match self.role {
+            Role::Server => id.is_client(),
+            Role::Client => id.is_server(),
+        }
+    }
+
+    fn peer_name(&self) -> &'static str {
+        match self.role {
+            Role::Client => "server",
+            Role::Server => "client",
+        }
+    }
+
+    /// SPEC §3.6, §7.1: the terminal frame of `id` (COMPLETE or REPLY) does not fit the
+    /// peer's `max_frame_payload`. The exchange still ends, with ERROR(RESULT_TOO_LARGE),
+    /// which always fits (its message is shortened as needed).
+    fn end_too_large(&mut self, id: RequestId, e: &SendError) {
+        let err = error_frame(id, ErrorCode::RESULT_TOO_LARGE, e.to_string(), None);
+        self.queue(Frame::Error(err.clone()));
+        self.remove(id.0);
+        self.emit(Event::Aborted { id, error: err });
+        self.check_drained();
     }
 
     /// Ends exchange `id` (if in flight) because of an ERROR sent or received.
@@ -1771,6 +2022,31 @@ impl Connection {
                 Kind::Request => self.requests -= 1,
             }
             self.with_deadline -= usize::from(e.deadline.is_some());
+            if e.kind == Kind::Invocation && self.requests > 0 && self.state != State::Closed {
+                self.interrupt_requests_of(id);
+            }
+        }
+    }
+
+    /// Server, SPEC §8: an invocation ended, so the requests it asked end too: each gets
+    /// INTERRUPT (right after the invocation's terminal frame) and the client ends it,
+    /// normally with REPLY(cancelled).
+    fn interrupt_requests_of(&mut self, invocation: u16) {
+        if self.role != Role::Server {
+            return;
+        }
+        let mut ids = Vec::new();
+        for (id, e) in self.exchanges.iter_mut() {
+            if e.kind == Kind::Request && e.parent == invocation && !e.interrupted {
+                e.interrupted = true;
+                ids.push(*id);
+            }
+        }
+        for id in ids {
+            self.queue(Frame::Interrupt(Interrupt {
+                id: RequestId(id),
+                reason: Some(Text::from_static("its invocation ended")),
+            }));
         }
     }
 
@@ -1904,7 +2180,7 @@ impl Connection {
                 self.next_id + 1
             };
             self.next_id = next;
-            if !self.exchanges.contains_key(&next) {
+            if !self.exchanges.contains_key(&next) && !self.quarantined.contains_key(&next) {
                 return Ok(RequestId(next));
             }
         }

@@ -71,6 +71,9 @@ codes! {
     FRAMING_ERROR = 0x07;
     /// A session could not be resumed.
     RESUME_FAILED = 0x08;
+    /// The peer made this side hold more than its per-connection bound (SPEC §13.1):
+    /// replies it does not read, or a WebSocket message above the receiver's limit.
+    OVERLOADED = 0x09;
     /// Frame type `0x0` or `0xF`.
     UNKNOWN_FRAME_TYPE = 0x10;
     /// A reserved flag bit was set.
@@ -107,6 +110,9 @@ codes! {
     RATE_LIMITED = 0x29;
     /// A REQUEST to a client that did not list the `requests` capability.
     UNSUPPORTED = 0x2A;
+    /// The terminal frame (a COMPLETE's result, a REPLY's body) would exceed the peer's
+    /// `max_frame_payload`; this ERROR replaces it (SPEC §3.6, §7.1).
+    RESULT_TOO_LARGE = 0x2B;
     /// A TOOL_DEF add beyond the client's `max_tools`.
     TOO_MANY_TOOLS = 0x30;
     /// TOOL_DEF add of a known name, or update/remove of an unknown one.
@@ -141,6 +147,7 @@ impl ErrorCode {
             self,
             ErrorCode::HANDSHAKE_TIMEOUT
                 | ErrorCode::HEARTBEAT_TIMEOUT
+                | ErrorCode::OVERLOADED
                 | ErrorCode::GOING_AWAY
                 | ErrorCode::TOO_MANY_INFLIGHT
                 | ErrorCode::DEADLINE_EXCEEDED
@@ -401,9 +408,54 @@ pub enum CloseReason {
     },
     /// The transport ended (and the session could not be or was not resumed).
     TransportClosed,
-    /// The application stopped polling events or the peer stopped reading while we
-    /// queued replies; a bound was hit.
-    Overloaded,
+}
+
+/// WebSocket close codes (RFC 6455 §7.4.1) that ASP uses (SPEC §2.1).
+pub mod close_code {
+    /// Normal closure: a graceful shutdown (GOAWAY drained, `close`, the transport ended).
+    pub const NORMAL: u16 = 1000;
+    /// Going away: a timeout gave up on the peer (handshake, heartbeat, drain).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error: a connection error that breaks the protocol (SPEC §12.2).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Policy violation: `FLOOD` (SPEC §10).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// Internal error: this side cannot go on (`RESUME_FAILED`, a local bound hit).
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+impl ErrorCode {
+    /// The WebSocket close code that follows this connection error (SPEC §2.1): 1008 for
+    /// `FLOOD` and `OVERLOADED`, 1001 for the timeouts (`HANDSHAKE_TIMEOUT`, `HEARTBEAT_TIMEOUT`,
+    /// `GOING_AWAY`: the peer broke no rule, it was absent or slow), 1011 for
+    /// `RESUME_FAILED`, 1002 for every other code (a broken protocol rule).
+    pub fn websocket_close_code(self) -> u16 {
+        match self {
+            // SPEC §2.1: the peer broke a limit the receiver sets (rate, §10; memory, §13.1).
+            ErrorCode::FLOOD | ErrorCode::OVERLOADED => close_code::POLICY_VIOLATION,
+            ErrorCode::HANDSHAKE_TIMEOUT | ErrorCode::HEARTBEAT_TIMEOUT | ErrorCode::GOING_AWAY => {
+                close_code::GOING_AWAY
+            }
+            ErrorCode::RESUME_FAILED => close_code::INTERNAL_ERROR,
+            _ => close_code::PROTOCOL_ERROR,
+        }
+    }
+}
+
+impl CloseReason {
+    /// The WebSocket close code a side sends when it closes for this reason (SPEC §2.1):
+    /// 1000 after a graceful close, the code's mapping
+    /// ([`ErrorCode::websocket_close_code`]) after a connection error sent or received.
+    pub fn websocket_close_code(&self) -> u16 {
+        match self {
+            CloseReason::Local | CloseReason::Drained | CloseReason::TransportClosed => {
+                close_code::NORMAL
+            }
+            CloseReason::PeerError { code, .. } | CloseReason::ProtocolError { code, .. } => {
+                code.websocket_close_code()
+            }
+        }
+    }
 }
 
 impl fmt::Display for CloseReason {
@@ -416,7 +468,6 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::ProtocolError { code, message } => write!(f, "{code}: {message}"),
             CloseReason::TransportClosed => write!(f, "transport closed"),
-            CloseReason::Overloaded => write!(f, "local bound exceeded"),
         }
     }
 }

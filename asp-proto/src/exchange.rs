@@ -51,6 +51,12 @@ pub(crate) struct Exchange {
     pub(crate) consumed: u64,
     /// Server: when the deadline passes (SPEC §7.4).
     pub(crate) deadline: Option<Instant>,
+    /// Requests: the invocation they belong to (REQUEST `invocation`), 0 if none; they end
+    /// with it (SPEC §8).
+    pub(crate) parent: u16,
+    /// Client: an INTERRUPT asked for before the server's HELLO (a pipelined invocation),
+    /// with its reason; sent once the session is open and the server's limits are known.
+    pub(crate) deferred_interrupt: Option<Option<crate::frame::Text>>,
 }
 
 impl Exchange {
@@ -65,6 +71,8 @@ impl Exchange {
             blocked: false,
             consumed: 0,
             deadline: None,
+            parent: 0,
+            deferred_interrupt: None,
         }
     }
 

@@ -253,10 +253,10 @@ impl<'a> Arbitrary<'a> for HelloLimits {
             l.max_tools = Some(u16::arbitrary(u)?);
         }
         if bool::arbitrary(u)? {
-            l.max_chunk = Some(u32_biased(u, 1)?);
+            l.max_chunk = Some(u32_biased(u, 4)?);
         }
         if bool::arbitrary(u)? {
-            l.initial_window = Some(u32_biased(u, 1)?);
+            l.initial_window = Some(u32_biased(u, 8)?);
         }
         Ok(l)
     }
@@ -268,7 +268,7 @@ impl<'a> Arbitrary<'a> for Hello {
         let n_caps = if u.ratio(3, 4)? { n_caps % 3 } else { n_caps };
         let mut capabilities = Vec::with_capacity(n_caps);
         for _ in 0..n_caps {
-            capabilities.push(text(u, 0, 64)?);
+            capabilities.push(text(u, 1, 64)?);
         }
         Ok(Hello {
             versions: Versions::arbitrary(u)?,
@@ -709,8 +709,8 @@ fn small_config(b: [u8; 4], pair: bool) -> Config {
         max_frame_payload: pick(&[256, 64, 128, 1 << 20], b[0]),
         max_inflight: pick(&[2, 1, 3, 4], b[0] >> 2),
         max_tools: pick(&[2, 0, 1, 4], b[0] >> 4),
-        max_chunk: pick(&[64, 1, 16, 1024], b[0] >> 6),
-        initial_window: pick(&[128, 1, 32, 4096], b[1]),
+        max_chunk: pick(&[64, 4, 16, 1024], b[0] >> 6),
+        initial_window: pick(&[128, 8, 32, 4096], b[1]),
     };
     let (rate_limit, flood_limit) = if pair {
         (100_000, 200_000)
@@ -745,6 +745,7 @@ fn small_config(b: [u8; 4], pair: bool) -> Config {
         rate_limit,
         flood_limit,
         max_queued_bytes: pick(&[256, 64, 1024, 1 << 20], b[2]),
+        max_buffered: 2 * pick(&[256, 64, 1024, 1 << 20], b[2]) + HEADER_LEN,
         max_queued_per_invocation: pick(&[64, 16, 256, 1 << 20], b[2] >> 2),
         max_pending_events: pick(&[64, 4, 16, 8192], b[2] >> 4),
         resume: b[1] & 0x80 != 0 && !pair,
@@ -812,10 +813,8 @@ struct Checker {
     closed: bool,
     /// Exchanges this side opened whose `Ended` was not delivered yet.
     live: BTreeSet<u16>,
-    /// `2 × max_queued_bytes + 8` (`Connection::queue`).
+    /// `Config::max_buffered` (`Connection::check_input_bounds`).
     bound: usize,
-    /// `Config::max_pending_events`.
-    max_events: usize,
     /// Events delivered so far.
     seen: usize,
     /// The reason in `Event::Closed`.
@@ -827,8 +826,7 @@ impl Checker {
         Checker {
             closed: false,
             live: BTreeSet::new(),
-            bound: 2 * config.max_queued_bytes + HEADER_LEN,
-            max_events: config.max_pending_events,
+            bound: config.max_buffered,
             seen: 0,
             reason: None,
         }
@@ -863,17 +861,17 @@ impl Checker {
     }
 
     /// Right after the step that closed the connection, once every event was delivered
-    /// (`pending`: how many were delivered then, `queued`: the queue at the close). An
-    /// `Overloaded` close needs an overload that still holds: the queue past the bound or
-    /// the event backlog at `max_pending_events`; not one that was cleared long ago.
-    fn closed_by(&self, queued: usize, pending: usize) {
-        if self.reason == Some(CloseReason::Overloaded) {
+    /// (`queued`: the queue at the close). An OVERLOADED close drops what was queued and
+    /// leaves only its ERROR (SPEC §13.1), whatever the bound it hit.
+    fn closed_by(&self, queued: usize, _pending: usize) {
+        if let Some(CloseReason::ProtocolError {
+            code: ErrorCode::OVERLOADED,
+            ..
+        }) = &self.reason
+        {
             assert!(
-                queued > self.bound || pending >= self.max_events,
-                "closed as Overloaded with {queued} bytes queued (bound {}) and {pending} \
-                 events pending (max {}): a stale overload",
-                self.bound,
-                self.max_events
+                queued <= TIMER_SLACK,
+                "closed as OVERLOADED with {queued} bytes still queued: the backlog was kept"
             );
         }
     }
@@ -881,9 +879,9 @@ impl Checker {
     /// After every step. `kind` says who caused it: the peer's input, the clock, or the
     /// application (a local command, whose frames the application chose to queue).
     ///
-    /// The queue bound, exactly as `Connection::queue` enforces it: a frame that takes the
-    /// queue past `2 × max_queued_bytes + 8` marks the connection overloaded, and it closes
-    /// at the end of that input. So after peer input the queue is within the bound (or no
+    /// The queue bound, exactly as `Connection::check_input_bounds` enforces it: a frame
+    /// whose replies take the queue past `max_buffered` closes the connection with
+    /// OVERLOADED right after it. So after peer input the queue is within the bound (or no
     /// larger than before) unless the connection closed. Timers never close for overload:
     /// one `handle_timeout` may add a PING, one ERROR per expired deadline and one fatal
     /// ERROR beyond the bound (`TIMER_SLACK`).
@@ -1048,8 +1046,8 @@ impl Session {
             max_frame_payload: [None, Some(64), Some(200), Some(1 << 16)][usize::from(b & 3)],
             max_inflight: [None, Some(1), Some(2)][usize::from(b >> 2 & 3) % 3],
             max_tools: [None, Some(0), Some(1)][usize::from(b >> 4 & 3) % 3],
-            max_chunk: [None, Some(1), Some(8)][usize::from(b >> 2 & 3) % 3],
-            initial_window: [None, Some(1), Some(64)][usize::from(b >> 4 & 3) % 3],
+            max_chunk: [None, Some(4), Some(8)][usize::from(b >> 2 & 3) % 3],
+            initial_window: [None, Some(8), Some(64)][usize::from(b >> 4 & 3) % 3],
         };
         let heartbeat_ms = [None, Some(0), Some(100), Some(1000)][usize::from(b >> 6)];
         let hello = match self.role {
@@ -1104,12 +1102,12 @@ impl Session {
 /// 19 goaway, 20 close, 21 resume/accept/reject.
 ///
 /// Invariants after every step: no panic; `queued_bytes` never grows past
-/// `2 × max_queued_bytes + 8` through peer input without the connection closing (timers:
+/// `max_buffered` through peer input without the connection closing (timers:
 /// by at most a PING, deadline ERRORs and a fatal ERROR; see `Checker::after_step`), and
 /// never grows once closed; a drained queue accounts for every byte sent; every frame sent
 /// decodes; timers converge; each exchange this side opened ends exactly once
 /// ([`Event::Ended`]) and its id is not handed out again before that; nothing follows
-/// [`Event::Closed`], and nothing is in flight then; an `Overloaded` close has a current
+/// [`Event::Closed`], and nothing is in flight then; an OVERLOADED close has a current
 /// overload behind it.
 pub fn session(role: Role, data: &[u8]) {
     let mut u = Unstructured::new(data);
@@ -1506,7 +1504,10 @@ fn honest_close(reason: &CloseReason) -> bool {
     let ok_code = |c: ErrorCode| {
         matches!(
             c,
-            ErrorCode::HANDSHAKE_TIMEOUT | ErrorCode::HEARTBEAT_TIMEOUT | ErrorCode::GOING_AWAY
+            ErrorCode::HANDSHAKE_TIMEOUT
+                | ErrorCode::HEARTBEAT_TIMEOUT
+                | ErrorCode::GOING_AWAY
+                | ErrorCode::OVERLOADED
         )
     };
     match reason {
@@ -1561,12 +1562,21 @@ struct PairModel {
     failed: BTreeMap<u16, ErrorCode>,
     /// Error codes the client application refused a request with.
     refused: BTreeMap<u16, ErrorCode>,
+    /// The client pipelined an INVOKE before the server's HELLO (SPEC §6.2 step 1), under
+    /// the default limits: one may break a smaller limit the server then announces.
+    pipelined: bool,
 }
 
 impl PairModel {
     fn event(&mut self, ev: &Event, is_client: bool) {
         let who = if is_client { "client" } else { "server" };
         match ev {
+            // SPEC §6.2 step 1: the risk a pipelining client takes.
+            Event::Violation(e)
+                if !is_client
+                    && self.pipelined
+                    && e.code == ErrorCode::FRAME_TOO_LARGE
+                    && e.frame_type == Some(FrameType::Invoke as u8) => {}
             Event::Violation(e) => panic!("{who} saw a violation from an honest peer: {e:?}"),
             Event::Closed(r) => assert!(honest_close(r), "{who} closed with {r:?}"),
             Event::Chunk(c) => {
@@ -1593,7 +1603,14 @@ impl PairModel {
                         ErrorCode::DEADLINE_EXCEEDED
                             | ErrorCode::DRAINING
                             | ErrorCode::UNKNOWN_TOOL
-                    );
+                            // SPEC §3.6: a result over the client's frame limit.
+                            | ErrorCode::RESULT_TOO_LARGE
+                    )
+                    || (self.pipelined
+                        && matches!(
+                            e.code,
+                            ErrorCode::FRAME_TOO_LARGE | ErrorCode::TOO_MANY_INFLIGHT
+                        ));
                 assert!(
                     allowed,
                     "{who}: {id:?} ended with an unexpected error {e:?}"
@@ -1706,6 +1723,9 @@ impl Pair {
                     meta: None,
                 };
                 let c = &mut self.client;
+                if c.conn.state() == crate::State::Handshaking {
+                    self.model.pipelined = true;
+                }
                 if let Ok(id) = c.conn.invoke(pick(WORDS, b >> 4), body, opts) {
                     c.check.opened(id);
                     c.mine.add(id);

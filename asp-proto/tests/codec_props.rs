@@ -1249,6 +1249,9 @@ fn invalid_field_out_of_range() {
         (1, 0, lim(2, 65536), "limits.max_tools"),
         (1, 0, lim(3, 0), "limits.max_chunk"),
         (1, 0, lim(4, 0), "limits.initial_window"),
+        // SPEC §5.1, §7.5: one UTF-8 character must fit a chunk, and half a window.
+        (1, 0, lim(3, 3), "limits.max_chunk"),
+        (1, 0, lim(4, 7), "limits.initial_window"),
         (1, 0, h(3, Mp::new().uint(1 << 32)), "heartbeat_ms"),
         (1, 0, h(6, Mp::new().uint(65536)), "tools"),
         (
@@ -1454,6 +1457,7 @@ fn invalid_field_too_long_and_empty() {
         (1, 0, Mp::new().map(1).uint(0).array(0), "versions", E),
         (1, 0, caps(33, 1), "capabilities", L),
         (1, 0, caps(1, 65), "capabilities", L),
+        (1, 0, caps(1, 0), "capabilities", E),
         (1, 0, h(4, Mp::new().str(&s(65))), "connection_id", L),
         (1, 0, h(4, Mp::new().str("")), "connection_id", E),
         (1, 0, h(5, Mp::new().bin(&[7; 65])), "resume_token", L),

@@ -83,7 +83,8 @@ fn handshake_negotiates_the_session() {
         Some("conn-1")
     );
     assert_eq!(sh.limits.max_inflight, Some(7));
-    assert_eq!(sh.heartbeat_ms, Some(45_000));
+    // SPEC §5.1: the server announces what is in force: the session's interval.
+    assert_eq!(sh.heartbeat_ms, Some(20_000));
     assert_eq!(sh.tools, 0);
     let Frame::Hello(ch) = &c[0] else {
         unreachable!()
@@ -91,6 +92,21 @@ fn handshake_negotiates_the_session() {
     assert!(ch.versions.contains(1));
     assert_eq!(ch.heartbeat_ms, Some(20_000));
     assert_eq!(ch.connection_id, None);
+}
+
+#[test]
+fn server_hello_announces_what_is_in_force() {
+    // SPEC §5.1: the server's HELLO carries the session heartbeat and the limits that bind
+    // the client even when they are the §13 defaults, so a client needs no copy of §13.
+    let p = Pair::connected(Config::default(), Config::default());
+    let s = p.wire(Side::Server);
+    let Some(Frame::Hello(sh)) = s.first() else {
+        panic!("no server HELLO: {s:?}")
+    };
+    assert_eq!(sh.heartbeat_ms, Some(30_000));
+    assert_eq!(sh.limits.max_frame_payload, Some(1 << 20));
+    assert_eq!(sh.limits.max_inflight, Some(128));
+    assert_eq!(p.client.session().map(|x| x.heartbeat_ms), Some(30_000));
 }
 
 #[test]
@@ -112,15 +128,15 @@ fn heartbeat_zero_on_one_side_uses_the_other() {
 }
 
 #[test]
-fn invoke_before_hello_is_not_open() {
+fn invoke_before_hello_is_pipelined() {
+    // SPEC §6.2 step 1: a client may send INVOKE right after its HELLO.
     let mut p = Pair::default_pair();
     assert_eq!(
         p.client.invoke("echo", None, InvokeOptions::default()),
-        Err(SendError::NotOpen)
+        Ok(RequestId(1))
     );
-    // Nothing but the HELLO went out.
     p.flush();
-    assert_eq!(frame_kinds(&p.wire(Side::Client)), ["HELLO#0"]);
+    assert_eq!(frame_kinds(&p.wire(Side::Client)), ["HELLO#0", "INVOKE#1"]);
     // Server commands before the handshake.
     assert_eq!(
         p.server.request("confirm", None, None),

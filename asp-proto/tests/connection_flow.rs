@@ -39,13 +39,22 @@ fn credits(frames: &[Frame]) -> Vec<(u16, u32)> {
 fn window_exhaustion_then_credit_then_writable() {
     let (mut p, ids) = with_invocations(small_window(64), quiet_config(), 1);
     let a = ids[0];
+    // SPEC §7.5: one chunk is at most half the initial window.
+    assert_eq!(p.server.chunk_cap(), 32);
     assert!(p.server.can_stream(a, 64));
     assert!(!p.server.can_stream(a, 65));
+    assert!(matches!(
+        p.server.stream(a, Bytes::from(vec![1; 33]), false, false),
+        Err(SendError::TooLarge { len: 33, max: 32 })
+    ));
     p.server
-        .stream(a, Bytes::from(vec![1; 40]), false, false)
+        .stream(a, Bytes::from(vec![1; 32]), false, false)
         .unwrap();
     p.server
         .stream(a, Bytes::from(vec![2; 24]), false, false)
+        .unwrap();
+    p.server
+        .stream(a, Bytes::from(vec![2; 8]), false, false)
         .unwrap();
     // The window is exhausted. An empty chunk is allowed only as the final one (§5.3).
     assert_eq!(
@@ -59,19 +68,18 @@ fn window_exhaustion_then_credit_then_writable() {
     p.drive();
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
-        ["Chunk(1,0)", "Chunk(1,1)"]
+        ["Chunk(1,0)", "Chunk(1,1)", "Chunk(1,2)"]
     );
-    // Credit is batched at half the initial window: 40 ≥ 32 → CREDIT(40); then 24 < 32.
-    assert_eq!(credits(&p.wire(Side::Client)), [(1, 40)]);
+    // Credit is batched at half the initial window: 32 ≥ 32 → CREDIT(32); then 24 < 32;
+    // then 24 + 8 → CREDIT(32).
+    assert_eq!(credits(&p.wire(Side::Client)), [(1, 32), (1, 32)]);
     assert_eq!(kinds(&p.take_events(Side::Server)), ["Writable(1)"]);
-    assert!(p.server.can_stream(a, 40));
-    assert!(!p.server.can_stream(a, 41));
+    assert!(p.server.can_stream(a, 32));
     p.server
-        .stream(a, Bytes::from(vec![3; 40]), false, false)
+        .stream(a, Bytes::from(vec![3; 32]), false, false)
         .unwrap();
     p.drive();
-    // 24 + 40 consumed since the last grant.
-    assert_eq!(credits(&p.wire(Side::Client)), [(1, 40), (1, 64)]);
+    assert_eq!(credits(&p.wire(Side::Client)), [(1, 32), (1, 32), (1, 32)]);
     // Not blocked this time: no Writable.
     assert!(p.events(Side::Server).is_empty());
     p.server
@@ -80,7 +88,7 @@ fn window_exhaustion_then_credit_then_writable() {
     p.drive();
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
-        ["Chunk(1,2)", "Ended(1,Complete Ok)"]
+        ["Chunk(1,3)", "Ended(1,Complete Ok)"]
     );
 }
 
@@ -157,11 +165,16 @@ fn manual_release_grants_credit() {
         1,
     );
     let a = ids[0];
-    p.server
-        .stream(a, Bytes::from(vec![1; 64]), false, false)
-        .unwrap();
+    for _ in 0..2 {
+        p.server
+            .stream(a, Bytes::from(vec![1; 32]), false, false)
+            .unwrap();
+    }
     p.drive();
-    assert_eq!(kinds(&p.take_events(Side::Client)), ["Chunk(1,0)"]);
+    assert_eq!(
+        kinds(&p.take_events(Side::Client)),
+        ["Chunk(1,0)", "Chunk(1,1)"]
+    );
     assert!(credits(&p.wire(Side::Client)).is_empty());
     p.client.release(a, 10);
     p.drive();
@@ -193,7 +206,10 @@ fn stream_beyond_window_is_flow_control_for_that_invocation_only() {
     );
     // Invocation 2 is unaffected and can use its whole window.
     p.server
-        .stream(ids[1], Bytes::from(vec![0; 64]), false, true)
+        .stream(ids[1], Bytes::from(vec![0; 32]), false, false)
+        .unwrap();
+    p.server
+        .stream(ids[1], Bytes::from(vec![0; 32]), false, true)
         .unwrap();
     p.server
         .complete(ids[1], Status::Ok, None, Metrics::default())
@@ -201,7 +217,7 @@ fn stream_beyond_window_is_flow_control_for_that_invocation_only() {
     p.drive();
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
-        ["Chunk(2,0)", "Ended(2,Complete Ok)"]
+        ["Chunk(2,0)", "Chunk(2,1)", "Ended(2,Complete Ok)"]
     );
 }
 
@@ -1027,8 +1043,21 @@ fn an_application_that_stops_polling_events_is_closed() {
     let now = p.now;
     p.server.handle_message(now, Bytes::from(msg));
     p.drain(Side::Server);
-    let k = kinds(p.events(Side::Server));
-    assert_eq!(k.last().unwrap(), "Closed(Overloaded)", "{k:?}");
+    let evs = p.events(Side::Server);
+    assert!(
+        matches!(
+            evs.last(),
+            Some(Event::Closed(CloseReason::ProtocolError {
+                code: ErrorCode::OVERLOADED,
+                ..
+            }))
+        ),
+        "{:?}",
+        kinds(evs)
+    );
+    // SPEC §13.1: not a silent cut — the peer is told why.
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
 }
 
 #[test]
@@ -1037,6 +1066,7 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
         quiet_config(),
         Config {
             max_queued_bytes: 1000,
+            max_buffered: 4000,
             ..quiet_config()
         },
     );
@@ -1044,10 +1074,16 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
     // never drained.
     let now = p.now;
     for id in 1..=200u16 {
+        // SPEC §13.1: the server stops reading at `max_queued_bytes`; this peer writes on
+        // regardless (the adapter would have stopped reading it).
+        if !p.server.wants_input() {
+            assert!(p.server.queued_bytes() >= 1000);
+        }
         p.server
             .handle_message(now, encode(&invoke_frame(id, "nope")));
         assert!(
-            p.server.queued_bytes() <= 2 * 1000 + 8 + 200,
+            // The bound, one reply past it and the OVERLOADED ERROR.
+            p.server.queued_bytes() <= 4000 + 300,
             "{}",
             p.server.queued_bytes()
         );
@@ -1057,8 +1093,86 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
     }
     assert!(p.server.is_closed());
     p.drain(Side::Server);
-    assert_eq!(
-        kinds(p.events(Side::Server)).last().unwrap(),
-        "Closed(Overloaded)"
+    let evs = p.events(Side::Server);
+    assert!(
+        matches!(
+            evs.last(),
+            Some(Event::Closed(CloseReason::ProtocolError {
+                code: ErrorCode::OVERLOADED,
+                ..
+            }))
+        ),
+        "{:?}",
+        kinds(evs)
     );
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
+}
+
+#[test]
+fn a_server_stops_reading_while_its_queue_is_full_and_reads_again_once_drained() {
+    let mut p = Pair::connected(
+        quiet_config(),
+        Config {
+            max_queued_bytes: 1000,
+            max_buffered: 100_000,
+            ..quiet_config()
+        },
+    );
+    let now = p.now;
+    let mut id = 1;
+    while p.server.wants_input() {
+        p.server
+            .handle_message(now, encode(&invoke_frame(id, "nope")));
+        id += 1;
+        assert!(id < 200, "never paused");
+    }
+    assert!(!p.server.is_closed());
+    // The client is always read: only one side may pause (SPEC §13.1).
+    assert!(p.client.wants_input());
+    let mut buf = bytes::BytesMut::new();
+    while p.server.poll_transmit(&mut buf) > 0 {}
+    assert!(p.server.wants_input());
+}
+
+#[test]
+fn answers_queued_for_a_peer_that_does_not_read_end_the_connection_with_overloaded() {
+    let mut p = Pair::connected(
+        quiet_config(),
+        Config {
+            max_queued_bytes: 1000,
+            max_buffered: 4000,
+            check_tools: false,
+            ..quiet_config()
+        },
+    );
+    let now = p.now;
+    for id in 1..=8u16 {
+        p.server.handle_message(now, encode(&invoke_frame(id, "t")));
+    }
+    p.drain(Side::Server);
+    let blob = vec![b'x'; 900];
+    let mut closed_at = None;
+    for id in 1..=8u16 {
+        let mut v = Vec::new();
+        rmp::encode::write_bin(&mut v, &blob).unwrap();
+        let r = p.server.complete(
+            RequestId(id),
+            Status::Ok,
+            Some(RawValue::new(Bytes::from(v)).unwrap()),
+            Default::default(),
+        );
+        if p.server.is_closed() {
+            closed_at = Some(id);
+            break;
+        }
+        r.unwrap();
+    }
+    // 900-byte results: the fifth takes the queue past 4000 bytes.
+    assert_eq!(closed_at, Some(5));
+    // The backlog is dropped: only the ERROR is left to send (SPEC §13.1).
+    assert!(p.server.queued_bytes() < 200, "{}", p.server.queued_bytes());
+    p.drain(Side::Server);
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
 }

@@ -146,3 +146,23 @@ fn regress_interrupt_over_peer_max_frame_payload() {
         "../../fuzz/seeds/pair/regress-interrupt-over-peer-max-frame-payload.bin"
     ));
 }
+
+/// SPEC §6.2 step 1 (pipelining): a client interrupted an invocation it pipelined before
+/// the server's HELLO; the INTERRUPT went out under the default limits and its reason broke
+/// the server's `max_frame_payload` of 64. The INTERRUPT now waits for the server's HELLO.
+#[test]
+fn regress_pipelined_interrupt_before_server_hello() {
+    fuzzing::pair(include_bytes!(
+        "../../fuzz/seeds/pair/regress-pipelined-interrupt-before-server-hello.bin"
+    ));
+}
+
+/// SPEC §6.2 step 1 (pipelining): three INVOKEs pipelined under the default `max_inflight`
+/// meet a server that announces 2; the third is refused with TOO_MANY_INFLIGHT, the risk the
+/// SPEC gives a pipelining client (the harness had counted it as a misbehaving server).
+#[test]
+fn regress_pipelined_invokes_over_max_inflight() {
+    fuzzing::pair(include_bytes!(
+        "../../fuzz/seeds/pair/regress-pipelined-invokes-over-max-inflight.bin"
+    ));
+}

@@ -81,8 +81,11 @@ pub struct RelayConfig {
     /// Protocol settings towards clients (limits, heartbeat…); `check_tools` is forced off
     /// (the function decides, SPEC §15.1) and `limits.max_inflight` is `max_inflight`.
     pub asp: asp_async::Config,
-    /// WebSocket buffer sizes. Default: a 4 KiB read buffer (tungstenite zero-fills its
-    /// whole read buffer, so its 128 KiB default would cost 128 KiB of RSS per idle client).
+    /// WebSocket buffer sizes and message limit. Default: `asp_async::server_ws_config` of
+    /// the default `asp` settings — a 4 KiB read buffer that grows only for a larger message
+    /// (tungstenite zero-fills its whole read buffer, so its 128 KiB default would cost
+    /// 128 KiB of RSS per idle client), and a message limit that bounds buffered input (SPEC
+    /// §2.1, §13.1). Set it again after raising `asp.limits.max_frame_payload`.
     pub ws: asp_async::WsConfig,
 }
 
@@ -105,7 +108,7 @@ impl RelayConfig {
             pool_max_idle: 256,
             tools: Vec::new(),
             asp: asp_async::ws_default_config(),
-            ws: asp_async::default_ws_config().read_buffer_size(4 << 10),
+            ws: asp_async::server_ws_config(&asp_async::ws_default_config()),
         }
     }
 

@@ -2274,3 +2274,54 @@ async fn invoke_requests_name_te_in_connection() {
     }
     assert!(f.accepted.load(Ordering::Acquire) <= 2, "kept alive");
 }
+
+/// SPEC §2.1 at the relay's edge: a client that breaks the protocol (a STREAM, which only a
+/// server may send) gets ERROR(PROTOCOL_VIOLATION) and a WebSocket Close with code 1002.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_edge_closes_with_the_spec_close_code() {
+    use asp_proto::frame::{Hello, Versions};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let mut req = relay.url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
+    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    let hello = Frame::Hello(Hello {
+        versions: Versions::V1,
+        ..Hello::default()
+    });
+    let stream = Frame::Stream(StreamFrame {
+        id: RequestId(1),
+        data: Bytes::from_static(b"x"),
+        text: true,
+        seq: 0,
+        fin: false,
+    });
+    within("send", ws.send(Message::Binary(frames(&[hello, stream]))))
+        .await
+        .unwrap();
+    let (mut errors, mut close) = (Vec::new(), None);
+    within("the close", async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(mut b) => {
+                    while let Some(Ok(fr)) = asp_proto::codec::decode_frame(&mut b, u32::MAX) {
+                        if let Frame::Error(e) = fr {
+                            errors.push(e.code);
+                        }
+                    }
+                }
+                Message::Close(c) => close = Some(c.map_or(1005, |c| u16::from(c.code))),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(errors, [ErrorCode::PROTOCOL_VIOLATION]);
+    assert_eq!(close, Some(1002));
+}

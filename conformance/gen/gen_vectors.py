@@ -65,7 +65,7 @@ ERROR_CODES = {
     "INVALID_FIELD": 0x15, "INVALID_ID": 0x16, "UNKNOWN_TOOL": 0x20, "DUPLICATE_ID": 0x21,
     "UNKNOWN_ID": 0x22, "TOO_MANY_INFLIGHT": 0x23, "CHUNK_TOO_LARGE": 0x24,
     "FLOW_CONTROL": 0x25, "BAD_SEQUENCE": 0x26, "DEADLINE_EXCEEDED": 0x27, "DRAINING": 0x28,
-    "RATE_LIMITED": 0x29, "UNSUPPORTED": 0x2A, "TOO_MANY_TOOLS": 0x30, "TOOL_STATE": 0x31,
+    "RATE_LIMITED": 0x29, "UNSUPPORTED": 0x2A, "RESULT_TOO_LARGE": 0x2B, "TOO_MANY_TOOLS": 0x30, "TOOL_STATE": 0x31,
     "INVALID_ARGUMENTS": 0x40, "TOOL_FAILED": 0x41, "INTERNAL": 0x42, "UNAVAILABLE": 0x43,
     "UPSTREAM_TIMEOUT": 0x44,
 }
@@ -73,7 +73,7 @@ ERROR_NAMES = {v: k for k, v in ERROR_CODES.items()}
 
 # Nested maps with defined keys: key -> (name, lo, hi); all values uint.
 LIMITS = {0: ("max_frame_payload", 64, U32), 1: ("max_inflight", 1, 32767),
-          2: ("max_tools", 0, 65535), 3: ("max_chunk", 1, U32), 4: ("initial_window", 1, U32)}
+          2: ("max_tools", 0, 65535), 3: ("max_chunk", 4, U32), 4: ("initial_window", 8, U32)}
 METRICS = {0: ("wall_us", 0, U64), 1: ("cpu_us", 0, U64), 2: ("input_tokens", 0, U64),
            3: ("output_tokens", 0, U64)}
 
@@ -99,7 +99,7 @@ SCHEMA: dict[str, list[F]] = {
     "HELLO": [
         F(0, "versions", "arr_uint", {"client": "R", "server": "R"}, elo=1, ehi=15,
           count={"client": (1, 16), "server": (1, 1)}),
-        F(1, "capabilities", "arr_str", lo=0, hi=32, elo=0, ehi=64),
+        F(1, "capabilities", "arr_str", lo=0, hi=32, elo=1, ehi=64),
         F(2, "limits", "limits"),
         F(3, "heartbeat_ms", "uint", lo=0, hi=U32),
         F(4, "connection_id", "str", {"client": "-", "server": "R"}, lo=1, hi=64),
@@ -1000,6 +1000,16 @@ def build_rejections():
     rej("invalid/hello-limits-max-frame-payload-10", "§5.1", "Client HELLO whose "
         "limits.max_frame_payload is 10 (minimum 64).", H["HELLO"], 0,
         m((0, pk([1])), (2, pk({0: 10}))), "INVALID_FIELD", receiver="server")
+    rej("invalid/hello-capability-empty", "§5.1", "Client HELLO with an empty capability "
+        "name (names are 1–64 bytes).", H["HELLO"], 0, m((0, pk([1])), (1, pk(["requests", ""]))),
+        "INVALID_FIELD", receiver="server")
+    rej("invalid/hello-limits-max-chunk-3", "§5.1, §7.5", "Client HELLO whose "
+        "limits.max_chunk is 3 (minimum 4: one UTF-8 character always fits a chunk).",
+        H["HELLO"], 0, m((0, pk([1])), (2, pk({3: 3}))), "INVALID_FIELD", receiver="server")
+    rej("invalid/hello-limits-initial-window-7", "§5.1, §7.5", "Client HELLO whose "
+        "limits.initial_window is 7 (minimum 8: twice the smallest max_chunk, since chunks "
+        "are at most half the window).", H["HELLO"], 0, m((0, pk([1])), (2, pk({4: 7}))),
+        "INVALID_FIELD", receiver="server")
     rej("invalid/hello-limits-max-inflight-0", "§5.1", "Client HELLO whose "
         "limits.max_inflight is 0 (range 1–32767).", H["HELLO"], 0,
         m((0, pk([1])), (2, pk({1: 0}))), "INVALID_FIELD", receiver="server")
@@ -1558,6 +1568,28 @@ def anyv(v) -> dict:
     return {"msgpack": hexs(pk(v))}
 
 
+# SPEC §2.1: the WebSocket close code after a close, by the connection error that caused it
+# (any other connection-scope code: 1002); 1000 after a graceful close.
+WS_CLOSE_BY_CODE = {"FLOOD": 1008, "HANDSHAKE_TIMEOUT": 1001, "HEARTBEAT_TIMEOUT": 1001,
+                    "GOING_AWAY": 1001, "RESUME_FAILED": 1011}
+
+
+def ws_close_code(events) -> int | None:
+    """The close code SPEC §2.1 names for the Closed event among `events`, if one says why:
+    1000 after `local` or `drained`, the code's close code after a connection error sent or
+    received; none after `transport_closed` (the transport is already gone)."""
+    for e in events or []:
+        if e.get("event") != "Closed" or "reason" not in e:
+            continue
+        if e["reason"] in ("local", "drained"):
+            return 1000
+        if e["reason"] in ("error_sent", "error_received"):
+            code = e.get("code")
+            name = code if isinstance(code, str) else ERROR_NAMES.get(code)
+            return WS_CLOSE_BY_CODE.get(name, 1002)
+    return None
+
+
 def step(at: int, *, transmit=None, events=None, state=None, closed=False, refused=False,
          **action) -> dict:
     assert len(action) == 1, action
@@ -1575,6 +1607,9 @@ def step(at: int, *, transmit=None, events=None, state=None, closed=False, refus
         s["state"] = state
     if closed:
         s["closed"] = True
+        code = ws_close_code(events)
+        if code is not None:
+            s["close_code"] = code
     return s
 
 
@@ -1946,21 +1981,23 @@ def build_server_sessions():
                   step(300, timeout=True)], L)
 
     # ---- §7.5 flow control, server side ----
-    fc_hello = {"versions": [1], "limits": {"max_chunk": 4, "initial_window": 4}}
+    fc_hello = {"versions": [1], "limits": {"max_chunk": 4, "initial_window": 8}}
     fcc = with_tools("chunks")
-    session("server/flow-control-window", "§7.5", "The client announced initial_window 4: "
-            "the server may send 4 bytes of STREAM data, then nothing until CREDIT; CREDIT(3) "
-            "allows 3 more.", "server",
+    session("server/flow-control-window", "§7.5", "The client announced initial_window 8 "
+            "(the minimum): the server may send 8 bytes of STREAM data, then nothing until "
+            "CREDIT; CREDIT(3) allows 3 more.", "server",
             server_open(fcc, hello=fc_hello) +
             [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
                   events=[E("Invoked", id=1, tool="chunks")]),
              step(0, command=C("stream", id=1, data="abcd"),
                   transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
-             step(0, command=C("stream", id=1, data="e"), refused=True),
+             step(0, command=C("stream", id=1, data="efgh"),
+                  transmit=[X("STREAM", 1, {"data": "efgh", "seq": 1})]),
+             step(0, command=C("stream", id=1, data="i"), refused=True),
              step(0, recv=wire("CREDIT", 1, {"bytes": 3})),
-             step(0, command=C("stream", id=1, data="efgh"), refused=True),
-             step(0, command=C("stream", id=1, data="efg"),
-                  transmit=[X("STREAM", 1, {"data": "efg", "seq": 1})]),
+             step(0, command=C("stream", id=1, data="ijkl"), refused=True),
+             step(0, command=C("stream", id=1, data="ijk"),
+                  transmit=[X("STREAM", 1, {"data": "ijk", "seq": 2})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
     session("server/stream-zero-length", "§5.3", "An empty chunk may be sent only as the final "
@@ -1971,14 +2008,27 @@ def build_server_sessions():
                   events=[E("Invoked", id=1, tool="chunks")]),
              step(0, command=C("stream", id=1, data="abcd"),
                   transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+             step(0, command=C("stream", id=1, data="efgh"),
+                  transmit=[X("STREAM", 1, {"data": "efgh", "seq": 1})]),
              step(0, command=C("stream", id=1, data=""), refused=True),
              step(0, command=C("stream", id=1, data="", final=True),
-                  transmit=[X("STREAM", 1, {"data": "", "seq": 1, "final": True})]),
+                  transmit=[X("STREAM", 1, {"data": "", "seq": 2, "final": True})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
     session("server/chunk-limit", "§7.5", "The client announced max_chunk 4: a 5-byte chunk "
             "may not be sent; a 4-byte one may.", "server",
             server_open(fcc, hello={"versions": [1], "limits": {"max_chunk": 4}}) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
+                  events=[E("Invoked", id=1, tool="chunks")]),
+             step(0, command=C("stream", id=1, data="abcde"), refused=True),
+             step(0, command=C("stream", id=1, data="abcd"),
+                  transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            fcc)
+    session("server/chunk-half-window", "§7.5", "The client announced initial_window 8 and "
+            "the default max_chunk: a chunk is at most half the initial window, so 5 bytes may "
+            "not be sent as one STREAM even though the window holds them; 4 may.", "server",
+            server_open(fcc, hello={"versions": [1], "limits": {"initial_window": 8}}) +
             [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
                   events=[E("Invoked", id=1, tool="chunks")]),
              step(0, command=C("stream", id=1, data="abcde"), refused=True),
@@ -1993,16 +2043,23 @@ def build_server_sessions():
                        transmit=[XERR(1, "FLOW_CONTROL", 0xC)],
                        events=[E("Aborted", id=1, code="FLOW_CONTROL")]),
                   step(0, recv=wire("INTERRUPT", 1))], L, live=True)
-    session("server/peer-max-frame-payload", "§3.6", "The client announced max_frame_payload "
-            "64: the server may not send a COMPLETE whose payload exceeds it.", "server",
-            server_open(with_tools("echo"),
-                        hello={"versions": [1], "limits": {"max_frame_payload": 64}}) +
-            [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+    session("server/peer-max-frame-payload", "§3.6, §7.1", "The client announced "
+            "max_frame_payload 64: a COMPLETE whose payload exceeds it is not sent; the "
+            "invocation still ends, with ERROR(RESULT_TOO_LARGE) in its place, and the id is "
+            "free again. (An echo of 100 bytes used to leave the invocation without an end.)",
+            "server",
+            server_open(L, hello={"versions": [1], "capabilities": ["requests"],
+                                  "limits": {"max_frame_payload": 64}}) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo", "args": "r" * 100}),
                   events=[E("Invoked", id=1, tool="echo")]),
-             step(0, command=C("complete", id=1, status=0, result="r" * 100), refused=True),
+             step(0, command=C("complete", id=1, status=0, result="r" * 100),
+                  transmit=[XERR(1, "RESULT_TOO_LARGE")],
+                  events=[E("Aborted", id=1, code="RESULT_TOO_LARGE")]),
+             step(0, recv=wire("INVOKE", 1, {"tool": "echo", "args": "r" * 10}),
+                  events=[E("Invoked", id=1, tool="echo")]),
              step(0, command=C("complete", id=1, status=0, result="r" * 10),
                   transmit=[complete_exp(1, 0, "r" * 10)])],
-            with_tools("echo"))
+            L, live=True)
 
     # ---- §8 server requests ----
     ask1 = step(0, recv=wire("INVOKE", 1, {"tool": "ask", "args": "Delete 3 files?"}),
@@ -2063,7 +2120,7 @@ def build_server_sessions():
             op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
                   step(0, recv=wire_raw(0xB, 0, m((0, pk(3)))).replace("1b 00 00 00",
                                                                        "1b 00 $r1"),
-                       transmit=[XERR("$r1", "INVALID_FIELD", 0xB, ft_required=True)],
+                       transmit=[XERR("$r1", "INVALID_FIELD", 0xB, ft_required=True), X("PING", 0)],
                        events=[E("Ended", id="$r1", outcome="error", code="INVALID_FIELD")]),
                   step(0, command=C("fail", id=1, code="TOOL_FAILED", message="no answer"),
                        transmit=[XERR(1, "TOOL_FAILED")])], L, live=True)
@@ -2113,17 +2170,22 @@ def build_server_sessions():
     session("server/initial-tool-over-client-max-frame-payload", "§6.2, §3.6, §9", "The "
             "client accepts payloads of at most 64 bytes; the server's tool `big` (a 100-byte "
             "description) does not fit, so the initial set holds only `echo` (HELLO `tools` "
-            "1). `big` is unknown to the client: re-registered with a short description it "
-            "is sent as an add, then removed. (Found by fuzzing: the oversized TOOL_DEF was "
+            "1). `big` is unknown to the client, so an INVOKE of it is UNKNOWN_TOOL (§7.2); "
+            "re-registered with a short description it is sent as an add (and runs), then "
+            "removed. (Found by fuzzing: the oversized TOOL_DEF was "
             "sent and the client never completed its initial set.)", "server",
             [step(0, start=True, state="Handshaking"),
              step(0, recv=wire("HELLO", 0, small_hello),
                   transmit=[server_hello_exp(1),
                             X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY)],
                   events=[E("Connected")], state="Open"),
+             step(0, recv=wire("INVOKE", 1, {"tool": "big"}),
+                  transmit=[XERR(1, "UNKNOWN_TOOL", 0x2)]),
              step(0, command=C("add_tool", name="big", description="short"),
                   transmit=[X("TOOL_DEF", 0, {"op": 0, "name": "big", "description": "short"},
                               {"input_schema": "*", "annotations": "*"})]),
+             step(0, recv=wire("INVOKE", 2, {"tool": "big"}),
+                  events=[E("Invoked", id=2, tool="big")]),
              step(0, command=C("remove_tool", name="big"),
                   transmit=[X("TOOL_DEF", 0, {"op": 2, "name": "big"}, TOOLDEF_MAY)])],
             {"tools": [big, {"name": "echo"}]})
@@ -2185,6 +2247,108 @@ def build_server_sessions():
                 "frame) is the connection error PROTOCOL_VIOLATION.", "server",
                 op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire(tn, rid, fields))],
                 L, live=True)
+    session("server/direction-before-payload", "§3.7, §3.3", "Direction is step 6 of §3.7, "
+            "before the payload: a STREAM from a client whose payload is malformed is the "
+            "connection error PROTOCOL_VIOLATION, as a well-formed one is (not the frame error "
+            "MALFORMED_PAYLOAD).", "server",
+            op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire_raw(0x3, 1, b"\xc1"))],
+            L, live=True)
+    session("server/interrupt-server-space-id", "§3.5, §3.7", "An INTERRUPT names an "
+            "exchange its sender initiated: a client's INTERRUPT with a server-space id (0x8000) "
+            "is the frame error INVALID_ID, answered with id 0 (the id is not allowed for a "
+            "client's INTERRUPT); the connection goes on.", "server",
+            op + [step(0, recv=wire("INTERRUPT", 0x8000),
+                       transmit=[XERR(0, "INVALID_ID", 0x4, ft_required=True)]),
+                  step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)])], L, live=True)
+
+    # ---- §6.2 pipelining ----
+    pipe_tools = [X("TOOL_DEF", 0, {"op": 0, "name": n}, TOOLDEF_MAY) for n in LIVE_TOOL_NAMES]
+    session("server/pipelined-invoke", "§6.2", "A client may send INVOKE right after its HELLO, "
+            "in the same message, without waiting for the server's HELLO: the server answers "
+            "HELLO and its initial tool set first, then runs the INVOKE under the session's "
+            "terms.", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=msg(wire("HELLO", 0, C_HELLO),
+                              wire("INVOKE", 1, {"tool": "echo", "args": "hi"})),
+                  transmit=[server_hello_exp(len(LIVE_TOOL_NAMES)), U(*pipe_tools)],
+                  events=[E("Connected"), E("Invoked", id=1, tool="echo")], state="Open"),
+             step(0, command=C("complete", id=1, status=0, result="hi"),
+                  transmit=[complete_exp(1, 0, "hi")])], L, live=True)
+    session("server/pipelined-invoke-unknown-tool", "§6.2, §7.2", "A pipelined INVOKE is "
+            "judged by the session the HELLO exchange opened: a tool the server does not "
+            "offer is UNKNOWN_TOOL.", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=msg(wire("HELLO", 0, C_HELLO),
+                              wire("INVOKE", 1, {"tool": "nope"})),
+                  transmit=[server_hello_exp(len(LIVE_TOOL_NAMES)), U(*pipe_tools),
+                            XERR(1, "UNKNOWN_TOOL", 0x2)],
+                  events=[E("Connected")], state="Open")], L, live=True)
+
+    # ---- §6.5 GOAWAY from the client ----
+    session("server/goaway-received-then-invoke", "§6.5", "After its own GOAWAY the client "
+            "may open no new exchange either: an INVOKE sent after it is refused with "
+            "DRAINING (retryable), not run.", "server",
+            op + [step(0, recv=wire("GOAWAY", 0), events=[E("GoAway")], state="Draining"),
+                  step(0, recv=wire("INVOKE", 1, {"tool": "echo", "args": "hi"}),
+                       transmit=[XERR(1, "DRAINING", 0x2)], state="Draining")], L, live=True)
+
+    # ---- §5.1, §7.5 minimum limits ----
+    session("server/hello-initial-window-below-minimum", "§5.1, §7.5", "initial_window 4 "
+            "is below the minimum of 8 (a chunk of at most half the window must hold any "
+            "UTF-8 character): the client's HELLO is INVALID_FIELD, a connection error during "
+            "the handshake.", "server",
+            [step(0, start=True, state="Handshaking"),
+             conn_error(0, "INVALID_FIELD", recv=wire_raw(0x1, 0, m(
+                 (0, pk([1])), (2, pk({3: 4, 4: 4})))))], L, live=True)
+    session("server/text-split-on-characters", "§7.5", "With max_chunk 4 and initial_window "
+            "8 (the minimums) the text \"€😀\" (3 + 4 bytes) goes out as two chunks, each "
+            "whole characters: \"€\" and \"😀\".", "server",
+            server_open(L, hello={"versions": [1], "capabilities": ["requests"],
+                                  "limits": {"max_chunk": 4, "initial_window": 8}}) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks", "args": ["€😀"]}),
+                  events=[E("Invoked", id=1, tool="chunks")]),
+             step(0, command=C("stream", id=1, data="€"),
+                  transmit=[X("STREAM", 1, {"data": "€", "seq": 0})]),
+             step(0, command=C("stream", id=1, data="😀"),
+                  transmit=[X("STREAM", 1, {"data": "😀", "seq": 1})]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            L, live=True)
+
+    # ---- §6.7 heartbeat frames, §5.1 announced interval, §2.1 close code ----
+    hb_live_hello = {"versions": [1], "capabilities": ["requests"], "heartbeat_ms": 100}
+    hb_hello_exp = X("HELLO", 0, {"versions": [1], "connection_id": "*",
+                                  "tools": len(LIVE_TOOL_NAMES), "heartbeat_ms": 100},
+                     {"capabilities": "*", "limits": "*", "agent": "*"})
+    session("server/heartbeat-ping-frames", "§6.7, §5.1, §2.1", "The client asks for 100 ms "
+            "heartbeats: the server's HELLO announces the session's interval (100), the "
+            "heartbeat is an ASP PING frame on every binding (also WebSocket), and after 3 "
+            "intervals of silence HEARTBEAT_TIMEOUT closes with WebSocket code 1001.", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=wire("HELLO", 0, hb_live_hello),
+                  transmit=[hb_hello_exp, U(*pipe_tools)], events=[E("Connected")],
+                  state="Open"),
+             step(150, timeout=True, transmit=[X("PING", 0)]),
+             step(250, timeout=True, transmit=[X("PING", 0)]),
+             conn_error(350, "HEARTBEAT_TIMEOUT", timeout=True)], L, live=True)
+
+    # ---- §8 requests end with their invocation ----
+    session("server/request-ends-with-invocation", "§8", "When an invocation ends, the "
+            "requests it asked end too: with the invocation's terminal frame (just before or "
+            "right after it) the server sends INTERRUPT for each, and the client ends it with "
+            "REPLY(cancelled).",
+            "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "ask", "args": "Delete?"}),
+                       events=[E("Invoked", id=1, tool="ask")]),
+                  step(0, command=C("request", kind="confirm", body="Delete?", invocation=1),
+                       transmit=[X("REQUEST", "$r1", {"kind": "confirm", "body": "Delete?",
+                                                       "invocation": 1})]),
+                  step(0, recv=wire("INTERRUPT", 1), events=[E("Interrupted", id=1)]),
+                  step(0, command=C("complete", id=1, status=1),
+                       transmit=[U(complete_exp(1, 1), X("INTERRUPT", "$r1", {},
+                                                          {"reason": "*"}))]),
+                  step(0, recv=wire("REPLY", "$r1", {"status": 1}),
+                       events=[E("Ended", id="$r1", outcome="reply", status=1)])],
+            L, live=True)
 
     # ---- §2.1 framing ----
     session("server/framing-truncated", "§2.1", "A binary message that ends inside a frame "
@@ -2195,6 +2359,10 @@ def build_server_sessions():
     session("server/framing-text", "§2.1", "A text WebSocket message is "
             "ERROR(FRAMING_ERROR), then close.", "server",
             op + [conn_error(0, "FRAMING_ERROR", recv_text="hello")], L, live=True,
+            binding="websocket")
+    session("server/framing-empty-message", "§2.1", "An empty binary WebSocket message is "
+            "ERROR(FRAMING_ERROR), then close (WebSocket code 1002).", "server",
+            op + [conn_error(0, "FRAMING_ERROR", recv="")], L, live=True,
             binding="websocket")
 
     # ---- §5.8 / §6.7 ping and heartbeat ----
@@ -2272,12 +2440,12 @@ def build_server_sessions():
              step(4999, timeout=True, state="Draining"),
              conn_error(5001, "GOING_AWAY", timeout=True)], gw)
     session("server/goaway-received", "§6.5", "After receiving the client's GOAWAY the server "
-            "is draining: it opens no new exchange (no REQUEST) but still serves INVOKEs, and "
-            "it does not close (the side that sent GOAWAY does).", "server",
-            op + [step(0, recv=wire("GOAWAY", 0, {"reason": "client leaving"}),
-                       events=[E("GoAway", reason="client leaving")], state="Draining"),
-                  step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+            "is draining: it opens no new exchange (no REQUEST) but still serves the INVOKE in "
+            "flight, and it does not close (the side that sent GOAWAY does).", "server",
+            op + [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
                        events=[E("Invoked", id=1, tool="echo")]),
+                  step(0, recv=wire("GOAWAY", 0, {"reason": "client leaving"}),
+                       events=[E("GoAway", reason="client leaving")], state="Draining"),
                   step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)],
                        state="Draining")], L, live=True)
     session("server/goaway-received-no-request", "§6.5", "After receiving GOAWAY the server "
@@ -2292,7 +2460,7 @@ def build_server_sessions():
             "after the REPLY.", "server",
             op + [ask1, step(0, command=req_cmd, transmit=[req_exp]),
                   step(0, command=C("complete", id=1, status=0),
-                       transmit=[complete_exp(1)]),
+                       transmit=[U(complete_exp(1), X("INTERRUPT", "$r1", {}, {"reason": "*"}))]),
                   step(0, command=C("goaway", timeout_ms=5000),
                        transmit=[X("GOAWAY", 0, {"timeout_ms": 5000})], state="Draining"),
                   step(10, recv=wire("REPLY", "$r1", {"status": 0}),
@@ -2400,12 +2568,14 @@ def build_client_sessions():
     session("client/handshake-limits", "§5.1, §6.4", "The client announces in HELLO what it "
             "accepts when it differs from the defaults: all five limits, and heartbeat_ms 0 "
             "(absent would mean 30000).", "client", client_open(lim), lim)
-    session("client/no-invoke-before-hello", "§6.2", "The client MUST NOT send anything but "
-            "its HELLO before the server's HELLO: an invoke is refused locally; after the "
-            "server's HELLO it is sent.", "client",
-            [op[0], step(0, command=C("invoke", tool="echo"), refused=True,
-                         state="Handshaking"),
-             op[1], inv(1)], D)
+    session("client/pipelined-invoke", "§6.2", "A client may pipeline: an INVOKE right after "
+            "its HELLO goes out at once, before the server's HELLO; its COMPLETE arrives after "
+            "the server's HELLO.", "client",
+            [op[0], step(0, command=C("invoke", tool="echo"),
+                         transmit=[X("INVOKE", 1, {"tool": "echo"})], state="Handshaking"),
+             op[1],
+             step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                  events=[E("Ended", id=1, outcome="complete", status=0)])], D)
     session("client/initial-tools", "§6.2, §9", "Server HELLO with tools 2, then its two "
             "TOOL_DEF(add) in the same message: the initial tool set is complete.", "client",
             [op[0], step(0, recv=msg(wire("HELLO", 0, {**S_HELLO, "tools": 2}),
@@ -2479,13 +2649,19 @@ def build_client_sessions():
                        events=[E("Chunk", id=1, seq=1, data={"bin": "6c 6f"}, final=True)]),
                   step(0, recv=wire("COMPLETE", 1, {"status": 0}),
                        events=[E("Ended", id=1, outcome="complete", status=0)])], D)
-    session("client/bad-sequence", "§7.6, §7.1", "A first STREAM with seq 1 is BAD_SEQUENCE, "
-            "which ends the invocation; a COMPLETE for it afterwards is UNKNOWN_ID.",
-            "client",
+    session("client/bad-sequence", "§7.6, §7.1, §3.5", "A first STREAM with seq 1 is "
+            "BAD_SEQUENCE, which ends the invocation; the client sends PING right after its "
+            "ERROR. Until the PONG, frames for id 1 crossed the ERROR on the wire and are "
+            "dropped silently (the id is not reused); after it, a COMPLETE for id 1 is "
+            "UNKNOWN_ID.", "client",
             op + [inv(1),
                   step(0, recv=wire("STREAM", 1, {"data": "x", "seq": 1}),
-                       transmit=[XERR(1, "BAD_SEQUENCE", 0x3)],
+                       transmit=[XERR(1, "BAD_SEQUENCE", 0x3), X("PING", 0)],
                        events=[E("Ended", id=1, outcome="error", code="BAD_SEQUENCE")]),
+                  step(0, recv=msg(wire("STREAM", 1, {"data": "y", "seq": 2}),
+                                   wire("COMPLETE", 1, {"status": 0}))),
+                  inv(2),
+                  step(0, recv=wire("PONG", 0)),
                   step(0, recv=wire("COMPLETE", 1, {"status": 0}),
                        transmit=[XERR(1, "UNKNOWN_ID", 0x6)])], D)
     session("client/stream-after-final", "§7.1, §7.6", "A STREAM after the one with `final` "
@@ -2494,7 +2670,7 @@ def build_client_sessions():
                   step(0, recv=wire("STREAM", 1, {"data": "a", "seq": 0, "final": True}),
                        events=[E("Chunk", id=1, seq=0, final=True)]),
                   step(0, recv=wire("STREAM", 1, {"data": "b", "seq": 1}),
-                       transmit=[XERR(1, "BAD_SEQUENCE", 0x3)],
+                       transmit=[XERR(1, "BAD_SEQUENCE", 0x3), X("PING", 0)],
                        events=[E("Ended", id=1, outcome="error", code="BAD_SEQUENCE")])], D)
     mc = {"max_chunk": 4}
     session("client/chunk-too-large", "§7.5, §13", "With max_chunk 4, a STREAM of 5 bytes is "
@@ -2504,7 +2680,7 @@ def build_client_sessions():
              step(0, recv=wire("STREAM", 1, {"data": "1234", "seq": 0}),
                   events=[E("Chunk", id=1, seq=0)]),
              step(0, recv=wire("STREAM", 1, {"data": "12345", "seq": 1}),
-                  transmit=[XERR(1, "CHUNK_TOO_LARGE", 0x3)],
+                  transmit=[XERR(1, "CHUNK_TOO_LARGE", 0x3), X("PING", 0)],
                   events=[E("Ended", id=1, outcome="error", code="CHUNK_TOO_LARGE")])], mc)
     fc = {"initial_window": 8, "auto_credit": False}
     session("client/flow-control", "§7.5", "initial_window 8 and no credit granted: after 5 "
@@ -2515,7 +2691,7 @@ def build_client_sessions():
              step(0, recv=wire("STREAM", 1, {"data": "abcde", "seq": 0}),
                   events=[E("Chunk", id=1, seq=0)]),
              step(0, recv=wire("STREAM", 1, {"data": "fghi", "seq": 1}),
-                  transmit=[XERR(1, "FLOW_CONTROL", 0x3)],
+                  transmit=[XERR(1, "FLOW_CONTROL", 0x3), X("PING", 0)],
                   events=[E("Ended", id=1, outcome="error", code="FLOW_CONTROL")])], fc)
     session("client/flow-control-exact", "§7.5", "STREAM data exactly filling the window is "
             "fine, and the final chunk may be empty, also with the window at 0.",
@@ -2668,14 +2844,14 @@ def build_client_sessions():
             "the invocation on both sides.", "client",
             op + [inv(1),
                   step(0, recv=wire_raw(0x3, 1, m((0, pk("x")), (1, pk("0")))),
-                       transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True)],
+                       transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True), X("PING", 0)],
                        events=[E("Ended", id=1, outcome="error", code="INVALID_FIELD")])], D)
     session("client/empty-nonfinal-chunk", "§5.3", "An empty STREAM chunk without final is "
             "INVALID_FIELD: answered with id 1 and frame_type 3, and it ends the invocation "
             "on both sides.", "client",
             op + [inv(1),
                   step(0, recv=wire_raw(0x3, 1, m((0, pk("")), (1, pk(0)))),
-                       transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True)],
+                       transmit=[XERR(1, "INVALID_FIELD", 0x3, ft_required=True), X("PING", 0)],
                        events=[E("Ended", id=1, outcome="error", code="INVALID_FIELD")])], D)
     session("client/invalid-error-ends-invocation", "§3.7", "An ERROR for invocation 1 that "
             "fails decoding (code 0: INVALID_FIELD) is not answered but still ends the "
@@ -2810,6 +2986,16 @@ def build_client_sessions():
         session(f"client/direction-{vid}", "§3.3", f"A {tn} from a server (a client → server "
                 "frame) is the connection error PROTOCOL_VIOLATION.", "client",
                 op + [conn_error(0, "PROTOCOL_VIOLATION", recv=wire(tn, rid, fields))], D)
+
+    session("client/interrupt-client-space-id", "§3.5, §3.7", "A server's INTERRUPT names "
+            "one of its requests: an INTERRUPT with a client-space id (1, the client's own "
+            "invocation) is the frame error INVALID_ID with id 0; the invocation goes on.",
+            "client",
+            op + [inv(1),
+                  step(0, recv=wire("INTERRUPT", 1),
+                       transmit=[XERR(0, "INVALID_ID", 0x4, ft_required=True)]),
+                  step(0, recv=wire("COMPLETE", 1, {"status": 0}),
+                       events=[E("Ended", id=1, outcome="complete", status=0)])], D)
 
     # ---- §9 tools ----
     session("client/tool-def", "§9, §5.5", "TOOL_DEF add, a second add of the same name "
@@ -2975,7 +3161,14 @@ COVERAGE = [
     # (section, rule, [vector ids or id prefixes ending in "/"])
     ("§2.1", "one message carries one or more whole frames", [
         "server/multiple-frames-per-message", "client/initial-tools"]),
-    ("§2.1", "text message or message ending inside a frame → FRAMING_ERROR, close", [
+    ("§2.1", "WebSocket close codes: 1000 graceful, 1001 timeouts, 1002 protocol errors, "
+             "1008 FLOOD, 1011 RESUME_FAILED (`close_code` of closing steps; live mode reads "
+             "the server's Close)", [
+        "server/heartbeat-ping-frames", "server/framing-empty-message",
+        "server/direction-before-payload", "server/rate-limit", "server/goaway-drain",
+        "client/resume-replay-buffer", "(every closing step)"]),
+    ("§2.1", "text message, empty message or message ending inside a frame → FRAMING_ERROR, "
+             "close", ["server/framing-empty-message",
         "server/framing-text", "server/framing-truncated"]),
     ("§2.1", "subprotocol `asp-v1` offered and selected", ["(live mode: every live vector)"]),
     ("§2.2", "byte stream: frames in any chunking, skipped payloads keep the framing", [
@@ -2991,6 +3184,26 @@ COVERAGE = [
         "ping/", "pong/", "request/", "reply/", "credit/", "goaway/", "resume/"]),
     ("§3.3", "reserved types 0x0, 0xF → UNKNOWN_FRAME_TYPE", [
         "header/type-0", "header/type-15", "order/type-before-flags"]),
+    ("§3.7", "direction (step 6) before the payload; INTERRUPT names an exchange its sender "
+             "initiated, else INVALID_ID", [
+        "server/direction-before-payload", "server/interrupt-server-space-id",
+        "client/interrupt-client-space-id"]),
+    ("§3.6, §7.1", "a terminal frame over the peer's limit becomes ERROR(RESULT_TOO_LARGE)", [
+        "server/peer-max-frame-payload"]),
+    ("§3.5", "an id ended by the initiator's own ERROR is quarantined until the PONG of the "
+             "PING sent after it", ["client/bad-sequence", "client/stream-after-final"]),
+    ("§5.1, §7.5", "minimum max_chunk 4 and initial_window 8; chunks of at most half the "
+                   "initial window; text in whole characters", [
+        "invalid/hello-limits-max-chunk-3", "invalid/hello-limits-initial-window-7",
+        "server/hello-initial-window-below-minimum", "server/chunk-half-window",
+        "server/text-split-on-characters"]),
+    ("§5.1", "capability names are 1–64 bytes", ["invalid/hello-capability-empty"]),
+    ("§5.1, §6.7", "the server's HELLO announces the session heartbeat; heartbeats are PING "
+                   "frames on WebSocket too", ["server/heartbeat-ping-frames"]),
+    ("§6.5, §7.2", "after GOAWAY in either direction an opening frame is DRAINING", [
+        "server/goaway-received-then-invoke"]),
+    ("§8", "a request ends with its invocation (INTERRUPT with the terminal frame)", [
+        "server/request-ends-with-invocation", "server/goaway-waits-for-request"]),
     ("§3.3", "known type in the wrong direction → PROTOCOL_VIOLATION", [
         "server/direction-stream", "server/direction-tool-def", "server/direction-complete",
         "server/direction-request", "client/direction-invoke", "client/direction-credit",
@@ -3050,7 +3263,8 @@ COVERAGE = [
         "client/goaway-received"]),
     ("§6.1, §11", "detached state", ["client/resume-failed", "client/resume-window"]),
     ("§6.2", "client HELLO first; nothing else before the server's HELLO", [
-        "client/handshake", "client/no-invoke-before-hello"]),
+        "client/handshake", "client/pipelined-invoke", "server/pipelined-invoke",
+        "server/pipelined-invoke-unknown-tool"]),
     ("§6.2", "server: first frame not HELLO/RESUME, or a second HELLO → PROTOCOL_VIOLATION", [
         "server/first-frame-invoke", "server/first-frame-ping", "server/second-hello",
         "client/second-hello", "client/frame-before-hello"]),
@@ -3172,11 +3386,11 @@ LIMIT_COVERAGE = [
 ]
 
 NOT_COVERED = [
-    ("§2.1", "HTTP-level upgrade rules (400/426 without `asp-v1`, 401, 403, close codes "
-             "1000/1002/1008)", "below the frame layer; live mode checks only that "
-             "`asp-v1` is selected"),
-    ("§6.7", "WebSocket ping/pong replacing PING/PONG", "transport-level; the vectors use "
-             "PING frames"),
+    ("§2.1", "HTTP-level upgrade rules (400/426 without `asp-v1`, 401, 403)", "below the "
+             "frame layer; live mode checks only that `asp-v1` is selected (the adapters' "
+             "`adapter-tests` check the refusals)"),
+    ("§2.1, §6.7", "answering WebSocket pings with pongs", "the WebSocket library's job; the "
+                   "vectors use PING frames"),
     ("§11.2", "server side of a successful resume (token lookup, replay to the client)",
      "needs the server application to route a RESUME to the detached session's connection; "
      "only the refusal is a vector"),

@@ -148,6 +148,8 @@ pub struct Harness {
     /// among the received bytes announces another. Everything the connection sends is decoded
     /// against it, so a frame over the peer's limit (SPEC §3.6) fails the vector.
     peer_max_payload: u32,
+    /// The WebSocket close code the connection's close calls for (SPEC §2.1), once it closed.
+    pub close_code: Option<u16>,
 }
 
 impl Harness {
@@ -189,6 +191,7 @@ impl Harness {
             conn,
             binding,
             peer_max_payload: asp_proto::Limits::default().max_frame_payload,
+            close_code: None,
         })
     }
 
@@ -229,6 +232,9 @@ impl Harness {
             let mut any = false;
             while let Some(ev) = self.conn.poll_event() {
                 any = true;
+                if let asp_proto::Event::Closed(r) = &ev {
+                    self.close_code = Some(r.websocket_close_code());
+                }
                 if let Some(j) = model::event_json(&ev) {
                     events.push(j);
                 }

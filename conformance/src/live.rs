@@ -79,7 +79,9 @@ struct Peer {
 
 enum Next {
     Frame(Sent),
-    Closed,
+    /// The server closed: the code of its WebSocket Close (1005 for a Close without one,
+    /// RFC 6455 §7.1.5), or `None` if the connection ended without a Close.
+    Closed(Option<u16>),
 }
 
 impl Peer {
@@ -126,8 +128,9 @@ impl Peer {
         self.ws.send(m).await.map_err(|e| format!("send: {e}"))
     }
 
-    /// The next frame the server sent (PINGs are answered and skipped), or its close.
-    async fn next(&mut self, what: &str) -> Result<Next, String> {
+    /// The next frame the server sent, or its close. PINGs are answered and skipped unless
+    /// the step expects one (`want_ping`).
+    async fn next(&mut self, what: &str, want_ping: bool) -> Result<Next, String> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(s) = self.queue.pop_front() {
@@ -135,13 +138,15 @@ impl Peer {
             }
             let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return Err(format!("timed out waiting for {what}")),
-                Ok(None) => return Ok(Next::Closed),
+                Ok(None) => return Ok(Next::Closed(None)),
                 Ok(Some(Err(e))) => {
                     return match e {
                         tokio_tungstenite::tungstenite::Error::ConnectionClosed
                         | tokio_tungstenite::tungstenite::Error::AlreadyClosed
                         | tokio_tungstenite::tungstenite::Error::Io(_)
-                        | tokio_tungstenite::tungstenite::Error::Protocol(_) => Ok(Next::Closed),
+                        | tokio_tungstenite::tungstenite::Error::Protocol(_) => {
+                            Ok(Next::Closed(None))
+                        }
                         e => Err(format!("receive: {e}")),
                     }
                 }
@@ -155,7 +160,7 @@ impl Peer {
                     }
                     while let Some(r) = codec::decode_frame(&mut b, u32::MAX) {
                         let f = r.map_err(|e| format!("the server sent an invalid frame: {e}"))?;
-                        if matches!(f, asp_proto::Frame::Ping) {
+                        if matches!(f, asp_proto::Frame::Ping) && !want_ping {
                             self.send(Message::Binary(Bytes::from_static(&PONG)))
                                 .await?;
                             continue;
@@ -164,7 +169,9 @@ impl Peer {
                     }
                 }
                 Message::Text(_) => return Err("the server sent a text message (SPEC §2.1)".into()),
-                Message::Close(_) => return Ok(Next::Closed),
+                Message::Close(f) => {
+                    return Ok(Next::Closed(Some(f.map_or(1005, |f| u16::from(f.code)))))
+                }
                 _ => {}
             }
         }
@@ -203,10 +210,11 @@ pub async fn play(t: &Value, opts: &LiveOptions) -> Result<(), String> {
         let none = Vec::new();
         let expected = s["transmit"].as_array().unwrap_or(&none);
         let mut got = Vec::new();
+        let want_ping = expected.iter().any(|x| x["type"].as_str() == Some("PING"));
         for _ in 0..required_count(expected) {
-            match p.next("an expected frame").await.map_err(fail)? {
+            match p.next("an expected frame", want_ping).await.map_err(fail)? {
                 Next::Frame(f) => got.push(f),
-                Next::Closed => {
+                Next::Closed(_) => {
                     let so_far: Vec<String> = got.iter().map(ToString::to_string).collect();
                     return Err(fail(format!(
                         "the server closed the connection; expected {} frames, got [{}]",
@@ -218,8 +226,19 @@ pub async fn play(t: &Value, opts: &LiveOptions) -> Result<(), String> {
         }
         transmit_matches(expected, &got, &mut caps).map_err(fail)?;
         if s["closed"].as_bool() == Some(true) {
-            match p.next("the server to close").await.map_err(fail)? {
-                Next::Closed => {}
+            match p.next("the server to close", false).await.map_err(fail)? {
+                // README "Steps": `close_code`, the code of the server's WebSocket Close
+                // (SPEC §2.1).
+                Next::Closed(code) => {
+                    if let Some(want) = s["close_code"].as_u64() {
+                        if code != Some(want as u16) {
+                            return Err(fail(format!(
+                                "the server closed with WebSocket close code {}, expected {want}",
+                                code.map_or("none (no Close frame)".to_string(), |c| c.to_string())
+                            )));
+                        }
+                    }
+                }
                 Next::Frame(f) => return Err(fail(format!("expected close, got {f}"))),
             }
             closed = true;
@@ -230,10 +249,10 @@ pub async fn play(t: &Value, opts: &LiveOptions) -> Result<(), String> {
         // Barrier: everything the server sent before our PING's PONG must have been expected.
         let p = peer.as_mut().ok_or("no start step")?;
         p.send(Message::Binary(Bytes::from_static(&PING))).await?;
-        match p.next("PONG (end-of-vector barrier)").await? {
+        match p.next("PONG (end-of-vector barrier)", false).await? {
             Next::Frame(f) if f.ty == "PONG" => {}
             Next::Frame(f) => return Err(format!("unexpected frame after the last step: {f}")),
-            Next::Closed => return Err("the server closed the connection unexpectedly".into()),
+            Next::Closed(_) => return Err("the server closed the connection unexpectedly".into()),
         }
         let _ = p.ws.close(None).await;
     }

@@ -667,7 +667,6 @@ pub fn event_json(ev: &Event) -> Option<Value> {
                 CloseReason::PeerError { code, .. } => ("error_received", Some(*code)),
                 CloseReason::ProtocolError { code, .. } => ("error_sent", Some(*code)),
                 CloseReason::TransportClosed => ("transport_closed", None),
-                CloseReason::Overloaded => ("overloaded", None),
             };
             put("reason", Value::from(reason));
             if let Some(c) = code {

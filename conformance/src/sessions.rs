@@ -64,6 +64,15 @@ fn run_binding(t: &Value, binding: Binding) -> Result<(), String> {
                 "the connection closed".into()
             }));
         }
+        // README "Steps": `close_code`, the WebSocket close code that follows (SPEC §2.1).
+        if let Some(want) = s["close_code"].as_u64() {
+            if h.close_code != Some(want as u16) {
+                return Err(fail(format!(
+                    "close code {:?}, expected {want}",
+                    h.close_code
+                )));
+            }
+        }
     }
     Ok(())
 }

@@ -382,8 +382,8 @@ pub fn limits() -> impl Strategy<Value = HelloLimits> {
         of(u32_in(64, u32::MAX)),
         of((1u16..=0x7fff).boxed()),
         of(any::<u16>()),
-        of(u32_in(1, u32::MAX)),
-        of(u32_in(1, u32::MAX)),
+        of(u32_in(4, u32::MAX)),
+        of(u32_in(8, u32::MAX)),
     )
         .prop_map(
             |(max_frame_payload, max_inflight, max_tools, max_chunk, initial_window)| HelloLimits {
@@ -400,7 +400,7 @@ pub fn hello() -> impl Strategy<Value = Hello> {
     use proptest::option::of;
     (
         versions(),
-        vec(text(0, 64), 0..=32),
+        vec(text(1, 64), 0..=32),
         limits(),
         of(u32_in(0, u32::MAX)),
         of(text(1, 64)),
