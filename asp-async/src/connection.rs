@@ -18,6 +18,16 @@ pub trait ConnectionHook: Send + Sync + 'static {
     /// reads its first frame, so tools added here (`Locked::conn().add_tool`) are part of
     /// the initial tool set sent after HELLO (SPEC §6.2 step 3).
     fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap);
+    /// Awaited after [`connected`](Self::connected) and before the connection reads its
+    /// first frame, for a hook whose per-connection setup is asynchronous: an MCP bridge
+    /// opens an MCP session for the client and adds the tools it lists, which then form the
+    /// initial tool set (SPEC §6.2 step 3). The client's HELLO waits in the socket
+    /// meanwhile, and the handshake timeout (SPEC §6.2) runs from the upgrade. The default
+    /// does nothing.
+    fn prepare(&self, conn: ServerConnection) -> crate::BoxFuture<'static, ()> {
+        let _ = conn;
+        Box::pin(std::future::ready(()))
+    }
     /// The connection closed; its exchanges have ended.
     fn closed(&self, conn: &ServerConnection);
 }

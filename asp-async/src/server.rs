@@ -738,6 +738,9 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         hook.connected(handle.clone(), &upgrade);
     }
     drop(upgrade);
+    if let Some(hook) = &inner.hook {
+        hook.prepare(handle.clone()).await;
+    }
     tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone(), 0), span)
         .await;
     // The reader ended: wait for the writer to send the last frames and close. A resumable

@@ -232,6 +232,11 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 0)]
         flood: usize,
     },
+    /// Bridge MCP and ASP: serve an MCP server's tools over ASP (`from-mcp`), or an ASP
+    /// server's tools to MCP hosts (`to-mcp`). Built with the `bridge` feature.
+    #[cfg(feature = "bridge")]
+    #[command(subcommand)]
+    Bridge(asp_mcp::cli::Bridge),
 }
 
 fn main() {
@@ -269,6 +274,14 @@ async fn run(cli: Cli) -> i32 {
     };
     match cli.command {
         Command::Tools { url, watch } => tools(&g, &normalize_url(&url), watch).await,
+        #[cfg(feature = "bridge")]
+        Command::Bridge(b) => match asp_mcp::cli::run(b, g.token.clone()).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_USAGE
+            }
+        },
         Command::Call {
             url,
             tool,
