@@ -26,6 +26,9 @@ use crate::rate::{RateVerdict, RateWindow};
 use crate::replay::Replay;
 use crate::time::Instant;
 
+mod batch;
+pub use batch::{BatchError, Command};
+
 /// Which end of the connection this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -702,18 +705,7 @@ impl Connection {
     ) -> Result<(), SendError> {
         self.require(Role::Server)?;
         self.require_live()?;
-        if (text && core::str::from_utf8(&data).is_err()) || (data.is_empty() && !fin) {
-            // SPEC §5.3: text is UTF-8; only the final chunk may be empty.
-            return Err(SendError::InvalidField("data"));
-        }
-        let max_chunk = (self.peer_limits.max_chunk as usize)
-            .min((self.peer_limits.max_frame_payload as usize).saturating_sub(STREAM_OVERHEAD));
-        if data.len() > max_chunk {
-            return Err(SendError::TooLarge {
-                len: data.len(),
-                max: max_chunk,
-            });
-        }
+        self.check_chunk(&data, text, fin)?;
         let frame_len = data.len() + STREAM_OVERHEAD;
         let queue_full = self.out.len() + frame_len > self.config.max_queued_bytes;
         let per_inv = self.config.max_queued_per_invocation;

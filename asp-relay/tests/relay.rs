@@ -16,7 +16,6 @@ use std::time::Duration;
 use asp_proto::codec::encode;
 use asp_proto::frame::{Frame, Request as RequestFrame, Stream as StreamFrame, ToolDef, ToolOp};
 use asp_proto::{Bytes, ErrorCode};
-use asp_relay::binding::base64_encode;
 use asp_relay::{Relay, RelayConfig};
 use asp_tokio::{Chunk, Client, Error, RawValue, ReplyStatus, RequestId, Status, ToolChange};
 use bytes::BytesMut;
@@ -266,9 +265,23 @@ fn trailers(list: &[(&str, String)]) -> BodyFrame<Bytes> {
     BodyFrame::trailers(h)
 }
 
+/// Standard base64 with padding (RFC 4648 §4), as a function sends `X-Asp-State`.
 fn b64(b: &[u8]) -> String {
+    const SYM: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
-    base64_encode(b, &mut s);
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            s.push(if i <= c.len() {
+                char::from(SYM[(n >> (18 - 6 * i)) as usize & 63])
+            } else {
+                '='
+            });
+        }
+    }
     s
 }
 
@@ -1282,10 +1295,7 @@ async fn python_function_over_json() {
     let Some(py) = python_function() else {
         return;
     };
-    let relay = relay_to(py.url.clone(), |c| {
-        c.format = asp_relay::binding::BodyFormat::Json
-    })
-    .await;
+    let relay = relay_to(py.url.clone(), |c| c.format = asp_relay::BodyFormat::Json).await;
     let client = connect(&relay).await;
 
     let mut call = client
