@@ -46,7 +46,8 @@ pub const DEFAULT_PATH: &str = "/v1/agent-socket";
 /// WebSocket settings.
 pub type WsConfig = tungstenite::protocol::WebSocketConfig;
 
-/// Message-size limits for the WebSocket layer: generous, because ASP enforces its own
+/// The WebSocket layer's settings the builders start from (the protocol's are
+/// [`default_config`]). Message-size limits: generous, because ASP enforces its own
 /// per-frame limit (SPEC §3.6) and can then answer FRAME_TOO_LARGE instead of dropping the
 /// whole connection.
 pub fn default_ws_config() -> WsConfig {
@@ -74,10 +75,16 @@ pub fn host_port(
 /// The protocol configuration the builders start from: the core defaults (SPEC §13), with
 /// heartbeats sent as WebSocket pings (SPEC §6.7 allows either on this binding; tungstenite
 /// answers pings itself, so an idle peer costs no ASP frames). A `config(..)` call on a
-/// builder replaces it whole.
-pub fn ws_default_config() -> Config {
+/// builder replaces it whole. (The WebSocket layer's settings are [`default_ws_config`].)
+pub fn default_config() -> Config {
     Config {
         heartbeat_mode: asp_proto::HeartbeatMode::Transport,
         ..Config::default()
     }
+}
+
+/// The old name of [`default_config`], kept so code written against it still builds.
+#[doc(hidden)]
+pub fn ws_default_config() -> Config {
+    default_config()
 }

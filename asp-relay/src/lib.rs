@@ -119,7 +119,7 @@ impl RelayConfig {
             timeouts: Timeouts::default(),
             pool_max_idle: 256,
             tools: Vec::new(),
-            asp: asp_async::ws_default_config(),
+            asp: asp_async::default_config(),
             ws: asp_async::default_ws_config().read_buffer_size(4 << 10),
         }
     }
