@@ -139,9 +139,7 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
                 })
                 .map_or(DEFAULT_DRAIN, Duration::from_millis);
             rc.handle.with(|l| {
-                let now = l.now();
-                l.conn().goaway(
-                    now,
+                l.goaway(
                     Some(Text::from_static("closed through the relay's admin API")),
                     timeout,
                 );
@@ -155,7 +153,7 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
 fn describe(rc: &RelayConn) -> Reply {
     let state_bytes = rc.state.lock().unwrap_or_else(|e| e.into_inner()).len();
     let Some((in_flight, tools)) = rc.handle.with(|l| {
-        let c = l.conn();
+        let c = l.core();
         let tools: Vec<String> = c.tools().map(|t| t.name.to_string()).collect();
         (c.in_flight(), tools)
     }) else {
@@ -191,7 +189,7 @@ async fn push(inner: &Arc<RelayInner>, rc: Arc<RelayConn>, req: Request<Incoming
         // All or nothing (SPEC §15.5: "nothing sent"): the core checks the whole batch,
         // then it is sent.
         let batch = Batch::new(frames, max_chunk(l));
-        if let Err(e) = l.conn().check_batch(&batch.commands()) {
+        if let Err(e) = l.core().check_batch(&batch.commands()) {
             return Err(batch.refused(e));
         }
         apply(l, &rc, batch)
@@ -216,7 +214,7 @@ struct Refused(StatusCode, String);
 
 /// The client's chunk size (as the forwarding handler uses it).
 fn max_chunk(l: &mut Locked<'_>) -> usize {
-    l.conn().session().map_or(64 << 10, |s| {
+    l.core().session().map_or(64 << 10, |s| {
         (s.peer_limits.max_chunk as usize).min((s.peer_limits.initial_window / 2).max(1) as usize)
     })
 }
@@ -349,10 +347,9 @@ fn apply(
         match p {
             Pushed::ToolDef(d) => match d.op {
                 ToolOp::Remove => {
-                    l.conn().remove_tool(d.name.as_str()).map_err(internal)?;
+                    l.remove_tool(d.name.as_str()).map_err(internal)?;
                 }
                 ToolOp::Add | ToolOp::Update => l
-                    .conn()
                     .add_tool(ToolDef {
                         op: ToolOp::Add,
                         ..d
@@ -361,7 +358,7 @@ fn apply(
             },
             Pushed::Stream { id, pieces } => {
                 for (data, text, fin) in pieces {
-                    l.conn().stream(id, data, text, fin).map_err(internal)?;
+                    l.stream(id, data, text, fin).map_err(internal)?;
                 }
             }
             Pushed::Request {

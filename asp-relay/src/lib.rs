@@ -174,7 +174,7 @@ impl ConnectionHook for Directory {
         // initial set (SPEC §6.2 step 3, §15.1).
         conn.with(|l| {
             for def in &inner.config.tools {
-                if let Err(e) = l.conn().add_tool(def.clone()) {
+                if let Err(e) = l.add_tool(def.clone()) {
                     tracing::warn!(tool = %def.name, error = %e, "initial tool refused");
                 }
             }
