@@ -378,6 +378,16 @@ impl Connection {
         self.exchanges.len()
     }
 
+    /// Number of invocations in flight (either role).
+    pub fn invocations_in_flight(&self) -> usize {
+        self.invocations
+    }
+
+    /// Number of server requests in flight (either role, SPEC §8).
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests
+    }
+
     /// Encoded bytes waiting in the transmit queue.
     pub fn queued_bytes(&self) -> usize {
         self.out.len()

@@ -4,7 +4,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /connections/{id}/frames` (body: ASP frames) | `202 {"accepted", "request_ids"}`, `400`, `404`, `409` |
-//! | `GET /connections/{id}` | `200 {"connection_id", "connected_ms", "in_flight", "state_bytes", "tools"}`, `404` |
+//! | `GET /connections/{id}` | `200 {"connection_id", "connected_for_ms", "in_flight", "requests_in_flight", "state_bytes", "tools"}`, `404` |
 //! | `DELETE /connections/{id}[?timeout_ms=N]` | `204` (GOAWAY, close when idle), `404` |
 
 use std::net::SocketAddr;
@@ -152,10 +152,10 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
 
 fn describe(rc: &RelayConn) -> Reply {
     let state_bytes = rc.state.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let Some((in_flight, tools)) = rc.handle.with(|l| {
+    let Some((in_flight, requests, tools)) = rc.handle.with(|l| {
         let c = l.core();
         let tools: Vec<String> = c.tools().map(|t| t.name.to_string()).collect();
-        (c.in_flight(), tools)
+        (c.invocations_in_flight(), c.requests_in_flight(), tools)
     }) else {
         return error(StatusCode::NOT_FOUND, "the connection closed");
     };
@@ -163,8 +163,11 @@ fn describe(rc: &RelayConn) -> Reply {
         StatusCode::OK,
         Some(serde_json::json!({
             "connection_id": rc.handle.id(),
-            "connected_ms": rc.connected.elapsed().as_millis() as u64,
+            // SPEC §15.5: a duration (how long the client has been connected), not a time.
+            "connected_for_ms": rc.connected.elapsed().as_millis() as u64,
+            // Invocations only; pushed REQUESTs awaiting the client's answer apart.
             "in_flight": in_flight,
+            "requests_in_flight": requests,
             "state_bytes": state_bytes,
             "tools": tools,
         })),
@@ -349,6 +352,8 @@ fn apply(
                 ToolOp::Remove => {
                     l.remove_tool(d.name.as_str()).map_err(internal)?;
                 }
+                // SPEC §15.5: add and update both mean "the client has this definition";
+                // the core sends add or update by what the client holds (SPEC §9).
                 ToolOp::Add | ToolOp::Update => l
                     .add_tool(ToolDef {
                         op: ToolOp::Add,
@@ -357,6 +362,8 @@ fn apply(
                     .map_err(internal)?,
             },
             Pushed::Stream { id, pieces } => {
+                // SPEC §15.5: a STREAM over the client's chunk size is split, as a
+                // function's are (§15.3), not refused (`Batch::new` cut it).
                 for (data, text, fin) in pieces {
                     l.stream(id, data, text, fin).map_err(internal)?;
                 }

@@ -9,7 +9,8 @@
 //!   [`UpstreamCall::handle_end`] and drain [`UpstreamCall::poll_output`]: chunks to stream,
 //!   then exactly one [`Ending`] (SPEC §15.3); [`UpstreamCall::take_state_update`] says
 //!   what the response did to the connection's state (SPEC §15.4).
-//! - [`Ending::unreachable`], [`Ending::timed_out`]: failures without a response.
+//! - [`Ending::unreachable`], [`Ending::timed_out`]: failures the adapter detects itself (no
+//!   connection, no status line, a body that stalls).
 //! - [`parse_push`]: the frames a function pushes through the admin API (SPEC §15.5), and
 //!   [`ReplyRequest`], the `POST {upstream}/reply` that delivers a client's answer.
 //!
@@ -206,8 +207,10 @@ impl InvokeRequest {
             ("content-type", format.content_type().to_owned()),
             ("accept", ACCEPT.to_owned()),
             // Hyper (and other servers) send trailers only to clients that ask (RFC 9110
-            // §10.1.4); `X-Cpu-Time` of a streamed body is known only at its end.
+            // §10.1.4); `X-Cpu-Time` of a streamed body is known only at its end. `TE` is a
+            // hop-by-hop field, so RFC 9110 §10.1.4 requires naming it in `Connection` too.
             ("te", "trailers".to_owned()),
+            ("connection", "te".to_owned()),
             (header::CONNECTION_ID, percent_encode(connection_id)),
             (header::REQUEST_ID, invoke.id.0.to_string()),
             (header::TOOL, percent_encode(invoke.tool.as_str())),
@@ -361,16 +364,17 @@ impl Ending {
         )
     }
 
-    /// A timeout expired: `UPSTREAM_TIMEOUT`, retryable (SPEC §15.3).
+    /// A timeout expired: `UPSTREAM_TIMEOUT` (SPEC §15.3), retryable only before the status
+    /// line: once the function has answered it may have acted, so a retry could act twice.
     pub fn timed_out(phase: TimeoutPhase, after: Duration) -> Ending {
-        let what = match phase {
-            TimeoutPhase::Head => "no response from the function",
-            TimeoutPhase::Body => "no body bytes from the function",
+        let (what, retryable) = match phase {
+            TimeoutPhase::Head => ("no response from the function", true),
+            TimeoutPhase::Body => ("no body bytes from the function", false),
         };
         Ending::error(
             ErrorCode::UPSTREAM_TIMEOUT,
             &format!("{what} within {} ms", after.as_millis()),
-            true,
+            retryable,
         )
     }
 
@@ -553,7 +557,7 @@ impl UpstreamCall {
             }
         } else {
             Mode::Plain {
-                text: media.starts_with("text/") || media == "application/json",
+                text: is_text(&media),
                 carry: Vec::new(),
             }
         };
@@ -754,8 +758,29 @@ impl UpstreamCall {
     }
 }
 
+/// Whether a plain body of this media type (lower case, without parameters) streams as text
+/// (SPEC §15.3): `text/*` and the JSON family, which is UTF-8 by definition (RFC 8259 §8.1):
+/// `application/json`, any `application/*+json` (RFC 6839 §3.1) and newline-delimited JSON.
+/// A `charset` parameter is not consulted: text is read as UTF-8.
+fn is_text(media: &str) -> bool {
+    media.starts_with("text/")
+        || media == "application/json"
+        || media == "application/x-ndjson"
+        || media == "application/ndjson"
+        || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// The ERROR for a non-2xx status (SPEC §15.3). `body` holds at most the first 1024 bytes of
+/// the body; when it is full, a character cut at byte 1024 is left out (not replaced), so the
+/// message is the longest whole-character prefix. Other invalid UTF-8 becomes U+FFFD, then
+/// surrounding whitespace is trimmed and the text cut on a character boundary to 1024 bytes.
 fn failed_ending(status: u16, body: &[u8]) -> Ending {
     let (code, retryable) = status_error(status);
+    let body = if body.len() >= MAX_MESSAGE {
+        without_cut_character(body)
+    } else {
+        body
+    };
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let message = if text.is_empty() {
@@ -764,6 +789,21 @@ fn failed_ending(status: u16, body: &[u8]) -> Ending {
         text.to_owned()
     };
     Ending::error(code, &message, retryable)
+}
+
+/// `b` without an incomplete UTF-8 sequence at its end (a character cut by a length limit).
+fn without_cut_character(b: &[u8]) -> &[u8] {
+    let tail = b.len().saturating_sub(3);
+    for start in (tail..b.len()).rev() {
+        if is_char_start(b.get(start).copied()) {
+            let rest = b.get(start..).unwrap_or(&[]);
+            return match core::str::from_utf8(rest) {
+                Err(e) if e.error_len().is_none() => b.get(..start).unwrap_or(b),
+                _ => b,
+            };
+        }
+    }
+    b
 }
 
 /// `carry` + `data`, as the longest valid UTF-8 prefix (invalid sequences replaced by
@@ -913,28 +953,65 @@ fn state_from(headers: &[(&str, &[u8])], max_state: usize) -> StateUpdate {
     }
 }
 
-/// Milliseconds with optional decimals (`"12"`, `"0.25"`, `"1.5e0"` is refused) → µs,
-/// rounded down to the µs.
+/// `X-Cpu-Time` (SPEC §15.3): milliseconds as an unsigned decimal number, with optional
+/// fraction and exponent (`"12"`, `"0.25"`, `".5"`, `"3."`, `"1e3"`, `"2.5E-1"`: the JSON
+/// number syntax without a sign, plus a bare leading or trailing point, so Python's
+/// `str(float)` and JavaScript's `String(number)` are read as written) → µs, rounded to the
+/// nearest µs, halves up. Computed in decimal, so `"0.0015"` is exactly 1.5 µs → 2. `None`
+/// for anything else (a sign, `inf`, hex, …) or a value over 2⁶⁴−1 µs.
 pub fn parse_millis(v: &[u8]) -> Option<u64> {
     let v = core::str::from_utf8(v).ok()?.trim();
-    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    let (mantissa, exp) = match v.find(['e', 'E']) {
+        Some(i) => {
+            let e = v.get(i + 1..)?;
+            let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            (v.get(..i)?, e.parse::<i32>().ok()?)
+        }
+        None => (v, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if (int.is_empty() && frac.is_empty())
         || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
     {
         return None;
     }
-    let ms: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut us = 0u64;
-    let mut scale = 100u64;
-    for d in frac.bytes().take(3) {
-        us += u64::from(d - b'0') * scale;
-        scale /= 10;
+    // value = digits × 10^scale µs, where digits are the mantissa's without the point.
+    let digits = int.bytes().chain(frac.bytes()).skip_while(|b| *b == b'0');
+    let mut n: u128 = 0;
+    // Significant digits beyond ~30 are dropped (value rounded down there), and counted.
+    let mut dropped = 0i32;
+    for d in digits {
+        if dropped == 0 && n < 1 << 96 {
+            n = n * 10 + u128::from(d - b'0');
+        } else {
+            dropped += 1;
+        }
     }
-    ms.checked_mul(1000)?.checked_add(us)
+    let scale = exp + 3 - i32::try_from(frac.len()).ok()? + dropped;
+    let us = if n == 0 {
+        0
+    } else if scale >= 0 {
+        n.checked_mul(10u128.checked_pow(scale.unsigned_abs())?)?
+    } else {
+        match 10u128.checked_pow(scale.unsigned_abs()) {
+            Some(div) => (n + div / 2) / div,
+            None => 0, // below half a µs
+        }
+    };
+    u64::try_from(us).ok()
 }
 
+/// `X-Input-Tokens`, `X-Output-Tokens`: ASCII digits only (no sign), at most 2⁶⁴−1.
 fn parse_uint(v: &[u8]) -> Option<u64> {
-    core::str::from_utf8(v).ok()?.trim().parse().ok()
+    let v = core::str::from_utf8(v).ok()?.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -1058,7 +1135,9 @@ pub fn base64_encode(data: &[u8], out: &mut String) {
     }
 }
 
-/// Decodes standard base64 (RFC 4648 §4); padding optional. `None` if malformed.
+/// Decodes base64 in the standard alphabet (RFC 4648 §4) or the URL-safe one (§5: `-` and `_`
+/// for `+` and `/`; the two never clash, so a value is read whichever it uses); padding
+/// optional (SPEC §15.4). `None` if malformed.
 pub fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
     let s = match s {
         [rest @ .., b'=', b'='] | [rest @ .., b'='] => rest,
@@ -1072,8 +1151,8 @@ pub fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
             b'A'..=b'Z' => c - b'A',
             b'a'..=b'z' => c - b'a' + 26,
             b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
             _ => return None,
         }))
     };
@@ -1099,8 +1178,10 @@ pub fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
 pub enum JsonError {
     /// An ext value.
     Ext,
-    /// Nested deeper than 128 arrays and maps (the recursion limit of common JSON parsers).
+    /// More than [`MAX_JSON_DEPTH`] arrays and maps nested in one another.
     TooDeep,
+    /// Two keys of one map that are the same JSON name once converted (`1` and `"1"`).
+    DuplicateKey,
     /// Not well-formed MessagePack.
     Malformed,
 }
@@ -1109,18 +1190,25 @@ impl core::fmt::Display for JsonError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             JsonError::Ext => "it holds a MessagePack ext value",
-            JsonError::TooDeep => "it is nested more than 128 levels deep",
+            JsonError::TooDeep => "it nests more than 126 arrays and maps",
+            JsonError::DuplicateKey => "a map has two keys that are the same JSON name",
             JsonError::Malformed => "it is not well-formed MessagePack",
         })
     }
 }
 
-const MAX_JSON_DEPTH: usize = 128;
+/// Most arrays and maps nested in one another in a value converted to JSON (SPEC §15.2),
+/// map keys included: `[[1]]` nests 2. A JSON body puts the value one level down (`"args"`
+/// in the body object), so the deepest body nests 127, the most serde_json accepts by
+/// default (its limit rejects 128; Python's and JavaScript's parsers accept more).
+pub const MAX_JSON_DEPTH: usize = 126;
 
 /// Converts one MessagePack value to JSON text (SPEC §15.2): `bin` becomes a base64 string,
-/// a map key that is not a string becomes its JSON text, a float that is not finite becomes
-/// `null`, a `str` that is not UTF-8 is repaired with U+FFFD; ext values are refused. Bytes
-/// after the value are an error.
+/// a map key that is a string or `bin` becomes that string, any other key the text of its
+/// JSON value (`1` → `"1"`, `[1]` → `"[1]"`), a float that is not finite becomes `null`, a
+/// `str` that is not UTF-8 is repaired with U+FFFD. Refused: ext values, nesting deeper than
+/// [`MAX_JSON_DEPTH`], and a map whose keys give one JSON name twice (JSON parsers would keep
+/// one silently, RFC 8259 §4). Bytes after the value are an error.
 pub fn msgpack_to_json(value: &[u8], out: &mut String) -> Result<(), JsonError> {
     let mut c = Cursor { b: value, pos: 0 };
     json_value(&mut c, out, 0)?;
@@ -1227,11 +1315,18 @@ fn json_value(c: &mut Cursor<'_>, out: &mut String, depth: usize) -> Result<(), 
                 return Err(JsonError::TooDeep);
             }
             out.push('{');
+            // The keys as written (JSON string literals): equal literals are equal names,
+            // since a name has one literal here. Bounded by the input's size.
+            let mut names = std::collections::BTreeSet::new();
             for i in 0..n {
                 if i > 0 {
                     out.push(',');
                 }
+                let start = out.len();
                 json_key(c, out, depth + 1)?;
+                if n > 1 && !names.insert(out.get(start..).unwrap_or("").to_owned()) {
+                    return Err(JsonError::DuplicateKey);
+                }
                 out.push(':');
                 json_value(c, out, depth + 1)?;
             }
@@ -1250,12 +1345,19 @@ fn json_value(c: &mut Cursor<'_>, out: &mut String, depth: usize) -> Result<(), 
     Ok(())
 }
 
-/// A map key: a string as itself, anything else as its JSON text, quoted.
+/// A map key: a string as itself, `bin` as its base64 string (as a value), anything else
+/// as its JSON text, quoted.
 fn json_key(c: &mut Cursor<'_>, out: &mut String, depth: usize) -> Result<(), JsonError> {
     let first = c.b.get(c.pos).copied().ok_or(JsonError::Malformed)?;
     if matches!(
         Marker::from_u8(first),
-        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32
+        Marker::FixStr(_)
+            | Marker::Str8
+            | Marker::Str16
+            | Marker::Str32
+            | Marker::Bin8
+            | Marker::Bin16
+            | Marker::Bin32
     ) {
         return json_value(c, out, depth);
     }
@@ -1371,6 +1473,7 @@ mod tests {
         assert_eq!(h("content-type"), Some("application/msgpack"));
         assert_eq!(h("accept"), Some(ACCEPT));
         assert_eq!(h("te"), Some("trailers"));
+        assert_eq!(h("connection"), Some("te"), "RFC 9110 §10.1.4");
         assert_eq!(h("x-asp-connection-id"), Some("c1"));
         assert_eq!(h("x-asp-request-id"), Some("7"));
         assert_eq!(h("x-asp-tool"), Some("echo"));
@@ -1422,11 +1525,22 @@ mod tests {
         deep.push(0xc0);
         let mut s = String::new();
         assert_eq!(msgpack_to_json(&deep, &mut s), Err(JsonError::TooDeep));
-        let mut ok = vec![0x91u8; 100];
+        // The boundary: MAX_JSON_DEPTH (126) nested arrays pass, one more does not.
+        let mut ok = vec![0x91u8; MAX_JSON_DEPTH];
         ok.push(0xc0);
         s.clear();
         msgpack_to_json(&ok, &mut s).unwrap();
         assert!(s.starts_with("[[[") && s.contains("null"));
+        let mut over = vec![0x91u8; MAX_JSON_DEPTH + 1];
+        over.push(0xc0);
+        assert_eq!(msgpack_to_json(&over, &mut s), Err(JsonError::TooDeep));
+        // Maps count too, and a key that is a map nests one more.
+        let mut maps = vec![];
+        for _ in 0..MAX_JSON_DEPTH - 1 {
+            maps.extend_from_slice(b"\x81\xa1k");
+        }
+        maps.extend_from_slice(b"\x81\x81\x01\x02\x03"); // {{1: 2}: 3} at the last level
+        assert_eq!(msgpack_to_json(&maps, &mut s), Err(JsonError::TooDeep));
         // Non-finite floats, control characters, nested map keys, truncation.
         s.clear();
         msgpack_to_json(b"\x92\xcb\x7f\xf8\0\0\0\0\0\0\xa2\x01\n", &mut s).unwrap();
@@ -1434,6 +1548,26 @@ mod tests {
         s.clear();
         msgpack_to_json(b"\x81\x81\x01\x02\x03", &mut s).unwrap();
         assert_eq!(s, r#"{"{\"1\":2}":3}"#);
+        // A bin key is its base64 string, as a bin value is (not that string's JSON text).
+        s.clear();
+        msgpack_to_json(b"\x82\xc4\x01\x01\x01\xc0\x02", &mut s).unwrap();
+        assert_eq!(s, r#"{"AQ==":1,"null":2}"#);
+        // Keys that convert to one JSON name are refused, whatever their MessagePack types.
+        for dup in [
+            &b"\x82\x01\x01\xa11\x02"[..],       // {1: 1, "1": 2}
+            b"\x82\xa1a\x01\xa1a\x02",           // {"a": 1, "a": 2}
+            b"\x82\xc4\x01\x01\x01\xa4AQ==\x02", // {bin[1]: 1, "AQ==": 2}
+            b"\x82\xc0\x01\xa4null\x02",         // {nil: 1, "null": 2}
+        ] {
+            assert_eq!(
+                msgpack_to_json(dup, &mut s),
+                Err(JsonError::DuplicateKey),
+                "{dup:?}"
+            );
+        }
+        s.clear();
+        msgpack_to_json(b"\x82\x01\x01\xa2\x311\x02", &mut s).unwrap();
+        assert_eq!(s, r#"{"1":1,"11":2}"#);
         assert_eq!(
             msgpack_to_json(b"\x92\x01", &mut s),
             Err(JsonError::Malformed)
@@ -1467,6 +1601,11 @@ mod tests {
         assert_eq!(s, "aGVsbG8=");
         assert_eq!(base64_decode(b"a"), None);
         assert_eq!(base64_decode(b"aGV*"), None);
+        // The URL-safe alphabet (RFC 4648 §5) too, padded or not.
+        assert_eq!(base64_decode(b"-_8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode(b"-_8").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode(b"+/8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode(b"aGV sbG8="), None, "no whitespace inside");
     }
 
     // ── §15.3 ──
@@ -1522,6 +1661,85 @@ mod tests {
                 retryable: false
             })]
         );
+    }
+
+    #[test]
+    fn error_message_is_the_whole_characters_of_the_first_1024_bytes() {
+        let message = |body: &[u8]| {
+            let mut call = UpstreamCall::start(500, &[], CallLimits::default(), T0);
+            call.handle_body(Bytes::copy_from_slice(body), T0);
+            call.handle_end(&[], T0);
+            match drain(&mut call).pop() {
+                Some(RelayOut::End(Ending::Error { message, .. })) => message,
+                o => panic!("{o:?}"),
+            }
+        };
+        // "€" (3 bytes) crosses byte 1024: it is left out, not replaced.
+        let mut body = vec![b'a'; 1023];
+        body.extend_from_slice("€tail".as_bytes());
+        assert_eq!(message(&body), "a".repeat(1023));
+        // Exactly at the boundary it is kept.
+        let mut body = vec![b'a'; 1021];
+        body.extend_from_slice("€tail".as_bytes());
+        assert_eq!(message(&body), format!("{}€", "a".repeat(1021)));
+        // Invalid bytes inside become U+FFFD (3 bytes each); the result is cut to 1024
+        // bytes on a character boundary.
+        let mut body = vec![b'b'; 1020];
+        body.extend_from_slice(&[0xff, 0xfe]);
+        let m = message(&body);
+        assert_eq!(m, format!("{}\u{FFFD}", "b".repeat(1020)));
+        assert_eq!(m.len(), 1023);
+        // Surrounding whitespace is trimmed; a short body's cut character is invalid UTF-8.
+        assert_eq!(message(b"  no \r\n"), "no");
+        assert_eq!(message(b"x\xe2\x82"), "x\u{FFFD}");
+    }
+
+    #[test]
+    fn text_media_types() {
+        for t in [
+            "text/plain",
+            "text/event-stream",
+            "application/json",
+            "application/problem+json",
+            "application/vnd.api+json",
+            "application/x-ndjson",
+            "application/ndjson",
+        ] {
+            assert!(is_text(t), "{t}");
+        }
+        for b in [
+            "application/octet-stream",
+            "application/jsonl",
+            "application/xml",
+            "image/svg+json",
+            "application/json-seq",
+            "",
+        ] {
+            assert!(!is_text(b), "{b}");
+        }
+        // Case and parameters do not matter.
+        let mut call = UpstreamCall::start(
+            200,
+            &[("Content-Type", b"Application/Problem+JSON; charset=utf-8")],
+            CallLimits::default(),
+            T0,
+        );
+        call.handle_body("{}".into(), T0);
+        assert_eq!(drain(&mut call), vec![text("{}")]);
+        let mut call = UpstreamCall::start(
+            200,
+            &[("content-type", b"APPLICATION/VND.ASP.FRAMES ; v=1")],
+            CallLimits::default(),
+            T0,
+        );
+        call.handle_end(&[], T0);
+        assert!(matches!(
+            drain(&mut call).pop(),
+            Some(RelayOut::End(Ending::Error {
+                code: ErrorCode::UNAVAILABLE,
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -1751,6 +1969,40 @@ mod tests {
             }),
         ]);
         assert_eq!(run(two_finals), (ErrorCode::BAD_SEQUENCE, false));
+        // SPEC §15.3: ids must be valid for the type (§3.5), whatever their value.
+        let stream = |id| {
+            Frame::Stream(Stream {
+                id: RequestId(id),
+                data: "a".into(),
+                text: true,
+                seq: 0,
+                fin: false,
+            })
+        };
+        let complete = |id| {
+            Frame::Complete(Complete {
+                id: RequestId(id),
+                status: Status::Ok,
+                result: None,
+                metrics: Metrics::default(),
+            })
+        };
+        assert_eq!(run(frames(&[stream(0)])), (ErrorCode::INVALID_ID, false));
+        assert_eq!(
+            run(frames(&[stream(1), complete(0x8001)])),
+            (ErrorCode::INVALID_ID, false)
+        );
+        let mut call = UpstreamCall::start(200, &head, CallLimits::default(), T0);
+        call.handle_body(frames(&[stream(0x7fff), complete(42)]), T0);
+        let out = drain(&mut call);
+        assert_eq!(out[0], text("a"), "any client-space id: replaced");
+        assert!(matches!(
+            out[1],
+            RelayOut::End(Ending::Complete {
+                status: Status::Ok,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -1773,11 +2025,21 @@ mod tests {
                 ..
             }
         ));
+        // SPEC §15.3: before the status line a retry is safe; after it the function may
+        // have acted.
+        assert!(matches!(
+            Ending::timed_out(TimeoutPhase::Head, Duration::from_secs(1)),
+            Ending::Error {
+                code: ErrorCode::UPSTREAM_TIMEOUT,
+                retryable: true,
+                ..
+            }
+        ));
         assert!(matches!(
             Ending::timed_out(TimeoutPhase::Body, Duration::from_secs(1)),
             Ending::Error {
                 code: ErrorCode::UPSTREAM_TIMEOUT,
-                retryable: true,
+                retryable: false,
                 ..
             }
         ));
@@ -1787,11 +2049,69 @@ mod tests {
     fn millis_parse() {
         assert_eq!(parse_millis(b"12"), Some(12_000));
         assert_eq!(parse_millis(b" 0.25 "), Some(250));
-        assert_eq!(parse_millis(b"1.23456"), Some(1_234));
+        assert_eq!(
+            parse_millis(b"1.23456"),
+            Some(1_235),
+            "rounded to the nearest µs"
+        );
+        assert_eq!(parse_millis(b"1.2344"), Some(1_234));
+        assert_eq!(
+            parse_millis(b"0.0015"),
+            Some(2),
+            "1.5 µs, exactly: halves up"
+        );
+        assert_eq!(parse_millis(b"0.0014999"), Some(1));
+        assert_eq!(parse_millis(b"0.0004"), Some(0));
         assert_eq!(parse_millis(b".5"), Some(500));
         assert_eq!(parse_millis(b"3."), Some(3_000));
-        for bad in [&b""[..], b".", b"-1", b"1e3", b"abc", b"1.2.3"] {
+        // Exponents, as Python's str(float) and JavaScript's String(number) write them.
+        assert_eq!(parse_millis(b"1e3"), Some(1_000_000));
+        assert_eq!(parse_millis(b"2.5E-1"), Some(250));
+        assert_eq!(parse_millis(b"1e-05"), Some(0));
+        assert_eq!(parse_millis(b"1.5e-3"), Some(2));
+        assert_eq!(parse_millis(b"1e+21"), None, "over 2^64-1 µs");
+        assert_eq!(parse_millis(b"0e9999"), Some(0));
+        assert_eq!(parse_millis(b"1e-9999"), Some(0));
+        assert_eq!(parse_millis(b"18446744073709551.615"), Some(u64::MAX));
+        assert_eq!(parse_millis(b"18446744073709551.616"), None);
+        assert_eq!(
+            parse_millis(b"0.000000000000000000000000000000000000000000001234e45"),
+            Some(1_234),
+            "leading zeros of a long fraction are not significant digits"
+        );
+        for bad in [
+            &b""[..],
+            b".",
+            b"-1",
+            b"+1",
+            b"1e",
+            b"e3",
+            b"1e+",
+            b"1e99999",
+            b"abc",
+            b"1.2.3",
+            b"inf",
+            b"NaN",
+            b"0x10",
+            b"1,5",
+        ] {
             assert_eq!(parse_millis(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_millis(b"1234567890123456789012345678901234567890e-30"),
+            Some(1_234_567_890_123),
+            "digits beyond ~30 significant ones do not matter"
+        );
+        assert_eq!(parse_uint(b" 42 "), Some(42));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-5",
+            b"5.0",
+            b"1e3",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(parse_uint(bad), None, "{bad:?}");
         }
     }
 

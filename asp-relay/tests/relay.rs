@@ -51,6 +51,8 @@ enum Seen {
     Aborted { tool: String, request_id: u16 },
     /// A `/reply` body.
     Reply(Value),
+    /// An `/invoke` body in JSON (a relay with `BodyFormat::Json`), as received.
+    Json(String),
 }
 
 /// `/invoke` body (SPEC §15.2), MessagePack.
@@ -266,6 +268,21 @@ fn trailers(list: &[(&str, String)]) -> BodyFrame<Bytes> {
 }
 
 /// Standard base64 with padding (RFC 4648 §4), as a function sends `X-Asp-State`.
+/// Decodes standard base64 (padding optional): the scripted function's bodies.
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    const SYM: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for c in s.trim_end_matches('=').bytes() {
+        acc = acc << 6 | SYM.iter().position(|&x| x == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
 fn b64(b: &[u8]) -> String {
     const SYM: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
@@ -298,7 +315,13 @@ fn b64(b: &[u8]) -> String {
 /// - `frames`: a frames body: two STREAM, COMPLETE(failed) with a result and metrics;
 /// - `auth`: the `Authorization` header it got, as the body;
 /// - `flood {bytes}`: that many bytes as fast as hyper takes them;
+/// - `scripted {status, content_type, headers, body, split, trailers}`: exactly that response
+///   (`body` base64, sent in pieces of `split` bytes if given; `headers` and `trailers` as
+///   `{name: value}`), for the SPEC §15 cases a test spells out byte by byte;
 /// - `unknown`: 404.
+///
+/// A JSON `/invoke` body (`BodyFormat::Json`) is parsed with serde_json's defaults, reported
+/// as `Seen::Json` and echoed as the `text/plain` body (`400` if serde_json refuses it).
 async fn function(
     req: Request<Incoming>,
     (seen, flooded, release): State,
@@ -312,6 +335,19 @@ async fn function(
         return text_response(204, "text/plain", &[]).0;
     }
     assert_eq!(path, "/invoke");
+    if headers["content-type"] == "application/json" {
+        let text = String::from_utf8(raw.to_vec()).expect("a JSON body is UTF-8");
+        let _ = seen.send(Seen::Json(text.clone()));
+        let status = match serde_json::from_str::<Value>(&text) {
+            Ok(_) => 200,
+            Err(_) => 400,
+        };
+        let (r, tx) = text_response(status, "text/plain", &[]);
+        tokio::spawn(async move {
+            let _ = tx.send(data(&text)).await;
+        });
+        return r;
+    }
     let body: InvokeBody = rmp_serde::from_slice(&raw).expect("invoke body is MessagePack");
     let _ = seen.send(Seen::Invoke {
         headers: headers.clone(),
@@ -500,6 +536,54 @@ async fn function(
                     }
                     sent += block.len();
                     flooded.store(sent, Ordering::Release);
+                }
+            });
+            r
+        }
+        "scripted" => {
+            let a = &body.args;
+            let pairs = |key: &str| -> Vec<(String, String)> {
+                a.get(key)
+                    .and_then(|v| v.as_object())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let mut hdrs: Vec<(&str, String)> = Vec::new();
+            let head = pairs("headers");
+            let trail = pairs("trailers");
+            let has_trailers = !trail.is_empty();
+            if has_trailers {
+                let names: Vec<&str> = trail.iter().map(|(k, _)| k.as_str()).collect();
+                hdrs.push(("trailer", names.join(", ")));
+            }
+            hdrs.extend(head.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            let content_type = a["content_type"].as_str().unwrap_or("text/plain");
+            let status = u16::try_from(a["status"].as_u64().unwrap_or(200)).unwrap();
+            let (r, tx) = text_response(status, content_type, &hdrs);
+            let bytes = unb64(a["body"].as_str().unwrap_or("")).expect("body is base64");
+            let split = a["split"]
+                .as_u64()
+                .map_or(bytes.len().max(1), |n| n as usize);
+            let trail = trailers(
+                &trail
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            guard.finish();
+            tokio::spawn(async move {
+                for piece in bytes.chunks(split) {
+                    let piece = BodyFrame::data(Bytes::copy_from_slice(piece));
+                    if tx.send(piece).await.is_err() {
+                        return;
+                    }
+                }
+                if has_trailers {
+                    let _ = tx.send(trail).await;
                 }
             });
             r
@@ -1486,4 +1570,730 @@ async fn relay_binary_with_config_and_tools_files() {
     let refused = within("admin", http.request(get("nope"))).await.unwrap();
     assert_eq!(refused.status(), 401);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ─────────────── SPEC §15 as decided in issue 26: one test per point ───────────────
+
+/// `scripted` arguments: this status, content type and body.
+fn script(status: u16, content_type: &str, body: &[u8]) -> Value {
+    json!({"status": status, "content_type": content_type, "body": b64(body)})
+}
+
+/// Every chunk of one invocation, and its ending.
+async fn chunks_of(
+    client: &Client,
+    tool: &str,
+    args: Value,
+) -> (Vec<Chunk>, Result<asp_tokio::Completion, Error>) {
+    let mut call = client.invoke(tool, &args).expect("invoke");
+    let mut chunks = Vec::new();
+    within(&format!("{tool} to end"), async {
+        while let Some(c) = call.next().await {
+            chunks.push(c);
+        }
+    })
+    .await;
+    (chunks, within("completion", call.completion()).await)
+}
+
+fn stream(id: u16, data: &[u8], text: bool, fin: bool) -> Frame {
+    Frame::Stream(StreamFrame {
+        id: RequestId(id),
+        data: Bytes::copy_from_slice(data),
+        text,
+        seq: 0,
+        fin,
+    })
+}
+
+fn complete(id: u16, metrics: asp_proto::frame::Metrics) -> Frame {
+    Frame::Complete(asp_proto::frame::Complete {
+        id: RequestId(id),
+        status: Status::Ok,
+        result: None,
+        metrics,
+    })
+}
+
+fn error_frame(code: ErrorCode, retryable: bool) -> Frame {
+    Frame::Error(asp_proto::frame::ErrorFrame {
+        id: RequestId(1),
+        code,
+        message: Some("from the function".into()),
+        retryable,
+        frame_type: None,
+    })
+}
+
+const FRAMES: &str = "application/vnd.asp.frames";
+
+/// A client with these limits.
+async fn connect_with(relay: &Relay, limits: impl FnOnce(&mut asp_proto::Limits)) -> Client {
+    let mut config = asp_tokio::ws_default_config();
+    limits(&mut config.limits);
+    within(
+        "connect",
+        asp_tokio::client().config(config).connect(&relay.url()),
+    )
+    .await
+    .expect("client connects")
+}
+
+/// Point 1: a frames body's ids must be valid for their type (§3.5) and are otherwise
+/// ignored: any client-space id works, 0 or a server-space id is INVALID_ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_body_ids_must_be_valid_for_their_type_and_are_replaced() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let body = frames(&[
+        stream(0x7fff, b"any ", true, false),
+        stream(3, b"id", true, false),
+        complete(42, Default::default()),
+    ]);
+    let (text, end) = run(&client, "scripted", script(200, FRAMES, &body)).await;
+    assert_eq!(text, "any id");
+    assert_eq!(end.unwrap().status, Status::Ok);
+    for body in [
+        frames(&[stream(0, b"x", true, false)]),
+        frames(&[complete(0x8001, Default::default())]),
+    ] {
+        let e = remote(run(&client, "scripted", script(200, FRAMES, &body)).await.1);
+        assert_eq!((e.code, e.retryable), (ErrorCode::INVALID_ID, false));
+    }
+    // The same rule for a pushed REQUEST (§15.5): its id must be in the server space, and
+    // the relay allocates the one it sends.
+    let path = format!("/connections/{}/frames", conn_id(&client));
+    let ask = |id| {
+        frames(&[Frame::Request(RequestFrame {
+            id: RequestId(id),
+            kind: "confirm".into(),
+            body: None,
+            invocation: None,
+        })])
+    };
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), ask(0)).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), ask(0xfffe)).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["request_ids"], json!([0x8000]), "{v}");
+}
+
+/// Point 2: a pushed TOOL_DEF add or update means "the client has this definition": add of
+/// a held tool goes out as update, update of an unknown tool as add; both 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_tool_defs_add_or_update_whatever_the_client_holds() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |c| {
+        c.tools = vec![ToolDef {
+            op: ToolOp::Add,
+            name: "tokens".into(),
+            description: "v1".into(),
+            input_schema: None,
+            annotations: None,
+        }];
+    })
+    .await;
+    let client = connect(&relay).await;
+    let path = format!("/connections/{}/frames", conn_id(&client));
+    let mut changes = client.tool_changes();
+    let def = |op, name: &str, description: &str| {
+        frames(&[Frame::ToolDef(ToolDef {
+            op,
+            name: name.into(),
+            description: description.into(),
+            input_schema: None,
+            annotations: None,
+        })])
+    };
+    for (push, expect_update) in [
+        (def(ToolOp::Add, "tokens", "v2"), true),
+        (def(ToolOp::Add, "tokens", "v3"), true), // the same push again: idempotent
+        (def(ToolOp::Update, "fresh", "new"), false),
+    ] {
+        let (s, v) = admin(&relay, "POST", &path, Some(SECRET), push).await;
+        assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+        match within("tool change", changes.next()).await.unwrap() {
+            ToolChange::Updated(d) if expect_update => assert_eq!(d.name.as_str(), "tokens"),
+            ToolChange::Added(d) if !expect_update => assert_eq!(d.name.as_str(), "fresh"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let tools = client.tools();
+    let desc = |n: &str| {
+        tools
+            .iter()
+            .find(|t| t.name.as_str() == n)
+            .map(|t| t.description.to_string())
+    };
+    assert_eq!(desc("tokens").as_deref(), Some("v3"));
+    assert_eq!(desc("fresh").as_deref(), Some("new"));
+    // A removal of a tool the client does not hold stays a 409.
+    let (s, _) = admin(
+        &relay,
+        "POST",
+        &path,
+        Some(SECRET),
+        def(ToolOp::Remove, "nope", ""),
+    )
+    .await;
+    assert_eq!(s, 409);
+}
+
+/// Point 3: once the status line has arrived, an idle body is UPSTREAM_TIMEOUT, not
+/// retryable (the function may have acted); no status line in time stays retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_after_the_status_line_is_not_retryable() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |c| {
+        c.timeouts.upstream = Duration::from_millis(300);
+        c.timeouts.idle = Duration::from_millis(300);
+    })
+    .await;
+    let client = connect(&relay).await;
+    let (text, end) = run(&client, "hold", json!({})).await;
+    assert_eq!(text, "held ");
+    let e = remote(end);
+    assert_eq!((e.code, e.retryable), (ErrorCode::UPSTREAM_TIMEOUT, false));
+    f.aborted("hold").await;
+    let e = remote(run(&client, "sleep", json!({"ms": 5000})).await.1);
+    assert_eq!((e.code, e.retryable), (ErrorCode::UPSTREAM_TIMEOUT, true));
+    f.aborted("sleep").await;
+}
+
+/// Point 4: the `retryable` of every ERROR a function's response can cause: §12.2's default
+/// for the status mapping, false for whatever a frames body does wrong, the function's own
+/// for an ERROR frame it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_errors_carry_the_documented_retryable_flag() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let cases = [
+        (
+            script(500, "text/plain", b"boom"),
+            ErrorCode::INTERNAL,
+            true,
+        ),
+        (script(429, "text/plain", b""), ErrorCode::UNAVAILABLE, true),
+        (
+            script(302, "text/plain", b""),
+            ErrorCode::UNAVAILABLE,
+            false,
+        ),
+        (
+            script(200, FRAMES, &frames(&[stream(1, b"a", true, false)])),
+            ErrorCode::UNAVAILABLE,
+            false,
+        ),
+        (
+            script(200, FRAMES, &frames(&[Frame::Ping])),
+            ErrorCode::INTERNAL,
+            false,
+        ),
+        (
+            script(200, FRAMES, &frames(&[error_frame(ErrorCode::FLOOD, true)])),
+            ErrorCode::INTERNAL,
+            false,
+        ),
+        (
+            script(
+                200,
+                FRAMES,
+                &frames(&[error_frame(ErrorCode::TOOL_FAILED, true)]),
+            ),
+            ErrorCode::TOOL_FAILED,
+            true,
+        ),
+        (
+            script(
+                200,
+                FRAMES,
+                &frames(&[error_frame(ErrorCode::INTERNAL, false)]),
+            ),
+            ErrorCode::INTERNAL,
+            false,
+        ),
+    ];
+    for (args, code, retryable) in cases {
+        let e = remote(run(&client, "scripted", args.clone()).await.1);
+        assert_eq!((e.code, e.retryable), (code, retryable), "{args}");
+    }
+}
+
+/// Point 5: a header version ≠ 1 in a frames body ends the invocation with INTERNAL; the
+/// client's connection (where UNSUPPORTED_VERSION would close it) carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_frame_fails_the_invocation_not_the_connection() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let mut body = BytesMut::from(&frames(&[stream(1, b"ok ", true, false)])[..]);
+    body.extend_from_slice(&[0x23, 0, 0, 1, 0, 0, 0, 0]);
+    let (text, end) = run(&client, "scripted", script(200, FRAMES, &body)).await;
+    assert_eq!(text, "ok ");
+    let e = remote(end);
+    assert_eq!((e.code, e.retryable), (ErrorCode::INTERNAL, false));
+    assert!(e.message.unwrap().as_str().contains("version"), "says why");
+    assert_eq!(run(&client, "tokens", json!({"n": 1})).await.0, "tok0 ");
+}
+
+/// Point 6: the message of an error status is whole characters of the body's first 1024
+/// bytes: a character that byte 1024 cuts is left out, so 1023 bytes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_messages_are_whole_characters_of_the_first_1024_bytes() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let mut body = "a".repeat(1023).into_bytes();
+    body.extend_from_slice("€ and more".as_bytes());
+    let mut args = script(503, "text/plain", &body);
+    args["split"] = json!(1000); // the cut character also straddles two reads
+    let e = remote(run(&client, "scripted", args).await.1);
+    assert_eq!(e.message.unwrap().as_str(), "a".repeat(1023));
+    let mut body = b" \n".to_vec();
+    body.extend_from_slice("é".repeat(600).as_bytes()); // 1200 bytes of 2-byte characters
+    let e = remote(
+        run(&client, "scripted", script(400, "text/plain", &body))
+            .await
+            .1,
+    );
+    let m = e.message.unwrap();
+    assert_eq!(
+        m.as_str(),
+        "é".repeat(511),
+        "2 + 511 × 2 bytes = 1024: trimmed"
+    );
+    let e = remote(
+        run(&client, "scripted", script(400, "text/plain", b"  \r\n"))
+            .await
+            .1,
+    );
+    assert_eq!(
+        e.message.unwrap().as_str(),
+        "the function answered HTTP 400"
+    );
+}
+
+/// Point 7: a pushed STREAM larger than the client's `max_chunk` is split and accepted;
+/// a pushed COMPLETE (a type never pushed) is 400; a TOOL_DEF larger than the client's
+/// `max_frame_payload` is the 409 "exceeds what the client accepts".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_streams_are_split_and_pushed_completes_are_refused() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect_with(&relay, |l| {
+        l.max_chunk = 4;
+        l.max_frame_payload = 1024;
+    })
+    .await;
+    let path = format!("/connections/{}/frames", conn_id(&client));
+    let mut call = client.invoke("hold", &json!({})).unwrap();
+    let mut got = String::new();
+    while got != "held " {
+        let c = within("held chunk", call.next()).await.unwrap();
+        assert!(c.data.len() <= 4);
+        got.push_str(c.as_str().unwrap());
+    }
+    let push = frames(&[stream(call.id().0, b"pushed text", true, false)]);
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), push).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    let mut pieces = Vec::new();
+    while pieces.concat() != "pushed text" {
+        let c = within("pushed chunk", call.next()).await.unwrap();
+        pieces.push(c.as_str().unwrap().to_owned());
+    }
+    assert_eq!(pieces, ["push", "ed t", "ext"]);
+    let end = frames(&[complete(call.id().0, Default::default())]);
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), end).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("COMPLETE"), "{v}");
+    let big = frames(&[Frame::ToolDef(ToolDef {
+        op: ToolOp::Add,
+        name: "big".into(),
+        description: "d".repeat(2000).into(),
+        input_schema: None,
+        annotations: None,
+    })]);
+    let (s, v) = admin(&relay, "POST", &path, Some(SECRET), big).await;
+    assert_eq!(s, 409, "{v}");
+    // The invocation was not touched by the refused pushes.
+    let go = f.release.lock().unwrap().pop().unwrap();
+    go.send(()).await.unwrap();
+    let mut rest = String::new();
+    within("the rest", async {
+        while let Some(c) = call.next().await {
+            rest.push_str(c.as_str().unwrap());
+        }
+    })
+    .await;
+    assert_eq!(rest, "released");
+    assert_eq!(
+        within("completion", call.completion())
+            .await
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+}
+
+/// Point 8: chunk boundaries are not kept: a typed STREAM is cut at the client's
+/// `max_chunk` and at half its `initial_window`, `final` on its last piece; chunks are never
+/// merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_streams_are_cut_to_the_client_and_never_merged() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let big = vec![7u8; 10_000];
+    let body = frames(&[
+        stream(1, &big, false, false),
+        stream(1, b"x", true, false),
+        stream(1, b"y", true, true),
+        complete(1, Default::default()),
+    ]);
+    for (max_chunk, initial_window, cut) in [(4096, 262_144, 4096), (65_536, 4096, 2048)] {
+        let client = connect_with(&relay, |l| {
+            l.max_chunk = max_chunk;
+            l.initial_window = initial_window;
+        })
+        .await;
+        let (chunks, end) = chunks_of(&client, "scripted", script(200, FRAMES, &body)).await;
+        assert_eq!(end.unwrap().status, Status::Ok);
+        let shape: Vec<(usize, bool, bool)> = chunks
+            .iter()
+            .map(|c| (c.data.len(), c.text, c.fin))
+            .collect();
+        let mut expected = vec![];
+        let mut left = big.len();
+        while left > 0 {
+            expected.push((left.min(cut), false, false));
+            left -= left.min(cut);
+        }
+        expected.extend([(1, true, false), (1, true, true)]);
+        assert_eq!(
+            shape, expected,
+            "max_chunk {max_chunk}, window {initial_window}"
+        );
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+        assert_eq!(&all[..10_000], &big[..]);
+    }
+}
+
+/// Point 9: `deadline_ms` 0 in an INVOKE (present on the wire, meaning "none") gives no
+/// `deadline_ms` key; a deadline > 0 gives the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_ms_zero_gives_no_key() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let mut req = relay.url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
+    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    let hello = frames(&[Frame::Hello(asp_proto::frame::Hello {
+        versions: asp_proto::frame::Versions::V1,
+        ..Default::default()
+    })]);
+    within("hello", ws.send(Message::Binary(hello)))
+        .await
+        .unwrap();
+    within("server hello", ws.next()).await.unwrap().unwrap();
+    // INVOKE payloads written by hand, so that key 2 is really on the wire:
+    // {0: "zero", 2: 0} and {0: "five", 2: 5000}.
+    let invoke = |id: u8, payload: &[u8]| {
+        let mut b = vec![0x12, 0, 0, id, 0, 0, 0, payload.len() as u8];
+        b.extend_from_slice(payload);
+        b
+    };
+    let mut msg = invoke(1, b"\x82\x00\xa4zero\x02\x00");
+    msg.extend(invoke(2, b"\x82\x00\xa4five\x02\xcd\x13\x88"));
+    within("invokes", ws.send(Message::Binary(msg.into())))
+        .await
+        .unwrap();
+    // The two calls reach the function in either order.
+    let mut deadlines = std::collections::BTreeMap::new();
+    while deadlines.len() < 2 {
+        let body = f
+            .wait("an /invoke", |s| match s {
+                Seen::Invoke { body, .. } => Some(body),
+                _ => None,
+            })
+            .await;
+        deadlines.insert(body.tool, body.deadline_ms);
+    }
+    assert_eq!(deadlines["zero"], None, "no key for deadline_ms 0");
+    assert_eq!(deadlines["five"], Some(5000));
+}
+
+/// Point 10: JSON bodies: a `bin` key is its base64 string, other keys their JSON text; keys
+/// that collide as JSON names and nesting over 126 are refused (INVALID_ARGUMENTS, no call);
+/// the deepest body accepted parses with serde_json's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_convert_keys_and_refuse_what_json_cannot_say() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |c| c.format = asp_relay::BodyFormat::Json).await;
+    let client = connect(&relay).await;
+    let call = |args: &[u8]| {
+        let raw = RawValue::new(Bytes::copy_from_slice(args)).unwrap();
+        client
+            .invoke_raw("echo", Some(raw), asp_tokio::InvokeOptions::default())
+            .unwrap()
+    };
+    let echo = |call: asp_tokio::Invocation| async move {
+        let mut call = call;
+        let mut text = String::new();
+        within("echo", async {
+            while let Some(c) = call.next().await {
+                text.push_str(c.as_str().unwrap());
+            }
+        })
+        .await;
+        (text, within("completion", call.completion()).await)
+    };
+    // {bin[01]: 1, 2: "two", nil: [1.5]}
+    let (text, end) = echo(call(
+        b"\x83\xc4\x01\x01\x01\x02\xa3two\xc0\x91\xcb\x3f\xf8\0\0\0\0\0\0",
+    ))
+    .await;
+    assert_eq!(end.unwrap().status, Status::Ok, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["args"], json!({"AQ==": 1, "2": "two", "null": [1.5]}));
+    assert!(
+        text.contains(r#""args":{"AQ==":1,"2":"two","null":[1.5]}"#),
+        "{text}"
+    );
+
+    // 126 nested arrays: the body nests 127, which serde_json (the function) accepts.
+    let mut deep = vec![0x91u8; 126];
+    deep.push(0x01);
+    let (text, end) = echo(call(&deep)).await;
+    assert_eq!(end.unwrap().status, Status::Ok, "{text}");
+    let refused = [
+        &b"\x82\x01\x01\xa11\x02"[..], // {1: 1, "1": 2}
+        b"\x82\xa1a\x01\xa1a\x02",     // {"a": 1, "a": 2}
+        &[0x91u8; 127][..],            // (completed below)
+    ];
+    for (i, args) in refused.iter().enumerate() {
+        let mut args = args.to_vec();
+        if i == 2 {
+            args.push(0x01);
+        }
+        let e = remote(echo(call(&args)).await.1);
+        assert_eq!((e.code, e.retryable), (ErrorCode::INVALID_ARGUMENTS, false));
+    }
+    // None of the refused calls reached the function: the next body it sees is this one.
+    let (text, _) = echo(call(b"\xa4last")).await;
+    let mut bodies = Vec::new();
+    while let Ok(s) = f.seen.try_recv() {
+        if let Seen::Json(j) = s {
+            bodies.push(j);
+        }
+    }
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert_eq!(bodies.last(), Some(&text));
+}
+
+/// Point 11: which plain bodies stream as text: `text/*`, `application/json`,
+/// `application/*+json`, NDJSON; case and parameters do not matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_media_types_stream_as_text() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    for (content_type, text) in [
+        ("application/problem+json", true),
+        ("application/x-ndjson", true),
+        ("application/ndjson", true),
+        ("Text/Plain; Charset=UTF-8", true),
+        ("APPLICATION/JSON", true),
+        ("application/octet-stream", false),
+        ("application/xml", false),
+        ("application/jsonl", false),
+    ] {
+        let (chunks, end) = chunks_of(
+            &client,
+            "scripted",
+            script(200, content_type, b"{\"a\":1}\n"),
+        )
+        .await;
+        assert_eq!(end.unwrap().status, Status::Ok);
+        assert!(!chunks.is_empty());
+        for c in &chunks {
+            assert_eq!(c.text, text, "{content_type}");
+        }
+    }
+    // The frames type too, whatever its case and parameters.
+    let body = frames(&[
+        stream(1, b"typed", true, true),
+        complete(1, Default::default()),
+    ]);
+    let args = script(200, "Application/VND.ASP.Frames; v=1", &body);
+    assert_eq!(run(&client, "scripted", args).await.0, "typed");
+}
+
+/// Point 12: metrics merge field by field (a frames COMPLETE, then trailers, then headers);
+/// `X-Cpu-Time` accepts fractions and exponents, rounded to the nearest µs; other forms are
+/// ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_metrics_merge_field_by_field_and_read_x_cpu_time_exactly() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    let metrics = |args: Value| {
+        let client = client.clone();
+        async move { run(&client, "scripted", args).await.1.unwrap().metrics }
+    };
+    // A COMPLETE with only output_tokens keeps the headers' other two.
+    let body = frames(&[complete(
+        1,
+        asp_proto::frame::Metrics {
+            output_tokens: Some(9),
+            cpu_us: None,
+            ..Default::default()
+        },
+    )]);
+    let mut args = script(200, FRAMES, &body);
+    args["headers"] =
+        json!({"x-cpu-time": "0.0015", "x-input-tokens": "4", "x-output-tokens": "1"});
+    let m = metrics(args).await;
+    assert_eq!(
+        (m.cpu_us, m.input_tokens, m.output_tokens),
+        (Some(2), Some(4), Some(9))
+    );
+    // Plain bodies: the trailer wins field by field.
+    let mut args = script(200, "text/plain", b"x");
+    args["headers"] = json!({"x-cpu-time": "1e3", "x-input-tokens": "5"});
+    args["trailers"] = json!({"x-output-tokens": "6"});
+    let m = metrics(args).await;
+    assert_eq!(
+        (m.cpu_us, m.input_tokens, m.output_tokens),
+        (Some(1_000_000), Some(5), Some(6))
+    );
+    let mut args = script(200, "text/plain", b"x");
+    args["headers"] = json!({"x-cpu-time": "7"});
+    args["trailers"] = json!({"x-cpu-time": "2.5E-1"});
+    assert_eq!(metrics(args).await.cpu_us, Some(250));
+    for bad in ["-1", "+1", "0x10", "inf", "1,5"] {
+        let mut args = script(200, "text/plain", b"x");
+        args["headers"] = json!({"x-cpu-time": bad, "x-input-tokens": "+5"});
+        let m = metrics(args).await;
+        assert_eq!((m.cpu_us, m.input_tokens), (None, None), "{bad}");
+    }
+}
+
+/// Point 13: `X-Asp-State` in either base64 alphabet, padded or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_accepts_either_base64_alphabet() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    for (value, state) in [
+        ("-_8", vec![0xfb, 0xff]),
+        ("AQ", vec![1]),
+        ("-_8=", vec![0xfb, 0xff]),
+        ("AQ==", vec![1]),
+        ("+/8=", vec![0xfb, 0xff]),
+        ("not base64!", vec![0xfb, 0xff]), // ignored: the state stays
+    ] {
+        let mut args = script(200, "text/plain", b"ok");
+        args["headers"] = json!({ "x-asp-state": value });
+        assert_eq!(run(&client, "scripted", args).await.0, "ok");
+        assert_eq!(run(&client, "tokens", json!({"n": 0})).await.0, "");
+        let (_, body) = f.invoked("tokens").await;
+        assert_eq!(body.state, Some(Bin(state)), "after {value:?}");
+    }
+}
+
+/// Point 14: `GET /connections/{id}`: `connected_for_ms` is a duration; `in_flight` counts
+/// invocations and `requests_in_flight` the pushed REQUESTs awaiting an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_tells_invocations_and_requests_apart() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let (answer, answered) = mpsc::channel::<()>(1);
+    let answered = Arc::new(tokio::sync::Mutex::new(answered));
+    let client = within(
+        "connect",
+        asp_tokio::client()
+            .on_request(move |req: asp_tokio::Request| {
+                let answered = answered.clone();
+                async move {
+                    let _ = tokio::time::timeout(LIMIT, answered.lock().await.recv()).await;
+                    asp_tokio::reply(&req, ReplyStatus::Answered, None)
+                }
+            })
+            .connect(&relay.url()),
+    )
+    .await
+    .unwrap();
+    let id = conn_id(&client);
+    let get_path = format!("/connections/{id}");
+    let describe = || admin(&relay, "GET", &get_path, Some(SECRET), Bytes::new());
+    let mut call = client.invoke("hold", &json!({})).unwrap();
+    within("held chunk", call.next()).await.unwrap();
+    let ask = frames(&[Frame::Request(RequestFrame {
+        id: RequestId(0x8000),
+        kind: "confirm".into(),
+        body: None,
+        invocation: Some(call.id()),
+    })]);
+    let (s, _) = admin(
+        &relay,
+        "POST",
+        &format!("/connections/{id}/frames"),
+        Some(SECRET),
+        ask,
+    )
+    .await;
+    assert_eq!(s, 202);
+    let (s, v) = describe().await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (v["in_flight"].as_u64(), v["requests_in_flight"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert!(
+        v["connected_for_ms"].as_u64().unwrap() < LIMIT.as_millis() as u64 * 2,
+        "{v}"
+    );
+    assert!(v.get("connected_ms").is_none(), "{v}");
+    // The client answers: the request is no longer in flight.
+    answer.send(()).await.unwrap();
+    f.wait("the reply", |s| matches!(s, Seen::Reply(_)).then_some(()))
+        .await;
+    let (_, v) = describe().await;
+    assert_eq!(
+        (v["in_flight"].as_u64(), v["requests_in_flight"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    let go = f.release.lock().unwrap().pop().unwrap();
+    go.send(()).await.unwrap();
+    within("held end", call.completion()).await.unwrap();
+    let (_, v) = describe().await;
+    assert_eq!(v["in_flight"].as_u64(), Some(0), "{v}");
+}
+
+/// Point 15: `TE: trailers` comes with `Connection: TE` (RFC 9110 §10.1.4), and the
+/// upstream connection stays persistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_requests_name_te_in_connection() {
+    let mut f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    let client = connect(&relay).await;
+    for _ in 0..3 {
+        assert_eq!(run(&client, "tokens", json!({"n": 1})).await.0, "tok0 ");
+        let (headers, _) = f.invoked("tokens").await;
+        assert_eq!(headers["te"], "trailers");
+        let connection = headers["connection"].to_str().unwrap().to_ascii_lowercase();
+        assert!(
+            connection.split(',').any(|t| t.trim() == "te"),
+            "{connection}"
+        );
+    }
+    assert!(f.accepted.load(Ordering::Acquire) <= 2, "kept alive");
 }

@@ -1,0 +1,205 @@
+/**
+ * Runs a Sans-IO `Connection` over a WebSocket: feeds it what arrives, sends what it
+ * queues (coalesced into one message per turn, SPEC §2.1), runs its timer, and hands its
+ * events to the owner. The same loop serves the browser's `WebSocket` and Node's `ws`.
+ * @module
+ */
+import type { Connection } from "./connection.js";
+import type { Event } from "./event.js";
+
+/** The part of the WebSocket API (browser `WebSocket`, `ws`) the driver uses. */
+export interface SocketLike {
+  binaryType: string;
+  readonly readyState: number;
+  readonly protocol: string;
+  readonly bufferedAmount: number;
+  send(data: Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+/** The WebSocket subprotocol of SPEC §2.1. */
+export const SUBPROTOCOL = "asp-v1";
+
+/** Monotonic milliseconds: the time injected into the core. */
+export function now(): number {
+  return performance.now();
+}
+
+/** Runs `f` after pending I/O (Node's setImmediate; a MessageChannel task in browsers). */
+const immediate: (f: () => void) => void =
+  typeof setImmediate === "function"
+    ? (f) => void setImmediate(f)
+    : (f) => {
+        const ch = new MessageChannel();
+        ch.port1.onmessage = () => {
+          ch.port1.close();
+          f();
+        };
+        ch.port2.postMessage(null);
+      };
+
+export class Driver {
+  socket: SocketLike | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private timerAt: number | undefined;
+  private pumping = false;
+  private scheduled = false;
+  private socketClosed = false;
+  /** A message went out in this event-loop turn: later output waits for the turn's end (coalescing, §2.1). */
+  private sentThisTurn = false;
+
+  constructor(
+    readonly conn: Connection,
+    private readonly onEvent: (e: Event) => void,
+    private readonly onSocketGone?: () => void,
+  ) {}
+
+  /** Attaches an open socket: its messages go to the connection, its close to `handleTransportClosed`. */
+  attach(socket: SocketLike): void {
+    this.socket = socket;
+    this.socketClosed = false;
+    socket.binaryType = socket.binaryType === "nodebuffer" ? "nodebuffer" : "arraybuffer";
+    socket.onmessage = (ev) => {
+      if (this.socket !== socket) return;
+      const d = ev.data;
+      const t = now();
+      if (typeof d === "string") this.conn.handleText(t);
+      else if (d instanceof ArrayBuffer) this.conn.handleMessage(new Uint8Array(d), t);
+      else if (d instanceof Uint8Array) this.conn.handleMessage(d, t);
+      else if (Array.isArray(d)) {
+        // ws may hand fragments; join them into the one message they are.
+        const parts = d as Uint8Array[];
+        const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+        let o = 0;
+        for (const p of parts) {
+          all.set(p, o);
+          o += p.length;
+        }
+        this.conn.handleMessage(all, t);
+      } else this.conn.handleText(t);
+      this.pump();
+    };
+    socket.onclose = () => {
+      if (this.socket !== socket) return;
+      this.socketClosed = true;
+      this.socket = undefined;
+      this.conn.handleTransportClosed(now());
+      this.pump();
+      this.onSocketGone?.();
+    };
+    socket.onerror = () => {
+      /* the close event follows */
+    };
+  }
+
+  /** Runs `fn` (a command on the connection) and flushes what it queued soon after. */
+  command<T>(fn: () => T): T {
+    const r = fn();
+    if (this.conn.hasOutput) {
+      // Nothing went out yet this turn: send now (a round trip waits for nothing); otherwise
+      // coalesce with what follows.
+      if (!this.sentThisTurn && !this.pumping && !this.scheduled) this.pump();
+      else this.schedule();
+    }
+    return r;
+  }
+
+  /**
+   * Flush soon. The first message of an event-loop turn leaves after the current microtasks
+   * (a round trip waits for nothing); output queued after it in the same turn — a handler
+   * streaming chunk after chunk — goes out together when the turn ends, as one message
+   * (SPEC §2.1: senders SHOULD coalesce frames that are ready at the same time).
+   */
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    const run = () => {
+      this.scheduled = false;
+      this.pump();
+    };
+    if (this.sentThisTurn) immediate(run);
+    else queueMicrotask(run);
+  }
+
+  /** Drains the connection: transmit, events, then arms the timer (SPEC-free glue). */
+  pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      for (let rounds = 0; rounds < 1000; rounds++) {
+        let progress = false;
+        const bytes = this.conn.pollTransmit();
+        if (bytes !== undefined) {
+          progress = true;
+          if (this.socket !== undefined && !this.socketClosed && this.socket.readyState === 1) {
+            if (!this.sentThisTurn) {
+              this.sentThisTurn = true;
+              immediate(() => (this.sentThisTurn = false));
+            }
+            try {
+              this.socket.send(bytes);
+            } catch {
+              /* the close event follows */
+            }
+          }
+        }
+        for (let e = this.conn.pollEvent(); e !== undefined; e = this.conn.pollEvent()) {
+          progress = true;
+          try {
+            this.onEvent(e);
+          } catch (err) {
+            // An application callback's bug must not break the event loop.
+            queueMicrotask(() => {
+              throw err;
+            });
+          }
+        }
+        if (!progress) break;
+      }
+      this.arm();
+      if (this.conn.isClosed && this.socket !== undefined) {
+        const s = this.socket;
+        this.socket = undefined;
+        try {
+          s.close(this.conn.closeCode);
+        } catch {
+          /* already closing */
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private arm(): void {
+    const at = this.conn.pollTimeout();
+    if (at === this.timerAt) return;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerAt = at;
+    if (at === undefined) return;
+    const t = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = undefined;
+        this.conn.handleTimeout(now());
+        this.pump();
+      },
+      Math.max(0, Math.ceil(at - now())),
+    );
+    // Node: a pending protocol timer must not keep the process alive by itself.
+    (t as { unref?: () => void }).unref?.();
+    this.timer = t;
+  }
+
+  /** Stops the timer (after close). */
+  dispose(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerAt = undefined;
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * The Sans-IO core on its own: a client and a server `Connection` wired back to back on
+ * virtual time (a `Pair`, as quinn-proto tests do), and hostile input that must never throw.
+ */
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { Connection, type ConnectionConfig } from "../src/connection.js";
+import type { Event } from "../src/event.js";
+import { Raw } from "../src/frame.js";
+import { repoRoot } from "./helpers.js";
+
+/** Two connections joined by an in-memory transport, on a clock the test moves. */
+class Pair {
+  now = 0;
+  readonly client: Connection;
+  readonly server: Connection;
+  readonly events = { client: [] as Event[], server: [] as Event[] };
+
+  constructor(client: ConnectionConfig = {}, server: ConnectionConfig = {}) {
+    this.client = new Connection("client", client, 0);
+    this.server = new Connection("server", { tools: [{ name: "echo" }], ...server }, 0);
+    this.server.start(0);
+    this.client.start(0);
+    this.drive();
+  }
+
+  /** Moves bytes both ways until nothing is left; collects events. */
+  drive(): void {
+    for (let i = 0; i < 1000; i++) {
+      let moved = false;
+      for (let b = this.client.pollTransmit(); b; b = this.client.pollTransmit()) {
+        this.server.handleMessage(b, this.now);
+        moved = true;
+      }
+      for (let b = this.server.pollTransmit(); b; b = this.server.pollTransmit()) {
+        this.client.handleMessage(b, this.now);
+        moved = true;
+      }
+      for (let e = this.client.pollEvent(); e; e = this.client.pollEvent()) this.events.client.push(e);
+      for (let e = this.server.pollEvent(); e; e = this.server.pollEvent()) this.events.server.push(e);
+      if (!moved) return;
+    }
+    throw new Error("no quiescence");
+  }
+
+  /** Advances virtual time to each side's next timer up to `to`. */
+  advance(to: number): void {
+    for (;;) {
+      const next = [this.client.pollTimeout(), this.server.pollTimeout()].filter((t): t is number => t !== undefined && t <= to);
+      if (next.length === 0) break;
+      this.now = Math.max(this.now, Math.min(...next));
+      this.client.handleTimeout(this.now);
+      this.server.handleTimeout(this.now);
+      this.drive();
+    }
+    this.now = to;
+  }
+
+  take(side: "client" | "server"): Event[] {
+    const e = this.events[side];
+    this.events[side] = [];
+    return e;
+  }
+}
+
+describe("Connection pair on virtual time", () => {
+  it("handshake, invoke, stream within the window, complete", () => {
+    const p = new Pair({ initial_window: 10, max_chunk: 4 });
+    assert.equal(p.client.state, "Open");
+    assert.deepEqual(p.take("client").map((e) => e.type), ["ToolAdded", "Connected"]);
+    const id = p.client.invoke("echo", new Raw(new Uint8Array([0x05])));
+    p.drive();
+    const invoked = p.take("server");
+    assert.equal(invoked[invoked.length - 1]!.type, "Invoked");
+    // The server sees the client's max_chunk and window.
+    assert.equal(p.server.streamCapacity(id), 4);
+    p.server.stream(id, "abcd");
+    p.server.stream(id, "efgh");
+    assert.equal(p.server.streamCapacity(id), 2);
+    assert.throws(() => p.server.stream(id, "ijk"), /window/);
+    p.drive();
+    // Auto-credit (half the window consumed) reopens it.
+    assert.equal(p.server.streamCapacity(id), 4);
+    p.server.complete(id, 0, new Raw(new Uint8Array([0x2a])));
+    p.drive();
+    const ev = p.take("client");
+    assert.deepEqual(ev.map((e) => e.type), ["Chunk", "Chunk", "Ended"]);
+    assert.equal(p.client.inFlight, 0);
+  });
+
+  it("heartbeat: PINGs keep a quiet pair alive; a silent peer times out at 3H", () => {
+    const p = new Pair({ heartbeatMs: 1000 }, { heartbeatMs: 1000 });
+    p.take("client");
+    p.advance(10_000);
+    assert.equal(p.client.state, "Open");
+    assert.equal(p.server.state, "Open");
+    // Cut the wire: the server hears nothing more.
+    const q = new Pair({ heartbeatMs: 1000 }, { heartbeatMs: 1000 });
+    q.server.handleTimeout(3001);
+    assert.equal(q.server.state, "Closed");
+  });
+
+  it("resume: frames sent while detached are replayed on the new transport", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0 }, { resume: true, heartbeatMs: 0 });
+    const id = p.client.invoke("echo");
+    p.drive();
+    p.take("client");
+    p.take("server");
+    p.client.handleTransportClosed(p.now);
+    p.server.handleTransportClosed(p.now);
+    assert.deepEqual([p.client.pollEvent()?.type, p.server.pollEvent()?.type], ["Detached", "Detached"]);
+    assert.equal(p.client.state, "Detached");
+    assert.equal(p.server.state, "Detached");
+    // The server streams while detached: kept for replay.
+    p.server.stream(id, "late");
+    p.server.complete(id, 0);
+    assert.equal(p.server.pollTransmit()!.length > 0, true); // what the dead socket would have sent
+    // New transport: the client's RESUME goes to a fresh server connection, which asks the app…
+    p.client.resume(p.now);
+    const fresh = new Connection("server", { resume: true }, p.now);
+    fresh.start(p.now);
+    fresh.handleMessage(p.client.pollTransmit()!, p.now);
+    const req = fresh.pollEvent();
+    assert.equal(req?.type, "ResumeRequested");
+    // …and the app resumes the detached session by its token.
+    assert.deepEqual(req.type === "ResumeRequested" && req.token, p.server.sessionToken);
+    assert.equal(p.server.resumeSession(req.type === "ResumeRequested" ? req.received : 0, p.now), true);
+    p.drive();
+    const ev = p.take("client");
+    assert.deepEqual(ev.map((e) => e.type), ["Resumed", "Chunk", "Ended"]);
+    assert.equal(p.client.state, "Open");
+  });
+
+  it("a resume the server cannot serve: RESUME_FAILED, a new session starts", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0 }, { resume: true, heartbeatMs: 0 });
+    p.client.invoke("echo");
+    p.drive();
+    p.take("client");
+    p.client.handleTransportClosed(p.now);
+    assert.equal(p.client.pollEvent()?.type, "Detached");
+    p.client.resume(p.now);
+    const fresh = new Connection("server", { resume: true, tools: [{ name: "echo" }] }, p.now);
+    fresh.start(p.now);
+    fresh.handleMessage(p.client.pollTransmit()!, p.now);
+    assert.equal(fresh.pollEvent()?.type, "ResumeRequested");
+    fresh.refuseResume();
+    p.client.handleMessage(fresh.pollTransmit()!, p.now);
+    // The client lost the call, then sent HELLO on the same transport.
+    const hello = p.client.pollTransmit()!;
+    assert.equal(hello[0], 0x11);
+    fresh.handleMessage(hello, p.now);
+    p.client.handleMessage(fresh.pollTransmit()!, p.now);
+    const types: string[] = [];
+    for (let e = p.client.pollEvent(); e; e = p.client.pollEvent()) types.push(e.type);
+    assert.deepEqual(types, ["Ended", "PeerError", "ToolAdded", "Connected"]);
+    assert.equal(p.client.state, "Open");
+  });
+});
+
+describe("hostile input never throws", () => {
+  /** xorshift32: deterministic. */
+  function rng(seed: number): () => number {
+    let x = seed;
+    return () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return (x >>> 0) / 4294967296;
+    };
+  }
+
+  const vectors = JSON.parse(readFileSync(join(repoRoot, "conformance", "vectors", "frames.json"), "utf8")) as {
+    tests: { hex: string }[];
+  };
+  const seeds = vectors.tests.map((t) => Uint8Array.from(t.hex.split(" ").map((h) => parseInt(h, 16))));
+
+  for (const role of ["client", "server"] as const) {
+    it(`${role}: 20,000 mutated and random messages`, () => {
+      const rand = rng(role === "client" ? 0x1234567 : 0x7654321);
+      let closed = 0;
+      let errors = 0;
+      for (let round = 0; round < 400; round++) {
+        const conn = new Connection(role, { rateLimit: 1e9, floodLimit: 1e9, max_frame_payload: 4096 }, 0);
+        conn.start(0);
+        const peerHello =
+          role === "server" ? seeds[0]! : Uint8Array.from([0x11, 0, 0, 0, 0, 0, 0, 8, 0x82, 0x00, 0x91, 0x01, 0x04, 0xa2, 0x63, 0x31]);
+        conn.handleMessage(peerHello, 0);
+        for (let i = 0; i < 50 && !conn.isClosed; i++) {
+          const base = seeds[Math.floor(rand() * seeds.length)]!;
+          let msg: Uint8Array;
+          if (rand() < 0.2) {
+            msg = new Uint8Array(Math.floor(rand() * 40));
+            for (let k = 0; k < msg.length; k++) msg[k] = Math.floor(rand() * 256);
+          } else {
+            msg = base.slice();
+            const flips = 1 + Math.floor(rand() * 4);
+            for (let f = 0; f < flips; f++) msg[Math.floor(rand() * msg.length)] = Math.floor(rand() * 256);
+          }
+          conn.handleMessage(msg, i);
+          conn.handleTimeout(i * 100);
+          while (conn.pollEvent() !== undefined);
+          for (let b = conn.pollTransmit(); b; b = conn.pollTransmit()) if (b.includes(0x17)) errors++;
+        }
+        if (conn.isClosed) closed++;
+      }
+      // Nothing threw; the sweep drew ERROR replies and closed sessions.
+      assert.ok(errors > 400 && closed > 0, `${errors} error replies, ${closed} of 400 closed`);
+    });
+  }
+});
