@@ -8,12 +8,15 @@
 #
 # Knobs (environment):
 #   FUZZ_SMOKE_SECS   wall-clock cap per target, seconds (default 60)
+#   FUZZ_SMOKE_RELAY_SECS  the same for the relay targets (relay_*), whose inputs are small
+#                     parsers' inputs (default 20)
 #   FUZZ_SMOKE_RUNS   execution cap per target (default 1000000)
 #   FUZZ_SMOKE_TARGETS  space-separated targets (default: all, from `cargo fuzz list`)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 secs="${FUZZ_SMOKE_SECS:-60}"
+relay_secs="${FUZZ_SMOKE_RELAY_SECS:-20}"
 runs="${FUZZ_SMOKE_RUNS:-1000000}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -29,12 +32,13 @@ targets="${FUZZ_SMOKE_TARGETS:-$(cargo fuzz list)}"
 failed=()
 for t in $targets; do
     mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
-    echo "fuzz smoke: $t (at most ${secs} s / ${runs} runs)"
+    case "$t" in relay_*) tsecs="$relay_secs" ;; *) tsecs="$secs" ;; esac
+    echo "fuzz smoke: $t (at most ${tsecs} s / ${runs} runs)"
     start=$(date +%s)
     log="$(mktemp)"
     # The first directory receives new inputs; the seeds stay untouched.
     if RUST_BACKTRACE=1 cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-        -seed=1 -runs="$runs" -max_total_time="$secs" -dict=fuzz/asp.dict \
+        -seed=1 -runs="$runs" -max_total_time="$tsecs" -dict=fuzz/asp.dict \
         -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^#[0-9]+ +DONE|^Done' "$log" | tail -n 2 || true
         echo "fuzz smoke: $t ok in $(( $(date +%s) - start )) s"

@@ -187,6 +187,59 @@ def pair_seeds():
 
 
 # ── main ────────────────────────────────────────────────────────────────────
+# ── relay_frames, relay_push, relay_headers (asp_relay::fuzzing) ────────────
+def relay_seeds(frames):
+    """Seeds for the relay's parsers of function output, from the frame vectors."""
+    by_id = {t["id"]: wire(t) for t in frames}
+    streams = [by_id[i] for i in ("stream/text", "stream/utf8", "stream/seq-uint32")]
+    completes = [by_id[i] for i in ("complete/ok", "complete/failed", "complete/metrics-uint64")]
+    errors = [by_id[i] for i in ("error/invocation", "error/connection", "error/minimal")]
+    out = {"relay_frames": {}, "relay_push": {}, "relay_headers": {}}
+    # frames body: config [max_chunk, max_frame_payload, seed hi, seed lo], then the body.
+    body = b"".join(streams) + completes[0]
+    for name, cfg in (("whole", b"\x00\x00\x00\x00"), ("chunk3-split", b"\x03\x00\x12\x34"),
+                      ("chunk1-bytewise", b"\x01\x00\x00\x01"), ("maxp16", b"\x00\x10\x00\x07")):
+        out["relay_frames"]["s-streams-complete-" + name] = cfg + body
+    for i, end in enumerate(completes + errors):
+        out["relay_frames"][f"s-stream-end-{i}"] = b"\x08\x00\x00\x05" + streams[0] + end
+    out["relay_frames"]["s-final-then-stream"] = b"\x00\x00\x00\x00" + by_id["stream/bin-final"] + streams[0]
+    out["relay_frames"]["s-no-ending"] = b"\x00\x00\x00\x00" + streams[1]
+    out["relay_frames"]["s-other-frame"] = b"\x00\x00\x00\x00" + by_id["ping/empty"]
+    # push body: config [max_payload, max_chunk], then frames.
+    allowed = [by_id[i] for i in ("tool_def/add", "tool_def/remove", "stream/utf8", "stream/bin-final",
+                                  "request/full", "request/minimal")]
+    out["relay_push"]["s-allowed"] = b"\x00\x00" + b"".join(allowed)
+    out["relay_push"]["s-utf8-chunk2"] = b"\x00\x02" + by_id["stream/utf8"]
+    out["relay_push"]["s-refused-complete"] = b"\x00\x00" + allowed[0] + completes[0]
+    out["relay_push"]["s-maxp8"] = b"\x08\x00" + b"".join(allowed)
+    out["relay_push"]["s-empty"] = b"\x00\x00"
+
+    # head and trailers: [status hi, lo, max_chunk, max_state, seed hi, lo, #headers, #trailers],
+    # fields (name byte, length byte, value), then the body.
+    def field(name, value):
+        return bytes([name, len(value)]) + value
+
+    def head(status, max_chunk, max_state, seed, headers, trailers, body):
+        return (bytes([status >> 8, status & 0xFF, max_chunk, max_state, seed >> 8, seed & 0xFF,
+                       len(headers), len(trailers)]) + b"".join(headers) + b"".join(trailers) + body)
+
+    ct_text, ct_bin, ct_json = field(0, b"\x00"), field(0, b"\x02"), field(0, b"\x01")
+    metrics = [field(1, b"12.345"), field(2, b"17"), field(3, b" 42 ")]
+    state = field(4, b"aGVsbG8=")
+    out["relay_headers"]["s-text-metrics-state"] = head(
+        200, 0, 64, 0x1234, [ct_text] + metrics + [state], [], "héllo wörld 👋".encode())
+    out["relay_headers"]["s-text-trailers-win"] = head(
+        200, 3, 64, 0x0101, [ct_text, field(1, b"1")], [field(0x81, b"2.5"), field(0x84, b"")],
+        "split ✓ utf-8".encode() + b"\xf0\x9f")
+    out["relay_headers"]["s-json-invalid-utf8"] = head(
+        200, 0, 8, 0x0042, [ct_json, field(4, b"not base64!")], [], b"{\"a\": \"\xff\xfe\"}")
+    out["relay_headers"]["s-bin"] = head(200, 5, 2, 0x0003, [ct_bin, state], [], bytes(range(40)))
+    out["relay_headers"]["s-404"] = head(404, 0, 0, 0, [ct_text], [], b"no such tool")
+    out["relay_headers"]["s-503-empty"] = head(503, 0, 0, 0, [], [], b"")
+    out["relay_headers"]["s-500-long"] = head(500, 0, 0, 0x0777, [], [], b"x" * 1500)
+    return out
+
+
 def main():
     frames = load("frames.json")
     rejections = load("rejections.json")
@@ -220,6 +273,7 @@ def main():
     seeds["decode"]["s-all-frames-max64"] = decode_seed(stream, MAXP_64, chunks=[0x0F])
 
     seeds["pair"].update(pair_seeds())
+    seeds.update(relay_seeds(frames))
 
     total = 0
     for target, items in seeds.items():

@@ -134,7 +134,7 @@ impl Conns {
     fn last(&self) -> Option<(asp_proto::State, usize, usize)> {
         let c = self.0.lock().expect("lock").last()?.clone();
         c.with(|l| {
-            let c = l.conn();
+            let c = l.core();
             (c.state(), c.replay_bytes(), c.queued_bytes())
         })
     }

@@ -110,7 +110,7 @@ pub async fn flood_that_never_reads<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let bound = bounded_config().max_buffered;
     let check = |what: &str| {
         let queued = flood_conn
-            .with(|l| l.conn().queued_bytes())
+            .with(|l| l.core().queued_bytes())
             .expect("the flood's connection is alive");
         assert!(
             queued <= bound,

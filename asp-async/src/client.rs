@@ -56,7 +56,7 @@ impl<R: Runtime> ClientBuilder<R> {
         ClientBuilder {
             rt,
             token: None,
-            config: crate::ws_default_config(),
+            config: crate::default_config(),
             on_request: None,
             ws: crate::default_ws_config(),
             resume: false,

@@ -4,8 +4,10 @@
 //! [`ConnectionHook`] receives every connection as it opens and closes.
 
 use std::sync::{Mutex, Weak};
+use std::time::Duration;
 
-use asp_proto::frame::{RawValue, RequestId, Text};
+use asp_proto::frame::{RawValue, RequestId, Text, ToolDef};
+use asp_proto::Bytes;
 use asp_proto::{Connection, Instant, Outcome, SendError, Session};
 use tungstenite::http::HeaderMap;
 
@@ -15,7 +17,7 @@ use crate::shared::{lock, Call, Shared};
 pub trait ConnectionHook: Send + Sync + 'static {
     /// A client connected (the WebSocket upgrade succeeded); `upgrade` holds the headers of
     /// its upgrade request (e.g. `Authorization`, to forward). Called before the connection
-    /// reads its first frame, so tools added here (`Locked::conn().add_tool`) are part of
+    /// reads its first frame, so tools added here (`Locked::add_tool`) are part of
     /// the initial tool set sent after HELLO (SPEC §6.2 step 3).
     fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap);
     /// Awaited after [`connected`](Self::connected) and before the connection reads its
@@ -106,10 +108,39 @@ pub struct Locked<'a> {
 }
 
 impl Locked<'_> {
-    /// The Sans-IO core: `stream`, `add_tool`, `remove_tool`, `goaway`, `in_flight`… Its
-    /// rules apply as always (a STREAM for an id not in flight is refused, and so on).
-    pub fn conn(&mut self) -> &mut Connection {
-        &mut self.s.conn
+    /// The Sans-IO core, to look at (`session`, `tools`, `in_flight`, `check_batch`…). It is
+    /// driven by this crate, so commands go through the methods below, never through a
+    /// `&mut Connection` of a connection the driver is running.
+    pub fn core(&self) -> &Connection {
+        &self.s.conn
+    }
+
+    /// [`Connection::stream`]: a chunk of an invocation in flight.
+    pub fn stream(
+        &mut self,
+        id: RequestId,
+        data: Bytes,
+        text: bool,
+        fin: bool,
+    ) -> Result<(), SendError> {
+        self.s.conn.stream(id, data, text, fin)
+    }
+
+    /// [`Connection::add_tool`]: adds or replaces a tool, pushing TOOL_DEF (SPEC §9).
+    pub fn add_tool(&mut self, def: ToolDef) -> Result<(), SendError> {
+        self.s.conn.add_tool(def)
+    }
+
+    /// [`Connection::remove_tool`]: removes a tool; whether it existed.
+    pub fn remove_tool(&mut self, name: &str) -> Result<bool, SendError> {
+        self.s.conn.remove_tool(name)
+    }
+
+    /// [`Connection::goaway`] now: GOAWAY, then close once idle or after `timeout`
+    /// (SPEC §6.5).
+    pub fn goaway(&mut self, reason: Option<Text>, timeout: Duration) {
+        let now = self.s.now();
+        self.s.conn.goaway(now, reason, timeout);
     }
 
     /// The connection's clock, for the core's time arguments.
@@ -118,7 +149,6 @@ impl Locked<'_> {
     }
 
     /// Sends a REQUEST (SPEC §8) whose outcome [`ServerConnection::outcome`] then returns.
-    /// (A request sent with `conn().request` directly has its outcome dropped.)
     pub fn request(
         &mut self,
         kind: impl Into<Text>,

@@ -49,7 +49,8 @@ pub const DEFAULT_PATH: &str = "/v1/agent-socket";
 /// WebSocket settings.
 pub type WsConfig = tungstenite::protocol::WebSocketConfig;
 
-/// Message-size limits for the WebSocket layer: generous, because ASP enforces its own
+/// The WebSocket layer's settings the builders start from (the protocol's are
+/// [`default_config`]). Message-size limits: generous, because ASP enforces its own
 /// per-frame limit (SPEC §3.6) and can then answer FRAME_TOO_LARGE instead of dropping the
 /// whole connection.
 pub fn default_ws_config() -> WsConfig {
@@ -101,7 +102,13 @@ pub fn host_port(
 /// heartbeats included as ASP PING frames: SPEC §6.7 makes the PING frame the heartbeat on
 /// every binding, since every ASP peer must answer it, while a peer's WebSocket library may
 /// not surface or answer WebSocket pings. A `config(..)` call on a builder replaces it
-/// whole.
-pub fn ws_default_config() -> Config {
+/// whole. (The WebSocket layer's settings are [`default_ws_config`].)
+pub fn default_config() -> Config {
     Config::default()
+}
+
+/// The old name of [`default_config`], kept so code written against it still builds.
+#[doc(hidden)]
+pub fn ws_default_config() -> Config {
+    default_config()
 }

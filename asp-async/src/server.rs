@@ -195,7 +195,7 @@ impl<R: Runtime> ServerBuilder<R> {
             rt,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: UpgradePolicy::default(),
-            config: crate::ws_default_config(),
+            config: crate::default_config(),
             tools: Vec::new(),
             fallback: None,
             hook: None,

@@ -355,9 +355,6 @@ impl ToolContext {
     }
 }
 
-/// Runs a handler for one invocation and ends it: COMPLETE or ERROR from the handler's
-/// result, COMPLETE(cancelled) when interrupted (the handler future is dropped), nothing when
-/// the protocol already ended it. A panicking handler gives ERROR(INTERNAL).
 /// The future of [`ToolContext::stream`]: a plain struct rather than an `async fn`, because
 /// a token stream creates one per chunk and the state machine of the nested `async fn`s it
 /// replaced was several times larger (moved on every call).
@@ -476,6 +473,9 @@ fn piece_len(data: &[u8], max: usize, text: bool) -> usize {
     }
 }
 
+/// Runs a handler for one invocation and ends it: COMPLETE or ERROR from the handler's
+/// result, COMPLETE(cancelled) when interrupted (the handler future is dropped), nothing when
+/// the protocol already ended it. A panicking handler gives ERROR(INTERNAL).
 pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, inv: Invoke) {
     let max_chunk = shared
         .upgrade()

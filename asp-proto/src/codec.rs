@@ -20,9 +20,11 @@ use crate::ErrorCode;
 pub const HEADER_LEN: usize = 8;
 
 /// The protocol version this crate speaks (SPEC §3.2).
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 
-/// A parsed 8-byte header (SPEC §3.1), before any check.
+/// A parsed 8-byte header (SPEC §3.1), before any check. A codec internal: public only for
+/// this crate's property tests, hidden from the documented API.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     /// High nibble of byte 0.
@@ -554,7 +556,7 @@ const fn keys(n: u32) -> u32 {
 
 /// Step 6 of SPEC §3.7: the payload of a frame whose header passed [`Header::check`].
 #[inline(always)]
-pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<Frame> {
+pub(crate) fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<Frame> {
     Ok(match ty {
         FrameType::Hello => Frame::Hello(hello(payload)?),
         FrameType::Invoke => {
@@ -944,11 +946,6 @@ impl Decoder {
             skip: 0,
             poisoned: false,
         }
-    }
-
-    /// Changes the payload limit (for frames whose header has not been read yet).
-    pub fn set_max_payload(&mut self, max_payload: u32) {
-        self.max_payload = max_payload;
     }
 
     /// Adds input. Call [`Decoder::next_frame`] until it returns `None` before feeding more

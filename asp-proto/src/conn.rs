@@ -1,11 +1,8 @@
 //! The connection state machine (SPEC §6–§11): a Sans-IO `Connection` that a caller drives
 //! from any event loop.
 //!
-//! Inputs are `handle_*` calls (bytes, timeouts, transport events) and commands from the
-//! application (`invoke`, `stream`, `complete`, …). Outputs are pulled: after every input,
-//! drain `poll_transmit` (bytes to write), `poll_ping` (transport ping wanted),
-//! `poll_event` (what the application must know), then ask `poll_timeout` when to call
-//! `handle_timeout` next.
+//! The driving contract (getters, `handle_*` inputs, commands, `poll_*` outputs and their
+//! order) is documented on [`Connection`] itself, where rustdoc shows it.
 //!
 //! Local misuse returns [`SendError`]; peer violations never return an error: they produce
 //! an ERROR frame for the peer and an [`Event::Violation`].
@@ -25,6 +22,9 @@ use crate::outbox::Outbox;
 use crate::rate::{RateVerdict, RateWindow};
 use crate::replay::Replay;
 use crate::time::Instant;
+
+mod batch;
+pub use batch::{BatchError, Command};
 
 /// Which end of the connection this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +86,96 @@ const MAX_TRANSMIT: usize = 64 << 10;
 const STREAM_OVERHEAD: usize = 24;
 
 /// A Sans-IO ASP connection, client or server.
+///
+/// # Driving it
+///
+/// A `Connection` never does IO, never reads a clock and never blocks: the caller's loop
+/// (any runtime, or none) moves bytes and time in and out. The contract, in four parts:
+///
+/// 1. **Getters** ([`state`](Connection::state), [`session`](Connection::session),
+///    [`tools`](Connection::tools), [`in_flight`](Connection::in_flight),
+///    [`queued_bytes`](Connection::queued_bytes), [`wants_transmit`](Connection::wants_transmit),
+///    [`can_stream`](Connection::can_stream), [`check_batch`](Connection::check_batch)) only
+///    look.
+/// 2. **Inputs**, `handle_*`, each with the current time: what the transport delivered
+///    ([`handle_message`](Connection::handle_message) for one WebSocket binary message,
+///    [`handle_bytes`](Connection::handle_bytes) for a byte stream,
+///    [`handle_text_message`](Connection::handle_text_message),
+///    [`handle_transport_pong`](Connection::handle_transport_pong),
+///    [`handle_transport_closed`](Connection::handle_transport_closed)) and
+///    [`handle_timeout`](Connection::handle_timeout) when the deadline from `poll_timeout`
+///    has passed. Peer violations never return an error: they queue the ERROR frame the
+///    SPEC names and report [`Event::Violation`] / [`Event::Closed`].
+/// 3. **Commands** from the application (`invoke`, `stream`, `complete`, `fail`, `request`,
+///    `reply`, `interrupt`, `release`, `add_tool`, `remove_tool`, `goaway`, `close`,
+///    `resume`…) return `Err(`[`SendError`]`)` only for local misuse or a full window;
+///    they queue frames and never block.
+/// 4. **Outputs**, pulled after every input or command, in this order:
+///    [`poll_transmit`](Connection::poll_transmit) until it returns 0 (bytes to write; on
+///    WebSocket one binary message per call), [`poll_ping`](Connection::poll_ping) (send a
+///    transport-level ping if `true`), [`poll_event`](Connection::poll_event) until `None`
+///    (what the application must know; commands issued while handling events queue more
+///    output, so loop back to `poll_transmit`), then [`poll_timeout`](Connection::poll_timeout):
+///    wait for input until that instant, and call `handle_timeout` if none came.
+///
+/// The whole loop over a blocking byte stream, as a function (compiled; the repository's
+/// `asp-proto/examples/blocking_tcp.rs` runs it over TCP):
+///
+/// ```
+/// use asp_proto::{Bytes, Connection, Event, Instant};
+/// use bytes::BytesMut;
+///
+/// /// What a transport offers the loop: write bytes, ping, and read with a deadline.
+/// trait Transport {
+///     fn write(&mut self, bytes: &[u8]);
+///     fn ping(&mut self);
+///     /// Bytes read before `deadline`, `Some(empty)` at end of stream, `None` on timeout.
+///     fn read(&mut self, deadline: Option<Instant>) -> Option<Bytes>;
+///     fn now(&self) -> Instant;
+/// }
+///
+/// fn drive(
+///     conn: &mut Connection,
+///     io: &mut impl Transport,
+///     mut on_event: impl FnMut(&mut Connection, Event),
+/// ) {
+///     let mut out = BytesMut::new();
+///     while !conn.is_closed() {
+///         // Outputs, in order, until quiet (handling an event may queue more).
+///         loop {
+///             while conn.poll_transmit(&mut out) > 0 {
+///                 io.write(&out.split());
+///             }
+///             if conn.poll_ping() {
+///                 io.ping();
+///             }
+///             let Some(event) = conn.poll_event() else { break };
+///             on_event(conn, event);
+///         }
+///         if conn.is_closed() {
+///             break;
+///         }
+///         // Input, or the deadline.
+///         match io.read(conn.poll_timeout()) {
+///             Some(bytes) if bytes.is_empty() => conn.handle_transport_closed(io.now()),
+///             Some(bytes) => conn.handle_bytes(io.now(), bytes),
+///             None => conn.handle_timeout(io.now()),
+///         }
+///     }
+/// }
+/// # struct Nothing;
+/// # impl Transport for Nothing {
+/// #     fn write(&mut self, _: &[u8]) {}
+/// #     fn ping(&mut self) {}
+/// #     fn read(&mut self, _: Option<Instant>) -> Option<Bytes> { Some(Bytes::new()) }
+/// #     fn now(&self) -> Instant { Instant::ZERO }
+/// # }
+/// # let mut c = Connection::client(asp_proto::Config::default(), Instant::ZERO);
+/// # drive(&mut c, &mut Nothing, |_, _| {});
+/// # assert!(c.is_closed());
+/// ```
+///
+/// Two connections wired back to back, in memory:
 ///
 /// ```
 /// use asp_proto::{Config, Connection, Event, Instant, ServerParams};
@@ -825,17 +915,7 @@ impl Connection {
     ) -> Result<(), SendError> {
         self.require(Role::Server)?;
         self.require_live()?;
-        if (text && core::str::from_utf8(&data).is_err()) || (data.is_empty() && !fin) {
-            // SPEC §5.3: text is UTF-8; only the final chunk may be empty.
-            return Err(SendError::InvalidField("data"));
-        }
-        let max_chunk = self.chunk_cap();
-        if data.len() > max_chunk {
-            return Err(SendError::TooLarge {
-                len: data.len(),
-                max: max_chunk,
-            });
-        }
+        self.check_chunk(&data, text, fin)?;
         let frame_len = data.len() + STREAM_OVERHEAD;
         let queue_full = self.out.len() + frame_len > self.config.max_queued_bytes;
         // SPEC §11.1: in a resumable session STREAM data also waits while the replay buffer

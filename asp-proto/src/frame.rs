@@ -86,6 +86,7 @@ impl FrameType {
     }
 
     /// Which request ids this type may carry (SPEC §3.5).
+    #[doc(hidden)]
     pub fn id_rule(self) -> IdRule {
         match self {
             FrameType::Hello
@@ -104,7 +105,9 @@ impl FrameType {
     }
 }
 
-/// The request ids a frame type allows (SPEC §3.5).
+/// The request ids a frame type allows (SPEC §3.5). A codec internal: public only for this
+/// crate's property tests, hidden from the documented API.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdRule {
     /// Only 0.

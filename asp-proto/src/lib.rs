@@ -6,19 +6,27 @@
 //! crate's comments cite its sections (`SPEC §3.6`).
 //!
 //! This crate does no IO, reads no clock and spawns nothing: bytes and time go in, frames,
-//! events and deadlines come out. Runtime adapters (`asp-tokio`, `asp-smol`) move the bytes; the relay binding
-//! (SPEC §15) lives in `asp-relay`.
+//! events and deadlines come out. Runtime adapters (`asp-tokio`, `asp-smol`) move the bytes.
 //!
-//! - [`codec`]: frames ↔ bytes ([`codec::encode`], [`codec::decode_frame`], [`Decoder`]).
-//! - [`frame`]: one type per frame.
-//! - [`error`]: wire error codes and decode errors.
-//! - [`Connection`]: the state machine; drive it with `handle_*`, command it with `invoke`,
-//!   `stream`, `complete`…, and drain `poll_transmit`, `poll_ping`, `poll_event`, then
-//!   `poll_timeout`, after every input.
-//! - `fuzzing` (feature `arbitrary`): `arbitrary::Arbitrary` for frames and the bodies of
-//!   the `fuzz/` targets.
+//! # Map of the public API
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`Connection`] | the state machine, client or server; its doc states the driving contract (getters, `handle_*`, commands, `poll_*` in order) with a compiled loop |
+//! | [`Config`], [`Limits`], [`HeartbeatMode`], [`ServerParams`], [`InvokeOptions`] | what a connection is created and commanded with |
+//! | [`Event`], [`Outcome`], [`Session`], [`ToolChange`] | what `poll_event` reports |
+//! | [`SendError`], [`CloseReason`], [`State`], [`Role`] | local misuse, why it closed, where it is |
+//! | [`Command`], [`BatchError`] | "can this batch be sent now, all of it?" ([`Connection::check_batch`]) |
+//! | [`Instant`] | the crate's own time: microseconds from an origin the caller picks |
+//! | [`frame`] | one type per frame ([`Frame`], [`RequestId`], [`Text`], [`RawValue`], …) |
+//! | [`codec`] | frames ↔ bytes: [`codec::encode`], [`codec::decode_frame`] (message mode), [`Decoder`] (byte stream) |
+//! | [`error`] | wire error codes ([`ErrorCode`], [`ErrorScope`]) and decode errors ([`DecodeError`], [`DecodeErrorKind`]) |
+//! | `fuzzing` (feature `arbitrary`) | `arbitrary::Arbitrary` for frames and the bodies of the `fuzz/` targets |
+//!
+//! The relay binding (SPEC §15) is not here: it lives in the `asp-relay` crate.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 #![cfg_attr(
     not(test),
     deny(
@@ -47,7 +55,7 @@ mod time;
 pub use bytes::Bytes;
 pub use codec::Decoder;
 pub use config::{Config, HeartbeatMode, Limits};
-pub use conn::{Connection, InvokeOptions, Role, ServerParams, State};
+pub use conn::{BatchError, Command, Connection, InvokeOptions, Role, ServerParams, State};
 pub use error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 pub use event::{Event, Outcome, Session, ToolChange};
 pub use frame::{Frame, FrameType, RawValue, RequestId, Text};

@@ -19,8 +19,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use asp_proto::frame::{Invoke, RawValue, RequestId, Text};
-use asp_relay::binding::{BodyFormat, InvokeRequest};
+use asp_proto::frame::RawValue;
 use asp_relay::{Relay, RelayConfig};
 use asp_tokio::{Args, Output, Tool, ToolContext};
 use bytes::Bytes;
@@ -85,19 +84,28 @@ fn hop(c: &mut Criterion) {
         (relay, client, direct, asp_server, asp_client, invoke_uri)
     });
     let conn_id = client.session().expect("session").connection_id.to_string();
-    let body = InvokeRequest::new(
-        BodyFormat::MsgPack,
-        &conn_id,
-        &Invoke {
-            id: RequestId(1),
-            tool: Text::from("ok"),
-            args: Some(args.clone()),
-            deadline_ms: 0,
-            meta: None,
-        },
-        None,
-    )
-    .expect("request");
+    // The relay's `POST /invoke` for this call (SPEC §15.2), built here by hand.
+    let body = {
+        let mut b = Vec::new();
+        rmp::encode::write_map_len(&mut b, 4).expect("encode");
+        rmp::encode::write_str(&mut b, "connection_id").expect("encode");
+        rmp::encode::write_str(&mut b, &conn_id).expect("encode");
+        rmp::encode::write_str(&mut b, "request_id").expect("encode");
+        rmp::encode::write_uint(&mut b, 1).expect("encode");
+        rmp::encode::write_str(&mut b, "tool").expect("encode");
+        rmp::encode::write_str(&mut b, "ok").expect("encode");
+        rmp::encode::write_str(&mut b, "args").expect("encode");
+        b.extend_from_slice(args.as_bytes());
+        Bytes::from(b)
+    };
+    let headers = [
+        ("content-type", "application/msgpack".to_owned()),
+        ("accept", "application/vnd.asp.frames, */*".to_owned()),
+        ("te", "trailers".to_owned()),
+        ("x-asp-connection-id", conn_id.clone()),
+        ("x-asp-request-id", "1".to_owned()),
+        ("x-asp-tool", "ok".to_owned()),
+    ];
 
     let mut g = c.benchmark_group("relay_hop");
     g.measurement_time(Duration::from_secs(5));
@@ -114,11 +122,11 @@ fn hop(c: &mut Criterion) {
     g.bench_function("http_post_direct_to_function", |b| {
         b.to_async(&rt).iter(|| async {
             let mut req = Request::post(invoke_uri.clone());
-            for (k, v) in &body.headers {
+            for (k, v) in &headers {
                 req = req.header(*k, v.as_str());
             }
             let resp = direct
-                .request(req.body(Full::new(body.body.clone())).expect("request"))
+                .request(req.body(Full::new(body.clone())).expect("request"))
                 .await
                 .expect("response");
             let b = resp.into_body().collect().await.expect("body").to_bytes();
@@ -153,11 +161,11 @@ fn hop(c: &mut Criterion) {
                 via.push(t.elapsed());
                 let t = Instant::now();
                 let mut req = Request::post(invoke_uri.clone());
-                for (k, v) in &body.headers {
+                for (k, v) in &headers {
                     req = req.header(*k, v.as_str());
                 }
                 let resp = direct
-                    .request(req.body(Full::new(body.body.clone())).expect("request"))
+                    .request(req.body(Full::new(body.clone())).expect("request"))
                     .await
                     .expect("response");
                 resp.into_body().collect().await.expect("body");

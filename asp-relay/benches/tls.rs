@@ -82,7 +82,7 @@ fn main() {
         let upstream = https_function(&ca).await;
         let mut c = RelayConfig::new(upstream.parse().expect("url"));
         c.upstream_tls = ca.client_tls();
-        c.format = asp_relay::binding::BodyFormat::Json;
+        c.format = asp_relay::BodyFormat::Json;
         let relay = Relay::start(c).await.expect("relay");
         let client = asp_tokio::connect(&relay.url()).await.expect("connect");
 

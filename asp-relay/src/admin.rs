@@ -7,17 +7,15 @@
 //! | `GET /connections/{id}` | `200 {"connection_id", "connected_for_ms", "in_flight", "requests_in_flight", "state_bytes", "tools"}`, `404` |
 //! | `DELETE /connections/{id}[?timeout_ms=N]` | `204` (GOAWAY, close when idle), `404` |
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::binding::{cut_chunks, parse_push, PushFrame, RelayOut};
-use asp_async::asp_proto::codec::encoded_len;
-use asp_async::asp_proto::frame::{Frame, Request as RequestFrame, Text, ToolDef, ToolOp};
+use asp_async::asp_proto::frame::{RawValue, Text, ToolDef, ToolOp};
 use asp_async::{Locked, RequestId};
-use asp_proto::{Bytes, State};
+use asp_proto::{BatchError, Bytes, Command, SendError};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -33,9 +31,6 @@ const MAX_PUSH_BODY: usize = 16 << 20;
 
 /// How long `DELETE` lets in-flight invocations finish by default.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
-
-/// STREAM framing beyond the data, for the queue check (as the core counts it).
-const STREAM_OVERHEAD: usize = 24;
 
 pub(crate) struct AdminServer {
     pub(crate) addr: SocketAddr,
@@ -156,9 +151,7 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
                 })
                 .map_or(DEFAULT_DRAIN, Duration::from_millis);
             rc.handle.with(|l| {
-                let now = l.now();
-                l.conn().goaway(
-                    now,
+                l.goaway(
                     Some(Text::from_static("closed through the relay's admin API")),
                     timeout,
                 );
@@ -172,7 +165,7 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
 fn describe(rc: &RelayConn) -> Reply {
     let state_bytes = rc.state.lock().unwrap_or_else(|e| e.into_inner()).len();
     let Some((in_flight, requests, tools)) = rc.handle.with(|l| {
-        let c = l.conn();
+        let c = l.core();
         let tools: Vec<String> = c.tools().map(|t| t.name.to_string()).collect();
         (c.invocations_in_flight(), c.requests_in_flight(), tools)
     }) else {
@@ -207,11 +200,14 @@ async fn push(inner: &Arc<RelayInner>, rc: Arc<RelayConn>, req: Request<Incoming
             )
         }
     };
-    let max_queued = inner.config.asp.max_queued_bytes;
     let applied = rc.handle.with(|l| {
-        // All or nothing (SPEC §15.5: "nothing sent"): check every frame, then send.
-        check(l, &rc, &frames, max_queued)?;
-        apply(l, &rc, frames)
+        // All or nothing (SPEC §15.5: "nothing sent"): the core checks the whole batch,
+        // then it is sent.
+        let batch = Batch::new(frames, max_chunk(l));
+        if let Err(e) = l.core().check_batch(&batch.commands()) {
+            return Err(batch.refused(e));
+        }
+        apply(l, &rc, batch)
     });
     match applied {
         None => error(StatusCode::NOT_FOUND, "the connection closed"),
@@ -231,131 +227,130 @@ async fn push(inner: &Arc<RelayInner>, rc: Arc<RelayConn>, req: Request<Incoming
 
 struct Refused(StatusCode, String);
 
-fn conflict(message: String) -> Refused {
-    Refused(StatusCode::CONFLICT, message)
-}
-
 /// The client's chunk size (as the forwarding handler uses it).
 fn max_chunk(l: &mut Locked<'_>) -> usize {
-    l.conn().session().map_or(64 << 10, |s| {
+    l.core().session().map_or(64 << 10, |s| {
         (s.peer_limits.max_chunk as usize).min((s.peer_limits.initial_window / 2).max(1) as usize)
     })
 }
 
-/// Whether every frame can be sent now; the first that cannot gives 409.
-fn check(
-    l: &mut Locked<'_>,
-    rc: &RelayConn,
-    frames: &[PushFrame],
-    max_queued: usize,
-) -> Result<(), Refused> {
-    let conn = l.conn();
-    let Some(session) = conn.session().cloned() else {
-        return Err(conflict("the client has not finished its handshake".into()));
-    };
-    if !matches!(conn.state(), State::Open | State::Draining) {
-        return Err(conflict(format!("the connection is {:?}", conn.state())));
+/// A push body as the commands that send it: each STREAM already cut to the client's chunk
+/// size, so the core checks exactly what will be sent.
+struct Batch(Vec<Pushed>);
+
+enum Pushed {
+    ToolDef(ToolDef),
+    Stream {
+        id: RequestId,
+        pieces: Vec<(Bytes, bool, bool)>,
+    },
+    Request {
+        kind: Text,
+        body: Option<RawValue>,
+        invocation: Option<RequestId>,
+    },
+}
+
+impl Batch {
+    fn new(frames: Vec<PushFrame>, max_chunk: usize) -> Batch {
+        Batch(
+            frames
+                .into_iter()
+                .map(|f| match f {
+                    PushFrame::ToolDef(d) => Pushed::ToolDef(d),
+                    PushFrame::Stream {
+                        id,
+                        data,
+                        text,
+                        fin,
+                    } => Pushed::Stream {
+                        id,
+                        pieces: cut_chunks(data, text, fin, max_chunk)
+                            .into_iter()
+                            .filter_map(|p| match p {
+                                RelayOut::Chunk { data, text, fin } => Some((data, text, fin)),
+                                RelayOut::End(_) => None,
+                            })
+                            .collect(),
+                    },
+                    PushFrame::Request {
+                        kind,
+                        body,
+                        invocation,
+                    } => Pushed::Request {
+                        kind,
+                        body,
+                        invocation,
+                    },
+                })
+                .collect(),
+        )
     }
-    let max_payload = session.peer_limits.max_frame_payload as usize;
-    let mut tools: BTreeSet<String> = conn.tools().map(|t| t.name.to_string()).collect();
-    let mut stream_bytes: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut requests = 0usize;
-    for (i, f) in frames.iter().enumerate() {
-        match f {
-            PushFrame::ToolDef(d) => {
-                if encoded_len(&Frame::ToolDef(d.clone())) - 8 > max_payload {
-                    return Err(conflict(format!(
-                        "frame {i}: TOOL_DEF larger than the client accepts"
-                    )));
+
+    fn commands(&self) -> Vec<Command<'_>> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for p in &self.0 {
+            match p {
+                Pushed::ToolDef(d) if d.op == ToolOp::Remove => {
+                    out.push(Command::RemoveTool(d.name.as_str()))
                 }
-                let name = d.name.to_string();
-                match d.op {
-                    ToolOp::Remove => {
-                        if !tools.remove(&name) {
-                            return Err(conflict(format!("frame {i}: no tool `{name}` to remove")));
-                        }
-                    }
-                    ToolOp::Add | ToolOp::Update => {
-                        if !tools.contains(&name)
-                            && tools.len() >= usize::from(session.peer_limits.max_tools)
-                        {
-                            return Err(conflict(format!(
-                                "frame {i}: the client holds at most {} tools",
-                                session.peer_limits.max_tools
-                            )));
-                        }
-                        tools.insert(name);
-                    }
+                Pushed::ToolDef(d) => out.push(Command::AddTool(d)),
+                Pushed::Stream { id, pieces } => {
+                    out.extend(pieces.iter().map(|(data, text, fin)| Command::Stream {
+                        id: *id,
+                        data,
+                        text: *text,
+                        fin: *fin,
+                    }))
                 }
-            }
-            PushFrame::Stream { id, data, text, .. } => {
-                if *text && std::str::from_utf8(data).is_err() {
-                    return Err(Refused(
-                        StatusCode::BAD_REQUEST,
-                        format!("frame {i}: text is not UTF-8"),
-                    ));
-                }
-                *stream_bytes.entry(id.0).or_default() += data.len();
-            }
-            PushFrame::Request {
-                kind,
-                body,
-                invocation,
-            } => {
-                if conn.state() != State::Open {
-                    return Err(conflict(format!("frame {i}: the connection is draining")));
-                }
-                if !session.peer_capabilities.iter().any(|c| c == "requests") {
-                    return Err(conflict(format!(
-                        "frame {i}: the client does not accept requests"
-                    )));
-                }
-                requests += 1;
-                let pending = rc.pending_requests.load(Ordering::Acquire) + requests;
-                if pending > usize::from(session.peer_limits.max_inflight) {
-                    return Err(conflict(format!(
-                        "frame {i}: the client accepts {} requests in flight",
-                        session.peer_limits.max_inflight
-                    )));
-                }
-                let frame = Frame::Request(RequestFrame {
-                    id: RequestId(0x8000),
-                    kind: kind.clone(),
-                    body: body.clone(),
+                Pushed::Request {
+                    kind,
+                    body,
+                    invocation,
+                } => out.push(Command::Request {
+                    kind: kind.as_str(),
+                    body: body.as_ref(),
                     invocation: *invocation,
-                });
-                if encoded_len(&frame) - 8 > max_payload {
-                    return Err(conflict(format!(
-                        "frame {i}: REQUEST larger than the client accepts"
-                    )));
-                }
+                }),
             }
         }
+        out
     }
-    let mut total = 0;
-    for (id, len) in &stream_bytes {
-        if !conn.can_stream(RequestId(*id), *len) {
-            return Err(conflict(format!(
-                "STREAM for invocation {id}: not in flight, finished, or no flow-control window for {len} bytes now"
-            )));
-        }
-        total += len + STREAM_OVERHEAD;
+
+    /// The 409 (or 400, for text that is not UTF-8) for a refused batch, naming the frame of
+    /// the body that the refused command came from.
+    fn refused(&self, e: BatchError) -> Refused {
+        let mut command = 0;
+        let frame = self
+            .0
+            .iter()
+            .position(|p| {
+                command += match p {
+                    Pushed::Stream { pieces, .. } => pieces.len(),
+                    _ => 1,
+                };
+                command > e.index
+            })
+            .unwrap_or(0);
+        let status = match e.error {
+            SendError::InvalidField("data") => StatusCode::BAD_REQUEST,
+            _ => StatusCode::CONFLICT,
+        };
+        let what = match self.0.get(frame) {
+            Some(Pushed::ToolDef(_)) => "TOOL_DEF",
+            Some(Pushed::Stream { .. }) => "STREAM",
+            _ => "REQUEST",
+        };
+        Refused(status, format!("frame {frame} ({what}): {}", e.error))
     }
-    if conn.queued_bytes() + total > max_queued {
-        return Err(conflict(
-            "the connection's send queue is full; retry later".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn apply(
     l: &mut Locked<'_>,
     rc: &RelayConn,
-    frames: Vec<PushFrame>,
+    batch: Batch,
 ) -> Result<(usize, Vec<RequestId>), Refused> {
-    let max = max_chunk(l);
-    let n = frames.len();
+    let n = batch.0.len();
     let mut ids = Vec::new();
     let internal = |e: asp_proto::SendError| {
         Refused(
@@ -363,37 +358,29 @@ fn apply(
             format!("sending failed after the checks: {e}"),
         )
     };
-    for f in frames {
-        match f {
-            PushFrame::ToolDef(d) => match d.op {
+    for p in batch.0 {
+        match p {
+            Pushed::ToolDef(d) => match d.op {
                 ToolOp::Remove => {
-                    l.conn().remove_tool(d.name.as_str()).map_err(internal)?;
+                    l.remove_tool(d.name.as_str()).map_err(internal)?;
                 }
                 // SPEC §15.5: add and update both mean "the client has this definition";
                 // the core sends add or update by what the client holds (SPEC §9).
                 ToolOp::Add | ToolOp::Update => l
-                    .conn()
                     .add_tool(ToolDef {
                         op: ToolOp::Add,
                         ..d
                     })
                     .map_err(internal)?,
             },
-            PushFrame::Stream {
-                id,
-                data,
-                text,
-                fin,
-            } => {
+            Pushed::Stream { id, pieces } => {
                 // SPEC §15.5: a STREAM over the client's chunk size is split, as a
-                // function's are (§15.3), not refused.
-                for piece in cut_chunks(data, text, fin, max) {
-                    if let RelayOut::Chunk { data, text, fin } = piece {
-                        l.conn().stream(id, data, text, fin).map_err(internal)?;
-                    }
+                // function's are (§15.3), not refused (`Batch::new` cut it).
+                for (data, text, fin) in pieces {
+                    l.stream(id, data, text, fin).map_err(internal)?;
                 }
             }
-            PushFrame::Request {
+            Pushed::Request {
                 kind,
                 body,
                 invocation,

@@ -1,7 +1,8 @@
 //! The relay binding (SPEC §15): how a relay turns ASP invocations into HTTP calls to a
 //! *function*, and the function's response back into STREAM, COMPLETE and ERROR. No IO and
-//! no clock, like the rest of the crate: the adapter sends the requests, reads the bodies and
-//! passes the time in; every mapping decision is made here.
+//! no clock, written like `asp-proto`: the IO half of this crate (`upstream.rs`, `admin.rs`)
+//! sends the requests, reads the bodies and passes the time in; every mapping decision is
+//! made here.
 //!
 //! - [`InvokeRequest`]: headers and body of `POST {upstream}/invoke` (SPEC §15.2).
 //! - [`UpstreamCall`]: one response. Feed it with [`UpstreamCall::handle_body`] and
@@ -13,27 +14,7 @@
 //! - [`parse_push`]: the frames a function pushes through the admin API (SPEC §15.5), and
 //!   [`ReplyRequest`], the `POST {upstream}/reply` that delivers a client's answer.
 //!
-//! The adapter's loop for one invocation:
-//!
-//! ```
-//! use asp_relay::binding::{BodyFormat, CallLimits, InvokeRequest, RelayOut, UpstreamCall};
-//! use asp_proto::{frame::{Invoke, RequestId}, Instant};
-//!
-//! let inv = Invoke { id: RequestId(1), tool: "echo".into(), args: None, deadline_ms: 0, meta: None };
-//! let req = InvokeRequest::new(BodyFormat::MsgPack, "c1", &inv, None).unwrap();
-//! assert!(req.headers.iter().any(|(k, v)| *k == "x-asp-tool" && v == "echo"));
-//! // … POST req.body with req.headers; when the head arrives:
-//! let head = [("content-type", &b"text/plain"[..]), ("x-cpu-time", b"1.5")];
-//! let mut call = UpstreamCall::start(200, &head, CallLimits::default(), Instant::ZERO);
-//! call.handle_body("Hello".into(), Instant::from_millis(3));
-//! call.handle_end(&[], Instant::from_millis(4));
-//! while let Some(out) = call.poll_output() {
-//!     match out {
-//!         RelayOut::Chunk { data, text, fin } => { /* ctx.stream(data, text, fin) */ }
-//!         RelayOut::End(ending) => { /* complete or fail the invocation */ }
-//!     }
-//! }
-//! ```
+//! The adapter's loop for one invocation is the test `tests::the_adapter_loop`.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -96,7 +77,7 @@ impl BodyFormat {
 }
 
 /// The relay's two timeouts towards a function (SPEC §15.3). The adapter runs the timers and
-/// reports expiry with [`Ending::timed_out`].
+/// reports expiry to the binding, which ends the call with `UPSTREAM_TIMEOUT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// From sending the request to the status line. Default 300 s.
@@ -679,6 +660,7 @@ impl UpstreamCall {
     }
 
     /// Whether the ending has been produced (it may still wait in `poll_output`).
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     pub fn is_ended(&self) -> bool {
         matches!(self.mode, Mode::Done)
     }
@@ -2296,5 +2278,40 @@ mod tests {
                 }
             }
         }
+    }
+    /// The adapter's loop for one invocation (what `upstream.rs` does with IO).
+    #[test]
+    fn the_adapter_loop() {
+        let inv = Invoke {
+            id: RequestId(1),
+            tool: "echo".into(),
+            args: None,
+            deadline_ms: 0,
+            meta: None,
+        };
+        let req = InvokeRequest::new(BodyFormat::MsgPack, "c1", &inv, None).unwrap();
+        assert!(req
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "x-asp-tool" && v == "echo"));
+        // … POST req.body with req.headers; when the head arrives:
+        let head = [("content-type", &b"text/plain"[..]), ("x-cpu-time", b"1.5")];
+        let mut call = UpstreamCall::start(200, &head, CallLimits::default(), Instant::ZERO);
+        call.handle_body("Hello".into(), Instant::from_millis(3));
+        call.handle_end(&[], Instant::from_millis(4));
+        let mut streamed = Vec::new();
+        while let Some(out) = call.poll_output() {
+            match out {
+                // ctx.stream(data, text, fin)
+                RelayOut::Chunk { data, text, .. } => streamed.push((data, text)),
+                // complete or fail the invocation
+                RelayOut::End(ending) => assert!(matches!(
+                    ending,
+                    Ending::Complete { metrics, .. }
+                        if metrics.cpu_us == Some(1500) && metrics.wall_us == Some(4000)
+                )),
+            }
+        }
+        assert_eq!(streamed, [(Bytes::from("Hello"), true)]);
     }
 }

@@ -4,10 +4,22 @@
 //!
 //! The relay is an ordinary ASP server (the `asp-async` machinery over tokio) whose every
 //! tool is served by one generic handler that forwards the INVOKE as `POST {upstream}/invoke`
-//! and streams the function's response back ([`upstream`]). An admin HTTP API on a separate
-//! listener lets functions push frames to a connection later ([`admin`]). What goes on the
-//! wire and how a response maps to STREAM / COMPLETE / ERROR is decided by the Sans-IO
-//! [`binding`]; the rest of this crate only moves bytes and runs timers.
+//! and streams the function's response back (`upstream.rs`). An admin HTTP API on a separate
+//! listener lets functions push frames to a connection later (`admin.rs`, SPEC §15.5):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /connections/{id}/frames` (body: ASP frames) | `202 {"accepted", "request_ids"}`, `400`, `404`, `409` |
+//! | `GET /connections/{id}` | `200 {"connection_id", "connected_ms", "in_flight", "state_bytes", "tools"}`, `404` |
+//! | `DELETE /connections/{id}[?timeout_ms=N]` | `204` (GOAWAY, close when idle), `404` |
+//!
+//! Every admin request needs `Authorization: Bearer <admin secret>`. A push is all or nothing:
+//! `asp-proto`'s [`Connection::check_batch`](asp_proto::Connection::check_batch) decides
+//! whether every frame can be sent now, else nothing is sent (409).
+//!
+//! What goes on the wire and how a response maps to STREAM / COMPLETE / ERROR is decided by
+//! the Sans-IO binding (`binding.rs`); the rest of this crate only moves bytes and runs
+//! timers. The `asp-relay` binary (`src/main.rs`) runs a [`Relay`] from flags or a JSON file.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -25,11 +37,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admin;
-pub mod binding;
+mod admin;
+mod binding;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod msgpack;
 mod tls;
-pub mod upstream;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,7 +52,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::binding::{BodyFormat, Timeouts};
+pub use crate::binding::{BodyFormat, Timeouts};
 use asp_async::tungstenite::http::HeaderMap;
 use asp_async::{ConnectionHook, ServerConnection, ToolDef};
 use asp_proto::Bytes;
@@ -123,9 +138,9 @@ impl RelayConfig {
             // connection drops continues its session, invocations and all, on a new one.
             asp: asp_async::Config {
                 resume: true,
-                ..asp_async::ws_default_config()
+                ..asp_async::default_config()
             },
-            ws: asp_async::server_ws_config(&asp_async::ws_default_config()),
+            ws: asp_async::server_ws_config(&asp_async::default_config()),
             tls: None,
             admin_tls: None,
             upstream_tls: asp_async::ClientTls::new(),
@@ -182,7 +197,7 @@ impl ConnectionHook for Directory {
         // initial set (SPEC §6.2 step 3, §15.1).
         conn.with(|l| {
             for def in &inner.config.tools {
-                if let Err(e) = l.conn().add_tool(def.clone()) {
+                if let Err(e) = l.add_tool(def.clone()) {
                     tracing::warn!(tool = %def.name, error = %e, "initial tool refused");
                 }
             }

@@ -237,7 +237,7 @@ fn config(mut args: Args) -> RelayConfig {
         fail("--admin-listen needs --admin-secret (or ASP_RELAY_ADMIN_SECRET)");
     }
     if let Some(Format::Json) = args.format {
-        c.format = asp_relay::binding::BodyFormat::Json;
+        c.format = asp_relay::BodyFormat::Json;
     }
     c.forward_auth = args.forward_auth;
     c.asp.resume = !args.no_resume;

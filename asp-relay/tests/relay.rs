@@ -16,7 +16,6 @@ use std::time::Duration;
 use asp_proto::codec::encode;
 use asp_proto::frame::{Frame, Request as RequestFrame, Stream as StreamFrame, ToolDef, ToolOp};
 use asp_proto::{Bytes, ErrorCode};
-use asp_relay::binding::base64_encode;
 use asp_relay::{Relay, RelayConfig};
 use asp_tokio::{Chunk, Client, Error, RawValue, ReplyStatus, RequestId, Status, ToolChange};
 use bytes::BytesMut;
@@ -268,9 +267,38 @@ fn trailers(list: &[(&str, String)]) -> BodyFrame<Bytes> {
     BodyFrame::trailers(h)
 }
 
+/// Standard base64 with padding (RFC 4648 §4), as a function sends `X-Asp-State`.
+/// Decodes standard base64 (padding optional): the scripted function's bodies.
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    const SYM: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for c in s.trim_end_matches('=').bytes() {
+        acc = acc << 6 | SYM.iter().position(|&x| x == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
 fn b64(b: &[u8]) -> String {
+    const SYM: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
-    base64_encode(b, &mut s);
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            s.push(if i <= c.len() {
+                char::from(SYM[(n >> (18 - 6 * i)) as usize & 63])
+            } else {
+                '='
+            });
+        }
+    }
     s
 }
 
@@ -536,9 +564,7 @@ async fn function(
             let content_type = a["content_type"].as_str().unwrap_or("text/plain");
             let status = u16::try_from(a["status"].as_u64().unwrap_or(200)).unwrap();
             let (r, tx) = text_response(status, content_type, &hdrs);
-            let bytes =
-                asp_relay::binding::base64_decode(a["body"].as_str().unwrap_or("").as_bytes())
-                    .expect("body is base64");
+            let bytes = unb64(a["body"].as_str().unwrap_or("")).expect("body is base64");
             let split = a["split"]
                 .as_u64()
                 .map_or(bytes.len().max(1), |n| n as usize);
@@ -1353,10 +1379,7 @@ async fn python_function_over_json() {
     let Some(py) = python_function() else {
         return;
     };
-    let relay = relay_to(py.url.clone(), |c| {
-        c.format = asp_relay::binding::BodyFormat::Json
-    })
-    .await;
+    let relay = relay_to(py.url.clone(), |c| c.format = asp_relay::BodyFormat::Json).await;
     let client = connect(&relay).await;
 
     let mut call = client
@@ -2073,7 +2096,7 @@ async fn deadline_ms_zero_gives_no_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_bodies_convert_keys_and_refuse_what_json_cannot_say() {
     let mut f = Function::start().await;
-    let relay = relay_to(f.url(), |c| c.format = asp_relay::binding::BodyFormat::Json).await;
+    let relay = relay_to(f.url(), |c| c.format = asp_relay::BodyFormat::Json).await;
     let client = connect(&relay).await;
     let call = |args: &[u8]| {
         let raw = RawValue::new(Bytes::copy_from_slice(args)).unwrap();

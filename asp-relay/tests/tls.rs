@@ -55,7 +55,7 @@ async fn tls_relay(upstream: &str, ca: &Ca, tweak: impl FnOnce(&mut RelayConfig)
     let mut c = RelayConfig::new(upstream.parse().expect("upstream URL"));
     c.tls = Some(ca.server(NAMES).server_tls());
     c.upstream_tls = ca.client_tls();
-    c.format = asp_relay::binding::BodyFormat::Json;
+    c.format = asp_relay::BodyFormat::Json;
     tweak(&mut c);
     Relay::start(c).await.expect("relay starts")
 }

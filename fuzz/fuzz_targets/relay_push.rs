@@ -1,0 +1,5 @@
+#![no_main]
+//! See `asp_relay::fuzzing::push_body` for the input layout and the invariants.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| asp_relay::fuzzing::push_body(data));
