@@ -42,7 +42,9 @@ pub mod util;
 
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
-    no_resume_closes, resume_mid_stream, resume_over_half_open, resume_refused_starts_new_session,
+    heartbeat_timeout_then_resume, no_resume_closes, resume_after_reset_past_the_window,
+    resume_after_reset_with_invoke_in_flight, resume_mid_stream, resume_over_half_open,
+    resume_refused_starts_new_session,
 };
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
@@ -79,6 +81,9 @@ macro_rules! for_each_scenario {
             resume_refused_starts_new_session,
             resume_over_half_open,
             no_resume_closes,
+            resume_after_reset_past_the_window,
+            resume_after_reset_with_invoke_in_flight,
+            heartbeat_timeout_then_resume,
         }
     };
 }
@@ -739,7 +744,7 @@ pub async fn oversized_frame<S: Runtime, C: Runtime>(srv: S, cli: C) {
                 assert_eq!(c.status, Status::Ok);
                 completed.push(c.id.0);
             }
-            Some(Frame::Ping | Frame::ToolDef(_)) => {}
+            Some(Frame::Ping(_) | Frame::ToolDef(_)) => {}
             other => panic!("expected COMPLETE, got {other:?}"),
         }
     }
@@ -769,7 +774,7 @@ pub async fn heartbeat_closes_unresponsive_peer<S: Runtime, C: Runtime>(srv: S, 
     let mut timeout = None;
     while let Some(f) = peer.next_frame().await {
         match f {
-            Frame::Ping => pings += 1,
+            Frame::Ping(_) => pings += 1,
             Frame::Error(e) => timeout = Some(e),
             other => panic!("unexpected {other:?}"),
         }

@@ -2,9 +2,11 @@
 //! the test may change), and [`Proxy::cut`] closes both sockets of every connection it
 //! carries, as a network failure would; [`Proxy::hold`] first stops forwarding what the
 //! server sends, so that it is surely lost in the cut; [`Proxy::vanish`] drops only the
-//! client's side and leaves the server's open and silent (a half-open connection). Plain
-//! threads and `std::net`, so it serves any
-//! runtime. Every blocking call ends when its sockets are cut or closed.
+//! client's side and leaves the server's open and silent (a half-open connection);
+//! [`Proxy::reset`] ends every connection with a TCP reset (RST, no FIN, no WebSocket
+//! close); [`Proxy::freeze`] stops forwarding both ways on the connections carried so far
+//! and leaves their sockets open (a silent link). Plain threads and `std::net`, so it serves
+//! any runtime. Every blocking call ends when its sockets are cut or closed.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -12,9 +14,30 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
-/// One connection: (client side, server side, vanished). Once vanished, its pumps leave
-/// the server side open when they end.
-type Carried = (TcpStream, TcpStream, Arc<AtomicBool>);
+/// One connection: (client side, server side, vanished, frozen). Once vanished, its pumps
+/// leave the server side open when they end; while frozen, they forward nothing.
+type Carried = (TcpStream, TcpStream, Arc<AtomicBool>, Arc<Frozen>);
+
+/// A connection's freeze: both pumps wait while it is set.
+#[derive(Default)]
+struct Frozen {
+    on: Mutex<bool>,
+    thaw: Condvar,
+}
+
+impl Frozen {
+    fn set(&self, on: bool) {
+        *self.on.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.thaw.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut on = self.on.lock().unwrap_or_else(|e| e.into_inner());
+        while *on {
+            on = self.thaw.wait(on).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
 
 struct Inner {
     upstream: Mutex<SocketAddr>,
@@ -70,13 +93,14 @@ impl Proxy {
                     continue;
                 };
                 let vanished = Arc::new(AtomicBool::new(false));
+                let frozen = Arc::new(Frozen::default());
                 if let (Ok(d), Ok(u)) = (down.try_clone(), up.try_clone()) {
                     let mut socks = inner2.sockets.lock().unwrap_or_else(|e| e.into_inner());
-                    socks.push((d, u, vanished.clone()));
+                    socks.push((d, u, vanished.clone(), frozen.clone()));
                 }
-                let (i1, v1) = (inner2.clone(), vanished.clone());
-                thread::spawn(move || pump(down, up, v1, None));
-                thread::spawn(move || pump(up2, down2, vanished, Some(i1)));
+                let (i1, v1, f1) = (inner2.clone(), vanished.clone(), frozen.clone());
+                thread::spawn(move || pump(down, up, v1, f1, None));
+                thread::spawn(move || pump(up2, down2, vanished, frozen, Some(i1)));
             }
         });
         Proxy { addr, inner }
@@ -117,11 +141,52 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
-        for (down, up, _) in socks {
+        for (down, up, _, frozen) in socks {
             let _ = down.shutdown(Shutdown::Both);
             let _ = up.shutdown(Shutdown::Both);
+            frozen.set(false);
         }
         self.release();
+    }
+
+    /// Resets every connection carried so far: both ends get a TCP RST (SO_LINGER 0, then
+    /// the last descriptor closes), with no FIN and no WebSocket close, as when a NAT or a
+    /// middlebox drops the connection; data still in flight is lost.
+    pub fn reset(&self) {
+        let socks: Vec<Carried> = self
+            .inner
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for (down, up, vanished, frozen) in socks {
+            // The pumps end without shutting down (which would send FIN) and drop their
+            // descriptors; SO_LINGER 0 makes the last close send RST.
+            vanished.store(true, Ordering::Release);
+            for s in [&down, &up] {
+                let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+                // Wakes a pump blocked reading (Linux sends nothing for SHUT_RD).
+                let _ = s.shutdown(Shutdown::Read);
+            }
+            frozen.set(false);
+        }
+        self.release();
+    }
+
+    /// Stops forwarding in both directions on every connection carried so far, leaving
+    /// their sockets open: to both ends the link goes silent (until [`cut`](Self::cut) or
+    /// [`reset`](Self::reset)). Later connections are forwarded normally.
+    pub fn freeze(&self) {
+        for (.., frozen) in self
+            .inner
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            frozen.set(true);
+        }
     }
 
     /// Drops the client side of every connection carried so far, and leaves the server
@@ -135,9 +200,10 @@ impl Proxy {
             .drain(..)
             .collect();
         let mut zombies = self.inner.zombies.lock().unwrap_or_else(|e| e.into_inner());
-        for (down, up, vanished) in socks {
+        for (down, up, vanished, frozen) in socks {
             vanished.store(true, Ordering::Release);
             let _ = down.shutdown(Shutdown::Both);
+            frozen.set(false);
             zombies.push(up);
         }
     }
@@ -173,10 +239,12 @@ fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     vanished: Arc<AtomicBool>,
+    frozen: Arc<Frozen>,
     hold: Option<Arc<Inner>>,
 ) {
     let mut buf = [0u8; 16 << 10];
     loop {
+        frozen.wait();
         if let Some(inner) = &hold {
             let mut held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
             while *held {
@@ -186,6 +254,11 @@ fn pump(
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                // What was read while the link froze is forwarded only after it thaws.
+                frozen.wait();
+                if vanished.load(Ordering::Acquire) {
+                    break;
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

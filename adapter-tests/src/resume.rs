@@ -253,3 +253,206 @@ pub async fn no_resume_closes<S: Runtime, C: Runtime>(srv: S, cli: C) {
         server.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// Streams `n` numbered ~1 KiB chunks like `count`, reporting each number on `progress`
+/// once the chunk is queued; before chunk `pause_at` it waits for `gate`.
+fn numbered_tool(progress: mpsc::UnboundedSender<u32>, pause_at: u32, gate: Gate) -> Tool {
+    Tool::new("numbered", move |ctx: ToolContext, args: Args| {
+        let (progress, gate) = (progress.clone(), gate.clone());
+        async move {
+            let n: u32 = args.parse()?;
+            let pad = "x".repeat(1000);
+            for i in 0..n {
+                if i == pause_at {
+                    gate.wait().await;
+                }
+                ctx.stream_text(&format!("chunk-{i:05}-{pad}"))
+                    .await
+                    .map_err(|_| ToolError::Cancelled)?;
+                let _ = progress.unbounded_send(i);
+            }
+            Output::value(&n)
+        }
+    })
+}
+
+/// SPEC §11.1 with every default but resume (issue 25): a long stream has its whole first
+/// window consumed and credited, then a whole window's worth of output is sent into a
+/// link that delivers nothing, and the connection is reset (RST: no FIN, no WebSocket
+/// close). Before, one window of frames was more than the default replay buffer held, so
+/// the resume failed and the invocation was lost; now the server waits for acknowledged
+/// room instead. The client resumes and gets every chunk once, in order, and one
+/// completion.
+pub async fn resume_after_reset_past_the_window<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    const N: u32 = 1000;
+    // 260 chunks of 1012 bytes are two credit batches of half the default window (§7.5):
+    // everything received is credited when the tool pauses there.
+    const PAUSE: u32 = 260;
+    // Then at least 150 chunks (~155 KB) go into the held link before the reset.
+    const LOST: u32 = 150;
+    let (progress_tx, mut progress) = mpsc::unbounded();
+    let gate = Gate::new();
+    let server = start(ServerBuilder::new(srv).resume(true).tool(numbered_tool(
+        progress_tx,
+        PAUSE,
+        gate.clone(),
+    )))
+    .await;
+    let proxy = Proxy::start(server.local_addr());
+    let client = ClientBuilder::new(cli.clone())
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy");
+    let session = client.session().expect("session");
+    assert!(session.resumable);
+    assert_eq!(session.resume_window_ms, 30_000, "announced and agreed");
+    let mut inv = client.invoke("numbered", &N).expect("invoke");
+    let mut next = 0u32;
+    let mut check = |text: &str| {
+        assert_eq!(chunk_number(text), next, "chunk lost or duplicated");
+        next += 1;
+    };
+    for _ in 0..PAUSE {
+        let c = inv.next().await.expect("chunk before the cut");
+        check(c.as_str().expect("text"));
+    }
+    proxy.hold();
+    gate.open();
+    while let Some(i) = progress.next().await {
+        if i >= PAUSE + LOST {
+            break;
+        }
+    }
+    proxy.reset();
+    while let Some(c) = inv.next().await {
+        check(c.as_str().expect("text"));
+    }
+    assert_eq!(next, N, "every chunk arrived");
+    let done = inv.completion().await.expect("completion after the resume");
+    assert_eq!(done.status, Status::Ok);
+    assert!(proxy.accepted() >= 2, "the client reconnected");
+    assert_eq!(
+        client.session().expect("session").connection_id,
+        session.connection_id,
+        "the session was resumed, not restarted"
+    );
+    finish(client, server).await;
+}
+
+/// A reset while an invocation runs and while another one's INVOKE is on the wire (the
+/// link froze first, so it never reached the server): the server counts only what it
+/// processed (SPEC §11.3), the client re-sends the lost INVOKE, and each invocation ends
+/// exactly once.
+pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let (started_tx, mut started) = mpsc::unbounded();
+    let gate = Gate::new();
+    let server = start(
+        ServerBuilder::new(srv)
+            .resume(true)
+            .tool(gated_tool("hang", started_tx, gate.clone()))
+            .tool(greet_tool()),
+    )
+    .await;
+    let proxy = Proxy::start(server.local_addr());
+    let client = ClientBuilder::new(cli.clone())
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy");
+    let session = client.session().expect("session");
+    let hang = client.invoke("hang", &()).expect("invoke hang");
+    started.next().await.expect("hang started");
+    proxy.freeze();
+    let mut greet = client
+        .invoke(
+            "greet",
+            &crate::GreetArgs {
+                name: "lost".into(),
+                times: 3,
+            },
+        )
+        .expect("invoke greet");
+    proxy.reset();
+    gate.open();
+    let mut n = 0;
+    while let Some(c) = greet.next().await {
+        assert_eq!(c.as_str(), Some(format!("hello lost #{n}\n").as_str()));
+        n += 1;
+    }
+    assert_eq!(n, 3, "the re-sent INVOKE ran once");
+    assert_eq!(
+        greet.completion().await.expect("greet completes").status,
+        Status::Ok
+    );
+    assert_eq!(
+        hang.completion().await.expect("hang completes").status,
+        Status::Ok
+    );
+    assert!(
+        started.try_recv().is_err(),
+        "hang ran once (its INVOKE was not replayed)"
+    );
+    assert_eq!(
+        client.session().expect("session").connection_id,
+        session.connection_id
+    );
+    greet_ok(&client, "after").await;
+    finish(client, server).await;
+}
+
+/// The link goes silent (nothing delivered either way, no socket closes). The heartbeat
+/// finds it dead, which in a resumable session detaches instead of failing it (SPEC
+/// §6.7, §11.3); the client reconnects and resumes while the server may still hold the
+/// old, silent socket (take-over), and the invocation in flight completes.
+pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let (started_tx, mut started) = mpsc::unbounded();
+    let gate = Gate::new();
+    let server = start(
+        ServerBuilder::new(srv)
+            .resume(true)
+            .tool(gated_tool("hang", started_tx, gate.clone()))
+            .tool(greet_tool()),
+    )
+    .await;
+    let proxy = Proxy::start(server.local_addr());
+    let client = ClientBuilder::new(cli.clone())
+        .config(asp_async::Config {
+            heartbeat: Some(Duration::from_millis(150)),
+            ..asp_async::ws_default_config()
+        })
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy");
+    let session = client.session().expect("session");
+    assert_eq!(session.heartbeat_ms, 150);
+    let hang = client.invoke("hang", &()).expect("invoke hang");
+    started.next().await.expect("hang started");
+    proxy.freeze();
+    // Only the heartbeat can notice: wait for the reconnect.
+    poll_until(
+        &cli,
+        Duration::from_secs(10),
+        "the client reconnects",
+        || proxy.accepted() >= 2,
+    )
+    .await;
+    client.ready().await.expect("resumed");
+    gate.open();
+    assert_eq!(
+        hang.completion().await.expect("hang completes").status,
+        Status::Ok
+    );
+    assert_eq!(
+        client.session().expect("session").connection_id,
+        session.connection_id,
+        "resumed, not restarted"
+    );
+    greet_ok(&client, "after the silence").await;
+    poll_until(&cli, Duration::from_secs(5), "one connection", || {
+        server.connections() == 1
+    })
+    .await;
+    finish(client, server).await;
+}

@@ -203,6 +203,22 @@ where
                 s.notify_writer();
             }
             Some(Ok(Message::Frame(_))) => {}
+            // SPEC §11.3: a Close with status 1000, or none, ends the session on purpose;
+            // any other end of the transport (another status: a proxy or node going away,
+            // an error, EOF without Close) leaves a resumable session to be resumed.
+            Some(Ok(Message::Close(frame)))
+                if frame.as_ref().is_none_or(|f| {
+                    f.code == tungstenite::protocol::frame::coding::CloseCode::Normal
+                }) =>
+            {
+                s.conn.handle_peer_close(now);
+                s.pump();
+                s.notify_writer();
+                let starts = take_starts(&mut s);
+                drop(s);
+                start_inline(starts);
+                return None;
+            }
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // Closes the session, or detaches it if it is resumable.
                 s.conn.handle_transport_closed(now);
@@ -269,12 +285,19 @@ async fn writer<S, R>(
                     // note: a runtime's timer may report late or early under load).
                     s.conn.handle_timeout(now);
                 }
-                while s.conn.poll_transmit(&mut buf) > 0 {
-                    batches.push(Message::Binary(buf.split().freeze()));
+                if s.conn.state() == State::Detached {
+                    // The heartbeat found a resumable session's peer silent (SPEC §11.3):
+                    // this transport is given up.
+                    s.pump();
+                    Step::Detached
+                } else {
+                    while s.conn.poll_transmit(&mut buf) > 0 {
+                        batches.push(Message::Binary(buf.split().freeze()));
+                    }
+                    let ping = s.conn.poll_ping();
+                    s.pump();
+                    Step::Write(ping, s.conn.is_closed(), s.clock)
                 }
-                let ping = s.conn.poll_ping();
-                s.pump();
-                Step::Write(ping, s.conn.is_closed(), s.clock)
             }
         };
         let (ping, closed, clock) = match step {
@@ -473,6 +496,10 @@ async fn drive_write<R: Runtime>(
                 let now = s.now();
                 s.conn.handle_timeout(now);
                 s.pump();
+                if s.conn.state() == State::Detached {
+                    // Detached by the heartbeat while the write was stuck (SPEC §11.3).
+                    return false;
+                }
                 if s.conn.is_closed() {
                     give_up = Some(linger());
                 }

@@ -147,6 +147,11 @@ enum Command {
         /// changes with `asp tools --watch`.
         #[arg(long, value_name = "SECS", value_parser = parse_secs)]
         churn: Option<Duration>,
+        /// Do not offer session resume (SPEC §11). By default a client that lists `resume`
+        /// gets a resume token, and its session survives a dropped connection for the
+        /// resume window (30 s), announced in HELLO with the replay buffer (256 KiB).
+        #[arg(long)]
+        no_resume: bool,
     },
     /// Measure round-trip latency (p50/p90/p99) and throughput, or streaming throughput with
     /// --stream.
@@ -246,7 +251,11 @@ async fn run(cli: Cli) -> i32 {
             addr,
             token_delay_ms,
             churn,
-        } => serve(&g, addr, Duration::from_millis(token_delay_ms), churn).await,
+            no_resume,
+        } => {
+            let delay = Duration::from_millis(token_delay_ms);
+            serve(&g, addr, delay, churn, !no_resume).await
+        }
         Command::Bench {
             url,
             count,
@@ -977,7 +986,13 @@ async fn read_line() -> Option<String> {
 // ---------------------------------------------------------------------------------------
 // asp serve
 
-async fn serve(g: &Global, addr: SocketAddr, delay: Duration, churn: Option<Duration>) -> i32 {
+async fn serve(
+    g: &Global,
+    addr: SocketAddr,
+    delay: Duration,
+    churn: Option<Duration>,
+    resume: bool,
+) -> i32 {
     use asp_cli::demo;
     let mut sig = match Interrupts::new() {
         Ok(s) => s,
@@ -989,7 +1004,8 @@ async fn serve(g: &Global, addr: SocketAddr, delay: Duration, churn: Option<Dura
         .tool(demo::echo_tool())
         .tool(demo::clarify_tool())
         .tool(demo::fail_tool())
-        .tool(demo::blob_tool());
+        .tool(demo::blob_tool())
+        .resume(resume);
     if let Some(t) = &g.token {
         builder = builder.token(t.clone());
     }
@@ -1000,10 +1016,13 @@ async fn serve(g: &Global, addr: SocketAddr, delay: Duration, churn: Option<Dura
     let url = server.url();
     let names = ["agent", "echo", "clarify", "fail", "blob"];
     if g.json {
-        emit(&json!({"type": "listening", "url": url, "tools": names}));
+        emit(&json!({"type": "listening", "url": url, "tools": names, "resume": resume}));
     } else {
         outln(&format!("serving the demo agent on {url}"));
         eprintln!("tools: {}", names.join(", "));
+        if resume {
+            eprintln!("session resume offered (30 s window; --no-resume to turn it off)");
+        }
         if g.token.is_some() {
             eprintln!("clients must send the token (asp … --token TOKEN)");
         }

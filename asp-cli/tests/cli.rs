@@ -703,3 +703,37 @@ fn serve_runs_the_demo_agent_until_ctrl_c() {
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains(r#""type":"stopped""#), "{}", r.stdout);
 }
+
+/// Issue 25: `asp serve` offers session resume by default, announcing its window and
+/// replay buffer in HELLO (SPEC §11), and `--no-resume` turns it off.
+#[cfg(unix)]
+#[test]
+fn serve_offers_resume_unless_told_not_to() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (extra, offered) in [(None, true), (Some("--no-resume"), false)] {
+        let mut cmd = vec!["--json", "serve", "--addr", "127.0.0.1:0"];
+        cmd.extend(extra);
+        let mut live = Live::spawn(&cmd);
+        let hello = live.next_json();
+        assert_eq!(hello["resume"], offered, "{hello}");
+        let url = hello["url"].as_str().expect("url").to_owned();
+        let session = rt.block_on(async {
+            let client = asp_tokio::client()
+                .resume(true)
+                .connect(&url)
+                .await
+                .expect("connect");
+            let s = client.session().expect("session");
+            client.close().await;
+            s
+        });
+        assert_eq!(session.resumable, offered, "{extra:?}");
+        assert_eq!(session.resume_window_ms, if offered { 30_000 } else { 0 });
+        live.signal("INT");
+        let r = live.finish();
+        assert_eq!(r.code, Some(0), "{r:?}");
+    }
+}

@@ -111,8 +111,8 @@ fn representative(ty: FrameType) -> Frame {
             retryable: false,
             frame_type: Some(FrameType::Invoke as u8),
         }),
-        FrameType::Ping => Frame::Ping,
-        FrameType::Pong => Frame::Pong,
+        FrameType::Ping => Frame::PING,
+        FrameType::Pong => Frame::PONG,
         FrameType::Request => Frame::Request(Request {
             id: RequestId(0x8001),
             kind: Text::from_static("confirm"),

@@ -156,6 +156,8 @@ fn write_payload<S: Sink>(frame: &Frame, w: &mut Writer<'_, S>) {
                     l.max_tools.is_some(),
                     l.max_chunk.is_some(),
                     l.initial_window.is_some(),
+                    l.replay_buffer.is_some(),
+                    l.resume_window_ms.is_some(),
                 ]));
                 let fields = [
                     l.max_frame_payload.map(u64::from),
@@ -163,6 +165,8 @@ fn write_payload<S: Sink>(frame: &Frame, w: &mut Writer<'_, S>) {
                     l.max_tools.map(u64::from),
                     l.max_chunk.map(u64::from),
                     l.initial_window.map(u64::from),
+                    l.replay_buffer.map(u64::from),
+                    l.resume_window_ms.map(u64::from),
                 ];
                 for (k, v) in fields.iter().enumerate() {
                     if let Some(v) = v {
@@ -308,7 +312,13 @@ fn write_payload<S: Sink>(frame: &Frame, w: &mut Writer<'_, S>) {
                 w.uint(u64::from(t));
             }
         }
-        Frame::Ping | Frame::Pong => {}
+        Frame::Ping(h) | Frame::Pong(h) => {
+            if let Some(r) = h.received {
+                map(w, 1);
+                w.key(0);
+                w.uint(r);
+            }
+        }
         Frame::Request(f) => {
             map(w, n(&[true, f.body.is_some(), f.invocation.is_some()]));
             w.key(0);
@@ -677,12 +687,18 @@ pub fn decode_payload(ty: FrameType, id: RequestId, payload: &Bytes) -> KResult<
             })
         }
         FrameType::Ping | FrameType::Pong => {
-            // No fields; unknown keys are ignored but must be well-formed (SPEC §5.8).
-            Fields::each(payload, 0, |_, _| Ok(()))?;
+            // SPEC §5.8: only `received` (a resume acknowledgement, §11.1); unknown keys
+            // are ignored but must be well-formed.
+            let mut received = None;
+            Fields::each(payload, keys(1), |_, f| {
+                received = f.uint("received", 0, u64::MAX)?;
+                Ok(())
+            })?;
+            let h = Heartbeat { received };
             if ty == FrameType::Ping {
-                Frame::Ping
+                Frame::Ping(h)
             } else {
-                Frame::Pong
+                Frame::Pong(h)
             }
         }
         FrameType::Request => {
@@ -802,13 +818,15 @@ fn hello(payload: &Bytes) -> KResult<Hello> {
             }
             2 => {
                 let l = &mut h.limits;
-                f.nested("limits", keys(5), |lk, f| {
+                f.nested("limits", keys(7), |lk, f| {
                     match lk {
                         0 => l.max_frame_payload = f.u32("limits.max_frame_payload", 64)?,
                         1 => l.max_inflight = f.u16("limits.max_inflight", 1, 0x7fff)?,
                         2 => l.max_tools = f.u16("limits.max_tools", 0, u16::MAX)?,
                         3 => l.max_chunk = f.u32("limits.max_chunk", 1)?,
-                        _ => l.initial_window = f.u32("limits.initial_window", 1)?,
+                        4 => l.initial_window = f.u32("limits.initial_window", 1)?,
+                        5 => l.replay_buffer = f.u32("limits.replay_buffer", 0)?,
+                        _ => l.resume_window_ms = f.u32("limits.resume_window_ms", 0)?,
                     }
                     Ok(())
                 })?;
@@ -879,15 +897,15 @@ pub fn decode_frame(buf: &mut Bytes, max_payload: u32) -> Option<Result<Frame, D
 /// use bytes::BytesMut;
 ///
 /// let mut wire = BytesMut::new();
-/// codec::encode(&Frame::Ping, &mut wire);
-/// codec::encode(&Frame::Pong, &mut wire);
+/// codec::encode(&Frame::PING, &mut wire);
+/// codec::encode(&Frame::PONG, &mut wire);
 ///
 /// let mut dec = Decoder::new(1 << 20);
 /// for b in wire.iter() {
 ///     dec.feed_slice(&[*b]); // one byte at a time works
 /// }
-/// assert_eq!(dec.next_frame(), Some(Ok(Frame::Ping)));
-/// assert_eq!(dec.next_frame(), Some(Ok(Frame::Pong)));
+/// assert_eq!(dec.next_frame(), Some(Ok(Frame::PING)));
+/// assert_eq!(dec.next_frame(), Some(Ok(Frame::PONG)));
 /// assert_eq!(dec.next_frame(), None);
 /// ```
 #[derive(Debug)]
@@ -1152,6 +1170,23 @@ pub(crate) fn take_stream(buf: &mut Bytes, max_payload: u32) -> Option<Stream> {
     Some(s)
 }
 
+/// The encoded length of the STREAM frame [`encode_stream`] writes (header included).
+pub(crate) fn stream_len(n: usize, text: bool, seq: u32, fin: bool) -> usize {
+    let marker = match (text, n) {
+        (true, 0..=31) => 1,
+        (_, 0..=0xff) => 2,
+        (_, 0x100..=0xffff) => 3,
+        _ => 5,
+    };
+    let seq_len = match seq {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    };
+    HEADER_LEN + 2 + marker + n + 1 + seq_len + if fin { 2 } else { 0 }
+}
+
 /// Appends a STREAM frame, byte for byte what [`encode`] writes for
 /// `Frame::Stream(Stream { id, data, text, seq, fin })`, with one capacity check and no
 /// `Frame` value (the send hot path).
@@ -1242,6 +1277,21 @@ mod fast_path_tests {
             &mut b,
         );
         b
+    }
+
+    #[test]
+    fn stream_len_is_what_encode_stream_writes() {
+        for n in [0usize, 1, 31, 32, 255, 256, 65535, 65536] {
+            for (text, seq, fin) in [(true, 0, false), (false, 200, true), (true, 70000, true)] {
+                let mut b = BytesMut::new();
+                encode_stream(&mut b, RequestId(1), &vec![b'a'; n], text, seq, fin);
+                assert_eq!(
+                    stream_len(n, text, seq, fin),
+                    b.len(),
+                    "{n} {text} {seq} {fin}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl Limits {
             max_tools: (self.max_tools != d.max_tools).then_some(self.max_tools),
             max_chunk: diff(self.max_chunk, d.max_chunk),
             initial_window: diff(self.initial_window, d.initial_window),
+            replay_buffer: None,
+            resume_window_ms: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use core::time::Duration;
 
-use crate::codec::{decode_frame, encoded_len, take_stream, Decoder, HEADER_LEN};
+use crate::codec::{self, decode_frame, encoded_len, take_stream, Decoder, HEADER_LEN};
 use crate::config::{Config, HeartbeatMode, Limits};
 use crate::error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 use crate::event::{Event, Outcome, Session, ToolChange};
@@ -74,6 +74,8 @@ pub struct InvokeOptions {
 }
 
 const CAP_REQUESTS: &str = "requests";
+/// SPEC §13: the replay buffer a peer keeps when its HELLO does not say.
+const DEFAULT_REPLAY_BUFFER: usize = 256 << 10;
 const CAP_RESUME: &str = "resume";
 
 /// Soft size of one `poll_transmit` batch (one WebSocket message).
@@ -165,6 +167,13 @@ pub struct Connection {
     sent_count: u64,
     recv_count: u64,
     replay: Replay,
+    /// The peer's replay buffer (HELLO `limits.replay_buffer`): we acknowledge what we
+    /// received at least every quarter of it (SPEC §11.1).
+    peer_replay_buffer: usize,
+    /// The peer's resume window (HELLO `limits.resume_window_ms`), if announced.
+    peer_resume_window: Option<Duration>,
+    /// Input bytes since we last told the peer our `received` count.
+    unacked_in: usize,
 }
 
 impl Connection {
@@ -204,6 +213,9 @@ impl Connection {
             sent_count: 0,
             recv_count: 0,
             replay: Replay::new(config.replay_buffer),
+            peer_replay_buffer: DEFAULT_REPLAY_BUFFER,
+            peer_resume_window: None,
+            unacked_in: 0,
             config,
         }
     }
@@ -234,12 +246,25 @@ impl Connection {
         let hello = Hello {
             versions: Versions::V1,
             capabilities,
-            limits: self.config.limits.to_hello(),
+            limits: self.hello_limits(),
             heartbeat_ms: self.heartbeat_ms(),
             agent: self.config.agent.clone(),
             ..Hello::default()
         };
         self.queue(Frame::Hello(hello));
+    }
+
+    /// HELLO `limits`: what we accept and, when we offer resume, what we keep for it (SPEC
+    /// §5.1, §11: announced so that the peer knows how often to acknowledge and how long it
+    /// has to come back).
+    fn hello_limits(&self) -> HelloLimits {
+        let mut l = self.config.limits.to_hello();
+        if self.config.resume {
+            l.replay_buffer = Some(u32::try_from(self.config.replay_buffer).unwrap_or(u32::MAX));
+            l.resume_window_ms =
+                Some(u32::try_from(self.config.resume_window.as_millis()).unwrap_or(u32::MAX));
+        }
+        l
     }
 
     fn heartbeat_ms(&self) -> Option<u32> {
@@ -303,6 +328,12 @@ impl Connection {
         self.out.len()
     }
 
+    /// Encoded bytes of sent frames kept for a resume (SPEC §11.1): at most
+    /// [`Config::replay_buffer`], or one frame if a single frame is larger.
+    pub fn replay_bytes(&self) -> usize {
+        self.replay.bytes()
+    }
+
     /// Whether the transmit queue holds anything.
     pub fn wants_transmit(&self) -> bool {
         match self.state {
@@ -327,6 +358,7 @@ impl Connection {
             return;
         }
         let mark = self.input_mark();
+        self.unacked_in = self.unacked_in.saturating_add(msg.len());
         if msg.is_empty() {
             self.fatal(ErrorCode::FRAMING_ERROR, "empty WebSocket message".into());
         }
@@ -371,6 +403,7 @@ impl Connection {
             return;
         }
         let mark = self.input_mark();
+        self.unacked_in = self.unacked_in.saturating_add(data.len());
         self.decoder.feed(data);
         while let Some(r) = self.decoder.next_frame() {
             self.on_decoded(r);
@@ -406,10 +439,25 @@ impl Connection {
         }
     }
 
-    /// SPEC §11.2 step 1: keep the session for the resume window.
+    /// The peer ended the transport on purpose: a WebSocket Close frame with status 1000 or
+    /// without a status (SPEC §11.3). The session ends, resumable or not; any other end of
+    /// the transport is [`handle_transport_closed`](Self::handle_transport_closed).
+    pub fn handle_peer_close(&mut self, now: Instant) {
+        self.tick(now);
+        self.close(CloseReason::TransportClosed);
+    }
+
+    /// SPEC §11.2 step 1: keep the session for the resume window (the smaller of the two
+    /// announced, counted from now: each side from its own detection, §11.3).
     fn detach(&mut self) {
         self.state = State::Detached;
-        self.detached_until = Some(self.now + self.config.resume_window);
+        let window = self
+            .peer_resume_window
+            .map_or(self.config.resume_window, |p| {
+                p.min(self.config.resume_window)
+            });
+        self.detached_until = Some(self.now + window);
+        self.unacked_in = 0;
         self.decoder = Decoder::new(self.config.limits.max_frame_payload);
         // A RESUME not sent on the lost transport would be stale on the next one (the next
         // `resume`/`accept_resume` queues a fresh one).
@@ -427,8 +475,10 @@ impl Connection {
             State::Detached => {
                 if self.detached_until.is_some_and(|t| now >= t) {
                     self.close(CloseReason::TransportClosed);
+                    return;
                 }
-                return;
+                // SPEC §11.3: deadlines and the drain timeout run on while detached; their
+                // frames wait for the resume. The heartbeat does not (no transport).
             }
             State::Handshaking | State::Resuming => {
                 if self.handshake_deadline.is_some_and(|t| now >= t) {
@@ -441,6 +491,13 @@ impl Connection {
         if let Some(h) = self.heartbeat.filter(|_| self.is_open()) {
             // SPEC §6.7: ping after H of silence, then every H; dead after 3H.
             if now >= self.last_recv + h * 3 {
+                if self.resumable {
+                    // SPEC §6.7, §11.3: a silent link is what resume is for. Drop the
+                    // transport without an ERROR (which would fail the session at the peer)
+                    // and keep the session for the resume window.
+                    self.detach();
+                    return;
+                }
                 self.fatal(
                     ErrorCode::HEARTBEAT_TIMEOUT,
                     "no frame from the peer for three heartbeat intervals".into(),
@@ -450,7 +507,10 @@ impl Connection {
             if now >= self.last_recv + h * (self.pings_sent + 1) {
                 self.pings_sent += 1;
                 match self.config.heartbeat_mode {
-                    HeartbeatMode::Frames => self.queue(Frame::Ping),
+                    HeartbeatMode::Frames => {
+                        let ping = Frame::Ping(self.heartbeat_ack());
+                        self.queue(ping)
+                    }
                     HeartbeatMode::Transport => self.ping_due = true,
                 }
             }
@@ -563,6 +623,9 @@ impl Connection {
         if self.out.len() + STREAM_OVERHEAD + 1 > self.config.max_queued_bytes {
             return;
         }
+        if !self.replay_has_room(STREAM_OVERHEAD + 1) {
+            return;
+        }
         let per_inv = self.config.max_queued_per_invocation;
         for (id, e) in self.exchanges.iter_mut() {
             if e.blocked && e.has_room(1, per_inv) {
@@ -604,7 +667,7 @@ impl Connection {
         };
         match self.state {
             State::Closed => return None,
-            State::Detached => return self.detached_until,
+            State::Detached => min(self.detached_until),
             State::Handshaking | State::Resuming => min(self.handshake_deadline),
             State::Open | State::Draining => {}
         }
@@ -726,12 +789,18 @@ impl Connection {
         }
         let frame_len = data.len() + STREAM_OVERHEAD;
         let queue_full = self.out.len() + frame_len > self.config.max_queued_bytes;
+        // SPEC §11.1: in a resumable session STREAM data also waits while the replay buffer
+        // is full of frames the peer has not acknowledged, so that whatever a cut loses can
+        // be replayed (judged on the frame's exact length: the SPEC's rule is in bytes).
+        let replay_room = self.exchanges.get(&id.0).is_none_or(|e| {
+            self.replay_has_room(codec::stream_len(data.len(), text, e.next_seq, fin))
+        });
         let per_inv = self.config.max_queued_per_invocation;
         let e = self.exchange_mut(id, Kind::Invocation)?;
         if e.finished {
             return Err(SendError::StreamFinished);
         }
-        if queue_full || !e.has_room(data.len(), per_inv) {
+        if queue_full || !replay_room || !e.has_room(data.len(), per_inv) {
             e.blocked = true;
             return Err(SendError::Full);
         }
@@ -752,6 +821,7 @@ impl Connection {
                 && !e.finished
                 && e.has_room(len, self.config.max_queued_per_invocation)
                 && self.out.len() + len + STREAM_OVERHEAD <= self.config.max_queued_bytes
+                && self.replay_has_room(len + STREAM_OVERHEAD)
         })
     }
 
@@ -1055,6 +1125,58 @@ impl Connection {
         }
     }
 
+    /// SPEC §11.1: whether `len` more bytes of STREAM may be queued in a resumable session
+    /// (always in one that is not).
+    fn replay_has_room(&self, len: usize) -> bool {
+        !self.resumable || self.replay.has_room(self.out.len(), len)
+    }
+
+    /// The `received` count our PING or PONG carries: in a resumable session, every one
+    /// acknowledges (SPEC §11.1).
+    fn heartbeat_ack(&mut self) -> Heartbeat {
+        if self.resumable {
+            self.unacked_in = 0;
+            Heartbeat {
+                received: Some(self.recv_count),
+            }
+        } else {
+            Heartbeat::NONE
+        }
+    }
+
+    /// SPEC §11.1: acknowledge at least every quarter of the peer's replay buffer of input,
+    /// so that an honest sender never waits on a full buffer for long.
+    fn maybe_ack(&mut self) {
+        if self.resumable
+            && self.is_open()
+            && self.unacked_in >= (self.peer_replay_buffer / 4).max(1)
+        {
+            let ping = Frame::Ping(self.heartbeat_ack());
+            self.queue(ping);
+        }
+    }
+
+    /// The peer's `received` count on a PING or PONG (SPEC §11.1): its frames up to there
+    /// leave the replay buffer, and STREAM data waiting for room may go on. `false` if it
+    /// claims more frames than were sent (the connection is then closed).
+    fn on_ack(&mut self, h: Heartbeat) -> bool {
+        let Some(received) = h.received.filter(|_| self.resumable) else {
+            return true;
+        };
+        if !self.replay.ack(received, self.sent_count) {
+            self.fatal(
+                ErrorCode::PROTOCOL_VIOLATION,
+                format!(
+                    "received {received} acknowledges more than the {} frames sent",
+                    self.sent_count
+                ),
+            );
+            return false;
+        }
+        self.wake_blocked();
+        true
+    }
+
     // ───────────────────────── inbound dispatch ─────────────────────────
 
     fn tick(&mut self, now: Instant) {
@@ -1074,6 +1196,7 @@ impl Connection {
     /// they drain; they are judged on what one input batch left behind, so a large frame
     /// the application itself queued never closes a healthy connection later.
     fn after_input(&mut self, before: (usize, usize)) {
+        self.maybe_ack();
         let grew_out = self.out.len() > before.0
             && self.out.len() > 2 * self.config.max_queued_bytes + HEADER_LEN;
         let grew_events =
@@ -1203,7 +1326,11 @@ impl Connection {
         let allowed = match (self.role, &frame) {
             (
                 _,
-                Frame::Hello(_) | Frame::Error(_) | Frame::Ping | Frame::Pong | Frame::GoAway(_),
+                Frame::Hello(_)
+                | Frame::Error(_)
+                | Frame::Ping(_)
+                | Frame::Pong(_)
+                | Frame::GoAway(_),
             ) => true,
             (_, Frame::Resume(_)) => true,
             (Role::Server, Frame::Invoke(_) | Frame::Reply(_) | Frame::Credit(_)) => true,
@@ -1263,13 +1390,19 @@ impl Connection {
                 }
             }
             Frame::Error(e) => self.on_error(e),
-            Frame::Ping => {
+            Frame::Ping(h) => {
+                if !self.on_ack(h) {
+                    return;
+                }
                 // SPEC §6.7: answer; a PONG may be dropped when the queue is full.
                 if self.out.len() < self.config.max_queued_bytes {
-                    self.queue(Frame::Pong);
+                    let pong = Frame::Pong(self.heartbeat_ack());
+                    self.queue(pong);
                 }
             }
-            Frame::Pong => {}
+            Frame::Pong(h) => {
+                self.on_ack(h);
+            }
             Frame::Request(r) => self.on_request(r, over_rate),
             Frame::Reply(r) => {
                 if self.take_initiated(r.id, Kind::Request) {
@@ -1336,6 +1469,7 @@ impl Connection {
         self.recv_count = 0;
         self.replay = Replay::new(self.config.replay_buffer);
         self.peer_limits = Limits::from_hello(&h.limits);
+        self.note_peer_resume(&h.limits);
         self.peer_requests = has_cap(&h.capabilities, CAP_REQUESTS);
         self.resumable = self.config.resume
             && has_cap(&h.capabilities, CAP_RESUME)
@@ -1367,7 +1501,7 @@ impl Connection {
         let hello = Hello {
             versions: Versions::single(version),
             capabilities,
-            limits: self.config.limits.to_hello(),
+            limits: self.hello_limits(),
             heartbeat_ms: self.heartbeat_ms(),
             connection_id: self.connection_id.clone(),
             resume_token: self.resume_token.clone().filter(|_| self.resumable),
@@ -1400,11 +1534,23 @@ impl Connection {
         };
         self.connection_id = Some(connection_id);
         self.peer_limits = Limits::from_hello(&h.limits);
+        self.note_peer_resume(&h.limits);
         self.heartbeat = negotiate_heartbeat(self.config.heartbeat, h.heartbeat_ms);
         self.resumable = self.config.resume && h.resume_token.is_some();
         self.resume_token = h.resume_token.clone();
         self.initial_tools = h.tools;
         self.open(1, h.capabilities, h.agent);
+    }
+
+    /// SPEC §11: what the peer keeps for a resume, from its HELLO `limits`.
+    fn note_peer_resume(&mut self, l: &HelloLimits) {
+        self.peer_replay_buffer = l
+            .replay_buffer
+            .map_or(DEFAULT_REPLAY_BUFFER, |b| b as usize);
+        self.peer_resume_window = l
+            .resume_window_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        self.unacked_in = 0;
     }
 
     fn open(&mut self, version: u8, peer_capabilities: Vec<Text>, peer_agent: Option<Text>) {
@@ -1419,6 +1565,16 @@ impl Connection {
                 .heartbeat
                 .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
             resumable: self.resumable,
+            resume_window_ms: if self.resumable {
+                let w = self
+                    .peer_resume_window
+                    .map_or(self.config.resume_window, |p| {
+                        p.min(self.config.resume_window)
+                    });
+                u32::try_from(w.as_millis()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
             peer_agent,
         });
         self.maybe_connected();

@@ -21,6 +21,9 @@ pub struct Session {
     pub heartbeat_ms: u32,
     /// Whether the session can be resumed (SPEC §11).
     pub resumable: bool,
+    /// How long a detached session is kept, in ms: the smaller of the two announced resume
+    /// windows (SPEC §11.3); 0 when not resumable.
+    pub resume_window_ms: u32,
     /// Peer implementation name.
     pub peer_agent: Option<Text>,
 }

@@ -373,6 +373,12 @@ pub struct HelloLimits {
     pub max_chunk: Option<u32>,
     /// Key 4: initial per-invocation STREAM window (client).
     pub initial_window: Option<u32>,
+    /// Key 5: bytes of sent frames this side keeps for a resume (SPEC §11.1), announced
+    /// when it offers `resume`.
+    pub replay_buffer: Option<u32>,
+    /// Key 6: how long this side keeps a detached session, in ms (SPEC §11.2), announced
+    /// when it offers `resume`.
+    pub resume_window_ms: Option<u32>,
 }
 
 impl HelloLimits {
@@ -587,6 +593,19 @@ pub struct Resume {
     pub received: u64,
 }
 
+/// PING and PONG (SPEC §5.8): empty, except in a resumable session, where either may carry
+/// the sender's `received` count as an acknowledgement (SPEC §11.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Heartbeat {
+    /// Key 0: counted frames the sender has received (processed) in the session.
+    pub received: Option<u64>,
+}
+
+impl Heartbeat {
+    /// No fields: the empty payload.
+    pub const NONE: Heartbeat = Heartbeat { received: None };
+}
+
 /// Any ASP frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -598,8 +617,8 @@ pub enum Frame {
     ToolDef(ToolDef),
     Complete(Complete),
     Error(ErrorFrame),
-    Ping,
-    Pong,
+    Ping(Heartbeat),
+    Pong(Heartbeat),
     Request(Request),
     Reply(Reply),
     Credit(Credit),
@@ -608,6 +627,11 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// A PING without fields.
+    pub const PING: Frame = Frame::Ping(Heartbeat::NONE);
+    /// A PONG without fields.
+    pub const PONG: Frame = Frame::Pong(Heartbeat::NONE);
+
     /// The frame's type.
     pub fn frame_type(&self) -> FrameType {
         match self {
@@ -618,8 +642,8 @@ impl Frame {
             Frame::ToolDef(_) => FrameType::ToolDef,
             Frame::Complete(_) => FrameType::Complete,
             Frame::Error(_) => FrameType::Error,
-            Frame::Ping => FrameType::Ping,
-            Frame::Pong => FrameType::Pong,
+            Frame::Ping(_) => FrameType::Ping,
+            Frame::Pong(_) => FrameType::Pong,
             Frame::Request(_) => FrameType::Request,
             Frame::Reply(_) => FrameType::Reply,
             Frame::Credit(_) => FrameType::Credit,
@@ -641,8 +665,8 @@ impl Frame {
             Frame::Credit(f) => f.id,
             Frame::Hello(_)
             | Frame::ToolDef(_)
-            | Frame::Ping
-            | Frame::Pong
+            | Frame::Ping(_)
+            | Frame::Pong(_)
             | Frame::GoAway(_)
             | Frame::Resume(_) => RequestId::CONNECTION,
         }

@@ -258,6 +258,12 @@ impl<'a> Arbitrary<'a> for HelloLimits {
         if bool::arbitrary(u)? {
             l.initial_window = Some(u32_biased(u, 1)?);
         }
+        if bool::arbitrary(u)? {
+            l.replay_buffer = Some(u32_biased(u, 0)?);
+        }
+        if bool::arbitrary(u)? {
+            l.resume_window_ms = Some(u32_biased(u, 0)?);
+        }
         Ok(l)
     }
 }
@@ -492,8 +498,12 @@ impl<'a> Arbitrary<'a> for Frame {
             FrameType::ToolDef => Frame::ToolDef(ToolDef::arbitrary(u)?),
             FrameType::Complete => Frame::Complete(Complete::arbitrary(u)?),
             FrameType::Error => Frame::Error(ErrorFrame::arbitrary(u)?),
-            FrameType::Ping => Frame::Ping,
-            FrameType::Pong => Frame::Pong,
+            FrameType::Ping => Frame::Ping(Heartbeat {
+                received: Option::<u64>::arbitrary(u)?,
+            }),
+            FrameType::Pong => Frame::Pong(Heartbeat {
+                received: Option::<u64>::arbitrary(u)?,
+            }),
             FrameType::Request => Frame::Request(Request::arbitrary(u)?),
             FrameType::Reply => Frame::Reply(Reply::arbitrary(u)?),
             FrameType::Credit => Frame::Credit(Credit::arbitrary(u)?),
@@ -1050,6 +1060,7 @@ impl Session {
             max_tools: [None, Some(0), Some(1)][usize::from(b >> 4 & 3) % 3],
             max_chunk: [None, Some(1), Some(8)][usize::from(b >> 2 & 3) % 3],
             initial_window: [None, Some(1), Some(64)][usize::from(b >> 4 & 3) % 3],
+            ..HelloLimits::default()
         };
         let heartbeat_ms = [None, Some(0), Some(100), Some(1000)][usize::from(b >> 6)];
         let hello = match self.role {
@@ -1321,7 +1332,7 @@ fn session_op(s: &mut Session, u: &mut Unstructured<'_>) -> Result<()> {
                     annotations: None,
                 })
             } else if b & 1 == 0 {
-                Frame::Ping
+                Frame::PING
             } else {
                 Frame::GoAway(GoAway {
                     reason: None,

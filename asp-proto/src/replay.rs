@@ -28,11 +28,46 @@ impl Replay {
         }
     }
 
-    /// Records a frame just sent, dropping the oldest ones beyond the bound.
+    /// Encoded bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether `len` more bytes fit beside what is held and `queued` bytes about to be
+    /// sent. An empty buffer takes anything, so that one frame larger than the whole buffer
+    /// is never refused for good (it is then the only frame held).
+    pub(crate) fn has_room(&self, queued: usize, len: usize) -> bool {
+        self.bytes + queued == 0 || self.bytes + queued + len <= self.max_bytes
+    }
+
+    /// SPEC §11.1: the peer acknowledged `received` counted frames (PING/PONG `received`):
+    /// they never need a replay. `false` if it claims more than `sent`.
+    pub(crate) fn ack(&mut self, received: u64, sent: u64) -> bool {
+        if received > sent {
+            return false;
+        }
+        while self.first < received {
+            match self.frames.pop_front() {
+                Some((b, _)) => {
+                    self.bytes -= b.len();
+                    self.first += 1;
+                }
+                // Already dropped (or never kept): nothing left to trim.
+                None => {
+                    self.first = received;
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    /// Records a frame just sent, dropping the oldest ones beyond the bound (but never the
+    /// newest: one frame larger than the bound stays replayable).
     pub(crate) fn push(&mut self, frame: Bytes, ty: FrameType) {
         self.bytes += frame.len();
         self.frames.push_back((frame, ty));
-        while self.bytes > self.max_bytes {
+        while self.bytes > self.max_bytes && self.frames.len() > 1 {
             match self.frames.pop_front() {
                 Some((b, _)) => {
                     self.bytes -= b.len();
@@ -86,5 +121,29 @@ mod tests {
         }
         assert_eq!(r2.take_from(3, 5).map(|v| v.len()), Some(2));
         assert!(Replay::new(30).take_from(1, 0).is_none());
+    }
+
+    #[test]
+    fn acknowledged_frames_leave_and_make_room() {
+        let mut r = Replay::new(30);
+        for _ in 0..3 {
+            r.push(ten(), FrameType::Stream);
+        }
+        assert!(!r.has_room(0, 1));
+        assert!(r.ack(2, 3));
+        assert_eq!(r.bytes(), 10);
+        assert!(r.has_room(0, 20));
+        assert!(!r.ack(4, 3), "more than was sent");
+        // The unacknowledged frame is still replayable; the acknowledged ones are not.
+        assert!(r.take_from(1, 3).is_none());
+        assert_eq!(r.take_from(2, 3).map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_bound_is_kept() {
+        let mut r = Replay::new(5);
+        assert!(r.has_room(0, 10), "an empty buffer takes anything");
+        r.push(ten(), FrameType::Stream);
+        assert_eq!(r.take_from(0, 1).map(|v| v.len()), Some(1));
     }
 }

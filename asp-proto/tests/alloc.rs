@@ -210,7 +210,7 @@ fn vec_backed_buffer_costs_one_allocation_per_buffer() {
 fn encode_into_a_reserved_buffer_allocates_nothing() {
     // Not required by the codec docs, but cheap to keep: encoding writes into the caller's
     // buffer and needs no scratch memory.
-    let frames = [stream(true, 0), stream(false, 1), invoke(), Frame::Ping];
+    let frames = [stream(true, 0), stream(false, 1), invoke(), Frame::PING];
     let mut b = BytesMut::with_capacity(4096);
     let ((), n) = allocations(|| {
         for f in &frames {

@@ -475,7 +475,7 @@ fn one(wire: &[u8]) -> Item {
             assert_eq!(whole.len(), 1, "nothing after a fatal error: {whole:?}");
             assert!(dec.is_poisoned() && bytewise_dec.is_poisoned());
         }
-        _ => assert_eq!(whole.get(1..), Some(&[Ok(Frame::Ping)][..]), "{whole:?}"),
+        _ => assert_eq!(whole.get(1..), Some(&[Ok(Frame::PING)][..]), "{whole:?}"),
     }
     first
 }
@@ -555,7 +555,7 @@ fn wrong_version_is_fatal_and_poisons_the_decoder() {
         assert_eq!(kind.code(), ErrorCode::UNSUPPORTED_VERSION);
 
         // Valid frames after it are never returned: not by decode_frame (buffer cleared)...
-        wire.extend_from_slice(&encode_one(&Frame::Pong));
+        wire.extend_from_slice(&encode_one(&Frame::PONG));
         let mut buf = Bytes::from(wire.clone());
         assert_eq!(
             decode_frame(&mut buf, BIG).map(|r| r.map_err(|e| e.kind)),
@@ -568,9 +568,9 @@ fn wrong_version_is_fatal_and_poisons_the_decoder() {
         // completes in the decoder's `partial` buffer; `rejects` above and
         // `decoder_wrong_version_with_whole_header_does_not_panic` cover the zero-copy path.)
         let mut dec = Decoder::new(1 << 20);
-        dec.feed(encode_one(&Frame::Ping));
+        dec.feed(encode_one(&Frame::PING));
         dec.feed(Bytes::copy_from_slice(&wire[..3]));
-        assert_eq!(dec.next_frame(), Some(Ok(Frame::Ping)));
+        assert_eq!(dec.next_frame(), Some(Ok(Frame::PING)));
         assert_eq!(dec.next_frame(), None);
         dec.feed(Bytes::copy_from_slice(&wire[3..]));
         assert_eq!(
@@ -579,7 +579,7 @@ fn wrong_version_is_fatal_and_poisons_the_decoder() {
         );
         assert!(dec.is_poisoned());
         assert_eq!(dec.next_frame(), None);
-        dec.feed(encode_one(&Frame::Ping));
+        dec.feed(encode_one(&Frame::PING));
         dec.feed_slice(&PING);
         assert_eq!(dec.next_frame(), None);
         assert_eq!(dec.buffered(), 0);
@@ -730,7 +730,7 @@ fn header_checks_run_in_spec_order() {
     let e = dec.next_frame().expect("item").expect_err("too large");
     assert_eq!(e.kind, DecodeErrorKind::FrameTooLarge { len: 5, max: 4 });
     assert_eq!((e.request_id, e.frame_type), (1, 0xF));
-    assert_eq!(dec.next_frame(), Some(Ok(Frame::Ping)));
+    assert_eq!(dec.next_frame(), Some(Ok(Frame::PING)));
 }
 
 #[test]
@@ -771,7 +771,7 @@ fn frame_too_large_boundary() {
         got,
         vec![
             Err(DecodeErrorKind::FrameTooLarge { len, max: len - 1 }),
-            Ok(Frame::Ping)
+            Ok(Frame::PING)
         ]
     );
 }
@@ -1619,7 +1619,7 @@ fn message_truncation_is_fatal() {
         msg.extend_from_slice(&PING);
         msg.extend_from_slice(&wire[..cut]);
         let mut buf = msg.freeze();
-        assert_eq!(decode_frame(&mut buf, BIG), Some(Ok(Frame::Ping)));
+        assert_eq!(decode_frame(&mut buf, BIG), Some(Ok(Frame::PING)));
         let e = decode_frame(&mut buf, BIG)
             .expect("item")
             .expect_err("truncated");
@@ -1699,10 +1699,10 @@ fn unknown_keys_are_ignored() {
             "key {key:?}"
         );
     }
-    // PING/PONG have no fields but may carry unknown keys.
-    let p = Mp::new().map(2).uint(100).raw(&nested).uint(0).str("x").0;
-    assert_eq!(accepts(&raw_frame(8, 0, &p)), Frame::Ping);
-    assert_eq!(accepts(&raw_frame(9, 0, &p)), Frame::Pong);
+    // PING/PONG have one optional field (`received`, key 0) and may carry unknown keys.
+    let p = Mp::new().map(2).uint(100).raw(&nested).uint(1).str("x").0;
+    assert_eq!(accepts(&raw_frame(8, 0, &p)), Frame::PING);
+    assert_eq!(accepts(&raw_frame(9, 0, &p)), Frame::PONG);
     // Unknown keys inside HELLO `limits`.
     let p = Mp::new()
         .map(2)
@@ -1942,9 +1942,9 @@ fn empty_payload_equals_empty_map() {
         }
     }
     // Encoders send length 0 for field-less frames (SPEC §4.4).
-    assert_eq!(&encode_one(&Frame::Ping)[..], &PING[..]);
+    assert_eq!(&encode_one(&Frame::PING)[..], &PING[..]);
     assert_eq!(
-        &encode_one(&Frame::Pong)[..],
+        &encode_one(&Frame::PONG)[..],
         &[0x19, 0, 0, 0, 0, 0, 0, 0][..]
     );
     // And an empty payload is an empty map for types with required fields too.
@@ -2050,7 +2050,7 @@ fn decoder_wrong_version_with_whole_header_does_not_panic() {
     wire.extend_from_slice(&header(0, 2, 0, 1, 0));
     wire.extend_from_slice(&PING);
     dec.feed_slice(&wire);
-    assert_eq!(dec.next_frame(), Some(Ok(Frame::Ping)));
+    assert_eq!(dec.next_frame(), Some(Ok(Frame::PING)));
     let e = dec.next_frame().expect("item").expect_err("error");
     assert_eq!(e.kind, DecodeErrorKind::UnsupportedVersion { version: 0 });
     assert_eq!(dec.next_frame(), None);

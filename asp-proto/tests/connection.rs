@@ -153,7 +153,7 @@ fn first_frame_not_hello_is_protocol_violation() {
     );
     assert!(p.server.is_closed());
     // A closed server ignores everything after.
-    p.inject_frame(Side::Server, &Frame::Ping);
+    p.inject_frame(Side::Server, &Frame::PING);
     assert_eq!(p.events(Side::Server).len(), 1);
 }
 
@@ -962,9 +962,9 @@ fn time_never_goes_backwards() {
     let before = p.client.poll_timeout();
     // Earlier instants everywhere: clamped, no panic, no timer runs backwards.
     p.client.handle_timeout(Instant::ZERO);
-    p.client.handle_message(Instant::ZERO, encode(&Frame::Pong));
+    p.client.handle_message(Instant::ZERO, encode(&Frame::PONG));
     p.client
-        .handle_bytes(Instant::from_micros(1), encode(&Frame::Pong));
+        .handle_bytes(Instant::from_micros(1), encode(&Frame::PONG));
     p.client.handle_transport_pong(Instant::ZERO);
     let after = p.client.poll_timeout();
     assert!(after >= before, "{before:?} → {after:?}");

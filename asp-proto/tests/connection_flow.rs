@@ -317,7 +317,7 @@ fn pong_is_dropped_when_the_queue_is_full() {
     assert!(q > 200);
     // Deliver a PING without draining the server's queue first.
     let now = p.now;
-    p.server.handle_message(now, encode(&Frame::Ping));
+    p.server.handle_message(now, encode(&Frame::PING));
     assert_eq!(
         p.server.queued_bytes(),
         q,
@@ -765,14 +765,14 @@ fn idle_pair_pings_and_stays_up() {
     let c = p.wire(Side::Client);
     let s = p.wire(Side::Server);
     let count = |w: &[Frame], f: Frame| w.iter().filter(|x| **x == f).count();
-    assert!(count(&c, Frame::Ping) + count(&s, Frame::Ping) >= 15);
+    assert!(count(&c, Frame::PING) + count(&s, Frame::PING) >= 15);
     // Every PING is answered.
-    assert_eq!(count(&c, Frame::Ping), count(&s, Frame::Pong));
-    assert_eq!(count(&s, Frame::Ping), count(&c, Frame::Pong));
+    assert_eq!(count(&c, Frame::PING), count(&s, Frame::PONG));
+    assert_eq!(count(&s, Frame::PING), count(&c, Frame::PONG));
     assert!(c
         .iter()
         .chain(&s)
-        .all(|f| matches!(f, Frame::Ping | Frame::Pong)));
+        .all(|f| matches!(f, Frame::Ping(_) | Frame::Pong(_))));
 }
 
 #[test]
@@ -791,7 +791,7 @@ fn silent_peer_is_closed_after_three_intervals() {
     let pings: Vec<Instant> = p.links[0]
         .wire
         .iter()
-        .filter(|(_, f)| *f == Frame::Ping)
+        .filter(|(_, f)| *f == Frame::PING)
         .map(|(t, _)| *t)
         .collect();
     assert_eq!(
@@ -912,7 +912,7 @@ fn rate_limit_warning_refusal_and_flood() {
     p.clear_wire();
     let mut msg = Vec::new();
     for _ in 0..11 {
-        msg.extend_from_slice(&encode(&Frame::Ping));
+        msg.extend_from_slice(&encode(&Frame::PING));
     }
     p.inject(Side::Server, Bytes::from(msg));
     let w = frame_kinds(&p.take_wire(Side::Server));
@@ -928,11 +928,11 @@ fn rate_limit_warning_refusal_and_flood() {
     assert!(p.events(Side::Server).is_empty());
     // Frames 13–20 are still processed; 21 is FLOOD.
     for _ in 0..8 {
-        p.inject_frame(Side::Server, &Frame::Ping);
+        p.inject_frame(Side::Server, &Frame::PING);
     }
     assert_eq!(frame_kinds(&p.take_wire(Side::Server)), vec!["PONG#0"; 8]);
     assert_eq!(p.server.state(), State::Open);
-    p.inject_frame(Side::Server, &Frame::Ping);
+    p.inject_frame(Side::Server, &Frame::PING);
     assert_eq!(
         frame_kinds(&p.take_wire(Side::Server)),
         ["ERROR#0(FLOOD(0x05))"]
@@ -966,7 +966,7 @@ fn rate_window_resets_after_a_second() {
     p.advance(Duration::from_secs(2));
     p.clear_events();
     for _ in 0..3 {
-        p.inject_frame(Side::Server, &Frame::Ping);
+        p.inject_frame(Side::Server, &Frame::PING);
     }
     p.inject_frame(Side::Server, &invoke_frame(1, "echo"));
     assert!(p.events(Side::Server).is_empty());
@@ -986,7 +986,7 @@ fn rate_limited_request_at_the_client() {
         quiet_config(),
     );
     p.advance(Duration::from_secs(2));
-    p.inject_frame(Side::Client, &Frame::Ping);
+    p.inject_frame(Side::Client, &Frame::PING);
     p.inject_frame(
         Side::Client,
         &Frame::Request(Request {

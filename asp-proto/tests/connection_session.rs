@@ -515,9 +515,9 @@ fn wrong_direction_is_protocol_violation() {
 #[test]
 fn frames_after_a_fatal_error_in_the_same_message_are_not_processed() {
     let (mut p, _) = with_invocations(quiet_config(), quiet_config(), 1);
-    let mut msg = encode(&Frame::Ping).to_vec();
+    let mut msg = encode(&Frame::PING).to_vec();
     msg.extend_from_slice(&raw_frame(3, 0x8, 0, 0, &[])); // bad version
-    msg.extend_from_slice(&encode(&Frame::Ping));
+    msg.extend_from_slice(&encode(&Frame::PING));
     p.inject(Side::Server, Bytes::from(msg));
     assert_eq!(
         frame_kinds(&p.wire(Side::Server)),
@@ -731,13 +731,18 @@ fn resume_beyond_the_replay_buffer_fails_and_the_client_starts_over() {
     );
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
-    let id = p.client.invoke("echo", None, Default::default()).unwrap();
+    let _lost = p.client.invoke("echo", None, Default::default()).unwrap();
     p.drive();
     p.clear_events();
     p.latency = Duration::from_millis(10);
-    for i in 0..10 {
+    // STREAM data would wait for room in the replay buffer (SPEC §11.1); other frames go
+    // out and push the oldest ones out of it.
+    for i in 0..10u8 {
         p.server
-            .stream(id, Bytes::from(vec![i; 50]), false, false)
+            .add_tool(asp_proto::frame::ToolDef {
+                description: Text::from(format!("tool {i} {}", "d".repeat(50)).as_str()),
+                ..tool(&format!("t{i}"))
+            })
             .unwrap();
     }
     p.flush();
@@ -996,4 +1001,188 @@ fn resume_failed_outside_a_resume_is_a_connection_error() {
     assert!(p.client.is_closed());
     assert!(p.wire(Side::Client).is_empty());
     assert_eq!(kinds(p.events(Side::Client))[0], "Ended(1,Lost)");
+}
+
+/// SPEC §11.1 with the §13 defaults (the issue-25 case): one window of 16 KiB chunks is more
+/// than the 256 KiB replay buffer holds. The sender waits for room instead of dropping
+/// frames a cut could lose, the receiver's PING `received` acknowledgements make that room,
+/// and a cut at any moment is then resumable: every chunk arrives once, in order.
+#[test]
+fn default_replay_buffer_pauses_the_stream_until_acknowledged() {
+    let mut p = resumable_pair(resume_cfg(), resume_cfg());
+    p.server.add_tool(tool("echo")).unwrap();
+    p.drive();
+    let id = p.client.invoke("echo", None, Default::default()).unwrap();
+    p.drive();
+    p.clear_events();
+    p.clear_wire();
+    p.latency = Duration::from_millis(10);
+    let chunk = |i: u32| Bytes::from(format!("{i:08}{}", "x".repeat((16 << 10) - 8)));
+    let mut next = 0u32;
+    // Nothing delivered yet: the server stops before its window (16 chunks) is used.
+    while p.server.stream(id, chunk(next), false, false).is_ok() {
+        next += 1;
+    }
+    assert!(
+        (14..16).contains(&next),
+        "paused by the replay buffer at {next}"
+    );
+    assert!(p.server.replay_bytes() + p.server.queued_bytes() <= 256 << 10);
+    // Deliver: the client acknowledges every quarter buffer, the server may go on.
+    p.drive();
+    let acks = p
+        .wire(Side::Client)
+        .iter()
+        .filter(|f| matches!(f, Frame::Ping(h) if h.received.is_some()))
+        .count();
+    assert!(acks >= 3, "{acks} acknowledgements");
+    assert!(
+        p.server.replay_bytes() < 64 << 10,
+        "acknowledged frames left"
+    );
+    assert!(p
+        .events(Side::Server)
+        .iter()
+        .any(|e| matches!(e, Event::Writable { .. })));
+    // Stream up to 40 chunks, cutting the link after each burst the first time it has
+    // some in flight.
+    let mut cut = false;
+    let mut seqs = Vec::new();
+    fn chunk_numbers(events: &[Event], seqs: &mut Vec<u32>) {
+        for e in events {
+            if let Event::Chunk(s) = e {
+                if !s.data.is_empty() {
+                    seqs.push(std::str::from_utf8(&s.data[..8]).unwrap().parse().unwrap());
+                }
+            }
+        }
+    }
+    while next < 40 {
+        while next < 40 && p.server.stream(id, chunk(next), false, false).is_ok() {
+            next += 1;
+        }
+        p.flush();
+        if !cut && p.in_flight(Side::Server) > 0 {
+            cut = true;
+            p.drop_link();
+            chunk_numbers(&p.take_events(Side::Client), &mut seqs);
+            p.clear_events();
+            let (mut old, _, received) = reconnect_and_request(&mut p, resume_cfg());
+            let now = p.now;
+            old.accept_resume(now, received)
+                .expect("everything lost is still held");
+            p.swap_server(old);
+        }
+        p.drive();
+    }
+    assert!(cut);
+    p.server.stream(id, Bytes::new(), false, true).unwrap();
+    done(&mut p, id);
+    p.drive();
+    chunk_numbers(p.events(Side::Client), &mut seqs);
+    assert_eq!(
+        seqs,
+        (0..40).collect::<Vec<_>>(),
+        "every chunk once, in order"
+    );
+    let ends = ended(p.events(Side::Client));
+    assert_eq!(ends.len(), 1, "one terminal frame");
+}
+
+/// SPEC §6.7, §11.3: in a resumable session the heartbeat timeout detaches (no ERROR,
+/// which would fail the session at the peer); a RESUME then continues it.
+#[test]
+fn heartbeat_timeout_detaches_a_resumable_session() {
+    let hb = Config {
+        heartbeat: Some(Duration::from_millis(100)),
+        ..resume_cfg()
+    };
+    let mut p = resumable_pair(hb.clone(), hb.clone());
+    p.server.add_tool(tool("echo")).unwrap();
+    p.drive();
+    let id = p.client.invoke("echo", None, Default::default()).unwrap();
+    p.drive();
+    p.clear_events();
+    p.clear_wire();
+    // A silent link: nothing is delivered either way, nobody sees the transport end.
+    p.links[0].hold = true;
+    p.links[1].hold = true;
+    p.run_for(Duration::from_millis(301));
+    assert_eq!(p.client.state(), State::Detached);
+    assert_eq!(p.server.state(), State::Detached);
+    for side in [Side::Client, Side::Server] {
+        assert!(
+            !p.wire(side).iter().any(|f| matches!(f, Frame::Error(_))),
+            "no ERROR on a detach"
+        );
+    }
+    assert!(kinds(p.events(Side::Client)).contains(&"Detached".to_string()));
+    p.clear_events();
+    let (mut old, _, received) = reconnect_and_request(&mut p, hb);
+    let now = p.now;
+    old.accept_resume(now, received).unwrap();
+    p.swap_server(old);
+    p.drive();
+    done(&mut p, id);
+    p.drive();
+    assert_eq!(ended(p.events(Side::Client)).len(), 1);
+    assert_eq!(p.client.state(), State::Open);
+}
+
+/// SPEC §11.3: deadlines run on while detached; the ERROR waits for the resume.
+#[test]
+fn deadlines_run_while_detached() {
+    let mut p = resumable_pair(resume_cfg(), resume_cfg());
+    p.server.add_tool(tool("echo")).unwrap();
+    p.drive();
+    let id = p
+        .client
+        .invoke(
+            "echo",
+            None,
+            asp_proto::InvokeOptions {
+                deadline_ms: 50,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    p.drive();
+    p.clear_events();
+    p.drop_link();
+    p.clear_events();
+    let t = p.now + Duration::from_millis(60);
+    p.server.handle_timeout(t);
+    assert!(
+        p.server
+            .poll_event()
+            .is_some_and(|e| matches!(e, Event::Aborted { id: i, .. } if i == id)),
+        "the deadline fired while detached"
+    );
+    assert_eq!(p.server.state(), State::Detached);
+    p.advance(Duration::from_millis(60));
+    let (mut old, _, received) = reconnect_and_request(&mut p, resume_cfg());
+    let now = p.now;
+    old.accept_resume(now, received).unwrap();
+    p.swap_server(old);
+    p.drive();
+    let ends = ended(p.events(Side::Client));
+    assert!(
+        matches!(&ends[..], [(i, Outcome::Error(e))] if *i == id && e.code == ErrorCode::DEADLINE_EXCEEDED),
+        "{ends:?}"
+    );
+}
+
+/// SPEC §11.3: a deliberate close (WebSocket Close 1000) ends a resumable session at once.
+#[test]
+fn peer_close_ends_a_resumable_session() {
+    let mut p = resumable_pair(resume_cfg(), resume_cfg());
+    let now = p.now;
+    p.server.handle_peer_close(now);
+    assert_eq!(p.server.state(), State::Closed);
+    p.client.handle_transport_closed(now);
+    assert_eq!(
+        p.client.state(),
+        State::Detached,
+        "an unexplained end detaches"
+    );
 }

@@ -1951,18 +1951,18 @@ mod tests {
             run(err(ErrorCode::FLOOD, false)),
             (ErrorCode::INTERNAL, false)
         );
-        assert_eq!(run(frames(&[Frame::Ping])), (ErrorCode::INTERNAL, false));
+        assert_eq!(run(frames(&[Frame::PING])), (ErrorCode::INTERNAL, false));
         assert_eq!(
             run(Bytes::new()),
             (ErrorCode::UNAVAILABLE, false),
             "no terminal frame"
         );
         assert_eq!(
-            run(frames(&[Frame::Ping]).slice(..4)),
+            run(frames(&[Frame::PING]).slice(..4)),
             (ErrorCode::UNAVAILABLE, false)
         );
         // A reserved flag: the frame error's code.
-        let mut b = BytesMut::from(&frames(&[Frame::Pong])[..]);
+        let mut b = BytesMut::from(&frames(&[Frame::PONG])[..]);
         b[1] = 1;
         assert_eq!(run(b.freeze()), (ErrorCode::RESERVED_FLAGS, false));
         // Version 2: not a connection error for the client.
@@ -2218,9 +2218,9 @@ mod tests {
         ));
 
         assert_eq!(parse_push(Bytes::new(), 1 << 20).unwrap_err().index, 0);
-        let e = parse_push(frames(&[Frame::Ping]), 1 << 20).unwrap_err();
+        let e = parse_push(frames(&[Frame::PING]), 1 << 20).unwrap_err();
         assert!(e.message.contains("PING"), "{e:?}");
-        let mut truncated = BytesMut::from(&frames(&[Frame::Ping, Frame::Ping])[..]);
+        let mut truncated = BytesMut::from(&frames(&[Frame::PING, Frame::PING])[..]);
         truncated.extend_from_slice(&[0x18]);
         assert!(parse_push(truncated.freeze(), 1 << 20).is_err());
     }

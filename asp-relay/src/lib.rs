@@ -78,8 +78,10 @@ pub struct RelayConfig {
     pub pool_max_idle: usize,
     /// The initial tool set every client receives (SPEC §15.1). Default empty.
     pub tools: Vec<ToolDef>,
-    /// Protocol settings towards clients (limits, heartbeat…); `check_tools` is forced off
-    /// (the function decides, SPEC §15.1) and `limits.max_inflight` is `max_inflight`.
+    /// Protocol settings towards clients (limits, heartbeat, resume…); `check_tools` is
+    /// forced off (the function decides, SPEC §15.1) and `limits.max_inflight` is
+    /// `max_inflight`. Resume (SPEC §11) is on by default: a detached session keeps its
+    /// upstream calls running and its output waiting for the resume window.
     pub asp: asp_async::Config,
     /// WebSocket buffer sizes. Default: a 4 KiB read buffer (tungstenite zero-fills its
     /// whole read buffer, so its 128 KiB default would cost 128 KiB of RSS per idle client).
@@ -104,7 +106,12 @@ impl RelayConfig {
             timeouts: Timeouts::default(),
             pool_max_idle: 256,
             tools: Vec::new(),
-            asp: asp_async::ws_default_config(),
+            // Issue 25: resume on by default (SPEC §11), single node: a client whose
+            // connection drops continues its session, invocations and all, on a new one.
+            asp: asp_async::Config {
+                resume: true,
+                ..asp_async::ws_default_config()
+            },
             ws: asp_async::default_ws_config().read_buffer_size(4 << 10),
         }
     }

@@ -72,6 +72,10 @@ struct Args {
     /// A JSON file: the initial tool set, [{"name", "description", "input_schema"}, …].
     #[arg(long)]
     tools: Option<std::path::PathBuf>,
+    /// Do not offer session resume (SPEC §11; offered by default, with a 30 s window and a
+    /// 256 KiB replay buffer per session, announced in HELLO).
+    #[arg(long)]
+    no_resume: bool,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -137,6 +141,10 @@ fn merge_file(args: &mut Args) {
         .get("forward-auth")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    args.no_resume |= obj
+        .get("no-resume")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     args.max_connections = args
         .max_connections
         .or_else(|| n("max-connections").map(|v| v as usize));
@@ -174,6 +182,7 @@ fn config(mut args: Args) -> RelayConfig {
         c.format = asp_relay::binding::BodyFormat::Json;
     }
     c.forward_auth = args.forward_auth;
+    c.asp.resume = !args.no_resume;
     c.client_token = args.client_token.filter(|t| !t.is_empty());
     if let Some(n) = args.max_connections {
         c.max_connections = n;

@@ -1104,7 +1104,7 @@ async fn push_through_the_admin_api() {
     )
     .await;
     assert_eq!(s, 400);
-    let (s, _) = admin(&relay, "POST", &path, Some(SECRET), frames(&[Frame::Ping])).await;
+    let (s, _) = admin(&relay, "POST", &path, Some(SECRET), frames(&[Frame::PING])).await;
     assert_eq!(s, 400);
     let (s, _) = admin(
         &relay,
@@ -1764,7 +1764,7 @@ async fn relay_errors_carry_the_documented_retryable_flag() {
             false,
         ),
         (
-            script(200, FRAMES, &frames(&[Frame::Ping])),
+            script(200, FRAMES, &frames(&[Frame::Ping(asp_proto::frame::Heartbeat::NONE)])),
             ErrorCode::INTERNAL,
             false,
         ),
@@ -2273,4 +2273,66 @@ async fn invoke_requests_name_te_in_connection() {
         );
     }
     assert!(f.accepted.load(Ordering::Acquire) <= 2, "kept alive");
+}
+
+/// Issue 25: the relay offers resume by default (single node). A client's connection
+/// drops in the middle of a streamed function response; the client reconnects and resumes
+/// its session on the same relay: every token arrives once, in order, the invocation
+/// completes, and the connection id (by which the push API routes) is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_resumes_its_session() {
+    let f = Function::start().await;
+    let relay = relay_to(f.url(), |_| {}).await;
+    // A TCP proxy whose connections the test can drop.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let upstream = relay.local_addr();
+    let carried: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let carried2 = carried.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let h = tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+            carried2.lock().unwrap().push(h);
+        }
+    });
+    let url = relay
+        .url()
+        .replace(&upstream.to_string(), &proxy.to_string());
+    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
+        .await
+        .expect("client connects");
+    let session = client.session().unwrap();
+    assert!(session.resumable, "the relay offers resume");
+    let mut call = client
+        .invoke("tokens", &json!({"n": 60, "delay_ms": 5}))
+        .unwrap();
+    let mut text = String::new();
+    within("first tokens", async {
+        while !text.contains("tok10 ") {
+            let c = call.next().await.expect("a chunk");
+            text.push_str(c.as_str().unwrap());
+        }
+    })
+    .await;
+    // Drop the connection (both sockets close at once).
+    for h in carried.lock().unwrap().drain(..) {
+        h.abort();
+    }
+    within("the rest", async {
+        while let Some(c) = call.next().await {
+            text.push_str(c.as_str().unwrap());
+        }
+    })
+    .await;
+    let want: String = (0..60).map(|i| format!("tok{i} ")).collect();
+    assert_eq!(text, want, "every token once, in order");
+    let done = within("completion", call.completion()).await.unwrap();
+    assert_eq!(done.status, Status::Ok);
+    assert_eq!(conn_id(&client), session.connection_id.as_str());
+    assert_eq!(relay.connections(), 1);
 }

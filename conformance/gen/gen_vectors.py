@@ -73,7 +73,8 @@ ERROR_NAMES = {v: k for k, v in ERROR_CODES.items()}
 
 # Nested maps with defined keys: key -> (name, lo, hi); all values uint.
 LIMITS = {0: ("max_frame_payload", 64, U32), 1: ("max_inflight", 1, 32767),
-          2: ("max_tools", 0, 65535), 3: ("max_chunk", 1, U32), 4: ("initial_window", 1, U32)}
+          2: ("max_tools", 0, 65535), 3: ("max_chunk", 1, U32), 4: ("initial_window", 1, U32),
+          5: ("replay_buffer", 0, U32), 6: ("resume_window_ms", 0, U32)}
 METRICS = {0: ("wall_us", 0, U64), 1: ("cpu_us", 0, U64), 2: ("input_tokens", 0, U64),
            3: ("output_tokens", 0, U64)}
 
@@ -138,8 +139,8 @@ SCHEMA: dict[str, list[F]] = {
         F(2, "retryable", "bool"),
         F(3, "frame_type", "uint", lo=0, hi=15),
     ],
-    "PING": [],
-    "PONG": [],
+    "PING": [F(0, "received", "uint", lo=0, hi=U64)],
+    "PONG": [F(0, "received", "uint", lo=0, hi=U64)],
     "REQUEST": [
         F(0, "kind", "str", "R", lo=1, hi=64),
         F(1, "body", "any"),
@@ -578,6 +579,10 @@ def build_frames():
           example="A heartbeat: PING has no fields, so its payload is empty (length 0).")
     frame("pong/empty", "§5.8", "PONG: no fields, payload length 0.", "PONG", 0, {},
           example="The answer to a PING; also no payload.")
+    frame("ping/received", "§5.8, §11.1", "PING of a resumable session acknowledging 300 "
+          "counted frames (uint 16).", "PING", 0, {"received": 300})
+    frame("pong/received", "§5.8, §11.1", "PONG of a resumable session acknowledging 2^40 "
+          "counted frames (uint 64).", "PONG", 0, {"received": 2 ** 40})
 
     # ---- REQUEST (§5.9) ----
     frame("request/full", "§5.9", "REQUEST with every field: kind confirm, body, invocation 1; "
@@ -613,6 +618,10 @@ def build_frames():
     frame("goaway/bare", "§4.4", "GOAWAY with no fields: payload length 0.", "GOAWAY", 0, {})
 
     # ---- RESUME (§5.13) ----
+    frame("hello/client-resume-limits", "§5.1, §11", "Client HELLO offering resume with "
+          "its replay buffer (64 KiB) and resume window (10 s) in limits 5 and 6.", "HELLO", 0,
+          {"versions": [1], "capabilities": ["resume"],
+           "limits": {"replay_buffer": 65536, "resume_window_ms": 10000}}, sender="client")
     frame("resume/client", "§5.13", "Client RESUME with a 16-byte token and received 42.",
           "RESUME", 0, {"token": TOKEN16, "received": 42}, sender="client",
           example="On a new transport, the client resumes its session: it presents the "
@@ -1454,7 +1463,10 @@ RETRYABLE = {"HANDSHAKE_TIMEOUT", "HEARTBEAT_TIMEOUT", "GOING_AWAY", "TOO_MANY_I
 
 # §13 defaults of the limits announced in HELLO.
 DEFAULT_LIMITS = {"max_frame_payload": 1048576, "max_inflight": 128, "max_tools": 256,
-                  "max_chunk": 65536, "initial_window": 262144}
+                  "max_chunk": 65536, "initial_window": 262144, "replay_buffer": 262144,
+                  "resume_window_ms": 30000}
+# Announced only by a side that lists `resume` (§5.1).
+RESUME_LIMITS = ("replay_buffer", "resume_window_ms")
 
 # The tools a server under test in live mode offers (README, "Live profile").
 LIVE_TOOL_NAMES = ["ask", "chunks", "echo", "fail", "wait"]
@@ -1562,7 +1574,8 @@ def step(at: int, *, transmit=None, events=None, state=None, closed=False, refus
          **action) -> dict:
     assert len(action) == 1, action
     (k, v), = action.items()
-    assert k in ("start", "recv", "recv_text", "command", "timeout", "transport_closed"), k
+    assert k in ("start", "recv", "recv_text", "command", "timeout", "transport_closed",
+                 "peer_close"), k
     s = {"at_ms": at, k: v}
     if refused:
         assert k == "command"
@@ -1586,7 +1599,7 @@ def session(vid, spec, description, role, steps, config=None, live=False, bindin
             # Live mode cannot trigger local commands other than what the profile's tools do.
             if "command" in s:
                 assert s["command"]["op"] in ("complete", "stream", "fail", "request"), vid
-            assert "transport_closed" not in s, vid
+            assert "transport_closed" not in s and "peer_close" not in s, vid
     t = {"id": vid, "spec": spec, "description": description, "role": role, "live": live}
     if binding:
         t["binding"] = binding
@@ -1640,7 +1653,7 @@ def client_hello_exp(config) -> dict:
     if hb != 30000:
         fields["heartbeat_ms"] = hb  # §5.1: absent means 30000, so another value is sent
     lim = {k: config[k] for k in DEFAULT_LIMITS if config.get(k, DEFAULT_LIMITS[k])
-           != DEFAULT_LIMITS[k]}
+           != DEFAULT_LIMITS[k] and (k not in RESUME_LIMITS or config.get("resume", False))}
     if lim:
         fields["limits"] = lim  # §6.4: each side announces what it accepts
     return X("HELLO", 0, fields, may)
@@ -1791,6 +1804,101 @@ def build_server_sessions():
                                "agent": "*"}),
                             X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY)],
                   events=[E("Connected", resumable=False)], state="Open")], rt)
+
+    # ---- §11 resume at the server (issue 25) ----
+    rhello = {"versions": [1], "capabilities": ["resume"]}
+    rhello_exp = lambda limits=None: X(  # noqa: E731
+        "HELLO", 0, {"versions": [1], "connection_id": "*", "tools": 1,
+                     "capabilities": ["resume"], "resume_token": TOKEN16,
+                     **({"limits": limits} if limits else {})},
+        {"heartbeat_ms": "*", "agent": "*", **({} if limits else {"limits": "*"})})
+    echo_def = X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY)
+
+    def r_open(config, limits=None):
+        return [step(0, start=True),
+                step(0, recv=wire("HELLO", 0, rhello), transmit=[rhello_exp(limits), echo_def],
+                     events=[E("Connected", resumable=True)], state="Open")]
+
+    ra = with_tools("echo", resume=True, resume_token=hexs(TOKEN16), replay_buffer=65536,
+                    resume_window_ms=10000)
+    session("server/resume-announces-window", "§5.1, §11, §13", "A server offering resume "
+            "announces its replay buffer and resume window in HELLO limits (5 and 6).",
+            "server", r_open(ra, {"replay_buffer": 65536, "resume_window_ms": 10000}), ra)
+    rb = with_tools("echo", resume=True, resume_token=hexs(TOKEN16), replay_buffer=64,
+                    heartbeat_ms=0)
+    # TOOL_DEF(echo) is 17 bytes and a STREAM of 30 text bytes 43: both fit in 64, a
+    # second STREAM does not until the client acknowledges.
+    assert len(bytes.fromhex(wire("TOOL_DEF", 0, {"op": 0, "name": "echo"}))) == 17
+    assert len(bytes.fromhex(wire("STREAM", 1, {"data": "x" * 30, "seq": 0}))) == 43
+    session("server/stream-waits-for-replay-room", "§11.1", "With a 64-byte replay buffer, "
+            "the initial TOOL_DEF (17 bytes) and one STREAM (43 bytes) unacknowledged, the "
+            "next STREAM must wait; PING(received 2) acknowledges both (answered by PONG with "
+            "the server's own count, 1: the INVOKE), and the STREAM goes out.", "server",
+            r_open(rb, {"replay_buffer": 64}) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  events=[E("Invoked", id=1, tool="echo")]),
+             step(0, command=C("stream", id=1, data="x" * 30),
+                  transmit=[X("STREAM", 1, {"data": "x" * 30, "seq": 0})]),
+             step(0, command=C("stream", id=1, data="y" * 30), refused=True),
+             step(0, recv=wire("PING", 0, {"received": 2}),
+                  transmit=[X("PONG", 0, {"received": 1})]),
+             step(0, command=C("stream", id=1, data="y" * 30),
+                  transmit=[X("STREAM", 1, {"data": "y" * 30, "seq": 1})])], rb)
+    session("server/ack-above-sent", "§11.1", "A PING whose `received` (5) is more than the "
+            "server sent (1, the TOOL_DEF) is the connection error PROTOCOL_VIOLATION.",
+            "server",
+            r_open(rb, {"replay_buffer": 64}) +
+            [conn_error(0, "PROTOCOL_VIOLATION", recv=wire("PING", 0, {"received": 5}))], rb)
+    rh = with_tools("echo", resume=True, resume_token=hexs(TOKEN16), heartbeat_ms=100)
+    session("server/heartbeat-timeout-detaches", "§6.7, §11.3", "In a resumable session "
+            "the heartbeat timeout detaches instead of failing the session: after 3 × 100 ms "
+            "of silence the server sends no ERROR(HEARTBEAT_TIMEOUT), its state is Detached; "
+            "its PINGs carry `received`.", "server",
+            [step(0, start=True),
+             step(0, recv=wire("HELLO", 0, {**rhello, "heartbeat_ms": 100}),
+                  transmit=[rhello_exp(), echo_def], events=[E("Connected", resumable=True)],
+                  state="Open"),
+             step(101, timeout=True, transmit=[X("PING", 0, {"received": 0})]),
+             step(201, timeout=True, transmit=[X("PING", 0, {"received": 0})]),
+             step(301, timeout=True, events=[E("Detached")], state="Detached")], rh)
+    rd = with_tools("echo", resume=True, resume_token=hexs(TOKEN16), heartbeat_ms=0)
+    session("server/deadline-while-detached", "§7.4, §11.3", "Deadlines run on while a "
+            "session is detached: INVOKE with deadline_ms 50, the transport drops, at 50 ms the "
+            "invocation is aborted (its ERROR is queued for a resume, nothing is sent).",
+            "server",
+            r_open(rd) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo", "deadline_ms": 50}),
+                  events=[E("Invoked", id=1, tool="echo", deadline_ms=50)]),
+             step(10, transport_closed=True, events=[E("Detached")], state="Detached"),
+             step(50, timeout=True, events=[E("Aborted", id=1, code="DEADLINE_EXCEEDED")],
+                  state="Detached")], rd)
+    session("server/peer-close-ends-resumable", "§11.3", "A WebSocket Close 1000 from the "
+            "client ends a resumable session on purpose: closed, not detached.", "server",
+            r_open(rd) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  events=[E("Invoked", id=1, tool="echo")]),
+             step(10, peer_close=True, events=[closed_ev("transport_closed")],
+                  state="Closed", closed=True)], rd)
+    session("server/transport-loss-detaches", "§11.3", "Any other end of the transport "
+            "(EOF, reset, another close status) detaches a resumable session.", "server",
+            r_open(rd) +
+            [step(10, transport_closed=True, events=[E("Detached")], state="Detached")], rd)
+    session("server/resume-on-open-session", "§11.3, §6.2", "RESUME on a transport whose "
+            "session is open is PROTOCOL_VIOLATION, like a second HELLO.", "server",
+            r_open(rd) +
+            [conn_error(0, "PROTOCOL_VIOLATION",
+                        recv=wire("RESUME", 0, {"token": TOKEN16, "received": 0}))], rd)
+    session("server/resume-again-after-failed", "§11.2, §11.3, §12.1", "After "
+            "ERROR(RESUME_FAILED) the transport stays open in Handshaking: a second RESUME is "
+            "answered the same way (not a connection error), then HELLO opens a session.",
+            "server",
+            [step(0, start=True),
+             step(0, recv=wire("RESUME", 0, {"token": TOKEN16, "received": 3}),
+                  transmit=[XERR(0, "RESUME_FAILED")], state="Handshaking"),
+             step(0, recv=wire("RESUME", 0, {"token": b"\x01" * 16, "received": 0}),
+                  transmit=[XERR(0, "RESUME_FAILED")], state="Handshaking"),
+             step(0, recv=wire("HELLO", 0, C_HELLO), transmit=[server_hello_exp(0)],
+                  events=[E("Connected")], state="Open")], {})
 
     # ---- §7 invocations ----
     inv_echo = step(0, recv=wire("INVOKE", 1, {"tool": "echo", "args": {"t": "hi"}}),
@@ -2910,7 +3018,7 @@ def build_client_sessions():
             [inv(1, tool="chunks"),
              step(0, recv=wire("STREAM", 1, {"data": "a", "seq": 0}),
                   events=[E("Chunk", id=1, seq=0)]),
-             step(0, recv=wire("PING", 0), transmit=[X("PONG", 0)]),
+             step(0, recv=wire("PING", 0), transmit=[X("PONG", 0, {"received": 1})]),
              step(0, recv=wire_raw(0x7, 9, m((0, pk(0))))),
              detach,
              step(20, command=C("resume"),
@@ -2946,16 +3054,58 @@ def build_client_sessions():
                   state="Open")], rs)
     small = {**rs, "replay_buffer": 16}
     session("client/resume-replay-buffer", "§11.1, §11.2", "With a 16-byte replay buffer the "
-            "client cannot keep its 29-byte INVOKE: when the server resumes with received 0, "
-            "it sends ERROR(RESUME_FAILED) and closes.", "client",
+            "client keeps only its newest frame, the 15-byte second INVOKE, not the 29-byte "
+            "first one: when the server resumes with received 0, it sends ERROR(RESUME_FAILED) "
+            "and closes.", "client",
             client_open(small, hello=rs_hello) +
-            [inv(1, args="x" * 12), detach,
+            [inv(1, args="x" * 12), inv(2), detach,
              step(20, command=C("resume"),
                   transmit=[X("RESUME", 0, {"token": TOKEN16, "received": 0})]),
              step(30, recv=wire("RESUME", 0, {"received": 0}),
                   transmit=[XERR(0, "RESUME_FAILED")],
-                  events=[ended_lost(1), closed_ev("error_sent", "RESUME_FAILED")],
+                  events=[ended_lost(1), ended_lost(2), closed_ev("error_sent", "RESUME_FAILED")],
                   state="Closed", closed=True)], small)
+    # Issue 25: acknowledgements, heartbeat, deliberate close, RESUME_FAILED while open.
+    q_hello = {**rs_hello, "limits": {"replay_buffer": 400}}
+    # A STREAM of exactly 100 bytes: a quarter of the server's announced 400-byte buffer.
+    data96 = "d" * (100 - len(bytes.fromhex(wire("STREAM", 1, {"data": "", "seq": 0}))) - 1)
+    assert len(bytes.fromhex(wire("STREAM", 1, {"data": data96, "seq": 0}))) == 100
+    session("client/acks-every-quarter", "§11.1", "The server announced a 400-byte replay "
+            "buffer: after receiving 100 bytes (a quarter) the client sends PING(received), "
+            "here after one 100-byte STREAM: received 1 (HELLO is not counted). The quarter "
+            "is reached on the STREAM's last byte, so every binding sends the same count.",
+            "client",
+            client_open(rs, hello=q_hello) +
+            [inv(1),
+             step(0, recv=wire("STREAM", 1, {"data": data96, "seq": 0}),
+                  events=[E("Chunk", id=1, seq=0)],
+                  transmit=[X("PING", 0, {"received": 1})])], rs)
+    rsh = {"resume": True, "heartbeat_ms": 100}
+    session("client/heartbeat-timeout-detaches", "§6.7, §11.3", "In a resumable session the "
+            "client's heartbeat timeout detaches (no ERROR(HEARTBEAT_TIMEOUT), which would fail "
+            "the session at the server); the invocation stays in flight for a resume.",
+            "client",
+            client_open(rsh, hello={**rs_hello, "heartbeat_ms": 100}) +
+            [inv(1),
+             step(101, timeout=True, transmit=[X("PING", 0, {"received": 0})]),
+             step(201, timeout=True, transmit=[X("PING", 0, {"received": 0})]),
+             step(301, timeout=True, events=[E("Detached")], state="Detached"),
+             step(310, command=C("resume"),
+                  transmit=[X("RESUME", 0, {"token": TOKEN16, "received": 0})])], rsh)
+    session("client/peer-close-ends-resumable", "§11.3", "A WebSocket Close 1000 from the "
+            "server ends a resumable session: the invocation is lost, no resume.", "client",
+            rs_open +
+            [inv(1),
+             step(10, peer_close=True,
+                  events=[ended_lost(1), closed_ev("transport_closed")],
+                  state="Closed", closed=True)], rs)
+    session("client/resume-failed-while-open", "§11.3, §12.1", "ERROR(RESUME_FAILED) outside a "
+            "resume is an ordinary connection error: the session fails and closes.", "client",
+            rs_open +
+            [inv(1),
+             step(10, recv=wire("ERROR", 0, {"code": ERROR_CODES["RESUME_FAILED"]}),
+                  events=[ended_lost(1), closed_ev("error_received", "RESUME_FAILED")],
+                  state="Closed", closed=True)], rs)
     session("client/resume-window", "§11.2, §13", "A detached session is kept for the resume "
             "window (30 s); when it passes without a resume, the invocation is lost and the "
             "connection closed.", "client",
@@ -3129,6 +3279,23 @@ COVERAGE = [
         "server/rate-limit", "server/rate-limit-window", "client/rate-limited-request"]),
     ("§11.1", "counted frames (HELLO, RESUME, PING, PONG not counted); replay buffer bound", [
         "client/resume-failed", "client/resume-replay-buffer"]),
+    ("§11.1", "PING/PONG `received` acknowledgements, every quarter of the peer's buffer", [
+        "ping/received", "pong/received", "client/acks-every-quarter",
+        "server/stream-waits-for-replay-room", "server/ack-above-sent"]),
+    ("§11.1", "STREAM waits while the replay buffer is full", [
+        "server/stream-waits-for-replay-room"]),
+    ("§5.1, §11", "replay_buffer and resume_window_ms announced in HELLO limits", [
+        "hello/client-resume-limits", "server/resume-announces-window"]),
+    ("§11.3", "heartbeat timeout detaches a resumable session", [
+        "server/heartbeat-timeout-detaches", "client/heartbeat-timeout-detaches"]),
+    ("§11.3", "Close 1000 ends a resumable session; other ends detach", [
+        "server/peer-close-ends-resumable", "client/peer-close-ends-resumable",
+        "server/transport-loss-detaches"]),
+    ("§11.3", "deadlines run while detached", ["server/deadline-while-detached"]),
+    ("§11.3", "RESUME on an open session; RESUME again after RESUME_FAILED; RESUME_FAILED "
+              "outside a resume", [
+        "server/resume-on-open-session", "server/resume-again-after-failed",
+        "client/resume-failed-while-open"]),
     ("§11.2", "RESUME refused → RESUME_FAILED, transport stays open for HELLO", [
         "server/resume-not-supported", "client/resume-failed"]),
     ("§11.2", "resume accepted: missed frames re-sent; resume window", [
@@ -3180,6 +3347,10 @@ NOT_COVERED = [
     ("§11.2", "server side of a successful resume (token lookup, replay to the client)",
      "needs the server application to route a RESUME to the detached session's connection; "
      "only the refusal is a vector"),
+    ("§11.3", "take-over of a transport that still looks alive; what arrives on it afterwards "
+              "is not counted; `connection_id` kept", "two transports at once: checked by "
+              "`adapter-tests` (resume_over_half_open, heartbeat_timeout_then_resume, "
+              "resume_after_reset_with_invoke_in_flight) on every runtime pair"),
     ("§13", "outgoing queue bound", "implementation-local, not visible on the wire (so the "
             "one fuzzing crash of this kind, a stale overload flag, is a regression test in "
             "`asp-proto/tests/fuzz_regressions.rs`, not a vector)"),

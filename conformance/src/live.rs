@@ -155,7 +155,7 @@ impl Peer {
                     }
                     while let Some(r) = codec::decode_frame(&mut b, u32::MAX) {
                         let f = r.map_err(|e| format!("the server sent an invalid frame: {e}"))?;
-                        if matches!(f, asp_proto::Frame::Ping) {
+                        if matches!(f, asp_proto::Frame::Ping(_)) {
                             self.send(Message::Binary(Bytes::from_static(&PONG)))
                                 .await?;
                             continue;

@@ -111,6 +111,8 @@ pub fn frame_fields(f: &Frame) -> Obj {
             li("max_tools", l.max_tools.map(u64::from));
             li("max_chunk", l.max_chunk.map(u64::from));
             li("initial_window", l.initial_window.map(u64::from));
+            li("replay_buffer", l.replay_buffer.map(u64::from));
+            li("resume_window_ms", l.resume_window_ms.map(u64::from));
             if !lim.is_empty() {
                 put("limits", Value::Object(lim));
             }
@@ -190,7 +192,11 @@ pub fn frame_fields(f: &Frame) -> Obj {
                 put("frame_type", Value::from(t));
             }
         }
-        Frame::Ping | Frame::Pong => {}
+        Frame::Ping(h) | Frame::Pong(h) => {
+            if let Some(r) = h.received {
+                put("received", json_uint(r));
+            }
+        }
         Frame::Request(r) => {
             put("kind", text(&r.kind));
             if let Some(b) = &r.body {
@@ -243,6 +249,8 @@ fn limit_default(k: &str) -> Option<u64> {
         "max_tools" => 256,
         "max_chunk" => 64 << 10,
         "initial_window" => 256 << 10,
+        "replay_buffer" => 256 << 10,
+        "resume_window_ms" => 30_000,
         _ => return None,
     })
 }
@@ -426,6 +434,9 @@ pub fn frame_from_json(ty: FrameType, id: u16, o: &Obj) -> Result<Frame, String>
                 limits.max_tools = narrow(s_uint(l, "max_tools")?, "max_tools")?;
                 limits.max_chunk = narrow(s_uint(l, "max_chunk")?, "max_chunk")?;
                 limits.initial_window = narrow(s_uint(l, "initial_window")?, "initial_window")?;
+                limits.replay_buffer = narrow(s_uint(l, "replay_buffer")?, "replay_buffer")?;
+                limits.resume_window_ms =
+                    narrow(s_uint(l, "resume_window_ms")?, "resume_window_ms")?;
             }
             Frame::Hello(Hello {
                 versions,
@@ -493,8 +504,12 @@ pub fn frame_from_json(ty: FrameType, id: u16, o: &Obj) -> Result<Frame, String>
             retryable: s_bool(o, "retryable")?,
             frame_type: narrow(s_uint(o, "frame_type")?, "frame_type")?,
         }),
-        FrameType::Ping => Frame::Ping,
-        FrameType::Pong => Frame::Pong,
+        FrameType::Ping => Frame::Ping(asp_proto::frame::Heartbeat {
+            received: s_uint(o, "received")?,
+        }),
+        FrameType::Pong => Frame::Pong(asp_proto::frame::Heartbeat {
+            received: s_uint(o, "received")?,
+        }),
         FrameType::Request => Frame::Request(Request {
             id,
             kind: req(s_text(o, "kind")?, "kind")?,

@@ -69,7 +69,14 @@ fn run_binding(t: &Value, binding: Binding) -> Result<(), String> {
 }
 
 fn describe(s: &Value) -> String {
-    for k in ["start", "recv", "recv_text", "timeout", "transport_closed"] {
+    for k in [
+        "start",
+        "recv",
+        "recv_text",
+        "timeout",
+        "transport_closed",
+        "peer_close",
+    ] {
         if s.get(k).is_some() {
             return k.to_owned();
         }
@@ -89,6 +96,8 @@ fn act(h: &mut Harness, s: &Value, now: Instant, caps: &Captures) -> Result<(), 
         h.conn.handle_timeout(now);
     } else if s.get("transport_closed").is_some() {
         h.conn.handle_transport_closed(now);
+    } else if s.get("peer_close").is_some() {
+        h.conn.handle_peer_close(now);
     } else if let Some(c) = s["command"].as_object() {
         let refused = s["refused"].as_bool() == Some(true);
         match command(h, c, now, caps) {

@@ -7,8 +7,8 @@
 
 use asp_proto::codec;
 use asp_proto::frame::{
-    Complete, Credit, ErrorFrame, GoAway, Hello, HelloLimits, Interrupt, Invoke, Metrics, Reply,
-    ReplyStatus, Request, Resume, Status, Stream, ToolDef, ToolOp, Versions,
+    Complete, Credit, ErrorFrame, GoAway, Heartbeat, Hello, HelloLimits, Interrupt, Invoke,
+    Metrics, Reply, ReplyStatus, Request, Resume, Status, Stream, ToolDef, ToolOp, Versions,
 };
 use asp_proto::{ErrorCode, Frame, RawValue, RequestId, Text};
 use bytes::{Bytes, BytesMut};
@@ -384,14 +384,26 @@ pub fn limits() -> impl Strategy<Value = HelloLimits> {
         of(any::<u16>()),
         of(u32_in(1, u32::MAX)),
         of(u32_in(1, u32::MAX)),
+        of(u32_in(0, u32::MAX)),
+        of(u32_in(0, u32::MAX)),
     )
         .prop_map(
-            |(max_frame_payload, max_inflight, max_tools, max_chunk, initial_window)| HelloLimits {
+            |(
                 max_frame_payload,
                 max_inflight,
                 max_tools,
                 max_chunk,
                 initial_window,
+                replay_buffer,
+                resume_window_ms,
+            )| HelloLimits {
+                max_frame_payload,
+                max_inflight,
+                max_tools,
+                max_chunk,
+                initial_window,
+                replay_buffer,
+                resume_window_ms,
             },
         )
 }
@@ -567,8 +579,12 @@ pub fn frame_of(ty: asp_proto::FrameType) -> BoxedStrategy<Frame> {
                 })
             })
             .boxed(),
-        T::Ping => Just(Frame::Ping).boxed(),
-        T::Pong => Just(Frame::Pong).boxed(),
+        T::Ping => proptest::option::of(any::<u64>())
+            .prop_map(|received| Frame::Ping(Heartbeat { received }))
+            .boxed(),
+        T::Pong => proptest::option::of(any::<u64>())
+            .prop_map(|received| Frame::Pong(Heartbeat { received }))
+            .boxed(),
         T::Request => (
             server_id(),
             text(1, 64),
