@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod binding;
+pub mod cluster;
 mod msgpack;
 pub mod upstream;
 
@@ -86,6 +87,11 @@ pub struct RelayConfig {
     /// WebSocket buffer sizes. Default: a 4 KiB read buffer (tungstenite zero-fills its
     /// whole read buffer, so its 128 KiB default would cost 128 KiB of RSS per idle client).
     pub ws: asp_async::WsConfig,
+    /// Join a relay cluster through this Redis (`redis://host:port/db`, SPEC §15.6). Default
+    /// `None`: the relay runs alone.
+    pub redis: Option<String>,
+    /// This node's id in the cluster. Default: random.
+    pub node_id: Option<String>,
 }
 
 impl RelayConfig {
@@ -113,6 +119,8 @@ impl RelayConfig {
                 ..asp_async::ws_default_config()
             },
             ws: asp_async::default_ws_config().read_buffer_size(4 << 10),
+            redis: None,
+            node_id: None,
         }
     }
 
@@ -144,6 +152,8 @@ pub(crate) struct RelayInner {
     pub(crate) reply_uri: Uri,
     pub(crate) client: upstream::HttpClient,
     pub(crate) conns: Mutex<HashMap<Box<str>, Arc<RelayConn>>>,
+    /// This node's cluster membership (SPEC §15.6), if `--redis`.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl RelayInner {
@@ -188,6 +198,14 @@ impl ConnectionHook for Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(conn.id().into(), rc);
+        if let Some(c) = &inner.cluster {
+            let (c, id) = (c.clone(), conn.id().to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = c.register(&id).await {
+                    tracing::warn!(connection = %id, error = %e, "registering in the cluster failed");
+                }
+            });
+        }
     }
 
     fn closed(&self, conn: &ServerConnection) {
@@ -196,6 +214,10 @@ impl ConnectionHook for Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(conn.id());
+        if let Some(c) = &self.0.cluster {
+            let (c, id) = (c.clone(), conn.id().to_owned());
+            tokio::spawn(async move { c.unregister(&id).await });
+        }
     }
 }
 
@@ -228,13 +250,29 @@ impl Relay {
                 "the upstream URL must be http:// (put a TLS proxy in front of https functions)",
             ));
         }
+        let cluster = match &config.redis {
+            Some(url) => {
+                let node = config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{:016x}", std::process::id() as u64 ^ rand_node()));
+                // A session outlives its owner for the resume window (SPEC §11, §15.6).
+                let ttl = config.asp.resume_window.max(Duration::from_secs(1));
+                Some(cluster::Cluster::connect(url, node, ttl, 10_000).await?)
+            }
+            None => None,
+        };
         let inner = Arc::new(RelayInner {
             invoke_uri: config.upstream_uri("/invoke")?,
             reply_uri: config.upstream_uri("/reply")?,
             client: upstream::http_client(&config),
             conns: Mutex::new(HashMap::new()),
+            cluster,
             config,
         });
+        if let Some(c) = &inner.cluster {
+            c.start(Arc::downgrade(&inner));
+        }
         let mut asp = inner.config.asp.clone();
         // SPEC §15.1: the function decides which tools exist (404 → UNKNOWN_TOOL).
         asp.check_tools = false;
@@ -283,6 +321,11 @@ impl Relay {
         self.admin.as_ref().map(|a| a.addr)
     }
 
+    /// This node's cluster membership, if it runs in a cluster.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.inner.cluster.as_ref()
+    }
+
     /// Open client connections.
     pub fn connections(&self) -> usize {
         self.server.connections()
@@ -307,6 +350,13 @@ impl Relay {
         }
         self.server.shutdown(timeout).await;
     }
+}
+
+fn rand_node() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Parses a tools file (`--tools`): a JSON array of

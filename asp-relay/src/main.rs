@@ -76,6 +76,17 @@ struct Args {
     /// 256 KiB replay buffer per session, announced in HELLO).
     #[arg(long)]
     no_resume: bool,
+    /// Join a relay cluster through this Redis, e.g. redis://127.0.0.1:6379 (SPEC §15.6):
+    /// pushes on any node reach the connection wherever it is.
+    #[arg(long, env = "ASP_RELAY_REDIS")]
+    redis: Option<String>,
+    /// This node's id in the cluster (default: random).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// How long a detached session is kept, seconds (SPEC §11; default 30). In a cluster,
+    /// also how long a session and its queued pushes outlive a node that died.
+    #[arg(long)]
+    resume_window: Option<f64>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -157,6 +168,9 @@ fn merge_file(args: &mut Args) {
     args.upstream_timeout = args.upstream_timeout.or_else(|| n("upstream-timeout"));
     args.idle_timeout = args.idle_timeout.or_else(|| n("idle-timeout"));
     args.tools = args.tools.take().or_else(|| s("tools").map(Into::into));
+    args.redis = args.redis.take().or_else(|| s("redis"));
+    args.node_id = args.node_id.take().or_else(|| s("node-id"));
+    args.resume_window = args.resume_window.or_else(|| n("resume-window"));
 }
 
 fn config(mut args: Args) -> RelayConfig {
@@ -183,6 +197,11 @@ fn config(mut args: Args) -> RelayConfig {
     }
     c.forward_auth = args.forward_auth;
     c.asp.resume = !args.no_resume;
+    if let Some(t) = args.resume_window {
+        c.asp.resume_window = secs(t, "resume-window");
+    }
+    c.redis = args.redis.filter(|r| !r.is_empty());
+    c.node_id = args.node_id;
     c.client_token = args.client_token.filter(|t| !t.is_empty());
     if let Some(n) = args.max_connections {
         c.max_connections = n;
@@ -241,6 +260,17 @@ async fn main() {
         ),
         None => println!("asp-relay listening on {}", relay.url()),
     }
+    // Wait for SIGINT or SIGTERM (rolling deploys send SIGTERM): drain with GOAWAY.
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .unwrap_or_else(|e| fail(format!("SIGTERM handler: {e}")));
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     relay.shutdown(Duration::from_secs(10)).await;
 }

@@ -1764,7 +1764,11 @@ async fn relay_errors_carry_the_documented_retryable_flag() {
             false,
         ),
         (
-            script(200, FRAMES, &frames(&[Frame::Ping(asp_proto::frame::Heartbeat::NONE)])),
+            script(
+                200,
+                FRAMES,
+                &frames(&[Frame::Ping(asp_proto::frame::Heartbeat::NONE)]),
+            ),
             ErrorCode::INTERNAL,
             false,
         ),
