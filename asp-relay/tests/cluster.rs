@@ -403,3 +403,62 @@ async fn redis_restart_keeps_sockets_up_and_pushes_flow_again() {
     assert!(client.session().is_some());
     assert_eq!(a.connections(), 1);
 }
+
+/// A client whose connection drops resumes on its node (SPEC §11); pushes taken through
+/// another node meanwhile wait in the outbox and arrive after the resume: every one once,
+/// in order, on the same connection id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_while_detached_arrive_after_the_resume() {
+    use std::sync::{Arc, Mutex};
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", Duration::from_secs(3)).await;
+    let b = node(&redis, "node-b", Duration::from_secs(3)).await;
+    let (aa, ba) = (a.admin_addr().unwrap(), b.admin_addr().unwrap());
+    subscribed(aa).await;
+    // A TCP proxy whose connections the test can drop.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let upstream = a.local_addr();
+    let carried: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let carried2 = carried.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let h = tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+            carried2.lock().unwrap().push(h);
+        }
+    });
+    let url = a.url().replace(&upstream.to_string(), &proxy.to_string());
+    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
+        .await
+        .unwrap();
+    let mut changes = client.tool_changes();
+    let cid = conn_id(&client);
+    owned_by(ba, &cid, "node-a").await;
+    assert_eq!(push(ba, &cid, "p0").await.0, 200);
+    assert_eq!(next_added(&mut changes).await, "p0");
+
+    for h in carried.lock().unwrap().drain(..) {
+        h.abort();
+    }
+    for i in 1..6 {
+        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+    for i in 1..6 {
+        assert_eq!(
+            next_added(&mut changes).await,
+            format!("p{i}"),
+            "once, in order"
+        );
+    }
+    assert_eq!(conn_id(&client), cid, "the same session");
+    assert_eq!(push(ba, &cid, "p6").await.0, 200);
+    assert_eq!(next_added(&mut changes).await, "p6");
+    let m = admin(aa, "GET", "/metrics", b"").await.1;
+    assert_eq!(m["pushes_delivered"], 7, "{m}");
+}

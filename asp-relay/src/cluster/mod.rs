@@ -64,6 +64,9 @@ pub struct Metrics {
 }
 
 struct Local {
+    /// A push arrived while the connection was detached (SPEC §11): apply from the outbox
+    /// once it is back.
+    pending: bool,
     gen: u64,
     last_seq: u64,
     epoch: u64,
@@ -203,6 +206,7 @@ impl Cluster {
         self.lock().insert(
             cid.to_owned(),
             Local {
+                pending: false,
                 gen,
                 last_seq: seq.unwrap_or(0),
                 epoch: epoch.unwrap_or(0),
@@ -399,15 +403,27 @@ impl Cluster {
     }
 
     fn apply(&self, inner: &Arc<RelayInner>, cid: &str, seq: u64, body: Bytes) {
+        let Some(rc) = inner.conn(cid) else { return };
+        // A detached (or resuming) connection takes its pushes when it is back: they stay
+        // in the outbox and the refresher applies them then.
+        let detached = rc.handle.with(|l| {
+            matches!(
+                l.conn().state(),
+                asp_proto::State::Detached | asp_proto::State::Resuming
+            )
+        });
         {
             let mut l = self.lock();
             let Some(local) = l.get_mut(cid) else { return };
             if seq <= local.last_seq {
                 return;
             }
+            if detached != Some(false) || local.pending && seq > local.last_seq + 1 {
+                local.pending = true;
+                return;
+            }
             local.last_seq = seq;
         }
-        let Some(rc) = inner.conn(cid) else { return };
         self.metrics
             .pushes_delivered
             .fetch_add(1, Ordering::Relaxed);
@@ -567,7 +583,24 @@ async fn refresher(cluster: Weak<Cluster>, inner: Weak<RelayInner>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };
         let period = c.ttl / 3;
-        refresh_all(&c, inner.upgrade().as_ref()).await;
+        let inner = inner.upgrade();
+        refresh_all(&c, inner.as_ref()).await;
+        if let Some(inner) = &inner {
+            let pending: Vec<String> = {
+                let mut l = c.lock();
+                l.iter_mut()
+                    .filter(|(_, v)| v.pending)
+                    .map(|(k, v)| {
+                        v.pending = false;
+                        k.clone()
+                    })
+                    .collect()
+            };
+            for cid in pending {
+                c.catch_up(inner, &cid, None).await;
+            }
+        }
+        drop(inner);
         drop(c);
         tokio::time::sleep(period.max(Duration::from_millis(100))).await;
     }
