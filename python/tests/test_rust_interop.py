@@ -1,0 +1,172 @@
+"""The binding against the Rust implementation: Python client ↔ `asp serve`, and the Rust
+`asp` client (tools, call, bench) ↔ a Python server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import agentsocket as asp
+from conftest import run, spawn
+
+# ── Python client ↔ Rust server ─────────────────────────────────────────────
+
+
+async def test_py_client_lists_and_calls_rust_tools(rust_server: str) -> None:
+    async with await asp.connect(rust_server) as c:
+        assert {"agent", "echo", "clarify", "fail", "blob"} <= set(c.tools)
+        assert c.tools["agent"].input_schema["required"] == ["prompt"]
+        assert c.session is not None and c.session["peer_agent"].startswith("asp")
+        assert await c.call("echo", {"a": [1, 2.5, None, "é", b"\x00"]}) == {"a": [1, 2.5, None, "é", b"\x00"]}
+
+
+async def test_py_client_streams_from_rust_agent(rust_server: str) -> None:
+    async with await asp.connect(rust_server) as c:
+        call = c.invoke("agent", {"prompt": "hi", "repeat": 3})
+        words = [w async for w in call]
+        r = await call.result()
+        tokens = [w for w in words if w != "\n"]  # rounds are separated by a newline chunk
+        assert r.status == "ok" and r.value == {"tokens": len(tokens)}
+        assert "".join(words).startswith('You asked: "hi".')
+        assert r.metrics["output_tokens"] == len(tokens)
+
+
+async def test_py_client_flow_control_with_rust_blob(rust_server: str) -> None:
+    window = 32 << 10
+    async with await asp.connect(rust_server, config={"initial_window": window}) as c:
+        call = c.invoke("blob", {"bytes": 8 << 20, "chunk": 4096})
+        total = 0
+        most = 0
+        async for ch in call:
+            assert ch[0] == total % 256
+            total += len(ch)
+            most = max(most, sum(len(x) for x in call._chunks))
+        assert total == 8 << 20 and (await call.result()).value == {"bytes": 8 << 20}
+        assert most <= window
+
+
+async def test_py_client_interrupts_rust_tool(rust_server: str) -> None:
+    async with await asp.connect(rust_server) as c:
+        call = c.invoke("agent", {"prompt": "slow", "delay_ms": 200, "repeat": 50})
+        it = call.__aiter__()
+        await it.__anext__()
+        call.interrupt("enough")
+        r = await call.result()
+        assert r.status == "cancelled"
+
+
+async def test_py_client_answers_rust_question(rust_server: str) -> None:
+    async def answer(q: asp.ServerQuestion) -> object:
+        assert q.kind == "clarify"
+        return "blue " + q.body["question"]
+
+    async with await asp.connect(rust_server, on_request=answer) as c:
+        r = await c.invoke("clarify", {"question": "colour?"}).result()
+        assert r.status == "ok" and r.value == "blue colour?"
+        assert r.text == "You answered: blue colour?"
+
+    async def decline(q: asp.ServerQuestion) -> object:
+        raise asp.Declined()
+
+    async with await asp.connect(rust_server, on_request=decline) as c:
+        r = await c.invoke("clarify").result()
+        assert r.status == "failed"
+
+
+async def test_py_client_errors_from_rust(rust_server: str) -> None:
+    async with await asp.connect(rust_server) as c:
+        r = await c.invoke("fail", {"message": "no"}).result()
+        assert r.status == "failed" and r.value == {"error": "no"} and r.text == "working…\n"
+        with pytest.raises(asp.AspError) as e:
+            await c.call("fail")
+        assert e.value.code == asp.ErrorCode.TOOL_FAILED
+        with pytest.raises(asp.AspError) as e:
+            await c.call("missing")
+        assert (e.value.code, e.value.name, e.value.retryable) == (0x20, "UNKNOWN_TOOL", False)
+        with pytest.raises(asp.AspError) as e:
+            await c.call("agent", {"nope": 1})
+        assert e.value.code == asp.ErrorCode.INVALID_ARGUMENTS
+        with pytest.raises(asp.AspError) as e:
+            await c.invoke("agent", {"prompt": "x", "delay_ms": 1000}, deadline_ms=30).result()
+        assert e.value.code == asp.ErrorCode.DEADLINE_EXCEEDED and e.value.retryable
+
+
+async def test_py_client_token_against_rust(asp_bin: str) -> None:
+    p = await spawn(asp_bin, "--json", "--token", "tok", "serve", "--addr", "127.0.0.1:0")
+    try:
+        url = json.loads(await p.line())["url"]
+        with pytest.raises(Exception) as e:
+            await asp.connect(url)
+        assert "401" in str(e.value)
+        async with await asp.connect(url, token="tok") as c:
+            assert await c.call("echo", "x") == "x"
+    finally:
+        await p.stop()
+
+
+async def test_py_client_sees_rust_tool_pushes(asp_bin: str) -> None:
+    p = await spawn(asp_bin, "--json", "serve", "--addr", "127.0.0.1:0", "--churn", "0.05")
+    try:
+        url = json.loads(await p.line())["url"]
+        async with await asp.connect(url) as c:
+            watch = c.watch_tools().__aiter__()
+            kinds = [(await asyncio.wait_for(watch.__anext__(), 10)) for _ in range(2)]
+            assert {(k.kind, k.name) for k in kinds} == {("added", "ephemeral"), ("removed", "ephemeral")}
+    finally:
+        await p.stop()
+
+
+# ── Rust client ↔ Python server ─────────────────────────────────────────────
+
+
+async def test_rust_tools_and_call_against_py_server(asp_bin: str, py_server) -> None:
+    _, lst = py_server
+    code, out, err = await run(asp_bin, "--json", "tools", lst.url)
+    assert code == 0, err
+    tools = json.loads(out.splitlines()[0])["tools"]
+    names = {t["name"] for t in tools}
+    assert {"echo", "tokens", "blob", "ask"} <= names
+    echo = next(t for t in tools if t["name"] == "echo")
+    assert echo["input_schema"]["required"] == ["text"]
+
+    code, out, err = await run(asp_bin, "--json", "call", lst.url, "echo", "--args", '{"text": "from rust"}')
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines[-1]["status"] == "ok" and lines[-1]["result"] == "from rust"
+
+    code, out, err = await run(asp_bin, "--json", "call", lst.url, "tokens", "--args", '{"n": 4}')
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    chunks = [x for x in lines if x.get("type") == "chunk"]
+    assert "".join(c["text"] for c in chunks) == "t0 t1 t2 t3 "
+    assert lines[-1]["result"] == {"sent": 4}
+
+
+async def test_rust_client_answers_py_question(asp_bin: str, py_server) -> None:
+    _, lst = py_server
+    code, out, err = await run(asp_bin, "--json", "call", lst.url, "ask", "--args", '{"question": "sure?"}', "--answer", '"yes"')
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["result"] == "yes"
+
+
+async def test_rust_client_errors_from_py_server(asp_bin: str, py_server) -> None:
+    _, lst = py_server
+    code, out, err = await run(asp_bin, "call", lst.url, "fail", "--args", '{"code": 67}')
+    assert code == 1 and "UNAVAILABLE" in err, (out, err)
+    code, out, err = await run(asp_bin, "call", lst.url, "nope")
+    assert code != 0 and "UNKNOWN_TOOL" in err, (out, err)
+
+
+async def test_rust_bench_against_py_server(asp_bin: str, py_server) -> None:
+    _, lst = py_server
+    code, out, err = await run(asp_bin, "--json", "bench", lst.url, "-n", "300", "-c", "4", "--tool", "echo", "--args", '{"text": "x"}', "--no-progress")
+    assert code == 0, err
+    r = json.loads(out.splitlines()[-1])
+    assert (r["mode"], r["n"], r["concurrency"]) == ("round_trip", 300, 4) and r["throughput_per_s"] > 0, r
+    # The Python `blob` tool under the Rust stream test: every byte arrives, in order.
+    code, out, err = await run(asp_bin, "--json", "bench", lst.url, "--stream", "2M", "-n", "3", "--no-progress")
+    assert code == 0, err
+    r = json.loads(out.splitlines()[-1])
+    assert (r["mode"], r["bytes"]) == ("stream", 3 * (2 << 20)), r
