@@ -27,10 +27,10 @@ use tokio::sync::Notify;
 use crate::{upstream, RelayConn, RelayInner};
 
 /// Largest push body accepted.
-const MAX_PUSH_BODY: usize = 16 << 20;
+pub(crate) const MAX_PUSH_BODY: usize = 16 << 20;
 
 /// How long `DELETE` lets in-flight invocations finish by default.
-const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
 pub(crate) struct AdminServer {
     pub(crate) addr: SocketAddr,
@@ -89,9 +89,9 @@ async fn accept(
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, json: Option<serde_json::Value>) -> Reply {
+pub(crate) fn reply(status: StatusCode, json: Option<serde_json::Value>) -> Reply {
     let mut r = Response::new(Full::new(
         json.map(|j| Bytes::from(j.to_string())).unwrap_or_default(),
     ));
@@ -103,7 +103,7 @@ fn reply(status: StatusCode, json: Option<serde_json::Value>) -> Reply {
     r
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     reply(status, Some(serde_json::json!({ "error": message.into() })))
 }
 
@@ -131,9 +131,17 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
     let (id, action) = match parts.as_slice() {
         ["connections", id] => (*id, None),
         ["connections", id, "frames"] => (*id, Some("frames")),
+        ["metrics"] => return crate::cluster::admin::metrics(inner),
         _ => return error(StatusCode::NOT_FOUND, "no such endpoint"),
     };
     let method = req.method().clone();
+    // SPEC §15.6: in a cluster every push goes through Redis (one order, one outbox), and
+    // a connection held by another node is answered from Redis.
+    if let Some(cluster) = &inner.cluster {
+        if action.is_some() || inner.conn(id).is_none() {
+            return crate::cluster::admin::handle(inner, cluster, id, method, action, req).await;
+        }
+    }
     let Some(rc) = inner.conn(id) else {
         return error(StatusCode::NOT_FOUND, format!("no connection {id}"));
     };
@@ -184,6 +192,35 @@ fn describe(rc: &RelayConn) -> Reply {
             "tools": tools,
         })),
     )
+}
+
+/// Cluster: applies a push that reached the owning node through Redis (SPEC §15.6), with the
+/// same checks as a local push; the refusal is only logged (the caller already had its 200).
+pub(crate) fn deliver(
+    inner: &Arc<RelayInner>,
+    rc: Arc<RelayConn>,
+    body: Bytes,
+) -> Result<(), String> {
+    let frames = parse_push(body, inner.config.asp.limits.max_frame_payload)
+        .map_err(|e| format!("frame {}: {}", e.index, e.message))?;
+    let applied = rc.handle.with(|l| {
+        // The same all-or-nothing check as a local push (SPEC §15.5), by the core.
+        let batch = Batch::new(frames, max_chunk(l));
+        if let Err(e) = l.core().check_batch(&batch.commands()) {
+            return Err(batch.refused(e));
+        }
+        apply(l, &rc, batch)
+    });
+    match applied {
+        None => Err("the connection closed".into()),
+        Some(Err(Refused(_, message))) => Err(message),
+        Some(Ok((_, request_ids))) => {
+            for id in request_ids {
+                tokio::spawn(upstream::deliver_reply(inner.clone(), rc.clone(), id));
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn push(inner: &Arc<RelayInner>, rc: Arc<RelayConn>, req: Request<Incoming>) -> Reply {

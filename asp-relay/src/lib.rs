@@ -39,6 +39,7 @@
 
 mod admin;
 mod binding;
+pub mod cluster;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -114,6 +115,11 @@ pub struct RelayConfig {
     /// Trust for `https://` upstreams: roots, extra CAs (`--upstream-ca`), a client
     /// certificate for functions that require one. Default: the platform's roots.
     pub upstream_tls: asp_async::ClientTls,
+    /// Join a relay cluster through this Redis (`redis://host:port/db`, SPEC §15.6). Default
+    /// `None`: the relay runs alone.
+    pub redis: Option<String>,
+    /// This node's id in the cluster. Default: random.
+    pub node_id: Option<String>,
 }
 
 impl RelayConfig {
@@ -144,6 +150,8 @@ impl RelayConfig {
             tls: None,
             admin_tls: None,
             upstream_tls: asp_async::ClientTls::new(),
+            redis: None,
+            node_id: None,
         }
     }
 
@@ -175,6 +183,8 @@ pub(crate) struct RelayInner {
     pub(crate) reply_uri: Uri,
     pub(crate) client: upstream::HttpClient,
     pub(crate) conns: Mutex<HashMap<Box<str>, Arc<RelayConn>>>,
+    /// This node's cluster membership (SPEC §15.6), if `--redis`.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl RelayInner {
@@ -219,6 +229,14 @@ impl ConnectionHook for Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(conn.id().into(), rc);
+        if let Some(c) = &inner.cluster {
+            let (c, id) = (c.clone(), conn.id().to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = c.register(&id).await {
+                    tracing::warn!(connection = %id, error = %e, "registering in the cluster failed");
+                }
+            });
+        }
     }
 
     fn closed(&self, conn: &ServerConnection) {
@@ -227,6 +245,10 @@ impl ConnectionHook for Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(conn.id());
+        if let Some(c) = &self.0.cluster {
+            let (c, id) = (c.clone(), conn.id().to_owned());
+            tokio::spawn(async move { c.unregister(&id).await });
+        }
     }
 }
 
@@ -257,13 +279,29 @@ impl Relay {
         if !matches!(config.upstream.scheme_str(), Some("http" | "https")) {
             return Err(invalid("the upstream URL must be http:// or https://"));
         }
+        let cluster = match &config.redis {
+            Some(url) => {
+                let node = config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{:016x}", std::process::id() as u64 ^ rand_node()));
+                // A session outlives its owner for the resume window (SPEC §11, §15.6).
+                let ttl = config.asp.resume_window.max(Duration::from_secs(1));
+                Some(cluster::Cluster::connect(url, node, ttl, 10_000).await?)
+            }
+            None => None,
+        };
         let inner = Arc::new(RelayInner {
             invoke_uri: config.upstream_uri("/invoke")?,
             reply_uri: config.upstream_uri("/reply")?,
             client: upstream::http_client(&config)?,
             conns: Mutex::new(HashMap::new()),
+            cluster,
             config,
         });
+        if let Some(c) = &inner.cluster {
+            c.start(Arc::downgrade(&inner));
+        }
         let mut asp = inner.config.asp.clone();
         // SPEC §15.1: the function decides which tools exist (404 → UNKNOWN_TOOL).
         asp.check_tools = false;
@@ -315,6 +353,11 @@ impl Relay {
         self.admin.as_ref().map(|a| a.addr)
     }
 
+    /// This node's cluster membership, if it runs in a cluster.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.inner.cluster.as_ref()
+    }
+
     /// Open client connections.
     pub fn connections(&self) -> usize {
         self.server.connections()
@@ -339,6 +382,13 @@ impl Relay {
         }
         self.server.shutdown(timeout).await;
     }
+}
+
+fn rand_node() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Parses a tools file (`--tools`): a JSON array of

@@ -95,6 +95,17 @@ struct Args {
     /// Built-in roots for an https:// upstream without --upstream-ca [default: platform].
     #[arg(long, value_enum)]
     upstream_roots: Option<RootsArg>,
+    /// Join a relay cluster through this Redis, e.g. redis://127.0.0.1:6379 (SPEC §15.6):
+    /// pushes on any node reach the connection wherever it is.
+    #[arg(long, env = "ASP_RELAY_REDIS")]
+    redis: Option<String>,
+    /// This node's id in the cluster (default: random).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// How long a detached session is kept, seconds (SPEC §11; default 30). In a cluster,
+    /// also how long a session and its queued pushes outlive a node that died.
+    #[arg(long)]
+    resume_window: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -215,6 +226,9 @@ fn merge_file(args: &mut Args) {
             Some("webpki") => Some(RootsArg::Webpki),
             Some(o) => fail(format!("upstream-roots: `{o}` is not platform or webpki")),
         });
+    args.redis = args.redis.take().or_else(|| s("redis"));
+    args.node_id = args.node_id.take().or_else(|| s("node-id"));
+    args.resume_window = args.resume_window.or_else(|| n("resume-window"));
 }
 
 fn config(mut args: Args) -> RelayConfig {
@@ -241,6 +255,11 @@ fn config(mut args: Args) -> RelayConfig {
     }
     c.forward_auth = args.forward_auth;
     c.asp.resume = !args.no_resume;
+    if let Some(t) = args.resume_window {
+        c.asp.resume_window = secs(t, "resume-window");
+    }
+    c.redis = args.redis.filter(|r| !r.is_empty());
+    c.node_id = args.node_id;
     c.client_token = args.client_token.filter(|t| !t.is_empty());
     if let Some(n) = args.max_connections {
         c.max_connections = n;

@@ -110,7 +110,7 @@ pub(crate) async fn forward(
             .collect();
         UpstreamCall::start(parts.status.as_u16(), &head, limits, started)
     };
-    apply_state(&rc, &mut call);
+    apply_state(&inner, &rc, &mut call);
     loop {
         while let Some(out) = call.poll_output() {
             match out {
@@ -126,7 +126,7 @@ pub(crate) async fn forward(
                     })?;
                 }
                 RelayOut::End(ending) => {
-                    apply_state(&rc, &mut call);
+                    apply_state(&inner, &rc, &mut call);
                     if !body.is_end_stream() {
                         tokio::spawn(drain(body, t.idle));
                     }
@@ -181,11 +181,20 @@ fn max_chunk(conn: &ServerConnection) -> usize {
 }
 
 /// SPEC §15.4: the header's update as soon as the head arrives, the trailer's at the end.
-fn apply_state(rc: &RelayConn, call: &mut UpstreamCall) {
+/// Keeps the state here and, in a cluster, in Redis at this node's generation (SPEC §15.6).
+fn set_state(inner: &Arc<RelayInner>, rc: &RelayConn, b: Bytes) {
+    *rc.state.lock().unwrap_or_else(|e| e.into_inner()) = b.clone();
+    if let Some(c) = &inner.cluster {
+        let (c, id) = (c.clone(), rc.handle.id().to_owned());
+        tokio::spawn(async move { c.write_state(&id, b).await });
+    }
+}
+
+fn apply_state(inner: &Arc<RelayInner>, rc: &RelayConn, call: &mut UpstreamCall) {
     match call.take_state_update() {
         StateUpdate::Unchanged => {}
-        StateUpdate::Set(b) => *rc.state.lock().unwrap_or_else(|e| e.into_inner()) = b,
-        StateUpdate::Clear => *rc.state.lock().unwrap_or_else(|e| e.into_inner()) = Bytes::new(),
+        StateUpdate::Set(b) => set_state(inner, rc, b),
+        StateUpdate::Clear => set_state(inner, rc, Bytes::new()),
         StateUpdate::TooLarge { len } => tracing::warn!(
             connection = rc.handle.id(),
             len,

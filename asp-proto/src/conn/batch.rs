@@ -303,22 +303,25 @@ mod tests {
 
     #[test]
     fn streams_add_up_against_the_window() {
-        let (mut server, _client, id) = connected(10);
-        let six = [b'x'; 6];
+        // A window of 8 (the SPEC §5.1 minimum): chunks of at most half of it (§7.5).
+        let (mut server, _client, id) = connected(8);
+        let four = [b'x'; 4];
         let one = Command::Stream {
             id,
-            data: &six,
+            data: &four,
             text: true,
             fin: false,
         };
-        assert_eq!(server.check_batch(&[one]), Ok(()));
-        let err = server.check_batch(&[one, one]).unwrap_err();
-        assert_eq!((err.index, err.error), (1, SendError::Full));
+        assert_eq!(server.check_batch(&[one, one]), Ok(()));
+        let err = server.check_batch(&[one, one, one]).unwrap_err();
+        assert_eq!((err.index, err.error), (2, SendError::Full));
         // What the check accepts, the commands accept.
-        server.check_batch(&[one]).unwrap();
-        server
-            .stream(id, Bytes::copy_from_slice(&six), true, false)
-            .unwrap();
+        server.check_batch(&[one, one]).unwrap();
+        for _ in 0..2 {
+            server
+                .stream(id, Bytes::copy_from_slice(&four), true, false)
+                .unwrap();
+        }
         assert_eq!(
             server.check_batch(&[one]).unwrap_err().error,
             SendError::Full

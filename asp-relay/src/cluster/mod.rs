@@ -1,0 +1,605 @@
+//! Relay cluster on Redis (SPEC §15.6): many relay nodes, a push accepted by any node reaches
+//! the node that holds the connection.
+//!
+//! Per connection (all under the hash tag `{cid}`):
+//! - `asp:{cid}:s` HASH: `node`, `gen` (fencing generation), `epoch`, `seq` (last pushed),
+//!   `st` (state blob); TTL = the resume window, refreshed by the owner while it holds the
+//!   socket, so a killed node's sessions expire by themselves.
+//! - `asp:{cid}:o` STREAM: the outbox, entry id = `seq`, bounded in length and by the window.
+//! - `asp:{cid}:p` channel: live delivery `seq|body`, subscribed by the owner only, so the
+//!   subscription *is* the ownership record: it vanishes with the owner's Redis connection.
+//!
+//! A push is one Lua call ([`scripts::PUSH`]) that answers 200 (owner subscribed), 202
+//! (queued in the outbox) or 410 (no session). The owner applies pushes in `seq` order: a
+//! gap (a lost message) is filled from the outbox, duplicates are dropped.
+
+pub(crate) mod admin;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use asp_proto::Bytes;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio::sync::mpsc;
+
+use crate::RelayInner;
+
+/// How a push through the cluster ended (SPEC §15.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The owning node is subscribed: delivered live (HTTP 200).
+    Live {
+        /// The push's sequence number in the connection's outbox.
+        seq: u64,
+    },
+    /// Nobody holds the socket now; kept in the outbox for a resume (HTTP 202).
+    Queued {
+        /// The push's sequence number in the connection's outbox.
+        seq: u64,
+    },
+    /// No such session (HTTP 410).
+    Gone,
+}
+
+/// Per-node counters (`GET /metrics` on the admin API).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Pushes this node accepted whose connection it holds.
+    pub pushes_local: AtomicU64,
+    /// Pushes this node accepted for a connection on another node (routed via Redis).
+    pub pushes_routed: AtomicU64,
+    /// Pushes answered 202 (queued for a resume).
+    pub pushes_queued: AtomicU64,
+    /// Pushes applied to a connection held here (from the channel or the outbox).
+    pub pushes_delivered: AtomicU64,
+    /// Pushes read back from the outbox to fill a gap (replays).
+    pub replays: AtomicU64,
+    /// Pushes the owner could not apply (the connection refused them, see §15.5's 409).
+    pub pushes_refused: AtomicU64,
+}
+
+struct Local {
+    /// A push arrived while the connection was detached (SPEC §11): apply from the outbox
+    /// once it is back.
+    pending: bool,
+    gen: u64,
+    last_seq: u64,
+    epoch: u64,
+}
+
+enum SubCmd {
+    Sub(String),
+    Unsub(String),
+}
+
+/// This node's membership in a relay cluster.
+pub struct Cluster {
+    node: String,
+    redis: ConnectionManager,
+    client: redis::Client,
+    ttl: Duration,
+    outbox_max: usize,
+    local: Mutex<HashMap<String, Local>>,
+    subs: mpsc::UnboundedSender<SubCmd>,
+    subs_rx: Mutex<Option<mpsc::UnboundedReceiver<SubCmd>>>,
+    up: AtomicBool,
+    /// Counters of this node.
+    pub metrics: Metrics,
+    claim: Script,
+    push: Script,
+    write_state: Script,
+    end: Script,
+    refresh: Script,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish()
+    }
+}
+
+fn session_key(cid: &str) -> String {
+    format!("asp:{{{cid}}}:s")
+}
+fn outbox_key(cid: &str) -> String {
+    format!("asp:{{{cid}}}:o")
+}
+fn channel(cid: &str) -> String {
+    format!("asp:{{{cid}}}:p")
+}
+
+fn io(e: redis::RedisError) -> std::io::Error {
+    std::io::Error::other(format!("redis: {e}"))
+}
+
+impl Cluster {
+    /// Connects to Redis at `url` as node `node`. `ttl` is how long a session outlives its
+    /// owner (the resume window); `outbox_max` bounds each connection's outbox.
+    pub async fn connect(
+        url: &str,
+        node: String,
+        ttl: Duration,
+        outbox_max: usize,
+    ) -> std::io::Result<Arc<Cluster>> {
+        let client = redis::Client::open(url).map_err(io)?;
+        // Short timeouts: while Redis is unreachable, pushes answer 503 at once instead of
+        // hanging (SPEC §15.6), and the manager keeps reconnecting in the background.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(io)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Cluster {
+            node,
+            redis,
+            client,
+            ttl,
+            outbox_max,
+            local: Mutex::new(HashMap::new()),
+            subs: tx,
+            subs_rx: Mutex::new(Some(rx)),
+            up: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            claim: Script::new(scripts::CLAIM),
+            push: Script::new(scripts::PUSH),
+            write_state: Script::new(scripts::WRITE_STATE),
+            end: Script::new(scripts::END),
+            refresh: Script::new(scripts::REFRESH),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the live-delivery subscription is up now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Connections this node holds.
+    pub fn local_connections(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims session `cid` for this node: a new generation that fences off any earlier
+    /// owner (SPEC §15.6). Returns the generation.
+    pub async fn claim(&self, cid: &str) -> std::io::Result<u64> {
+        let epoch: u64 = rand_u64();
+        let gen: u64 = self
+            .claim
+            .key(session_key(cid))
+            .arg(&self.node)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(epoch)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(io)?;
+        Ok(gen)
+    }
+
+    /// A connection opened here: claim its session and subscribe to its channel.
+    pub(crate) async fn register(&self, cid: &str) -> std::io::Result<u64> {
+        let gen = self.claim(cid).await?;
+        let mut r = self.redis.clone();
+        let (epoch, seq): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(session_key(cid))
+            .arg("epoch")
+            .arg("seq")
+            .query_async(&mut r)
+            .await
+            .map_err(io)?;
+        self.lock().insert(
+            cid.to_owned(),
+            Local {
+                pending: false,
+                gen,
+                last_seq: seq.unwrap_or(0),
+                epoch: epoch.unwrap_or(0),
+            },
+        );
+        let _ = self.subs.send(SubCmd::Sub(cid.to_owned()));
+        Ok(gen)
+    }
+
+    /// The connection's session ended here: unsubscribe and delete it (fenced).
+    pub(crate) async fn unregister(&self, cid: &str) {
+        let Some(local) = self.lock().remove(cid) else {
+            return;
+        };
+        let _ = self.subs.send(SubCmd::Unsub(cid.to_owned()));
+        let r: Result<i64, _> = self
+            .end
+            .key(session_key(cid))
+            .key(outbox_key(cid))
+            .arg(local.gen)
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(connection = cid, error = %e, "ending the session in redis failed");
+        }
+    }
+
+    /// One push (SPEC §15.5), from any node.
+    pub async fn push(&self, cid: &str, body: &[u8]) -> std::io::Result<PushOutcome> {
+        let (seq, n): (i64, i64) = self
+            .push
+            .key(session_key(cid))
+            .key(outbox_key(cid))
+            .key(channel(cid))
+            .arg(body)
+            .arg(self.outbox_max)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(io)?;
+        if seq < 0 {
+            return Ok(PushOutcome::Gone);
+        }
+        let local = self.lock().contains_key(cid);
+        if local {
+            self.metrics.pushes_local.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.pushes_routed.fetch_add(1, Ordering::Relaxed);
+        }
+        let seq = seq as u64;
+        if n > 0 {
+            Ok(PushOutcome::Live { seq })
+        } else {
+            self.metrics.pushes_queued.fetch_add(1, Ordering::Relaxed);
+            Ok(PushOutcome::Queued { seq })
+        }
+    }
+
+    /// Writes the state blob of `cid` at generation `gen`; `false` if a newer owner holds
+    /// the session (fencing, SPEC §15.6) or it is gone.
+    pub async fn write_state_at(&self, cid: &str, gen: u64, blob: &[u8]) -> std::io::Result<bool> {
+        let n: i64 = self
+            .write_state
+            .key(session_key(cid))
+            .arg(gen)
+            .arg(blob)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(io)?;
+        Ok(n == 1)
+    }
+
+    /// Writes the state blob of a connection held here, at its generation.
+    pub(crate) async fn write_state(&self, cid: &str, blob: Bytes) {
+        let Some(gen) = self.lock().get(cid).map(|l| l.gen) else {
+            return;
+        };
+        match self.write_state_at(cid, gen, &blob).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(connection = cid, gen, "state write fenced off"),
+            Err(e) => tracing::warn!(connection = cid, error = %e, "state write failed"),
+        }
+    }
+
+    /// The session as Redis holds it: `(node, gen, seq, state)`, `None` if gone.
+    pub async fn session(&self, cid: &str) -> std::io::Result<Option<SessionInfo>> {
+        let (node, gen, seq, st): (Option<String>, Option<u64>, Option<u64>, Option<Vec<u8>>) =
+            redis::cmd("HMGET")
+                .arg(session_key(cid))
+                .arg("node")
+                .arg("gen")
+                .arg("seq")
+                .arg("st")
+                .query_async(&mut self.redis.clone())
+                .await
+                .map_err(io)?;
+        Ok(node.map(|node| SessionInfo {
+            node,
+            gen: gen.unwrap_or(0),
+            seq: seq.unwrap_or(0),
+            state: Bytes::from(st.unwrap_or_default()),
+        }))
+    }
+
+    /// Asks the owner of `cid` to drain it (GOAWAY, SPEC §6.5): `None` if there is no
+    /// session, `Some(false)` if no node holds it now.
+    pub(crate) async fn close_remote(
+        &self,
+        cid: &str,
+        timeout_ms: u64,
+    ) -> std::io::Result<Option<bool>> {
+        let mut r = self.redis.clone();
+        let exists: bool = r.exists(session_key(cid)).await.map_err(io)?;
+        if !exists {
+            return Ok(None);
+        }
+        // seq 0 is the control message "drain" (pushes count from 1).
+        let n: i64 = r
+            .publish(channel(cid), format!("0|{timeout_ms}"))
+            .await
+            .map_err(io)?;
+        Ok(Some(n > 0))
+    }
+
+    /// Starts the node's background tasks: the subscription (with reconnect) and the lease
+    /// refresh.
+    pub(crate) fn start(self: &Arc<Self>, inner: Weak<RelayInner>) {
+        let rx = self
+            .subs_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(subscriber(Arc::downgrade(self), inner.clone(), rx));
+        }
+        tokio::spawn(refresher(Arc::downgrade(self), inner));
+    }
+
+    /// Applies pushes `seq` of `cid` in order: a gap is read from the outbox first,
+    /// duplicates are dropped.
+    async fn on_message(&self, inner: &Arc<RelayInner>, cid: &str, seq: u64, body: Bytes) {
+        if seq == 0 {
+            let ms = std::str::from_utf8(&body)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(30_000);
+            if let Some(rc) = inner.conn(cid) {
+                rc.handle.with(|l| {
+                    l.goaway(
+                        Some(asp_proto::frame::Text::from_static(
+                            "closed through the relay's admin API",
+                        )),
+                        Duration::from_millis(ms),
+                    );
+                });
+            }
+            return;
+        }
+        let last = self.lock().get(cid).map(|l| l.last_seq);
+        let Some(last) = last else { return };
+        if seq <= last {
+            return;
+        }
+        if seq > last + 1 {
+            self.catch_up(inner, cid, Some(seq - 1)).await;
+        }
+        self.apply(inner, cid, seq, body);
+    }
+
+    /// Reads the outbox after the last applied push (up to `until`) and applies it.
+    async fn catch_up(&self, inner: &Arc<RelayInner>, cid: &str, until: Option<u64>) {
+        let Some(last) = self.lock().get(cid).map(|l| l.last_seq) else {
+            return;
+        };
+        let end = until.map_or("+".to_owned(), |u| format!("{u}-0"));
+        let r: redis::RedisResult<redis::streams::StreamRangeReply> = self
+            .redis
+            .clone()
+            .xrange(outbox_key(cid), format!("({last}-0"), end)
+            .await;
+        let Ok(reply) = r else {
+            return;
+        };
+        for entry in reply.ids {
+            let Some(seq) = entry.id.split('-').next().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let body: Option<Vec<u8>> = entry.get("f");
+            self.metrics.replays.fetch_add(1, Ordering::Relaxed);
+            self.apply(inner, cid, seq, Bytes::from(body.unwrap_or_default()));
+        }
+    }
+
+    fn apply(&self, inner: &Arc<RelayInner>, cid: &str, seq: u64, body: Bytes) {
+        let Some(rc) = inner.conn(cid) else { return };
+        // A detached (or resuming) connection takes its pushes when it is back: they stay
+        // in the outbox and the refresher applies them then.
+        let detached = rc.handle.with(|l| {
+            matches!(
+                l.core().state(),
+                asp_proto::State::Detached | asp_proto::State::Resuming
+            )
+        });
+        {
+            let mut l = self.lock();
+            let Some(local) = l.get_mut(cid) else { return };
+            if seq <= local.last_seq {
+                return;
+            }
+            if detached != Some(false) || local.pending && seq > local.last_seq + 1 {
+                local.pending = true;
+                return;
+            }
+            local.last_seq = seq;
+        }
+        self.metrics
+            .pushes_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = crate::admin::deliver(inner, rc, body) {
+            self.metrics.pushes_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(connection = cid, seq, error = %e, "push refused by the connection");
+        }
+    }
+}
+
+/// A session as the cluster holds it.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// The owning node (the last to claim it).
+    pub node: String,
+    /// Its fencing generation.
+    pub gen: u64,
+    /// The last push's sequence number.
+    pub seq: u64,
+    /// The state blob (SPEC §15.4).
+    pub state: Bytes,
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() >> 1
+}
+
+/// Live delivery: one pub/sub connection per node, subscribed to the channel of every
+/// connection it holds. When Redis goes away the sockets stay up; on reconnect the node
+/// re-subscribes, re-creates sessions Redis lost, and catches up from the outboxes.
+async fn subscriber(
+    cluster: Weak<Cluster>,
+    inner: Weak<RelayInner>,
+    mut rx: mpsc::UnboundedReceiver<SubCmd>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let ps = match c.client.get_async_pubsub().await {
+            Ok(ps) => ps,
+            Err(e) => {
+                tracing::debug!(error = %e, "redis pub/sub connect failed");
+                c.up.store(false, Ordering::Release);
+                drop(c);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = ps.split();
+        let cids: Vec<String> = {
+            let l = c.lock();
+            l.keys().cloned().collect()
+        };
+        let mut ok = true;
+        for cid in &cids {
+            if sink.subscribe(channel(cid)).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        let was_up = c.up.swap(true, Ordering::AcqRel);
+        if !was_up {
+            if let Some(inner) = inner.upgrade() {
+                // Continuity: sessions Redis lost (a restart without persistence) are
+                // written again by their owner; pushes queued meanwhile are applied.
+                refresh_all(&c, Some(&inner)).await;
+                for cid in &cids {
+                    c.catch_up(&inner, cid, None).await;
+                }
+            }
+        }
+        drop(c);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let (Some(c), Some(inner)) = (cluster.upgrade(), inner.upgrade()) else { return };
+                    let name = msg.get_channel_name();
+                    let Some(cid) = name.strip_prefix("asp:{").and_then(|s| s.strip_suffix("}:p")) else { continue };
+                    let payload = msg.get_payload_bytes();
+                    let Some(bar) = payload.iter().position(|b| *b == b'|') else { continue };
+                    let Some(seq) = std::str::from_utf8(&payload[..bar]).ok().and_then(|s| s.parse().ok()) else { continue };
+                    let body = Bytes::copy_from_slice(&payload[bar + 1..]);
+                    c.on_message(&inner, cid, seq, body).await;
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let r = match cmd {
+                        SubCmd::Sub(cid) => sink.subscribe(channel(&cid)).await,
+                        SubCmd::Unsub(cid) => sink.unsubscribe(channel(&cid)).await,
+                    };
+                    if r.is_err() { break; }
+                }
+            }
+        }
+        if let Some(c) = cluster.upgrade() {
+            c.up.store(false, Ordering::Release);
+            tracing::warn!(node = %c.node, "redis pub/sub lost; reconnecting");
+        }
+    }
+}
+
+async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
+    let sessions: Vec<(String, u64, u64, u64)> = c
+        .lock()
+        .iter()
+        .map(|(k, l)| (k.clone(), l.gen, l.epoch, l.last_seq))
+        .collect();
+    let ttl = c.ttl.as_millis() as u64;
+    let mut r = c.redis.clone();
+    let held = sessions.len();
+    let _: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(format!("asp:node:{}", c.node))
+        .arg(held)
+        .arg("PX")
+        .arg(ttl)
+        .query_async(&mut r)
+        .await;
+    for (cid, gen, epoch, seq) in sessions {
+        // Re-created after a Redis restart with the state this node holds.
+        let st = inner
+            .and_then(|i| i.conn(&cid))
+            .map(|rc| rc.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        let res: redis::RedisResult<i64> = c
+            .refresh
+            .key(session_key(&cid))
+            .key(outbox_key(&cid))
+            .arg(gen)
+            .arg(ttl)
+            .arg(&c.node)
+            .arg(&st[..])
+            .arg(epoch)
+            .arg(seq)
+            .invoke_async(&mut r)
+            .await;
+        if let Ok(0) = res {
+            tracing::warn!(connection = %cid, gen, "a newer owner claimed this session");
+        }
+    }
+}
+
+/// Keeps this node's sessions alive in Redis while it holds their sockets.
+async fn refresher(cluster: Weak<Cluster>, inner: Weak<RelayInner>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let period = c.ttl / 3;
+        let inner = inner.upgrade();
+        refresh_all(&c, inner.as_ref()).await;
+        if let Some(inner) = &inner {
+            let pending: Vec<String> = {
+                let mut l = c.lock();
+                l.iter_mut()
+                    .filter(|(_, v)| v.pending)
+                    .map(|(k, v)| {
+                        v.pending = false;
+                        k.clone()
+                    })
+                    .collect()
+            };
+            for cid in pending {
+                c.catch_up(inner, &cid, None).await;
+            }
+        }
+        drop(inner);
+        drop(c);
+        tokio::time::sleep(period.max(Duration::from_millis(100))).await;
+    }
+}
