@@ -281,6 +281,8 @@ function readField(
       for (let i = 0; i < n; i++) {
         const n = readStrRange(buf, view, p, end);
         if (n === undefined) invalid(spec, "entry not a string");
+        // §5.1: capability names are 1–64 bytes.
+        if (n === 0) invalid(spec, "empty entry");
         if (n > spec.maxLen) invalid(spec, `entry longer than ${spec.maxLen} bytes`);
         const s = utf8DecodeRange(buf, strStart, strStart + n);
         if (s === undefined) invalid(spec, "entry not UTF-8");
