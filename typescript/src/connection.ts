@@ -128,6 +128,14 @@ export class Connection {
   private invocations = new Map<number, Invocation>();
   private requests = new Map<number, Request>();
   private nextId: number;
+  /**
+   * §3.5: ids of own exchanges ended by an ERROR this side sent, with the number of the PING sent
+   * after it; quarantined (not reused, their frames dropped silently) until that PING's PONG.
+   */
+  private quarantine = new Map<number, number>();
+  /** PINGs sent and PONGs received on this session (PONGs answer PINGs in order, §3.5). */
+  private pingSeq = 0;
+  private pongSeq = 0;
 
   // Tools: the client's mirror, or the server's own set and what the client holds (§6.2, §9).
   private tools = new Map<string, ToolDef>();
@@ -324,7 +332,7 @@ export class Connection {
       const due = Math.floor(silent / h);
       if (due > this.pingsSent) {
         this.pingsSent = due;
-        this.sendFrame({ type: FrameType.PING, id: 0, fields: {} });
+        this.sendPing();
       }
     }
     // §7.4 deadlines.
@@ -665,6 +673,8 @@ export class Connection {
         this.connectionError(f.code, f.message, f.frameType);
         return;
       }
+      // §3.5: frames for a quarantined id crossed our ERROR; dropped silently.
+      if (f.idAllowed && this.quarantine.has(f.id)) return;
       if (type === FrameType.ERROR) {
         // §3.7: never answer an ERROR with an ERROR; an invalid one still ends its exchange.
         if (f.idAllowed && f.id !== 0) this.endByPeerError(f.id, f.code, undefined, false, true);
@@ -672,7 +682,7 @@ export class Connection {
       }
       const id = f.idAllowed ? f.id : 0;
       this.sendError(id, f.code, f.message, f.frameType);
-      if (id !== 0) this.endExchangeLocally(id, f.code);
+      if (id !== 0 && this.endExchangeLocally(id, f.code)) this.quarantineOwn(id);
       return;
     }
     this.dispatch(decoded.frame, now, overRate);
@@ -701,6 +711,8 @@ export class Connection {
         this.sendFrame({ type: FrameType.PONG, id: 0, fields: {} });
         return;
       case FrameType.PONG:
+        this.pongSeq++;
+        for (const [qid, seq] of this.quarantine) if (seq <= this.pongSeq) this.quarantine.delete(qid);
         return;
       case FrameType.ERROR:
         return this.onError(frame);
@@ -914,22 +926,34 @@ export class Connection {
       this.checkDrained();
       return;
     }
-    if (invalid) return;
+    if (invalid || this.quarantine.has(id)) return;
     const e: Event = { type: "PeerError", id, code, retryable };
     if (message !== undefined) e.message = message;
     this.emit(e);
   }
 
   /** §3.7: the ERROR this side just sent for `id` ends the exchange if it is in flight. */
-  private endExchangeLocally(id: number, code: number): void {
+  private endExchangeLocally(id: number, code: number): boolean {
     const clientSpace = id <= 0x7fff;
     const map = clientSpace ? this.invocations : this.requests;
-    if (!map.has(id)) return;
+    if (!map.has(id)) return false;
     map.delete(id);
     const ours = this.role === "client" ? clientSpace : !clientSpace;
     if (ours) this.emit({ type: "Ended", id, outcome: "error", code, retryable: isRetryable(code) });
     else this.emit({ type: "Aborted", id, code });
     this.checkDrained();
+    return ours;
+  }
+
+  /** §3.5: after ending an own exchange with an ERROR, PING and quarantine the id until the PONG. */
+  private quarantineOwn(id: number): void {
+    this.sendPing();
+    this.quarantine.set(id, this.pingSeq);
+  }
+
+  private sendPing(): void {
+    this.pingSeq++;
+    this.sendFrame({ type: FrameType.PING, id: 0, fields: {} });
   }
 
   private onInvoke(frame: Frame, now: number, overRate: boolean): void {
@@ -1002,7 +1026,7 @@ export class Connection {
   private onReply(frame: Frame): void {
     const id = frame.id;
     if (!this.requests.has(id)) {
-      this.sendError(id, ErrorCode.UNKNOWN_ID, `request ${id} is not in flight`, FrameType.REPLY);
+      if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `request ${id} is not in flight`, FrameType.REPLY);
       return;
     }
     this.requests.delete(id);
@@ -1016,7 +1040,7 @@ export class Connection {
     const id = frame.id;
     const inv = this.invocations.get(id);
     if (inv === undefined) {
-      this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.STREAM);
+      if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.STREAM);
       return;
     }
     const f = frame.fields;
@@ -1032,6 +1056,7 @@ export class Connection {
     if (fault !== undefined) {
       this.invocations.delete(id);
       this.sendError(id, fault[0], fault[1], FrameType.STREAM);
+      this.quarantineOwn(id);
       this.emit({ type: "Ended", id, outcome: "error", code: fault[0], retryable: false });
       this.checkDrained();
       return;
@@ -1060,7 +1085,7 @@ export class Connection {
   private onComplete(frame: Frame): void {
     const id = frame.id;
     if (!this.invocations.has(id)) {
-      this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.COMPLETE);
+      if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.COMPLETE);
       return;
     }
     this.invocations.delete(id);
@@ -1297,7 +1322,7 @@ export class Connection {
     for (let i = 0; i <= hi - lo; i++) {
       const id = this.nextId;
       this.nextId = id >= hi ? lo : id + 1;
-      if (!map.has(id)) return id;
+      if (!map.has(id) && !this.quarantine.has(id)) return id;
     }
     throw new ProtocolMisuse("no free id");
   }
