@@ -820,7 +820,8 @@ export class Connection {
     if (caps.length > 0) fields["capabilities"] = caps;
     const limits = this.announcedLimits();
     if (limits !== undefined) fields["limits"] = limits;
-    if (this.cfg.heartbeatMs !== 30000) fields["heartbeat_ms"] = this.cfg.heartbeatMs;
+    // §5.1: the server announces the session's interval, default or not.
+    fields["heartbeat_ms"] = this.heartbeatMs;
     if (this.resumable) fields["resume_token"] = this.resumeToken;
     if (initial.length > 0) fields["tools"] = initial.length;
     if (this.cfg.agent !== undefined) fields["agent"] = this.cfg.agent;
@@ -1211,7 +1212,8 @@ export class Connection {
       this.role === "client"
         ? ["max_frame_payload", "max_inflight", "max_tools", "max_chunk", "initial_window"]
         : ["max_frame_payload", "max_inflight"];
-    for (const k of keys) if (this.limits[k] !== d[k]) out[k] = this.limits[k];
+    // §5.1: a server announces the limits that bind the client even when they are the defaults.
+    for (const k of keys) if (this.role === "server" || this.limits[k] !== d[k]) out[k] = this.limits[k];
     return Object.keys(out).length > 0 ? out : undefined;
   }
 
