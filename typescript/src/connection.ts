@@ -442,8 +442,10 @@ export class Connection {
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
     const fields: Record<string, unknown> = { status };
     if (body !== undefined) fields["body"] = raw(body);
-    this.sendChecked({ type: FrameType.REPLY, id, fields: fields as Frame["fields"] });
     this.requests.delete(id);
+    if (!this.sendTerminal({ type: FrameType.REPLY, id, fields: fields as Frame["fields"] })) {
+      this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
+    }
     this.checkDrained();
   }
 
@@ -451,7 +453,17 @@ export class Connection {
   streamCapacity(id: number): number {
     const inv = this.invocations.get(id);
     if (this.role !== "server" || inv === undefined || inv.final) return -1;
-    return Math.min(inv.window, this.peerLimits.max_chunk);
+    return Math.min(inv.window, this.chunkCap());
+  }
+
+  /**
+   * §7.5: the largest chunk a server sends: min(max_chunk, initial_window / 2,
+   * max_frame_payload − 15). Half the window because a client may keep up to half of it
+   * unreturned for good; a larger chunk could then never be sent.
+   */
+  private chunkCap(): number {
+    const p = this.peerLimits;
+    return Math.min(p.max_chunk, Math.floor(p.initial_window / 2), p.max_frame_payload - 15);
   }
 
   /** Server: sends one chunk (§5.3). Throws if it exceeds the window or `max_chunk`. */
@@ -463,7 +475,9 @@ export class Connection {
     if (inv.final) throw new ProtocolMisuse(`invocation ${id} already sent its final chunk`);
     const n = typeof data === "string" ? utf8Length(data) : data.length;
     if (n === 0 && !final) throw new ProtocolMisuse("an empty chunk must be final (§5.3)");
-    if (n > this.peerLimits.max_chunk) throw new ProtocolMisuse(`chunk of ${n} bytes above the client's max_chunk`);
+    if (n > this.chunkCap()) {
+      throw new ProtocolMisuse(`chunk of ${n} bytes above the cap of ${this.chunkCap()} (client's max_chunk, half its initial_window, §7.5)`);
+    }
     if (n > inv.window) throw new ProtocolMisuse(`chunk of ${n} bytes beyond the window of ${inv.window}`);
     const fields: Record<string, unknown> = { data, seq: inv.seq };
     if (final) fields["final"] = true;
@@ -482,8 +496,10 @@ export class Connection {
     const fields: Record<string, unknown> = { status };
     if (result !== undefined) fields["result"] = raw(result);
     if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
-    this.sendChecked({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] });
     this.invocations.delete(id);
+    if (!this.sendTerminal({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] })) {
+      this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
+    }
     this.checkDrained();
   }
 
@@ -1273,6 +1289,24 @@ export class Connection {
       throw new ProtocolMisuse(`frame payload of ${size} bytes above the peer's max_frame_payload ${this.peerLimits.max_frame_payload}`);
     }
     this.recordSent(frame.type, start);
+  }
+
+  /**
+   * §3.6, §7.1: sends a terminal frame (COMPLETE, REPLY), or, when it would exceed the peer's
+   * max_frame_payload, ERROR(RESULT_TOO_LARGE) in its place so the exchange still ends. Returns
+   * whether the frame itself went.
+   */
+  private sendTerminal(frame: Frame): boolean {
+    const start = this.out.len;
+    encodeFrame(this.out, frame);
+    const size = this.out.len - start - HEADER_LEN;
+    if (size > this.peerLimits.max_frame_payload) {
+      this.out.len = start;
+      this.sendError(frame.id, ErrorCode.RESULT_TOO_LARGE, `${frameName(frame.type)} payload of ${size} bytes above max_frame_payload ${this.peerLimits.max_frame_payload}`, frame.type);
+      return false;
+    }
+    this.recordSent(frame.type, start);
+    return true;
   }
 
   private sendFrame(frame: Frame): void {
