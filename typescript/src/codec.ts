@@ -70,7 +70,10 @@ export function decodeFrame(
 ): { frame: Frame; fault?: undefined } | { frame?: undefined; fault: FrameFault } {
   const { type, id } = header;
   const known = FRAME_TYPE_NAMES[type] !== undefined;
-  const allowed = known && idAllowed(type, id);
+  // §3.7 step 5: for INTERRUPT the id must name an exchange its sender initiates (a client's
+  // invocation, a server's request).
+  const interruptOk = type !== 0x4 || sender === undefined || (sender === "client" ? id <= 0x7fff : id >= 0x8000);
+  const allowed = known && idAllowed(type, id) && interruptOk;
   const fault = (code: number, message: string) => ({
     fault: { code, message, frameType: type, id, idAllowed: allowed },
   });

@@ -682,6 +682,17 @@ export class Connection {
     }
     const peer: Role = this.role === "client" ? "server" : "client";
     const decoded = decodeFrame(header, buf, start, this.limits.max_frame_payload, peer);
+    // §3.7 step 6: the direction is judged before the payload (steps 2–5 come first).
+    const early =
+      decoded.fault !== undefined &&
+      (decoded.fault.code === ErrorCode.FRAME_TOO_LARGE ||
+        decoded.fault.code === ErrorCode.UNKNOWN_FRAME_TYPE ||
+        decoded.fault.code === ErrorCode.RESERVED_FLAGS ||
+        decoded.fault.code === ErrorCode.INVALID_ID);
+    if (inSession && !early && !this.directionAllowed(type)) {
+      this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `${frameName(type)} sent by the wrong side`, type);
+      return;
+    }
     if (decoded.fault !== undefined) {
       const f = decoded.fault;
       if (this.st === "Handshaking") {
