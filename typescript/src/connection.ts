@@ -520,10 +520,9 @@ export class Connection {
   /** Server: asks the client (§8); returns the request id. */
   request(kind: string, body?: Uint8Array | Raw, invocation?: number): number {
     this.requireRole("server", "request");
-    // §6.5: after receiving GOAWAY no new exchange; a server draining on its own GOAWAY may
-    // still ask for the invocations it is finishing.
-    if ((this.st !== "Open" && this.st !== "Draining") || this.goawayReceived) {
-      throw new ProtocolMisuse(`cannot send REQUEST in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    // §6.5: after GOAWAY in either direction nobody opens exchanges.
+    if (this.st !== "Open") {
+      throw new ProtocolMisuse(`cannot send REQUEST in state ${this.st}`);
     }
     if (!this.peerCapabilities.has("requests")) throw new ProtocolMisuse("the client did not list `requests` (§6.4)");
     const len = utf8Length(kind);
@@ -990,7 +989,8 @@ export class Connection {
     const dup = this.invocations.has(id);
     // §7.2, in order.
     let refusal: [number, string] | undefined;
-    if (this.goawaySent) refusal = [ErrorCode.DRAINING, "draining"];
+    // §6.5: after GOAWAY in either direction an opening frame is refused.
+    if (this.goawaySent || this.goawayReceived) refusal = [ErrorCode.DRAINING, "draining"];
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `invocation ${id} is already in flight`];
     else if (this.invocations.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
@@ -1164,7 +1164,7 @@ export class Connection {
     const dup = this.requests.has(id);
     let refusal: [number, string] | undefined;
     if (!this.cfg.requests) refusal = [ErrorCode.UNSUPPORTED, "this client does not answer requests"];
-    else if (this.goawaySent) refusal = [ErrorCode.DRAINING, "draining"];
+    else if (this.goawaySent || this.goawayReceived) refusal = [ErrorCode.DRAINING, "draining"];
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `request ${id} is already in flight`];
     else if (this.requests.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
