@@ -70,6 +70,8 @@ interface Invocation {
 /** A server request (server: one it sent; client: one it must answer). */
 interface Request {
   interrupted: boolean;
+  /** Server: the invocation the request was asked for (§8: it ends with it). */
+  invocation?: number;
 }
 
 function randomBytes(n: number): Uint8Array {
@@ -341,6 +343,7 @@ export class Connection {
         this.invocations.delete(id);
         this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
         this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
+        this.checkDrained();
       }
     }
     // §6.5 drain timeout.
@@ -530,6 +533,9 @@ export class Connection {
     if (this.requests.size >= this.peerLimits.max_inflight) {
       throw new ProtocolMisuse(`the client accepts at most ${this.peerLimits.max_inflight} requests in flight`);
     }
+    if (invocation !== undefined && !this.invocations.has(invocation)) {
+      throw new ProtocolMisuse(`invocation ${invocation} is not in flight (a request ends with its invocation, §8)`);
+    }
     const before = this.nextId;
     const id = this.allocateId(this.requests, 0x8000, 0xffff);
     const fields: Record<string, unknown> = { kind };
@@ -541,7 +547,9 @@ export class Connection {
       this.nextId = before;
       throw e;
     }
-    this.requests.set(id, { interrupted: false });
+    const req: Request = { interrupted: false };
+    if (invocation !== undefined) req.invocation = invocation;
+    this.requests.set(id, req);
     return id;
   }
 
@@ -1364,6 +1372,20 @@ export class Connection {
     }
   }
 
+  /**
+   * §8: a request ends with its invocation. When the invocation a server request names has
+   * ended (terminal frame sent or received, or an ERROR), the server interrupts the request;
+   * the client then ends it with REPLY(cancelled). Called wherever an exchange ends.
+   */
+  private interruptOrphanedRequests(): void {
+    if (this.role !== "server" || this.st === "Closed") return;
+    for (const [id, req] of this.requests) {
+      if (req.interrupted || req.invocation === undefined || this.invocations.has(req.invocation)) continue;
+      req.interrupted = true;
+      this.sendFrame({ type: FrameType.INTERRUPT, id, fields: {} });
+    }
+  }
+
   private allocateId(map: Map<number, unknown>, lo: number, hi: number): number {
     // §3.5: sequential, wrapping, skipping ids in flight.
     for (let i = 0; i <= hi - lo; i++) {
@@ -1376,6 +1398,7 @@ export class Connection {
 
   /** §6.5: the GOAWAY sender closes once nothing is in flight on either side. */
   private checkDrained(): void {
+    this.interruptOrphanedRequests();
     if (this.goawaySent && this.st === "Draining" && this.invocations.size === 0 && this.requests.size === 0) {
       this.close0("drained", undefined);
     }
