@@ -135,6 +135,8 @@ export class Connection {
    * after it; quarantined (not reused, their frames dropped silently) until that PING's PONG.
    */
   private quarantine = new Map<number, number>();
+  /** Client: INVOKEs sent after its HELLO and before the server's (§6.2), not yet counted. */
+  private pipelined: Uint8Array[] = [];
   /** PINGs sent and PONGs received on this session (PONGs answer PINGs in order, §3.5). */
   private pingSeq = 0;
   private pongSeq = 0;
@@ -401,7 +403,10 @@ export class Connection {
   /** Client: starts an invocation; returns its id (§5.2, §3.5). */
   invoke(tool: string, args?: Uint8Array | Raw, options: { deadlineMs?: number; meta?: Uint8Array | Raw } = {}): number {
     this.requireRole("client", "invoke");
-    if (this.st !== "Open") throw new ProtocolMisuse(`cannot invoke in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    // §6.2: a client may pipeline INVOKEs right after its HELLO, before the server's HELLO.
+    if (this.st !== "Open" && this.st !== "Handshaking") {
+      throw new ProtocolMisuse(`cannot invoke in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    }
     const len = utf8Length(tool);
     if (len < 1 || len > 128) throw new ProtocolMisuse("tool name must be 1–128 bytes");
     if (this.invocations.size >= this.peerLimits.max_inflight) {
@@ -891,6 +896,8 @@ export class Connection {
     this.resumeToken = this.hasCapability("resume") ? (f["resume_token"] as Uint8Array | undefined) : undefined;
     this.resumable = this.resumeToken !== undefined;
     this.st = "Open";
+    for (const bytes of this.pipelined) this.countSent(bytes);
+    this.pipelined = [];
     this.handshakeDeadline = undefined;
     this.lastRecv = now;
     this.tools.clear();
@@ -1003,7 +1010,8 @@ export class Connection {
     else if (this.invocations.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
     } else if (overRate) refusal = [ErrorCode.RATE_LIMITED, "rate limit"];
-    else if (!this.tools.has(f["tool"] as string)) refusal = [ErrorCode.UNKNOWN_TOOL, `no tool ${f["tool"] as string}`];
+    // §6.2, §7.2: a tool cut from the initial set is unknown to the client until added.
+    else if (!this.tools.has(f["tool"] as string) || !this.peerTools.has(f["tool"] as string)) refusal = [ErrorCode.UNKNOWN_TOOL, `no tool ${f["tool"] as string}`];
     if (refusal !== undefined) {
       this.sendError(id, refusal[0], refusal[1], FrameType.INVOKE);
       if (dup) {
@@ -1343,10 +1351,18 @@ export class Connection {
   /** §11.1: count the frame and keep it for replay while the session is resumable. */
   private recordSent(type: number, start: number): void {
     if (type === FrameType.HELLO || type === FrameType.RESUME || type === FrameType.PING || type === FrameType.PONG) return;
-    if (this.st === "Handshaking") return;
+    if (this.st === "Handshaking") {
+      // §6.2, §11.1: a pipelined INVOKE belongs to the session the server's HELLO opens; it is
+      // counted (and held for replay) once that HELLO arrives.
+      if (type === FrameType.INVOKE) this.pipelined.push(this.out.buf.slice(start, this.out.len));
+      return;
+    }
+    this.countSent(this.out.buf.slice(start, this.out.len));
+  }
+
+  private countSent(bytes: Uint8Array): void {
     this.sentCount++;
     if (!this.resumable) return;
-    const bytes = this.out.buf.slice(start, this.out.len);
     this.replay.push(bytes);
     this.replayBytes += bytes.length;
     while (this.replayBytes > this.cfg.replayBuffer && this.replay.length > 0) {
