@@ -74,6 +74,23 @@ interface Request {
   invocation?: number;
 }
 
+/** SPEC §2.1: the WebSocket close code for a connection closed by connection error `code`. */
+export function webSocketCloseCode(code: number): number {
+  switch (code) {
+    case ErrorCode.HANDSHAKE_TIMEOUT:
+    case ErrorCode.HEARTBEAT_TIMEOUT:
+    case ErrorCode.GOING_AWAY:
+      return 1001; // the peer broke no rule: it was absent or too slow
+    case ErrorCode.FLOOD:
+    case ErrorCode.OVERLOADED:
+      return 1008;
+    case ErrorCode.RESUME_FAILED:
+      return 1011;
+    default:
+      return 1002;
+  }
+}
+
 function randomBytes(n: number): Uint8Array {
   const b = new Uint8Array(n);
   globalThis.crypto.getRandomValues(b);
@@ -210,7 +227,7 @@ export class Connection {
     return this.st === "Closed";
   }
 
-  /** The WebSocket close code to use once closed (SPEC §2.1: 1000, 1002, 1008 after FLOOD). */
+  /** The WebSocket close code to use once closed (SPEC §2.1: 1000 graceful, 1001 after a timeout, 1008 after FLOOD/OVERLOADED, 1011 after RESUME_FAILED, else 1002). */
   get closeCode(): number {
     return this.closeCodeValue;
   }
@@ -1274,7 +1291,6 @@ export class Connection {
   /** Sends a connection error (id 0) and closes (§6.6, §12.2). */
   private connectionError(code: number, message: string, frameType: number | undefined): void {
     this.sendError(0, code, message, frameType);
-    this.closeCodeValue = code === ErrorCode.FLOOD ? 1008 : 1002;
     this.close0("error_sent", code);
   }
 
@@ -1357,12 +1373,16 @@ export class Connection {
       if (type === FrameType.INVOKE) this.pipelined.push(this.out.buf.slice(start, this.out.len));
       return;
     }
-    this.countSent(this.out.buf.slice(start, this.out.len));
+    this.sentCount++;
+    if (this.resumable) this.holdForReplay(this.out.buf.slice(start, this.out.len));
   }
 
   private countSent(bytes: Uint8Array): void {
     this.sentCount++;
-    if (!this.resumable) return;
+    if (this.resumable) this.holdForReplay(bytes);
+  }
+
+  private holdForReplay(bytes: Uint8Array): void {
     this.replay.push(bytes);
     this.replayBytes += bytes.length;
     while (this.replayBytes > this.cfg.replayBuffer && this.replay.length > 0) {
@@ -1432,7 +1452,8 @@ export class Connection {
     this.invocations.clear();
     this.requests.clear();
     this.st = "Closed";
-    if (reason === "error_received") this.closeCodeValue = 1002;
+    // §2.1: a side that closes on a connection error, sent or received, uses the same code.
+    if ((reason === "error_received" || reason === "error_sent") && code !== undefined) this.closeCodeValue = webSocketCloseCode(code);
     const e: Event = { type: "Closed", reason };
     if (code !== undefined) e.code = code;
     this.emit(e);
