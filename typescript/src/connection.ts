@@ -154,6 +154,8 @@ export class Connection {
   private quarantine = new Map<number, number>();
   /** Client: INVOKEs sent after its HELLO and before the server's (§6.2), not yet counted. */
   private pipelined: Uint8Array[] = [];
+  /** Start of the bytes `pollTransmit` has not returned yet (the outgoing queue is out[outHead..len]). */
+  private outHead = 0;
   /** PINGs sent and PONGs received on this session (PONGs answer PINGs in order, §3.5). */
   private pingSeq = 0;
   private pongSeq = 0;
@@ -244,7 +246,7 @@ export class Connection {
 
   /** Whether anything waits in `pollTransmit` or `pollEvent`. */
   get hasOutput(): boolean {
-    return this.out.len > 0 || this.eventHead < this.events.length;
+    return this.out.len > this.outHead || this.eventHead < this.events.length;
   }
 
   /** Whether the peer's HELLO listed a capability (e.g. a client's `requests`, §6.4). */
@@ -314,6 +316,7 @@ export class Connection {
       return;
     }
     this.out.len = 0;
+    this.outHead = 0;
     // §11.2 step 1: a resumable session outlives its transport for the resume window.
     if (this.resumable && (this.st === "Open" || this.st === "Draining")) {
       this.st = "Detached";
@@ -393,11 +396,27 @@ export class Connection {
     return t;
   }
 
-  /** The bytes to send as one WebSocket message (every frame queued, coalesced), or undefined. */
+  /**
+   * The bytes to send as one WebSocket message, or undefined: queued frames coalesced, but at
+   * most `65 536 + 8 + max_frame_payload` bytes (the peer's limit; SPEC §2.1 bounds a sender's
+   * message so), always at least one whole frame. Call again until undefined.
+   */
   pollTransmit(): Uint8Array | undefined {
-    if (this.out.len === 0) return undefined;
-    const bytes = this.out.finish().slice();
-    this.out.len = 0;
+    const end = this.out.len;
+    if (end === this.outHead) return undefined;
+    const limit = 65536 + HEADER_LEN + this.peerLimits.max_frame_payload;
+    const buf = this.out.buf;
+    let pos = this.outHead;
+    do {
+      pos += HEADER_LEN + readHeader(buf, pos).length;
+    } while (pos < end && pos + HEADER_LEN + readHeader(buf, pos).length - this.outHead <= limit);
+    const bytes = buf.slice(this.outHead, pos);
+    if (pos >= end) {
+      this.out.len = 0;
+      this.outHead = 0;
+    } else {
+      this.outHead = pos;
+    }
     return bytes;
   }
 
@@ -632,6 +651,7 @@ export class Connection {
   close(): void {
     if (this.st === "Closed") return;
     this.out.len = 0;
+    this.outHead = 0;
     this.close0("local", undefined);
   }
 
