@@ -697,6 +697,7 @@ export class Connection {
     this.pingsSent = 0;
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { received: this.recvCount } });
     for (let i = r - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
     return true;
   }
@@ -967,6 +968,9 @@ export class Connection {
     const theirs = Number(f["heartbeat_ms"] ?? 30000);
     this.heartbeatMs = mine === 0 ? theirs : theirs === 0 ? mine : Math.min(mine, theirs);
     this.pingsSent = 0;
+    // §3.5: a new session has its own ids; nothing of the old one is quarantined.
+    this.quarantine.clear();
+    this.pingSeq = this.pongSeq = 0;
     // §11.1: counts start with the session.
     this.sentCount = 0;
     this.recvCount = 0;
@@ -1028,6 +1032,18 @@ export class Connection {
   private quarantineOwn(id: number): void {
     this.sendPing();
     this.quarantine.set(id, this.pingSeq);
+  }
+
+  /**
+   * §3.5 after a resume (§11.2): PINGs sent on the old transport may never be answered. The
+   * ERRORs they followed were held for replay and are re-sent (or had arrived), so one PING after
+   * the replay stands for them all.
+   */
+  private pingAgainForQuarantine(): void {
+    this.pongSeq = this.pingSeq;
+    if (this.quarantine.size === 0) return;
+    this.sendPing();
+    for (const id of this.quarantine.keys()) this.quarantine.set(id, this.pingSeq);
   }
 
   private sendPing(): void {
@@ -1253,6 +1269,7 @@ export class Connection {
     this.lastRecv = now;
     this.pingsSent = 0;
     for (let i = received - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
   }
 
