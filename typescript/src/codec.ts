@@ -70,7 +70,10 @@ export function decodeFrame(
 ): { frame: Frame; fault?: undefined } | { frame?: undefined; fault: FrameFault } {
   const { type, id } = header;
   const known = FRAME_TYPE_NAMES[type] !== undefined;
-  const allowed = known && idAllowed(type, id);
+  // §3.7 step 5: for INTERRUPT the id must name an exchange its sender initiates (a client's
+  // invocation, a server's request).
+  const interruptOk = type !== 0x4 || sender === undefined || (sender === "client" ? id <= 0x7fff : id >= 0x8000);
+  const allowed = known && idAllowed(type, id) && interruptOk;
   const fault = (code: number, message: string) => ({
     fault: { code, message, frameType: type, id, idAllowed: allowed },
   });
@@ -281,6 +284,8 @@ function readField(
       for (let i = 0; i < n; i++) {
         const n = readStrRange(buf, view, p, end);
         if (n === undefined) invalid(spec, "entry not a string");
+        // §5.1: capability names are 1–64 bytes.
+        if (n === 0) invalid(spec, "empty entry");
         if (n > spec.maxLen) invalid(spec, `entry longer than ${spec.maxLen} bytes`);
         const s = utf8DecodeRange(buf, strStart, strStart + n);
         if (s === undefined) invalid(spec, "entry not UTF-8");

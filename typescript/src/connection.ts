@@ -70,6 +70,25 @@ interface Invocation {
 /** A server request (server: one it sent; client: one it must answer). */
 interface Request {
   interrupted: boolean;
+  /** Server: the invocation the request was asked for (§8: it ends with it). */
+  invocation?: number;
+}
+
+/** SPEC §2.1: the WebSocket close code for a connection closed by connection error `code`. */
+export function webSocketCloseCode(code: number): number {
+  switch (code) {
+    case ErrorCode.HANDSHAKE_TIMEOUT:
+    case ErrorCode.HEARTBEAT_TIMEOUT:
+    case ErrorCode.GOING_AWAY:
+      return 1001; // the peer broke no rule: it was absent or too slow
+    case ErrorCode.FLOOD:
+    case ErrorCode.OVERLOADED:
+      return 1008;
+    case ErrorCode.RESUME_FAILED:
+      return 1011;
+    default:
+      return 1002;
+  }
 }
 
 function randomBytes(n: number): Uint8Array {
@@ -128,6 +147,18 @@ export class Connection {
   private invocations = new Map<number, Invocation>();
   private requests = new Map<number, Request>();
   private nextId: number;
+  /**
+   * §3.5: ids of own exchanges ended by an ERROR this side sent, with the number of the PING sent
+   * after it; quarantined (not reused, their frames dropped silently) until that PING's PONG.
+   */
+  private quarantine = new Map<number, number>();
+  /** Client: INVOKEs sent after its HELLO and before the server's (§6.2), not yet counted. */
+  private pipelined: Uint8Array[] = [];
+  /** Start of the bytes `pollTransmit` has not returned yet (the outgoing queue is out[outHead..len]). */
+  private outHead = 0;
+  /** PINGs sent and PONGs received on this session (PONGs answer PINGs in order, §3.5). */
+  private pingSeq = 0;
+  private pongSeq = 0;
 
   // Tools: the client's mirror, or the server's own set and what the client holds (§6.2, §9).
   private tools = new Map<string, ToolDef>();
@@ -198,7 +229,7 @@ export class Connection {
     return this.st === "Closed";
   }
 
-  /** The WebSocket close code to use once closed (SPEC §2.1: 1000, 1002, 1008 after FLOOD). */
+  /** The WebSocket close code to use once closed (SPEC §2.1: 1000 graceful, 1001 after a timeout, 1008 after FLOOD/OVERLOADED, 1011 after RESUME_FAILED, else 1002). */
   get closeCode(): number {
     return this.closeCodeValue;
   }
@@ -215,7 +246,7 @@ export class Connection {
 
   /** Whether anything waits in `pollTransmit` or `pollEvent`. */
   get hasOutput(): boolean {
-    return this.out.len > 0 || this.eventHead < this.events.length;
+    return this.out.len > this.outHead || this.eventHead < this.events.length;
   }
 
   /** Whether the peer's HELLO listed a capability (e.g. a client's `requests`, §6.4). */
@@ -285,6 +316,7 @@ export class Connection {
       return;
     }
     this.out.len = 0;
+    this.outHead = 0;
     // §11.2 step 1: a resumable session outlives its transport for the resume window.
     if (this.resumable && (this.st === "Open" || this.st === "Draining")) {
       this.st = "Detached";
@@ -324,7 +356,7 @@ export class Connection {
       const due = Math.floor(silent / h);
       if (due > this.pingsSent) {
         this.pingsSent = due;
-        this.sendFrame({ type: FrameType.PING, id: 0, fields: {} });
+        this.sendPing();
       }
     }
     // §7.4 deadlines.
@@ -333,6 +365,7 @@ export class Connection {
         this.invocations.delete(id);
         this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
         this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
+        this.checkDrained();
       }
     }
     // §6.5 drain timeout.
@@ -363,11 +396,27 @@ export class Connection {
     return t;
   }
 
-  /** The bytes to send as one WebSocket message (every frame queued, coalesced), or undefined. */
+  /**
+   * The bytes to send as one WebSocket message, or undefined: queued frames coalesced, but at
+   * most `65 536 + 8 + max_frame_payload` bytes (the peer's limit; SPEC §2.1 bounds a sender's
+   * message so), always at least one whole frame. Call again until undefined.
+   */
   pollTransmit(): Uint8Array | undefined {
-    if (this.out.len === 0) return undefined;
-    const bytes = this.out.finish().slice();
-    this.out.len = 0;
+    const end = this.out.len;
+    if (end === this.outHead) return undefined;
+    const limit = 65536 + HEADER_LEN + this.peerLimits.max_frame_payload;
+    const buf = this.out.buf;
+    let pos = this.outHead;
+    do {
+      pos += HEADER_LEN + readHeader(buf, pos).length;
+    } while (pos < end && pos + HEADER_LEN + readHeader(buf, pos).length - this.outHead <= limit);
+    const bytes = buf.slice(this.outHead, pos);
+    if (pos >= end) {
+      this.out.len = 0;
+      this.outHead = 0;
+    } else {
+      this.outHead = pos;
+    }
     return bytes;
   }
 
@@ -390,7 +439,10 @@ export class Connection {
   /** Client: starts an invocation; returns its id (§5.2, §3.5). */
   invoke(tool: string, args?: Uint8Array | Raw, options: { deadlineMs?: number; meta?: Uint8Array | Raw } = {}): number {
     this.requireRole("client", "invoke");
-    if (this.st !== "Open") throw new ProtocolMisuse(`cannot invoke in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    // §6.2: a client may pipeline INVOKEs right after its HELLO, before the server's HELLO.
+    if (this.st !== "Open" && this.st !== "Handshaking") {
+      throw new ProtocolMisuse(`cannot invoke in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    }
     const len = utf8Length(tool);
     if (len < 1 || len > 128) throw new ProtocolMisuse("tool name must be 1–128 bytes");
     if (this.invocations.size >= this.peerLimits.max_inflight) {
@@ -434,8 +486,10 @@ export class Connection {
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
     const fields: Record<string, unknown> = { status };
     if (body !== undefined) fields["body"] = raw(body);
-    this.sendChecked({ type: FrameType.REPLY, id, fields: fields as Frame["fields"] });
     this.requests.delete(id);
+    if (!this.sendTerminal({ type: FrameType.REPLY, id, fields: fields as Frame["fields"] })) {
+      this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
+    }
     this.checkDrained();
   }
 
@@ -443,7 +497,17 @@ export class Connection {
   streamCapacity(id: number): number {
     const inv = this.invocations.get(id);
     if (this.role !== "server" || inv === undefined || inv.final) return -1;
-    return Math.min(inv.window, this.peerLimits.max_chunk);
+    return Math.min(inv.window, this.chunkCap());
+  }
+
+  /**
+   * §7.5: the largest chunk a server sends: min(max_chunk, initial_window / 2,
+   * max_frame_payload − 15). Half the window because a client may keep up to half of it
+   * unreturned for good; a larger chunk could then never be sent.
+   */
+  private chunkCap(): number {
+    const p = this.peerLimits;
+    return Math.min(p.max_chunk, Math.floor(p.initial_window / 2), p.max_frame_payload - 15);
   }
 
   /** Server: sends one chunk (§5.3). Throws if it exceeds the window or `max_chunk`. */
@@ -455,7 +519,9 @@ export class Connection {
     if (inv.final) throw new ProtocolMisuse(`invocation ${id} already sent its final chunk`);
     const n = typeof data === "string" ? utf8Length(data) : data.length;
     if (n === 0 && !final) throw new ProtocolMisuse("an empty chunk must be final (§5.3)");
-    if (n > this.peerLimits.max_chunk) throw new ProtocolMisuse(`chunk of ${n} bytes above the client's max_chunk`);
+    if (n > this.chunkCap()) {
+      throw new ProtocolMisuse(`chunk of ${n} bytes above the cap of ${this.chunkCap()} (client's max_chunk, half its initial_window, §7.5)`);
+    }
     if (n > inv.window) throw new ProtocolMisuse(`chunk of ${n} bytes beyond the window of ${inv.window}`);
     const fields: Record<string, unknown> = { data, seq: inv.seq };
     if (final) fields["final"] = true;
@@ -474,8 +540,10 @@ export class Connection {
     const fields: Record<string, unknown> = { status };
     if (result !== undefined) fields["result"] = raw(result);
     if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
-    this.sendChecked({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] });
     this.invocations.delete(id);
+    if (!this.sendTerminal({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] })) {
+      this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
+    }
     this.checkDrained();
   }
 
@@ -496,16 +564,18 @@ export class Connection {
   /** Server: asks the client (§8); returns the request id. */
   request(kind: string, body?: Uint8Array | Raw, invocation?: number): number {
     this.requireRole("server", "request");
-    // §6.5: after receiving GOAWAY no new exchange; a server draining on its own GOAWAY may
-    // still ask for the invocations it is finishing.
-    if ((this.st !== "Open" && this.st !== "Draining") || this.goawayReceived) {
-      throw new ProtocolMisuse(`cannot send REQUEST in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
+    // §6.5: after GOAWAY in either direction nobody opens exchanges.
+    if (this.st !== "Open") {
+      throw new ProtocolMisuse(`cannot send REQUEST in state ${this.st}`);
     }
     if (!this.peerCapabilities.has("requests")) throw new ProtocolMisuse("the client did not list `requests` (§6.4)");
     const len = utf8Length(kind);
     if (len < 1 || len > 64) throw new ProtocolMisuse("kind must be 1–64 bytes");
     if (this.requests.size >= this.peerLimits.max_inflight) {
       throw new ProtocolMisuse(`the client accepts at most ${this.peerLimits.max_inflight} requests in flight`);
+    }
+    if (invocation !== undefined && !this.invocations.has(invocation)) {
+      throw new ProtocolMisuse(`invocation ${invocation} is not in flight (a request ends with its invocation, §8)`);
     }
     const before = this.nextId;
     const id = this.allocateId(this.requests, 0x8000, 0xffff);
@@ -518,7 +588,9 @@ export class Connection {
       this.nextId = before;
       throw e;
     }
-    this.requests.set(id, { interrupted: false });
+    const req: Request = { interrupted: false };
+    if (invocation !== undefined) req.invocation = invocation;
+    this.requests.set(id, req);
     return id;
   }
 
@@ -579,6 +651,7 @@ export class Connection {
   close(): void {
     if (this.st === "Closed") return;
     this.out.len = 0;
+    this.outHead = 0;
     this.close0("local", undefined);
   }
 
@@ -634,6 +707,7 @@ export class Connection {
     this.pingsSent = 0;
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { received: this.recvCount } });
     for (let i = r - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
     return true;
   }
@@ -668,6 +742,17 @@ export class Connection {
     }
     const peer: Role = this.role === "client" ? "server" : "client";
     const decoded = decodeFrame(header, buf, start, this.limits.max_frame_payload, peer);
+    // §3.7 step 6: the direction is judged before the payload (steps 2–5 come first).
+    const early =
+      decoded.fault !== undefined &&
+      (decoded.fault.code === ErrorCode.FRAME_TOO_LARGE ||
+        decoded.fault.code === ErrorCode.UNKNOWN_FRAME_TYPE ||
+        decoded.fault.code === ErrorCode.RESERVED_FLAGS ||
+        decoded.fault.code === ErrorCode.INVALID_ID);
+    if (inSession && !early && !this.directionAllowed(type)) {
+      this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `${frameName(type)} sent by the wrong side`, type);
+      return;
+    }
     if (decoded.fault !== undefined) {
       const f = decoded.fault;
       if (this.st === "Handshaking") {
@@ -675,6 +760,8 @@ export class Connection {
         this.connectionError(f.code, f.message, f.frameType);
         return;
       }
+      // §3.5: frames for a quarantined id crossed our ERROR; dropped silently.
+      if (f.idAllowed && this.quarantine.has(f.id)) return;
       if (type === FrameType.ERROR) {
         // §3.7: never answer an ERROR with an ERROR; an invalid one still ends its exchange.
         if (f.idAllowed && f.id !== 0) this.endByPeerError(f.id, f.code, undefined, false, true);
@@ -682,7 +769,7 @@ export class Connection {
       }
       const id = f.idAllowed ? f.id : 0;
       this.sendError(id, f.code, f.message, f.frameType);
-      if (id !== 0) this.endExchangeLocally(id, f.code);
+      if (id !== 0 && this.endExchangeLocally(id, f.code)) this.quarantineOwn(id);
       return;
     }
     this.dispatch(decoded.frame, now, overRate);
@@ -711,6 +798,8 @@ export class Connection {
         this.sendFrame({ type: FrameType.PONG, id: 0, fields: {} });
         return;
       case FrameType.PONG:
+        this.pongSeq++;
+        for (const [qid, seq] of this.quarantine) if (seq <= this.pongSeq) this.quarantine.delete(qid);
         return;
       case FrameType.ERROR:
         return this.onError(frame);
@@ -818,7 +907,8 @@ export class Connection {
     if (caps.length > 0) fields["capabilities"] = caps;
     const limits = this.announcedLimits();
     if (limits !== undefined) fields["limits"] = limits;
-    if (this.cfg.heartbeatMs !== 30000) fields["heartbeat_ms"] = this.cfg.heartbeatMs;
+    // §5.1: the server announces the session's interval, default or not.
+    fields["heartbeat_ms"] = this.heartbeatMs;
     if (this.resumable) fields["resume_token"] = this.resumeToken;
     if (initial.length > 0) fields["tools"] = initial.length;
     if (this.cfg.agent !== undefined) fields["agent"] = this.cfg.agent;
@@ -854,6 +944,8 @@ export class Connection {
     this.resumeToken = this.hasCapability("resume") ? (f["resume_token"] as Uint8Array | undefined) : undefined;
     this.resumable = this.resumeToken !== undefined;
     this.st = "Open";
+    for (const bytes of this.pipelined) this.countSent(bytes);
+    this.pipelined = [];
     this.handshakeDeadline = undefined;
     this.lastRecv = now;
     this.tools.clear();
@@ -886,6 +978,9 @@ export class Connection {
     const theirs = Number(f["heartbeat_ms"] ?? 30000);
     this.heartbeatMs = mine === 0 ? theirs : theirs === 0 ? mine : Math.min(mine, theirs);
     this.pingsSent = 0;
+    // §3.5: a new session has its own ids; nothing of the old one is quarantined.
+    this.quarantine.clear();
+    this.pingSeq = this.pongSeq = 0;
     // §11.1: counts start with the session.
     this.sentCount = 0;
     this.recvCount = 0;
@@ -924,22 +1019,46 @@ export class Connection {
       this.checkDrained();
       return;
     }
-    if (invalid) return;
+    if (invalid || this.quarantine.has(id)) return;
     const e: Event = { type: "PeerError", id, code, retryable };
     if (message !== undefined) e.message = message;
     this.emit(e);
   }
 
   /** §3.7: the ERROR this side just sent for `id` ends the exchange if it is in flight. */
-  private endExchangeLocally(id: number, code: number): void {
+  private endExchangeLocally(id: number, code: number): boolean {
     const clientSpace = id <= 0x7fff;
     const map = clientSpace ? this.invocations : this.requests;
-    if (!map.has(id)) return;
+    if (!map.has(id)) return false;
     map.delete(id);
     const ours = this.role === "client" ? clientSpace : !clientSpace;
     if (ours) this.emit({ type: "Ended", id, outcome: "error", code, retryable: isRetryable(code) });
     else this.emit({ type: "Aborted", id, code });
     this.checkDrained();
+    return ours;
+  }
+
+  /** §3.5: after ending an own exchange with an ERROR, PING and quarantine the id until the PONG. */
+  private quarantineOwn(id: number): void {
+    this.sendPing();
+    this.quarantine.set(id, this.pingSeq);
+  }
+
+  /**
+   * §3.5 after a resume (§11.2): PINGs sent on the old transport may never be answered. The
+   * ERRORs they followed were held for replay and are re-sent (or had arrived), so one PING after
+   * the replay stands for them all.
+   */
+  private pingAgainForQuarantine(): void {
+    this.pongSeq = this.pingSeq;
+    if (this.quarantine.size === 0) return;
+    this.sendPing();
+    for (const id of this.quarantine.keys()) this.quarantine.set(id, this.pingSeq);
+  }
+
+  private sendPing(): void {
+    this.pingSeq++;
+    this.sendFrame({ type: FrameType.PING, id: 0, fields: {} });
   }
 
   private onInvoke(frame: Frame, now: number, overRate: boolean): void {
@@ -948,12 +1067,14 @@ export class Connection {
     const dup = this.invocations.has(id);
     // §7.2, in order.
     let refusal: [number, string] | undefined;
-    if (this.goawaySent) refusal = [ErrorCode.DRAINING, "draining"];
+    // §6.5: after GOAWAY in either direction an opening frame is refused.
+    if (this.goawaySent || this.goawayReceived) refusal = [ErrorCode.DRAINING, "draining"];
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `invocation ${id} is already in flight`];
     else if (this.invocations.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
     } else if (overRate) refusal = [ErrorCode.RATE_LIMITED, "rate limit"];
-    else if (!this.tools.has(f["tool"] as string)) refusal = [ErrorCode.UNKNOWN_TOOL, `no tool ${f["tool"] as string}`];
+    // §6.2, §7.2: a tool cut from the initial set is unknown to the client until added.
+    else if (!this.tools.has(f["tool"] as string) || !this.peerTools.has(f["tool"] as string)) refusal = [ErrorCode.UNKNOWN_TOOL, `no tool ${f["tool"] as string}`];
     if (refusal !== undefined) {
       this.sendError(id, refusal[0], refusal[1], FrameType.INVOKE);
       if (dup) {
@@ -1012,7 +1133,7 @@ export class Connection {
   private onReply(frame: Frame): void {
     const id = frame.id;
     if (!this.requests.has(id)) {
-      this.sendError(id, ErrorCode.UNKNOWN_ID, `request ${id} is not in flight`, FrameType.REPLY);
+      if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `request ${id} is not in flight`, FrameType.REPLY);
       return;
     }
     this.requests.delete(id);
@@ -1026,7 +1147,7 @@ export class Connection {
     const id = frame.id;
     const inv = this.invocations.get(id);
     if (inv === undefined) {
-      this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.STREAM);
+      if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.STREAM);
       return;
     }
     const f = frame.fields;
@@ -1042,6 +1163,7 @@ export class Connection {
     if (fault !== undefined) {
       this.invocations.delete(id);
       this.sendError(id, fault[0], fault[1], FrameType.STREAM);
+      this.quarantineOwn(id);
       this.emit({ type: "Ended", id, outcome: "error", code: fault[0], retryable: false });
       this.checkDrained();
       return;
@@ -1070,7 +1192,7 @@ export class Connection {
   private onComplete(frame: Frame): void {
     const id = frame.id;
     if (!this.invocations.has(id)) {
-      this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.COMPLETE);
+      if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.COMPLETE);
       return;
     }
     this.invocations.delete(id);
@@ -1121,7 +1243,7 @@ export class Connection {
     const dup = this.requests.has(id);
     let refusal: [number, string] | undefined;
     if (!this.cfg.requests) refusal = [ErrorCode.UNSUPPORTED, "this client does not answer requests"];
-    else if (this.goawaySent) refusal = [ErrorCode.DRAINING, "draining"];
+    else if (this.goawaySent || this.goawayReceived) refusal = [ErrorCode.DRAINING, "draining"];
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `request ${id} is already in flight`];
     else if (this.requests.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
@@ -1157,6 +1279,7 @@ export class Connection {
     this.lastRecv = now;
     this.pingsSent = 0;
     for (let i = received - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
   }
 
@@ -1196,7 +1319,8 @@ export class Connection {
       this.role === "client"
         ? ["max_frame_payload", "max_inflight", "max_tools", "max_chunk", "initial_window"]
         : ["max_frame_payload", "max_inflight"];
-    for (const k of keys) if (this.limits[k] !== d[k]) out[k] = this.limits[k];
+    // §5.1: a server announces the limits that bind the client even when they are the defaults.
+    for (const k of keys) if (this.role === "server" || this.limits[k] !== d[k]) out[k] = this.limits[k];
     return Object.keys(out).length > 0 ? out : undefined;
   }
 
@@ -1214,7 +1338,6 @@ export class Connection {
   /** Sends a connection error (id 0) and closes (§6.6, §12.2). */
   private connectionError(code: number, message: string, frameType: number | undefined): void {
     this.sendError(0, code, message, frameType);
-    this.closeCodeValue = code === ErrorCode.FLOOD || code === ErrorCode.OVERLOADED ? 1008 : 1002;
     this.close0("error_sent", code);
   }
 
@@ -1258,6 +1381,24 @@ export class Connection {
     this.recordSent(frame.type, start);
   }
 
+  /**
+   * §3.6, §7.1: sends a terminal frame (COMPLETE, REPLY), or, when it would exceed the peer's
+   * max_frame_payload, ERROR(RESULT_TOO_LARGE) in its place so the exchange still ends. Returns
+   * whether the frame itself went.
+   */
+  private sendTerminal(frame: Frame): boolean {
+    const start = this.out.len;
+    encodeFrame(this.out, frame);
+    const size = this.out.len - start - HEADER_LEN;
+    if (size > this.peerLimits.max_frame_payload) {
+      this.out.len = start;
+      this.sendError(frame.id, ErrorCode.RESULT_TOO_LARGE, `${frameName(frame.type)} payload of ${size} bytes above max_frame_payload ${this.peerLimits.max_frame_payload}`, frame.type);
+      return false;
+    }
+    this.recordSent(frame.type, start);
+    return true;
+  }
+
   private sendFrame(frame: Frame): void {
     if (this.st === "Closed") return;
     const start = this.out.len;
@@ -1273,10 +1414,22 @@ export class Connection {
   /** §11.1: count the frame and keep it for replay while the session is resumable. */
   private recordSent(type: number, start: number): void {
     if (type === FrameType.HELLO || type === FrameType.RESUME || type === FrameType.PING || type === FrameType.PONG) return;
-    if (this.st === "Handshaking") return;
+    if (this.st === "Handshaking") {
+      // §6.2, §11.1: a pipelined INVOKE belongs to the session the server's HELLO opens; it is
+      // counted (and held for replay) once that HELLO arrives.
+      if (type === FrameType.INVOKE) this.pipelined.push(this.out.buf.slice(start, this.out.len));
+      return;
+    }
     this.sentCount++;
-    if (!this.resumable) return;
-    const bytes = this.out.buf.slice(start, this.out.len);
+    if (this.resumable) this.holdForReplay(this.out.buf.slice(start, this.out.len));
+  }
+
+  private countSent(bytes: Uint8Array): void {
+    this.sentCount++;
+    if (this.resumable) this.holdForReplay(bytes);
+  }
+
+  private holdForReplay(bytes: Uint8Array): void {
     this.replay.push(bytes);
     this.replayBytes += bytes.length;
     while (this.replayBytes > this.cfg.replayBuffer && this.replay.length > 0) {
@@ -1302,18 +1455,33 @@ export class Connection {
     }
   }
 
+  /**
+   * §8: a request ends with its invocation. When the invocation a server request names has
+   * ended (terminal frame sent or received, or an ERROR), the server interrupts the request;
+   * the client then ends it with REPLY(cancelled). Called wherever an exchange ends.
+   */
+  private interruptOrphanedRequests(): void {
+    if (this.role !== "server" || this.st === "Closed") return;
+    for (const [id, req] of this.requests) {
+      if (req.interrupted || req.invocation === undefined || this.invocations.has(req.invocation)) continue;
+      req.interrupted = true;
+      this.sendFrame({ type: FrameType.INTERRUPT, id, fields: {} });
+    }
+  }
+
   private allocateId(map: Map<number, unknown>, lo: number, hi: number): number {
     // §3.5: sequential, wrapping, skipping ids in flight.
     for (let i = 0; i <= hi - lo; i++) {
       const id = this.nextId;
       this.nextId = id >= hi ? lo : id + 1;
-      if (!map.has(id)) return id;
+      if (!map.has(id) && !this.quarantine.has(id)) return id;
     }
     throw new ProtocolMisuse("no free id");
   }
 
   /** §6.5: the GOAWAY sender closes once nothing is in flight on either side. */
   private checkDrained(): void {
+    this.interruptOrphanedRequests();
     if (this.goawaySent && this.st === "Draining" && this.invocations.size === 0 && this.requests.size === 0) {
       this.close0("drained", undefined);
     }
@@ -1331,7 +1499,8 @@ export class Connection {
     this.invocations.clear();
     this.requests.clear();
     this.st = "Closed";
-    if (reason === "error_received") this.closeCodeValue = 1002;
+    // §2.1: a side that closes on a connection error, sent or received, uses the same code.
+    if ((reason === "error_received" || reason === "error_sent") && code !== undefined) this.closeCodeValue = webSocketCloseCode(code);
     const e: Event = { type: "Closed", reason };
     if (code !== undefined) e.code = code;
     this.emit(e);

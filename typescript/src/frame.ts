@@ -103,8 +103,8 @@ export const LIMITS_SCHEMA: readonly FieldSpec[] = [
   { key: 0, name: "max_frame_payload", kind: "uint", min: 64, max: U32 },
   { key: 1, name: "max_inflight", kind: "uint", min: 1, max: 32767 },
   { key: 2, name: "max_tools", kind: "uint", min: 0, max: 65535 },
-  { key: 3, name: "max_chunk", kind: "uint", min: 1, max: U32 },
-  { key: 4, name: "initial_window", kind: "uint", min: 1, max: U32 },
+  { key: 3, name: "max_chunk", kind: "uint", min: 4, max: U32 },
+  { key: 4, name: "initial_window", kind: "uint", min: 8, max: U32 },
 ];
 
 /** SPEC §5.6 `metrics` keys. */

@@ -210,3 +210,24 @@ describe("hostile input never throws", () => {
     });
   }
 });
+
+describe("outgoing WebSocket messages (SPEC §2.1)", () => {
+  it("coalesce frames but stay within 65 536 + 8 + the peer's max_frame_payload", () => {
+    const p = new Pair({}, { max_frame_payload: 4096, max_inflight: 1000 });
+    const args = new Raw(new Uint8Array([0xc5, 0x01, 0x00, ...new Uint8Array(256)]));
+    // 300 INVOKEs of ~270 bytes (~81 KB) queued before the transport reads any.
+    for (let i = 0; i < 300; i++) p.client.invoke("echo", args);
+    const limit = 65536 + 8 + 4096;
+    let messages = 0;
+    for (let b = p.client.pollTransmit(); b; b = p.client.pollTransmit()) {
+      assert.ok(b.length <= limit, `message of ${b.length} bytes above ${limit}`);
+      p.server.handleMessage(b, p.now);
+      messages++;
+    }
+    assert.equal(messages, 2, "coalesced, split only at the bound");
+    const invoked = [];
+    for (let e = p.server.pollEvent(); e; e = p.server.pollEvent()) if (e.type === "Invoked") invoked.push(e);
+    assert.equal(invoked.length, 300, "every frame arrived whole, in order");
+    assert.equal(p.server.isClosed, false);
+  });
+});
