@@ -9,7 +9,7 @@
 //! - `asp:{cid}:p` channel: live delivery `seq|body`, subscribed by the owner only, so the
 //!   subscription *is* the ownership record: it vanishes with the owner's Redis connection.
 //!
-//! A push is one Lua call ([`scripts::PUSH`]) that answers 200 (owner subscribed), 202
+//! A push is one Lua call (`scripts::PUSH`) that answers 200 (owner subscribed), 202
 //! (queued in the outbox) or 410 (no session). The owner applies pushes in `seq` order: a
 //! gap (a lost message) is filled from the outbox, duplicates are dropped.
 
