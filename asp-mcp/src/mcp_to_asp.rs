@@ -264,13 +264,13 @@ fn sync_tools(client: &Client, conn: &ServerConnection, listed: Vec<Tool>) {
     conn.with(|l| {
         for name in known.keys() {
             if !new.contains_key(name) {
-                let _ = l.conn().remove_tool(name);
+                let _ = l.remove_tool(name);
             }
         }
         for (name, tool) in &new {
             if known.get(name) != Some(tool) {
                 // `add_tool` sends `update` for a name the client knows (SPEC §9).
-                if let Err(e) = l.conn().add_tool(tool_to_def(tool)) {
+                if let Err(e) = l.add_tool(tool_to_def(tool)) {
                     tracing::warn!(tool = %name, error = %e, "MCP tool not offered over ASP");
                 }
             }
