@@ -273,6 +273,14 @@ async fn a_push_through_any_node_reaches_the_connection() {
     let (status, _) = admin(ba, "POST", &format!("/connections/{cid}/frames"), b"\x01").await;
     assert_eq!(status, 400, "a bad body is refused by the node that got it");
 
+    // The counters are updated by the nodes' own tasks: wait until they have caught up with
+    // what the client already saw, then check all of them.
+    until("metrics caught up", || async {
+        let ma = admin(aa, "GET", "/metrics", b"").await.1;
+        let mb = admin(ba, "GET", "/metrics", b"").await.1;
+        ma["pushes_delivered"] == 10 && mb["pushes_routed"] == 5
+    })
+    .await;
     let ma = admin(aa, "GET", "/metrics", b"").await.1;
     let mb = admin(ba, "GET", "/metrics", b"").await.1;
     assert_eq!(ma["node"], "node-a");
