@@ -480,14 +480,10 @@ pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, in
     let max_chunk = shared
         .upgrade()
         .and_then(|s| {
-            lock(&s).session.as_ref().map(|x| {
-                // Half the window, not all of it: a client grants credit in batches of half
-                // its initial window (SPEC §7.5), so up to half a window can stay unreturned
-                // for good once it has read everything. A chunk larger than the other half
-                // could then never fit and the invocation would hang.
-                (x.peer_limits.max_chunk as usize)
-                    .min((x.peer_limits.initial_window / 2).max(1) as usize)
-            })
+            let g = lock(&s);
+            // The core's chunk cap (SPEC §7.5: `max_chunk`, half the initial window, the
+            // frame limit), once the session is open.
+            g.session.as_ref().map(|_| g.conn.chunk_cap())
         })
         .unwrap_or(64 << 10)
         .clamp(1, 1 << 20);

@@ -264,11 +264,9 @@ async fn push(inner: &Arc<RelayInner>, rc: Arc<RelayConn>, req: Request<Incoming
 
 struct Refused(StatusCode, String);
 
-/// The client's chunk size (as the forwarding handler uses it).
+/// The client's chunk size, as the core decides it (SPEC §7.5).
 fn max_chunk(l: &mut Locked<'_>) -> usize {
-    l.core().session().map_or(64 << 10, |s| {
-        (s.peer_limits.max_chunk as usize).min((s.peer_limits.initial_window / 2).max(1) as usize)
-    })
+    l.core().chunk_cap()
 }
 
 /// A push body as the commands that send it: each STREAM already cut to the client's chunk

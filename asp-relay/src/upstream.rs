@@ -169,15 +169,10 @@ fn now(conn: &ServerConnection) -> asp_proto::Instant {
     conn.with(|l| l.now()).unwrap_or_default()
 }
 
-/// The chunk size the client accepts: its `max_chunk`, and at most half its initial window
-/// (a client grants credit in batches of half the window, SPEC §7.5).
+/// The chunk size the client accepts, as the core decides it (SPEC §7.5: `max_chunk`, half
+/// the initial window, the frame limit).
 fn max_chunk(conn: &ServerConnection) -> usize {
-    conn.session()
-        .map(|s| {
-            (s.peer_limits.max_chunk as usize)
-                .min((s.peer_limits.initial_window / 2).max(1) as usize)
-        })
-        .unwrap_or(64 << 10)
+    conn.with(|l| l.core().chunk_cap()).unwrap_or(64 << 10)
 }
 
 /// SPEC §15.4: the header's update as soon as the head arrives, the trailer's at the end.
