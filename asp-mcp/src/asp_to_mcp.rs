@@ -268,22 +268,24 @@ impl ServerHandler for McpFace {
             }
             None => {
                 let args = request.arguments.map(|a| json_to_raw(&Value::Object(a)));
-                let inv = self
-                    .tools
-                    .client
-                    .invoke_raw(&request.name, args, InvokeOptions::default())
-                    .map_err(|e| ErrorData::internal_error(format!("ASP: {e}"), None))?;
                 let (asker, asks) = if modern {
                     let (tx, rx) = mpsc::channel(4);
                     (Asker::Retry(tx), Some(rx))
                 } else {
                     (Asker::Peer(context.peer.clone()), None)
                 };
-                self.tools
-                    .calls
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(inv.id().0, asker);
+                // The asker is registered under the same lock as the INVOKE goes out: the
+                // server's REQUEST can arrive (on another worker) before `invoke_raw`
+                // returns, and its handler must find who to ask, not decline. No cycle:
+                // the client calls request handlers outside the connection's lock.
+                let mut calls = self.tools.calls.lock().unwrap_or_else(|e| e.into_inner());
+                let inv = self
+                    .tools
+                    .client
+                    .invoke_raw(&request.name, args, InvokeOptions::default())
+                    .map_err(|e| ErrorData::internal_error(format!("ASP: {e}"), None))?;
+                calls.insert(inv.id().0, asker);
+                drop(calls);
                 (inv, asks)
             }
         };
