@@ -96,7 +96,7 @@ impl ServerConnection {
     /// ERROR, or `Lost` if the connection closed first.
     pub async fn outcome(&self, id: RequestId) -> Outcome {
         match self.shared.upgrade() {
-            Some(s) => crate::client::wait_outcome(&s, id).await,
+            Some(s) => crate::shared::wait_outcome(&s, id).await,
             None => Outcome::Lost(asp_proto::CloseReason::TransportClosed),
         }
     }

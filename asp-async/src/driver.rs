@@ -1,81 +1,73 @@
 //! The driver: moves bytes between a WebSocket and the core, and runs its timer.
 //!
-//! Two tasks per connection so that reading never waits on writing (two peers both blocked
-//! writing to full sockets would otherwise deadlock):
-//! - the reader feeds each binary message to `handle_message` (SPEC §2.1);
-//! - the writer drains `poll_transmit` into WebSocket messages, feeding all of them and
-//!   flushing once (coalesced writes), sends transport pings on `poll_ping`, and sleeps until
-//!   the next `poll_timeout` or a notification.
+//! One future per transport both reads and writes, as quinn's `ConnectionDriver` does: each
+//! pass takes what the core has to send (`poll_transmit`, at most [`WRITE_BATCH`] bytes),
+//! feeds it to the WebSocket and flushes once (coalesced writes), reads one message into
+//! `handle_message` (SPEC §2.1) if the core wants input, and runs the core's timer
+//! (`poll_timeout`). Reading never waits on writing: a write the socket does not take yet
+//! and a read with nothing to read are both polled, so two peers both blocked writing to full
+//! sockets still read each other's bytes. Before, reading and writing were two tasks, and on
+//! a multi-thread runtime every frame crossed from one to the other, often to another
+//! worker thread: a round trip paid several cross-thread wake-ups the raw WebSocket echo
+//! does not (README, adapter benchmarks). Now the server's answer to a handler that
+//! completes at once is written by the pass that read its INVOKE, waking nothing.
 //!
-//! Neither task may depend on the peer to end: a dead peer neither reads (so writes block
-//! once the socket buffers are full) nor answers the WebSocket close. The writer keeps the
-//! core's timers running while a write is stuck, so the heartbeat still detects it, and
-//! after the connection closes both tasks wait for the peer at most [`CLOSE_LINGER`].
+//! While a pass runs (`Shared::driving`), handles that change the core do not wake the
+//! driver: it looks at the core again before it sleeps, under the lock. A task woken while
+//! it runs would be polled once more for nothing, and tokio's multi-thread scheduler hands
+//! such a task to another worker.
 //!
-//! Resume (SPEC §11): a session may outlive its transport. Each transport's tasks carry the
-//! session's transport generation they started with ([`Shared::new_transport`]) and stop
+//! Nothing may depend on the peer to end: a dead peer neither reads (so writes block once
+//! the socket buffers are full) nor answers the WebSocket close. The core's timers run while
+//! a write is stuck, so the heartbeat still detects it, and after the connection closes the
+//! driver waits for the peer at most [`CLOSE_LINGER`].
+//!
+//! Resume (SPEC §11): a session may outlive its transport. Each transport's driver carries
+//! the session's transport generation it started with ([`Shared::new_transport`]) and stops
 //! touching the core once it changed. When the transport of a resumable session ends, the
-//! session is detached: the reader returns, and the writer drops its sink and keeps only the
-//! core's timers running (the resume window) until the session closes or a new transport
-//! takes over. On the server, a new connection whose RESUME matched a detached session hands
-//! its WebSocket over: the writer gives its sink back to the reader, which reunites the
-//! halves and starts a driver for the old session on them.
+//! session is detached: the driver drops the WebSocket and keeps only the core's timers
+//! running (the resume window) until the session closes or a new transport takes over. On
+//! the server, a new connection whose RESUME matched a detached session hands its WebSocket
+//! over: its driver starts a driver for the old session on it.
 //!
 //! [`Shared::new_transport`]: crate::shared::Shared::new_transport
 
-use std::future::Future;
-use std::pin::pin;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use asp_proto::State;
 use bytes::BytesMut;
-use futures::channel::oneshot;
-use futures::future::{select, Either};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{Sink, SinkExt, Stream, StreamExt};
 use tungstenite::Message;
 
-use crate::runtime::{BoxFuture, Clock, Notify, Runtime};
+use crate::runtime::{BoxFuture, Notify, Runtime, WsStream};
 use crate::shared::{lock, Shared, SharedRef};
 
-/// After the connection has closed: how long the writer may take to hand over the last
-/// frames and the WebSocket close, and how long the reader keeps reading for the peer's
-/// close (reading rather than dropping the socket at once, so that late frames from the peer
-/// do not make the kernel reset the connection before the peer has read our last frames).
+/// After the connection has closed: how long the driver may take to hand over the last
+/// frames and the WebSocket close, and keeps reading for the peer's close (reading rather
+/// than dropping the socket at once, so that late frames from the peer do not make the
+/// kernel reset the connection before the peer has read our last frames).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// At most this many bytes are taken from the core per write. What the writer holds is
+/// At most this many bytes are taken from the core per write. What the driver holds is
 /// outside the core's count (SPEC §13.1, `Config::max_buffered`), so it is kept to a small
 /// constant: the rest waits, counted, in the core's queue, and a peer that does not read
 /// stops our reading (`Connection::wants_input`) rather than growing a buffer here.
 const WRITE_BATCH: usize = 256 << 10;
 
-/// Any WebSocket stream of tungstenite messages: tokio-tungstenite's and
-/// async-tungstenite's `WebSocketStream` both qualify.
-pub trait WsStream:
-    Stream<Item = Result<Message, tungstenite::Error>>
-    + Sink<Message, Error = tungstenite::Error>
-    + Send
-    + Unpin
-    + 'static
-{
-}
+/// Passes (a read, or a write of a full batch) in one poll before the driver gives way to
+/// other tasks: a peer that keeps sending, or a handler that keeps streaming, must not hold
+/// a worker thread (tokio's cooperative budget does the same for its sockets; smol has none).
+const PASSES_PER_POLL: usize = 32;
 
-impl<T> WsStream for T where
-    T: Stream<Item = Result<Message, tungstenite::Error>>
-        + Sink<Message, Error = tungstenite::Error>
-        + Send
-        + Unpin
-        + 'static
-{
-}
-
-/// Runs one transport of a connection until it ends: spawns the writer, runs the reader
-/// here. `gen` is the transport generation (0 for a connection's first transport, else
-/// what [`Shared::new_transport`](crate::shared::Shared::new_transport) returned); a
-/// transport already superseded does nothing.
+/// Runs one transport of a connection until it ends (and, if the session is detached, its
+/// timers until it is resumed or closes). `gen` is the transport generation (0 for a
+/// connection's first transport, else what
+/// [`Shared::new_transport`](crate::shared::Shared::new_transport) returned); a transport
+/// already superseded does nothing.
 pub(crate) fn run<S: WsStream, R: Runtime>(
     shared: SharedRef,
     ws: S,
@@ -84,45 +76,384 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
 ) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let notify = {
-            let s = lock(&shared);
+            let mut s = lock(&shared);
             if s.generation != gen {
                 return;
             }
+            s.driving = true;
             s.notify.clone()
         };
-        let (sink, stream) = ws.split();
-        // Writer → reader: the connection has closed (or its transport is gone). Without it
-        // the reader waited for the peer's next message or close forever, so a peer that went
-        // silent without closing its socket kept the connection (and `Server::connections`)
-        // alive for good.
-        let closing = Arc::new(Notify::default());
-        let (give_sink, sink_back) = oneshot::channel();
-        rt.spawn(Box::pin(writer(
-            shared.clone(),
-            sink,
+        let mut d = Driver {
+            ws,
             gen,
             notify,
-            closing.clone(),
-            give_sink,
-            rt.clone(),
-        )));
-        let Some((stream, target, target_gen)) =
-            reader(shared, stream, gen, closing, rt.clone()).await
-        else {
-            return;
+            rt,
+            buf: BytesMut::new(),
+            out: VecDeque::new(),
+            unflushed: false,
+            read_done: false,
+            timer: None,
+            close_code: asp_proto::error::close_code::NORMAL,
         };
-        // Server: this transport resumed a detached session. Take the sink back from the
-        // writer (it stops at once: its connection's generation changed), and drive the old
-        // session with the whole WebSocket, as a task of its own (this connection is done).
-        let Ok(sink) = sink_back.await else { return };
-        let Ok(ws) = stream.reunite(sink) else { return };
-        let span = lock(&target).span.clone();
-        let rt2 = rt.clone();
-        rt.spawn(Box::pin(tracing::Instrument::instrument(
-            async move { run(target, ws, rt2, target_gen).await },
-            span,
-        )));
+        match poll_fn(|cx| d.poll_open(&shared, cx)).await {
+            End::Closed => d.close(&shared).await,
+            End::Superseded => {}
+            End::Detached => {
+                drop(d.ws);
+                detached_timers(&shared, gen, &d.notify, &d.rt).await;
+            }
+            End::Lost => {
+                let detached = {
+                    let mut s = lock(&shared);
+                    if s.generation != gen {
+                        return;
+                    }
+                    let now = s.now();
+                    // Closes the session, or detaches it if it is resumable.
+                    s.conn.handle_transport_closed(now);
+                    s.driving = false;
+                    s.pump();
+                    s.conn.state() == State::Detached
+                };
+                drop(d.ws);
+                if detached {
+                    detached_timers(&shared, gen, &d.notify, &d.rt).await;
+                }
+            }
+            // Server: this transport resumed a detached session. Drive the old session with
+            // the WebSocket, as a task of its own (this connection is done).
+            End::Handoff { target, gen } => {
+                let span = lock(&target).span.clone();
+                let rt = d.rt.clone();
+                let ws = d.ws;
+                d.rt.spawn(Box::pin(tracing::Instrument::instrument(
+                    async move { run(target, ws, rt, gen).await },
+                    span,
+                )));
+            }
+        }
     })
+}
+
+/// Why the open phase of a transport ended.
+enum End {
+    /// The connection closed: send what is left and the WebSocket close.
+    Closed,
+    /// A newer transport owns the session.
+    Superseded,
+    /// The session is detached: only its timers run.
+    Detached,
+    /// The WebSocket failed under a write.
+    Lost,
+    /// Server: this connection's RESUME matched a detached session, which takes the
+    /// WebSocket over as its transport `gen`.
+    Handoff {
+        /// The resumed session.
+        target: SharedRef,
+        /// Its new transport generation.
+        gen: u64,
+    },
+}
+
+/// One transport's driving state (the connection's is in [`Shared`]).
+struct Driver<S, R> {
+    ws: S,
+    gen: u64,
+    notify: Arc<Notify>,
+    rt: R,
+    /// Empty: `poll_transmit` hands the core's bytes over without a copy when the buffer is
+    /// empty (always, here), so a capacity reserved up front was only idle memory per
+    /// connection (SPEC §13.1, README: idle connections).
+    buf: BytesMut,
+    /// Messages taken from the core and not yet given to the WebSocket.
+    out: VecDeque<Message>,
+    /// Messages were given to the WebSocket since its last flush.
+    unflushed: bool,
+    /// The WebSocket's reading side has ended.
+    read_done: bool,
+    /// The sleep the driver last waited on, with its deadline, kept while it has not fired.
+    timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)>,
+    /// The WebSocket close code to send once the connection has closed (SPEC §2.1): the
+    /// core says which, from why it closed.
+    close_code: u16,
+}
+
+/// What a pass over the core found, decided under the lock.
+enum Look {
+    /// Carry on with the transport.
+    Open {
+        /// Read a message if one is there.
+        wants_input: bool,
+        /// The core still had bytes after a full WRITE_BATCH.
+        more: bool,
+    },
+    /// Leave the open phase.
+    End(End),
+}
+
+impl<S: WsStream, R: Runtime> Driver<S, R> {
+    /// The open phase: until the connection closes or the transport ends.
+    fn poll_open(&mut self, shared: &SharedRef, cx: &mut Context<'_>) -> Poll<End> {
+        let mut passes = 0;
+        loop {
+            if passes == PASSES_PER_POLL {
+                // Give way; the waker makes the runtime poll us again soon.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            passes += 1;
+            let (wants_input, more) = match self.look(&mut lock(shared)) {
+                Look::Open { wants_input, more } => (wants_input, more),
+                Look::End(end) => return Poll::Ready(end),
+            };
+            match self.poll_write(cx) {
+                Poll::Ready(Ok(())) if more => continue,
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Lost),
+            }
+            if wants_input && !self.read_done {
+                if let Poll::Ready(msg) = Pin::new(&mut self.ws).poll_next(cx) {
+                    if let Some(end) = self.handle_read(shared, msg) {
+                        return Poll::Ready(end);
+                    }
+                    continue;
+                }
+            }
+            // The timer: (re)armed for the core's next deadline.
+            if let Some((_, sleep)) = &mut self.timer {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.timer = None;
+                    continue;
+                }
+            }
+            // About to sleep: from here on handles wake the driver again. Anything they did
+            // while it ran is looked at now, under the lock.
+            let mut s = lock(shared);
+            if s.generation != self.gen {
+                return Poll::Ready(End::Superseded);
+            }
+            s.driving = false;
+            let wanted = (self.out.is_empty() && s.conn.wants_transmit())
+                || s.conn.is_closed()
+                || s.conn.state() == State::Detached
+                || s.conn.poll_timeout() != s.armed_timeout
+                || (!wants_input && s.conn.wants_input());
+            // Clear the flag: what it announced is what was just looked at.
+            let _ = self.notify.take();
+            if wanted {
+                s.driving = true;
+                continue;
+            }
+            self.notify.register(cx.waker());
+            drop(s);
+            if self.notify.take() {
+                // Set between the check and the registration.
+                lock(shared).driving = true;
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Under the lock: runs a due timeout, takes what the core has to send, and decides
+    /// whether the transport goes on.
+    fn look(&mut self, s: &mut Shared) -> Look {
+        if s.generation != self.gen {
+            return Look::End(End::Superseded);
+        }
+        s.driving = true;
+        if s.conn.state() == State::Detached {
+            s.driving = false;
+            return Look::End(End::Detached);
+        }
+        let now = s.now();
+        if s.conn.poll_timeout().is_some_and(|t| now >= t) {
+            // Compare with the clock rather than trusting the sleep alone (quinn's note: a
+            // runtime's timer may report late or early under load).
+            s.conn.handle_timeout(now);
+        }
+        if s.conn.state() == State::Detached {
+            // The heartbeat found a resumable session's peer silent (SPEC §11.3): this
+            // transport is given up.
+            s.driving = false;
+            s.pump();
+            return Look::End(End::Detached);
+        }
+        let more = self.out.is_empty() && self.take(s);
+        if s.conn.poll_ping() {
+            self.out.push_back(Message::Ping(Default::default()));
+        }
+        s.pump();
+        if let Some(r) = &s.closed {
+            self.close_code = r.websocket_close_code();
+        }
+        if s.conn.is_closed() {
+            s.driving = false;
+            return Look::End(End::Closed);
+        }
+        self.arm(s);
+        Look::Open {
+            wants_input: s.conn.wants_input(),
+            more,
+        }
+    }
+
+    /// Takes up to [`WRITE_BATCH`] bytes from the core; whether it has more.
+    fn take(&mut self, s: &mut Shared) -> bool {
+        let mut taken = 0;
+        while taken < WRITE_BATCH {
+            let n = s.conn.poll_transmit(&mut self.buf);
+            if n == 0 {
+                return false;
+            }
+            taken += n;
+            self.out
+                .push_back(Message::Binary(self.buf.split().freeze()));
+        }
+        s.conn.wants_transmit()
+    }
+
+    /// Sets the timer for the core's next deadline. A sleep that has not fired is kept while
+    /// it is due no later than the core's deadline: the heartbeat's deadline moves with
+    /// every frame received, and a new sleep per pass (an allocation, a timer-wheel
+    /// insertion and a removal) was a measurable part of a round trip. Firing early only
+    /// costs a pass, which handles the timeout only once it is due (see `look`).
+    fn arm(&mut self, s: &mut Shared) {
+        let want = s.conn.poll_timeout();
+        let keep = matches!((&self.timer, want), (Some((at, _)), Some(t)) if *at <= t);
+        if !keep {
+            self.timer = want.map(|t| (t, self.rt.sleep_until(s.clock.to_std(t))));
+        }
+        // Recorded so that `Shared::pump` wakes the driver if the core later wants an
+        // earlier timeout.
+        s.armed_timeout = want;
+    }
+
+    /// Gives the taken messages to the WebSocket and flushes once; `Ready(Ok)` when all is
+    /// written.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tungstenite::Error>> {
+        while !self.out.is_empty() {
+            std::task::ready!(Pin::new(&mut self.ws).poll_ready(cx))?;
+            if let Some(m) = self.out.pop_front() {
+                Pin::new(&mut self.ws).start_send(m)?;
+                self.unflushed = true;
+            }
+        }
+        if self.unflushed {
+            std::task::ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands one read result to the core; `Some` if the open phase ends.
+    fn handle_read(
+        &mut self,
+        shared: &SharedRef,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Option<End> {
+        let mut s = lock(shared);
+        if s.generation != self.gen {
+            // A newer transport took the session over: this one is stale.
+            return Some(End::Superseded);
+        }
+        let now = s.now();
+        s.collect_starts = true;
+        match msg {
+            Some(Ok(Message::Binary(b))) => s.conn.handle_message(now, b),
+            Some(Ok(Message::Text(_))) => s.conn.handle_text_message(now),
+            Some(Ok(Message::Pong(_))) => s.conn.handle_transport_pong(now),
+            // The peer is alive; tungstenite queues the pong itself: flush it.
+            Some(Ok(Message::Ping(_))) => {
+                s.conn.handle_transport_pong(now);
+                self.unflushed = true;
+            }
+            Some(Ok(Message::Frame(_))) => {}
+            // SPEC §11.3: a Close with status 1000, or none, ends the session on purpose;
+            // any other end of the transport (another status: a proxy or node going away,
+            // an error, EOF without Close) leaves a resumable session to be resumed.
+            Some(Ok(Message::Close(frame)))
+                if frame.as_ref().is_none_or(|f| {
+                    f.code == tungstenite::protocol::frame::coding::CloseCode::Normal
+                }) =>
+            {
+                s.conn.handle_peer_close(now);
+                self.read_done = true;
+            }
+            // SPEC §13.1: buffered input is bounded by the WebSocket message limit; a larger
+            // message is OVERLOADED, named before the close (no silent cut).
+            Some(Err(tungstenite::Error::Capacity(
+                tungstenite::error::CapacityError::MessageTooLong { size, .. },
+            ))) => s.conn.handle_oversized_message(now, size),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                // Closes the session, or detaches it if it is resumable.
+                s.conn.handle_transport_closed(now);
+                self.read_done = true;
+            }
+        }
+        s.pump();
+        let starts = take_starts(&mut s);
+        let handoff = s.handoff.take();
+        drop(s);
+        start_inline(starts);
+        handoff.map(|(target, gen)| End::Handoff { target, gen })
+    }
+
+    /// The connection has closed: sends what the core still has, then the WebSocket close
+    /// (SPEC §2.1), and reads (discarding) until the peer ends the WebSocket, all within
+    /// [`CLOSE_LINGER`].
+    async fn close(mut self, shared: &SharedRef) {
+        {
+            let mut s = lock(shared);
+            if s.generation == self.gen {
+                while self.take(&mut s) {}
+                s.pump();
+            }
+        }
+        let mut expiry = self.rt.sleep_until(self.rt.now() + CLOSE_LINGER);
+        let mut close_sent = false;
+        let mut write_done = false;
+        poll_fn(|cx| {
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            while !write_done {
+                match self.poll_write(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => write_done = true,
+                    Poll::Ready(Ok(())) if close_sent => {
+                        match Pin::new(&mut self.ws).poll_close(cx) {
+                            Poll::Pending => break,
+                            Poll::Ready(_) => write_done = true,
+                        }
+                    }
+                    Poll::Ready(Ok(())) => {
+                        // tungstenite's plain `close` sends a Close frame without a code,
+                        // which the peer sees as 1005.
+                        let frame = tungstenite::protocol::CloseFrame {
+                            code: self.close_code.into(),
+                            reason: Default::default(),
+                        };
+                        self.out.push_back(Message::Close(Some(frame)));
+                        close_sent = true;
+                    }
+                }
+            }
+            while !self.read_done {
+                match Pin::new(&mut self.ws).poll_next(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(_) => self.read_done = true,
+                }
+            }
+            if write_done && self.read_done {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// The handlers the message just read started, with the spawner for those that wait.
@@ -139,14 +470,14 @@ fn take_starts(s: &mut Shared) -> Starts {
     Some((std::mem::take(&mut s.starts), s.spawn.clone()))
 }
 
-/// Polls each newly started handler once, here on the reader, and spawns those that are not
+/// Polls each newly started handler once, here in the driver, and spawns those that are not
 /// done. A handler that answers at once (an echo, a lookup in memory) then completes without
-/// a task of its own, so its round trip saves a spawn and a scheduling hop (README, adapter
-/// benchmarks: current_thread median 1.17× → 1.09× the raw echo). A handler that waits is
-/// spawned after its first poll; its first poll used a no-op waker, but a spawned task is
-/// polled again at once and every future registers the waker of its latest poll, so no
-/// wake-up is lost. The cost: the handler's code up to its first `.await` runs on the reader
-/// (do long synchronous work after an `.await`, or in `spawn_blocking`).
+/// a task of its own, and its answer leaves in the same pass that read the INVOKE, so its
+/// round trip saves a spawn and a scheduling hop (README, adapter benchmarks). A handler
+/// that waits is spawned after its first poll; its first poll used a no-op waker, but a
+/// spawned task is polled again at once and every future registers the waker of its latest
+/// poll, so no wake-up is lost. The cost: the handler's code up to its first `.await` runs
+/// in the driver (do long synchronous work after an `.await`, or in `spawn_blocking`).
 fn start_inline(starts: Starts) {
     let Some((starts, spawn)) = starts else {
         return;
@@ -161,309 +492,7 @@ fn start_inline(starts: Starts) {
     }
 }
 
-/// What the reader hands back when its WebSocket moves to another session: the stream half,
-/// that session and the generation of its new transport.
-type Handoff<S> = (SplitStream<S>, SharedRef, u64);
-
-async fn reader<S, R>(
-    shared: SharedRef,
-    mut stream: SplitStream<S>,
-    gen: u64,
-    closing: Arc<Notify>,
-    rt: R,
-) -> Option<Handoff<S>>
-where
-    S: WsStream,
-    R: Runtime,
-{
-    'read: loop {
-        // SPEC §13.1: while the core's transmit queue is full (the peer does not read what
-        // it asked for), stop reading: the peer's writes back up through TCP. The writer
-        // wakes us when it has taken bytes from the core.
-        loop {
-            let input = {
-                let s = lock(&shared);
-                if s.generation != gen || s.conn.state() == State::Detached {
-                    return None;
-                }
-                if s.conn.is_closed() {
-                    break 'read;
-                }
-                if s.conn.wants_input() {
-                    break;
-                }
-                s.input.clone()
-            };
-            let _ = select(input.notified(), closing.notified()).await;
-        }
-        let msg = match select(stream.next(), closing.notified()).await {
-            Either::Left((msg, _)) => msg,
-            Either::Right(_) => {
-                let s = lock(&shared);
-                if s.generation != gen || s.conn.state() == State::Detached {
-                    // The session lives on without this transport.
-                    return None;
-                }
-                if s.conn.is_closed() {
-                    break;
-                }
-                continue;
-            }
-        };
-        let mut s = lock(&shared);
-        if s.generation != gen {
-            // A newer transport took the session over: this one is stale.
-            return None;
-        }
-        let now = s.now();
-        s.collect_starts = true;
-        match msg {
-            Some(Ok(Message::Binary(b))) => s.conn.handle_message(now, b),
-            Some(Ok(Message::Text(_))) => s.conn.handle_text_message(now),
-            Some(Ok(Message::Pong(_))) => s.conn.handle_transport_pong(now),
-            // The peer is alive; tungstenite queues the pong itself, so wake the writer to
-            // flush it.
-            Some(Ok(Message::Ping(_))) => {
-                s.conn.handle_transport_pong(now);
-                s.notify_writer();
-            }
-            Some(Ok(Message::Frame(_))) => {}
-            // SPEC §11.3: a Close with status 1000, or none, ends the session on purpose;
-            // any other end of the transport (another status: a proxy or node going away,
-            // an error, EOF without Close) leaves a resumable session to be resumed.
-            Some(Ok(Message::Close(frame)))
-                if frame.as_ref().is_none_or(|f| {
-                    f.code == tungstenite::protocol::frame::coding::CloseCode::Normal
-                }) =>
-            {
-                s.conn.handle_peer_close(now);
-                s.pump();
-                s.notify_writer();
-                let starts = take_starts(&mut s);
-                drop(s);
-                start_inline(starts);
-                return None;
-            }
-            // SPEC §13.1: buffered input is bounded by the WebSocket message limit; a larger
-            // message is OVERLOADED, named before the close (no silent cut).
-            Some(Err(tungstenite::Error::Capacity(
-                tungstenite::error::CapacityError::MessageTooLong { size, .. },
-            ))) => s.conn.handle_oversized_message(now, size),
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                // Closes the session, or detaches it if it is resumable.
-                s.conn.handle_transport_closed(now);
-                s.pump();
-                s.notify_writer();
-                let starts = take_starts(&mut s);
-                drop(s);
-                start_inline(starts);
-                return None;
-            }
-        }
-        s.pump();
-        let starts = take_starts(&mut s);
-        let handoff = s.handoff.take();
-        let closed = s.conn.is_closed();
-        drop(s);
-        start_inline(starts);
-        if let Some((target, target_gen)) = handoff {
-            return Some((stream, target, target_gen));
-        }
-        if closed {
-            break;
-        }
-    }
-    // Closed on our side: read (and discard) until the peer ends the WebSocket, for at
-    // most CLOSE_LINGER.
-    let give_up = std::time::Instant::now() + CLOSE_LINGER;
-    let mut expiry = rt.sleep_until(give_up);
-    loop {
-        match select(stream.next(), expiry).await {
-            Either::Left((Some(Ok(_)), rest)) => expiry = rest,
-            _ => return None,
-        }
-    }
-}
-
-async fn writer<S, R>(
-    shared: SharedRef,
-    mut sink: SplitSink<S, Message>,
-    gen: u64,
-    notify: Arc<Notify>,
-    closing: Arc<Notify>,
-    give_sink: oneshot::Sender<SplitSink<S, Message>>,
-    rt: R,
-) where
-    S: WsStream,
-    R: Runtime,
-{
-    // Empty: `poll_transmit` hands the core's bytes over without a copy when the buffer is
-    // empty (always, here), so a capacity reserved up front was only idle memory per
-    // connection (SPEC §13.1, README: idle connections).
-    let mut buf = BytesMut::new();
-    let mut batches = Vec::new();
-    // The sleep the writer last waited on, with its deadline, kept while it has not fired.
-    let mut timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)> = None;
-    // The core still had bytes after a full WRITE_BATCH: take more without waiting.
-    let mut more;
-    // The WebSocket close code to send once the connection has closed (SPEC §2.1): the core
-    // says which, from why it closed.
-    let mut close_code = asp_proto::error::close_code::NORMAL;
-    loop {
-        more = false;
-        let step = {
-            let mut s = lock(&shared);
-            if s.generation != gen {
-                Step::Superseded
-            } else if s.conn.state() == State::Detached {
-                Step::Detached
-            } else {
-                let now = s.now();
-                if s.conn.poll_timeout().is_some_and(|t| now >= t) {
-                    // Compare with the clock rather than trusting the sleep alone (quinn's
-                    // note: a runtime's timer may report late or early under load).
-                    s.conn.handle_timeout(now);
-                }
-                if s.conn.state() == State::Detached {
-                    // The heartbeat found a resumable session's peer silent (SPEC §11.3):
-                    // this transport is given up.
-                    s.pump();
-                    Step::Detached
-                } else {
-                    let mut taken = 0;
-                    while taken < WRITE_BATCH {
-                        let n = s.conn.poll_transmit(&mut buf);
-                        if n == 0 {
-                            break;
-                        }
-                        taken += n;
-                        batches.push(Message::Binary(buf.split().freeze()));
-                    }
-                    if taken > 0 {
-                        s.notify_reader();
-                    }
-                    let ping = s.conn.poll_ping();
-                    s.pump();
-                    more = s.conn.wants_transmit();
-                    if let Some(r) = &s.closed {
-                        close_code = r.websocket_close_code();
-                    }
-                    Step::Write(ping, s.conn.is_closed(), s.clock)
-                }
-            }
-        };
-        let (ping, closed, clock) = match step {
-            Step::Write(ping, closed, clock) => (ping, closed, clock),
-            // Another transport owns the session now (or, on a server connection that
-            // resumed another session, this WebSocket moves there): give the sink back to
-            // the reader, which drops it or hands it over.
-            Step::Superseded => {
-                let _ = give_sink.send(sink);
-                closing.notify();
-                return;
-            }
-            // The reader saw the transport end and the session is resumable.
-            Step::Detached => {
-                drop(sink);
-                closing.notify();
-                detached_timers(&shared, gen, &notify, &rt).await;
-                return;
-            }
-        };
-        if closed {
-            closing.notify();
-        }
-        let write = send_all(&mut sink, &mut batches, ping);
-        let sent = drive_write(&shared, &rt, clock, closed, gen, &notify, write).await;
-        if closed || !sent {
-            if sent {
-                let close = close_with(&mut sink, close_code);
-                let expiry = rt.sleep_until(std::time::Instant::now() + CLOSE_LINGER);
-                let _ = select(pin!(close), expiry).await;
-            } else {
-                let step = {
-                    let mut s = lock(&shared);
-                    if s.generation != gen {
-                        Step::Superseded
-                    } else {
-                        let now = s.now();
-                        // Closes the session, or detaches it if it is resumable.
-                        s.conn.handle_transport_closed(now);
-                        s.pump();
-                        if s.conn.state() == State::Detached {
-                            Step::Detached
-                        } else {
-                            Step::Write(false, true, s.clock)
-                        }
-                    }
-                };
-                match step {
-                    Step::Superseded => {
-                        let _ = give_sink.send(sink);
-                        closing.notify();
-                        return;
-                    }
-                    Step::Detached => {
-                        drop(sink);
-                        closing.notify();
-                        detached_timers(&shared, gen, &notify, &rt).await;
-                        return;
-                    }
-                    Step::Write(..) => {}
-                }
-            }
-            closing.notify();
-            return;
-        }
-        if more {
-            continue;
-        }
-        let wake = notify.notified();
-        // Read after the write: a timeout handled meanwhile moved it. Recorded so that
-        // `Shared::pump` wakes us if the core later wants an earlier one.
-        //
-        // A sleep that has not fired is kept while it is due no later than the core's
-        // deadline: the heartbeat's deadline moves with every frame received, and a new
-        // sleep per wake-up (an allocation, a timer-wheel insertion and a removal under
-        // the driver's lock) was a measurable part of a round trip. Firing early only
-        // costs a pass through the loop, which handles the timeout only once it is due
-        // (the `now >= t` check above) and then sleeps until the deadline as it now is.
-        let (deadline, keep) = {
-            let mut s = lock(&shared);
-            let want = s.conn.poll_timeout();
-            let keep = matches!((&timer, want), (Some((at, _)), Some(t)) if *at <= t);
-            s.armed_timeout = if keep {
-                timer.as_ref().map(|(at, _)| *at)
-            } else {
-                want
-            };
-            (s.armed_timeout, keep)
-        };
-        if !keep {
-            timer = deadline.map(|t| (t, rt.sleep_until(clock.to_std(t))));
-        }
-        match &mut timer {
-            Some((_, sleep)) => {
-                if let Either::Right(_) = select(pin!(wake), sleep.as_mut()).await {
-                    timer = None;
-                }
-            }
-            None => wake.await,
-        }
-    }
-}
-
-/// What the writer does next, decided under the lock (and done after releasing it).
-enum Step {
-    /// Write what was taken from the core: (transport ping, closed, clock).
-    Write(bool, bool, Clock),
-    /// A newer transport owns the session.
-    Superseded,
-    /// The session is detached: only its timers run.
-    Detached,
-}
-
-/// A detached session's timers (the resume window, SPEC §11.2), run by the writer of the
+/// A detached session's timers (the resume window, SPEC §11.2), run by the driver of the
 /// transport that was lost, without writing anything, until the session closes or a new
 /// transport takes over (and runs them from then on).
 async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Notify, rt: &R) {
@@ -488,108 +517,9 @@ async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Noti
         match deadline {
             Some(t) => {
                 let sleep = rt.sleep_until(clock.to_std(t));
-                let _ = select(Box::pin(wake), sleep).await;
+                let _ = futures::future::select(Box::pin(wake), sleep).await;
             }
             None => wake.await,
         }
     }
-}
-
-/// Starts the WebSocket closing handshake with `code` (SPEC §2.1; tungstenite's plain
-/// `close` sends a Close frame without a code, which the peer sees as 1005), then flushes.
-async fn close_with<Si>(sink: &mut Si, code: u16) -> Result<(), tungstenite::Error>
-where
-    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    let frame = tungstenite::protocol::CloseFrame {
-        code: code.into(),
-        reason: Default::default(),
-    };
-    sink.send(Message::Close(Some(frame))).await?;
-    sink.close().await
-}
-
-/// Feeds the batches (and a transport ping) and flushes once.
-async fn send_all<Si>(
-    sink: &mut Si,
-    batches: &mut Vec<Message>,
-    ping: bool,
-) -> Result<(), tungstenite::Error>
-where
-    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    for m in batches.drain(..) {
-        sink.feed(m).await?;
-    }
-    if ping {
-        sink.feed(Message::Ping(Default::default())).await?;
-    }
-    sink.flush().await
-}
-
-/// Runs `write` to completion; `false` if it failed or was abandoned. While the socket does
-/// not take the bytes (a peer that stopped reading), the core's timers keep running: before,
-/// the writer only ran them between writes, so a peer that stopped reading once the socket
-/// buffers were full was never found dead by the heartbeat and the connection hung. Once
-/// the connection is closed (before or meanwhile), the write gets CLOSE_LINGER, then is
-/// abandoned. A connection the core closes meanwhile (say, OVERLOADED because the peer
-/// does not read, SPEC §13.1) is seen at the writer's next notification, not only at the
-/// next timer.
-async fn drive_write<R: Runtime>(
-    shared: &SharedRef,
-    rt: &R,
-    clock: Clock,
-    closed: bool,
-    gen: u64,
-    notify: &Notify,
-    write: impl Future<Output = Result<(), tungstenite::Error>>,
-) -> bool {
-    let mut write = pin!(write);
-    // Fast path: a write that does not wait needs no timer.
-    if let Poll::Ready(r) = futures::poll!(write.as_mut()) {
-        return r.is_ok();
-    }
-    let linger = || std::time::Instant::now() + CLOSE_LINGER;
-    let mut give_up = closed.then(linger);
-    // Whether a notification was taken here; it is given back on return, so that the
-    // writer's loop still sees it (more queued meanwhile, or the close) instead of sleeping.
-    let mut woke = false;
-    let sent = loop {
-        let timer = give_up.or_else(|| lock(shared).conn.poll_timeout().map(|t| clock.to_std(t)));
-        let Some(t) = timer else {
-            break write.await.is_ok();
-        };
-        let wait = select(rt.sleep_until(t), Box::pin(notify.notified()));
-        match select(write.as_mut(), wait).await {
-            Either::Left((r, _)) => break r.is_ok(),
-            Either::Right((Either::Right(_), _)) => {
-                woke = true;
-                if give_up.is_none() && lock(shared).conn.is_closed() {
-                    give_up = Some(linger());
-                }
-            }
-            Either::Right(_) if give_up.is_some() => break false,
-            Either::Right(_) => {
-                let mut s = lock(shared);
-                if s.generation != gen || s.conn.state() == State::Detached {
-                    // Superseded or detached: this transport has nothing left to write.
-                    break false;
-                }
-                let now = s.now();
-                s.conn.handle_timeout(now);
-                s.pump();
-                if s.conn.state() == State::Detached {
-                    // Detached by the heartbeat while the write was stuck (SPEC §11.3).
-                    return false;
-                }
-                if s.conn.is_closed() {
-                    give_up = Some(linger());
-                }
-            }
-        }
-    };
-    if woke {
-        notify.notify();
-    }
-    sent
 }

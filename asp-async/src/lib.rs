@@ -28,9 +28,8 @@ pub use asp_proto::frame::{
 pub use asp_proto::{CloseReason, Config, ErrorCode, InvokeOptions, Limits, Session, ToolChange};
 pub use client::{Chunk, Client, ClientBuilder, Completion, Invocation, ToolChanges};
 pub use connection::{ConnectionHook, Locked, ServerConnection};
-pub use driver::WsStream;
 pub use error::Error;
-pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck};
+pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck, WsStream};
 pub use rustls;
 pub use server::{bearer_token, AuthHook, Server, ServerBuilder, ToolRegistry, UpgradePolicy};
 pub use tls::{ClientTls, Roots, ServerTls, TlsError};

@@ -22,6 +22,26 @@ pub type UpgradeCheck = Box<
         > + Send,
 >;
 
+/// Any WebSocket stream of tungstenite messages: tokio-tungstenite's and
+/// async-tungstenite's `WebSocketStream` both qualify.
+pub trait WsStream:
+    futures::Stream<Item = Result<tungstenite::Message, tungstenite::Error>>
+    + futures::Sink<tungstenite::Message, Error = tungstenite::Error>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> WsStream for T where
+    T: futures::Stream<Item = Result<tungstenite::Message, tungstenite::Error>>
+        + futures::Sink<tungstenite::Message, Error = tungstenite::Error>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// The runtime services the shared code needs: spawning, timers and sockets. `asp-tokio`
 /// and `asp-smol` implement it; nothing else in this crate depends on a runtime.
 pub trait Runtime: Clone + Send + Sync + 'static {
@@ -30,7 +50,7 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// An accepted TCP connection, before the WebSocket upgrade.
     type Tcp: Send + 'static;
     /// An open WebSocket.
-    type Ws: crate::driver::WsStream;
+    type Ws: WsStream;
 
     /// Runs a task in the background.
     fn spawn(&self, fut: BoxFuture<'static, ()>);
@@ -42,6 +62,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// where yielding only cuts write batches smaller.
     fn yield_to_writer(&self) -> bool {
         false
+    }
+    /// The runtime's monotonic clock (the driver's close deadlines). The default reads
+    /// `std::time::Instant::now()`; a runtime with a clock of its own (a paused or virtual
+    /// one) says so here.
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
     }
     /// A future that completes at `deadline`.
     fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()>;
@@ -168,6 +194,16 @@ impl Notify {
             return None;
         }
         self.waker.take()
+    }
+
+    /// Clears the flag; whether it was set.
+    pub(crate) fn take(&self) -> bool {
+        self.flag.swap(false, Ordering::AcqRel)
+    }
+
+    /// The waker to wake at the next [`Notify::set`]/[`Notify::notify`].
+    pub(crate) fn register(&self, w: &std::task::Waker) {
+        self.waker.register(w);
     }
 
     pub(crate) fn notified(&self) -> Notified<'_> {

@@ -10,18 +10,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use asp_proto::frame::Text;
-use asp_proto::{CloseReason, Config, Connection, ServerParams, State};
+use asp_proto::frame::{Invoke, Text};
+use asp_proto::{CloseReason, Config, Connection, ErrorCode, ServerParams, State};
 use futures::future::{select, Either};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::connection::{ConnectionHook, ServerConnection};
 use crate::driver;
-use crate::resume::ResumeTable;
+use crate::resume::{constant_time_eq, ResumeTable};
 use crate::runtime::{Clock, Notify, Runtime};
-use crate::shared::{lock, Hooks, Shared, SharedRef};
-use crate::tool::{Handler, Tool};
+use crate::shared::{lock, Role, Served, Shared, SharedRef};
+use crate::tool::{run_handler, Handler, Tool};
 use crate::{WsConfig, SUBPROTOCOL};
 
 /// The tools a server offers, shared by all its connections.
@@ -153,10 +153,6 @@ pub fn bearer_token(token: impl Into<String>) -> AuthHook {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
     })
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Builds and starts a [`Server`].
@@ -712,11 +708,11 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
     let shared = Shared::new(
         conn,
         clock,
-        Hooks::Server {
+        Arc::new(ServerRole {
             tools: inner.tools.clone(),
             fallback: inner.fallback.clone(),
             resume: inner.resume.clone(),
-        },
+        }),
         spawn,
         span.clone(),
     );
@@ -765,4 +761,102 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&n);
+}
+
+/// The server side of a connection: runs tools, and finds resumable sessions.
+struct ServerRole {
+    tools: Arc<ToolRegistry>,
+    /// Runs tools the registry does not have (`ServerBuilder::fallback`).
+    fallback: Option<Arc<Tool>>,
+    /// The server's resumable sessions, when resume is on.
+    resume: Option<Arc<ResumeTable>>,
+}
+
+impl Role for ServerRole {
+    fn invoked(&self, s: &mut Shared, inv: Invoke) {
+        let Some(tool) = self
+            .tools
+            .get(inv.tool.as_str())
+            .or_else(|| self.fallback.clone())
+        else {
+            // Removed from the registry after the core accepted the INVOKE.
+            let _ = s
+                .conn
+                .fail(inv.id, ErrorCode::UNKNOWN_TOOL, "tool was removed", false);
+            return;
+        };
+        s.served.insert(
+            inv.id.0,
+            Served {
+                started: Some(s.now()),
+                ..Served::default()
+            },
+        );
+        let span =
+            tracing::info_span!(parent: &s.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
+        let fut = run_handler(s.me.clone(), tool, inv);
+        s.start(Box::pin(tracing::Instrument::instrument(fut, span)));
+    }
+
+    /// A resumable session is findable by its token (SPEC §11.2 step 3).
+    fn connected(&self, s: &mut Shared) {
+        let Some(table) = &self.resume else { return };
+        if let Some(token) = s.conn.resume_token().cloned() {
+            table.register(&token, s.me.clone());
+            s.resume_registered = Some(token);
+        }
+    }
+
+    fn closed(&self, s: &mut Shared) {
+        if let (Some(token), Some(t)) = (s.resume_registered.take(), &self.resume) {
+            t.remove(&token, &s.me);
+        }
+    }
+
+    /// On a new connection whose first frame was RESUME: if the token names a live session
+    /// of this server that can continue, that session takes this connection's transport over
+    /// (`handoff`, carried out by the driver); otherwise the resume is refused and this
+    /// connection waits for a HELLO.
+    ///
+    /// Lock order: this (new) connection is locked, and the old one is locked inside. Nobody
+    /// locks them the other way round: this connection is not in the resume table (it never
+    /// had a session), so no other connection's RESUME can reach it, and handles lock one
+    /// connection at a time.
+    fn resume_requested(&self, s: &mut Shared, token: &[u8], received: u64) {
+        let old = self.resume.as_ref().and_then(|t| t.find(token));
+        let accepted = old.and_then(|old| {
+            let mut o = lock(&old);
+            // Each connection has its own clock.
+            let now = o.now();
+            if matches!(o.conn.state(), State::Open | State::Draining) {
+                // The client resumes, so its old transport is gone even if we have not seen
+                // it end yet (its EOF may still be on the way): detach now.
+                o.conn.handle_transport_closed(now);
+            }
+            if o.conn.state() != State::Detached {
+                o.pump();
+                return None;
+            }
+            let r = o.conn.accept_resume(now, received);
+            let gen = r.is_ok().then(|| o.new_transport());
+            o.pump();
+            drop(o);
+            gen.map(|g| (old, g))
+        });
+        match accepted {
+            Some(handoff) => {
+                tracing::debug!(parent: &s.span, "RESUME accepted: moving the transport to its session");
+                s.handoff = Some(handoff);
+                // This connection is done: its driver stops and its transport moves on.
+                s.new_transport();
+                s.closed = Some(CloseReason::Local);
+                s.wake_state();
+            }
+            None => {
+                tracing::debug!(parent: &s.span, "RESUME refused: unknown or expired session");
+                let now = s.now();
+                s.conn.reject_resume(now);
+            }
+        }
+    }
 }

@@ -345,7 +345,7 @@ impl ToolContext {
             s.pump();
             id
         };
-        let outcome = crate::client::wait_outcome(&shared, id).await;
+        let outcome = crate::shared::wait_outcome(&shared, id).await;
         match outcome {
             Outcome::Reply(r) => Ok(r),
             Outcome::Error(e) => Err(Error::Remote(e)),

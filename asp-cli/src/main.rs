@@ -4,6 +4,7 @@
 //! client and server API of `asp-tokio` only.
 #![forbid(unsafe_code)]
 
+mod floor;
 mod load;
 
 use std::fmt::Write as _;
@@ -171,8 +172,9 @@ enum Command {
     /// long runs when stderr is a terminal; Ctrl-C stops early and reports what was measured.
     #[command(after_help = EXIT_HELP)]
     Bench {
-        /// The server (ws://host:port/path, or host:port).
-        url: String,
+        /// The server (ws://host:port/path, or host:port); none with --floor.
+        #[arg(required_unless_present = "floor")]
+        url: Option<String>,
         /// Measured invocations [default: 1000, or 20 with --stream].
         #[arg(short = 'n', long, value_name = "N")]
         count: Option<u64>,
@@ -231,6 +233,24 @@ enum Command {
         /// Load test: raw connections that send 32 KiB `echo` calls and never read.
         #[arg(long, value_name = "N", default_value_t = 0)]
         flood: usize,
+        /// Load test against its floor, in this process: an ASP echo server and a raw
+        /// WebSocket echo server on loopback, --connections × --pipeline small calls against
+        /// each for --duration seconds (default 3), alternately for --rounds rounds; reports
+        /// ASP's calls per second as a share of the raw WebSocket's messages per second.
+        #[arg(long, conflicts_with = "url")]
+        floor: bool,
+        /// With --floor: the tokio runtime the servers and clients run on, `multi_thread`
+        /// (2 workers) or `current_thread`.
+        #[arg(
+            long,
+            value_name = "FLAVOR",
+            default_value = "multi_thread",
+            requires = "floor"
+        )]
+        runtime: String,
+        /// With --floor: rounds of both runs.
+        #[arg(long, value_name = "K", default_value_t = 5, requires = "floor")]
+        rounds: usize,
     },
     /// Bridge MCP and ASP: serve an MCP server's tools over ASP (`from-mcp`), or an ASP
     /// server's tools to MCP hosts (`to-mcp`). Built with the `bridge` feature.
@@ -332,7 +352,22 @@ async fn run(cli: Cli) -> i32 {
             slow,
             storm,
             flood,
+            floor,
+            runtime,
+            rounds,
         } => {
+            if floor {
+                let o = floor::FloorOpts {
+                    runtime,
+                    connections: connections.unwrap_or(16).max(1),
+                    pipeline: pipeline.max(1),
+                    duration: Duration::from_secs_f64(duration.unwrap_or(3.0).max(0.1)),
+                    rounds: rounds.max(1),
+                    size: usize::try_from(size).unwrap_or(64),
+                };
+                return floor_bench(&g, o).await;
+            }
+            let url = url.unwrap_or_default();
             let load = connections.is_some()
                 || duration.is_some()
                 || check
@@ -1208,6 +1243,61 @@ fn ephemeral_tool() -> asp_tokio::Tool {
 
 // ---------------------------------------------------------------------------------------
 // asp bench
+
+/// `asp bench --floor`: runs `floor::run` and reports each round and the median ratio.
+async fn floor_bench(g: &Global, o: floor::FloorOpts) -> i32 {
+    let json = g.json;
+    let rounds = match floor::run(o.clone(), |line| {
+        if !json {
+            eprintln!("{line}");
+        }
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_OUTCOME;
+        }
+    };
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.asp / r.raw.max(1e-9)).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
+    let mid = |f: fn(&floor::Round) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    if json {
+        emit(&json!({
+            "type": "floor",
+            "runtime": o.runtime,
+            "connections": o.connections,
+            "pipeline": o.pipeline,
+            "asp_calls_per_s": rounds.iter().map(|r| r.asp.round()).collect::<Vec<_>>(),
+            "raw_msgs_per_s": rounds.iter().map(|r| r.raw.round()).collect::<Vec<_>>(),
+            "ratio_median": (median * 1e3).round() / 1e3,
+            "ratio_min": (lo * 1e3).round() / 1e3,
+            "ratio_max": (hi * 1e3).round() / 1e3,
+        }));
+    } else {
+        outln(&format!(
+            "{} runtime, {} connections × {} in flight, {} rounds: ASP {:.0} calls/s, raw \
+             WebSocket {:.0} msgs/s (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
+            o.runtime,
+            o.connections,
+            o.pipeline,
+            rounds.len(),
+            mid(|r| r.asp),
+            mid(|r| r.raw),
+            100.0 * median,
+            100.0 * lo,
+            100.0 * hi
+        ));
+    }
+    EXIT_OK
+}
 
 /// `asp bench` with the load flags: runs `load::run` and reports.
 async fn load_bench(g: &Global, o: load::LoadOpts) -> i32 {

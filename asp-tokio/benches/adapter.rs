@@ -7,8 +7,11 @@
 //! - `stream/*`: 10 000 STREAM chunks of 32 bytes, against 10 000 raw 32-byte WebSocket
 //!   messages written with `feed` and one `flush` (batched).
 //!
-//! Each on a current-thread and a multi-thread tokio runtime.
+//! Each on a multi-thread (2 workers; the headline: the configuration `#[tokio::main]`
+//! services run) and a current-thread tokio runtime, every timed loop running as a spawned
+//! task, as a service's client would.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use asp_proto::codec;
@@ -139,38 +142,63 @@ fn encoded(f: &Frame) -> Vec<u8> {
     b.to_vec()
 }
 
+/// Runs `f` as a spawned task of `rt` and returns what it measured: the configuration users
+/// deploy (`#[tokio::main]`, client and server as tasks), where on the multi-thread runtime
+/// the caller runs on a worker. A caller kept in `block_on` on the main thread pays a parked
+/// thread's wake-up per reply, for ASP and the raw echo alike, which hid ASP's own hops.
+fn spawned<F>(rt: &tokio::runtime::Runtime, f: F) -> Duration
+where
+    F: std::future::Future<Output = Duration> + Send + 'static,
+{
+    rt.block_on(async { tokio::spawn(f).await.expect("bench task") })
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 fn bench(c: &mut Criterion) {
     let payload = "x".repeat(64);
     let args = RawValue::string(&payload);
-    for (name, rt) in runtimes() {
+    // The headline row first: multi_thread, everything spawned.
+    for (name, rt) in runtimes().into_iter().rev() {
         let (server, client, raw_url) = rt.block_on(async {
             let server = asp_server().await;
             let client = asp_tokio::connect(&server.url()).await.expect("connect");
             (server, client, raw_server().await)
         });
-        let mut raw = rt.block_on(async {
-            tokio_tungstenite::connect_async(raw_url.as_str())
-                .await
-                .expect("raw connect")
-                .0
-        });
+        let raw: Arc<futures::lock::Mutex<RawWs>> =
+            Arc::new(futures::lock::Mutex::new(rt.block_on(async {
+                tokio_tungstenite::connect_async(raw_url.as_str())
+                    .await
+                    .expect("raw connect")
+                    .0
+            })));
         let request = Bytes::from(encoded(&invoke_frame(&args)));
 
         let mut g = c.benchmark_group(format!("roundtrip/{name}"));
         g.measurement_time(Duration::from_secs(4));
         g.bench_function("asp_invoke_complete", |b| {
-            b.to_async(&rt).iter(|| async {
-                client
-                    .invoke_raw("echo", Some(args.clone()), Default::default())
-                    .expect("invoke")
-                    .completion()
-                    .await
-                    .expect("complete")
+            b.iter_custom(|iters| {
+                let (client, args) = (client.clone(), args.clone());
+                spawned(&rt, async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        client
+                            .invoke_raw("echo", Some(args.clone()), Default::default())
+                            .expect("invoke")
+                            .completion()
+                            .await
+                            .expect("complete");
+                    }
+                    t.elapsed()
+                })
             })
         });
         g.bench_function("raw_ws_echo", |b| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (raw, request) = (raw.clone(), request.clone());
+                spawned(&rt, async move {
+                    let mut raw = raw.lock().await;
                     let t = Instant::now();
                     for _ in 0..iters {
                         raw.send(Message::Binary(request.clone()))
@@ -189,19 +217,28 @@ fn bench(c: &mut Criterion) {
         g.sample_size(20);
         g.measurement_time(Duration::from_secs(5));
         g.bench_function("asp_stream_32b", |b| {
-            b.to_async(&rt).iter(|| async {
-                let mut call = client.invoke("stream", &CHUNKS).expect("invoke");
-                let mut n = 0;
-                while let Some(chunk) = call.next().await {
-                    n += chunk.data.len();
-                }
-                assert_eq!(n, CHUNKS * 32);
-                call.completion().await.expect("complete")
+            b.iter_custom(|iters| {
+                let client = client.clone();
+                spawned(&rt, async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        let mut call = client.invoke("stream", &CHUNKS).expect("invoke");
+                        let mut n = 0;
+                        while let Some(chunk) = call.next().await {
+                            n += chunk.data.len();
+                        }
+                        assert_eq!(n, CHUNKS * 32);
+                        call.completion().await.expect("complete");
+                    }
+                    t.elapsed()
+                })
             })
         });
         g.bench_function("raw_ws_32b_batched", |b| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let raw = raw.clone();
+                spawned(&rt, async move {
+                    let mut raw = raw.lock().await;
                     let t = Instant::now();
                     for _ in 0..iters {
                         raw.send(Message::text("stream")).await.expect("send");

@@ -1,0 +1,285 @@
+//! `asp bench --floor`: the load test against its floor, in one process and one run. An ASP
+//! echo server and a raw WebSocket echo server listen on loopback; N connections × P
+//! pipelined small calls run against each for the same time, alternately, on a tokio
+//! runtime of the chosen flavor (servers and clients all spawned tasks of it, as a service
+//! would run them). The result is ASP's invocations per second as a share of the raw
+//! WebSocket's messages per second at the same concurrency, per round, with median and range
+//! (README, throughput with many connections).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use asp_tokio::asp_proto::codec;
+use asp_tokio::asp_proto::frame::{Frame, Invoke, RequestId, Text};
+use asp_tokio::tungstenite::client::IntoClientRequest;
+use asp_tokio::tungstenite::Message;
+use asp_tokio::{Args, Client, InvokeOptions, Output, RawValue, Runtime, Tokio, Tool, ToolContext};
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct FloorOpts {
+    /// `current_thread` or `multi_thread` (2 workers).
+    pub runtime: String,
+    pub connections: usize,
+    pub pipeline: usize,
+    /// Length of each measured run.
+    pub duration: Duration,
+    /// Rounds; each runs ASP and the raw floor once, alternating which goes first.
+    pub rounds: usize,
+    /// Size of each call's argument.
+    pub size: usize,
+}
+
+/// One round's rates.
+#[derive(Clone, Copy, Debug)]
+pub struct Round {
+    /// ASP invocations completed per second.
+    pub asp: f64,
+    /// Raw WebSocket messages echoed per second.
+    pub raw: f64,
+}
+
+/// Runs the rounds on a runtime of its own (in a thread of its own, so that the caller's
+/// runtime is left alone).
+pub async fn run(o: FloorOpts, progress: impl Fn(&str)) -> Result<Vec<Round>, String> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let o2 = o.clone();
+    std::thread::Builder::new()
+        .name("asp-bench-floor".into())
+        .spawn(move || {
+            let _ = tx.send(run_blocking(o2));
+        })
+        .map_err(|e| e.to_string())?;
+    let (rounds, log) = rx
+        .await
+        .map_err(|_| "the bench thread failed".to_string())??;
+    for l in log {
+        progress(&l);
+    }
+    Ok(rounds)
+}
+
+fn run_blocking(o: FloorOpts) -> Result<(Vec<Round>, Vec<String>), String> {
+    let rt = match o.runtime.as_str() {
+        "current_thread" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        "multi_thread" => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        other => {
+            return Err(format!(
+                "unknown runtime {other} (current_thread, multi_thread)"
+            ))
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let server = asp_tokio::server()
+                .bind("127.0.0.1:0".parse().map_err(|_| "address")?)
+                .tool(Tool::new("echo", |_c: ToolContext, a: Args| async move {
+                    Ok(Output {
+                        result: a.0,
+                        ..Output::default()
+                    })
+                }))
+                .start()
+                .await
+                .map_err(|e| e.to_string())?;
+            let raw = raw_server().await?;
+            let mut rounds = Vec::new();
+            let mut log = Vec::new();
+            for r in 0..o.rounds.max(1) {
+                // Alternate the order, so that a burst of load on the machine hits both alike.
+                let (asp, raw_rate) = if r % 2 == 0 {
+                    let a = asp_rate(&server.url(), &o).await?;
+                    (a, raw_rate(&raw, &o).await?)
+                } else {
+                    let w = raw_rate(&raw, &o).await?;
+                    (asp_rate(&server.url(), &o).await?, w)
+                };
+                log.push(format!(
+                    "round {}: ASP {:.0} calls/s, raw WebSocket {:.0} msgs/s: {:.0} %",
+                    r + 1,
+                    asp,
+                    raw_rate,
+                    100.0 * asp / raw_rate.max(1e-9)
+                ));
+                rounds.push(Round { asp, raw: raw_rate });
+            }
+            server.shutdown(Duration::from_secs(1)).await;
+            Ok((rounds, log))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    })
+}
+
+fn argument(size: usize) -> RawValue {
+    RawValue::string(&"x".repeat(size))
+}
+
+/// ASP: `pipeline` tasks per connection, each calling `echo` one call at a time.
+async fn asp_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
+    let mut clients = Vec::new();
+    for _ in 0..o.connections {
+        let c: Client = asp_tokio::client()
+            .connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.push(Arc::new(c));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let args = argument(o.size);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in &clients {
+        for _ in 0..o.pipeline.max(1) {
+            let (c, done, stop, args) = (c.clone(), done.clone(), stop.clone(), args.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let inv = c.invoke_raw("echo", Some(args.clone()), InvokeOptions::default());
+                    match inv {
+                        Ok(inv) if inv.completion().await.is_ok() => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => return Err("an ASP call failed".to_string()),
+                    }
+                }
+                Ok(())
+            }));
+        }
+    }
+    let n = measure(&done, &stop, start, o.duration).await;
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    for c in clients {
+        c.close().await;
+    }
+    Ok(n)
+}
+
+/// Counts completions over `duration` after a tenth of it as warm-up; the rate per second.
+async fn measure(done: &AtomicU64, stop: &AtomicBool, start: Instant, duration: Duration) -> f64 {
+    tokio::time::sleep_until((start + duration / 10).into()).await;
+    let (t0, n0) = (Instant::now(), done.load(Ordering::Relaxed));
+    tokio::time::sleep(duration).await;
+    let (t1, n1) = (Instant::now(), done.load(Ordering::Relaxed));
+    stop.store(true, Ordering::Relaxed);
+    (n1 - n0) as f64 / (t1 - t0).as_secs_f64().max(1e-9)
+}
+
+/// The INVOKE an ASP client sends for the same call, as the raw floor's message.
+fn request(size: usize) -> Bytes {
+    let mut b = BytesMut::new();
+    codec::encode(
+        &Frame::Invoke(Invoke {
+            id: RequestId(1),
+            tool: Text::from_static("echo"),
+            args: Some(argument(size)),
+            deadline_ms: 0,
+            meta: None,
+        }),
+        &mut b,
+    );
+    b.freeze()
+}
+
+/// The floor: a raw WebSocket per connection keeping `pipeline` messages in flight (one
+/// task reads each echo and sends the next).
+async fn raw_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
+    let rt = Tokio::current();
+    let mut conns = Vec::new();
+    for _ in 0..o.connections {
+        let req = url.into_client_request().map_err(|e| e.to_string())?;
+        let addr = asp_tokio::host_port(&req).map_err(|e| e.to_string())?;
+        let tcp = rt.tcp_connect(addr).await.map_err(|e| e.to_string())?;
+        rt.set_nodelay(&tcp).map_err(|e| e.to_string())?;
+        let (ws, _) = rt
+            .handshake(req, tcp, asp_tokio::default_ws_config())
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.push(ws);
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let msg = request(o.size);
+    let pipeline = o.pipeline.max(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut ws in conns {
+        let (done, stop, msg) = (done.clone(), stop.clone(), msg.clone());
+        tasks.push(tokio::spawn(async move {
+            let failed = || "a raw WebSocket echo failed".to_string();
+            for _ in 0..pipeline {
+                ws.feed(Message::Binary(msg.clone()))
+                    .await
+                    .map_err(|_| failed())?;
+            }
+            ws.flush().await.map_err(|_| failed())?;
+            let mut in_flight = pipeline;
+            while in_flight > 0 {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(_))) => {
+                        in_flight -= 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if !stop.load(Ordering::Relaxed) {
+                            ws.send(Message::Binary(msg.clone()))
+                                .await
+                                .map_err(|_| failed())?;
+                            in_flight += 1;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return Err(failed()),
+                }
+            }
+            let _ = ws.close(None).await;
+            Ok::<(), String>(())
+        }));
+    }
+    let n = measure(&done, &stop, start, o.duration).await;
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(n)
+}
+
+/// A raw WebSocket echo server on loopback: one task per connection, reading and writing.
+async fn raw_server() -> Result<String, String> {
+    let rt = Tokio::current();
+    let listener = rt
+        .bind("127.0.0.1:0".parse().map_err(|_| "address")?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = rt.local_addr(&listener).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = rt.accept(&listener).await {
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                let _ = rt.set_nodelay(&tcp);
+                let Ok(mut ws) = rt
+                    .upgrade(tcp, Box::new(|_, r| Ok(r)), asp_tokio::default_ws_config())
+                    .await
+                else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Binary(b) = m {
+                        if ws.send(Message::Binary(b)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(format!("ws://{addr}/"))
+}
