@@ -98,10 +98,7 @@ pub(crate) async fn call(g: &Global, o: CallOpts) -> i32 {
         },
         () = sig.recv() => return EXIT_INTERRUPTED,
     };
-    let opts = InvokeOptions {
-        deadline_ms: o.deadline_ms.unwrap_or(0),
-        ..InvokeOptions::default()
-    };
+    let opts = InvokeOptions::default().deadline_ms(o.deadline_ms.unwrap_or(0));
     let mut inv = match client.invoke_raw(&o.tool, args, opts) {
         Ok(i) => i,
         Err(e) => return fail(format!("cannot invoke {}: {e}", o.tool)),

@@ -27,10 +27,9 @@ pub(crate) fn normalize_url(url: &str) -> String {
 }
 
 pub(crate) fn client_config() -> Config {
-    Config {
-        agent: Some(Text::from(format!("asp-cli/{}", env!("CARGO_PKG_VERSION")))),
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.agent = Some(Text::from(format!("asp-cli/{}", env!("CARGO_PKG_VERSION"))));
+    config
 }
 
 pub(crate) async fn connect(

@@ -157,12 +157,11 @@ fn command(h: &mut Harness, c: &Obj, now: Instant, caps: &Captures) -> Result<()
                 .get("tool")
                 .and_then(Value::as_str)
                 .ok_or("invoke: no tool")?;
-            let opts = InvokeOptions {
-                deadline_ms: uint(c, "deadline_ms")
-                    .map_or(Ok(0), u32::try_from)
-                    .map_err(|_| "deadline_ms")?,
-                meta: opt_any(c, "meta")?,
-            };
+            let mut opts = InvokeOptions::default();
+            opts.deadline_ms = uint(c, "deadline_ms")
+                .map_or(Ok(0), u32::try_from)
+                .map_err(|_| "deadline_ms")?;
+            opts.meta = opt_any(c, "meta")?;
             conn.invoke(tool, opt_any(c, "args")?, opts)
                 .map(drop)
                 .map_err(e)
