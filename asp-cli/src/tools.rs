@@ -82,5 +82,7 @@ pub(crate) fn print_change(g: &Global, c: &ToolChange) {
         (ToolChange::Added(t), false) => outln(&tool_plain("added: ", t)),
         (ToolChange::Updated(t), false) => outln(&tool_plain("updated: ", t)),
         (ToolChange::Removed(name), false) => outln(&format!("removed: {}", name.as_str())),
+        // A kind of change a later core reports: the tool list is still right after it.
+        (other, _) => eprintln!("tool change: {other:?}"),
     }
 }

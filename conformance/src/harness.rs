@@ -263,6 +263,7 @@ impl Harness {
             State::Draining => "Draining",
             State::Detached => "Detached",
             State::Closed => "Closed",
+            other => unreachable!("a state SPEC §6.1 does not name: {other:?}"),
         }
     }
 }

@@ -5,7 +5,7 @@
 use core::time::Duration;
 
 use asp_proto::frame::{Metrics, RequestId, Text};
-use asp_proto::{CloseReason, ErrorCode, Instant, InvokeOptions};
+use asp_proto::{CloseReason, ErrorCode, Instant, InvokeOptions, StreamOptions};
 use serde_json::Value;
 
 use crate::harness::{tool_def_of, Binding, Harness, RoleName};
@@ -182,7 +182,8 @@ fn command(h: &mut Harness, c: &Obj, now: Instant, caps: &Captures) -> Result<()
         "stream" => {
             let (data, text) = model::data_of(c.get("data").ok_or("stream: no data")?)?;
             let fin = c.get("final").and_then(Value::as_bool).unwrap_or(false);
-            conn.stream(id_of(c, caps)?, data, text, fin).map_err(e)
+            let options = StreamOptions::BINARY.text(text).fin(fin);
+            conn.stream(id_of(c, caps)?, data, options).map_err(e)
         }
         "complete" => {
             let status = model::status_of(uint(c, "status").unwrap_or(0))?;

@@ -59,10 +59,10 @@ pub fn parse(d: Option<&Bound<'_, PyDict>>) -> PyResult<Parsed> {
     let mut c = Config::default();
     // A Python process names itself.
     c.agent = Some(Text::from_static(concat!(
-            "agentsocket-python/",
-            env!("CARGO_PKG_VERSION")
-        )));
-    let params = ServerParams::new(Text::from_static("c1"));
+        "agentsocket-python/",
+        env!("CARGO_PKG_VERSION")
+    )));
+    let mut params = ServerParams::new(Text::from_static("c1"));
     let mut raw_values = false;
     let Some(d) = d else {
         return Ok(Parsed {
