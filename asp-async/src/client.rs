@@ -10,7 +10,9 @@ use asp_proto::frame::{
     Complete, Metrics, RawValue, Reply, ReplyStatus, Request, RequestId, Status,
     Stream as StreamFrame, ToolDef,
 };
-use asp_proto::{Config, Connection, InvokeOptions, Outcome, Session, State, ToolChange};
+use asp_proto::{
+    CloseReason, Config, Connection, InvocationOutcome, InvokeOptions, Session, State, ToolChange,
+};
 use bytes::Bytes;
 use futures::future::{select, Either};
 use futures::{FutureExt, Stream};
@@ -615,13 +617,20 @@ impl Invocation {
     /// Waits for the end, discarding chunks not yet read.
     pub async fn completion(mut self) -> Result<Completion, Error> {
         self.release_taken();
-        let outcome = wait_outcome(&self.shared, self.id).await;
+        let outcome = wait_outcome(
+            &self.shared,
+            self.id,
+            |c| c.invocation.take(),
+            InvocationOutcome::Lost,
+        )
+        .await;
         self.done = true;
         match outcome {
-            Outcome::Complete(c) => Ok((*c).into()),
-            Outcome::Error(e) => Err(Error::Remote(e)),
-            Outcome::Lost(r) => Err(Error::Closed(r)),
-            Outcome::Reply(_) => Err(Error::Closed(asp_proto::CloseReason::Local)),
+            InvocationOutcome::Complete(c) => Ok((*c).into()),
+            InvocationOutcome::Error(e) => Err(Error::Remote(e)),
+            InvocationOutcome::Lost(r) => Err(Error::Closed(r)),
+            // A way to end that a later core adds.
+            _ => Err(Error::Closed(CloseReason::Local)),
         }
     }
 }
@@ -644,7 +653,7 @@ impl Stream for Invocation {
         // Swap the queues: the connection keeps the (empty) allocation of ours.
         std::mem::swap(&mut call.chunks, &mut this.taken);
         let next = this.taken.pop_front();
-        let ended = call.outcome.is_some();
+        let ended = call.ended();
         if next.is_none() && !ended {
             call.waker = Some(cx.waker().clone());
         }
@@ -688,7 +697,7 @@ impl Drop for Invocation {
         if let Some(call) = s.calls.remove(&self.id.0) {
             let unread: usize = call.chunks.iter().map(|c| c.data.len()).sum();
             s.conn.release(self.id, held + unread);
-            if call.outcome.is_none() && !self.done {
+            if !call.ended() && !self.done {
                 let _ = s.conn.interrupt(self.id, None);
             }
             s.pump();

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
 use asp_proto::frame::{Invoke, Request, RequestId, Stream};
-use asp_proto::{CloseReason, Connection, Event, Outcome, Session, ToolChange};
+use asp_proto::{
+    CloseReason, Connection, Event, InvocationOutcome, RequestOutcome, Session, ToolChange,
+};
 
 use crate::runtime::{BoxFuture, Clock, Notify};
 
@@ -74,12 +76,21 @@ pub(crate) enum Cancel {
     Aborted,
 }
 
-/// An exchange we initiated (client: invocation; server: request).
+/// An exchange we initiated (client: invocation; server: request): its end arrives in the
+/// field of its kind.
 #[derive(Default)]
 pub(crate) struct Call {
     pub(crate) chunks: VecDeque<Stream>,
-    pub(crate) outcome: Option<Outcome>,
+    pub(crate) invocation: Option<InvocationOutcome>,
+    pub(crate) request: Option<RequestOutcome>,
     pub(crate) waker: Option<Waker>,
+}
+
+impl Call {
+    /// Whether the exchange has ended.
+    pub(crate) fn ended(&self) -> bool {
+        self.invocation.is_some() || self.request.is_some()
+    }
 }
 
 /// An exchange the peer initiated that a task of ours is serving.
@@ -312,9 +323,15 @@ impl Shared {
                 // Nobody listens any more (the handle was dropped): credit it back at once.
                 None => self.conn.release(s.id, s.data.len()),
             },
-            Event::Ended { id, outcome } => {
+            Event::InvocationEnded { id, outcome } => {
                 if let Some(call) = self.calls.get_mut(&id.0) {
-                    call.outcome = Some(outcome);
+                    call.invocation = Some(outcome);
+                    defer(&mut self.deferred, &mut call.waker);
+                }
+            }
+            Event::RequestEnded { id, outcome } => {
+                if let Some(call) = self.calls.get_mut(&id.0) {
+                    call.request = Some(outcome);
                     defer(&mut self.deferred, &mut call.waker);
                 }
             }
@@ -451,15 +468,21 @@ impl Deferred {
 }
 
 /// Waits for the outcome of an exchange we initiated (client: invocation; server: request),
-/// releasing unread chunks.
-pub(crate) async fn wait_outcome(shared: &Mutex<Shared>, id: RequestId) -> Outcome {
+/// releasing unread chunks: `take` takes the end from the field of its kind, `lost` makes
+/// one when the exchange is gone.
+pub(crate) async fn wait_outcome<T>(
+    shared: &Mutex<Shared>,
+    id: RequestId,
+    take: impl Fn(&mut Call) -> Option<T>,
+    lost: impl Fn(CloseReason) -> T,
+) -> T {
     std::future::poll_fn(|cx| {
         let mut s = lock(shared);
         let Some(call) = s.calls.get_mut(&id.0) else {
-            return std::task::Poll::Ready(Outcome::Lost(CloseReason::Local));
+            return std::task::Poll::Ready(lost(CloseReason::Local));
         };
         let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
-        if let Some(o) = call.outcome.take() {
+        if let Some(o) = take(call) {
             s.calls.remove(&id.0);
             s.conn.release(id, unread);
             s.pump();

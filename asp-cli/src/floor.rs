@@ -144,15 +144,15 @@ async fn asp_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
             let (c, done, stop, args) = (c.clone(), done.clone(), stop.clone(), args.clone());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let inv = c.invoke_raw("echo", Some(args.clone()), InvokeOptions::default());
-                    match inv {
-                        Ok(inv) if inv.completion().await.is_ok() => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => return Err("an ASP call failed".to_string()),
-                    }
+                    let failed = || "an ASP call failed".to_string();
+                    c.invoke_raw("echo", Some(args.clone()), InvokeOptions::default())
+                        .map_err(|_| failed())?
+                        .completion()
+                        .await
+                        .map_err(|_| failed())?;
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(())
+                Ok::<(), String>(())
             }));
         }
     }
