@@ -16,7 +16,7 @@ use asp_tokio::tungstenite::client::IntoClientRequest;
 use asp_tokio::tungstenite::Message;
 use asp_tokio::{Args, Client, InvokeOptions, Output, RawValue, Runtime, Tokio, Tool, ToolContext};
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -193,7 +193,7 @@ fn request(size: usize) -> Bytes {
 }
 
 /// The floor: a raw WebSocket per connection keeping `pipeline` messages in flight (one
-/// task reads each echo and sends the next).
+/// task reads each echo and sends the next), writes coalesced like ASP's.
 async fn raw_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
     let rt = Tokio::current();
     let mut conns = Vec::new();
@@ -225,13 +225,16 @@ async fn raw_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
             }
             ws.flush().await.map_err(|_| failed())?;
             let mut in_flight = pipeline;
+            // Answers that have arrived are all read before one flush sends their
+            // successors (coalesced writes, as ASP's driver does).
+            let mut next = ws.next().await;
             while in_flight > 0 {
-                match ws.next().await {
+                match next {
                     Some(Ok(Message::Binary(_))) => {
                         in_flight -= 1;
                         done.fetch_add(1, Ordering::Relaxed);
                         if !stop.load(Ordering::Relaxed) {
-                            ws.send(Message::Binary(msg.clone()))
+                            ws.feed(Message::Binary(msg.clone()))
                                 .await
                                 .map_err(|_| failed())?;
                             in_flight += 1;
@@ -240,6 +243,14 @@ async fn raw_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
                     Some(Ok(_)) => {}
                     _ => return Err(failed()),
                 }
+                next = match ws.next().now_or_never() {
+                    Some(n) => n,
+                    None if in_flight == 0 => break,
+                    None => {
+                        ws.flush().await.map_err(|_| failed())?;
+                        ws.next().await
+                    }
+                };
             }
             let _ = ws.close(None).await;
             Ok::<(), String>(())
@@ -271,12 +282,24 @@ async fn raw_server() -> Result<String, String> {
                 else {
                     return;
                 };
-                while let Some(Ok(m)) = ws.next().await {
+                // Echoes every message that has arrived, then flushes once (coalesced
+                // writes, as ASP's driver does).
+                let mut next = ws.next().await;
+                while let Some(Ok(m)) = next {
                     if let Message::Binary(b) = m {
-                        if ws.send(Message::Binary(b)).await.is_err() {
+                        if ws.feed(Message::Binary(b)).await.is_err() {
                             return;
                         }
                     }
+                    next = match ws.next().now_or_never() {
+                        Some(n) => n,
+                        None => {
+                            if ws.flush().await.is_err() {
+                                return;
+                            }
+                            ws.next().await
+                        }
+                    };
                 }
             });
         }

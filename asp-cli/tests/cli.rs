@@ -646,6 +646,43 @@ fn bench_load_checks_every_call() {
     assert_eq!(r.code, Some(0), "{r:?}");
 }
 
+/// The floor mode (issue 19): an ASP echo server and a raw WebSocket echo server in the
+/// process, both loads run on each runtime flavor, every call answered (a failed call exits
+/// non-zero), and both rates reported.
+#[test]
+fn bench_floor_runs_asp_and_the_raw_websocket() {
+    for runtime in ["current_thread", "multi_thread"] {
+        let r = asp(&[
+            "bench",
+            "--floor",
+            "--runtime",
+            runtime,
+            "--connections",
+            "3",
+            "--pipeline",
+            "2",
+            "--duration",
+            "0.3",
+            "--rounds",
+            "2",
+            "--json",
+        ]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        let b = &r.json_lines()[0];
+        assert_eq!(b["type"], "floor", "{b}");
+        assert_eq!(b["runtime"], runtime, "{b}");
+        for key in ["asp_calls_per_s", "raw_msgs_per_s"] {
+            let rates = b[key].as_array().expect("rates");
+            assert_eq!(rates.len(), 2, "{b}");
+            assert!(rates.iter().all(|r| r.as_f64() > Some(0.0)), "{b}");
+        }
+        assert!(b["ratio_median"].as_f64() > Some(0.0), "{b}");
+    }
+    let r = asp(&["bench", "--floor", "--runtime", "nope", "--rounds", "1"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("unknown runtime"), "{}", r.stderr);
+}
+
 fn ticker() -> Tool {
     Tool::new("ticker", |_ctx: ToolContext, _args: Args| async move {
         Ok(Output {
