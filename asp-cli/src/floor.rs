@@ -277,7 +277,7 @@ async fn raw_server() -> Result<String, String> {
             tokio::spawn(async move {
                 let _ = rt.set_nodelay(&tcp);
                 let Ok(mut ws) = rt
-                    .upgrade(tcp, Box::new(|_, r| Ok(r)), asp_tokio::default_ws_config())
+                    .upgrade(tcp, Box::new(accept_all), asp_tokio::default_ws_config())
                     .await
                 else {
                     return;
@@ -305,4 +305,16 @@ async fn raw_server() -> Result<String, String> {
         }
     });
     Ok(format!("ws://{addr}/"))
+}
+
+/// Accepts every upgrade (the signature is tungstenite's, error type included).
+#[allow(clippy::result_large_err)]
+fn accept_all(
+    _: &asp_tokio::tungstenite::handshake::server::Request,
+    r: asp_tokio::tungstenite::handshake::server::Response,
+) -> Result<
+    asp_tokio::tungstenite::handshake::server::Response,
+    asp_tokio::tungstenite::handshake::server::ErrorResponse,
+> {
+    Ok(r)
 }
