@@ -92,6 +92,10 @@ async def finish(rest: Any) -> Any:
 class Transport(Protocol):
     """What the driver needs of a message transport."""
 
+    def try_send(self, data: bytes) -> bool:
+        """Sends one message now if that cannot wait (no coroutine); False to use ``send``."""
+        ...
+
     async def send(self, data: bytes) -> None: ...
 
     async def close(self, code: int) -> None: ...
@@ -135,10 +139,12 @@ class Driver:
 
     def kick(self) -> None:
         """A command queued output: collect it soon (commands issued in the same loop
-        iteration share one batch and one WebSocket message)."""
+        iteration share one batch and one WebSocket message). Inside ``pump`` the batch loop
+        collects it before it returns, with no callback scheduled."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._flush_handle = self.loop.call_soon(self._flush)
+            if not self._pumping:
+                self._flush_handle = self.loop.call_soon(self._flush)
 
     def flush_now(self) -> None:
         """Collect a command's output and write it at once (one exchange's start or end: no
@@ -265,7 +271,11 @@ class Driver:
             return
         try:
             while self._out:
-                done, rest = start_inline(t.send(self._take()))
+                data = self._take()
+                if t.try_send(data):
+                    self._sent()
+                    continue
+                done, rest = start_inline(t.send(data))
                 if not done:
                     self._writer = self.loop.create_task(self._write_rest(t, rest))
                     return

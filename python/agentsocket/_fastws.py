@@ -1,9 +1,20 @@
-"""``websockets`` connections that hand each whole binary message to the driver from
-``data_received``, in the transport callback, instead of queueing it for a reader task: one
-event-loop trip less per message (what makes a round trip cost as much as a plain echo).
+"""``websockets`` connections with two shortcuts for the driver.
 
-Anything else — control frames, and fragmented messages, after which the fast path stays
-off so that messages keep their order — takes websockets' normal path (``recv``)."""
+Receiving: each whole binary message goes to the driver from ``data_received``, in the
+transport callback, instead of queueing it for a reader task: one event-loop trip less per
+message. Anything else — control frames, and fragmented messages, after which the fast path
+stays off so that messages keep their order — takes websockets' normal path (``recv``).
+
+Sending: ``try_send`` writes a message at once, without the coroutine and async context
+manager of ``send()``, whenever ``send()`` would not wait either (connection open, no
+fragmented message being sent, transport not above its write limit); otherwise the driver
+falls back to ``send()``. Both shortcuts are what make a round trip cost about as much as a
+plain ``websockets`` echo loop.
+
+Reading can be paused (``pause_input``): the driver does so while the core's transmit queue
+is full (SPEC §13.1), so that a peer that does not read what it asked for meets TCP
+backpressure. Messages of data already read in that moment are held, in order, and handed
+over on ``resume_input``; they are bounded by one read of the transport."""
 
 from __future__ import annotations
 
@@ -13,8 +24,10 @@ from typing import Any, Callable
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Opcode
+from websockets.protocol import State
 
 OP_BINARY, OP_CONT, OP_TEXT = Opcode.BINARY, Opcode.CONT, Opcode.TEXT
+OPEN = State.OPEN
 
 log = logging.getLogger("agentsocket")
 
@@ -42,11 +55,37 @@ def _process(conn: Any, event: Any, default: Callable[[Any], None]) -> None:
     default(event)
 
 
+def _try_send(conn: Any, data: bytes) -> bool:
+    # The conditions under which `send()` neither waits nor fails (websockets 14–17:
+    # `send` → `send_context` → `protocol.send_binary`, `send_data`, `drain`). The driver
+    # never sends fragmented messages, but the attribute that says one is being sent was
+    # renamed across versions.
+    if (
+        conn.protocol.state is not OPEN
+        or conn.paused
+        or getattr(conn, "send_in_progress", None) is not None
+        or getattr(conn, "fragmented_send_waiter", None) is not None
+    ):
+        return False
+    conn.protocol.send_binary(data)
+    try:
+        conn.send_data()
+    except Exception as exc:  # as `send_context` does: the connection is broken
+        conn.set_connection_exc(exc)
+        conn.transport.abort()
+        raise
+    return True
+
+
 class FastClientConnection(ClientConnection):
     asp_sink: Sink | None = None
 
     def process_event(self, event: Any) -> None:
         _process(self, event, super().process_event)
+
+    def try_send(self, data: bytes) -> bool:
+        """Sends ``data`` as one binary message now if that cannot wait; else False."""
+        return _try_send(self, data)
 
 
 class FastServerConnection(ServerConnection):
@@ -54,3 +93,7 @@ class FastServerConnection(ServerConnection):
 
     def process_event(self, event: Any) -> None:
         _process(self, event, super().process_event)
+
+    def try_send(self, data: bytes) -> bool:
+        """Sends ``data`` as one binary message now if that cannot wait; else False."""
+        return _try_send(self, data)

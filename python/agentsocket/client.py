@@ -326,9 +326,9 @@ class Client(Driver):
         if ws.subprotocol != SUBPROTOCOL:
             await ws.close()
             raise ConnectionError(f"server did not select the {SUBPROTOCOL} subprotocol (SPEC §2.1)")
-        self._ws = ws
-        self.attach(_WsTransport(ws))
         assert isinstance(ws, FastClientConnection)
+        self._ws = ws
+        self.attach(ws)  # it has the driver's `Transport` methods
         ws.asp_sink = self.feed  # messages from now on arrive in data_received
         self._reader = self.loop.create_task(self._read(ws))
 
@@ -476,19 +476,6 @@ def _outcome(o: tuple[Any, ...]) -> Result | BaseException:
     if kind == "lost":
         return ConnectionLost(*o[1])
     return AspError(ErrorCode.PROTOCOL_VIOLATION, f"unexpected outcome {kind}")
-
-
-class _WsTransport:
-    __slots__ = ("ws",)
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-
-    async def send(self, data: bytes) -> None:
-        await self.ws.send(data)
-
-    async def close(self, code: int) -> None:
-        await self.ws.close(code)
 
 
 async def connect(

@@ -604,7 +604,8 @@ class Server:
 
         async def handler(ws: ServerConnection) -> None:
             session = _Session(self, auths.pop(id(ws), None))
-            await session.serve_transport(_WsTransport(ws), _ws_messages(ws), ws)
+            assert isinstance(ws, FastServerConnection)
+            await session.serve_transport(ws, _ws_messages(ws), ws)
 
         srv = await ws_serve(
             handler,
@@ -652,19 +653,6 @@ def _bearer(h: str | None) -> str | None:
     if h and h[:7].lower() == "bearer ":
         return h[7:].strip()
     return None
-
-
-class _WsTransport:
-    __slots__ = ("ws",)
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self.ws = ws
-
-    async def send(self, data: bytes) -> None:
-        await self.ws.send(data)
-
-    async def close(self, code: int) -> None:
-        await self.ws.close(code)
 
 
 async def _ws_messages(ws: ServerConnection) -> Any:
