@@ -77,8 +77,38 @@ def _try_send(conn: Any, data: bytes) -> bool:
     return True
 
 
+def _connection_made(conn: Any) -> None:
+    # websockets' message assembler pauses and resumes the transport by itself (its queue
+    # bound); both it and the driver must agree before reading resumes.
+    conn.asp_reading = True
+    asm = conn.recv_messages
+    asm.pause = asm.resume = lambda: _sync_reading(conn)
+
+
+def _sync_reading(conn: Any) -> None:
+    t = conn.transport
+    if conn.asp_reading and not conn.recv_messages.paused:
+        t.resume_reading()  # both are no-ops when already so, or closing
+    else:
+        t.pause_reading()
+
+
+def _set_reading(conn: Any, on: bool) -> None:
+    conn.asp_reading = on
+    _sync_reading(conn)
+
+
 class FastClientConnection(ClientConnection):
     asp_sink: Sink | None = None
+    asp_reading = True
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        _connection_made(self)
+
+    def set_reading(self, on: bool) -> None:
+        """Pauses (False) or resumes (True) reading from the socket, for the driver."""
+        _set_reading(self, on)
 
     def process_event(self, event: Any) -> None:
         _process(self, event, super().process_event)
@@ -90,6 +120,15 @@ class FastClientConnection(ClientConnection):
 
 class FastServerConnection(ServerConnection):
     asp_sink: Sink | None = None
+    asp_reading = True
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        _connection_made(self)
+
+    def set_reading(self, on: bool) -> None:
+        """Pauses (False) or resumes (True) reading from the socket, for the driver."""
+        _set_reading(self, on)
 
     def process_event(self, event: Any) -> None:
         _process(self, event, super().process_event)
