@@ -91,6 +91,12 @@ struct Cli {
     )]
     connect_timeout: Duration,
 
+    /// Client commands: offer session resume (SPEC §11) and, when the connection drops,
+    /// redial and continue the session, with no chunk lost or repeated (if the server
+    /// offers resume).
+    #[arg(long, global = true, display_order = 903)]
+    resume: bool,
+
     #[command(flatten)]
     tls: tls::ClientTlsArgs,
 
@@ -262,6 +268,7 @@ struct Global {
     token: Option<String>,
     json: bool,
     connect_timeout: Duration,
+    resume: bool,
     tls: tls::ClientTlsArgs,
 }
 
@@ -270,6 +277,7 @@ async fn run(cli: Cli) -> i32 {
         token: cli.token,
         json: cli.json,
         connect_timeout: cli.connect_timeout,
+        resume: cli.resume,
         tls: cli.tls,
     };
     match cli.command {
@@ -516,7 +524,7 @@ fn client_config() -> Config {
 }
 
 async fn connect(g: &Global, url: &str, asker: Option<Arc<Asker>>) -> Result<Client, String> {
-    let mut b = asp_tokio::client().config(client_config());
+    let mut b = asp_tokio::client().config(client_config()).resume(g.resume);
     if url
         .get(..6)
         .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))

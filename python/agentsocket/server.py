@@ -187,6 +187,8 @@ class _Session(Driver):
         self.tasks: dict[int, tuple[asyncio.Task[None], Context]] = {}
         self.requests: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
         self.resumed_into: _Session | None = None
+        #: Times this session continued on a new transport (SPEC §11).
+        self.resumes = 0
         for t in server._tools.values():
             self.conn.add_tool(t.name, t.description, t.input_schema, t.annotations)
 
@@ -223,7 +225,7 @@ class _Session(Driver):
             if tok is not None:
                 self.server._detached[_key(tok)] = self
         elif tag == "resumed":
-            pass
+            self.resumes += 1
         elif tag == "closed":
             self.note_close(ev[1])
             self.server.sessions.discard(self)
