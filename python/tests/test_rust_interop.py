@@ -155,6 +155,49 @@ async def test_py_client_resumes_with_rust_server(rust_server: str) -> None:
 # ── Rust client ↔ Python server ─────────────────────────────────────────────
 
 
+async def test_rust_client_watches_py_tool_pushes(asp_bin: str, py_server) -> None:
+    """`asp tools --watch` against a Python server: tools added and removed at run time reach
+    the Rust client (SPEC §9)."""
+    server, lst = py_server
+    p = await spawn(asp_bin, "--json", "tools", "--watch", lst.url)
+    try:
+        first = json.loads(await p.line())
+        assert first["type"] == "tools" and "echo" in {t["name"] for t in first["tools"]}
+
+        async def shout(text: str) -> str:
+            """Shouts."""
+            return text.upper()
+
+        server.add_tool(shout)
+        added = json.loads(await p.line())
+        assert added["type"] == "tool_added" and added["tool"]["name"] == "shout"
+        assert added["tool"]["input_schema"]["required"] == ["text"]
+        assert server.remove_tool("shout")
+        assert json.loads(await p.line()) == {"type": "tool_removed", "name": "shout"}
+    finally:
+        await p.stop()
+
+
+async def test_rust_client_interrupts_py_tool(asp_bin: str, py_server) -> None:
+    """Ctrl-C on `asp call` sends INTERRUPT; the Python tool's task is cancelled and the call
+    completes `cancelled` (SPEC §7.3)."""
+    import signal
+
+    _, lst = py_server
+    p = await spawn(asp_bin, "--json", "call", lst.url, "wait")
+    try:
+        first = json.loads(await p.line())  # the tool is running: interrupt it
+        assert (first["type"], first["text"]) == ("chunk", "waiting"), first
+        p.proc.send_signal(signal.SIGINT)
+        last = json.loads(await p.line())
+        while last.get("type") == "chunk":
+            last = json.loads(await p.line())
+        assert last["status"] == "cancelled", last
+        assert await asyncio.wait_for(p.proc.wait(), 20) == 1
+    finally:
+        await p.stop()
+
+
 async def test_rust_client_resumes_with_py_server(asp_bin: str) -> None:
     """The Python server offers resume; `asp call --resume` loses its connection under a
     stream (the server's side of the TCP connection is cut), redials and resumes: every chunk
