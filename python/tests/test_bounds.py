@@ -73,9 +73,11 @@ async def test_flooding_peer_meets_backpressure() -> None:
 
             session._check_input = watch  # type: ignore[method-assign]
 
-            # Flood: one call per message, never reading an answer.
+            # Flood: one call per message, never reading an answer. Written without waiting
+            # for the socket (what the kernel does not take waits in this process).
             for i in range(1, CALLS + 1):
-                await ws.send(invoke_frame(i, "big", {"n": ANSWER}))
+                ws.protocol.send_binary(invoke_frame(i, "big", {"n": ANSWER}))
+                ws.send_data()
             await asyncio.wait_for(paused.wait(), 60)
             assert session._transport is not None and not session._transport.transport.is_reading()
             # Paused, the server holds its queue bound (1 MiB), what the driver took before
