@@ -55,14 +55,19 @@ def _process(conn: Any, event: Any, default: Callable[[Any], None]) -> None:
     default(event)
 
 
+#: The websockets internals `try_send` uses exist (else every message takes `send()`).
+_FAST_SEND = all(hasattr(c, a) for c in (ClientConnection, ServerConnection) for a in ("send_data", "set_connection_exc"))
+
+
 def _try_send(conn: Any, data: bytes) -> bool:
     # The conditions under which `send()` neither waits nor fails (websockets 14–17:
     # `send` → `send_context` → `protocol.send_binary`, `send_data`, `drain`). The driver
     # never sends fragmented messages, but the attribute that says one is being sent was
     # renamed across versions.
     if (
-        conn.protocol.state is not OPEN
-        or conn.paused
+        not _FAST_SEND
+        or conn.protocol.state is not OPEN
+        or getattr(conn, "paused", True)
         or getattr(conn, "send_in_progress", None) is not None
         or getattr(conn, "fragmented_send_waiter", None) is not None
     ):
@@ -87,7 +92,7 @@ def _connection_made(conn: Any) -> None:
 
 def _sync_reading(conn: Any) -> None:
     t = conn.transport
-    if conn.asp_reading and not conn.recv_messages.paused:
+    if conn.asp_reading and not getattr(conn.recv_messages, "paused", False):
         t.resume_reading()  # both are no-ops when already so, or closing
     else:
         t.pause_reading()
