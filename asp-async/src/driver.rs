@@ -92,6 +92,7 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
             out: VecDeque::new(),
             unflushed: false,
             read_done: false,
+            read: ReadSide::new(),
             timer: None,
             close_code: asp_proto::error::close_code::NORMAL,
         };
@@ -171,6 +172,8 @@ struct Driver<S, R> {
     unflushed: bool,
     /// The WebSocket's reading side has ended.
     read_done: bool,
+    /// Whether reading can make progress (see [`ReadSide`]).
+    read: ReadSide,
     /// The sleep the driver last waited on, with its deadline, kept while it has not fired.
     timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)>,
     /// The WebSocket close code to send once the connection has closed (SPEC §2.1): the
@@ -211,12 +214,17 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(End::Lost),
             }
-            if wants_input && !self.read_done {
-                if let Poll::Ready(msg) = Pin::new(&mut self.ws).poll_next(cx) {
-                    if let Some(end) = self.handle_read(shared, msg) {
-                        return Poll::Ready(end);
+            if wants_input && !self.read_done && self.read.should_poll(cx) {
+                let waker = self.read.waker();
+                let mut rcx = Context::from_waker(&waker);
+                match Pin::new(&mut self.ws).poll_next(&mut rcx) {
+                    Poll::Ready(msg) => {
+                        if let Some(end) = self.handle_read(shared, msg) {
+                            return Poll::Ready(end);
+                        }
+                        continue;
                     }
-                    continue;
+                    Poll::Pending => self.read.pending(),
                 }
             }
             // The timer: (re)armed for the core's next deadline.
@@ -453,6 +461,68 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
             }
         })
         .await
+    }
+}
+
+/// Tells the driver whether to try reading. A pass woken to write (a caller's INVOKE, a
+/// handler's chunk) need not read: the socket has nothing new unless its readiness woke us.
+/// Each read attempt costs more than a readiness check, since tungstenite zero-fills its read
+/// buffer's free space (`read_buffer_size`, 128 KiB by default) before every read, also one
+/// that finds nothing (README, issue 19). So the read side gets a waker of its own that
+/// records that it fired; the driver reads when it did, and after a read that returned a
+/// message (more may be buffered), until a read finds nothing.
+struct ReadSide {
+    woken: Arc<ReadWoken>,
+    /// A read may make progress: at the start, after a message, after the read waker fired.
+    ready: bool,
+}
+
+#[derive(Default)]
+struct ReadWoken {
+    flag: std::sync::atomic::AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for ReadWoken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl ReadSide {
+    fn new() -> ReadSide {
+        ReadSide {
+            woken: Arc::new(ReadWoken::default()),
+            ready: true,
+        }
+    }
+
+    /// Whether to read now; keeps the task's current waker for the read side's wake-ups.
+    fn should_poll(&mut self, cx: &Context<'_>) -> bool {
+        self.woken.task.register(cx.waker());
+        if self
+            .woken
+            .flag
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.ready = true;
+        }
+        self.ready
+    }
+
+    /// The waker to read with.
+    fn waker(&self) -> std::task::Waker {
+        std::task::Waker::from(self.woken.clone())
+    }
+
+    /// The read found nothing: its waker is registered with the socket, which wakes it when
+    /// there is more.
+    fn pending(&mut self) {
+        self.ready = false;
     }
 }
 
