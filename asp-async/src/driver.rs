@@ -200,7 +200,11 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         let mut passes = 0;
         loop {
             if passes == PASSES_PER_POLL {
-                // Give way; the waker makes the runtime poll us again soon.
+                // Give way (what was answered so far leaves first); the waker makes the
+                // runtime poll us again soon.
+                if let Poll::Ready(Err(_)) = self.poll_write(cx, true) {
+                    return Poll::Ready(End::Lost);
+                }
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
@@ -209,12 +213,16 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 Look::Open { wants_input, more } => (wants_input, more),
                 Look::End(end) => return Poll::Ready(end),
             };
-            match self.poll_write(cx) {
+            // While more input may be waiting, answers are queued in the WebSocket but not
+            // flushed: the answers to everything that has arrived leave in one write, as a
+            // raw echo that reads all it can before it flushes does (README, throughput).
+            let may_read = wants_input && !self.read_done && self.read.should_poll(cx);
+            match self.poll_write(cx, !may_read) {
                 Poll::Ready(Ok(())) if more => continue,
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(End::Lost),
             }
-            if wants_input && !self.read_done && self.read.should_poll(cx) {
+            if may_read {
                 let waker = self.read.waker();
                 let mut rcx = Context::from_waker(&waker);
                 match Pin::new(&mut self.ws).poll_next(&mut rcx) {
@@ -224,7 +232,13 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                         }
                         continue;
                     }
-                    Poll::Pending => self.read.pending(),
+                    Poll::Pending => {
+                        self.read.pending();
+                        if self.unflushed {
+                            // Nothing more to read: flush now.
+                            continue;
+                        }
+                    }
                 }
             }
             // The timer: (re)armed for the core's next deadline.
@@ -337,9 +351,13 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         s.armed_timeout = want;
     }
 
-    /// Gives the taken messages to the WebSocket and flushes once; `Ready(Ok)` when all is
-    /// written.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tungstenite::Error>> {
+    /// Gives the taken messages to the WebSocket and, with `flush`, flushes once; `Ready(Ok)`
+    /// when all is given (and written).
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        flush: bool,
+    ) -> Poll<Result<(), tungstenite::Error>> {
         while !self.out.is_empty() {
             std::task::ready!(Pin::new(&mut self.ws).poll_ready(cx))?;
             if let Some(m) = self.out.pop_front() {
@@ -347,7 +365,7 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 self.unflushed = true;
             }
         }
-        if self.unflushed {
+        if self.unflushed && flush {
             std::task::ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
             self.unflushed = false;
         }
@@ -426,7 +444,7 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 return Poll::Ready(());
             }
             while !write_done {
-                match self.poll_write(cx) {
+                match self.poll_write(cx, true) {
                     Poll::Pending => break,
                     Poll::Ready(Err(_)) => write_done = true,
                     Poll::Ready(Ok(())) if close_sent => {
