@@ -2,9 +2,10 @@
 //!
 //! One future per transport both reads and writes, as quinn's `ConnectionDriver` does: each
 //! pass takes what the core has to send (`poll_transmit`, at most [`WRITE_BATCH`] bytes),
-//! feeds it to the WebSocket and flushes once (coalesced writes), reads one message into
-//! `handle_message` (SPEC §2.1) if the core wants input, and runs the core's timer
-//! (`poll_timeout`). Reading never waits on writing: a write the socket does not take yet
+//! feeds it to the WebSocket, reads one message into `handle_message` (SPEC §2.1) if the core
+//! wants input, and runs the core's timer (`poll_timeout`). It flushes once a read finds
+//! nothing (or reading is not wanted): the answers to everything that arrived leave in one
+//! write (coalesced writes). Reading never waits on writing: a write the socket does not take yet
 //! and a read with nothing to read are both polled, so two peers both blocked writing to full
 //! sockets still read each other's bytes. Before, reading and writing were two tasks, and on
 //! a multi-thread runtime every frame crossed from one to the other, often to another
