@@ -24,8 +24,12 @@
 )]
 
 mod codec;
+mod link;
 mod pair;
 mod session;
+
+// For `link.rs`, which `tests/pair` includes too (where `Instant` is `asp_proto::Instant`).
+use crate::Instant;
 
 pub use self::codec::{decode, roundtrip};
 pub use self::pair::pair;

@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::link::{Datagram, Link};
 use super::session::{
     fire_timers, pick, small_config, step_of, transmit, u16_le, Checker, Ids, Step,
 };
@@ -33,15 +34,6 @@ fn honest_close(reason: &CloseReason) -> bool {
         }
         _ => true,
     }
-}
-
-/// One direction of the wire.
-#[derive(Default)]
-struct Pipe {
-    /// WebSocket mode: whole messages.
-    messages: VecDeque<Bytes>,
-    /// Byte-stream mode.
-    stream: BytesMut,
 }
 
 struct Side {
@@ -147,8 +139,8 @@ struct Pair {
     client: Side,
     server: Side,
     /// Client → server, server → client.
-    c2s: Pipe,
-    s2c: Pipe,
+    c2s: Link,
+    s2c: Link,
     messages: bool,
     wire_up: bool,
     now: crate::Instant,
@@ -157,7 +149,7 @@ struct Pair {
 
 impl Pair {
     /// (`me`, the peer, `me`'s outgoing pipe). `server_side`: `me` is the server.
-    fn sides(&mut self, server_side: bool) -> (&mut Side, &mut Side, &mut Pipe) {
+    fn sides(&mut self, server_side: bool) -> (&mut Side, &mut Side, &mut Link) {
         if server_side {
             (&mut self.server, &mut self.client, &mut self.s2c)
         } else {
@@ -184,11 +176,8 @@ impl Pair {
                     if !wire_up {
                         return;
                     }
-                    if messages {
-                        out.messages.push_back(batch);
-                    } else {
-                        out.stream.extend_from_slice(&batch);
-                    }
+                    // No latency: the fuzzer chooses when the peer reads.
+                    out.send(now, Datagram::Data(batch));
                 });
             }
             1 => {
@@ -197,18 +186,16 @@ impl Pair {
                 let (_, peer, out) = self.sides(server_side);
                 if messages {
                     for _ in 0..=(b >> 5) {
-                        if let Some(m) = out.messages.pop_front() {
+                        if let Some(Datagram::Data(m)) = out.pop_due(None) {
                             peer.conn.handle_message(now, m);
                         }
                     }
                 } else {
-                    let n = usize::from(b >> 1);
-                    let n = if n == 0 {
-                        out.stream.len()
-                    } else {
-                        n.min(out.stream.len())
+                    let n = match usize::from(b >> 1) {
+                        0 => usize::MAX,
+                        n => n,
                     };
-                    let chunk = out.stream.split_to(n).freeze();
+                    let chunk = out.take_bytes(None, n);
                     if !chunk.is_empty() {
                         peer.conn.handle_bytes(now, chunk);
                     }
@@ -411,8 +398,8 @@ pub fn pair(data: &[u8]) {
             mine: Ids::default(),
             theirs: Ids::default(),
         },
-        c2s: Pipe::default(),
-        s2c: Pipe::default(),
+        c2s: Link::default(),
+        s2c: Link::default(),
         messages: t & 1 != 0,
         wire_up: true,
         now,
