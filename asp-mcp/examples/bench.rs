@@ -9,8 +9,9 @@
 //! Each row: sequential round trips of `echo` (64-byte text; p50 and p99 latency), and
 //! throughput with 32 calls in flight over one connection (one ASP socket; one MCP client).
 //! Both sides speak MCP 2025-11-25 to the server (rmcp's default client lifecycle; the bridge
-//! with `--generation legacy`). Each run measures direct and bridged, alternating which goes
-//! first, `--runs` times; the ratios are per run, reported as median and range. Tokio's
+//! with `--generation legacy`). Each run opens both paths, interleaves their sequential calls
+//! one by one and alternates their in-flight blocks (so that load from other processes hits
+//! both alike), `--runs` times; the ratios are per run, reported as median and range. Tokio's
 //! multi-thread runtime, the measuring code in a spawned task; release builds.
 //!
 //! `cargo run --release --example bench -- [--runs 5] [--calls 2000]`
@@ -86,29 +87,63 @@ struct Sample {
     rate: f64,
 }
 
-async fn measure(c: &impl Caller, calls: usize) -> Sample {
+/// Blocks of calls in flight per side and run, alternating between the sides.
+const BLOCKS: usize = 8;
+
+/// Direct and bridged measured together: sequential calls interleave one by one (the order
+/// turning each time), and the throughput runs in `BLOCKS` alternating blocks per side, so
+/// that a burst of load from other processes hits both alike.
+async fn measure(d: &impl Caller, b: &impl Caller, calls: usize) -> (Sample, Sample) {
     for _ in 0..calls / 10 {
-        c.call().await;
+        d.call().await;
+        b.call().await;
     }
-    let mut lat = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        c.call().await;
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    lat.sort_by(f64::total_cmp);
-    let p50 = lat[lat.len() / 2];
-    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
-    let t = Instant::now();
-    let per = calls / IN_FLIGHT;
-    futures::future::join_all((0..IN_FLIGHT).map(|_| async {
-        for _ in 0..per {
-            c.call().await;
+    let (mut ld, mut lb) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    for i in 0..calls {
+        for bridged in [i % 2 == 0, i % 2 == 1] {
+            let t = Instant::now();
+            if bridged {
+                b.call().await;
+                lb.push(t.elapsed().as_secs_f64() * 1e6);
+            } else {
+                d.call().await;
+                ld.push(t.elapsed().as_secs_f64() * 1e6);
+            }
         }
-    }))
-    .await;
-    let rate = (per * IN_FLIGHT) as f64 / t.elapsed().as_secs_f64();
-    Sample { p50, p99, rate }
+    }
+    let per = (calls / (IN_FLIGHT * BLOCKS)).max(1);
+    let (mut td, mut tb) = (0.0, 0.0);
+    for block in 0..2 * BLOCKS {
+        let bridged = block % 2 == 1;
+        let t = Instant::now();
+        futures::future::join_all((0..IN_FLIGHT).map(|_| async move {
+            for _ in 0..per {
+                if bridged {
+                    b.call().await;
+                } else {
+                    d.call().await;
+                }
+            }
+        }))
+        .await;
+        let e = t.elapsed().as_secs_f64();
+        if bridged {
+            tb += e;
+        } else {
+            td += e;
+        }
+    }
+    let n = (per * IN_FLIGHT * BLOCKS) as f64;
+    (percentiles(ld, n / td), percentiles(lb, n / tb))
+}
+
+fn percentiles(mut lat: Vec<f64>, rate: f64) -> Sample {
+    lat.sort_by(f64::total_cmp);
+    Sample {
+        p50: lat[lat.len() / 2],
+        p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        rate,
+    }
 }
 
 fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -172,31 +207,21 @@ async fn run() {
     ];
     for run in 0..runs {
         for (i, row) in rows.iter_mut().enumerate() {
-            // Direct first on even runs, bridged first on odd ones.
-            let mut direct = None;
-            let mut bridged = None;
-            for bridged_turn in [run % 2 == 1, run % 2 == 0] {
-                if bridged_turn {
-                    let args: Vec<&str> = if i == 0 {
-                        vec!["--", &fixture]
-                    } else {
-                        vec!["--url", &http_url]
-                    };
-                    let (mut child, b) = bridge(&args).await;
-                    bridged = Some(measure(&b, calls).await);
-                    b.0.close().await;
-                    let _ = child.kill().await;
-                } else {
-                    let d = if i == 0 {
-                        mcp_stdio().await
-                    } else {
-                        mcp_http(&http_url).await
-                    };
-                    direct = Some(measure(&d, calls).await);
-                    let _ = d.0.cancel().await;
-                }
-            }
-            let (d, b) = (direct.expect("direct"), bridged.expect("bridged"));
+            let args: Vec<&str> = if i == 0 {
+                vec!["--", &fixture]
+            } else {
+                vec!["--url", &http_url]
+            };
+            let (mut child, bridged) = bridge(&args).await;
+            let direct = if i == 0 {
+                mcp_stdio().await
+            } else {
+                mcp_http(&http_url).await
+            };
+            let (d, b) = measure(&direct, &bridged, calls).await;
+            bridged.0.close().await;
+            let _ = child.kill().await;
+            let _ = direct.0.cancel().await;
             eprintln!(
                 "run {run} {}: direct p50 {:.0} µs p99 {:.0} µs {:.0}/s, bridged p50 {:.0} µs p99 {:.0} µs {:.0}/s",
                 row.0, d.p50, d.p99, d.rate, b.p50, b.p99, b.rate
@@ -205,7 +230,7 @@ async fn run() {
             row.2.push(b);
         }
     }
-    println!("{runs} runs of {calls} sequential calls and {calls} calls with {IN_FLIGHT} in flight; per run ratios, median (range)");
+    println!("{runs} runs, each {calls} sequential calls per side (interleaved) and about {calls} calls per side with {IN_FLIGHT} in flight (alternating blocks); per-run ratios, median (range)");
     println!();
     println!("| path | direct MCP p50 / p99 | bridged p50 / p99 | bridged / direct p50 | bridged / direct p99 | direct calls/s ({IN_FLIGHT} in flight) | bridged calls/s | bridged / direct calls/s |");
     println!("|---|---|---|---|---|---|---|---|");
