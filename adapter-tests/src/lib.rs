@@ -55,7 +55,7 @@ pub use resume::{
 };
 pub use tls::{
     wss_bad_certificates, wss_certificate_reload, wss_invoke_stream_interrupt, wss_mutual_tls,
-    wss_plaintext_mismatch, wss_resume_mid_stream,
+    wss_plaintext_mismatch, wss_resume_mid_stream, wss_session_resumption,
 };
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
@@ -107,6 +107,7 @@ macro_rules! for_each_scenario {
             wss_plaintext_mismatch,
             wss_mutual_tls,
             wss_certificate_reload,
+            wss_session_resumption,
         }
     };
 }
