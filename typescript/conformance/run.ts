@@ -224,6 +224,8 @@ const LIMIT_DEFAULTS: Record<string, number> = {
   max_tools: 256,
   max_chunk: 65536,
   initial_window: 262144,
+  replay_buffer: 262144,
+  resume_window_ms: 30000,
 };
 
 /** Our frame's fields in JSON form, with fields equal to their SPEC default dropped. */
@@ -510,6 +512,7 @@ function sessionVector(t: Json): string | undefined {
         }
       } else if (step.timeout) conn.handleTimeout(now);
       else if (step.transport_closed) conn.handleTransportClosed(now);
+      else if (step.peer_close) conn.handleTransportClosed(now, true);
     } catch (e) {
       return `${where}: threw ${(e as Error).stack}`;
     }

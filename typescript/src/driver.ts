@@ -99,11 +99,13 @@ export class Driver {
         this.pump();
       }
     };
-    socket.onclose = () => {
+    socket.onclose = (ev) => {
       if (this.socket !== socket) return;
       this.socketClosed = true;
       this.socket = undefined;
-      this.conn.handleTransportClosed(now());
+      // §11.3: a Close with status 1000, or without a status (1005), ends the session on
+      // purpose; any other end (1006 for a cut TCP connection, 1001, 1011…) detaches it.
+      this.conn.handleTransportClosed(now(), ev.code === 1000 || ev.code === 1005);
       this.pump();
       this.onSocketGone?.();
     };
@@ -179,14 +181,16 @@ export class Driver {
         if (rounds === 999) this.schedule();
       }
       this.arm();
-      if (this.conn.isClosed && this.socket !== undefined) {
+      if (this.conn.transportDone && this.socket !== undefined) {
+        // Closed, or a resumable session detached itself (heartbeat timeout, take-over, §11.3).
         const s = this.socket;
         this.socket = undefined;
         try {
-          s.close(this.conn.closeCode);
+          s.close(this.conn.transportCloseCode);
         } catch {
           /* already closing */
         }
+        if (!this.conn.isClosed && this.onSocketGone !== undefined) queueMicrotask(this.onSocketGone);
       }
     } finally {
       this.pumping = false;

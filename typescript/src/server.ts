@@ -230,7 +230,10 @@ class Session {
         // §11.2 step 3: find the detached session by token; this new connection is then dropped.
         const old = this.server.sessions.get(hex(e.token));
         const socket = this.driver.socket;
-        if (old !== undefined && old !== this && socket !== undefined && old.conn.state === "Detached") {
+        if (old !== undefined && old !== this && socket !== undefined && old.conn.state !== "Closed") {
+          // §11.3 take-over: the client's RESUME shows its old transport is gone, even if it
+          // still looks alive here (half-open TCP): detach it at once, closed without an ERROR.
+          if (old.conn.detach(now())) old.driver.pump();
           this.driver.socket = undefined;
           this.driver.dispose();
           if (old.conn.resumeSession(e.received, now())) {
@@ -328,7 +331,7 @@ class Session {
       const cap = this.conn.streamCapacity(id);
       const socket = this.driver.socket;
       const n = typeof data === "string" ? utf8Length(data) : data.length;
-      if (n > 0 && n <= cap && socket !== undefined && socket.bufferedAmount <= HIGH_WATER) {
+      if (n > 0 && n <= cap && (socket === undefined || socket.bufferedAmount <= HIGH_WATER)) {
         this.driver.command(() => this.conn.stream(id, data));
         return RESOLVED;
       }
@@ -344,7 +347,8 @@ class Session {
       const cap = this.conn.streamCapacity(id);
       if (cap < 0) throw new ConnectionLost("the invocation is no longer running");
       const socket = this.driver.socket;
-      const full = socket === undefined || socket.bufferedAmount > HIGH_WATER;
+      // Detached (no socket): data is queued for replay, within the window and the replay buffer (§11.3).
+      const full = socket !== undefined && socket.bufferedAmount > HIGH_WATER;
       if (cap > 0 && !full) {
         if (text !== undefined) {
           if (utf8Length(text) <= cap) {
@@ -355,25 +359,29 @@ class Session {
           const enc = new TextEncoder().encode(text);
           let end = cap;
           while (end > 0 && (enc[end]! & 0xc0) === 0x80) end--;
-          const head = new TextDecoder().decode(enc.subarray(0, end));
-          this.driver.command(() => this.conn.stream(id, head));
-          text = text.slice(head.length);
+          if (end > 0) {
+            const head = new TextDecoder().decode(enc.subarray(0, end));
+            this.driver.command(() => this.conn.stream(id, head));
+            text = text.slice(head.length);
+            continue;
+          }
+          // Room for less than the next character (replay room, §11.1): wait for more.
+        } else {
+          const b = bytes!;
+          if (b.length === 0) return;
+          if (b.length <= cap) {
+            this.driver.command(() => this.conn.stream(id, b));
+            return;
+          }
+          this.driver.command(() => this.conn.stream(id, b.subarray(0, cap)));
+          bytes = b.subarray(cap);
           continue;
         }
-        const b = bytes!;
-        if (b.length === 0) return;
-        if (b.length <= cap) {
-          this.driver.command(() => this.conn.stream(id, b));
-          return;
-        }
-        this.driver.command(() => this.conn.stream(id, b.subarray(0, cap)));
-        bytes = b.subarray(cap);
-        continue;
       }
       await new Promise<void>((resolve) => {
         running.wake = resolve;
         // Socket back-pressure has no event on a WebSocket: look again shortly.
-        if (full) setTimeout(resolve, socket === undefined ? 50 : 1);
+        if (full) setTimeout(resolve, 1);
       });
       running.wake = undefined;
     }
