@@ -197,6 +197,10 @@ export class Connection {
   private detachedAt: number | undefined;
   private resuming = false;
 
+  /** Byte stream (§2.2): the frame being gathered, and payload bytes still to discard. */
+  private partial = new Writer(64);
+  private skip = 0;
+
   // Outputs
   private out = new Writer(1024);
   private events: Event[] = [];
@@ -335,6 +339,68 @@ export class Connection {
     this.bytesSinceAck += bytes;
     if (this.st !== "Open" && this.st !== "Draining") return;
     if (this.bytesSinceAck >= Math.floor(this.peerReplayBuffer / 4) && this.recvCount > this.ackedCount) this.sendPing();
+  }
+
+  /**
+   * Bytes read from a byte stream (SPEC §2.2: stdio, TCP, pipes): frames back to back, cut
+   * anywhere. At most `8 + max_frame_payload` bytes of one frame are buffered; a frame
+   * declared longer is rejected (`FRAME_TOO_LARGE`, §3.6) as soon as its header is here and its
+   * payload discarded as it arrives, so the framing is kept.
+   */
+  handleBytes(bytes: Uint8Array, now: number): void {
+    if (this.st === "Closed" || (this.st === "Detached" && !this.resuming)) return;
+    if (bytes.length === 0) return;
+    this.lastRecv = now;
+    this.pingsSent = 0;
+    let pos = 0;
+    const len = bytes.length;
+    while (pos < len && !this.isClosed && !(this.st === "Detached" && !this.resuming)) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, len - pos);
+        this.skip -= n;
+        pos += n;
+        continue;
+      }
+      const p = this.partial;
+      if (p.len === 0 && len - pos >= HEADER_LEN) {
+        // Whole frames straight from the read, without copying.
+        const header = readHeader(bytes, pos);
+        if (header.version === 1 && header.length <= this.limits.max_frame_payload && len - pos - HEADER_LEN >= header.length) {
+          this.streamFrame(header, bytes, pos, now);
+          pos += HEADER_LEN + header.length;
+          continue;
+        }
+      }
+      // Gather the header, then the payload, in the partial buffer.
+      const want = p.len < HEADER_LEN ? HEADER_LEN : HEADER_LEN + readHeader(p.buf, 0).length;
+      const n = Math.min(want - p.len, len - pos);
+      p.bytes(bytes.subarray(pos, pos + n));
+      pos += n;
+      if (p.len < want) continue;
+      const header = readHeader(p.buf, 0);
+      if (p.len === HEADER_LEN && header.version === 1 && header.length > this.limits.max_frame_payload) {
+        // §3.6: judged on the header alone; the payload is skipped as it arrives.
+        p.len = 0;
+        this.skip = header.length;
+        this.streamFrame(header, p.buf, 0, now);
+        continue;
+      }
+      if (header.version !== 1 || p.len === HEADER_LEN + header.length) {
+        p.len = 0;
+        this.streamFrame(header, p.buf, 0, now);
+      }
+    }
+  }
+
+  private streamFrame(header: ReturnType<typeof readHeader>, buf: Uint8Array, pos: number, now: number): void {
+    if (header.version !== 1) {
+      // §3.2: nothing after a foreign version can be trusted.
+      this.connectionError(ErrorCode.UNSUPPORTED_VERSION, `header version ${header.version}`, header.type);
+      return;
+    }
+    const inSession = this.resumable && (this.st === "Open" || this.st === "Draining");
+    this.handleFrame(header, buf, pos + HEADER_LEN, now);
+    if (inSession) this.maybeAck(HEADER_LEN + header.length);
   }
 
   /** A text WebSocket message: §2.1 FRAMING_ERROR. */

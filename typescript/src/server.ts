@@ -27,6 +27,8 @@ export interface ToolContext {
   connectionId: string;
   /** INVOKE `meta`, decoded. */
   meta: unknown;
+  /** INVOKE `args` as sent: its MessagePack bytes (undefined without args). Return `new Raw(bytes)` to send a result byte for byte. */
+  rawArgs: Uint8Array | undefined;
   /** Aborted when the client interrupts, the deadline passes, or the connection closes. */
   signal: AbortSignal;
   /**
@@ -105,6 +107,11 @@ function toDef(t: ToolSpec): ToolDef {
   return d;
 }
 
+/** An application value as MessagePack; a `Raw` is taken as already encoded. */
+function toRaw(v: unknown): Raw {
+  return v instanceof Raw ? v : new Raw(mpEncode(v));
+}
+
 function decodeRaw(r: Raw | undefined): unknown {
   if (r === undefined) return undefined;
   try {
@@ -152,6 +159,7 @@ class Context implements ToolContext {
     readonly tool: string,
     readonly meta: unknown,
     private readonly running: Running,
+    readonly rawArgs: Uint8Array | undefined,
   ) {}
   get connectionId(): string {
     return this.session.conn.connectionId;
@@ -198,7 +206,7 @@ class Session {
         this.server.connections.add(this);
         return;
       case "Invoked":
-        this.run(e.id, e.tool, decodeRaw(e.args), decodeRaw(e.meta));
+        this.run(e.id, e.tool, e.args, decodeRaw(e.meta));
         return;
       case "Interrupted":
         this.running.get(e.id)?.abort.abort(new AspError(ErrorCode.INTERNAL, "interrupted"));
@@ -266,13 +274,14 @@ class Session {
     }
   }
 
-  private run(id: number, tool: string, args: unknown, meta: unknown): void {
+  private run(id: number, tool: string, rawArgs: Raw | undefined, meta: unknown): void {
+    const args = decodeRaw(rawArgs);
     const spec = this.server.toolSpecs.get(tool);
     const abort = new LazyAbort();
     const running: Running = { abort, wake: undefined };
     this.running.set(id, running);
     const started = now();
-    const ctx = new Context(this, id, tool, meta, running);
+    const ctx = new Context(this, id, tool, meta, running, rawArgs?.bytes);
     let value: unknown;
     try {
       if (spec === undefined) throw new AspError(ErrorCode.UNKNOWN_TOOL, tool);
@@ -310,7 +319,7 @@ class Session {
           // A bug or crash in the handler (§12.2 INTERNAL, retryable).
           this.conn.fail(id, ErrorCode.INTERNAL, (error as Error)?.message ?? String(error), true);
         } else {
-          this.conn.complete(id, 0, result === undefined ? undefined : new Raw(mpEncode(result)), ctx.metrics);
+          this.conn.complete(id, 0, result === undefined ? undefined : toRaw(result), ctx.metrics);
         }
       });
     } catch (e) {
@@ -392,7 +401,7 @@ class Session {
     return new Promise((resolve, reject) => {
       try {
         const id = this.driver.command(() =>
-          this.conn.request(kind, body === undefined ? undefined : new Raw(mpEncode(body)), invocation),
+          this.conn.request(kind, body === undefined ? undefined : toRaw(body), invocation),
         );
         this.asks.set(id, { resolve, reject });
       } catch (e) {
