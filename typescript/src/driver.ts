@@ -15,6 +15,8 @@ export interface SocketLike {
   readonly bufferedAmount: number;
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** `ws`: drops the TCP connection at once, without the closing handshake (a peer that is gone never answers it). */
+  terminate?(): void;
   onopen: ((ev: unknown) => void) | null;
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
@@ -186,7 +188,10 @@ export class Driver {
         const s = this.socket;
         this.socket = undefined;
         try {
-          s.close(this.conn.transportCloseCode);
+          // A detached session's transport is dead or taken over (§11.3): nobody will answer a
+          // closing handshake, so drop it where the platform allows.
+          if (!this.conn.isClosed && s.terminate !== undefined) s.terminate();
+          else s.close(this.conn.transportCloseCode);
         } catch {
           /* already closing */
         }
