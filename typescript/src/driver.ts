@@ -205,6 +205,10 @@ export class Driver {
   private arm(): void {
     const at = this.conn.pollTimeout();
     if (at === this.timerAt) return;
+    // The heartbeat deadline moves with every message received: keep a timer that fires no
+    // later than needed (it then runs `handleTimeout`, which does nothing early, and re-arms)
+    // instead of clearing and setting one per message.
+    if (at !== undefined && this.timer !== undefined && this.timerAt !== undefined && this.timerAt <= at) return;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.timerAt = at;
