@@ -568,6 +568,8 @@ export class Client {
         this.fire("detached", undefined);
         return;
       case "Resumed":
+        // The attempts count per loss, not per client lifetime.
+        this.reconnectAttempts = 0;
         this.fire("resumed", undefined);
         return;
       case "Closed": {

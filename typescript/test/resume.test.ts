@@ -203,7 +203,7 @@ describe("reconnect with resume: TypeScript client ↔ Rust server (asp serve)",
 });
 
 describe("reconnect with resume: TypeScript client ↔ TypeScript server", () => {
-  it("cut both ways, then half-open: streams continue where they stopped", async () => {
+  it("cut both ways, then half-open, six times: streams continue where they stopped", async () => {
     const server = await serve({
       tools: [
         {
@@ -223,7 +223,10 @@ describe("reconnect with resume: TypeScript client ↔ TypeScript server", () =>
     try {
       const client = await connect(proxy.url());
       let stale: Socket[] = [];
-      for (const cut of [() => proxy.cut(), () => (stale = proxy.cutClientSide())]) {
+      // Six losses in a row, more than the 5 attempts a single loss may take: each resume
+      // starts the count again.
+      const cuts = [() => proxy.cut(), () => (stale = proxy.cutClientSide())];
+      for (const cut of [...cuts, ...cuts, ...cuts]) {
         const resumed = next(client, "resumed");
         const call = client.invoke("count", { n: 60 });
         let text = "";
@@ -238,6 +241,7 @@ describe("reconnect with resume: TypeScript client ↔ TypeScript server", () =>
       }
       // Take-over dropped the half-open transport the server still held (§11.3).
       assert.equal(stale.length, 1);
+      assert.equal(client.state, "Open");
       await Promise.all(stale.map((s) => (s.closed ? undefined : new Promise((r) => s.once("close", r)))));
       client.close();
     } finally {
