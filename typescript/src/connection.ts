@@ -49,6 +49,12 @@ export interface ConnectionConfig extends Partial<Limits> {
 }
 
 const PROTOCOL_VERSIONS = [1];
+const EMPTY = new Uint8Array(0);
+/**
+ * The most a STREAM frame adds to its data: header 8, map 1, two keys 2, str/bin header ≤ 5,
+ * seq ≤ 5 (no `final`): what `streamCapacity` keeps free in the replay buffer (§11.1).
+ */
+const STREAM_OVERHEAD = 21;
 const TEXT_LIMIT = 1024;
 const U32_MAX = 0xffffffff;
 
@@ -174,12 +180,26 @@ export class Connection {
   // Resume (§11)
   private sentCount = 0;
   private recvCount = 0;
+  /** Counted frames sent and not acknowledged, oldest first, from `replay[replayHead]` (§11.1). */
   private replay: Uint8Array[] = [];
+  private replayHead = 0;
   private replayBytes = 0;
-  /** Counted-frame number of `replay[0]`. */
+  /** Counted-frame number of `replay[replayHead]`. */
   private replayFirst = 0;
+  /** A STREAM was held back (or capped) for replay room: tell writers when an ack makes room. */
+  private replayBlocked = false;
+  /** Input bytes since `received` was last sent, and the count it carried (§11.1 acks). */
+  private bytesSinceAck = 0;
+  private ackedCount = 0;
+  /** The peer's `replay_buffer` and `resume_window_ms` (§5.1, §13 defaults until its HELLO). */
+  private peerReplayBuffer = 262144;
+  private peerResumeWindowMs = 30000;
   private detachedAt: number | undefined;
   private resuming = false;
+
+  /** Byte stream (§2.2): the frame being gathered, and payload bytes still to discard. */
+  private partial = new Writer(64);
+  private skip = 0;
 
   // Outputs
   private out = new Writer(1024);
@@ -254,6 +274,11 @@ export class Connection {
     return this.peerCapabilities.has(name);
   }
 
+  /** Bytes of sent frames held for a resume and not yet acknowledged (§11.1; bounded by `replayBuffer`). */
+  get replayBuffered(): number {
+    return this.replayBytes;
+  }
+
   /** Number of exchanges in flight on either side. */
   get inFlight(): number {
     return this.invocations.size + this.requests.size;
@@ -297,9 +322,85 @@ export class Connection {
         this.connectionError(ErrorCode.FRAMING_ERROR, "message ends inside a frame", undefined);
         return;
       }
+      const inSession = this.resumable && (this.st === "Open" || this.st === "Draining");
       this.handleFrame(header, bytes, pos + HEADER_LEN, now);
       pos += HEADER_LEN + header.length;
+      if (inSession) this.maybeAck(HEADER_LEN + header.length);
     }
+  }
+
+  /**
+   * §11.1: in a resumable session, PING(`received`) once a quarter of the peer's replay buffer
+   * has arrived since `received` was last sent, so the peer can trim its buffer. Only when there
+   * is something new to acknowledge: a PONG counts as input too, and with a tiny buffer acks
+   * of nothing would answer each other forever.
+   */
+  private maybeAck(bytes: number): void {
+    this.bytesSinceAck += bytes;
+    if (this.st !== "Open" && this.st !== "Draining") return;
+    if (this.bytesSinceAck >= Math.floor(this.peerReplayBuffer / 4) && this.recvCount > this.ackedCount) this.sendPing();
+  }
+
+  /**
+   * Bytes read from a byte stream (SPEC §2.2: stdio, TCP, pipes): frames back to back, cut
+   * anywhere. At most `8 + max_frame_payload` bytes of one frame are buffered; a frame
+   * declared longer is rejected (`FRAME_TOO_LARGE`, §3.6) as soon as its header is here and its
+   * payload discarded as it arrives, so the framing is kept.
+   */
+  handleBytes(bytes: Uint8Array, now: number): void {
+    if (this.st === "Closed" || (this.st === "Detached" && !this.resuming)) return;
+    if (bytes.length === 0) return;
+    this.lastRecv = now;
+    this.pingsSent = 0;
+    let pos = 0;
+    const len = bytes.length;
+    while (pos < len && !this.isClosed && !(this.st === "Detached" && !this.resuming)) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, len - pos);
+        this.skip -= n;
+        pos += n;
+        continue;
+      }
+      const p = this.partial;
+      if (p.len === 0 && len - pos >= HEADER_LEN) {
+        // Whole frames straight from the read, without copying.
+        const header = readHeader(bytes, pos);
+        if (header.version === 1 && header.length <= this.limits.max_frame_payload && len - pos - HEADER_LEN >= header.length) {
+          this.streamFrame(header, bytes, pos, now);
+          pos += HEADER_LEN + header.length;
+          continue;
+        }
+      }
+      // Gather the header, then the payload, in the partial buffer.
+      const want = p.len < HEADER_LEN ? HEADER_LEN : HEADER_LEN + readHeader(p.buf, 0).length;
+      const n = Math.min(want - p.len, len - pos);
+      p.bytes(bytes.subarray(pos, pos + n));
+      pos += n;
+      if (p.len < want) continue;
+      const header = readHeader(p.buf, 0);
+      if (p.len === HEADER_LEN && header.version === 1 && header.length > this.limits.max_frame_payload) {
+        // §3.6: judged on the header alone; the payload is skipped as it arrives.
+        p.len = 0;
+        this.skip = header.length;
+        this.streamFrame(header, p.buf, 0, now);
+        continue;
+      }
+      if (header.version !== 1 || p.len === HEADER_LEN + header.length) {
+        p.len = 0;
+        this.streamFrame(header, p.buf, 0, now);
+      }
+    }
+  }
+
+  private streamFrame(header: ReturnType<typeof readHeader>, buf: Uint8Array, pos: number, now: number): void {
+    if (header.version !== 1) {
+      // §3.2: nothing after a foreign version can be trusted.
+      this.connectionError(ErrorCode.UNSUPPORTED_VERSION, `header version ${header.version}`, header.type);
+      return;
+    }
+    const inSession = this.resumable && (this.st === "Open" || this.st === "Draining");
+    this.handleFrame(header, buf, pos + HEADER_LEN, now);
+    if (inSession) this.maybeAck(HEADER_LEN + header.length);
   }
 
   /** A text WebSocket message: §2.1 FRAMING_ERROR. */
@@ -309,23 +410,71 @@ export class Connection {
     this.connectionError(ErrorCode.FRAMING_ERROR, "text message", undefined);
   }
 
-  /** The transport ended (EOF, WebSocket close). */
-  handleTransportClosed(now: number): void {
-    if (this.st === "Closed" || this.st === "Detached") {
-      if (this.st === "Detached") this.resuming = false;
+  /**
+   * The transport ended. `onPurpose`: the peer closed it deliberately (a WebSocket Close with
+   * status 1000 or without a status), which ends even a resumable session (§11.3); any other
+   * end (EOF, a reset, another close status) detaches a resumable one.
+   */
+  handleTransportClosed(now: number, onPurpose = false): void {
+    if (this.st === "Closed") return;
+    if (this.st === "Detached") {
+      // §11.2 step 6: the new transport dropped before the resume completed; still detached.
+      this.resuming = false;
       return;
     }
     this.out.len = 0;
     this.outHead = 0;
-    // §11.2 step 1: a resumable session outlives its transport for the resume window.
-    if (this.resumable && (this.st === "Open" || this.st === "Draining")) {
-      this.st = "Detached";
-      this.detachedAt = now;
-      this.resuming = false;
-      this.emit({ type: "Detached" });
+    // §6.5, §11.3: end of stream on a draining session with nothing in flight is a normal close.
+    const drained = this.st === "Draining" && this.inFlight === 0;
+    // §11.2 step 1, §11.3: a resumable session outlives its transport for the resume window.
+    if (this.resumable && (this.st === "Open" || this.st === "Draining") && !onPurpose && !drained) {
+      this.detach0(now);
       return;
     }
     this.close0("transport_closed", undefined);
+  }
+
+  /**
+   * Detaches a resumable session from its transport at once (§11.3 take-over: a RESUME named
+   * this session while its old transport still looked alive). The caller closes that transport
+   * without an ERROR; nothing that arrives on it afterwards is processed. Returns false (and
+   * does nothing) if the session is not resumable and open.
+   */
+  detach(now: number): boolean {
+    if (!this.resumable || (this.st !== "Open" && this.st !== "Draining")) return false;
+    this.detach0(now);
+    return true;
+  }
+
+  private detach0(now: number): void {
+    // What was queued for the old transport is held for replay; nothing is sent until a resume.
+    this.out.len = 0;
+    this.outHead = 0;
+    this.st = "Detached";
+    this.detachedAt = now;
+    this.resuming = false;
+    this.emit({ type: "Detached" });
+  }
+
+  /** §11.3: a detached session is kept for the smaller of the two announced windows. */
+  private resumeWindow(): number {
+    return Math.min(this.cfg.resumeWindowMs, this.peerResumeWindowMs);
+  }
+
+  /**
+   * Whether the transport should be closed now: the connection closed, or a resumable session
+   * detached itself (heartbeat timeout, take-over) and waits for a new transport.
+   */
+  get transportDone(): boolean {
+    return this.st === "Closed" || (this.st === "Detached" && !this.resuming);
+  }
+
+  /**
+   * The WebSocket close code for the transport (SPEC §2.1): `closeCode` once closed; 1001 for a
+   * detached session (any status but 1000 lets the peer detach too, §11.3).
+   */
+  get transportCloseCode(): number {
+    return this.st === "Detached" ? 1001 : this.closeCodeValue;
   }
 
   /** Runs the timers due at `now` (§6.2 handshake, §6.7 heartbeat, §6.5 drain, §7.4 deadlines, §11 resume window). */
@@ -333,9 +482,16 @@ export class Connection {
     if (this.st === "Closed" || !this.started) return;
     if (this.st === "Detached") {
       if (this.resuming && this.handshakeDeadline !== undefined && now >= this.handshakeDeadline) {
+        // §11.2 step 6: a RESUME without an answer in the handshake timeout closes the session.
         this.close0("transport_closed", undefined);
-      } else if (this.detachedAt !== undefined && now >= this.detachedAt + this.cfg.resumeWindowMs) {
+      } else if (this.detachedAt !== undefined && now >= this.detachedAt + this.resumeWindow()) {
         this.close0("transport_closed", undefined);
+      } else {
+        // §11.3: deadlines and the drain timeout keep running; what they send waits for replay.
+        this.runDeadlines(now);
+        if (this.drainDeadline !== undefined && now >= this.drainDeadline && this.goawaySent) {
+          this.connectionError(ErrorCode.GOING_AWAY, "drain timeout elapsed", undefined);
+        }
       }
       return;
     }
@@ -350,6 +506,12 @@ export class Connection {
     if (h > 0) {
       const silent = now - this.lastRecv;
       if (silent >= 3 * h) {
+        if (this.resumable) {
+          // §11.3: a silent dead link is what resume is for; no ERROR, which would fail the
+          // session at the peer. The caller closes the transport (`transportDone`).
+          this.detach0(now);
+          return;
+        }
         this.connectionError(ErrorCode.HEARTBEAT_TIMEOUT, `nothing received for ${silent} ms`, undefined);
         return;
       }
@@ -359,15 +521,7 @@ export class Connection {
         this.sendPing();
       }
     }
-    // §7.4 deadlines.
-    for (const [id, inv] of this.invocations) {
-      if (this.role === "server" && inv.deadline !== undefined && now >= inv.deadline) {
-        this.invocations.delete(id);
-        this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
-        this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
-        this.checkDrained();
-      }
-    }
+    this.runDeadlines(now);
     // §6.5 drain timeout.
     if (this.drainDeadline !== undefined && now >= this.drainDeadline && this.goawaySent) {
       this.connectionError(ErrorCode.GOING_AWAY, "drain timeout elapsed", undefined);
@@ -376,18 +530,34 @@ export class Connection {
     this.checkDrained();
   }
 
+  /** §7.4: the server ends invocations whose deadline passed with ERROR(DEADLINE_EXCEEDED). */
+  private runDeadlines(now: number): void {
+    if (this.role !== "server") return;
+    for (const [id, inv] of this.invocations) {
+      if (inv.deadline !== undefined && now >= inv.deadline) {
+        this.invocations.delete(id);
+        this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
+        this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
+        this.checkDrained();
+      }
+    }
+  }
+
   /** When `handleTimeout` should be called next (ms), or undefined for never. */
   pollTimeout(): number | undefined {
     if (this.st === "Closed" || !this.started) return undefined;
-    if (this.st === "Detached") {
-      if (this.resuming && this.handshakeDeadline !== undefined) return this.handshakeDeadline;
-      return this.detachedAt! + this.cfg.resumeWindowMs;
-    }
     if (this.st === "Handshaking") return this.handshakeDeadline;
     let t: number | undefined;
     const min = (x: number | undefined) => {
       if (x !== undefined && (t === undefined || x < t)) t = x;
     };
+    if (this.st === "Detached") {
+      if (this.resuming) min(this.handshakeDeadline);
+      min(this.detachedAt! + this.resumeWindow());
+      if (this.goawaySent) min(this.drainDeadline);
+      if (this.role === "server") for (const inv of this.invocations.values()) min(inv.deadline);
+      return t;
+    }
     if (this.heartbeatMs > 0) {
       min(Math.min(this.lastRecv + (this.pingsSent + 1) * this.heartbeatMs, this.lastRecv + 3 * this.heartbeatMs));
     }
@@ -440,7 +610,9 @@ export class Connection {
   invoke(tool: string, args?: Uint8Array | Raw, options: { deadlineMs?: number; meta?: Uint8Array | Raw } = {}): number {
     this.requireRole("client", "invoke");
     // §6.2: a client may pipeline INVOKEs right after its HELLO, before the server's HELLO.
-    if (this.st !== "Open" && this.st !== "Handshaking") {
+    // §11.3: a detached client may still invoke; the INVOKE is sent after the resume.
+    const detachedOk = this.st === "Detached" && !this.goawaySent && !this.goawayReceived;
+    if (this.st !== "Open" && this.st !== "Handshaking" && !detachedOk) {
       throw new ProtocolMisuse(`cannot invoke in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
     }
     const len = utf8Length(tool);
@@ -474,7 +646,8 @@ export class Connection {
   release(id: number, len: number): void {
     this.requireRole("client", "release");
     const inv = this.invocations.get(id);
-    if (inv === undefined || len <= 0 || this.st === "Closed" || this.st === "Detached") return;
+    // Detached: the CREDIT is held for replay and sent after the resume (§11.3).
+    if (inv === undefined || len <= 0 || this.st === "Closed") return;
     inv.consumed += len;
     this.maybeCredit(id, inv);
   }
@@ -497,7 +670,18 @@ export class Connection {
   streamCapacity(id: number): number {
     const inv = this.invocations.get(id);
     if (this.role !== "server" || inv === undefined || inv.final) return -1;
-    return Math.min(inv.window, this.chunkCap());
+    let cap = Math.min(inv.window, this.chunkCap());
+    // §11.1: STREAM data waits while the replay buffer (which here includes the transmit
+    // queue) would exceed replay_buffer; the newest frame is always kept, so an empty buffer
+    // takes any chunk.
+    if (this.resumable && this.replayBytes > 0) {
+      const room = this.cfg.replayBuffer - this.replayBytes - STREAM_OVERHEAD;
+      if (room < cap) {
+        this.replayBlocked = true;
+        cap = Math.max(0, room);
+      }
+    }
+    return cap;
   }
 
   /**
@@ -525,7 +709,20 @@ export class Connection {
     if (n > inv.window) throw new ProtocolMisuse(`chunk of ${n} bytes beyond the window of ${inv.window}`);
     const fields: Record<string, unknown> = { data, seq: inv.seq };
     if (final) fields["final"] = true;
-    this.sendChecked({ type: FrameType.STREAM, id, fields: fields as Frame["fields"] });
+    const start = this.out.len;
+    encodeFrame(this.out, { type: FrameType.STREAM, id, fields: fields as Frame["fields"] });
+    const size = this.out.len - start;
+    if (size - HEADER_LEN > this.peerLimits.max_frame_payload) {
+      this.out.len = start;
+      throw new ProtocolMisuse(`frame payload of ${size - HEADER_LEN} bytes above the peer's max_frame_payload ${this.peerLimits.max_frame_payload}`);
+    }
+    if (this.resumable && this.replayBytes > 0 && this.replayBytes + size > this.cfg.replayBuffer) {
+      // §11.1: wait for an acknowledgement to make room (a `Writable` event follows it).
+      this.out.len = start;
+      this.replayBlocked = true;
+      throw new ProtocolMisuse(`the replay buffer holds ${this.replayBytes} unacknowledged bytes: a STREAM of ${size} waits for room (§11.1)`);
+    }
+    this.recordSent(FrameType.STREAM, start);
     inv.seq++;
     inv.window -= n;
     if (final) inv.final = true;
@@ -672,7 +869,11 @@ export class Connection {
     this.resuming = true;
     this.lastRecv = now;
     this.handshakeDeadline = now + this.cfg.handshakeTimeoutMs;
+    // RESUME is the new transport's first frame; what waits is re-sent after the answer.
+    this.out.len = 0;
+    this.outHead = 0;
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { token: this.resumeToken, received: this.recvCount } });
+    this.ackSent();
   }
 
   /** Server, after `ResumeRequested`: no such session (§11.2 step 3). The transport stays open for HELLO. */
@@ -694,10 +895,11 @@ export class Connection {
    */
   resumeSession(received: number | bigint, now: number): boolean {
     this.requireRole("server", "resumeSession");
+    // §11.3 take-over: a session whose old transport still looked alive is detached first.
+    this.detach(now);
     if (this.st !== "Detached") return false;
     const r = Number(received);
-    const missing = this.sentCount - r;
-    if (r > this.sentCount || missing > this.replay.length || r < this.replayFirst) {
+    if (!this.canReplayFrom(r)) {
       this.close0("transport_closed", undefined);
       return false;
     }
@@ -705,11 +907,26 @@ export class Connection {
     this.detachedAt = undefined;
     this.lastRecv = now;
     this.pingsSent = 0;
+    this.out.len = 0;
+    this.outHead = 0;
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { received: this.recvCount } });
-    for (let i = r - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.ackSent();
+    this.replayFrom(r);
     this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
+    this.checkDrained();
     return true;
+  }
+
+  /** §11.2 step 3: whether every counted frame from number `r` on is still held. */
+  private canReplayFrom(r: number): boolean {
+    return Number.isFinite(r) && r <= this.sentCount && r >= this.replayFirst;
+  }
+
+  /** Re-sends the held frames from number `r` on, in order, and drops the ones before (acknowledged). */
+  private replayFrom(r: number): void {
+    for (let i = this.replayHead + (r - this.replayFirst); i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.acknowledge(r);
   }
 
   // ---------------------------------------------------------------- receiving
@@ -795,9 +1012,12 @@ export class Connection {
         this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `${frameName(frame.type)} on an open session`, frame.type);
         return;
       case FrameType.PING:
-        this.sendFrame({ type: FrameType.PONG, id: 0, fields: {} });
+        if (this.resumable && f["received"] !== undefined && !this.onAck(f["received"] as number | bigint)) return;
+        this.sendFrame({ type: FrameType.PONG, id: 0, fields: this.ackFields() });
+        this.ackSent();
         return;
       case FrameType.PONG:
+        if (this.resumable && f["received"] !== undefined && !this.onAck(f["received"] as number | bigint)) return;
         this.pongSeq++;
         for (const [qid, seq] of this.quarantine) if (seq <= this.pongSeq) this.quarantine.delete(qid);
         return;
@@ -972,6 +1192,8 @@ export class Connection {
       max_chunk: Number(l["max_chunk"] ?? d.max_chunk),
       initial_window: Number(l["initial_window"] ?? d.initial_window),
     };
+    this.peerReplayBuffer = Number(l["replay_buffer"] ?? 262144);
+    this.peerResumeWindowMs = Number(l["resume_window_ms"] ?? 30000);
     this.peerCapabilities = new Set((f["capabilities"] as string[] | undefined) ?? []);
     // §6.4: the smaller of the two non-zero intervals.
     const mine = this.cfg.heartbeatMs;
@@ -985,8 +1207,60 @@ export class Connection {
     this.sentCount = 0;
     this.recvCount = 0;
     this.replay = [];
+    this.replayHead = 0;
     this.replayBytes = 0;
     this.replayFirst = 0;
+    this.replayBlocked = false;
+    this.bytesSinceAck = 0;
+    this.ackedCount = 0;
+  }
+
+  /**
+   * §11.1: the peer acknowledged `received` counted frames: they leave the replay buffer. Above
+   * what was sent is PROTOCOL_VIOLATION (returns false, closed).
+   */
+  private onAck(received: number | bigint): boolean {
+    const r = Number(received);
+    if (r > this.sentCount) {
+      this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `received ${received} is above the ${this.sentCount} frames sent`, undefined);
+      return false;
+    }
+    this.acknowledge(r);
+    return true;
+  }
+
+  private acknowledge(r: number): void {
+    const before = this.replayBytes;
+    while (this.replayFirst < r && this.replayHead < this.replay.length) this.dropOldest();
+    if (this.replayBytes < before && this.replayBlocked && this.role === "server") {
+      // STREAMs waiting for room may go on (§11.1), as after CREDIT (§7.5).
+      this.replayBlocked = false;
+      for (const [id, inv] of this.invocations) if (!inv.final) this.emit({ type: "Writable", id });
+    }
+  }
+
+  private dropOldest(): void {
+    const b = this.replay[this.replayHead]!;
+    this.replay[this.replayHead++] = EMPTY;
+    this.replayBytes -= b.length;
+    this.replayFirst++;
+    if (this.replayHead === this.replay.length) {
+      this.replay.length = 0;
+      this.replayHead = 0;
+    } else if (this.replayHead >= 1024 && this.replayHead * 2 >= this.replay.length) {
+      this.replay = this.replay.slice(this.replayHead);
+      this.replayHead = 0;
+    }
+  }
+
+  /** PING and PONG fields: `received` in a resumable session (§5.8, §11.1). */
+  private ackFields(): Frame["fields"] {
+    return this.resumable ? { received: this.recvCount } : {};
+  }
+
+  private ackSent(): void {
+    this.bytesSinceAck = 0;
+    this.ackedCount = this.recvCount;
   }
 
   private onError(frame: Frame): void {
@@ -1058,7 +1332,8 @@ export class Connection {
 
   private sendPing(): void {
     this.pingSeq++;
-    this.sendFrame({ type: FrameType.PING, id: 0, fields: {} });
+    this.sendFrame({ type: FrameType.PING, id: 0, fields: this.ackFields() });
+    this.ackSent();
   }
 
   private onInvoke(frame: Frame, now: number, overRate: boolean): void {
@@ -1267,8 +1542,8 @@ export class Connection {
   private resumed(received: number, now: number): void {
     // §11.2 step 4: re-send what the server missed, or fail.
     this.resuming = false;
-    const missing = this.sentCount - received;
-    if (received > this.sentCount || missing > this.replay.length || received < this.replayFirst) {
+    if (!this.canReplayFrom(received)) {
+      // §11.3: RESUME_FAILED sent here is an ordinary connection error: its sender closes.
       this.st = "Open";
       this.connectionError(ErrorCode.RESUME_FAILED, "the frames the server missed are no longer held", undefined);
       return;
@@ -1278,9 +1553,10 @@ export class Connection {
     this.handshakeDeadline = undefined;
     this.lastRecv = now;
     this.pingsSent = 0;
-    for (let i = received - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.replayFrom(received);
     this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
+    this.checkDrained();
   }
 
   private resumeRefused(frame: Frame): void {
@@ -1321,6 +1597,11 @@ export class Connection {
         : ["max_frame_payload", "max_inflight"];
     // §5.1: a server announces the limits that bind the client even when they are the defaults.
     for (const k of keys) if (this.role === "server" || this.limits[k] !== d[k]) out[k] = this.limits[k];
+    // §5.1, §11: a side that lists `resume` announces its replay buffer and resume window.
+    if (this.cfg.resume) {
+      out["replay_buffer"] = this.cfg.replayBuffer;
+      out["resume_window_ms"] = this.cfg.resumeWindowMs;
+    }
     return Object.keys(out).length > 0 ? out : undefined;
   }
 
@@ -1421,7 +1702,11 @@ export class Connection {
       return;
     }
     this.sentCount++;
-    if (this.resumable) this.holdForReplay(this.out.buf.slice(start, this.out.len));
+    if (this.resumable) {
+      this.holdForReplay(this.out.buf.slice(start, this.out.len));
+      // §11.3: while detached, frames wait in the replay buffer for the new transport.
+      if (this.st === "Detached") this.out.len = start;
+    }
   }
 
   private countSent(bytes: Uint8Array): void {
@@ -1429,13 +1714,14 @@ export class Connection {
     if (this.resumable) this.holdForReplay(bytes);
   }
 
+  /**
+   * §11.1: keeps a sent counted frame until it is acknowledged. Past `replay_buffer` the oldest
+   * frames are dropped (a resume that needs them fails), but the newest is always kept.
+   */
   private holdForReplay(bytes: Uint8Array): void {
     this.replay.push(bytes);
     this.replayBytes += bytes.length;
-    while (this.replayBytes > this.cfg.replayBuffer && this.replay.length > 0) {
-      this.replayBytes -= this.replay.shift()!.length;
-      this.replayFirst++;
-    }
+    while (this.replayBytes > this.cfg.replayBuffer && this.replay.length - this.replayHead > 1) this.dropOldest();
   }
 
   private emit(e: Event): void {

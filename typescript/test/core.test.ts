@@ -116,7 +116,8 @@ describe("Connection pair on virtual time", () => {
     // The server streams while detached: kept for replay.
     p.server.stream(id, "late");
     p.server.complete(id, 0);
-    assert.equal(p.server.pollTransmit()!.length > 0, true); // what the dead socket would have sent
+    // Nothing goes to the dead transport: it waits in the replay buffer (§11.3).
+    assert.equal(p.server.pollTransmit(), undefined);
     // New transport: the client's RESUME goes to a fresh server connection, which asks the app…
     p.client.resume(p.now);
     const fresh = new Connection("server", { resume: true }, p.now);
@@ -131,6 +132,88 @@ describe("Connection pair on virtual time", () => {
     const ev = p.take("client");
     assert.deepEqual(ev.map((e) => e.type), ["Resumed", "Chunk", "Ended"]);
     assert.equal(p.client.state, "Open");
+  });
+
+  it("resume: acknowledgements keep the replay buffer bounded through a long stream (§11.1)", () => {
+    const replay = 16384;
+    const p = new Pair({ resume: true, heartbeatMs: 0, replayBuffer: replay }, { resume: true, heartbeatMs: 0, replayBuffer: replay });
+    const id = p.client.invoke("echo");
+    p.drive();
+    let sent = 0;
+    let waits = 0;
+    let most = 0;
+    const chunk = "x".repeat(1000);
+    while (sent < 2_000_000) {
+      const cap = p.server.streamCapacity(id);
+      if (cap >= chunk.length) {
+        p.server.stream(id, chunk);
+        sent += chunk.length;
+      } else {
+        // Full (window or replay room): the client's CREDIT and PING(received) make room.
+        waits++;
+        p.drive();
+        assert.ok(p.server.streamCapacity(id) >= chunk.length, "no room after the peer caught up");
+      }
+      most = Math.max(most, p.server.replayBuffered);
+    }
+    p.server.complete(id, 0);
+    p.drive();
+    assert.ok(most <= replay, `replay buffer held ${most} bytes`);
+    assert.ok(waits > 0);
+    const got = p.take("client").filter((e) => e.type === "Chunk").length;
+    assert.equal(got, 2000);
+    // Every counted frame the client received was acknowledged or is within a quarter of the buffer.
+    assert.ok(p.server.replayBuffered <= replay);
+  });
+
+  it("resume: a STREAM waits for replay room, and the ack wakes it (Writable)", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0, initial_window: 1 << 20, max_chunk: 1 << 16 }, { resume: true, heartbeatMs: 0, replayBuffer: 256 });
+    const id = p.client.invoke("echo");
+    p.drive();
+    p.take("server");
+    p.server.stream(id, "a".repeat(200));
+    assert.equal(p.server.streamCapacity(id), 256 - p.server.replayBuffered - 21);
+    assert.throws(() => p.server.stream(id, "b".repeat(200)), /replay buffer/);
+    p.drive(); // the client acknowledges a quarter of 256 bytes at once
+    assert.ok(p.take("server").some((e) => e.type === "Writable" && e.id === id));
+    assert.equal(p.server.replayBuffered, 0);
+    p.server.stream(id, "b".repeat(200));
+  });
+
+  it("resume: take-over of a session whose old transport still looks alive (§11.3)", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0 }, { resume: true, heartbeatMs: 0 });
+    const id = p.client.invoke("echo");
+    p.drive();
+    // Only the client saw its transport die (half-open TCP).
+    p.client.handleTransportClosed(p.now);
+    p.server.stream(id, "during");
+    p.server.pollTransmit(); // lost on the half-open transport
+    p.client.resume(p.now);
+    const fresh = new Connection("server", { resume: true }, p.now);
+    fresh.start(p.now);
+    fresh.handleMessage(p.client.pollTransmit()!, p.now);
+    const req = fresh.pollEvent();
+    assert.equal(req?.type, "ResumeRequested");
+    assert.equal(p.server.state, "Open");
+    assert.equal(p.server.resumeSession(req.type === "ResumeRequested" ? req.received : 0, p.now), true);
+    p.server.complete(id, 0);
+    p.drive();
+    const types = p.take("client").map((e) => e.type);
+    assert.deepEqual(types.slice(-4), ["Detached", "Resumed", "Chunk", "Ended"]);
+    assert.deepEqual(p.take("server").map((e) => e.type).slice(-2), ["Detached", "Resumed"]);
+  });
+
+  it("resume: a deliberate close (WebSocket 1000) ends the session, the invocation is lost", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0 }, { resume: true, heartbeatMs: 0 });
+    p.client.invoke("echo");
+    p.drive();
+    p.take("client");
+    p.client.handleTransportClosed(p.now, true);
+    assert.deepEqual(p.take("client").length, 0);
+    const types: string[] = [];
+    for (let e = p.client.pollEvent(); e; e = p.client.pollEvent()) types.push(e.type);
+    assert.deepEqual(types, ["Ended", "Closed"]);
+    assert.equal(p.client.state, "Closed");
   });
 
   it("a resume the server cannot serve: RESUME_FAILED, a new session starts", () => {
