@@ -55,7 +55,10 @@ mod time;
 pub use bytes::Bytes;
 pub use codec::Decoder;
 pub use config::{Config, HeartbeatMode, Limits};
-pub use conn::{BatchError, Command, Connection, InvokeOptions, Role, ServerParams, State};
+pub use conn::{
+    BatchError, Command, Connection, InvokeOptions, Role, ServerParams, Snapshot, SnapshotError,
+    State,
+};
 pub use error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 pub use event::{Event, Outcome, Session, ToolChange};
 pub use frame::{Frame, FrameType, RawValue, RequestId, Text};
