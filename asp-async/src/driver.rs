@@ -182,7 +182,10 @@ where
         // wakes us when it has taken bytes from the core.
         loop {
             let input = {
-                let s = lock(&shared);
+                let mut s = lock(&shared);
+                if let Some((target, target_gen)) = s.handoff.take() {
+                    return Some((stream, target, target_gen));
+                }
                 if s.generation != gen || s.conn.state() == State::Detached {
                     return None;
                 }
@@ -199,7 +202,12 @@ where
         let msg = match select(stream.next(), closing.notified()).await {
             Either::Left((msg, _)) => msg,
             Either::Right(_) => {
-                let s = lock(&shared);
+                let mut s = lock(&shared);
+                // Server: a RESUME answered later, from a session store (SPEC §11.4), moved
+                // this WebSocket to the session it loaded.
+                if let Some((target, target_gen)) = s.handoff.take() {
+                    return Some((stream, target, target_gen));
+                }
                 if s.generation != gen || s.conn.state() == State::Detached {
                     // The session lives on without this transport.
                     return None;
@@ -466,7 +474,12 @@ enum Step {
 /// A detached session's timers (the resume window, SPEC §11.2), run by the writer of the
 /// transport that was lost, without writing anything, until the session closes or a new
 /// transport takes over (and runs them from then on).
-async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Notify, rt: &R) {
+pub(crate) async fn detached_timers<R: Runtime>(
+    shared: &SharedRef,
+    gen: u64,
+    notify: &Notify,
+    rt: &R,
+) {
     loop {
         let (deadline, clock) = {
             let mut s = lock(shared);

@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// What the snapshot covers: pass it to [`Connection::handle_persisted`] once `bytes`
     /// is stored.
     pub mark: u64,
+    /// The session's resume token, which a RESUME names it by: the key to find `bytes`
+    /// under (a secret, SPEC §13.1: store a hash of it).
+    pub token: Bytes,
 }
 
 /// Why a snapshot could not be taken or restored.
@@ -179,6 +182,7 @@ impl Connection {
         Ok(Snapshot {
             bytes: b.freeze(),
             mark: self.out.pushed(),
+            token: token.clone(),
         })
     }
 
