@@ -236,6 +236,18 @@ async fn owned_by(addr: SocketAddr, cid: &str, node: &str) {
     .await;
 }
 
+/// Waits until a node receives `cid`'s live pushes (its owner subscribed to its channel):
+/// from then on a push answers `200`.
+async fn live(redis: &RedisServer, cid: &str) {
+    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    until(&format!("{cid} subscribed"), || async {
+        observer.subscribers(cid).await.unwrap_or(0) > 0
+    })
+    .await;
+}
+
 /// Waits until the node behind `addr` reports its Redis subscription up.
 async fn subscribed(addr: SocketAddr) {
     until("redis subscription up", || async {
@@ -259,7 +271,7 @@ async fn a_push_through_any_node_reaches_the_connection() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
-    subscribed(aa).await;
+    live(&redis, &cid).await;
 
     for i in 0..10 {
         let via = if i % 2 == 0 { ba } else { aa };
@@ -324,6 +336,7 @@ async fn pushes_queue_when_the_owner_dies_and_go_when_the_window_ends() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "live").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "live");
 
@@ -397,6 +410,7 @@ async fn redis_restart_keeps_sockets_up_and_pushes_flow_again() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "before").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "before");
 
@@ -452,6 +466,7 @@ async fn pushes_while_detached_arrive_after_the_resume() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");
 
@@ -636,6 +651,7 @@ async fn a_session_resumes_on_another_node_after_sigkill() {
     }
     assert_eq!(conn_id(&client), cid, "the same session");
     owner_is(&observer, &cid, "node-b").await;
+    live(&redis, &cid).await;
     let (status, info) = admin(ba, "GET", &format!("/connections/{cid}"), b"").await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["state_bytes"], 4, "{info}");
@@ -668,6 +684,7 @@ async fn a_drained_node_moves_its_sessions_without_loss() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");
     let mut call = client.invoke("slow", &serde_json::json!({})).unwrap();
@@ -721,6 +738,7 @@ async fn a_drained_node_moves_its_sessions_without_loss() {
     })
     .await;
     assert!(exit.success(), "{exit:?}");
+    live(&redis, &cid).await;
     let m = admin(ba, "GET", "/metrics", b"").await.1;
     assert_eq!(m["resumes"], 1, "{m}");
     assert_eq!(push(ba, &cid, "p5").await.0, 200, "live on node B");

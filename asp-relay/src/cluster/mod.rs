@@ -501,6 +501,18 @@ impl Cluster {
         }))
     }
 
+    /// How many nodes receive `cid`'s live pushes now (its owner once it has subscribed):
+    /// `PUBSUB NUMSUB` of its channel.
+    pub async fn subscribers(&self, cid: &str) -> std::io::Result<u64> {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel(cid))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(io)?;
+        Ok(n)
+    }
+
     /// Asks the owner of `cid` to drain it (GOAWAY, SPEC §6.5): `None` if there is no
     /// session, `Some(false)` if no node holds it now.
     pub(crate) async fn close_remote(
@@ -592,12 +604,14 @@ impl Cluster {
 
     fn apply(&self, inner: &Arc<RelayInner>, cid: &str, seq: u64, body: Bytes) {
         let Some(rc) = inner.conn(cid) else { return };
-        // A detached (or resuming) connection takes its pushes when it is back: they stay
-        // in the outbox and the refresher applies them then.
+        // A detached (or resuming, or not yet open) connection takes its pushes once it has
+        // a transport: they stay in the outbox until then.
         let detached = rc.handle.with(|l| {
             matches!(
                 l.core().state(),
-                asp_proto::State::Detached | asp_proto::State::Resuming
+                asp_proto::State::Detached
+                    | asp_proto::State::Resuming
+                    | asp_proto::State::Handshaking
             )
         });
         {
@@ -614,14 +628,14 @@ impl Cluster {
                 return;
             }
         }
-        self.metrics
-            .pushes_delivered
-            .fetch_add(1, Ordering::Relaxed);
         // `last_seq` moves with the frames, under the connection's lock, so a snapshot
         // (SPEC §11.4) names exactly the pushes it contains.
         let consume = || match self.lock().get_mut(cid) {
             Some(local) if seq > local.last_seq => {
                 local.last_seq = seq;
+                self.metrics
+                    .pushes_delivered
+                    .fetch_add(1, Ordering::Relaxed);
                 true
             }
             _ => false,
@@ -749,7 +763,15 @@ async fn subscriber(
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return };
                     let r = match cmd {
-                        SubCmd::Sub(cid) => sink.subscribe(channel(&cid)).await,
+                        SubCmd::Sub(cid) => {
+                            let r = sink.subscribe(channel(&cid)).await;
+                            // Pushes that came between the claim and the subscription were
+                            // queued (202): apply them now, not at the next push.
+                            if let (true, Some(c), Some(inner)) = (r.is_ok(), cluster.upgrade(), inner.upgrade()) {
+                                c.catch_up(&inner, &cid, None).await;
+                            }
+                            r
+                        }
                         SubCmd::Unsub(cid) => sink.unsubscribe(channel(&cid)).await,
                     };
                     if r.is_err() { break; }
@@ -764,10 +786,10 @@ async fn subscriber(
 }
 
 async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
-    let sessions: Vec<(String, u64, u64, u64)> = c
+    let sessions: Vec<(String, u64, u64, u64, Option<String>)> = c
         .lock()
         .iter()
-        .map(|(k, l)| (k.clone(), l.gen, l.epoch, l.last_seq))
+        .map(|(k, l)| (k.clone(), l.gen, l.epoch, l.last_seq, l.token_key.clone()))
         .collect();
     let ttl = c.ttl.as_millis() as u64;
     let mut r = c.redis.clone();
@@ -779,7 +801,7 @@ async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
         .arg(ttl)
         .query_async(&mut r)
         .await;
-    for (cid, gen, epoch, seq) in sessions {
+    for (cid, gen, epoch, seq, token_key) in sessions {
         // Re-created after a Redis restart with the state this node holds.
         let st = inner
             .and_then(|i| i.conn(&cid))
@@ -797,8 +819,15 @@ async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
             .arg(seq)
             .invoke_async(&mut r)
             .await;
-        if let Ok(0) = res {
-            tracing::warn!(connection = %cid, gen, "a newer owner claimed this session");
+        match res {
+            Ok(0) => tracing::warn!(connection = %cid, gen, "a newer owner claimed this session"),
+            // The token index lives as long as the session (SPEC §15.6).
+            Ok(1) => {
+                if let Some(key) = token_key {
+                    let _: redis::RedisResult<i64> = r.pexpire(key, ttl as i64).await;
+                }
+            }
+            _ => {}
         }
     }
 }
