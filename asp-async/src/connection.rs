@@ -112,8 +112,12 @@ impl ServerConnection {
             let mut g = lock(&s);
             let now = g.now();
             g.conn.handle_transport_closed(now);
+            // The transport's tasks stop without writing (a Close 1000 would end the
+            // session at the client, SPEC §11.3), whatever happens to the session next.
+            g.transport_dropped = g.conn.state() == asp_proto::State::Detached;
             g.pump();
             g.notify_writer();
+            g.notify_reader();
         }
     }
 

@@ -186,7 +186,7 @@ where
                 if let Some((target, target_gen)) = s.handoff.take() {
                     return Some((stream, target, target_gen));
                 }
-                if s.generation != gen || s.conn.state() == State::Detached {
+                if s.generation != gen || s.conn.state() == State::Detached || s.transport_dropped {
                     return None;
                 }
                 if s.conn.is_closed() {
@@ -208,7 +208,7 @@ where
                 if let Some((target, target_gen)) = s.handoff.take() {
                     return Some((stream, target, target_gen));
                 }
-                if s.generation != gen || s.conn.state() == State::Detached {
+                if s.generation != gen || s.conn.state() == State::Detached || s.transport_dropped {
                     // The session lives on without this transport.
                     return None;
                 }
@@ -323,7 +323,7 @@ async fn writer<S, R>(
             let mut s = lock(&shared);
             if s.generation != gen {
                 Step::Superseded
-            } else if s.conn.state() == State::Detached {
+            } else if s.conn.state() == State::Detached || s.transport_dropped {
                 Step::Detached
             } else {
                 let now = s.now();

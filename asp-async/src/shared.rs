@@ -169,6 +169,10 @@ pub(crate) struct Shared {
     pub(crate) yield_at: usize,
     /// Server with a session store: a snapshot is being stored (`crate::store`).
     pub(crate) storing: bool,
+    /// `ServerConnection::detach` gave this transport up: its tasks stop without writing
+    /// anything more (no Close either, even if the session closes before they notice), as
+    /// after a transport loss. Reset by the next transport.
+    pub(crate) transport_dropped: bool,
 }
 
 impl Shared {
@@ -207,6 +211,7 @@ impl Shared {
                 deferred: Deferred::default(),
                 yield_at: usize::MAX,
                 storing: false,
+                transport_dropped: false,
             })
         })
     }
@@ -235,6 +240,7 @@ impl Shared {
     /// can never consume its notifications.
     pub(crate) fn new_transport(&mut self) -> u64 {
         self.generation += 1;
+        self.transport_dropped = false;
         self.notify_writer();
         self.notify = Arc::new(Notify::default());
         self.armed_timeout = None;

@@ -670,6 +670,12 @@ async fn a_session_resumes_on_another_node_after_sigkill() {
 /// the same connection id (SPEC §15.6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_moves_its_sessions_without_loss() {
+    if std::env::var_os("ASP_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_test_writer()
+            .try_init();
+    }
     let redis = RedisServer::start();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let upstream = function(release.clone()).await;
