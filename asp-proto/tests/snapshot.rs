@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use asp_proto::frame::{Metrics, Status};
 use asp_proto::{
-    Config, Connection, ErrorCode, Event, Outcome, ServerParams, SnapshotError, State, Text,
+    Config, Connection, ErrorCode, Event, InvocationOutcome, ServerParams, SnapshotError, State,
+    StreamOptions,
 };
 use bytes::Bytes;
 use pair::*;
@@ -17,17 +18,13 @@ use pair::*;
 const TOKEN: [u8; 16] = [9; 16];
 
 fn resume_cfg() -> Config {
-    Config {
-        resume: true,
-        ..quiet_config()
-    }
+    let mut config = quiet_config();
+    config.resume = true;
+    config
 }
 
 fn params() -> ServerParams {
-    ServerParams {
-        connection_id: Text::from("conn-s"),
-        resume_token: Some(Bytes::from_static(&TOKEN)),
-    }
+    ServerParams::new("conn-s").resume_token(Bytes::from_static(&TOKEN))
 }
 
 /// A connected resumable pair whose server holds output until a snapshot is stored, with
@@ -67,10 +64,7 @@ fn resume_elsewhere(p: &mut Pair, stored: &Bytes) -> u64 {
     // The new process's connection that reads the RESUME.
     let _dead = p.reconnect(Connection::server(
         resume_cfg(),
-        ServerParams {
-            connection_id: Text::from("other"),
-            resume_token: Some(Bytes::from_static(&[1; 16])),
-        },
+        ServerParams::new("other").resume_token(Bytes::from_static(&[1; 16])),
         now,
     ));
     p.client.resume(now).unwrap();
@@ -105,7 +99,7 @@ fn held_output_waits_for_a_stored_snapshot() {
     let id = p.client.invoke("echo", None, Default::default()).unwrap();
     p.drive();
     p.server
-        .stream(id, Bytes::from_static(b"one"), true, false)
+        .stream(id, Bytes::from_static(b"one"), StreamOptions::TEXT)
         .unwrap();
     p.drive();
     assert!(chunks(p.events(Side::Client)).is_empty(), "not stored yet");
@@ -123,7 +117,7 @@ fn resumed_elsewhere_replays_what_the_client_missed_once() {
     let id = p.client.invoke("echo", None, Default::default()).unwrap();
     p.drive();
     p.server
-        .stream(id, Bytes::from_static(b"seen"), true, false)
+        .stream(id, Bytes::from_static(b"seen"), StreamOptions::TEXT)
         .unwrap();
     persist(&mut p);
     p.drive();
@@ -131,12 +125,12 @@ fn resumed_elsewhere_replays_what_the_client_missed_once() {
     // Stored but never delivered (the link is cut before the bytes move), then one more
     // chunk that no stored snapshot covers: it dies with the process.
     p.server
-        .stream(id, Bytes::from_static(b"stored"), true, false)
+        .stream(id, Bytes::from_static(b"stored"), StreamOptions::TEXT)
         .unwrap();
     p.server.add_tool(tool("late")).unwrap();
     let stored = persist(&mut p);
     p.server
-        .stream(id, Bytes::from_static(b"lost"), true, false)
+        .stream(id, Bytes::from_static(b"lost"), StreamOptions::TEXT)
         .unwrap();
     p.flush();
     p.clear_events();
@@ -162,7 +156,7 @@ fn resumed_elsewhere_replays_what_the_client_missed_once() {
     );
     assert!(kinds(&ev).iter().any(|k| k.starts_with("ToolsChanged")));
     let outcomes = ended(&ev);
-    let [(eid, Outcome::Error(e))] = &outcomes[..] else {
+    let [(eid, InvocationOutcome::Error(e))] = &outcomes[..] else {
         panic!("{outcomes:?}")
     };
     assert_eq!(
@@ -208,7 +202,7 @@ fn a_client_ahead_of_the_snapshot_is_refused() {
     let id = p.client.invoke("echo", None, Default::default()).unwrap();
     p.drive();
     p.server
-        .stream(id, Bytes::from_static(b"x"), true, false)
+        .stream(id, Bytes::from_static(b"x"), StreamOptions::TEXT)
         .unwrap();
     p.drive();
     p.drop_link();
