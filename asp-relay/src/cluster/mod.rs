@@ -84,6 +84,9 @@ struct Local {
     token_key: Option<String>,
 }
 
+/// `RESUME_CLAIM`'s answer: `(gen, snap, applied, st, epoch)`.
+type ClaimReply = (u64, Vec<u8>, u64, Vec<u8>, u64);
+
 /// What a resume claim read for a session this node is adopting (SPEC §15.6).
 struct Adopted {
     gen: u64,
@@ -295,7 +298,7 @@ impl Cluster {
         let mut r = self.redis.clone();
         let cid: Option<String> = r.get(&key).await.ok()?;
         let cid = cid?;
-        let v: Option<(u64, Vec<u8>, u64, Vec<u8>, u64)> = self
+        let v: Option<ClaimReply> = self
             .resume_claim
             .key(session_key(&cid))
             .arg(&self.node)
