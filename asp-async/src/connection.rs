@@ -18,7 +18,9 @@ pub trait ConnectionHook: Send + Sync + 'static {
     /// A client connected (the WebSocket upgrade succeeded); `upgrade` holds the headers of
     /// its upgrade request (e.g. `Authorization`, to forward). Called before the connection
     /// reads its first frame, so tools added here (`Locked::add_tool`) are part of
-    /// the initial tool set sent after HELLO (SPEC §6.2 step 3).
+    /// the initial tool set sent after HELLO (SPEC §6.2 step 3). A session another process
+    /// held, resumed here from a [`SessionStore`](crate::SessionStore) (SPEC §11.4), arrives
+    /// detached, with its tools, and no upgrade headers, just before its RESUME is answered.
     fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap);
     /// Awaited after [`connected`](Self::connected) and before the connection reads its
     /// first frame, for a hook whose per-connection setup is asynchronous: an MCP bridge

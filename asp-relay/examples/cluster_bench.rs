@@ -116,10 +116,25 @@ impl Admin {
 }
 
 fn tool(name: &str) -> Vec<u8> {
+    tool_op(name, ToolOp::Add)
+}
+
+/// Push `i` of a sequence: adds and removes alternately, so the client's tool set (at most
+/// `max_tools`, SPEC §9) never fills up however many pushes run.
+fn nth_push(tag: &str, i: usize) -> Vec<u8> {
+    let name = format!("{tag}{}", i / 2);
+    if i % 2 == 0 {
+        tool_op(&name, ToolOp::Add)
+    } else {
+        tool_op(&name, ToolOp::Remove)
+    }
+}
+
+fn tool_op(name: &str, op: ToolOp) -> Vec<u8> {
     let mut b = BytesMut::new();
     encode(
         &Frame::ToolDef(ToolDef {
-            op: ToolOp::Add,
+            op,
             name: Text::from(name),
             description: Text::from(""),
             input_schema: None,
@@ -142,7 +157,7 @@ async fn latency(admin: SocketAddr, client: &asp_tokio::Client, n: usize, tag: &
     let mut a = Admin::new(admin).await;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let body = tool(&format!("{tag}{i}"));
+        let body = nth_push(tag, i);
         let t = Instant::now();
         let st = a.push(&cid, &body).await;
         assert!(st == 200 || st == 202, "{st}");
@@ -297,7 +312,7 @@ async fn resume_elsewhere_ms(redis: &str) -> f64 {
     let mut probes = 0;
     loop {
         probes += 1;
-        if ad.push(&cid, &tool("warm")).await == 200 {
+        if ad.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -343,7 +358,7 @@ async fn main() {
         let mut probes = 0;
         loop {
             probes += 1;
-            if probe.push(&cid, &tool("warm")).await == 200 {
+            if probe.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -381,7 +396,8 @@ async fn main() {
             tasks.push(tokio::spawn(async move {
                 let mut ad = Admin::new(addr).await;
                 for i in 0..n / 8 {
-                    ad.push(&cid, &tool(&format!("x{run}w{w}i{i}"))).await;
+                    let st = ad.push(&cid, &nth_push(&format!("x{run}w{w}i"), i)).await;
+                    assert!(st == 200 || st == 202, "{st}");
                 }
             }));
         }
