@@ -123,7 +123,7 @@ fn tool(name: &str) -> Vec<u8> {
 /// `max_tools`, SPEC §9) never fills up however many pushes run.
 fn nth_push(tag: &str, i: usize) -> Vec<u8> {
     let name = format!("{tag}{}", i / 2);
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         tool_op(&name, ToolOp::Add)
     } else {
         tool_op(&name, ToolOp::Remove)
