@@ -182,8 +182,11 @@ where
         // wakes us when it has taken bytes from the core.
         loop {
             let input = {
-                let s = lock(&shared);
-                if s.generation != gen || s.conn.state() == State::Detached {
+                let mut s = lock(&shared);
+                if let Some((target, target_gen)) = s.handoff.take() {
+                    return Some((stream, target, target_gen));
+                }
+                if s.generation != gen || s.conn.state() == State::Detached || s.transport_dropped {
                     return None;
                 }
                 if s.conn.is_closed() {
@@ -199,8 +202,13 @@ where
         let msg = match select(stream.next(), closing.notified()).await {
             Either::Left((msg, _)) => msg,
             Either::Right(_) => {
-                let s = lock(&shared);
-                if s.generation != gen || s.conn.state() == State::Detached {
+                let mut s = lock(&shared);
+                // Server: a RESUME answered later, from a session store (SPEC §11.4), moved
+                // this WebSocket to the session it loaded.
+                if let Some((target, target_gen)) = s.handoff.take() {
+                    return Some((stream, target, target_gen));
+                }
+                if s.generation != gen || s.conn.state() == State::Detached || s.transport_dropped {
                     // The session lives on without this transport.
                     return None;
                 }
@@ -315,7 +323,7 @@ async fn writer<S, R>(
             let mut s = lock(&shared);
             if s.generation != gen {
                 Step::Superseded
-            } else if s.conn.state() == State::Detached {
+            } else if s.conn.state() == State::Detached || s.transport_dropped {
                 Step::Detached
             } else {
                 let now = s.now();
@@ -466,7 +474,12 @@ enum Step {
 /// A detached session's timers (the resume window, SPEC §11.2), run by the writer of the
 /// transport that was lost, without writing anything, until the session closes or a new
 /// transport takes over (and runs them from then on).
-async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Notify, rt: &R) {
+pub(crate) async fn detached_timers<R: Runtime>(
+    shared: &SharedRef,
+    gen: u64,
+    notify: &Notify,
+    rt: &R,
+) {
     loop {
         let (deadline, clock) = {
             let mut s = lock(shared);

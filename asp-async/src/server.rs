@@ -173,6 +173,7 @@ pub struct ServerBuilder<R: Runtime> {
     ws: Option<WsConfig>,
     resume: bool,
     tls: Option<crate::tls::ServerTls>,
+    store: Option<Arc<dyn crate::SessionStore>>,
 }
 
 /// Bounds on connections that have not completed the WebSocket upgrade (SPEC §13.1). They
@@ -208,6 +209,7 @@ impl<R: Runtime> ServerBuilder<R> {
             ws: None,
             resume: false,
             tls: None,
+            store: None,
         }
     }
 
@@ -293,6 +295,16 @@ impl<R: Runtime> ServerBuilder<R> {
         self
     }
 
+    /// Keeps every resumable session in `store` too, so that a client whose server process
+    /// is gone can resume on another one sharing the store (SPEC §11.4; a relay cluster,
+    /// §15.6). Turns resume on. Output waits for each snapshot to be stored (see
+    /// [`SessionStore`](crate::SessionStore)).
+    pub fn session_store(mut self, store: impl crate::SessionStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self.resume = true;
+        self
+    }
+
     /// Adds a tool.
     pub fn tool(mut self, tool: Tool) -> Self {
         self.tools.push(tool);
@@ -357,6 +369,7 @@ impl<R: Runtime> ServerBuilder<R> {
             resume,
             ws,
             tls,
+            store: self.store,
             stopping: AtomicBool::new(false),
             stop: Notify::default(),
             idle_wakers: Mutex::new(Vec::new()),
@@ -386,6 +399,7 @@ struct Inner<R: Runtime> {
     resume: Option<Arc<ResumeTable>>,
     ws: WsConfig,
     tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
+    store: Option<Arc<dyn crate::SessionStore>>,
     stopping: AtomicBool,
     stop: Notify,
     idle_wakers: Mutex<Vec<Waker>>,
@@ -462,6 +476,15 @@ impl<R: Runtime> Server<R> {
             f(&mut s);
             s.pump();
         }
+    }
+
+    /// Stops accepting connections (the listener closes); open connections go on. A later
+    /// [`shutdown`](Self::shutdown) drains them. A server sharing a
+    /// [`SessionStore`](crate::SessionStore) stops adopting sessions too, so a draining
+    /// process can move its sessions to the others (SPEC §15.6).
+    pub fn stop_accepting(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.stop.notify();
     }
 
     /// Graceful shutdown (SPEC §6.5): stop accepting, send GOAWAY to every client, let
@@ -686,6 +709,100 @@ async fn tls_handshake<R: Runtime>(
     }
 }
 
+fn server_hooks<R: Runtime>(inner: &Arc<Inner<R>>) -> Hooks {
+    Hooks::Server {
+        tools: inner.tools.clone(),
+        fallback: inner.fallback.clone(),
+        resume: inner.resume.clone(),
+        store: inner.store.clone().map(|store| {
+            let weak = Arc::downgrade(inner);
+            crate::store::StoreHooks {
+                store,
+                adopt: Arc::new(move |bytes: &[u8]| adopt(&weak.upgrade()?, bytes)),
+            }
+        }),
+    }
+}
+
+/// SPEC §11.4: a session another process held, loaded from the session store, becomes a
+/// detached connection of this server (counted, announced to the hook, findable by its
+/// token), ready for the RESUME that asked for it.
+fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
+    if inner.stopping.load(Ordering::Acquire) {
+        return None;
+    }
+    let clock = Clock::new();
+    let mut conn = match Connection::restore(inner.config.clone(), bytes, clock.now()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "stored session not restored");
+            return None;
+        }
+    };
+    conn.hold_until_persisted();
+    let session = conn.session().cloned()?;
+    let id = session.connection_id.clone();
+    let n = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    let rt = inner.rt.clone();
+    let spawn = Arc::new(move |f| rt.spawn(f));
+    let span = tracing::info_span!("asp.conn", role = "server", id = %id, restored = true);
+    let shared = Shared::new(conn, clock, server_hooks(inner), spawn, span.clone());
+    let notify = {
+        let mut s = lock(&shared);
+        s.session = Some(session);
+        s.register_resumable();
+        s.notify.clone()
+    };
+    inner.live.fetch_add(1, Ordering::AcqRel);
+    inner
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(n, shared.clone());
+    let handle = ServerConnection::new(Arc::downgrade(&shared), id);
+    if let Some(hook) = &inner.hook {
+        hook.connected(handle.clone(), &HeaderMap::new());
+    }
+    // The resume window runs until a transport takes the session (a detached session's
+    // timers, as after a transport loss); then the lifecycle of any connection.
+    let (inner2, shared2, rt) = (inner.clone(), shared.clone(), inner.rt.clone());
+    let life = async move {
+        driver::detached_timers(&shared2, 0, &notify, &rt).await;
+        poll_fn(|cx| {
+            let mut s = lock(&shared2);
+            if s.closed.is_some() {
+                Poll::Ready(())
+            } else {
+                s.state_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(hook) = &inner2.hook {
+            hook.closed(&handle);
+        }
+        inner2
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
+        if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for w in inner2
+                .idle_wakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+            {
+                w.wake();
+            }
+        }
+    };
+    inner
+        .rt
+        .spawn(Box::pin(tracing::Instrument::instrument(life, span)));
+    Some(shared)
+}
+
 async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, upgrade: HeaderMap) {
     let n = inner.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut h = inner.id_seed.build_hasher();
@@ -708,20 +825,14 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
     for def in inner.tools.defs() {
         let _ = conn.add_tool(def);
     }
+    if inner.store.is_some() {
+        // SPEC §11.4: output waits for a stored snapshot (`crate::store`).
+        conn.hold_until_persisted();
+    }
     let rt = inner.rt.clone();
     let spawn = Arc::new(move |f| rt.spawn(f));
     let span = tracing::info_span!("asp.conn", role = "server", id = %connection_id, %peer);
-    let shared = Shared::new(
-        conn,
-        clock,
-        Hooks::Server {
-            tools: inner.tools.clone(),
-            fallback: inner.fallback.clone(),
-            resume: inner.resume.clone(),
-        },
-        spawn,
-        span.clone(),
-    );
+    let shared = Shared::new(conn, clock, server_hooks(inner), spawn, span.clone());
     if inner.rt.yield_to_writer() {
         lock(&shared).yield_at = crate::tool::YIELD_AT;
     }

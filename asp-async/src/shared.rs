@@ -129,6 +129,8 @@ pub(crate) enum Hooks {
         fallback: Option<Arc<Tool>>,
         /// The server's resumable sessions, when resume is on.
         resume: Option<Arc<ResumeTable>>,
+        /// Where sessions are kept for other processes (SPEC §11.4), if anywhere.
+        store: Option<crate::store::StoreHooks>,
     },
 }
 
@@ -177,6 +179,12 @@ pub(crate) struct Shared {
     /// Server: queued bytes at which a streaming handler gives way to the writer
     /// (`tool::StreamSend`); `usize::MAX` for never ([`crate::Runtime::yield_to_writer`]).
     pub(crate) yield_at: usize,
+    /// Server with a session store: a snapshot is being stored (`crate::store`).
+    pub(crate) storing: bool,
+    /// `ServerConnection::detach` gave this transport up: its tasks stop without writing
+    /// anything more (no Close either, even if the session closes before they notice), as
+    /// after a transport loss. Reset by the next transport.
+    pub(crate) transport_dropped: bool,
 }
 
 impl Shared {
@@ -214,6 +222,8 @@ impl Shared {
                 session_epoch: 0,
                 deferred: Deferred::default(),
                 yield_at: usize::MAX,
+                storing: false,
+                transport_dropped: false,
             })
         })
     }
@@ -242,6 +252,7 @@ impl Shared {
     /// can never consume its notifications.
     pub(crate) fn new_transport(&mut self) -> u64 {
         self.generation += 1;
+        self.transport_dropped = false;
         self.notify_writer();
         self.notify = Arc::new(Notify::default());
         self.armed_timeout = None;
@@ -265,6 +276,8 @@ impl Shared {
         while let Some(ev) = self.conn.poll_event() {
             self.dispatch(ev);
         }
+        // SPEC §11.4: output waiting for a stored snapshot.
+        self.maybe_store();
         // Also wake the writer when the core now wants a timeout earlier than the one the
         // writer sleeps until: an INVOKE with `deadline_ms` produces no output, so before
         // this the writer slept on until the next heartbeat (30 s by default) and the
@@ -397,7 +410,7 @@ impl Shared {
     }
 
     /// Server: a resumable session is findable by its token (SPEC §11.2 step 3).
-    fn register_resumable(&mut self) {
+    pub(crate) fn register_resumable(&mut self) {
         let Hooks::Server {
             resume: Some(table),
             ..
@@ -428,6 +441,17 @@ impl Shared {
             _ => None,
         };
         let old = table.and_then(|t| t.find(token));
+        // SPEC §11.4: a session this process does not hold may be in the store; the answer
+        // waits for it (this connection stays `Resuming`).
+        if old.is_none() && self.resume_from_store(token, received) {
+            return;
+        }
+        self.take_over(old, received);
+    }
+
+    /// Server: the RESUME on this new connection found `old` (or nothing): the old session
+    /// takes this transport over, or the resume is refused (SPEC §11.2 step 3).
+    pub(crate) fn take_over(&mut self, old: Option<SharedRef>, received: u64) {
         let accepted = old.and_then(|old| {
             let mut o = lock(&old);
             // Each connection has its own clock.

@@ -24,7 +24,9 @@ use crate::replay::Replay;
 use crate::time::Instant;
 
 mod batch;
+mod snapshot;
 pub use batch::{BatchError, Command};
+pub use snapshot::{Snapshot, SnapshotError};
 
 /// Which end of the connection this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,6 +360,9 @@ pub struct Connection {
     peer_resume_window: Option<Duration>,
     /// Input bytes since we last told the peer our `received` count.
     unacked_in: usize,
+    /// Server holding output until a snapshot covers it (SPEC §11.4): the mark of the last
+    /// stored snapshot; `None` when not holding.
+    persisted: Option<u64>,
 }
 
 impl Connection {
@@ -408,6 +413,7 @@ impl Connection {
             peer_replay_buffer: DEFAULT_REPLAY_BUFFER,
             peer_resume_window: None,
             unacked_in: 0,
+            persisted: None,
             config,
         }
     }
@@ -536,7 +542,7 @@ impl Connection {
                 .records()
                 .next()
                 .is_some_and(|q| q.ty == FrameType::Resume),
-            _ => !self.out.is_empty(),
+            _ => self.out.frames() > self.held(),
         }
     }
 
@@ -780,9 +786,11 @@ impl Connection {
         }
         // Pick whole frames up to about MAX_TRANSMIT bytes.
         let resuming_client = self.state == State::Resuming && self.role == Role::Client;
+        // SPEC §11.4: frames a stored snapshot does not cover yet stay queued.
+        let sendable = self.out.frames() - self.held();
         let (mut n, mut total) = (0, 0usize);
         for q in self.out.records() {
-            if total >= MAX_TRANSMIT {
+            if total >= MAX_TRANSMIT || n >= sendable {
                 break;
             }
             // While resuming, only RESUME itself may go out (SPEC §11.2).

@@ -59,7 +59,8 @@ pub use bytes::Bytes;
 pub use codec::Decoder;
 pub use config::{Config, HeartbeatMode, Limits};
 pub use conn::{
-    BatchError, Command, Connection, InvokeOptions, Role, ServerParams, State, StreamOptions,
+    BatchError, Command, Connection, InvokeOptions, Role, ServerParams, Snapshot, SnapshotError,
+    State, StreamOptions,
 };
 pub use error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 pub use event::{Event, InvocationOutcome, RequestOutcome, Session, ToolChange};
