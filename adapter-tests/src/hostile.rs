@@ -64,11 +64,10 @@ fn invoke(id: u16, tool: &str, args: Option<RawValue>) -> Frame {
 
 /// Bounds small enough that a test reaches them quickly.
 fn bounded_config() -> Config {
-    Config {
-        max_queued_bytes: 64 << 10,
-        max_buffered: 1 << 20,
-        ..asp_async::ws_default_config()
-    }
+    let mut config = asp_async::ws_default_config();
+    config.max_queued_bytes = 64 << 10;
+    config.max_buffered = 1 << 20;
+    config
 }
 
 /// A client sends `echo` calls with 32 KiB arguments and never reads a reply (issue 16's

@@ -568,9 +568,10 @@ pub async fn server_request<S: Runtime, C: Runtime>(srv: S, cli: C) {
 
     // accept_requests off: the capability is not offered, so the server may not ask.
     let deaf = ClientBuilder::new(cli.clone())
-        .config(Config {
-            accept_requests: false,
-            ..Config::default()
+        .config({
+            let mut config = Config::default();
+            config.accept_requests = false;
+            config
         })
         .connect(&server.url())
         .await
@@ -813,11 +814,10 @@ pub async fn oversized_frame<S: Runtime, C: Runtime>(srv: S, cli: C) {
 // ───────────────────────────── 10. heartbeat ─────────────────────────────
 
 fn heartbeat_config() -> Config {
-    Config {
-        heartbeat: Some(Duration::from_millis(200)),
-        heartbeat_mode: HeartbeatMode::Frames,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.heartbeat = Some(Duration::from_millis(200));
+    config.heartbeat_mode = HeartbeatMode::Frames;
+    config
 }
 
 /// A raw peer that reads but never answers PING: the server PINGs, then after three
@@ -1069,11 +1069,9 @@ pub async fn shutdown_timeout<S: Runtime, C: Runtime>(srv: S, cli: C) {
 /// error (a STREAM from a client; an empty binary message), 1008 after FLOOD, 1000 after a
 /// GOAWAY drain. (1001 after HEARTBEAT_TIMEOUT: `heartbeat_closes_unresponsive_peer`.)
 pub async fn close_codes<S: Runtime, C: Runtime>(srv: S, cli: C) {
-    let config = Config {
-        rate_limit: 2,
-        flood_limit: 4,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.rate_limit = 2;
+    config.flood_limit = 4;
     let server = start(ServerBuilder::new(srv).config(config).tool(greet_tool())).await;
 
     // A frame in the wrong direction (§3.3): PROTOCOL_VIOLATION, then 1002.
@@ -1439,14 +1437,7 @@ pub async fn deadline_exceeded<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let server = start(ServerBuilder::new(srv).tool(tool).tool(greet_tool())).await;
     let client = connect(&cli, &server.url()).await;
     let inv = client
-        .invoke_raw(
-            "stuck",
-            None,
-            InvokeOptions {
-                deadline_ms: 50,
-                meta: None,
-            },
-        )
+        .invoke_raw("stuck", None, InvokeOptions::default().deadline_ms(50))
         .expect("invoke");
     match inv.completion().await {
         Err(Error::Remote(e)) => {

@@ -442,9 +442,10 @@ pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: 
     .await;
     let proxy = Proxy::start(server.local_addr());
     let client = ClientBuilder::new(cli.clone())
-        .config(asp_async::Config {
-            heartbeat: Some(Duration::from_millis(150)),
-            ..asp_async::ws_default_config()
+        .config({
+            let mut config = asp_async::ws_default_config();
+            config.heartbeat = Some(Duration::from_millis(150));
+            config
         })
         .resume(true)
         .connect(&proxy.url(asp_async::DEFAULT_PATH))

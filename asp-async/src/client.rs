@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 use asp_proto::frame::{
     Complete, Metrics, RawValue, RequestId, Status, Stream as StreamFrame, ToolDef,
 };
-use asp_proto::{Config, Connection, InvokeOptions, Outcome, Session, State, ToolChange};
+use asp_proto::{
+    CloseReason, Config, Connection, InvocationOutcome, InvokeOptions, Session, State, ToolChange,
+};
 use bytes::Bytes;
 use futures::future::{select, Either};
 use futures::Stream;
@@ -610,13 +612,20 @@ impl Invocation {
     /// Waits for the end, discarding chunks not yet read.
     pub async fn completion(mut self) -> Result<Completion, Error> {
         self.release_taken();
-        let outcome = wait_outcome(&self.shared, self.id).await;
+        let outcome = wait_outcome(
+            &self.shared,
+            self.id,
+            |c| c.invocation.take(),
+            InvocationOutcome::Lost,
+        )
+        .await;
         self.done = true;
         match outcome {
-            Outcome::Complete(c) => Ok((*c).into()),
-            Outcome::Error(e) => Err(Error::Remote(e)),
-            Outcome::Lost(r) => Err(Error::Closed(r)),
-            Outcome::Reply(_) => Err(Error::Closed(asp_proto::CloseReason::Local)),
+            InvocationOutcome::Complete(c) => Ok((*c).into()),
+            InvocationOutcome::Error(e) => Err(Error::Remote(e)),
+            InvocationOutcome::Lost(r) => Err(Error::Closed(r)),
+            // A way to end that a later core adds.
+            _ => Err(Error::Closed(CloseReason::Local)),
         }
     }
 }
@@ -639,7 +648,7 @@ impl Stream for Invocation {
         // Swap the queues: the connection keeps the (empty) allocation of ours.
         std::mem::swap(&mut call.chunks, &mut this.taken);
         let next = this.taken.pop_front();
-        let ended = call.outcome.is_some();
+        let ended = call.ended();
         if next.is_none() && !ended {
             call.waker = Some(cx.waker().clone());
         }
@@ -683,7 +692,7 @@ impl Drop for Invocation {
         if let Some(call) = s.calls.remove(&self.id.0) {
             let unread: usize = call.chunks.iter().map(|c| c.data.len()).sum();
             s.conn.release(self.id, held + unread);
-            if call.outcome.is_none() && !self.done {
+            if !call.ended() && !self.done {
                 let _ = s.conn.interrupt(self.id, None);
             }
             s.pump();
@@ -692,15 +701,21 @@ impl Drop for Invocation {
     }
 }
 
-/// Waits for the outcome of an exchange we initiated, releasing unread chunks.
-pub(crate) async fn wait_outcome(shared: &Arc<Mutex<Shared>>, id: RequestId) -> Outcome {
+/// Waits for the outcome of an exchange we initiated (`take` picks it from the call's field
+/// of its kind; `lost` makes one when the call is gone), releasing unread chunks.
+pub(crate) async fn wait_outcome<T>(
+    shared: &Arc<Mutex<Shared>>,
+    id: RequestId,
+    take: impl Fn(&mut Call) -> Option<T>,
+    lost: impl Fn(CloseReason) -> T,
+) -> T {
     poll_fn(|cx| {
         let mut s = lock(shared);
         let Some(call) = s.calls.get_mut(&id.0) else {
-            return Poll::Ready(Outcome::Lost(asp_proto::CloseReason::Local));
+            return Poll::Ready(lost(CloseReason::Local));
         };
         let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
-        if let Some(o) = call.outcome.take() {
+        if let Some(o) = take(call) {
             s.calls.remove(&id.0);
             s.conn.release(id, unread);
             s.pump();

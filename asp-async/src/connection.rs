@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use asp_proto::frame::{RawValue, RequestId, Text, ToolDef};
 use asp_proto::Bytes;
-use asp_proto::{Connection, Instant, Outcome, SendError, Session};
+use asp_proto::{Connection, Instant, RequestOutcome, SendError, Session, StreamOptions};
 use tungstenite::http::HeaderMap;
 
 use crate::shared::{lock, Call, Shared};
@@ -94,10 +94,13 @@ impl ServerConnection {
 
     /// Waits for the outcome of a request sent with [`Locked::request`]: the client's REPLY or
     /// ERROR, or `Lost` if the connection closed first.
-    pub async fn outcome(&self, id: RequestId) -> Outcome {
+    pub async fn outcome(&self, id: RequestId) -> RequestOutcome {
         match self.shared.upgrade() {
-            Some(s) => crate::client::wait_outcome(&s, id).await,
-            None => Outcome::Lost(asp_proto::CloseReason::TransportClosed),
+            Some(s) => {
+                crate::client::wait_outcome(&s, id, |c| c.request.take(), RequestOutcome::Lost)
+                    .await
+            }
+            None => RequestOutcome::Lost(asp_proto::CloseReason::TransportClosed),
         }
     }
 }
@@ -120,10 +123,9 @@ impl Locked<'_> {
         &mut self,
         id: RequestId,
         data: Bytes,
-        text: bool,
-        fin: bool,
+        options: StreamOptions,
     ) -> Result<(), SendError> {
-        self.s.conn.stream(id, data, text, fin)
+        self.s.conn.stream(id, data, options)
     }
 
     /// [`Connection::add_tool`]: adds or replaces a tool, pushing TOOL_DEF (SPEC §9).

@@ -772,12 +772,14 @@ fn serve<R: Runtime>(
     let clock = Clock::new();
     let mut conn = Connection::server(
         inner.config.clone(),
-        ServerParams {
-            connection_id: Text::from(connection_id.as_str()),
-            resume_token: inner
+        {
+            let mut params = ServerParams::default();
+            params.connection_id = Text::from(connection_id.as_str());
+            params.resume_token = inner
                 .resume
                 .as_ref()
-                .and_then(|_| crate::resume::new_token()),
+                .and_then(|_| crate::resume::new_token());
+            params
         },
         clock.now(),
     );

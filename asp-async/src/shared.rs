@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
 use asp_proto::frame::{Reply, ReplyStatus, Request, RequestId, Stream};
-use asp_proto::{CloseReason, Connection, ErrorCode, Event, Outcome, Session, State, ToolChange};
+use asp_proto::{
+    CloseReason, Connection, ErrorCode, Event, InvocationOutcome, RequestOutcome, Session, State,
+    ToolChange,
+};
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -74,12 +77,21 @@ pub(crate) enum Cancel {
     Aborted,
 }
 
-/// An exchange we initiated (client: invocation; server: request).
+/// An exchange we initiated (client: invocation; server: request): its end arrives in the
+/// field of its kind.
 #[derive(Default)]
 pub(crate) struct Call {
     pub(crate) chunks: VecDeque<Stream>,
-    pub(crate) outcome: Option<Outcome>,
+    pub(crate) invocation: Option<InvocationOutcome>,
+    pub(crate) request: Option<RequestOutcome>,
     pub(crate) waker: Option<Waker>,
+}
+
+impl Call {
+    /// Whether the exchange has ended.
+    pub(crate) fn ended(&self) -> bool {
+        self.invocation.is_some() || self.request.is_some()
+    }
 }
 
 /// An exchange the peer initiated that a task of ours is serving.
@@ -299,9 +311,15 @@ impl Shared {
                 // Nobody listens any more (the handle was dropped): credit it back at once.
                 None => self.conn.release(s.id, s.data.len()),
             },
-            Event::Ended { id, outcome } => {
+            Event::InvocationEnded { id, outcome } => {
                 if let Some(call) = self.calls.get_mut(&id.0) {
-                    call.outcome = Some(outcome);
+                    call.invocation = Some(outcome);
+                    defer(&mut self.deferred, &mut call.waker);
+                }
+            }
+            Event::RequestEnded { id, outcome } => {
+                if let Some(call) = self.calls.get_mut(&id.0) {
+                    call.request = Some(outcome);
                     defer(&mut self.deferred, &mut call.waker);
                 }
             }

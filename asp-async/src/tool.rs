@@ -8,7 +8,7 @@ use asp_proto::frame::{
     Invoke, Metrics, RawValue, Reply, ReplyStatus, Request, RequestId, Status, Text, ToolDef,
     ToolOp,
 };
-use asp_proto::{ErrorCode, Outcome, SendError};
+use asp_proto::{ErrorCode, RequestOutcome, SendError, StreamOptions};
 use bytes::Bytes;
 use futures::future::{select, Either};
 use futures::FutureExt;
@@ -345,12 +345,15 @@ impl ToolContext {
             s.pump();
             id
         };
-        let outcome = crate::client::wait_outcome(&shared, id).await;
+        let outcome =
+            crate::client::wait_outcome(&shared, id, |c| c.request.take(), RequestOutcome::Lost)
+                .await;
         match outcome {
-            Outcome::Reply(r) => Ok(r),
-            Outcome::Error(e) => Err(Error::Remote(e)),
-            Outcome::Lost(r) => Err(Error::Closed(r)),
-            Outcome::Complete(_) => Err(Error::Closed(asp_proto::CloseReason::Local)),
+            RequestOutcome::Reply(r) => Ok(r),
+            RequestOutcome::Error(e) => Err(Error::Remote(e)),
+            RequestOutcome::Lost(r) => Err(Error::Closed(r)),
+            // A way to end that a later core adds.
+            _ => Err(Error::Closed(asp_proto::CloseReason::Local)),
         }
     }
 }
@@ -426,7 +429,8 @@ impl Future for StreamSend<'_> {
             } else {
                 this.data.slice(..cut)
             };
-            match s.conn.stream(id, piece, this.text, this.fin && last) {
+            let options = StreamOptions::BINARY.text(this.text).fin(this.fin && last);
+            match s.conn.stream(id, piece, options) {
                 Ok(()) => {
                     if last {
                         this.done = true;

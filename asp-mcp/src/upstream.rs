@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asp_tokio::asp_proto::frame::{ReplyStatus, RequestId as AspId};
-use asp_tokio::asp_proto::Outcome;
+use asp_tokio::asp_proto::RequestOutcome;
 use asp_tokio::ServerConnection;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
@@ -204,7 +204,7 @@ impl Routes {
             return ElicitResult::new(ElicitationAction::Cancel);
         };
         match conn.outcome(id).await {
-            Outcome::Reply(r) => match r.status {
+            RequestOutcome::Reply(r) => match r.status {
                 ReplyStatus::Answered => {
                     let content = r.body.as_ref().and_then(raw_to_json);
                     let mut out = ElicitResult::new(ElicitationAction::Accept);

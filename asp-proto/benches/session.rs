@@ -11,7 +11,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use asp_proto::{
-    Config, Connection, Event, Instant, InvokeOptions, RawValue, RequestId, SendError, ServerParams,
+    Config, Connection, Event, Instant, InvokeOptions, RawValue, RequestId, SendError,
+    ServerParams, StreamOptions,
 };
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -20,11 +21,10 @@ const CHUNKS: usize = 10_000;
 const CHUNK: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 
 fn config() -> Config {
-    Config {
-        heartbeat: None,
-        agent: None,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.heartbeat = None;
+    config.agent = None;
+    config
 }
 
 /// Moves every queued message from `from` to `to`.
@@ -37,14 +37,7 @@ fn carry(from: &mut Connection, to: &mut Connection, buf: &mut BytesMut, now: In
 fn connected() -> (Connection, Connection) {
     let now = Instant::ZERO;
     let mut c = Connection::client(config(), now);
-    let mut s = Connection::server(
-        config(),
-        ServerParams {
-            connection_id: "bench".into(),
-            resume_token: None,
-        },
-        now,
-    );
+    let mut s = Connection::server(config(), ServerParams::new("bench"), now);
     s.add_tool(asp_proto::frame::ToolDef {
         op: asp_proto::frame::ToolOp::Add,
         name: "stream".into(),
@@ -75,7 +68,7 @@ fn stream_once(c: &mut Connection, s: &mut Connection, buf: &mut BytesMut) {
     let (mut sent, mut got) = (0, 0);
     while got < CHUNKS {
         while sent < CHUNKS {
-            match s.stream(id, chunk.clone(), false, false) {
+            match s.stream(id, chunk.clone(), StreamOptions::BINARY) {
                 Ok(()) => sent += 1,
                 Err(SendError::Full) => break,
                 Err(e) => panic!("stream: {e:?}"),

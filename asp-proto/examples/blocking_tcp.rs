@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant as StdInstant};
 
 use asp_proto::frame::{Metrics, RawValue, Status, Text, ToolDef, ToolOp};
-use asp_proto::{Config, Connection, Event, Instant, ServerParams};
+use asp_proto::{Config, Connection, Event, Instant, ServerParams, StreamOptions};
 use bytes::{Bytes, BytesMut};
 
 /// Runs `conn` over `tcp` until it closes, calling `on_event` for every event.
@@ -57,10 +57,7 @@ fn main() -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
         let (tcp, _) = listener.accept()?;
-        let params = ServerParams {
-            connection_id: "tcp-1".into(),
-            ..Default::default()
-        };
+        let params = ServerParams::new("tcp-1");
         let mut conn = Connection::server(Config::default(), params, Instant::ZERO);
         let (name, description) = ("upper".into(), "upper-cases text".into());
         let (op, input_schema, annotations) = (ToolOp::Add, None, None);
@@ -79,8 +76,12 @@ fn main() -> std::io::Result<()> {
                 let text = rmp::decode::read_str_from_slice(args)
                     .map_or(String::new(), |(s, _)| s.to_uppercase());
                 for word in text.split_inclusive(' ') {
-                    conn.stream(inv.id, Bytes::copy_from_slice(word.as_bytes()), true, false)
-                        .ok();
+                    conn.stream(
+                        inv.id,
+                        Bytes::copy_from_slice(word.as_bytes()),
+                        StreamOptions::TEXT,
+                    )
+                    .ok();
                 }
                 let result = Some(RawValue::uint(text.len() as u64));
                 conn.complete(inv.id, Status::Ok, result, Metrics::default())
@@ -108,7 +109,7 @@ fn main() -> std::io::Result<()> {
                     .ok();
             }
             Event::Chunk(c) => println!("client: chunk {:?}", String::from_utf8_lossy(&c.data)),
-            Event::Ended { outcome, .. } => {
+            Event::InvocationEnded { outcome, .. } => {
                 println!("client: ended {outcome:?}");
                 conn.close(asp_proto::CloseReason::Local);
             }

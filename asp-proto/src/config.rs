@@ -5,7 +5,9 @@ use core::time::Duration;
 use crate::frame::{HelloLimits, Text};
 
 /// What this side accepts from its peer, announced in HELLO `limits` (SPEC §5.1, §13).
+/// `Limits::default()` gives the SPEC defaults; change the fields you need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame payload accepted. Default 1 MiB.
     pub max_frame_payload: u32,
@@ -63,6 +65,7 @@ impl Limits {
 
 /// How heartbeats are sent (SPEC §6.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeartbeatMode {
     /// The core queues PING frames (byte streams, or any transport).
     Frames,
@@ -71,8 +74,16 @@ pub enum HeartbeatMode {
     Transport,
 }
 
-/// Connection configuration. `Config::default()` gives the SPEC §13 defaults.
+/// Connection configuration. `Config::default()` gives the SPEC §13 defaults; change the
+/// fields you need (the struct is `#[non_exhaustive]`, so new settings can be added):
+///
+/// ```
+/// let mut config = asp_proto::Config::default();
+/// config.heartbeat = None;
+/// config.limits.max_chunk = 16 << 10;
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// What we accept (announced in HELLO).
     pub limits: Limits,

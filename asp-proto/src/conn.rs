@@ -15,7 +15,7 @@ use core::time::Duration;
 use crate::codec::{self, decode_frame, encoded_len, take_stream, Decoder, HEADER_LEN};
 use crate::config::{Config, HeartbeatMode, Limits};
 use crate::error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
-use crate::event::{Event, Outcome, Session, ToolChange};
+use crate::event::{Event, InvocationOutcome, RequestOutcome, Session, ToolChange};
 use crate::exchange::{Exchange, Kind};
 use crate::frame::*;
 use crate::outbox::Outbox;
@@ -37,6 +37,7 @@ pub enum Role {
 
 /// Connection state (SPEC §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum State {
     /// Waiting for the peer's HELLO (or, when resuming, its RESUME).
     Handshaking,
@@ -57,6 +58,7 @@ pub enum State {
 /// when resume is enabled, a secret token from a secure random source (SPEC §13.1). The
 /// core has no randomness of its own.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct ServerParams {
     /// HELLO `connection_id`, 1–64 bytes.
     pub connection_id: Text,
@@ -64,13 +66,98 @@ pub struct ServerParams {
     pub resume_token: Option<Bytes>,
 }
 
+impl ServerParams {
+    /// Parameters with this `connection_id` and no resume token.
+    pub fn new(connection_id: impl Into<Text>) -> ServerParams {
+        ServerParams {
+            connection_id: connection_id.into(),
+            resume_token: None,
+        }
+    }
+
+    /// With this resume token (SPEC §11; from a secure random source).
+    #[must_use]
+    pub fn resume_token(self, token: Bytes) -> ServerParams {
+        ServerParams {
+            resume_token: Some(token),
+            ..self
+        }
+    }
+}
+
 /// Options of one invocation (SPEC §5.2).
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct InvokeOptions {
     /// Deadline in ms (0 = none).
     pub deadline_ms: u32,
     /// Opaque context.
     pub meta: Option<RawValue>,
+}
+
+impl InvokeOptions {
+    /// With this deadline in ms (0 = none).
+    #[must_use]
+    pub fn deadline_ms(self, deadline_ms: u32) -> InvokeOptions {
+        InvokeOptions {
+            deadline_ms,
+            ..self
+        }
+    }
+
+    /// With this opaque context.
+    #[must_use]
+    pub fn meta(self, meta: RawValue) -> InvokeOptions {
+        InvokeOptions {
+            meta: Some(meta),
+            ..self
+        }
+    }
+}
+
+/// How one STREAM chunk is sent (SPEC §5.3): its data type and whether it is the last.
+/// [`Connection::stream`] takes it.
+///
+/// ```
+/// use asp_proto::StreamOptions;
+///
+/// let last_text = StreamOptions::TEXT.fin(true);
+/// assert!(last_text.text && last_text.fin);
+/// assert_eq!(StreamOptions::default(), StreamOptions::BINARY);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamOptions {
+    /// The data is text (`str`, valid UTF-8); else binary (`bin`). Default binary.
+    pub text: bool,
+    /// The final chunk of the invocation (`final`); the invocation still ends with COMPLETE.
+    /// Default false.
+    pub fin: bool,
+}
+
+impl StreamOptions {
+    /// A binary chunk, not the last.
+    pub const BINARY: StreamOptions = StreamOptions {
+        text: false,
+        fin: false,
+    };
+    /// A text chunk, not the last.
+    pub const TEXT: StreamOptions = StreamOptions {
+        text: true,
+        fin: false,
+    };
+
+    /// With `text` set as given.
+    #[must_use]
+    pub const fn text(self, text: bool) -> StreamOptions {
+        StreamOptions { text, ..self }
+    }
+
+    /// With `fin` (the final chunk) set as given.
+    #[must_use]
+    pub const fn fin(self, fin: bool) -> StreamOptions {
+        StreamOptions { fin, ..self }
+    }
 }
 
 const CAP_REQUESTS: &str = "requests";
@@ -190,7 +277,7 @@ const UNSHARE_SLACK: usize = 1024;
 /// let mut client = Connection::client(Config::default(), now);
 /// let mut server = Connection::server(
 ///     Config::default(),
-///     ServerParams { connection_id: "c1".into(), ..Default::default() },
+///     ServerParams::new("c1"),
 ///     now,
 /// );
 /// // Shuttle bytes until both sides are quiet (a real loop would use sockets).
@@ -842,7 +929,7 @@ impl Connection {
     // ───────────────────────── commands: client ─────────────────────────
 
     /// Client: invokes `tool` (SPEC §5.2). Returns the invocation's id; its chunks arrive as
-    /// [`Event::Chunk`] and its end as [`Event::Ended`].
+    /// [`Event::Chunk`] and its end as [`Event::InvocationEnded`].
     pub fn invoke(
         &mut self,
         tool: impl Into<Text>,
@@ -928,9 +1015,9 @@ impl Connection {
         &mut self,
         id: RequestId,
         data: Bytes,
-        text: bool,
-        fin: bool,
+        options: StreamOptions,
     ) -> Result<(), SendError> {
+        let StreamOptions { text, fin } = options;
         self.require(Role::Server)?;
         self.require_live()?;
         self.check_chunk(&data, text, fin)?;
@@ -1051,7 +1138,7 @@ impl Connection {
     }
 
     /// Server: asks the client a question (SPEC §8). The answer arrives as
-    /// [`Event::Ended`] with [`Outcome::Reply`].
+    /// [`Event::RequestEnded`] with [`RequestOutcome::Reply`].
     pub fn request(
         &mut self,
         kind: impl Into<Text>,
@@ -1158,7 +1245,8 @@ impl Connection {
     // ───────────────────────── commands: both ─────────────────────────
 
     /// Interrupts an exchange we initiated (client: an invocation; server: a request). The
-    /// peer still ends it; its terminal frame arrives as [`Event::Ended`] (SPEC §7.3).
+    /// peer still ends it; its terminal frame arrives as [`Event::InvocationEnded`] or
+    /// [`Event::RequestEnded`] (SPEC §7.3).
     /// Interrupting twice is harmless.
     pub fn interrupt(&mut self, id: RequestId, reason: Option<Text>) -> Result<(), SendError> {
         self.require_live()?;
@@ -1215,10 +1303,8 @@ impl Connection {
         for (id, kind) in ids {
             self.remove(id);
             if self.initiated(kind) {
-                self.events.push_back(Event::Ended {
-                    id: RequestId(id),
-                    outcome: Outcome::Lost(reason.clone()),
-                });
+                self.events
+                    .push_back(ended_lost(kind, RequestId(id), reason.clone()));
             }
         }
         self.events.push_back(Event::Closed(reason));
@@ -1613,9 +1699,9 @@ impl Connection {
             Frame::ToolDef(t) => self.on_tool_def(t),
             Frame::Complete(c) => {
                 if self.take_initiated(c.id, Kind::Invocation) {
-                    self.emit(Event::Ended {
+                    self.emit(Event::InvocationEnded {
                         id: c.id,
-                        outcome: Outcome::Complete(Box::new(c)),
+                        outcome: InvocationOutcome::Complete(Box::new(c)),
                     });
                     self.check_drained();
                 } else if !self.quarantined.contains_key(&c.id.0) {
@@ -1648,9 +1734,9 @@ impl Connection {
             Frame::Request(r) => self.on_request(r, over_rate),
             Frame::Reply(r) => {
                 if self.take_initiated(r.id, Kind::Request) {
-                    self.emit(Event::Ended {
+                    self.emit(Event::RequestEnded {
                         id: r.id,
-                        outcome: Outcome::Reply(r),
+                        outcome: RequestOutcome::Reply(r),
                     });
                     self.check_drained();
                 } else if !self.quarantined.contains_key(&r.id.0) {
@@ -2042,11 +2128,8 @@ impl Connection {
         for id in ids {
             let kind = self.exchanges.get(&id).map(|x| x.kind);
             self.remove(id);
-            if kind.is_some_and(|k| self.initiated(k)) {
-                self.emit(Event::Ended {
-                    id: RequestId(id),
-                    outcome: Outcome::Lost(reason.clone()),
-                });
+            if let Some(kind) = kind.filter(|k| self.initiated(*k)) {
+                self.emit(ended_lost(kind, RequestId(id), reason.clone()));
             }
         }
         self.out.clear();
@@ -2255,9 +2338,15 @@ impl Connection {
         };
         self.remove(id.0);
         if self.initiated(kind) {
-            self.emit(Event::Ended {
-                id,
-                outcome: Outcome::Error(err),
+            self.emit(match kind {
+                Kind::Invocation => Event::InvocationEnded {
+                    id,
+                    outcome: InvocationOutcome::Error(err),
+                },
+                Kind::Request => Event::RequestEnded {
+                    id,
+                    outcome: RequestOutcome::Error(err),
+                },
             });
         } else {
             self.emit(Event::Aborted { id, error: err });
@@ -2517,6 +2606,21 @@ fn truncated(s: &str, max: usize) -> &str {
         cut -= 1;
     }
     s.get(..cut).unwrap_or_default()
+}
+
+/// The end of an exchange this side initiated, lost with the connection (`kind` says which
+/// event: invocations are the client's, requests the server's).
+fn ended_lost(kind: Kind, id: RequestId, reason: CloseReason) -> Event {
+    match kind {
+        Kind::Invocation => Event::InvocationEnded {
+            id,
+            outcome: InvocationOutcome::Lost(reason),
+        },
+        Kind::Request => Event::RequestEnded {
+            id,
+            outcome: RequestOutcome::Lost(reason),
+        },
+    }
 }
 
 fn error_frame(id: RequestId, code: ErrorCode, message: String, ty: Option<u8>) -> ErrorFrame {

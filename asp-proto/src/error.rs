@@ -177,6 +177,7 @@ impl fmt::Display for ErrorCode {
 
 /// Why a payload is not well-formed MessagePack of the required shape (SPEC §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Malformed {
     /// The payload is not a map.
     NotAMap,
@@ -194,6 +195,7 @@ pub enum Malformed {
 
 /// Why a field is invalid (SPEC §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Invalid {
     /// The value has another MessagePack type than the schema requires.
     WrongType,
@@ -210,6 +212,7 @@ pub enum Invalid {
 /// What was wrong with an inbound frame. Each variant maps to one wire code
 /// ([`DecodeErrorKind::code`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeErrorKind {
     /// Header version nibble is not 1 (SPEC §3.2). Fatal: framing cannot be trusted.
     UnsupportedVersion {
@@ -333,6 +336,7 @@ impl std::error::Error for DecodeError {}
 /// Nothing was sent (h11's `LocalProtocolError`). Peer violations never produce this; they
 /// produce an ERROR frame and an [`Event`](crate::Event).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The handshake has not finished (e.g. invoking before the server's HELLO).
     NotOpen,
@@ -387,6 +391,7 @@ impl std::error::Error for SendError {}
 
 /// Why a connection closed (in [`Event::Closed`](crate::Event::Closed)).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The application called `close`.
     Local,

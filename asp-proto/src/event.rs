@@ -7,7 +7,9 @@ use crate::frame::{
 use crate::Limits;
 
 /// The negotiated session, reported once the handshake completes (SPEC §6.2–§6.4).
+/// Made by the core only (`#[non_exhaustive]`: fields may be added).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Session {
     /// The server's connection id.
     pub connection_id: Text,
@@ -28,15 +30,31 @@ pub struct Session {
     pub peer_agent: Option<Text>,
 }
 
-/// How an exchange we initiated ended (client: an invocation; server: a request).
+/// How an invocation this side opened ended (client; [`Event::InvocationEnded`]).
+///
+/// `#[non_exhaustive]`: a later protocol version may add a way to end.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// COMPLETE received (invocations). Boxed, as are the other large, once-per-exchange
+#[non_exhaustive]
+pub enum InvocationOutcome {
+    /// COMPLETE received (SPEC §5.6). Boxed, as are the other large, once-per-exchange
     /// payloads of [`Event`], so that the per-chunk event stays small to move.
     Complete(Box<Complete>),
-    /// REPLY received (requests).
-    Reply(Reply),
     /// ERROR received, or sent by us because the peer broke a rule for this id.
+    Error(ErrorFrame),
+    /// The connection closed before a terminal frame.
+    Lost(CloseReason),
+}
+
+/// How a request this side asked ended (server; [`Event::RequestEnded`], SPEC §8).
+///
+/// `#[non_exhaustive]`: a later protocol version may add a way to end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestOutcome {
+    /// REPLY received (SPEC §5.10).
+    Reply(Reply),
+    /// ERROR received (the client refused), or sent by us because the client broke a rule
+    /// for this id.
     Error(ErrorFrame),
     /// The connection closed before a terminal frame.
     Lost(CloseReason),
@@ -44,6 +62,7 @@ pub enum Outcome {
 
 /// A change to the client's mirror of the server's tool set (SPEC §9).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ToolChange {
     /// A tool was added (or, with `update`, replaced).
     Added(ToolDef),
@@ -80,12 +99,19 @@ pub enum Event {
     },
     /// Client: a chunk of an invocation's output.
     Chunk(Stream),
-    /// An exchange we initiated ended (exactly once per exchange).
-    Ended {
-        /// The exchange.
+    /// Client: an invocation this side opened ended (exactly once per invocation).
+    InvocationEnded {
+        /// The invocation.
         id: RequestId,
         /// How.
-        outcome: Outcome,
+        outcome: InvocationOutcome,
+    },
+    /// Server: a request this side asked ended (exactly once per request).
+    RequestEnded {
+        /// The request.
+        id: RequestId,
+        /// How.
+        outcome: RequestOutcome,
     },
     /// Client: the tool set changed.
     ToolsChanged(Box<ToolChange>),

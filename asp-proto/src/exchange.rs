@@ -10,7 +10,7 @@
 //! | `Running`  | STREAM (invocations only)    | checks seq/window/chunk → chunk | sends within window                     |
 //! | `Running`  | STREAM with `final`          | → `Finished`                    | → `Finished`                            |
 //! | any        | INTERRUPT                    | sends (once)                    | marks `interrupted`, tells the app      |
-//! | any        | COMPLETE / REPLY / ERROR     | removed: `Ended` event          | sends → removed                         |
+//! | any        | COMPLETE / REPLY / ERROR     | removed: `*Ended` event         | sends → removed                         |
 //! | (absent)   | INTERRUPT / CREDIT           | —                               | ignored: it crossed the terminal frame  |
 //! | (absent)   | STREAM / COMPLETE / REPLY    | ERROR(UNKNOWN_ID)               | —                                       |
 //!

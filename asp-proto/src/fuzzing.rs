@@ -34,7 +34,8 @@ use crate::codec::{self, decode_frame, encoded_len, Decoder, HEADER_LEN};
 use crate::frame::*;
 use crate::{
     CloseReason, Config, Connection, DecodeError, DecodeErrorKind, ErrorCode, Event, HeartbeatMode,
-    InvokeOptions, Limits, Outcome, Role, ServerParams, State,
+    InvocationOutcome, InvokeOptions, Limits, RequestOutcome, Role, ServerParams, State,
+    StreamOptions,
 };
 
 // ───────────────────────────── generators ─────────────────────────────
@@ -853,7 +854,7 @@ impl Checker {
         assert!(!self.closed, "event after Closed: {ev:?}");
         self.seen += 1;
         match ev {
-            Event::Ended { id, .. } => assert!(
+            Event::InvocationEnded { id, .. } | Event::RequestEnded { id, .. } => assert!(
                 self.live.remove(&id.0),
                 "Ended for {id:?}, which is not open (ended twice, or never opened): {ev:?}"
             ),
@@ -1117,9 +1118,9 @@ impl Session {
 /// by at most a PING, deadline ERRORs and a fatal ERROR; see `Checker::after_step`), and
 /// never grows once closed; a drained queue accounts for every byte sent; every frame sent
 /// decodes; timers converge; each exchange this side opened ends exactly once
-/// ([`Event::Ended`]) and its id is not handed out again before that; nothing follows
-/// [`Event::Closed`], and nothing is in flight then; an OVERLOADED close has a current
-/// overload behind it.
+/// ([`Event::InvocationEnded`] or [`Event::RequestEnded`]) and its id is not handed out
+/// again before that; nothing follows [`Event::Closed`], and nothing is in flight then; an
+/// OVERLOADED close has a current overload behind it.
 pub fn session(role: Role, data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(cfg) = <[u8; 4]>::arbitrary(&mut u) else {
@@ -1421,8 +1422,9 @@ fn local_command(s: &mut Session, tag: u8, u: &mut Unstructured<'_>) -> Result<(
                 let _ = s.conn.stream(
                     s.theirs.get(slot, 1),
                     Bytes::from(vec![fill; len]),
-                    flags & 1 != 0,
-                    flags & 2 != 0,
+                    StreamOptions::BINARY
+                        .text(flags & 1 != 0)
+                        .fin(flags & 2 != 0),
                 );
             }
         }
@@ -1599,9 +1601,13 @@ impl PairModel {
                     c.id
                 );
             }
-            Event::Ended {
+            Event::InvocationEnded {
                 id,
-                outcome: Outcome::Error(e),
+                outcome: InvocationOutcome::Error(e),
+            }
+            | Event::RequestEnded {
+                id,
+                outcome: RequestOutcome::Error(e),
             } => {
                 let app = if is_client {
                     self.failed.get(&id.0)
@@ -1751,7 +1757,11 @@ impl Pair {
                 if self
                     .server
                     .conn
-                    .stream(id, data.clone(), is_text, b & 4 != 0)
+                    .stream(
+                        id,
+                        data.clone(),
+                        StreamOptions::BINARY.text(is_text).fin(b & 4 != 0),
+                    )
                     .is_ok()
                 {
                     let q = self.model.streamed.entry(id.0).or_default();

@@ -13,8 +13,8 @@
 //! | item | what it is |
 //! |---|---|
 //! | [`Connection`] | the state machine, client or server; its doc states the driving contract (getters, `handle_*`, commands, `poll_*` in order) with a compiled loop |
-//! | [`Config`], [`Limits`], [`HeartbeatMode`], [`ServerParams`], [`InvokeOptions`] | what a connection is created and commanded with |
-//! | [`Event`], [`Outcome`], [`Session`], [`ToolChange`] | what `poll_event` reports |
+//! | [`Config`], [`Limits`], [`HeartbeatMode`], [`ServerParams`], [`InvokeOptions`], [`StreamOptions`] | what a connection is created and commanded with |
+//! | [`Event`], [`InvocationOutcome`], [`RequestOutcome`], [`Session`], [`ToolChange`] | what `poll_event` reports |
 //! | [`SendError`], [`CloseReason`], [`State`], [`Role`] | local misuse, why it closed, where it is |
 //! | [`Command`], [`BatchError`] | "can this batch be sent now, all of it?" ([`Connection::check_batch`]) |
 //! | [`Instant`] | the crate's own time: microseconds from an origin the caller picks |
@@ -55,8 +55,10 @@ mod time;
 pub use bytes::Bytes;
 pub use codec::Decoder;
 pub use config::{Config, HeartbeatMode, Limits};
-pub use conn::{BatchError, Command, Connection, InvokeOptions, Role, ServerParams, State};
+pub use conn::{
+    BatchError, Command, Connection, InvokeOptions, Role, ServerParams, State, StreamOptions,
+};
 pub use error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
-pub use event::{Event, Outcome, Session, ToolChange};
+pub use event::{Event, InvocationOutcome, RequestOutcome, Session, ToolChange};
 pub use frame::{Frame, FrameType, RawValue, RequestId, Text};
 pub use time::Instant;

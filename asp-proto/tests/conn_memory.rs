@@ -66,11 +66,10 @@ fn counting<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn config() -> Config {
-    Config {
-        heartbeat: None,
-        agent: None,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.heartbeat = None;
+    config.agent = None;
+    config
 }
 
 /// Moves bytes both ways (as WebSocket messages, copied into fresh buffers the way a
@@ -109,14 +108,7 @@ fn connected_pair(now: Instant) -> (Connection, Connection) {
 
 fn connected_pair_with(now: Instant, tools: usize) -> (Connection, Connection) {
     let mut c = Connection::client(config(), now);
-    let mut s = Connection::server(
-        config(),
-        ServerParams {
-            connection_id: "c1".into(),
-            resume_token: None,
-        },
-        now,
-    );
+    let mut s = Connection::server(config(), ServerParams::new("c1"), now);
     for name in ["echo", "t1", "t2", "t3"].into_iter().take(tools) {
         s.add_tool(asp_proto::frame::ToolDef {
             op: asp_proto::frame::ToolOp::Add,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use asp_proto::frame::{Complete, Hello, HelloLimits, Metrics, Status, Versions};
 use asp_proto::{
-    CloseReason, Config, Connection, ErrorCode, Event, Frame, Instant, InvokeOptions, Limits,
-    Outcome, RawValue, RequestId, SendError, State,
+    CloseReason, Config, Connection, ErrorCode, Event, Frame, Instant, InvocationOutcome,
+    InvokeOptions, RawValue, RequestId, SendError, State, StreamOptions,
 };
 use bytes::Bytes;
 use pair::*;
@@ -19,24 +19,14 @@ use pair::*;
 
 #[test]
 fn handshake_negotiates_the_session() {
-    let client_cfg = Config {
-        heartbeat: Some(Duration::from_secs(20)),
-        limits: Limits {
-            max_chunk: 1000,
-            initial_window: 5000,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
-    let server_cfg = Config {
-        heartbeat: Some(Duration::from_secs(45)),
-        limits: Limits {
-            max_inflight: 7,
-            max_frame_payload: 4096,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
+    let mut client_cfg = Config::default();
+    client_cfg.heartbeat = Some(Duration::from_secs(20));
+    client_cfg.limits.max_chunk = 1000;
+    client_cfg.limits.initial_window = 5000;
+    let mut server_cfg = Config::default();
+    server_cfg.heartbeat = Some(Duration::from_secs(45));
+    server_cfg.limits.max_inflight = 7;
+    server_cfg.limits.max_frame_payload = 4096;
     let mut p = Pair::new(client_cfg, server_cfg, default_params());
     assert_eq!(p.client.state(), State::Handshaking);
     assert_eq!(p.server.state(), State::Handshaking);
@@ -113,13 +103,15 @@ fn server_hello_announces_what_is_in_force() {
 fn heartbeat_zero_on_one_side_uses_the_other() {
     // SPEC §6.4: the smaller of the two *non-zero* values.
     let mut p = Pair::connected(
-        Config {
-            heartbeat: None,
-            ..Config::default()
+        {
+            let mut config = Config::default();
+            config.heartbeat = None;
+            config
         },
-        Config {
-            heartbeat: Some(Duration::from_secs(5)),
-            ..Config::default()
+        {
+            let mut config = Config::default();
+            config.heartbeat = Some(Duration::from_secs(5));
+            config
         },
     );
     assert_eq!(p.client.session().map(|s| s.heartbeat_ms), Some(5_000));
@@ -387,16 +379,25 @@ fn invocation_streams_and_completes() {
     assert_eq!(inv.args.as_ref(), Some(&args));
 
     p.server
-        .stream(id, Bytes::from_static(b"hello "), true, false)
+        .stream(id, Bytes::from_static(b"hello "), StreamOptions::TEXT)
         .unwrap();
     p.server
-        .stream(id, Bytes::from_static(&[0, 1, 2, 0xff]), false, false)
+        .stream(
+            id,
+            Bytes::from_static(&[0, 1, 2, 0xff]),
+            StreamOptions::BINARY,
+        )
         .unwrap();
     p.server
-        .stream(id, Bytes::from_static(b"world"), true, true)
+        .stream(
+            id,
+            Bytes::from_static(b"world"),
+            StreamOptions::TEXT.fin(true),
+        )
         .unwrap();
     assert_eq!(
-        p.server.stream(id, Bytes::from_static(b"!"), true, false),
+        p.server
+            .stream(id, Bytes::from_static(b"!"), StreamOptions::TEXT),
         Err(SendError::StreamFinished)
     );
     let result = RawValue::uint(42);
@@ -431,9 +432,9 @@ fn invocation_streams_and_completes() {
     assert!(c2.fin);
     assert_eq!(
         ev[3],
-        Event::Ended {
+        Event::InvocationEnded {
             id,
-            outcome: Outcome::Complete(Box::new(Complete {
+            outcome: InvocationOutcome::Complete(Box::new(Complete {
                 id,
                 status: Status::Ok,
                 result: Some(result),
@@ -449,7 +450,8 @@ fn invocation_streams_and_completes() {
         Err(SendError::NotInFlight)
     );
     assert_eq!(
-        p.server.stream(id, Bytes::from_static(b"x"), false, false),
+        p.server
+            .stream(id, Bytes::from_static(b"x"), StreamOptions::BINARY),
         Err(SendError::NotInFlight)
     );
     // Wire: INVOKE; STREAM×3, COMPLETE.
@@ -471,7 +473,7 @@ fn invocation_fail_ends_with_error() {
     p.flush();
     p.drive();
     p.server
-        .stream(id, Bytes::from_static(b"partial"), true, false)
+        .stream(id, Bytes::from_static(b"partial"), StreamOptions::TEXT)
         .unwrap();
     p.server
         .fail(id, ErrorCode::TOOL_FAILED, "boom", false)
@@ -488,8 +490,8 @@ fn invocation_fail_ends_with_error() {
         kinds(&ev),
         ["Chunk(1,0)", "Ended(1,Error TOOL_FAILED(0x41))"]
     );
-    let Event::Ended {
-        outcome: Outcome::Error(e),
+    let Event::InvocationEnded {
+        outcome: InvocationOutcome::Error(e),
         ..
     } = &ev[1]
     else {
@@ -575,13 +577,11 @@ fn unknown_tool() {
 
 #[test]
 fn check_tools_off_accepts_any_tool() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            check_tools: false,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.check_tools = false;
+        config
+    });
     p.client
         .invoke("anything", None, Default::default())
         .unwrap();
@@ -592,16 +592,11 @@ fn check_tools_off_accepts_any_tool() {
 
 #[test]
 fn too_many_inflight() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            limits: Limits {
-                max_inflight: 2,
-                ..Limits::default()
-            },
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.limits.max_inflight = 2;
+        config
+    });
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
     p.clear_events();
@@ -707,7 +702,7 @@ fn bad_sequence_ends_the_invocation_on_both_sides() {
     let (mut p, ids) = with_invocations(quiet_config(), quiet_config(), 2);
     let (a, b) = (ids[0], ids[1]);
     p.server
-        .stream(a, Bytes::from_static(b"0"), false, false)
+        .stream(a, Bytes::from_static(b"0"), StreamOptions::BINARY)
         .unwrap();
     p.flush();
     p.drive();
@@ -727,12 +722,13 @@ fn bad_sequence_ends_the_invocation_on_both_sides() {
         ["Aborted(1,BAD_SEQUENCE(0x26))"]
     );
     assert_eq!(
-        p.server.stream(a, Bytes::from_static(b"1"), false, false),
+        p.server
+            .stream(a, Bytes::from_static(b"1"), StreamOptions::BINARY),
         Err(SendError::NotInFlight)
     );
     // The other invocation is untouched.
     p.server
-        .stream(b, Bytes::from_static(b"y"), false, true)
+        .stream(b, Bytes::from_static(b"y"), StreamOptions::BINARY.fin(true))
         .unwrap();
     p.server
         .complete(b, Status::Ok, None, Metrics::default())
@@ -750,7 +746,11 @@ fn stream_after_final_is_bad_sequence() {
     let (mut p, ids) = with_invocations(quiet_config(), quiet_config(), 1);
     let a = ids[0];
     p.server
-        .stream(a, Bytes::from_static(b"last"), true, true)
+        .stream(
+            a,
+            Bytes::from_static(b"last"),
+            StreamOptions::TEXT.fin(true),
+        )
         .unwrap();
     p.flush();
     p.drive();
@@ -774,12 +774,10 @@ fn stream_after_final_is_bad_sequence() {
 #[test]
 fn chunk_above_max_chunk() {
     let (mut p, ids) = with_invocations(
-        Config {
-            limits: Limits {
-                max_chunk: 100,
-                ..Limits::default()
-            },
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.limits.max_chunk = 100;
+            config
         },
         quiet_config(),
         2,
@@ -787,11 +785,11 @@ fn chunk_above_max_chunk() {
     // The server respects the client's limit locally.
     assert_eq!(
         p.server
-            .stream(ids[0], Bytes::from(vec![1; 101]), false, false),
+            .stream(ids[0], Bytes::from(vec![1; 101]), StreamOptions::BINARY),
         Err(SendError::TooLarge { len: 101, max: 100 })
     );
     p.server
-        .stream(ids[0], Bytes::from(vec![1; 100]), false, false)
+        .stream(ids[0], Bytes::from(vec![1; 100]), StreamOptions::BINARY)
         .unwrap();
     p.flush();
     p.drive();
@@ -817,7 +815,8 @@ fn nothing_follows_a_terminal_frame() {
         .unwrap();
     // Late commands after the terminal frame are refused and send nothing.
     assert_eq!(
-        p.server.stream(a, Bytes::from_static(b"x"), false, false),
+        p.server
+            .stream(a, Bytes::from_static(b"x"), StreamOptions::BINARY),
         Err(SendError::NotInFlight)
     );
     assert_eq!(
@@ -855,14 +854,7 @@ fn deadline_exceeded() {
     p.clear_events();
     let id = p
         .client
-        .invoke(
-            "slow",
-            None,
-            InvokeOptions {
-                deadline_ms: 500,
-                meta: None,
-            },
-        )
+        .invoke("slow", None, InvokeOptions::default().deadline_ms(500))
         .unwrap();
     p.flush();
     p.drive();
@@ -882,7 +874,9 @@ fn deadline_exceeded() {
     p.drive();
     let ev = p.take_events(Side::Client);
     assert_eq!(kinds(&ev), ["Ended(1,Error DEADLINE_EXCEEDED(0x27))"]);
-    assert!(matches!(&ev[0], Event::Ended { outcome: Outcome::Error(e), .. } if e.retryable));
+    assert!(
+        matches!(&ev[0], Event::InvocationEnded { outcome: InvocationOutcome::Error(e), .. } if e.retryable)
+    );
     assert_eq!(
         p.server.complete(id, Status::Ok, None, Metrics::default()),
         Err(SendError::NotInFlight)
@@ -964,13 +958,15 @@ fn interrupt_then_cancelled() {
 #[test]
 fn time_never_goes_backwards() {
     let mut p = Pair::connected(
-        Config {
-            heartbeat: Some(Duration::from_secs(1)),
-            ..Config::default()
+        {
+            let mut config = Config::default();
+            config.heartbeat = Some(Duration::from_secs(1));
+            config
         },
-        Config {
-            heartbeat: Some(Duration::from_secs(1)),
-            ..Config::default()
+        {
+            let mut config = Config::default();
+            config.heartbeat = Some(Duration::from_secs(1));
+            config
         },
     );
     p.run_for(Duration::from_millis(500));
@@ -1034,16 +1030,11 @@ fn connection_size() {
 
 #[test]
 fn local_misuse_is_refused_before_anything_is_sent() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            limits: Limits {
-                max_frame_payload: 256,
-                ..Limits::default()
-            },
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.limits.max_frame_payload = 256;
+        config
+    });
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
     p.clear_wire();
@@ -1070,7 +1061,7 @@ fn local_misuse_is_refused_before_anything_is_sent() {
     // Text chunks must be UTF-8.
     assert_eq!(
         p.server
-            .stream(id, Bytes::from_static(&[0xff, 0xfe]), true, false),
+            .stream(id, Bytes::from_static(&[0xff, 0xfe]), StreamOptions::TEXT),
         Err(SendError::InvalidField("data"))
     );
     assert_eq!(
@@ -1084,12 +1075,10 @@ fn local_misuse_is_refused_before_anything_is_sent() {
 /// A scripted session; returns both event transcripts.
 fn scripted_session(delivery: Delivery, seed: u64) -> (Vec<String>, Vec<String>) {
     let mut p = Pair::new(
-        Config {
-            limits: Limits {
-                initial_window: 100,
-                ..Limits::default()
-            },
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.limits.initial_window = 100;
+            config
         },
         quiet_config(),
         default_params(),
@@ -1114,7 +1103,7 @@ fn scripted_session(delivery: Delivery, seed: u64) -> (Vec<String>, Vec<String>)
         for id in &ids {
             let _ = p
                 .server
-                .stream(*id, Bytes::from(vec![round; 30]), false, false);
+                .stream(*id, Bytes::from(vec![round; 30]), StreamOptions::BINARY);
         }
         p.drive();
     }

@@ -7,20 +7,16 @@ use std::time::Duration;
 
 use asp_proto::frame::{Credit, Metrics, ReplyStatus, Request, Status, ToolDef, ToolOp};
 use asp_proto::{
-    CloseReason, Config, ErrorCode, Event, Frame, HeartbeatMode, Limits, Outcome, RawValue,
-    RequestId, SendError, State, ToolChange,
+    CloseReason, Config, ErrorCode, Event, Frame, HeartbeatMode, RawValue, RequestId,
+    RequestOutcome, SendError, State, StreamOptions, ToolChange,
 };
 use bytes::Bytes;
 use pair::*;
 
 fn small_window(window: u32) -> Config {
-    Config {
-        limits: Limits {
-            initial_window: window,
-            ..Limits::default()
-        },
-        ..quiet_config()
-    }
+    let mut config = quiet_config();
+    config.limits.initial_window = window;
+    config
 }
 
 fn credits(frames: &[Frame]) -> Vec<(u16, u32)> {
@@ -44,25 +40,27 @@ fn window_exhaustion_then_credit_then_writable() {
     assert!(p.server.can_stream(a, 64));
     assert!(!p.server.can_stream(a, 65));
     assert!(matches!(
-        p.server.stream(a, Bytes::from(vec![1; 33]), false, false),
+        p.server
+            .stream(a, Bytes::from(vec![1; 33]), StreamOptions::BINARY),
         Err(SendError::TooLarge { len: 33, max: 32 })
     ));
     p.server
-        .stream(a, Bytes::from(vec![1; 32]), false, false)
+        .stream(a, Bytes::from(vec![1; 32]), StreamOptions::BINARY)
         .unwrap();
     p.server
-        .stream(a, Bytes::from(vec![2; 24]), false, false)
+        .stream(a, Bytes::from(vec![2; 24]), StreamOptions::BINARY)
         .unwrap();
     p.server
-        .stream(a, Bytes::from(vec![2; 8]), false, false)
+        .stream(a, Bytes::from(vec![2; 8]), StreamOptions::BINARY)
         .unwrap();
     // The window is exhausted. An empty chunk is allowed only as the final one (§5.3).
     assert_eq!(
-        p.server.stream(a, Bytes::from_static(b"x"), false, false),
+        p.server
+            .stream(a, Bytes::from_static(b"x"), StreamOptions::BINARY),
         Err(SendError::Full)
     );
     assert_eq!(
-        p.server.stream(a, Bytes::new(), false, false),
+        p.server.stream(a, Bytes::new(), StreamOptions::BINARY),
         Err(SendError::InvalidField("data"))
     );
     p.drive();
@@ -76,7 +74,7 @@ fn window_exhaustion_then_credit_then_writable() {
     assert_eq!(kinds(&p.take_events(Side::Server)), ["Writable(1)"]);
     assert!(p.server.can_stream(a, 32));
     p.server
-        .stream(a, Bytes::from(vec![3; 32]), false, false)
+        .stream(a, Bytes::from(vec![3; 32]), StreamOptions::BINARY)
         .unwrap();
     p.drive();
     assert_eq!(credits(&p.wire(Side::Client)), [(1, 32), (1, 32), (1, 32)]);
@@ -110,10 +108,11 @@ fn long_stream_through_a_small_window() {
                 }
                 let n = 33.min(total - sent[k]);
                 let fin = sent[k] + n == total;
-                match p
-                    .server
-                    .stream(*id, Bytes::from(vec![k as u8; n]), false, fin)
-                {
+                match p.server.stream(
+                    *id,
+                    Bytes::from(vec![k as u8; n]),
+                    StreamOptions::BINARY.fin(fin),
+                ) {
                     Ok(()) => {
                         sent[k] += n;
                         seqs[k] += 1;
@@ -157,9 +156,10 @@ fn long_stream_through_a_small_window() {
 #[test]
 fn manual_release_grants_credit() {
     let (mut p, ids) = with_invocations(
-        Config {
-            auto_credit: false,
-            ..small_window(64)
+        {
+            let mut config = small_window(64);
+            config.auto_credit = false;
+            config
         },
         quiet_config(),
         1,
@@ -167,7 +167,7 @@ fn manual_release_grants_credit() {
     let a = ids[0];
     for _ in 0..2 {
         p.server
-            .stream(a, Bytes::from(vec![1; 32]), false, false)
+            .stream(a, Bytes::from(vec![1; 32]), StreamOptions::BINARY)
             .unwrap();
     }
     p.drive();
@@ -206,10 +206,14 @@ fn stream_beyond_window_is_flow_control_for_that_invocation_only() {
     );
     // Invocation 2 is unaffected and can use its whole window.
     p.server
-        .stream(ids[1], Bytes::from(vec![0; 32]), false, false)
+        .stream(ids[1], Bytes::from(vec![0; 32]), StreamOptions::BINARY)
         .unwrap();
     p.server
-        .stream(ids[1], Bytes::from(vec![0; 32]), false, true)
+        .stream(
+            ids[1],
+            Bytes::from(vec![0; 32]),
+            StreamOptions::BINARY.fin(true),
+        )
         .unwrap();
     p.server
         .complete(ids[1], Status::Ok, None, Metrics::default())
@@ -259,22 +263,24 @@ fn credit_overflow_is_flow_control() {
 fn per_invocation_queue_bound_refuses_then_writable() {
     let (mut p, ids) = with_invocations(
         quiet_config(),
-        Config {
-            max_queued_per_invocation: 100,
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.max_queued_per_invocation = 100;
+            config
         },
         1,
     );
     let a = ids[0];
     p.server
-        .stream(a, Bytes::from(vec![1; 60]), false, false)
+        .stream(a, Bytes::from(vec![1; 60]), StreamOptions::BINARY)
         .unwrap();
     p.server
-        .stream(a, Bytes::from(vec![1; 40]), false, false)
+        .stream(a, Bytes::from(vec![1; 40]), StreamOptions::BINARY)
         .unwrap();
     assert!(!p.server.can_stream(a, 1));
     assert_eq!(
-        p.server.stream(a, Bytes::from_static(b"x"), false, false),
+        p.server
+            .stream(a, Bytes::from_static(b"x"), StreamOptions::BINARY),
         Err(SendError::Full)
     );
     // poll_transmit drains the queue: Writable follows.
@@ -287,22 +293,24 @@ fn per_invocation_queue_bound_refuses_then_writable() {
 fn connection_queue_bound_refuses_then_writable_for_the_blocked_invocation() {
     let (mut p, ids) = with_invocations(
         quiet_config(),
-        Config {
-            max_queued_bytes: 300,
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.max_queued_bytes = 300;
+            config
         },
         2,
     );
     let (a, b) = (ids[0], ids[1]);
     // `a` fills the connection's queue…
     p.server
-        .stream(a, Bytes::from(vec![1; 260]), false, false)
+        .stream(a, Bytes::from(vec![1; 260]), StreamOptions::BINARY)
         .unwrap();
     assert!(p.server.queued_bytes() <= 300);
     // …so `b`, which has nothing queued, is refused.
     assert!(!p.server.can_stream(b, 10));
     assert_eq!(
-        p.server.stream(b, Bytes::from(vec![2; 10]), false, false),
+        p.server
+            .stream(b, Bytes::from(vec![2; 10]), StreamOptions::BINARY),
         Err(SendError::Full)
     );
     // When a's data leaves, b must learn it can write again.
@@ -310,7 +318,7 @@ fn connection_queue_bound_refuses_then_writable_for_the_blocked_invocation() {
     assert_eq!(p.server.queued_bytes(), 0);
     assert_eq!(kinds(&p.take_events(Side::Server)), ["Writable(2)"]);
     p.server
-        .stream(b, Bytes::from(vec![2; 10]), false, false)
+        .stream(b, Bytes::from(vec![2; 10]), StreamOptions::BINARY)
         .unwrap();
 }
 
@@ -318,9 +326,10 @@ fn connection_queue_bound_refuses_then_writable_for_the_blocked_invocation() {
 fn pong_is_dropped_when_the_queue_is_full() {
     let (mut p, ids) = with_invocations(
         quiet_config(),
-        Config {
-            max_queued_bytes: 200,
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.max_queued_bytes = 200;
+            config
         },
         1,
     );
@@ -374,9 +383,9 @@ fn request_and_reply() {
     );
     p.drive();
     let ev = p.take_events(Side::Server);
-    let [Event::Ended {
+    let [Event::RequestEnded {
         id,
-        outcome: Outcome::Reply(rep),
+        outcome: RequestOutcome::Reply(rep),
     }] = &ev[..]
     else {
         panic!("{ev:?}")
@@ -458,9 +467,10 @@ fn client_fails_a_request() {
 #[test]
 fn requests_unsupported_by_the_client() {
     let mut p = Pair::connected(
-        Config {
-            accept_requests: false,
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.accept_requests = false;
+            config
         },
         quiet_config(),
     );
@@ -488,12 +498,10 @@ fn requests_unsupported_by_the_client() {
 #[test]
 fn client_max_inflight_bounds_requests() {
     let mut p = Pair::connected(
-        Config {
-            limits: Limits {
-                max_inflight: 1,
-                ..Limits::default()
-            },
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.limits.max_inflight = 1;
+            config
         },
         quiet_config(),
     );
@@ -628,12 +636,10 @@ fn tool_changes_after_connect() {
 #[test]
 fn client_max_tools() {
     let mut p = Pair::connected(
-        Config {
-            limits: Limits {
-                max_tools: 2,
-                ..Limits::default()
-            },
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.limits.max_tools = 2;
+            config
         },
         quiet_config(),
     );
@@ -722,12 +728,10 @@ fn tool_state_errors() {
 #[test]
 fn initial_tool_set_beyond_client_max_tools() {
     let mut p = Pair::new(
-        Config {
-            limits: Limits {
-                max_tools: 1,
-                ..Limits::default()
-            },
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.limits.max_tools = 1;
+            config
         },
         quiet_config(),
         default_params(),
@@ -750,11 +754,10 @@ fn initial_tool_set_beyond_client_max_tools() {
 // ───────────────────────── heartbeat (SPEC §6.7) ─────────────────────────
 
 fn hb(ms: u64, mode: HeartbeatMode) -> Config {
-    Config {
-        heartbeat: Some(Duration::from_millis(ms)),
-        heartbeat_mode: mode,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.heartbeat = Some(Duration::from_millis(ms));
+    config.heartbeat_mode = mode;
+    config
 }
 
 #[test]
@@ -913,14 +916,12 @@ fn transport_pong_keeps_alive() {
 
 #[test]
 fn rate_limit_warning_refusal_and_flood() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            rate_limit: 10,
-            flood_limit: 20,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.rate_limit = 10;
+        config.flood_limit = 20;
+        config
+    });
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
     p.advance(Duration::from_secs(2)); // a fresh window
@@ -969,14 +970,12 @@ fn rate_limit_warning_refusal_and_flood() {
 
 #[test]
 fn rate_window_resets_after_a_second() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            rate_limit: 3,
-            flood_limit: 100,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.rate_limit = 3;
+        config.flood_limit = 100;
+        config
+    });
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
     p.advance(Duration::from_secs(2));
@@ -994,10 +993,11 @@ fn rate_window_resets_after_a_second() {
 #[test]
 fn rate_limited_request_at_the_client() {
     let mut p = Pair::connected(
-        Config {
-            rate_limit: 1,
-            flood_limit: 100,
-            ..quiet_config()
+        {
+            let mut config = quiet_config();
+            config.rate_limit = 1;
+            config.flood_limit = 100;
+            config
         },
         quiet_config(),
     );
@@ -1027,14 +1027,12 @@ fn rate_limited_request_at_the_client() {
 
 #[test]
 fn an_application_that_stops_polling_events_is_closed() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            max_pending_events: 8,
-            check_tools: false,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_pending_events = 8;
+        config.check_tools = false;
+        config
+    });
     // Feed INVOKEs straight in, never polling the server's events.
     let mut msg = Vec::new();
     for id in 1..=20u16 {
@@ -1186,14 +1184,12 @@ fn a_running_invocation_does_not_pin_its_whole_message() {
 
 #[test]
 fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            max_queued_bytes: 1000,
-            max_buffered: 4000,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_queued_bytes = 1000;
+        config.max_buffered = 4000;
+        config
+    });
     // Each INVOKE of an unknown tool provokes an ERROR; the server's transmit queue is
     // never drained.
     let now = p.now;
@@ -1235,14 +1231,12 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
 
 #[test]
 fn a_server_stops_reading_while_its_queue_is_full_and_reads_again_once_drained() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            max_queued_bytes: 1000,
-            max_buffered: 100_000,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_queued_bytes = 1000;
+        config.max_buffered = 100_000;
+        config
+    });
     let now = p.now;
     let mut id = 1;
     while p.server.wants_input() {
@@ -1261,15 +1255,13 @@ fn a_server_stops_reading_while_its_queue_is_full_and_reads_again_once_drained()
 
 #[test]
 fn answers_queued_for_a_peer_that_does_not_read_end_the_connection_with_overloaded() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            max_queued_bytes: 1000,
-            max_buffered: 4000,
-            check_tools: false,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_queued_bytes = 1000;
+        config.max_buffered = 4000;
+        config.check_tools = false;
+        config
+    });
     let now = p.now;
     for id in 1..=8u16 {
         p.server.handle_message(now, encode(&invoke_frame(id, "t")));

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use asp_proto::frame::{Metrics, ReplyStatus, Status};
 use asp_proto::{
-    Config, Connection, ErrorCode, Event, Frame, InvokeOptions, Limits, Outcome, RawValue,
-    RequestId, SendError, ServerParams, State,
+    Config, Connection, ErrorCode, Event, Frame, InvocationOutcome, InvokeOptions, Limits,
+    RawValue, RequestId, RequestOutcome, SendError, ServerParams, State, StreamOptions,
 };
 use bytes::Bytes;
 use pair::*;
@@ -191,7 +191,7 @@ struct Model {
     /// How many events of each log were already checked.
     seen: [usize; 2],
     /// Ended events per id (client invocations and server requests).
-    ended: BTreeMap<u16, Outcome>,
+    ended: BTreeMap<u16, End>,
     /// Per direction: wire frames already checked, and ids whose terminal frame that
     /// sender already sent (SPEC §7.1: nothing for the id follows it).
     wire_seen: [usize; 2],
@@ -214,28 +214,28 @@ fn pick_live(live: &BTreeSet<u16>, all: &[RequestId], k: u8) -> Option<RequestId
 }
 
 fn config(s: &Setup, client: bool) -> Config {
-    let mut c = Config {
-        heartbeat: s.heartbeat.then(|| Duration::from_secs(4)),
-        resume: s.resume,
-        replay_buffer: if client {
-            s.client_replay
-        } else {
-            s.server_replay
-        },
-        ..Config::default()
+    let mut c = Config::default();
+    c.heartbeat = s.heartbeat.then(|| Duration::from_secs(4));
+    c.resume = s.resume;
+    c.replay_buffer = if client {
+        s.client_replay
+    } else {
+        s.server_replay
     };
     if client {
-        c.limits = Limits {
-            initial_window: s.window,
-            max_chunk: 600,
-            max_inflight: s.client_inflight,
-            max_tools: s.max_tools,
-            ..Limits::default()
+        c.limits = {
+            let mut limits = Limits::default();
+            limits.initial_window = s.window;
+            limits.max_chunk = 600;
+            limits.max_inflight = s.client_inflight;
+            limits.max_tools = s.max_tools;
+            limits
         };
     } else {
-        c.limits = Limits {
-            max_inflight: s.server_inflight,
-            ..Limits::default()
+        c.limits = {
+            let mut limits = Limits::default();
+            limits.max_inflight = s.server_inflight;
+            limits
         };
         c.max_queued_bytes = s.max_queued;
         c.max_queued_per_invocation = s.per_inv;
@@ -244,9 +244,10 @@ fn config(s: &Setup, client: bool) -> Config {
 }
 
 fn params() -> ServerParams {
-    ServerParams {
-        resume_token: Some(Bytes::from_static(&[9; 16])),
-        ..default_params()
+    {
+        let mut params = default_params();
+        params.resume_token = Some(Bytes::from_static(&[9; 16]));
+        params
     }
 }
 
@@ -350,10 +351,7 @@ fn apply(p: &mut Pair, m: &mut Model, c: &Cmd, s: &Setup) -> Result<(), TestCase
             } else {
                 TOOLS[usize::from(tool) % TOOLS.len()]
             };
-            let opts = InvokeOptions {
-                deadline_ms: u32::from(deadline_ms),
-                meta: None,
-            };
+            let opts = InvokeOptions::default().deadline_ms(u32::from(deadline_ms));
             match p.client.invoke(name, Some(RawValue::uint(7)), opts) {
                 Ok(id) => {
                     prop_assert!(!m.invoked.contains(&id), "id {:?} reused", id);
@@ -366,7 +364,11 @@ fn apply(p: &mut Pair, m: &mut Model, c: &Cmd, s: &Setup) -> Result<(), TestCase
             if let Some(id) = pick_live(&m.serving, &m.served, k) {
                 let data = Bytes::from(vec![b'x'; usize::from(len)]);
                 // SPEC §5.3: only the final chunk may be empty.
-                allowed(p.server.stream(id, data, text, fin || len == 0))?;
+                allowed(p.server.stream(
+                    id,
+                    data,
+                    StreamOptions::BINARY.text(text).fin(fin || len == 0),
+                ))?;
             }
         }
         Cmd::Complete { k, status } => {
@@ -579,7 +581,8 @@ fn check(p: &mut Pair, m: &mut Model, s: &Setup) -> Result<(), TestCaseError> {
                         "{side:?}: {ev:?} between honest peers"
                     )));
                 }
-                (Event::Ended { id, outcome }, _) => {
+                (Event::InvocationEnded { id, .. } | Event::RequestEnded { id, .. }, _) => {
+                    let outcome = end_of(&ev).expect("an *Ended event");
                     let mine = match side {
                         Side::Client => m.invoked.contains(id),
                         Side::Server => m.requested.contains(id),
@@ -596,7 +599,7 @@ fn check(p: &mut Pair, m: &mut Model, s: &Setup) -> Result<(), TestCaseError> {
                         side,
                         id
                     );
-                    outcome_matches(p, side, *id, outcome)?;
+                    outcome_matches(p, side, *id, &outcome)?;
                 }
                 (Event::Invoked(i), Side::Server) => {
                     prop_assert!(m.serving.insert(i.id.0), "Invoked twice: {:?}", i.id);
@@ -673,29 +676,55 @@ fn check(p: &mut Pair, m: &mut Model, s: &Setup) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// How an exchange ended, from either `*Ended` event (invocations end on the client,
+/// requests on the server).
+#[derive(Clone, Debug)]
+enum End {
+    Complete(asp_proto::frame::Complete),
+    Reply(asp_proto::frame::Reply),
+    Error(asp_proto::frame::ErrorFrame),
+    Lost,
+}
+
+fn end_of(ev: &Event) -> Option<End> {
+    Some(match ev {
+        Event::InvocationEnded { outcome, .. } => match outcome {
+            InvocationOutcome::Complete(c) => End::Complete((**c).clone()),
+            InvocationOutcome::Error(e) => End::Error(e.clone()),
+            _ => End::Lost,
+        },
+        Event::RequestEnded { outcome, .. } => match outcome {
+            RequestOutcome::Reply(r) => End::Reply(r.clone()),
+            RequestOutcome::Error(e) => End::Error(e.clone()),
+            _ => End::Lost,
+        },
+        _ => return None,
+    })
+}
+
 /// The initiator's outcome is what the other side sent.
 fn outcome_matches(
     p: &Pair,
     side: Side,
     id: RequestId,
-    outcome: &Outcome,
+    outcome: &End,
 ) -> Result<(), TestCaseError> {
     let theirs = p.wire(side.other());
     let ours = p.wire(side);
     match outcome {
-        Outcome::Complete(c) => {
+        End::Complete(c) => {
             let sent = theirs
                 .iter()
-                .any(|f| matches!(f, Frame::Complete(x) if x == &**c));
+                .any(|f| matches!(f, Frame::Complete(x) if x == c));
             prop_assert!(sent, "{:?}: {:?} was never sent", side, c);
         }
-        Outcome::Reply(r) => {
+        End::Reply(r) => {
             let sent = theirs
                 .iter()
                 .any(|f| matches!(f, Frame::Reply(x) if x == r));
             prop_assert!(sent, "{:?}: {:?} was never sent", side, r);
         }
-        Outcome::Error(e) => {
+        End::Error(e) => {
             let sent = theirs
                 .iter()
                 .chain(&ours)
@@ -708,7 +737,7 @@ fn outcome_matches(
                 id
             );
         }
-        Outcome::Lost(_) => {}
+        End::Lost => {}
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use asp_proto::frame::{ErrorFrame, Metrics, Request, Status};
 use asp_proto::{
-    CloseReason, Config, Connection, ErrorCode, Event, Frame, Limits, Outcome, RequestId,
-    SendError, ServerParams, State, Text,
+    CloseReason, Config, Connection, ErrorCode, Event, Frame, InvocationOutcome, Limits, RequestId,
+    SendError, ServerParams, State, StreamOptions, Text,
 };
 use bytes::Bytes;
 use pair::*;
@@ -44,7 +44,7 @@ fn server_goaway_drains_then_closes() {
     );
     // In-flight invocations continue normally.
     p.server
-        .stream(ids[0], Bytes::from_static(b"a"), true, false)
+        .stream(ids[0], Bytes::from_static(b"a"), StreamOptions::TEXT)
         .unwrap();
     done(&mut p, ids[0]);
     p.drive();
@@ -131,7 +131,9 @@ fn invoke_crossing_goaway_is_draining() {
     p.drive();
     let ev = p.take_events(Side::Client);
     assert_eq!(kinds(&ev), ["GoAway", "Ended(2,Error DRAINING(0x28))"]);
-    assert!(matches!(&ev[1], Event::Ended { outcome: Outcome::Error(e), .. } if e.retryable));
+    assert!(
+        matches!(&ev[1], Event::InvocationEnded { outcome: InvocationOutcome::Error(e), .. } if e.retryable)
+    );
     assert!(p.events(Side::Server).is_empty());
     assert_eq!(late, RequestId(2));
     done(&mut p, ids[0]);
@@ -224,7 +226,7 @@ fn only_one_invocation_ends(
     let (mut p, ids) = with_invocations(client, quiet_config(), 3);
     for id in &ids {
         p.server
-            .stream(*id, Bytes::from_static(b"x"), false, false)
+            .stream(*id, Bytes::from_static(b"x"), StreamOptions::BINARY)
             .unwrap();
     }
     p.drive();
@@ -247,7 +249,11 @@ fn only_one_invocation_ends(
     assert_eq!(p.server.in_flight(), 2);
     for id in [ids[0], ids[2]] {
         p.server
-            .stream(id, Bytes::from_static(b"y"), false, true)
+            .stream(
+                id,
+                Bytes::from_static(b"y"),
+                StreamOptions::BINARY.fin(true),
+            )
             .unwrap();
         done(&mut p, id);
     }
@@ -306,13 +312,9 @@ fn malformed_stream_ends_only_its_invocation() {
 }
 
 fn small_frames() -> Config {
-    Config {
-        limits: Limits {
-            max_frame_payload: 1024,
-            ..Limits::default()
-        },
-        ..quiet_config()
-    }
+    let mut config = quiet_config();
+    config.limits.max_frame_payload = 1024;
+    config
 }
 
 #[test]
@@ -530,17 +532,13 @@ fn frames_after_a_fatal_error_in_the_same_message_are_not_processed() {
 const TOKEN: [u8; 16] = [7; 16];
 
 fn resume_cfg() -> Config {
-    Config {
-        resume: true,
-        ..quiet_config()
-    }
+    let mut config = quiet_config();
+    config.resume = true;
+    config
 }
 
 fn token_params() -> ServerParams {
-    ServerParams {
-        connection_id: Text::from("conn-r"),
-        resume_token: Some(Bytes::from_static(&TOKEN)),
-    }
+    ServerParams::new("conn-r").resume_token(Bytes::from_static(&TOKEN))
 }
 
 fn resumable_pair(client: Config, server: Config) -> Pair {
@@ -571,12 +569,14 @@ fn reconnect_and_request(p: &mut Pair, server_cfg: Config) -> (Connection, Bytes
 fn resume_mid_stream_loses_and_duplicates_nothing() {
     for delivery in [Delivery::Message, Delivery::Bytes { max_pieces: 4 }] {
         let mut p = resumable_pair(
-            Config {
-                limits: Limits {
-                    initial_window: 400,
-                    ..Limits::default()
-                },
-                ..resume_cfg()
+            {
+                let mut config = resume_cfg();
+                config.limits = {
+                    let mut limits = Limits::default();
+                    limits.initial_window = 400;
+                    limits
+                };
+                config
             },
             resume_cfg(),
         );
@@ -592,7 +592,7 @@ fn resume_mid_stream_loses_and_duplicates_nothing() {
             let mut sent = 0;
             for _ in 0..n {
                 let data = Bytes::from(format!("chunk-{:04}-padding-padding", *next));
-                match p.server.stream(id, data, true, false) {
+                match p.server.stream(id, data, StreamOptions::TEXT) {
                     Ok(()) => {
                         *next += 1;
                         sent += 1;
@@ -639,7 +639,9 @@ fn resume_mid_stream_loses_and_duplicates_nothing() {
             }
             p.drive();
         }
-        p.server.stream(id, Bytes::new(), false, true).unwrap();
+        p.server
+            .stream(id, Bytes::new(), StreamOptions::BINARY.fin(true))
+            .unwrap();
         done(&mut p, id);
         p.drive();
         let cev: Vec<Event> = p.events(Side::Client).to_vec();
@@ -666,7 +668,7 @@ fn resume_mid_stream_loses_and_duplicates_nothing() {
             ended(&cev),
             [(
                 id,
-                Outcome::Complete(Box::new(asp_proto::frame::Complete {
+                InvocationOutcome::Complete(Box::new(asp_proto::frame::Complete {
                     id,
                     status: Status::Ok,
                     result: None,
@@ -722,13 +724,11 @@ fn resume_replays_the_clients_lost_frames() {
 
 #[test]
 fn resume_beyond_the_replay_buffer_fails_and_the_client_starts_over() {
-    let mut p = resumable_pair(
-        resume_cfg(),
-        Config {
-            replay_buffer: 200,
-            ..resume_cfg()
-        },
-    );
+    let mut p = resumable_pair(resume_cfg(), {
+        let mut config = resume_cfg();
+        config.replay_buffer = 200;
+        config
+    });
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
     let _lost = p.client.invoke("echo", None, Default::default()).unwrap();
@@ -895,9 +895,10 @@ fn link_drop_during_resume_keeps_the_session() {
 #[test]
 fn client_that_cannot_replay_fails_the_resume() {
     let mut p = resumable_pair(
-        Config {
-            replay_buffer: 20,
-            ..resume_cfg()
+        {
+            let mut config = resume_cfg();
+            config.replay_buffer = 20;
+            config
         },
         resume_cfg(),
     );
@@ -1020,7 +1021,11 @@ fn default_replay_buffer_pauses_the_stream_until_acknowledged() {
     let chunk = |i: u32| Bytes::from(format!("{i:08}{}", "x".repeat((16 << 10) - 8)));
     let mut next = 0u32;
     // Nothing delivered yet: the server stops before its window (16 chunks) is used.
-    while p.server.stream(id, chunk(next), false, false).is_ok() {
+    while p
+        .server
+        .stream(id, chunk(next), StreamOptions::BINARY)
+        .is_ok()
+    {
         next += 1;
     }
     assert!(
@@ -1058,7 +1063,11 @@ fn default_replay_buffer_pauses_the_stream_until_acknowledged() {
         }
     }
     while next < 40 {
-        while next < 40 && p.server.stream(id, chunk(next), false, false).is_ok() {
+        while next < 40
+            && p.server
+                .stream(id, chunk(next), StreamOptions::BINARY)
+                .is_ok()
+        {
             next += 1;
         }
         p.flush();
@@ -1076,7 +1085,9 @@ fn default_replay_buffer_pauses_the_stream_until_acknowledged() {
         p.drive();
     }
     assert!(cut);
-    p.server.stream(id, Bytes::new(), false, true).unwrap();
+    p.server
+        .stream(id, Bytes::new(), StreamOptions::BINARY.fin(true))
+        .unwrap();
     done(&mut p, id);
     p.drive();
     chunk_numbers(p.events(Side::Client), &mut seqs);
@@ -1093,10 +1104,8 @@ fn default_replay_buffer_pauses_the_stream_until_acknowledged() {
 /// which would fail the session at the peer); a RESUME then continues it.
 #[test]
 fn heartbeat_timeout_detaches_a_resumable_session() {
-    let hb = Config {
-        heartbeat: Some(Duration::from_millis(100)),
-        ..resume_cfg()
-    };
+    let mut hb = resume_cfg();
+    hb.heartbeat = Some(Duration::from_millis(100));
     let mut p = resumable_pair(hb.clone(), hb.clone());
     p.server.add_tool(tool("echo")).unwrap();
     p.drive();
@@ -1140,10 +1149,7 @@ fn deadlines_run_while_detached() {
         .invoke(
             "echo",
             None,
-            asp_proto::InvokeOptions {
-                deadline_ms: 50,
-                ..Default::default()
-            },
+            asp_proto::InvokeOptions::default().deadline_ms(50),
         )
         .unwrap();
     p.drive();
@@ -1167,7 +1173,7 @@ fn deadlines_run_while_detached() {
     p.drive();
     let ends = ended(p.events(Side::Client));
     assert!(
-        matches!(&ends[..], [(i, Outcome::Error(e))] if *i == id && e.code == ErrorCode::DEADLINE_EXCEEDED),
+        matches!(&ends[..], [(i, InvocationOutcome::Error(e))] if *i == id && e.code == ErrorCode::DEADLINE_EXCEEDED),
         "{ends:?}"
     );
 }

@@ -25,17 +25,12 @@ fn shuttle(client: &mut Connection, server: &mut Connection, now: Instant) {
 #[test]
 fn resuming_client_wants_transmit_only_when_it_can() {
     let now = Instant::ZERO;
-    let cfg = Config {
-        resume: true,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.resume = true;
     let mut client = Connection::client(cfg.clone(), now);
     let mut server = Connection::server(
         cfg,
-        ServerParams {
-            connection_id: "c".into(),
-            resume_token: Some(Bytes::from_static(&[1; 16])),
-        },
+        ServerParams::new("c").resume_token(Bytes::from_static(&[1; 16])),
         now,
     );
     shuttle(&mut client, &mut server, now);

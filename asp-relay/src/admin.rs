@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::binding::{cut_chunks, parse_push, PushFrame, RelayOut};
 use asp_async::asp_proto::frame::{RawValue, Text, ToolDef, ToolOp};
 use asp_async::{Locked, RequestId};
-use asp_proto::{BatchError, Bytes, Command, SendError};
+use asp_proto::{BatchError, Bytes, Command, SendError, StreamOptions};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -334,8 +334,7 @@ impl Batch {
                     out.extend(pieces.iter().map(|(data, text, fin)| Command::Stream {
                         id: *id,
                         data,
-                        text: *text,
-                        fin: *fin,
+                        options: StreamOptions::BINARY.text(*text).fin(*fin),
                     }))
                 }
                 Pushed::Request {
@@ -412,7 +411,8 @@ fn apply(
                 // SPEC §15.5: a STREAM over the client's chunk size is split, as a
                 // function's are (§15.3), not refused (`Batch::new` cut it).
                 for (data, text, fin) in pieces {
-                    l.stream(id, data, text, fin).map_err(internal)?;
+                    l.stream(id, data, StreamOptions::BINARY.text(text).fin(fin))
+                        .map_err(internal)?;
                 }
             }
             Pushed::Request {

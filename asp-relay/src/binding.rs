@@ -28,7 +28,7 @@ use asp_proto::error::{ErrorCode, ErrorScope};
 use asp_proto::frame::{
     Frame, Invoke, Metrics, RawValue, ReplyStatus, RequestId, Status, Text, ToolDef,
 };
-use asp_proto::{Instant, Outcome};
+use asp_proto::{Instant, RequestOutcome};
 
 use crate::msgpack::Writer;
 
@@ -239,10 +239,10 @@ impl ReplyRequest {
         format: BodyFormat,
         connection_id: &str,
         id: RequestId,
-        outcome: &Outcome,
+        outcome: &RequestOutcome,
     ) -> ReplyRequest {
         let (status, body): (&str, Option<ReplyBody<'_>>) = match outcome {
-            Outcome::Reply(r) => (
+            RequestOutcome::Reply(r) => (
                 match r.status {
                     ReplyStatus::Answered => "answered",
                     ReplyStatus::Cancelled => "cancelled",
@@ -250,14 +250,14 @@ impl ReplyRequest {
                 },
                 r.body.as_ref().map(ReplyBody::Value),
             ),
-            Outcome::Error(e) => (
+            RequestOutcome::Error(e) => (
                 "error",
                 Some(ReplyBody::Error(
                     e.code,
                     e.message.as_ref().map_or("", |m| m.as_str()),
                 )),
             ),
-            Outcome::Lost(_) | Outcome::Complete(_) => ("lost", None),
+            _ => ("lost", None),
         };
         let body = match format {
             BodyFormat::MsgPack => {
@@ -2209,7 +2209,7 @@ mod tests {
 
     #[test]
     fn reply_bodies() {
-        let reply = Outcome::Reply(Reply {
+        let reply = RequestOutcome::Reply(Reply {
             id: RequestId(0x8001),
             status: ReplyStatus::Answered,
             body: Some(RawValue::string("yes")),
@@ -2219,7 +2219,7 @@ mod tests {
             std::str::from_utf8(&r.body).unwrap(),
             r#"{"connection_id":"c1","request_id":32769,"status":"answered","body":"yes"}"#
         );
-        let err = Outcome::Error(ErrorFrame {
+        let err = RequestOutcome::Error(ErrorFrame {
             id: RequestId(0x8001),
             code: ErrorCode::UNSUPPORTED,
             message: Some("no".into()),

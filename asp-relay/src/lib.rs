@@ -142,9 +142,10 @@ impl RelayConfig {
             tools: Vec::new(),
             // Issue 25: resume on by default (SPEC §11), single node: a client whose
             // connection drops continues its session, invocations and all, on a new one.
-            asp: asp_async::Config {
-                resume: true,
-                ..asp_async::default_config()
+            asp: {
+                let mut config = asp_async::default_config();
+                config.resume = true;
+                config
             },
             ws: asp_async::server_ws_config(&asp_async::default_config()),
             tls: None,

@@ -1427,10 +1427,9 @@ async fn deadline_and_meta_are_forwarded_and_enforced() {
     let mut f = Function::start().await;
     let relay = relay_to(f.url(), |_| {}).await;
     let client = connect(&relay).await;
-    let opts = asp_tokio::InvokeOptions {
-        deadline_ms: 300,
-        meta: Some(asp_tokio::to_value(&json!({"trace": "t-1"})).unwrap()),
-    };
+    let opts = asp_tokio::InvokeOptions::default()
+        .deadline_ms(300)
+        .meta(asp_tokio::to_value(&json!({"trace": "t-1"})).unwrap());
     let args = asp_tokio::to_value(&json!({"ms": 10_000})).unwrap();
     let call = client.invoke_raw("sleep", Some(args), opts).unwrap();
     let e = match within("deadline", call.completion()).await {

@@ -167,19 +167,18 @@ impl Harness {
         let conn = match role {
             RoleName::Client => Connection::client(cfg, now),
             RoleName::Server => {
-                let params = ServerParams {
-                    connection_id: Text::from(
-                        c.get("connection_id")
-                            .and_then(Value::as_str)
-                            .unwrap_or("c1"),
-                    ),
-                    resume_token: c
-                        .get("resume_token")
-                        .map(|v| v.as_str().ok_or("resume_token: hex").map(hex::parse_plain))
-                        .transpose()?
-                        .transpose()?
-                        .map(Bytes::from),
-                };
+                let mut params = ServerParams::default();
+                params.connection_id = Text::from(
+                    c.get("connection_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("c1"),
+                );
+                params.resume_token = c
+                    .get("resume_token")
+                    .map(|v| v.as_str().ok_or("resume_token: hex").map(hex::parse_plain))
+                    .transpose()?
+                    .transpose()?
+                    .map(Bytes::from);
                 let mut conn = Connection::server(cfg, params, now);
                 if let Some(Value::Array(tools)) = c.get("tools") {
                     for t in tools {
@@ -267,6 +266,7 @@ impl Harness {
             State::Draining => "Draining",
             State::Detached => "Detached",
             State::Closed => "Closed",
+            other => unreachable!("a state SPEC §6.1 does not name: {other:?}"),
         }
     }
 }

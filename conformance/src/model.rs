@@ -7,7 +7,10 @@ use asp_proto::frame::{
     Reply, ReplyStatus, Request, RequestId, Resume, Status, Stream, Text, ToolDef, ToolOp,
     Versions,
 };
-use asp_proto::{Bytes, CloseReason, ErrorCode, Event, Frame, FrameType, Outcome, ToolChange};
+use asp_proto::{
+    Bytes, CloseReason, ErrorCode, Event, Frame, FrameType, InvocationOutcome, RequestOutcome,
+    ToolChange,
+};
 use serde_json::{json, Map, Value};
 
 use crate::hex;
@@ -605,28 +608,40 @@ pub fn event_json(ev: &Event) -> Option<Value> {
             put("final", Value::from(s.fin));
             "Chunk"
         }
-        Event::Ended { id, outcome } => {
+        // The vectors name both `*Ended` events `Ended` (the role says which it is).
+        Event::InvocationEnded { id, outcome } => {
             put("id", Value::from(id.0));
             match outcome {
-                Outcome::Complete(c) => {
+                InvocationOutcome::Complete(c) => {
                     put("outcome", Value::from("complete"));
                     put("status", Value::from(c.status as u8));
                     if let Some(r) = &c.result {
                         put("result", any(r));
                     }
                 }
-                Outcome::Reply(r) => {
+                InvocationOutcome::Error(e) => {
+                    put("outcome", Value::from("error"));
+                    put("code", code_json(e.code));
+                }
+                _ => put("outcome", Value::from("lost")),
+            }
+            "Ended"
+        }
+        Event::RequestEnded { id, outcome } => {
+            put("id", Value::from(id.0));
+            match outcome {
+                RequestOutcome::Reply(r) => {
                     put("outcome", Value::from("reply"));
                     put("status", Value::from(r.status as u8));
                     if let Some(b) = &r.body {
                         put("body", any(b));
                     }
                 }
-                Outcome::Error(e) => {
+                RequestOutcome::Error(e) => {
                     put("outcome", Value::from("error"));
                     put("code", code_json(e.code));
                 }
-                Outcome::Lost(_) => put("outcome", Value::from("lost")),
+                _ => put("outcome", Value::from("lost")),
             }
             "Ended"
         }
@@ -643,6 +658,10 @@ pub fn event_json(ev: &Event) -> Option<Value> {
             ToolChange::Removed(n) => {
                 put("name", text(n));
                 "ToolRemoved"
+            }
+            other => {
+                put("debug", Value::from(format!("{other:?}")));
+                "Unknown"
             }
         },
         Event::Requested(r) => {
@@ -682,6 +701,7 @@ pub fn event_json(ev: &Event) -> Option<Value> {
                 CloseReason::PeerError { code, .. } => ("error_received", Some(*code)),
                 CloseReason::ProtocolError { code, .. } => ("error_sent", Some(*code)),
                 CloseReason::TransportClosed => ("transport_closed", None),
+                _ => ("unknown", None),
             };
             put("reason", Value::from(reason));
             if let Some(c) = code {

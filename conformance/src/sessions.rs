@@ -5,7 +5,7 @@
 use core::time::Duration;
 
 use asp_proto::frame::{Metrics, RequestId, Text};
-use asp_proto::{CloseReason, ErrorCode, Instant, InvokeOptions};
+use asp_proto::{CloseReason, ErrorCode, Instant, InvokeOptions, StreamOptions};
 use serde_json::Value;
 
 use crate::harness::{tool_def_of, Binding, Harness, RoleName};
@@ -157,12 +157,11 @@ fn command(h: &mut Harness, c: &Obj, now: Instant, caps: &Captures) -> Result<()
                 .get("tool")
                 .and_then(Value::as_str)
                 .ok_or("invoke: no tool")?;
-            let opts = InvokeOptions {
-                deadline_ms: uint(c, "deadline_ms")
-                    .map_or(Ok(0), u32::try_from)
-                    .map_err(|_| "deadline_ms")?,
-                meta: opt_any(c, "meta")?,
-            };
+            let mut opts = InvokeOptions::default();
+            opts.deadline_ms = uint(c, "deadline_ms")
+                .map_or(Ok(0), u32::try_from)
+                .map_err(|_| "deadline_ms")?;
+            opts.meta = opt_any(c, "meta")?;
             conn.invoke(tool, opt_any(c, "args")?, opts)
                 .map(drop)
                 .map_err(e)
@@ -183,7 +182,8 @@ fn command(h: &mut Harness, c: &Obj, now: Instant, caps: &Captures) -> Result<()
         "stream" => {
             let (data, text) = model::data_of(c.get("data").ok_or("stream: no data")?)?;
             let fin = c.get("final").and_then(Value::as_bool).unwrap_or(false);
-            conn.stream(id_of(c, caps)?, data, text, fin).map_err(e)
+            let options = StreamOptions::BINARY.text(text).fin(fin);
+            conn.stream(id_of(c, caps)?, data, options).map_err(e)
         }
         "complete" => {
             let status = model::status_of(uint(c, "status").unwrap_or(0))?;

@@ -57,18 +57,13 @@ fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyR
 /// Reads `d` (None: all defaults). Unknown keys are refused so that a misspelt limit is not
 /// silently ignored.
 pub fn parse(d: Option<&Bound<'_, PyDict>>) -> PyResult<Parsed> {
-    let mut c = Config {
-        // A Python process names itself.
-        agent: Some(Text::from_static(concat!(
-            "agentsocket-python/",
-            env!("CARGO_PKG_VERSION")
-        ))),
-        ..Config::default()
-    };
-    let mut params = ServerParams {
-        connection_id: Text::from_static("c1"),
-        resume_token: None,
-    };
+    let mut c = Config::default();
+    // A Python process names itself.
+    c.agent = Some(Text::from_static(concat!(
+        "agentsocket-python/",
+        env!("CARGO_PKG_VERSION")
+    )));
+    let mut params = ServerParams::new(Text::from_static("c1"));
     let mut raw_values = false;
     let Some(d) = d else {
         return Ok(Parsed {

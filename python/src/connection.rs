@@ -11,7 +11,7 @@
 
 use asp_proto::frame::{Metrics, ReplyStatus, Status, ToolDef, ToolOp};
 use asp_proto::{Bytes, CloseReason, Connection as Core, ErrorCode, Instant, InvokeOptions};
-use asp_proto::{RequestId, Role, SendError, State, Text};
+use asp_proto::{RequestId, Role, SendError, State, StreamOptions, Text};
 use bytes::BytesMut;
 use core::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -269,7 +269,8 @@ impl Connection {
         } else {
             return Err(PyTypeError::new_err("a chunk is str or bytes"));
         };
-        match self.core.stream(self::id(id), bytes, text, fin) {
+        let options = StreamOptions::BINARY.text(text).fin(fin);
+        match self.core.stream(self::id(id), bytes, options) {
             Ok(()) => Ok(true),
             Err(SendError::Full) => Ok(false),
             Err(e) => Err(local_error(e)),
@@ -409,6 +410,7 @@ impl Connection {
             State::Draining => "Draining",
             State::Detached => "Detached",
             State::Closed => "Closed",
+            _ => "Unknown",
         }
     }
 

@@ -3,7 +3,9 @@
 
 use asp_proto::error::ErrorScope;
 use asp_proto::frame::{ErrorFrame, Metrics, ReplyStatus, Status, ToolDef};
-use asp_proto::{CloseReason, ErrorCode, Event, Outcome, Session, ToolChange};
+use asp_proto::{
+    CloseReason, ErrorCode, Event, InvocationOutcome, RequestOutcome, Session, ToolChange,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3::{intern, IntoPyObjectExt};
@@ -101,26 +103,59 @@ pub fn close_reason<'py>(py: Python<'py>, r: &CloseReason) -> PyResult<Bound<'py
         CloseReason::TransportClosed => {
             ("transport_closed", none, None::<&str>).into_bound_py_any(py)
         }
+        other => ("unknown", none, Some(other_text(other).as_str())).into_bound_py_any(py),
     }
 }
 
-fn outcome<'py>(py: Python<'py>, o: &Outcome, raw: bool) -> PyResult<Bound<'py, PyAny>> {
+/// A value the core added after this binding was written, as text.
+fn other_text(v: &impl std::fmt::Debug) -> String {
+    format!("{v:?}")
+}
+
+/// `Event::InvocationEnded`'s outcome (`complete`, `error`, `lost`).
+fn invocation_outcome<'py>(
+    py: Python<'py>,
+    o: &InvocationOutcome,
+    raw: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     match o {
-        Outcome::Complete(c) => (
+        InvocationOutcome::Complete(c) => (
             intern!(py, "complete"),
             status_name(c.status),
             decode_opt(py, c.result.as_ref(), raw)?,
             metrics(py, &c.metrics)?,
         )
             .into_bound_py_any(py),
-        Outcome::Reply(r) => (
+        InvocationOutcome::Error(e) => {
+            (intern!(py, "error"), error_fields(py, e)?).into_bound_py_any(py)
+        }
+        InvocationOutcome::Lost(r) => {
+            (intern!(py, "lost"), close_reason(py, r)?).into_bound_py_any(py)
+        }
+        other => (intern!(py, "unknown"), other_text(other)).into_bound_py_any(py),
+    }
+}
+
+/// `Event::RequestEnded`'s outcome (`reply`, `error`, `lost`).
+fn request_outcome<'py>(
+    py: Python<'py>,
+    o: &RequestOutcome,
+    raw: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    match o {
+        RequestOutcome::Reply(r) => (
             intern!(py, "reply"),
             reply_status_name(r.status),
             decode_opt(py, r.body.as_ref(), raw)?,
         )
             .into_bound_py_any(py),
-        Outcome::Error(e) => (intern!(py, "error"), error_fields(py, e)?).into_bound_py_any(py),
-        Outcome::Lost(r) => (intern!(py, "lost"), close_reason(py, r)?).into_bound_py_any(py),
+        RequestOutcome::Error(e) => {
+            (intern!(py, "error"), error_fields(py, e)?).into_bound_py_any(py)
+        }
+        RequestOutcome::Lost(r) => {
+            (intern!(py, "lost"), close_reason(py, r)?).into_bound_py_any(py)
+        }
+        other => (intern!(py, "unknown"), other_text(other)).into_bound_py_any(py),
     }
 }
 
@@ -139,8 +174,12 @@ pub fn to_py(py: Python<'_>, ev: Event, raw: bool) -> PyResult<Obj> {
             };
             (intern!(py, "chunk"), s.id.0, data, s.seq, s.fin).into_bound_py_any(py)?
         }
-        Event::Ended { id, outcome: o } => {
-            (intern!(py, "ended"), id.0, outcome(py, &o, raw)?).into_bound_py_any(py)?
+        // Both as `ended`: the Python side knows which kind an id is.
+        Event::InvocationEnded { id, outcome: o } => {
+            (intern!(py, "ended"), id.0, invocation_outcome(py, &o, raw)?).into_bound_py_any(py)?
+        }
+        Event::RequestEnded { id, outcome: o } => {
+            (intern!(py, "ended"), id.0, request_outcome(py, &o, raw)?).into_bound_py_any(py)?
         }
         Event::Invoked(inv) => (
             intern!(py, "invoked"),
@@ -171,6 +210,7 @@ pub fn to_py(py: Python<'_>, ev: Event, raw: bool) -> PyResult<Obj> {
             ToolChange::Removed(n) => {
                 (intern!(py, "tool_removed"), n.as_str()).into_bound_py_any(py)?
             }
+            other => (intern!(py, "unknown"), other_text(&other)).into_bound_py_any(py)?,
         },
         Event::Requested(r) => (
             intern!(py, "requested"),

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Connection, CAP_REQUESTS, STREAM_OVERHEAD};
+use super::{Connection, StreamOptions, CAP_REQUESTS, STREAM_OVERHEAD};
 use crate::codec::encoded_len;
 use crate::error::SendError;
 use crate::exchange::Kind;
@@ -33,10 +33,8 @@ pub enum Command<'a> {
         id: RequestId,
         /// The chunk.
         data: &'a [u8],
-        /// `str` (valid UTF-8) or `bin`.
-        text: bool,
-        /// The final chunk.
-        fin: bool,
+        /// Text or binary, final or not.
+        options: StreamOptions,
     },
     /// [`Connection::request`].
     Request {
@@ -52,6 +50,7 @@ pub enum Command<'a> {
 /// Why [`Connection::check_batch`] refused a batch: the first command that could not be
 /// sent, and what its own command would have returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchError {
     /// Index of the command in the batch.
     pub index: usize,
@@ -124,12 +123,8 @@ impl Connection {
                         }));
                     }
                 }
-                Command::Stream {
-                    id,
-                    data,
-                    text,
-                    fin,
-                } => {
+                Command::Stream { id, data, options } => {
+                    let StreamOptions { text, fin } = options;
                     self.check_chunk(data, text, fin).map_err(at(i))?;
                     let room = match rooms.entry(id.0) {
                         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -309,8 +304,7 @@ mod tests {
         let one = Command::Stream {
             id,
             data: &four,
-            text: true,
-            fin: false,
+            options: StreamOptions::TEXT,
         };
         assert_eq!(server.check_batch(&[one, one]), Ok(()));
         let err = server.check_batch(&[one, one, one]).unwrap_err();
@@ -319,7 +313,7 @@ mod tests {
         server.check_batch(&[one, one]).unwrap();
         for _ in 0..2 {
             server
-                .stream(id, Bytes::copy_from_slice(&four), true, false)
+                .stream(id, Bytes::copy_from_slice(&four), StreamOptions::TEXT)
                 .unwrap();
         }
         assert_eq!(
@@ -334,8 +328,7 @@ mod tests {
         let x = Command::Stream {
             id,
             data: b"x",
-            text: false,
-            fin: true,
+            options: StreamOptions::BINARY.fin(true),
         };
         // A chunk after the final one, an id not in flight, text that is not UTF-8.
         assert_eq!(
@@ -345,8 +338,7 @@ mod tests {
         let stale = Command::Stream {
             id: RequestId(99),
             data: b"x",
-            text: false,
-            fin: false,
+            options: StreamOptions::BINARY,
         };
         assert_eq!(
             server.check_batch(&[stale]).unwrap_err().error,
@@ -355,8 +347,7 @@ mod tests {
         let bad = Command::Stream {
             id,
             data: &[0xff],
-            text: true,
-            fin: false,
+            options: StreamOptions::TEXT,
         };
         assert_eq!(
             server.check_batch(&[bad]).unwrap_err().error,

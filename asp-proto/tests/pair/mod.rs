@@ -22,7 +22,8 @@ use std::time::Duration;
 use asp_proto::codec;
 use asp_proto::frame::{ErrorFrame, Invoke, Stream, ToolDef, ToolOp};
 use asp_proto::{
-    Config, Connection, ErrorCode, Event, Frame, Instant, Outcome, RequestId, ServerParams, Text,
+    Config, Connection, ErrorCode, Event, Frame, Instant, InvocationOutcome, RequestId,
+    RequestOutcome, ServerParams, Text,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -107,18 +108,14 @@ pub struct Pair {
 }
 
 pub fn default_params() -> ServerParams {
-    ServerParams {
-        connection_id: Text::from("conn-1"),
-        resume_token: None,
-    }
+    ServerParams::new("conn-1")
 }
 
 /// A config with short, test-friendly timers (heartbeat off unless a test wants it).
 pub fn quiet_config() -> Config {
-    Config {
-        heartbeat: None,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.heartbeat = None;
+    config
 }
 
 impl Pair {
@@ -644,20 +641,24 @@ pub fn error_of(ev: &Event) -> Option<(RequestId, ErrorCode)> {
     match ev {
         Event::Violation(e) | Event::PeerError(e) => Some((e.id, e.code)),
         Event::Aborted { id, error } => Some((*id, error.code)),
-        Event::Ended {
+        Event::InvocationEnded {
             id,
-            outcome: Outcome::Error(e),
+            outcome: InvocationOutcome::Error(e),
+        }
+        | Event::RequestEnded {
+            id,
+            outcome: RequestOutcome::Error(e),
         } => Some((*id, e.code)),
         _ => None,
     }
 }
 
-/// The `Ended` events of a log, as (id, outcome).
-pub fn ended(events: &[Event]) -> Vec<(RequestId, Outcome)> {
+/// The `InvocationEnded` events of a (client's) log, as (id, outcome).
+pub fn ended(events: &[Event]) -> Vec<(RequestId, InvocationOutcome)> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Ended { id, outcome } => Some((*id, outcome.clone())),
+            Event::InvocationEnded { id, outcome } => Some((*id, outcome.clone())),
             _ => None,
         })
         .collect()
@@ -684,11 +685,20 @@ pub fn kinds(events: &[Event]) -> Vec<String> {
             Event::Interrupted { id, .. } => format!("Interrupted({})", id.0),
             Event::Aborted { id, error } => format!("Aborted({},{:?})", id.0, error.code),
             Event::Chunk(s) => format!("Chunk({},{})", s.id.0, s.seq),
-            Event::Ended { id, outcome } => match outcome {
-                Outcome::Complete(c) => format!("Ended({},Complete {:?})", id.0, c.status),
-                Outcome::Reply(r) => format!("Ended({},Reply {:?})", id.0, r.status),
-                Outcome::Error(e) => format!("Ended({},Error {:?})", id.0, e.code),
-                Outcome::Lost(_) => format!("Ended({},Lost)", id.0),
+            // Both `*Ended` events as `Ended(…)`: the side says which it is.
+            Event::InvocationEnded { id, outcome } => match outcome {
+                InvocationOutcome::Complete(c) => {
+                    format!("Ended({},Complete {:?})", id.0, c.status)
+                }
+                InvocationOutcome::Error(e) => format!("Ended({},Error {:?})", id.0, e.code),
+                InvocationOutcome::Lost(_) => format!("Ended({},Lost)", id.0),
+                other => format!("Ended({},{other:?})", id.0),
+            },
+            Event::RequestEnded { id, outcome } => match outcome {
+                RequestOutcome::Reply(r) => format!("Ended({},Reply {:?})", id.0, r.status),
+                RequestOutcome::Error(e) => format!("Ended({},Error {:?})", id.0, e.code),
+                RequestOutcome::Lost(_) => format!("Ended({},Lost)", id.0),
+                other => format!("Ended({},{other:?})", id.0),
             },
             Event::ToolsChanged(c) => format!("ToolsChanged({c:?})"),
             Event::Requested(r) => format!("Requested({})", r.id.0),
