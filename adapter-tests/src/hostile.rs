@@ -409,15 +409,9 @@ pub async fn arguments_in_flight_are_bounded<S: Runtime, C: Runtime>(srv: S, cli
             }
         })
     };
-    let server = start(
-        ServerBuilder::new(srv)
-            .config(Config {
-                max_args_in_flight: 100 << 10,
-                ..asp_async::ws_default_config()
-            })
-            .tool(hold),
-    )
-    .await;
+    let mut config = asp_async::ws_default_config();
+    config.max_args_in_flight = 100 << 10;
+    let server = start(ServerBuilder::new(srv).config(config).tool(hold)).await;
     let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
     // 32 KiB each: three fit in 100 KiB, the other five are refused.
     let arg = RawValue::string(&"x".repeat(32 << 10));

@@ -1071,14 +1071,12 @@ fn invoke_with_args(id: u16, args_len: usize) -> Frame {
 /// TOO_MANY_INFLIGHT (the connection goes on), and room returns as invocations end.
 #[test]
 fn arguments_of_running_invocations_are_bounded() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            max_args_in_flight: 10_000,
-            check_tools: false,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_args_in_flight = 10_000;
+        config.check_tools = false;
+        config
+    });
     // Each INVOKE holds 1 ("t") + 3 003 (a 3 000-byte string) bytes: three fit, the
     // fourth would pass the bound.
     let mut msg = Vec::new();
@@ -1121,14 +1119,12 @@ fn arguments_of_running_invocations_are_bounded() {
 /// whatever its size (it is bounded by `max_frame_payload`).
 #[test]
 fn one_invocation_is_taken_whatever_its_arguments() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            max_args_in_flight: 100,
-            check_tools: false,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_args_in_flight = 100;
+        config.check_tools = false;
+        config
+    });
     let now = p.now;
     p.server
         .handle_message(now, encode(&invoke_with_args(1, 5000)));
@@ -1149,13 +1145,11 @@ fn one_invocation_is_taken_whatever_its_arguments() {
 /// fields, so its handler holds what is counted for it, not the whole message.
 #[test]
 fn a_running_invocation_does_not_pin_its_whole_message() {
-    let mut p = Pair::connected(
-        quiet_config(),
-        Config {
-            check_tools: false,
-            ..quiet_config()
-        },
-    );
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.check_tools = false;
+        config
+    });
     let mut msg = Vec::new();
     msg.extend_from_slice(&encode(&invoke_with_args(1, 20)));
     msg.extend_from_slice(&encode(&invoke_with_args(2, 60_000)));
