@@ -37,7 +37,7 @@ pub(crate) async fn connect(
     url: &str,
     asker: Option<Arc<Asker>>,
 ) -> Result<Client, String> {
-    let mut b = asp_tokio::client().config(client_config());
+    let mut b = asp_tokio::client().config(client_config()).resume(g.resume);
     if url
         .get(..6)
         .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))

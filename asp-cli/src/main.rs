@@ -93,6 +93,12 @@ struct Cli {
     )]
     connect_timeout: Duration,
 
+    /// Client commands: offer session resume (SPEC §11) and, when the connection drops,
+    /// redial and continue the session, with no chunk lost or repeated (if the server
+    /// offers resume).
+    #[arg(long, global = true, display_order = 903)]
+    resume: bool,
+
     #[command(flatten)]
     tls: tls::ClientTlsArgs,
 
@@ -264,6 +270,7 @@ struct Global {
     pub(crate) token: Option<String>,
     pub(crate) json: bool,
     pub(crate) connect_timeout: Duration,
+    pub(crate) resume: bool,
     pub(crate) tls: tls::ClientTlsArgs,
 }
 
@@ -272,6 +279,7 @@ async fn run(cli: Cli) -> i32 {
         token: cli.token,
         json: cli.json,
         connect_timeout: cli.connect_timeout,
+        resume: cli.resume,
         tls: cli.tls,
     };
     match cli.command {

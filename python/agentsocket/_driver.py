@@ -22,10 +22,19 @@ HIGH_WATER = 256 << 10
 #: Most bytes joined into one WebSocket message (several whole frames): SPEC §2.1 stops
 #: coalescing at 64 KiB, so a message stays within `65 536 + 8 + max_frame_payload`.
 MAX_MESSAGE = 64 << 10
-#: Largest WebSocket message read from a peer, as in the Rust adapters (asp-async): websockets
-#: assembles a message in memory before the core sees a byte of it, so without this bound a
-#: hostile peer's endless fragmented message would grow it without limit.
-MAX_INCOMING_MESSAGE = 64 << 20
+#: SPEC §13 default of `max_frame_payload`.
+DEFAULT_MAX_FRAME_PAYLOAD = 1 << 20
+
+
+def max_incoming_message(config: dict[str, Any]) -> int:
+    """Largest WebSocket message read from a peer, as the Rust servers do (SPEC §2.1):
+    ``65 536 + 2 × (8 + max_frame_payload)``. Senders keep messages within ``65 536 + 8 +
+    max_frame_payload``; the rest is room for a frame somewhat above the limit to still be
+    skipped with FRAME_TOO_LARGE (§3.6). websockets assembles a message in memory before the
+    core sees a byte of it, so this is what bounds the input one connection can make us
+    buffer; a longer message closes the connection (1009)."""
+    mfp = config.get("max_frame_payload") or DEFAULT_MAX_FRAME_PAYLOAD
+    return (64 << 10) + 2 * (8 + int(mfp))
 
 #: WebSocket close codes of SPEC §2.1.
 CLOSE_NORMAL = 1000
@@ -92,9 +101,21 @@ async def finish(rest: Any) -> Any:
 class Transport(Protocol):
     """What the driver needs of a message transport."""
 
+    def try_send(self, data: bytes) -> bool:
+        """Sends one message now if that cannot wait (no coroutine); False to use ``send``."""
+        ...
+
     async def send(self, data: bytes) -> None: ...
 
     async def close(self, code: int) -> None: ...
+
+
+def _set_reading(t: Any, on: bool) -> None:
+    # A transport that can stop reading its socket (`_fastws`); for others (ASGI) the
+    # reader loop stops pulling messages (`input_ready`).
+    f = getattr(t, "set_reading", None)
+    if f is not None:
+        f(on)
 
 
 Event = tuple[Any, ...]
@@ -116,6 +137,13 @@ class Driver:
         self._pumping = False
         self._flush_handle: asyncio.Handle | None = None
         self._close_code = CLOSE_NORMAL
+        #: Input paused because the core's transmit queue is full (SPEC §13.1,
+        #: `wants_input`): messages the transport had already read wait in `_held`, in order.
+        self.input_paused = False
+        self._held: deque[bytes | str] = deque()
+        self._held_bytes = 0
+        self._releasing = False
+        self._input_ready: asyncio.Future[None] | None = None
         #: Set once the connection is closed and its last bytes were written.
         self.closed = asyncio.Event()
 
@@ -123,10 +151,63 @@ class Driver:
 
     def feed(self, data: bytes | str) -> None:
         """One WebSocket message from the transport."""
+        if self.input_paused or self._held:
+            # Read before the transport paused (the rest of one socket read): kept in order
+            # until the core wants input again.
+            self._held.append(data)
+            self._held_bytes += len(data)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes | str) -> None:
         if isinstance(data, str):
             self.pump(self.conn.receive_text(self.loop.time()))
         else:
             self.pump(self.conn.receive_message(self.loop.time(), data))
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this driver holds for the connection outside the core: messages read but
+        not yet given to the core (input paused), and messages taken from the core but not
+        yet handed to the transport."""
+        return self._held_bytes + self._out_bytes
+
+    async def input_ready(self) -> None:
+        """Returns when the core wants input (at once unless input is paused)."""
+        while self.input_paused:
+            if self._input_ready is None:
+                self._input_ready = self.loop.create_future()
+            await asyncio.shield(self._input_ready)
+
+    def _check_input(self) -> None:
+        # SPEC §13.1: a server stops reading while its transmit queue is full, so that a peer
+        # that does not read what it asks for meets TCP backpressure, not a growing queue.
+        if self.input_paused:
+            if self.conn.wants_input:
+                self.input_paused = False
+                self._release_held()
+        elif not self.conn.wants_input:
+            self.input_paused = True
+            _set_reading(self._transport, False)
+
+    def _release_held(self) -> None:
+        if self._releasing:
+            return  # the outer call goes on
+        self._releasing = True
+        try:
+            while self._held and not self.input_paused:
+                data = self._held.popleft()
+                self._held_bytes -= len(data)
+                self._feed(data)
+        finally:
+            self._releasing = False
+        if not self.input_paused:
+            _set_reading(self._transport, True)
+            w = self._input_ready
+            if w is not None:
+                self._input_ready = None
+                if not w.done():
+                    w.set_result(None)
 
     def transport_lost(self) -> None:
         """The transport ended: stop writing to it and tell the core."""
@@ -135,10 +216,12 @@ class Driver:
 
     def kick(self) -> None:
         """A command queued output: collect it soon (commands issued in the same loop
-        iteration share one batch and one WebSocket message)."""
+        iteration share one batch and one WebSocket message). Inside ``pump`` the batch loop
+        collects it before it returns, with no callback scheduled."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._flush_handle = self.loop.call_soon(self._flush)
+            if not self._pumping:
+                self._flush_handle = self.loop.call_soon(self._flush)
 
     def flush_now(self) -> None:
         """Collect a command's output and write it at once (one exchange's start or end: no
@@ -168,6 +251,10 @@ class Driver:
         finally:
             self._pumping = False
         self._send_now()
+        if self.input_paused or self._out_bytes:
+            # Only a full transmit queue pauses input, and it fills only while the transport
+            # is behind: an idle driver skips the check.
+            self._check_input()
 
     def _pump(self, batch: tuple[list[Event], list[bytes], float | None]) -> None:
         while True:
@@ -238,6 +325,14 @@ class Driver:
         self._out.clear()
         self._out_bytes = 0
         self.conn.hold_transmit = False
+        # Input read from that transport is moot too; the next one starts reading.
+        self._held.clear()
+        self._held_bytes = 0
+        if self.input_paused:
+            self.input_paused = False
+            w, self._input_ready = self._input_ready, None
+            if w is not None and not w.done():
+                w.set_result(None)
         if self.conn.is_closed:
             self.closed.set()
 
@@ -265,7 +360,11 @@ class Driver:
             return
         try:
             while self._out:
-                done, rest = start_inline(t.send(self._take()))
+                data = self._take()
+                if t.try_send(data):
+                    self._sent()
+                    continue
+                done, rest = start_inline(t.send(data))
                 if not done:
                     self._writer = self.loop.create_task(self._write_rest(t, rest))
                     return

@@ -122,6 +122,11 @@ class Signature:
 
 
 def _matches(v: Any, t: Any) -> bool:
+    # The common hints first, without `get_origin` (this runs for every argument of every call).
+    if t is str:
+        return isinstance(v, str)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
     if t is inspect.Parameter.empty or t is Any or t is object:
         return True
     origin = get_origin(t)

@@ -78,6 +78,9 @@ class _AsgiTransport:
         self._send = send
         self._closed = False
 
+    def try_send(self, data: bytes) -> bool:
+        return False  # an ASGI send is a coroutine of the server's
+
     async def send(self, data: bytes) -> None:
         await self._send({"type": "websocket.send", "bytes": data})
 

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from . import _core
-from ._driver import MAX_INCOMING_MESSAGE, Driver, call_later_safe
+from ._driver import Driver, call_later_safe, max_incoming_message
 from ._fastws import FastClientConnection
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError
 
@@ -76,8 +76,11 @@ class Result:
     status: Literal["ok", "cancelled", "failed"]
     value: Any
     metrics: dict[str, int]
-    #: Chunks that ``result()`` consumed because nobody iterated the call.
+    #: Chunks that ``result()`` consumed because nobody iterated the call: at most
+    #: ``keep_chunks`` bytes of them (see :meth:`Call.result`).
     chunks: list[Chunk] = field(default_factory=list)
+    #: Bytes of chunks ``result()`` consumed beyond ``keep_chunks`` and did not keep.
+    dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -103,7 +106,7 @@ class Call:
 
     Chunks are ``str`` (text) or ``bytes``. Credit is given back to the server as the
     application consumes them, so a slow consumer slows the tool down instead of growing a
-    buffer (SPEC §7.5).
+    buffer (SPEC §7.5): the chunks not yet consumed are at most ``initial_window`` bytes.
     """
 
     def __init__(self, client: Client, id: int, tool: str) -> None:
@@ -116,12 +119,15 @@ class Call:
         self._unreleased = 0
         self._draining = False
         self._drained: list[Chunk] = []
+        self._keep = 0  # bytes `result()` may still keep
+        self._dropped = 0
 
     # Called by the client.
     def _chunk(self, data: Chunk) -> None:
         if self._draining:
-            self._drained.append(data)
-            self._client._release(self.id, len(data) if isinstance(data, bytes) else len(data.encode()))
+            n = len(data) if isinstance(data, bytes) else len(data.encode())
+            self._drain(data, n)
+            self._client._release(self.id, n)
             return
         self._chunks.append(data)
         w = self._waiter
@@ -160,16 +166,30 @@ class Call:
             finally:
                 self._waiter = None
 
-    async def result(self) -> Result:
+    def _drain(self, data: Chunk, n: int) -> None:
+        if n <= self._keep:
+            self._keep -= n
+            self._drained.append(data)
+        else:
+            self._keep = 0  # keep a prefix of the stream, not a sample of it
+            self._dropped += n
+
+    async def result(self, *, keep_chunks: int | None = None) -> Result:
         """Waits for the end. Returns the COMPLETE; raises :class:`AspError` if the server
-        answered ERROR, :class:`ConnectionLost` if the connection closed first. Chunks not
-        iterated are consumed into ``Result.chunks``."""
-        if not self._ended.done():
+        answered ERROR, :class:`ConnectionLost` if the connection closed first.
+
+        Chunks not iterated are consumed (credit is given back, so the tool is not held up):
+        the first ``keep_chunks`` bytes of them (default: ``connect(keep_chunks=…)``, 4 MiB)
+        are kept in ``Result.chunks`` and the rest only counted in ``Result.dropped``, so
+        that a call whose stream nobody reads buffers a bounded amount."""
+        if not self._ended.done() and not self._draining:
             self._draining = True
+            self._keep = self._client.keep_chunks if keep_chunks is None else keep_chunks
             while self._chunks:
                 data = self._chunks.popleft()
-                self._drained.append(data)
-                self._unreleased += len(data) if isinstance(data, bytes) else len(data.encode())
+                n = len(data) if isinstance(data, bytes) else len(data.encode())
+                self._drain(data, n)
+                self._unreleased += n
             if self._unreleased:
                 self._client._release(self.id, self._unreleased)
                 self._unreleased = 0
@@ -179,6 +199,9 @@ class Call:
         if self._drained:
             r.chunks.extend(self._drained)
             self._drained = []
+        if self._dropped:
+            r.dropped += self._dropped
+            self._dropped = 0
         return r
 
     def interrupt(self, reason: str | None = None) -> None:
@@ -216,8 +239,13 @@ class Client(Driver):
         on_tool_change: Callable[[ToolChange], Any] | None,
         reconnect: bool,
         open_timeout: float,
+        max_message: int,
+        keep_chunks: int,
     ) -> None:
         super().__init__(conn)
+        self._max_message = max_message
+        #: Default bound of the chunks :meth:`Call.result` keeps, in bytes.
+        self.keep_chunks = keep_chunks
         self.url = url
         self._headers = headers
         self._on_request = on_request
@@ -319,16 +347,16 @@ class Client(Driver):
             additional_headers=self._headers,
             compression=None,
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
-            max_size=MAX_INCOMING_MESSAGE,  # the core bounds frames (SPEC §3.6), this the message
+            max_size=self._max_message,  # the core bounds frames (§3.6), this messages
             open_timeout=self._open_timeout,
             create_connection=FastClientConnection,
         )
         if ws.subprotocol != SUBPROTOCOL:
             await ws.close()
             raise ConnectionError(f"server did not select the {SUBPROTOCOL} subprotocol (SPEC §2.1)")
-        self._ws = ws
-        self.attach(_WsTransport(ws))
         assert isinstance(ws, FastClientConnection)
+        self._ws = ws
+        self.attach(ws)  # it has the driver's `Transport` methods
         ws.asp_sink = self.feed  # messages from now on arrive in data_received
         self._reader = self.loop.create_task(self._read(ws))
 
@@ -478,19 +506,6 @@ def _outcome(o: tuple[Any, ...]) -> Result | BaseException:
     return AspError(ErrorCode.PROTOCOL_VIOLATION, f"unexpected outcome {kind}")
 
 
-class _WsTransport:
-    __slots__ = ("ws",)
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-
-    async def send(self, data: bytes) -> None:
-        await self.ws.send(data)
-
-    async def close(self, code: int) -> None:
-        await self.ws.close(code)
-
-
 async def connect(
     url: str,
     *,
@@ -502,6 +517,7 @@ async def connect(
     headers: dict[str, str] | None = None,
     config: dict[str, Any] | None = None,
     open_timeout: float = 10.0,
+    keep_chunks: int = 4 << 20,
 ) -> Client:
     """Connects to an ASP server and completes the handshake (SPEC §6.2).
 
@@ -514,7 +530,13 @@ async def connect(
     - ``resume``/``reconnect``: offer session resume and, when the transport drops, reconnect
       and resume: calls in flight continue (SPEC §11);
     - ``config``: core settings by their SPEC names (``max_inflight``, ``initial_window``,
-      ``heartbeat_ms``…).
+      ``heartbeat_ms``…);
+    - ``keep_chunks``: how many bytes of a call's unread chunks ``result()`` keeps in
+      ``Result.chunks`` (the rest are consumed and counted in ``Result.dropped``).
+
+    What a client buffers is bounded: unread chunks by each call's window
+    (``initial_window``, SPEC §7.5), calls by the server's ``max_inflight``, a received
+    WebSocket message by ``65 536 + 2 × (8 + max_frame_payload)`` bytes (SPEC §2.1).
     """
     cfg: dict[str, Any] = {"requests": on_request is not None, "resume": resume, "auto_credit": False}
     cfg.update(config or {})
@@ -523,7 +545,9 @@ async def connect(
         hdrs["Authorization"] = f"Bearer {token}"
     loop = asyncio.get_running_loop()
     conn = _core.Connection("client", loop.time(), cfg)
-    client = Client(conn, _url(url), hdrs, on_request, on_tool_change, reconnect, open_timeout)
+    client = Client(
+        conn, _url(url), hdrs, on_request, on_tool_change, reconnect, open_timeout, max_incoming_message(cfg), keep_chunks
+    )
     await client._open()
     client.kick()
     try:

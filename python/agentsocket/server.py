@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from . import _core
-from ._driver import MAX_INCOMING_MESSAGE, Driver, Transport, finish, start_inline
+from ._driver import Driver, Transport, finish, max_incoming_message, start_inline
 from ._fastws import FastServerConnection
 from ._schema import Signature
 from .errors import AspError, ConnectionLost, Declined, ErrorCode, LocalError, ToolError
@@ -95,7 +95,7 @@ class Context:
         the client's window or the send queue is full (flow control, SPEC §7.5); a chunk
         larger than the client accepts is split. Raises ``asyncio.CancelledError`` once the
         invocation has ended (interrupted, deadline, connection closed)."""
-        limit = self._s.max_chunk
+        limit = self._s.conn.chunk_cap  # SPEC §7.5, decided by the core
         if isinstance(data, str):
             if len(data) * 4 > limit and len(data.encode()) > limit:
                 step = max(1, limit // 4)
@@ -186,8 +186,9 @@ class _Session(Driver):
         self.connection_id = cid
         self.tasks: dict[int, tuple[asyncio.Task[None], Context]] = {}
         self.requests: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
-        self.max_chunk = 64 << 10
         self.resumed_into: _Session | None = None
+        #: Times this session continued on a new transport (SPEC §11).
+        self.resumes = 0
         for t in server._tools.values():
             self.conn.add_tool(t.name, t.description, t.input_schema, t.annotations)
 
@@ -216,9 +217,6 @@ class _Session(Driver):
                 entry[1]._ended = True
                 _cancel(entry)
         elif tag == "connected":
-            self.max_chunk = min(
-                ev[1]["peer_limits"]["max_chunk"], ev[1]["peer_limits"]["max_frame_payload"] - 24
-            )
             self.server.sessions.add(self)
         elif tag == "resume_requested":
             self.server._resume(self, ev[1], ev[2])
@@ -227,7 +225,7 @@ class _Session(Driver):
             if tok is not None:
                 self.server._detached[_key(tok)] = self
         elif tag == "resumed":
-            pass
+            self.resumes += 1
         elif tag == "closed":
             self.note_close(ev[1])
             self.server.sessions.discard(self)
@@ -332,6 +330,10 @@ class _Session(Driver):
         try:
             async for msg in messages:
                 feeder.feed(msg)
+                if feeder.session.input_paused:
+                    # SPEC §13.1: pull nothing more from the transport while the core's
+                    # transmit queue is full; the transport's own bound then stops it reading.
+                    await feeder.session.input_ready()
         except Exception as e:
             log.debug("agentsocket: transport read failed: %r", e)
         finally:
@@ -604,7 +606,8 @@ class Server:
 
         async def handler(ws: ServerConnection) -> None:
             session = _Session(self, auths.pop(id(ws), None))
-            await session.serve_transport(_WsTransport(ws), _ws_messages(ws), ws)
+            assert isinstance(ws, FastServerConnection)
+            await session.serve_transport(ws, _ws_messages(ws), ws)
 
         srv = await ws_serve(
             handler,
@@ -614,7 +617,7 @@ class Server:
             process_request=process_request,
             compression=None,
             ping_interval=None,  # heartbeats are ASP frames, run by the core (SPEC §6.7)
-            max_size=MAX_INCOMING_MESSAGE,  # the core bounds frames (SPEC §3.6), this the message
+            max_size=max_incoming_message(self.config),  # the core bounds frames (§3.6), this messages
             create_connection=FastServerConnection,
         )
         return Listening(self, srv)
@@ -652,19 +655,6 @@ def _bearer(h: str | None) -> str | None:
     if h and h[:7].lower() == "bearer ":
         return h[7:].strip()
     return None
-
-
-class _WsTransport:
-    __slots__ = ("ws",)
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self.ws = ws
-
-    async def send(self, data: bytes) -> None:
-        await self.ws.send(data)
-
-    async def close(self, code: int) -> None:
-        await self.ws.close(code)
 
 
 async def _ws_messages(ws: ServerConnection) -> Any:

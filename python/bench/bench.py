@@ -127,6 +127,25 @@ async def stop(p: asyncio.subprocess.Process) -> None:
             p.kill()
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def with_cpu(server_pid: int, n: int, run: Awaitable[float]) -> tuple[float, float]:
+    """``run``'s result and the CPU µs per call that the client (this process) and the
+    server spent together over its ``n`` calls and warm-up: unlike wall time, CPU time is
+    not inflated by waiting for a core on a loaded machine."""
+    c0, s0 = time.process_time(), proc_cpu(server_pid)
+    r = await run
+    calls = n + max(2, n // 10)
+    return r, (time.process_time() - c0 + proc_cpu(server_pid) - s0) / calls * 1e6
+
+
 async def timed(n: int, one: Callable[[], Awaitable[Any]]) -> float:
     """Median microseconds of one call over ``n`` calls after ``n // 10`` warm-up calls (the
     median, not the mean: on a loaded machine a few calls wait milliseconds for a core)."""
@@ -264,9 +283,15 @@ async def main(args: argparse.Namespace) -> None:
         procs.append(p)
         return url
 
+    def pid(url: str) -> int:
+        return procs[urls.index(url)].pid
+
+    urls: list[str] = []
+
     try:
         echo_url = await srv(py, str(HERE), "serve-echo")
         asp_url = await srv(py, str(HERE), "serve-asp")
+        urls += [echo_url, asp_url]
         rust_p = await asyncio.create_subprocess_exec(
             args.asp_bin, "--json", "serve", "--addr", "127.0.0.1:0", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
@@ -276,11 +301,13 @@ async def main(args: argparse.Namespace) -> None:
         mcp_url = await srv(py, str(HERE), "serve-mcp-http")
         await asyncio.sleep(1.0)  # uvicorn binds after printing the port; no signal to wait on
 
-        rows: dict[str, list[float]] = {k: [] for k in ["floor", "asp_py", "asp_rust", "mcp_http", "mcp_stdio", "st_asp", "st_mcp_http", "st_mcp_stdio", "tp_py", "tp_rust"]}
+        rows: dict[str, list[float]] = {k: [] for k in ["floor", "asp_py", "asp_rust", "mcp_http", "mcp_stdio", "st_asp", "st_mcp_http", "st_mcp_stdio", "tp_py", "tp_rust", "cpu_floor", "cpu_asp_py"]}
         n = args.calls
         for r in range(args.rounds):
-            rows["floor"].append(await rt_floor(echo_url, n))
-            rows["asp_py"].append(await rt_asp(asp_url, n))
+            for key, url, fn in (("floor", echo_url, rt_floor), ("asp_py", asp_url, rt_asp)):
+                wall, cpu = await with_cpu(pid(url), n, fn(url, n))
+                rows[key].append(wall)
+                rows["cpu_" + key].append(cpu)
             rows["asp_rust"].append(await rt_asp(rust_url, n))
             rows["mcp_http"].append(await rt_mcp("http", mcp_url, max(50, n // 10)))
             rows["mcp_stdio"].append(await rt_mcp("stdio", "", max(50, n // 10)))
@@ -303,6 +330,11 @@ async def main(args: argparse.Namespace) -> None:
     print(f"| agentsocket client ↔ Rust `asp serve` | {med(f['asp_rust'])} | {ratio(f['asp_rust'], f['floor'])} |")
     print(f"| MCP Python SDK, Streamable HTTP (MCPServer under uvicorn) | {med(f['mcp_http'])} | {ratio(f['mcp_http'], f['floor'])} |")
     print(f"| MCP Python SDK, stdio | {med(f['mcp_stdio'])} | {ratio(f['mcp_stdio'], f['floor'])} |")
+    print()
+    print("| CPU per round trip, client + server processes | µs per call (median) | vs the websockets floor |")
+    print("|---|---|---|")
+    print(f"| floor: `websockets` client + `websockets` echo server | {med(f['cpu_floor'])} | 1× |")
+    print(f"| agentsocket client + agentsocket Python server | {med(f['cpu_asp_py'])} | {ratio(f['cpu_asp_py'], f['cpu_floor'])} |")
     print()
     print("| ASP (Python ↔ Python) faster than | × |")
     print("|---|---|")

@@ -457,6 +457,27 @@ impl Connection {
         self.core.queued_bytes()
     }
 
+    /// Whether the driver should read more input now (SPEC §13.1): a server stops reading
+    /// while its transmit queue is full (the peer does not read what it asked for), so that
+    /// the peer meets TCP backpressure instead of a growing queue; always true for a client.
+    #[getter]
+    fn wants_input(&self) -> bool {
+        self.core.wants_input()
+    }
+
+    /// The largest chunk `stream` accepts in one call (SPEC §7.5: the client's `max_chunk`,
+    /// half its initial window, its frame limit); larger data is split by the caller.
+    #[getter]
+    fn chunk_cap(&self) -> usize {
+        self.core.chunk_cap()
+    }
+
+    /// Encoded bytes of sent frames kept for a resume (SPEC §11.1).
+    #[getter]
+    fn replay_bytes(&self) -> usize {
+        self.core.replay_bytes()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "<Connection {} {} in_flight={}>",

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import agentsocket as asp
-from conftest import run, spawn
+from conftest import bytes_pattern, make_server, run, spawn
 
 # ── Python client ↔ Rust server ─────────────────────────────────────────────
 
@@ -118,7 +118,116 @@ async def test_py_client_sees_rust_tool_pushes(asp_bin: str) -> None:
         await p.stop()
 
 
+async def test_py_client_resumes_with_rust_server(rust_server: str) -> None:
+    """`asp serve` offers resume (SPEC §11): the TCP connection is cut under a stream, the
+    Python client redials and resumes, and every byte arrives once, in order, with one
+    terminal frame."""
+    size = 2 << 20
+    pattern = bytes_pattern(4096 + 256)
+    # A small window keeps most of the stream unsent when the connection is cut.
+    async with await asp.connect(rust_server, config={"initial_window": 16 << 10}) as c:
+        assert c.session is not None and c.session["resumable"]
+        cid = c.connection_id
+        call = c.invoke("blob", {"bytes": size, "chunk": 4096})
+        ends: list[object] = []
+        end = call._end
+
+        def count_end(r: object) -> None:
+            ends.append(r)
+            end(r)  # type: ignore[arg-type]
+
+        call._end = count_end  # type: ignore[method-assign]
+        got = 0
+        cut = False
+        async for ch in call:
+            assert isinstance(ch, bytes) and ch == pattern[got % 256 : got % 256 + len(ch)], got
+            got += len(ch)
+            if got >= 256 << 10 and not cut:
+                cut = True
+                assert c._ws is not None
+                c._ws.transport.abort()  # the network fails: no close handshake
+        r = await call.result()
+        assert got == size and r.value == {"bytes": size} and len(ends) == 1
+        assert c.resumes == 1 and c.connection_id == cid
+        assert await c.call("echo", "after") == "after"
+
+
 # ── Rust client ↔ Python server ─────────────────────────────────────────────
+
+
+async def test_rust_client_watches_py_tool_pushes(asp_bin: str, py_server) -> None:
+    """`asp tools --watch` against a Python server: tools added and removed at run time reach
+    the Rust client (SPEC §9)."""
+    server, lst = py_server
+    p = await spawn(asp_bin, "--json", "tools", "--watch", lst.url)
+    try:
+        first = json.loads(await p.line())
+        assert first["type"] == "tools" and "echo" in {t["name"] for t in first["tools"]}
+
+        async def shout(text: str) -> str:
+            """Shouts."""
+            return text.upper()
+
+        server.add_tool(shout)
+        added = json.loads(await p.line())
+        assert added["type"] == "tool_added" and added["tool"]["name"] == "shout"
+        assert added["tool"]["input_schema"]["required"] == ["text"]
+        assert server.remove_tool("shout")
+        assert json.loads(await p.line()) == {"type": "tool_removed", "name": "shout"}
+    finally:
+        await p.stop()
+
+
+async def test_rust_client_interrupts_py_tool(asp_bin: str, py_server) -> None:
+    """Ctrl-C on `asp call` sends INTERRUPT; the Python tool's task is cancelled and the call
+    completes `cancelled` (SPEC §7.3)."""
+    import signal
+
+    _, lst = py_server
+    p = await spawn(asp_bin, "--json", "call", lst.url, "wait")
+    try:
+        first = json.loads(await p.line())  # the tool is running: interrupt it
+        assert (first["type"], first["text"]) == ("chunk", "waiting"), first
+        p.proc.send_signal(signal.SIGINT)
+        last = json.loads(await p.line())
+        while last.get("type") == "chunk":
+            last = json.loads(await p.line())
+        assert last["status"] == "cancelled", last
+        assert await asyncio.wait_for(p.proc.wait(), 20) == 1
+    finally:
+        await p.stop()
+
+
+async def test_rust_client_resumes_with_py_server(asp_bin: str) -> None:
+    """The Python server offers resume; `asp call --resume` loses its connection under a
+    stream (the server's side of the TCP connection is cut), redials and resumes: every chunk
+    arrives once, in order."""
+    server = make_server()
+    sessions: list[object] = []
+
+    @server.tool
+    async def cut(ctx: asp.Context, n: int = 400, at: int = 100) -> dict:
+        """Streams `n` numbered chunks; the connection is cut before chunk `at`."""
+        for i in range(n):
+            if i == at:
+                sessions.append(ctx._s)
+                t = ctx._s._transport
+                assert t is not None
+                t.transport.abort()  # type: ignore[attr-defined]
+            await ctx.stream(f"{i:05d} ")
+        return {"sent": n}
+
+    lst = await server.start("127.0.0.1", 0)
+    try:
+        code, out, err = await run(asp_bin, "--json", "--resume", "call", lst.url, "cut", "--args", '{"n": 400, "at": 100}')
+        assert code == 0, err
+        lines = [json.loads(x) for x in out.splitlines()]
+        text = "".join(x["text"] for x in lines if x.get("type") == "chunk")
+        assert text == "".join(f"{i:05d} " for i in range(400))
+        assert lines[-1]["status"] == "ok" and lines[-1]["result"] == {"sent": 400}
+        assert len(sessions) == 1 and sessions[0].resumes == 1  # type: ignore[attr-defined]
+    finally:
+        await lst.close(timeout=1)
 
 
 async def test_rust_tools_and_call_against_py_server(asp_bin: str, py_server) -> None:
