@@ -807,8 +807,7 @@ fn silent_peer_is_closed_after_three_intervals() {
     p.run_for(Duration::from_millis(2_999));
     assert!(p.events(Side::Client).is_empty());
     // Two PINGs went out, at H and 2H.
-    let pings: Vec<Instant> = p.links[0]
-        .wire
+    let pings: Vec<Instant> = p.wires[0]
         .iter()
         .filter(|(_, f)| *f == Frame::PING)
         .map(|(t, _)| *t)
