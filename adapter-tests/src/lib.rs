@@ -44,8 +44,8 @@ pub mod tls;
 pub mod util;
 
 pub use hostile::{
-    flood_that_never_reads, half_open_connections, overloaded_results_end_with_error,
-    oversized_message_is_overloaded,
+    arguments_in_flight_are_bounded, flood_that_never_reads, half_open_connections,
+    overloaded_results_end_with_error, oversized_message_is_overloaded,
 };
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
@@ -99,6 +99,7 @@ macro_rules! for_each_scenario {
             overloaded_results_end_with_error,
             oversized_message_is_overloaded,
             half_open_connections,
+            arguments_in_flight_are_bounded,
             close_codes,
             request_ends_with_invocation,
             wss_invoke_stream_interrupt,

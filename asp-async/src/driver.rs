@@ -52,6 +52,29 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// stops our reading (`Connection::wants_input`) rather than growing a buffer here.
 const WRITE_BATCH: usize = 256 << 10;
 
+/// Input bytes the reader hands to the core before it lets the other tasks of its worker
+/// run. One connection's burst (a flood of large calls, each answered inline) is then
+/// handled a slice at a time, between the other connections' turns, instead of holding
+/// the worker for as long as the socket has data (SPEC §13.1: the other connections must
+/// not notice).
+const READ_BUDGET: usize = 64 << 10;
+
+/// Gives way once: wakes itself and returns `Pending`, so the runtime runs the other ready
+/// tasks before polling again.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// Any WebSocket stream of tungstenite messages: tokio-tungstenite's and
 /// async-tungstenite's `WebSocketStream` both qualify.
 pub trait WsStream:
@@ -176,7 +199,13 @@ where
     S: WsStream,
     R: Runtime,
 {
+    // Input handled since the reader last gave way (READ_BUDGET).
+    let mut budget = 0usize;
     'read: loop {
+        if budget >= READ_BUDGET {
+            budget = 0;
+            YieldNow(false).await;
+        }
         // SPEC §13.1: while the core's transmit queue is full (the peer does not read what
         // it asked for), stop reading: the peer's writes back up through TCP. The writer
         // wakes us when it has taken bytes from the core.
@@ -218,6 +247,9 @@ where
                 continue;
             }
         };
+        if let Some(Ok(Message::Binary(b))) = &msg {
+            budget += b.len();
+        }
         let mut s = lock(&shared);
         if s.generation != gen {
             // A newer transport took the session over: this one is stale.
@@ -345,7 +377,10 @@ async fn writer<S, R>(
                             break;
                         }
                         taken += n;
-                        batches.push(Message::Binary(buf.split().freeze()));
+                        // Taken whole, not split: a split would leave `buf` sharing the
+                        // core's allocation, kept alive by its spare capacity while the
+                        // connection idles (README: memory per idle connection).
+                        batches.push(Message::Binary(std::mem::take(&mut buf).freeze()));
                     }
                     if taken > 0 {
                         s.notify_reader();

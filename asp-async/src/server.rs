@@ -271,8 +271,10 @@ impl<R: Runtime> ServerBuilder<R> {
     }
 
     /// At most `total` connections may be in the WebSocket upgrade at once, and at most
-    /// `per_address` from one source IP address; a connection beyond either is closed as
-    /// soon as it is accepted. Defaults 1 024 and 128. Established connections never count
+    /// `per_address` from one source IP address; a connection beyond either takes the
+    /// place of the oldest one still in the upgrade (of its address, or of all), which is
+    /// closed, so that half-open connections cannot keep a real client out, even from
+    /// their own address. Defaults 1 024 and 128 (0 refuses every connection). Established connections never count
     /// against these limits, and these connections never against `max_connections`.
     pub fn max_pending_upgrades(mut self, total: usize, per_address: usize) -> Self {
         self.upgrades.max_pending = total;
@@ -552,47 +554,112 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
         };
         let inner2 = inner.clone();
         inner.rt.spawn(Box::pin(async move {
-            let live = upgrade_and_serve(&inner2, tcp, peer, slot).await;
-            if live && inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-                for w in inner2
-                    .idle_wakers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..)
-                {
-                    w.wake();
-                }
+            // The upgrade and the connection are two tasks: the upgrade's state (handshake,
+            // its timer) is freed once it is done, instead of staying in the one future an
+            // established connection lives in for hours (README: memory per idle
+            // connection).
+            if let Some((ws, headers)) = upgrade(&inner2, tcp, peer, slot).await {
+                let serving = serve(&inner2, ws, peer, headers);
+                let inner3 = inner2.clone();
+                inner2.rt.spawn(Box::pin(async move {
+                    serving.await;
+                    release_live(&inner3);
+                }));
             }
         }));
     }
 }
 
-/// Connections in the WebSocket upgrade, in all and per source address.
+/// An established connection (counted in `live`) has ended.
+fn release_live<R: Runtime>(inner: &Inner<R>) {
+    if inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        for w in inner
+            .idle_wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            w.wake();
+        }
+    }
+}
+
+/// Connections in the WebSocket upgrade, in all and per source address, each with the
+/// signal that evicts it, oldest first (ids grow with acceptance).
 #[derive(Default)]
 struct Pending {
-    total: usize,
-    by_address: HashMap<IpAddr, usize>,
+    next_id: u64,
+    all: BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+    by_address: HashMap<IpAddr, std::collections::VecDeque<u64>>,
+}
+
+impl Pending {
+    /// Takes connection `id` out; `false` if it was not there (already evicted).
+    fn remove(&mut self, id: u64) -> bool {
+        let Some((ip, _)) = self.all.remove(&id) else {
+            return false;
+        };
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.by_address.entry(ip) {
+            e.get_mut().retain(|&x| x != id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        true
+    }
+
+    /// Evicts connection `id`: its slot is free at once, and its upgrade task drops the
+    /// socket when it next runs.
+    fn evict(&mut self, id: u64) {
+        if let Some((_, evicted)) = self.all.get(&id) {
+            evicted.notify();
+        }
+        self.remove(id);
+    }
 }
 
 /// One connection's place among those in the upgrade; given back when dropped.
 struct PendingSlot<R: Runtime> {
     inner: Arc<Inner<R>>,
-    ip: IpAddr,
+    id: u64,
+    /// Set when a newer connection took this one's place.
+    evicted: Arc<Notify>,
 }
 
 impl<R: Runtime> PendingSlot<R> {
+    /// SPEC §13.1: a place among the connections in the upgrade. When the limit in all or
+    /// for this source address is reached, the oldest connection still in the upgrade
+    /// (of this address, or of all) is closed to make room, rather than the new one
+    /// refused: a real client completes its upgrade within a round trip, while half-open
+    /// connections only ever wait, so a flood of them from the client's own address (a
+    /// NAT, a proxy) or from many addresses cannot keep it out; it only turns over the
+    /// flood's own connections faster.
     fn take(inner: &Arc<Inner<R>>, ip: IpAddr) -> Option<PendingSlot<R>> {
         let limits = inner.upgrades;
-        let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let from_ip = p.by_address.get(&ip).copied().unwrap_or(0);
-        if p.total >= limits.max_pending || from_ip >= limits.max_pending_per_address {
+        if limits.max_pending == 0 || limits.max_pending_per_address == 0 {
             return None;
         }
-        p.total += 1;
-        *p.by_address.entry(ip).or_insert(0) += 1;
+        let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = p.by_address.get(&ip).map_or(0, |q| q.len());
+        if from_ip >= limits.max_pending_per_address {
+            if let Some(&oldest) = p.by_address.get(&ip).and_then(|q| q.front()) {
+                p.evict(oldest);
+            }
+        }
+        if p.all.len() >= limits.max_pending {
+            if let Some(oldest) = p.all.keys().next().copied() {
+                p.evict(oldest);
+            }
+        }
+        let id = p.next_id;
+        p.next_id += 1;
+        let evicted = Arc::new(Notify::default());
+        p.all.insert(id, (ip, evicted.clone()));
+        p.by_address.entry(ip).or_default().push_back(id);
         Some(PendingSlot {
             inner: inner.clone(),
-            ip,
+            id,
+            evicted,
         })
     }
 }
@@ -600,24 +667,19 @@ impl<R: Runtime> PendingSlot<R> {
 impl<R: Runtime> Drop for PendingSlot<R> {
     fn drop(&mut self) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.total = p.total.saturating_sub(1);
-        if let std::collections::hash_map::Entry::Occupied(mut e) = p.by_address.entry(self.ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
+        p.remove(self.id);
     }
 }
 
-/// Runs the upgrade within its time limit, then (once it is done and its pending slot
-/// given back) the connection. Returns whether the connection was counted in `live`.
-async fn upgrade_and_serve<R: Runtime>(
+/// Runs the upgrade within its time limit and gives its pending slot back. Returns the
+/// WebSocket and the upgrade request's headers once the connection is established (and
+/// counted in `live`).
+async fn upgrade<R: Runtime>(
     inner: &Arc<Inner<R>>,
     tcp: R::Tcp,
     peer: SocketAddr,
     slot: PendingSlot<R>,
-) -> bool {
+) -> Option<(R::Ws, HeaderMap)> {
     let policy = inner.policy.clone();
     // The upgrade request's headers, for the connection hook.
     let upgrade = Arc::new(Mutex::new(HeaderMap::new()));
@@ -659,25 +721,33 @@ async fn upgrade_and_serve<R: Runtime>(
             None => Err(tungstenite::Error::ConnectionClosed),
         }
     };
-    let upgraded = select(
-        Box::pin(handshake_and_upgrade),
-        inner.rt.sleep_until(deadline),
-    )
-    .await;
+    // Ends the upgrade: its time is up, or a newer connection took its pending slot.
+    let evicted = slot.evicted.clone();
+    let sleep = inner.rt.sleep_until(deadline);
+    let stop = Box::pin(async move {
+        let _ = select(sleep, evicted.notified()).await;
+    });
+    let upgraded = select(Box::pin(handshake_and_upgrade), stop).await;
     drop(slot);
     let live = admitted.load(Ordering::Acquire);
     match upgraded {
         Either::Left((Ok(ws), _)) if live => {
             let headers = std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
-            serve(inner, ws, peer, headers).await
+            return Some((ws, headers));
         }
         Either::Left((Ok(_), _)) => {}
         Either::Left((Err(e), _)) => {
             tracing::debug!(%peer, error = %e, "upgrade refused or failed")
         }
-        Either::Right(_) => tracing::debug!(%peer, "upgrade not completed in time: closed"),
+        Either::Right(_) => {
+            tracing::debug!(%peer, "upgrade not completed in time, or evicted: closed")
+        }
     }
-    live
+    if live {
+        // Admitted by the check, but the upgrade did not complete.
+        release_live(inner);
+    }
+    None
 }
 
 /// The TLS handshake of a TLS server (bounded by its timeout), or the connection as is.
@@ -803,7 +873,15 @@ fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
     Some(shared)
 }
 
-async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, upgrade: HeaderMap) {
+/// Sets an established connection up and returns the future that runs it. The setup is
+/// done here, not in that future, so that the future (which lives as long as the
+/// connection) keeps only what it needs: the WebSocket goes straight into the driver's.
+fn serve<R: Runtime>(
+    inner: &Arc<Inner<R>>,
+    ws: R::Ws,
+    peer: SocketAddr,
+    upgrade: HeaderMap,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let n = inner.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut h = inner.id_seed.build_hasher();
     h.write_u64(n);
@@ -851,31 +929,35 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         hook.connected(handle.clone(), &upgrade);
     }
     drop(upgrade);
-    if let Some(hook) = &inner.hook {
-        hook.prepare(handle.clone()).await;
-    }
-    tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone(), 0), span)
-        .await;
-    // The reader ended: wait for the writer to send the last frames and close. A resumable
-    // session waits here while detached (the timers run on), and while a later transport
-    // that resumed it runs. A connection whose RESUME moved its transport to another session
-    // counts as closed at once.
-    poll_fn(|cx| {
-        let mut s = lock(&shared);
-        if s.closed.is_some() {
-            Poll::Ready(())
-        } else {
-            s.state_wakers.push(cx.waker().clone());
-            Poll::Pending
+    let driver =
+        tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone(), 0), span);
+    let inner = inner.clone();
+    async move {
+        if let Some(hook) = &inner.hook {
+            hook.prepare(handle.clone()).await;
         }
-    })
-    .await;
-    if let Some(hook) = &inner.hook {
-        hook.closed(&handle);
+        driver.await;
+        // The reader ended: wait for the writer to send the last frames and close. A resumable
+        // session waits here while detached (the timers run on), and while a later transport
+        // that resumed it runs. A connection whose RESUME moved its transport to another session
+        // counts as closed at once.
+        poll_fn(|cx| {
+            let mut s = lock(&shared);
+            if s.closed.is_some() {
+                Poll::Ready(())
+            } else {
+                s.state_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(hook) = &inner.hook {
+            hook.closed(&handle);
+        }
+        inner
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
     }
-    inner
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&n);
 }

@@ -136,7 +136,16 @@ impl Outbox {
         n: usize,
         len: usize,
     ) -> (BytesMut, std::collections::vec_deque::Drain<'_, Queued>) {
-        (self.bytes.split_to(len), self.frames.drain(..n))
+        // Everything at once (the usual case): hand the buffer over whole rather than
+        // split it. A split shares the allocation, and the empty remainder would keep it
+        // alive while the connection idles (SPEC §13.1, README: memory per idle
+        // connection); a whole hand-over also skips the split's shared-buffer bookkeeping.
+        let bytes = if len == self.bytes.len() {
+            std::mem::take(&mut self.bytes)
+        } else {
+            self.bytes.split_to(len)
+        };
+        (bytes, self.frames.drain(..n))
     }
 
     /// Drops every queued frame of type `ty` (rare: a stale RESUME after a transport loss).

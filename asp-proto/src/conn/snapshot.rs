@@ -115,7 +115,7 @@ impl Connection {
             codec::encode(
                 &Frame::ToolDef(ToolDef {
                     op: ToolOp::Add,
-                    ..d.clone()
+                    ..(**d).clone()
                 }),
                 &mut tools,
             );
@@ -282,7 +282,7 @@ impl Connection {
         while !tools.is_empty() {
             match codec::decode_frame(&mut tools, u32::MAX) {
                 Some(Ok(Frame::ToolDef(d))) => {
-                    c.tools.insert(d.name.clone(), d);
+                    c.tools.insert(d.name.clone(), Box::new(d));
                 }
                 _ => return Err(bad("tools")),
             }

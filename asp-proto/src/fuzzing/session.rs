@@ -65,6 +65,14 @@ pub(super) fn small_config(b: [u8; 4], pair: bool) -> Config {
         max_buffered: 2 * pick(&[256, 64, 1024, 1 << 20], b[2]) + HEADER_LEN,
         max_queued_per_invocation: pick(&[64, 16, 256, 1 << 20], b[2] >> 2),
         max_pending_events: pick(&[64, 4, 16, 8192], b[2] >> 4),
+        // SPEC §13.1: small bounds on arguments in flight for a lone side; an honest pair
+        // keeps the default, which its small frames never reach (a refusal there would be
+        // a false alarm of the pair's checks).
+        max_args_in_flight: if pair {
+            4 << 20
+        } else {
+            pick(&[4 << 20, 0, 64, 512], b[1] >> 3)
+        },
         resume: b[1] & 0x80 != 0 && !pair,
         replay_buffer: pick(&[512, 0, 64, 1 << 16], b[2] >> 6),
         resume_window: Duration::from_secs(1),
