@@ -36,6 +36,12 @@ export interface ConnectionConfig extends Partial<Limits> {
   resumeWindowMs?: number;
   /** Client: grant CREDIT as chunks are delivered (default true); else only on `release`. */
   autoCredit?: boolean;
+  /**
+   * SPEC §13.1 step 3: bytes of opening frames (tool or kind, `args` or `body`, `meta`) the
+   * running exchanges the peer opened may hold before a new one is refused with
+   * `TOO_MANY_INFLIGHT` (default 4 MiB).
+   */
+  maxArgsInFlight?: number;
   /** Server: its HELLO's connection_id (default: random). */
   connectionId?: string;
   /** Server: its resume token (default: random when resume is in use). */
@@ -71,6 +77,8 @@ interface Invocation {
   interrupted: boolean;
   /** Server: when the deadline passes (ms), or undefined. */
   deadline?: number;
+  /** Server: bytes its INVOKE holds against `maxArgsInFlight` (§13.1); 0 at a client. */
+  held: number;
 }
 
 /** A server request (server: one it sent; client: one it must answer). */
@@ -78,6 +86,8 @@ interface Request {
   interrupted: boolean;
   /** Server: the invocation the request was asked for (§8: it ends with it). */
   invocation?: number;
+  /** Client: bytes its REQUEST holds against `maxArgsInFlight` (§13.1); 0 at a server. */
+  held: number;
 }
 
 /** SPEC §2.1: the WebSocket close code for a connection closed by connection error `code`. */
@@ -119,6 +129,18 @@ function truncateUtf8(s: string, max: number): string {
   return new TextDecoder().decode(b.subarray(0, end));
 }
 
+/**
+ * §13.1 step 3: what an opening frame holds for its handler: the UTF-8 bytes of its tool or
+ * kind, and the MessagePack bytes of its `args` or `body` and `meta` (decoded as `Raw`, each
+ * already copied out of the message it came in, so nothing more of that message is kept).
+ */
+function openingBytes(name: unknown, value: unknown, meta: unknown): number {
+  let n = typeof name === "string" ? utf8Length(name) : 0;
+  if (value instanceof Raw) n += value.bytes.length;
+  if (meta instanceof Raw) n += meta.bytes.length;
+  return n;
+}
+
 export class Connection {
   readonly role: Role;
   private readonly cfg: Required<
@@ -152,6 +174,11 @@ export class Connection {
   // Exchanges
   private invocations = new Map<number, Invocation>();
   private requests = new Map<number, Request>();
+  /**
+   * §13.1 step 3: bytes of the opening frames of the exchanges the peer opened that are still
+   * running (the sum of their `held`); every removal from the maps goes through `forget`.
+   */
+  private argsHeld = 0;
   private nextId: number;
   /**
    * §3.5: ids of own exchanges ended by an ERROR this side sent, with the number of the PING sent
@@ -227,6 +254,7 @@ export class Connection {
       replayBuffer: config.replayBuffer ?? 262144,
       resumeWindowMs: config.resumeWindowMs ?? 30000,
       autoCredit: config.autoCredit ?? true,
+      maxArgsInFlight: config.maxArgsInFlight ?? 4 * 1024 * 1024,
       random: config.random ?? randomBytes,
       agent: config.agent,
     };
@@ -535,7 +563,7 @@ export class Connection {
     if (this.role !== "server") return;
     for (const [id, inv] of this.invocations) {
       if (inv.deadline !== undefined && now >= inv.deadline) {
-        this.invocations.delete(id);
+        this.forget(this.invocations, id);
         this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
         this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
         this.checkDrained();
@@ -638,6 +666,7 @@ export class Connection {
       consumed: 0,
       final: false,
       interrupted: false,
+      held: 0,
     });
     return id;
   }
@@ -659,7 +688,7 @@ export class Connection {
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
     const fields: Record<string, unknown> = { status };
     if (body !== undefined) fields["body"] = raw(body);
-    this.requests.delete(id);
+    this.forget(this.requests, id);
     if (!this.sendTerminal({ type: FrameType.REPLY, id, fields: fields as Frame["fields"] })) {
       this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
     }
@@ -737,7 +766,7 @@ export class Connection {
     const fields: Record<string, unknown> = { status };
     if (result !== undefined) fields["result"] = raw(result);
     if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
-    this.invocations.delete(id);
+    this.forget(this.invocations, id);
     if (!this.sendTerminal({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] })) {
       this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
     }
@@ -753,7 +782,7 @@ export class Connection {
     if (scopeOf(code) === "connection" || scopeOf(code) === "frame") {
       throw new ProtocolMisuse("an exchange is failed with an exchange or application code (§12.1)");
     }
-    map.delete(id);
+    this.forget(map, id);
     this.sendError(id, code, message, undefined, retryable);
     this.checkDrained();
   }
@@ -785,7 +814,7 @@ export class Connection {
       this.nextId = before;
       throw e;
     }
-    const req: Request = { interrupted: false };
+    const req: Request = { interrupted: false, held: 0 };
     if (invocation !== undefined) req.invocation = invocation;
     this.requests.set(id, req);
     return id;
@@ -1282,7 +1311,7 @@ export class Connection {
     const ours = this.role === "client" ? clientSpace : !clientSpace;
     const map = clientSpace ? this.invocations : this.requests;
     if (id !== 0 && map.has(id)) {
-      map.delete(id);
+      this.forget(map, id);
       if (ours) {
         const e: Event = { type: "Ended", id, outcome: "error", code, retryable };
         if (message !== undefined) e.message = message;
@@ -1304,7 +1333,7 @@ export class Connection {
     const clientSpace = id <= 0x7fff;
     const map = clientSpace ? this.invocations : this.requests;
     if (!map.has(id)) return false;
-    map.delete(id);
+    this.forget(map, id);
     const ours = this.role === "client" ? clientSpace : !clientSpace;
     if (ours) this.emit({ type: "Ended", id, outcome: "error", code, retryable: isRetryable(code) });
     else this.emit({ type: "Aborted", id, code });
@@ -1340,6 +1369,7 @@ export class Connection {
     const id = frame.id;
     const f = frame.fields;
     const dup = this.invocations.has(id);
+    const held = openingBytes(f["tool"], f["args"], f["meta"]);
     // §7.2, in order.
     let refusal: [number, string] | undefined;
     // §6.5: after GOAWAY in either direction an opening frame is refused.
@@ -1347,6 +1377,8 @@ export class Connection {
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `invocation ${id} is already in flight`];
     else if (this.invocations.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
+    } else if (this.overArgsBound(this.invocations.size, held)) {
+      refusal = [ErrorCode.TOO_MANY_INFLIGHT, `arguments in flight would pass ${this.cfg.maxArgsInFlight} bytes`];
     } else if (overRate) refusal = [ErrorCode.RATE_LIMITED, "rate limit"];
     // §6.2, §7.2: a tool cut from the initial set is unknown to the client until added.
     else if (!this.tools.has(f["tool"] as string) || !this.peerTools.has(f["tool"] as string)) refusal = [ErrorCode.UNKNOWN_TOOL, `no tool ${f["tool"] as string}`];
@@ -1354,7 +1386,7 @@ export class Connection {
       this.sendError(id, refusal[0], refusal[1], FrameType.INVOKE);
       if (dup) {
         // An ERROR for an id in flight always ends it (§7.2).
-        this.invocations.delete(id);
+        this.forget(this.invocations, id);
         this.emit({ type: "Aborted", id, code: refusal[0] });
         this.checkDrained();
       }
@@ -1367,13 +1399,32 @@ export class Connection {
       consumed: 0,
       final: false,
       interrupted: false,
+      held,
     };
     if (deadlineMs > 0) inv.deadline = now + deadlineMs;
     this.invocations.set(id, inv);
+    this.argsHeld += held;
     const e: Event = { type: "Invoked", id, tool: f["tool"] as string, deadlineMs };
     if (f["args"] !== undefined) e.args = f["args"] as Raw;
     if (f["meta"] !== undefined) e.meta = f["meta"] as Raw;
     this.emit(e);
+  }
+
+  /**
+   * §7.2 step 3, §8, §13.1 step 3: whether an opening frame holding `held` bytes would take the
+   * arguments in flight past `maxArgsInFlight`. Never when none of the peer's exchanges is
+   * running (`running` of them are): one frame is always taken, bounded by max_frame_payload.
+   */
+  private overArgsBound(running: number, held: number): boolean {
+    return running > 0 && this.argsHeld + held > this.cfg.maxArgsInFlight;
+  }
+
+  /** Removes an exchange; one the peer opened gives back the bytes it held (§13.1 step 3). */
+  private forget(map: Map<number, Invocation> | Map<number, Request>, id: number): void {
+    const ex = map.get(id);
+    if (ex === undefined) return;
+    this.argsHeld -= ex.held;
+    map.delete(id);
   }
 
   private onInterrupt(frame: Frame): void {
@@ -1395,7 +1446,7 @@ export class Connection {
     const window = inv.window + Number(frame.fields["bytes"]);
     if (window > U32_MAX) {
       // §7.5: a window above 2^32−1 is FLOW_CONTROL, which ends the invocation.
-      this.invocations.delete(frame.id);
+      this.forget(this.invocations, frame.id);
       this.sendError(frame.id, ErrorCode.FLOW_CONTROL, `window ${window} above 2^32-1`, FrameType.CREDIT);
       this.emit({ type: "Aborted", id: frame.id, code: ErrorCode.FLOW_CONTROL });
       this.checkDrained();
@@ -1411,7 +1462,7 @@ export class Connection {
       if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `request ${id} is not in flight`, FrameType.REPLY);
       return;
     }
-    this.requests.delete(id);
+    this.forget(this.requests, id);
     const e: Event = { type: "Ended", id, outcome: "reply", status: Number(frame.fields["status"]) };
     if (frame.fields["body"] !== undefined) e.body = frame.fields["body"] as Raw;
     this.emit(e);
@@ -1436,7 +1487,7 @@ export class Connection {
     else if (n > this.limits.max_chunk) fault = [ErrorCode.CHUNK_TOO_LARGE, `chunk of ${n} bytes above max_chunk ${this.limits.max_chunk}`];
     else if (n > inv.window) fault = [ErrorCode.FLOW_CONTROL, `chunk of ${n} bytes beyond the window of ${inv.window}`];
     if (fault !== undefined) {
-      this.invocations.delete(id);
+      this.forget(this.invocations, id);
       this.sendError(id, fault[0], fault[1], FrameType.STREAM);
       this.quarantineOwn(id);
       this.emit({ type: "Ended", id, outcome: "error", code: fault[0], retryable: false });
@@ -1470,7 +1521,7 @@ export class Connection {
       if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.COMPLETE);
       return;
     }
-    this.invocations.delete(id);
+    this.forget(this.invocations, id);
     const f = frame.fields;
     const e: Event = { type: "Ended", id, outcome: "complete", status: Number(f["status"]) };
     if (f["result"] !== undefined) e.result = f["result"] as Raw;
@@ -1516,23 +1567,27 @@ export class Connection {
     const id = frame.id;
     const f = frame.fields;
     const dup = this.requests.has(id);
+    const held = openingBytes(f["kind"], f["body"], undefined);
     let refusal: [number, string] | undefined;
     if (!this.cfg.requests) refusal = [ErrorCode.UNSUPPORTED, "this client does not answer requests"];
     else if (this.goawaySent || this.goawayReceived) refusal = [ErrorCode.DRAINING, "draining"];
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `request ${id} is already in flight`];
     else if (this.requests.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
+    } else if (this.overArgsBound(this.requests.size, held)) {
+      refusal = [ErrorCode.TOO_MANY_INFLIGHT, `arguments in flight would pass ${this.cfg.maxArgsInFlight} bytes`];
     } else if (overRate) refusal = [ErrorCode.RATE_LIMITED, "rate limit"];
     if (refusal !== undefined) {
       this.sendError(id, refusal[0], refusal[1], FrameType.REQUEST);
       if (dup) {
-        this.requests.delete(id);
+        this.forget(this.requests, id);
         this.emit({ type: "Aborted", id, code: refusal[0] });
         this.checkDrained();
       }
       return;
     }
-    this.requests.set(id, { interrupted: false });
+    this.requests.set(id, { interrupted: false, held });
+    this.argsHeld += held;
     const e: Event = { type: "Requested", id, kind: f["kind"] as string };
     if (f["body"] !== undefined) e.body = f["body"] as Raw;
     if (f["invocation"] !== undefined) e.invocation = Number(f["invocation"]);
@@ -1570,6 +1625,7 @@ export class Connection {
     this.loseOwnExchanges();
     this.invocations.clear();
     this.requests.clear();
+    this.argsHeld = 0;
     this.detachedAt = undefined;
     this.resumeToken = undefined;
     this.resumable = false;
@@ -1784,6 +1840,7 @@ export class Connection {
     this.loseOwnExchanges();
     this.invocations.clear();
     this.requests.clear();
+    this.argsHeld = 0;
     this.st = "Closed";
     // §2.1: a side that closes on a connection error, sent or received, uses the same code.
     if ((reason === "error_received" || reason === "error_sent") && code !== undefined) this.closeCodeValue = webSocketCloseCode(code);
