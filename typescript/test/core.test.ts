@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { ErrorCode } from "../src/codes.js";
 import { Connection, type ConnectionConfig } from "../src/connection.js";
 import type { Event } from "../src/event.js";
 import { Raw } from "../src/frame.js";
@@ -239,6 +240,110 @@ describe("Connection pair on virtual time", () => {
     for (let e = p.client.pollEvent(); e; e = p.client.pollEvent()) types.push(e.type);
     assert.deepEqual(types, ["Ended", "PeerError", "ToolAdded", "Connected"]);
     assert.equal(p.client.state, "Open");
+  });
+});
+
+/** A MessagePack bin of `n` bytes (n < 256): 2 + n bytes as an `args`, `body` or `meta`. */
+function bin(n: number): Raw {
+  const b = new Uint8Array(2 + n);
+  b[0] = 0xc4;
+  b[1] = n;
+  return new Raw(b);
+}
+
+/** The `Ended` outcomes of a side's events, by id. */
+function ended(events: Event[]): Map<number, Event> {
+  return new Map(events.filter((e) => e.type === "Ended").map((e) => [(e as { id: number }).id, e]));
+}
+
+/** The exchange ended with ERROR(TOO_MANY_INFLIGHT), retryable (§7.2 step 3, §12). */
+function assertTooMany(e: Event | undefined): void {
+  const x = e as { outcome?: string; code?: number; retryable?: boolean } | undefined;
+  assert.deepEqual([x?.outcome, x?.code, x?.retryable], ["error", ErrorCode.TOO_MANY_INFLIGHT, true]);
+}
+
+describe("arguments in flight are bounded (SPEC §7.2, §8, §13.1 step 3)", () => {
+  // Each INVOKE of `echo` with bin(96) holds 4 (tool) + 98 (args) = 102 bytes.
+  it("server: an INVOKE past max_args_in_flight is refused, retryable; ending one makes room", () => {
+    const p = new Pair({}, { maxArgsInFlight: 250 });
+    p.take("client");
+    p.take("server");
+    const a = p.client.invoke("echo", bin(96));
+    const b = p.client.invoke("echo", bin(96));
+    const c = p.client.invoke("echo", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("server").map((e) => [e.type, (e as { id?: number }).id]), [["Invoked", a], ["Invoked", b]]);
+    assertTooMany(ended(p.take("client")).get(c));
+    // The connection goes on: once `a` ends, the retry runs.
+    p.server.complete(a, 0);
+    const d = p.client.invoke("echo", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("server").map((e) => [e.type, (e as { id?: number }).id]), [["Invoked", d]]);
+    assert.equal(p.client.state, "Open");
+    assert.equal(p.server.state, "Open");
+  });
+
+  it("server: meta counts; failed and expired invocations give their bytes back", () => {
+    const p = new Pair({}, { maxArgsInFlight: 250 });
+    p.take("client");
+    const a = p.client.invoke("echo", bin(96));
+    // 102 + (4 + 98 + 50) = 254 > 250: refused because of its meta.
+    const b = p.client.invoke("echo", bin(96), { meta: bin(48) });
+    p.drive();
+    assertTooMany(ended(p.take("client")).get(b));
+    // Without it, 204 fits.
+    const c = p.client.invoke("echo", bin(96), { deadlineMs: 10 });
+    p.drive();
+    assert.equal(p.take("server").filter((e) => e.type === "Invoked").length, 2);
+    // `a` failed by the handler, `c` past its deadline (§7.4): both release what they held.
+    p.server.fail(a, 0x100, "handler failed");
+    p.advance(10);
+    const ends = ended(p.take("client"));
+    assert.equal((ends.get(a) as { code: number }).code, 0x100);
+    assert.equal((ends.get(c) as { code: number }).code, ErrorCode.DEADLINE_EXCEEDED);
+    const e = p.client.invoke("echo", bin(96));
+    const f = p.client.invoke("echo", bin(96));
+    p.drive();
+    assert.equal(p.take("server").filter((x) => x.type === "Invoked").length, 2, `${e} and ${f} both run`);
+  });
+
+  it("server: with nothing running one INVOKE is always taken, however large", () => {
+    const p = new Pair({}, { maxArgsInFlight: 50 });
+    p.take("client");
+    p.take("server");
+    const big = p.client.invoke("echo", bin(200));
+    const small = p.client.invoke("echo");
+    p.drive();
+    assert.deepEqual(p.take("server").map((e) => [e.type, (e as { id?: number }).id]), [["Invoked", big]]);
+    assertTooMany(ended(p.take("client")).get(small));
+    // An interrupt is not an end: the bytes stay held until the terminal frame.
+    p.client.interrupt(big);
+    p.drive();
+    const again = p.client.invoke("echo");
+    p.drive();
+    assertTooMany(ended(p.take("client")).get(again));
+    p.server.complete(big, 1);
+    p.drive();
+    const last = p.client.invoke("echo");
+    p.drive();
+    assert.deepEqual(p.take("server").filter((e) => e.type === "Invoked").map((e) => (e as { id: number }).id), [last]);
+  });
+
+  it("client: a REQUEST past its max_args_in_flight is refused; a REPLY makes room", () => {
+    // Each REQUEST of kind `ask` with bin(96) holds 3 + 98 = 101 bytes.
+    const p = new Pair({ maxArgsInFlight: 210 });
+    p.take("client");
+    p.take("server");
+    const r1 = p.server.request("ask", bin(96));
+    const r2 = p.server.request("ask", bin(96));
+    const r3 = p.server.request("ask", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("client").map((e) => [e.type, (e as { id?: number }).id]), [["Requested", r1], ["Requested", r2]]);
+    assertTooMany(ended(p.take("server")).get(r3));
+    p.client.reply(r1, 0);
+    const r4 = p.server.request("ask", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("client").map((e) => [e.type, (e as { id?: number }).id]), [["Requested", r4]]);
   });
 });
 
