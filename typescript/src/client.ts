@@ -84,6 +84,11 @@ export interface ConnectOptions extends Partial<Limits> {
   handshakeTimeoutMs?: number;
   agent?: string;
   /**
+   * Bytes the server's unanswered REQUESTs may hold (kind and `body`) before a new one is
+   * refused with `TOO_MANY_INFLIGHT`, retryable (SPEC §8, §13.1; default 4 MiB).
+   */
+  maxArgsInFlight?: number;
+  /**
    * Bytes of chunks one call keeps for a later iteration when the caller awaits only its
    * `result` (default 1 MiB). A call being iterated holds at most its flow-control window
    * (`initial_window`): credit follows consumption (§7.5), so a peer cannot send more.
@@ -355,6 +360,7 @@ export class Client {
     }
     if (options.heartbeatMs !== undefined) cfg.heartbeatMs = options.heartbeatMs;
     if (options.handshakeTimeoutMs !== undefined) cfg.handshakeTimeoutMs = options.handshakeTimeoutMs;
+    if (options.maxArgsInFlight !== undefined) cfg.maxArgsInFlight = options.maxArgsInFlight;
     cfg.agent = options.agent ?? "asp-ts/0.1";
     this.conn = new Connection("client", cfg, now());
     this.onRequest = options.onRequest;

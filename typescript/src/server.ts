@@ -86,6 +86,11 @@ export interface ServeOptions extends Partial<Limits> {
   rateLimit?: number;
   floodLimit?: number;
   resumeWindowMs?: number;
+  /**
+   * Bytes the INVOKEs running on one connection may hold (tool name, `args`, `meta`) before a
+   * new one is refused with `TOO_MANY_INFLIGHT`, retryable (SPEC §7.2, §13.1; default 4 MiB).
+   */
+  maxArgsInFlight?: number;
   agent?: string;
 }
 
@@ -505,6 +510,7 @@ export class Server {
     if (o.rateLimit !== undefined) cfg.rateLimit = o.rateLimit;
     if (o.floodLimit !== undefined) cfg.floodLimit = o.floodLimit;
     if (o.resumeWindowMs !== undefined) cfg.resumeWindowMs = o.resumeWindowMs;
+    if (o.maxArgsInFlight !== undefined) cfg.maxArgsInFlight = o.maxArgsInFlight;
     const session = new Session(this, cfg);
     session.start(ws as unknown as SocketLike);
   }
