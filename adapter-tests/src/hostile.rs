@@ -205,6 +205,8 @@ pub async fn overloaded_results_end_with_error<S: Runtime, C: Runtime>(srv: S, c
             other.map(|f| f.frame_type())
         ),
     }
+    // SPEC §2.1: after OVERLOADED the WebSocket close code is 1008.
+    assert_eq!(peer.close_code, Some(1008), "close code after OVERLOADED");
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -233,6 +235,7 @@ pub async fn oversized_message_is_overloaded<S: Runtime, C: Runtime>(srv: S, cli
             other.map(|f| f.frame_type())
         ),
     }
+    assert_eq!(peer.close_code, Some(1008), "close code after OVERLOADED");
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -313,7 +316,7 @@ pub async fn half_open_connections<S: Runtime, C: Runtime>(srv: S, cli: C) {
 
     // Per source address.
     let server = start(
-        ServerBuilder::new(srv)
+        ServerBuilder::new(srv.clone())
             .upgrade_timeout(Duration::from_secs(60))
             .max_pending_upgrades(8, 4)
             .tool(greet_tool()),
@@ -327,4 +330,135 @@ pub async fn half_open_connections<S: Runtime, C: Runtime>(srv: S, cli: C) {
     greet_ok(&client, "from another address").await;
     drop(crowd);
     finish(client, server).await;
+
+    // From the client's own address (a NAT): the crowd holds every slot of that address,
+    // and the client takes the place of the oldest instead of being refused. The server
+    // accepts in arrival order, so the evicted ones are exactly the oldest 17: 16 while
+    // the crowd arrived, one for the client; the newest 3 are still waiting.
+    let server = start(
+        ServerBuilder::new(srv.clone())
+            .upgrade_timeout(Duration::from_secs(60))
+            .max_pending_upgrades(64, 4)
+            .tool(greet_tool()),
+    )
+    .await;
+    let crowd: Vec<TcpStream> = (0..20)
+        .map(|_| bare_connect(local, server.local_addr()))
+        .collect();
+    let client = connect(&cli, &server.url()).await;
+    greet_ok(&client, "from the crowd's own address").await;
+    let mut crowd = crowd.into_iter();
+    let oldest: Vec<TcpStream> = crowd.by_ref().take(17).collect();
+    let mut closed = watch_closed(oldest, Duration::from_secs(10));
+    for i in 0..17 {
+        assert_eq!(
+            closed.next().await,
+            Some(true),
+            "half-open connection {i} was not evicted"
+        );
+    }
+    for (i, mut s) in crowd.enumerate() {
+        s.set_nonblocking(true).expect("nonblocking");
+        let r = s.read(&mut [0u8; 16]);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "one of the newest half-open connections ({}) was closed: {r:?}",
+            17 + i
+        );
+    }
+    finish(client, server).await;
+
+    // The limit in all: 20 half-open connections from two other addresses fill it, and a
+    // client from a third takes the place of the oldest.
+    let server = start(
+        ServerBuilder::new(srv)
+            .upgrade_timeout(Duration::from_secs(60))
+            .max_pending_upgrades(6, 4)
+            .tool(greet_tool()),
+    )
+    .await;
+    let third: std::net::IpAddr = [127, 0, 0, 3].into();
+    let crowd: Vec<TcpStream> = (0..20)
+        .map(|i| bare_connect(if i % 2 == 0 { other } else { third }, server.local_addr()))
+        .collect();
+    let client = connect(&cli, &server.url()).await;
+    greet_ok(&client, "past a full upgrade limit").await;
+    drop(crowd);
+    finish(client, server).await;
+}
+
+/// SPEC §13.1: the arguments of running invocations count against the server's
+/// `max_args_in_flight`. Calls whose arguments would pass it are refused with
+/// TOO_MANY_INFLIGHT (retryable) while the connection goes on; once the running calls end,
+/// the same calls are taken.
+pub async fn arguments_in_flight_are_bounded<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let (started_tx, mut started) = mpsc::unbounded();
+    let gate = Gate::new();
+    let hold = {
+        let gate = gate.clone();
+        Tool::new("hold", move |_ctx: ToolContext, args: Args| {
+            let started = started_tx.clone();
+            let gate = gate.clone();
+            async move {
+                let _ = started.unbounded_send(());
+                gate.wait().await;
+                Ok(Output {
+                    result: args.0,
+                    metrics: Default::default(),
+                })
+            }
+        })
+    };
+    let mut config = asp_async::ws_default_config();
+    config.max_args_in_flight = 100 << 10;
+    let server = start(ServerBuilder::new(srv).config(config).tool(hold)).await;
+    let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;
+    // 32 KiB each: three fit in 100 KiB, the other five are refused.
+    let arg = RawValue::string(&"x".repeat(32 << 10));
+    let frames: Vec<Frame> = (1..=8)
+        .map(|id| invoke(id, "hold", Some(arg.clone())))
+        .collect();
+    peer.send(&frames).await;
+    let mut refused = Vec::new();
+    while refused.len() < 5 {
+        match peer.next_frame().await {
+            Some(Frame::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::TOO_MANY_INFLIGHT, "{e:?}");
+                assert!(e.retryable);
+                refused.push(e.id.0);
+            }
+            Some(_) => {}
+            None => panic!("the connection ended"),
+        }
+    }
+    assert_eq!(refused, [4, 5, 6, 7, 8]);
+    for _ in 0..3 {
+        started.next().await.expect("call started");
+    }
+    gate.open();
+    let mut done = 0;
+    while done < 3 {
+        match peer.next_frame().await {
+            Some(Frame::Complete(c)) => {
+                assert_eq!(c.result, Some(arg.clone()));
+                done += 1;
+            }
+            Some(Frame::Error(e)) => panic!("unexpected {e:?}"),
+            Some(_) => {}
+            None => panic!("the connection ended"),
+        }
+    }
+    // Room again: the refused calls go through now (the gate stays open).
+    peer.send(&frames[3..6]).await;
+    let mut done = 0;
+    while done < 3 {
+        match peer.next_frame().await {
+            Some(Frame::Complete(_)) => done += 1,
+            Some(Frame::Error(e)) => panic!("unexpected {e:?}"),
+            Some(_) => {}
+            None => panic!("the connection ended"),
+        }
+    }
+    drop(peer);
+    server.shutdown(Duration::from_secs(1)).await;
 }

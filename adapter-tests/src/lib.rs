@@ -44,8 +44,8 @@ pub mod tls;
 pub mod util;
 
 pub use hostile::{
-    flood_that_never_reads, half_open_connections, overloaded_results_end_with_error,
-    oversized_message_is_overloaded,
+    arguments_in_flight_are_bounded, flood_that_never_reads, half_open_connections,
+    overloaded_results_end_with_error, oversized_message_is_overloaded,
 };
 use raw::{refusal, ws_connect, RawPeer};
 pub use resume::{
@@ -55,7 +55,7 @@ pub use resume::{
 };
 pub use tls::{
     wss_bad_certificates, wss_certificate_reload, wss_invoke_stream_interrupt, wss_mutual_tls,
-    wss_plaintext_mismatch, wss_resume_mid_stream,
+    wss_plaintext_mismatch, wss_resume_mid_stream, wss_session_resumption,
 };
 pub use util::{poll_until, sleep, with_timeout, yield_now, DropSignal, Gate, SCENARIO_TIMEOUT};
 
@@ -99,6 +99,7 @@ macro_rules! for_each_scenario {
             overloaded_results_end_with_error,
             oversized_message_is_overloaded,
             half_open_connections,
+            arguments_in_flight_are_bounded,
             close_codes,
             request_ends_with_invocation,
             wss_invoke_stream_interrupt,
@@ -107,6 +108,7 @@ macro_rules! for_each_scenario {
             wss_plaintext_mismatch,
             wss_mutual_tls,
             wss_certificate_reload,
+            wss_session_resumption,
         }
     };
 }

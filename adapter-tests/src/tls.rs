@@ -1,10 +1,12 @@
 //! `wss://` scenarios: real TLS on loopback with certificates made at test time
 //! ([`crate::pki`]). Round trips, streaming, interrupt and resume over TLS; every failure a
 //! user can act on gives its named [`TlsError`]; mutual TLS; certificate reload without
-//! dropping connections.
+//! dropping connections; TLS session resumption across clients sharing their settings.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use asp_async::rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use asp_async::{
     Args, ClientBuilder, ClientTls, Error, Runtime, ServerBuilder, Status, TlsError, Tool,
     ToolContext, ToolError,
@@ -298,4 +300,97 @@ pub async fn wss_certificate_reload<S: Runtime, C: Runtime>(srv: S, cli: C) {
     second.close().await;
     finish(first, server).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A server's TLS session store that counts the sessions it gave back for resumption.
+#[derive(Debug)]
+struct CountingSessions {
+    inner: std::sync::Arc<dyn StoresServerSessions>,
+    resumed: AtomicUsize,
+}
+
+impl StoresServerSessions for CountingSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.inner.get(key);
+        self.resumed
+            .fetch_add(usize::from(v.is_some()), Ordering::SeqCst);
+        v
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.inner.take(key);
+        self.resumed
+            .fetch_add(usize::from(v.is_some()), Ordering::SeqCst);
+        v
+    }
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
+}
+
+/// TLS session resumption: a client given a clone of the `ClientTls` another client used
+/// resumes that client's TLS session (the settings share one rustls session cache), and
+/// settings built anew do not. Counted on the server's session store: a first connection
+/// resumes nothing, the clone's connection resumes one session.
+pub async fn wss_session_resumption<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let ca = Ca::new("ASP test CA");
+    let sessions = std::sync::Arc::new(CountingSessions {
+        inner: ServerSessionMemoryCache::new(64),
+        resumed: AtomicUsize::new(0),
+    });
+    let mut config = (*ca
+        .server(NAMES)
+        .server_tls()
+        .build()
+        .expect("server config"))
+    .clone();
+    config.session_storage = sessions.clone();
+    let server = start(
+        ServerBuilder::new(srv)
+            .tls(asp_async::ServerTls::from_rustls(std::sync::Arc::new(
+                config,
+            )))
+            .tool(greet_tool()),
+    )
+    .await;
+    let resumed = || sessions.resumed.load(Ordering::SeqCst);
+    let tls = ca.client_tls();
+    let first = ClientBuilder::new(cli.clone())
+        .tls(tls.clone())
+        .connect(&server.url())
+        .await
+        .expect("first connect");
+    // The server's session tickets precede its first reply on the stream: once the call
+    // completes, the client has stored them.
+    greet_ok(&first, "first").await;
+    assert_eq!(resumed(), 0, "a first connection has no session to resume");
+    first.close().await;
+
+    let second = ClientBuilder::new(cli.clone())
+        .tls(tls.clone())
+        .connect(&server.url())
+        .await
+        .expect("second connect");
+    greet_ok(&second, "second").await;
+    assert_eq!(
+        resumed(),
+        1,
+        "a clone of the settings resumes the TLS session"
+    );
+    second.close().await;
+
+    let third = ClientBuilder::new(cli)
+        .tls(ca.client_tls())
+        .connect(&server.url())
+        .await
+        .expect("third connect");
+    greet_ok(&third, "third").await;
+    assert_eq!(
+        resumed(),
+        1,
+        "new settings start with an empty session cache"
+    );
+    finish(third, server).await;
 }

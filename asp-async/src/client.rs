@@ -3,19 +3,18 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use asp_proto::frame::{
-    Complete, Metrics, RawValue, Reply, ReplyStatus, Request, RequestId, Status,
-    Stream as StreamFrame, ToolDef,
+    Complete, Metrics, RawValue, RequestId, Status, Stream as StreamFrame, ToolDef,
 };
 use asp_proto::{
     CloseReason, Config, Connection, InvocationOutcome, InvokeOptions, Session, State, ToolChange,
 };
 use bytes::Bytes;
 use futures::future::{select, Either};
-use futures::{FutureExt, Stream};
+use futures::Stream;
 use serde::Serialize;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
@@ -23,7 +22,7 @@ use tungstenite::http::HeaderValue;
 use crate::driver;
 use crate::error::Error;
 use crate::runtime::{BoxFuture, Clock, Runtime};
-use crate::shared::{lock, wait_outcome, wake, Call, Cancel, Role, Served, Shared, SharedRef};
+use crate::shared::{lock, wake, Call, Hooks, Reconnect, Shared, SharedRef};
 use crate::tool::{to_value, RequestHandler};
 use crate::{WsConfig, SUBPROTOCOL};
 
@@ -48,10 +47,6 @@ struct TlsDial {
 
 /// Opens a new WebSocket to the server the client first connected to.
 type Dial<R> = Arc<dyn Fn() -> BoxFuture<'static, Result<<R as Runtime>::Ws, Error>> + Send + Sync>;
-
-/// Starts the reconnect task of a detached session (SPEC §11.2 step 2). Called with the
-/// connection's lock held: it must only spawn.
-type Reconnect = Arc<dyn Fn(SharedRef) + Send + Sync>;
 
 /// Reconnect backoff: the first retry after this, doubling up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
@@ -359,7 +354,7 @@ impl<R: Runtime> Client<R> {
         config.auto_credit = false;
         // A handler needs the `requests` capability. Without one, keep the configured
         // value (default on) so that requests are declined, as `ClientBuilder::on_request`
-        // documents (`ClientRole` declines when there is no handler); forcing it off here
+        // documents (`Hooks::Client` declines when there is no handler); forcing it off here
         // made the server's `ctx.ask` fail with `Unsupported` instead of seeing `Declined`.
         if on_request.is_some() {
             config.accept_requests = true;
@@ -383,10 +378,10 @@ impl<R: Runtime> Client<R> {
         let shared = Shared::new(
             conn,
             clock,
-            Arc::new(ClientRole {
+            Hooks::Client {
                 on_request,
                 reconnect,
-            }),
+            },
             spawn,
             span.clone(),
         );
@@ -706,6 +701,36 @@ impl Drop for Invocation {
     }
 }
 
+/// Waits for the outcome of an exchange we initiated (`take` picks it from the call's field
+/// of its kind; `lost` makes one when the call is gone), releasing unread chunks.
+pub(crate) async fn wait_outcome<T>(
+    shared: &Arc<Mutex<Shared>>,
+    id: RequestId,
+    take: impl Fn(&mut Call) -> Option<T>,
+    lost: impl Fn(CloseReason) -> T,
+) -> T {
+    poll_fn(|cx| {
+        let mut s = lock(shared);
+        let Some(call) = s.calls.get_mut(&id.0) else {
+            return Poll::Ready(lost(CloseReason::Local));
+        };
+        let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
+        if let Some(o) = take(call) {
+            s.calls.remove(&id.0);
+            s.conn.release(id, unread);
+            s.pump();
+            return Poll::Ready(o);
+        }
+        call.waker = Some(cx.waker().clone());
+        if unread > 0 {
+            s.conn.release(id, unread);
+            s.pump();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// A stream of [`ToolChange`]s (see [`Client::tool_changes`]).
 pub struct ToolChanges {
     shared: SharedRef,
@@ -738,98 +763,5 @@ impl Drop for ToolChanges {
         if let Some(mut w) = s.watchers.remove(&self.id) {
             wake(&mut w.waker);
         }
-    }
-}
-
-/// The client side of a connection: answers the server's requests, and reconnects.
-struct ClientRole {
-    on_request: Option<Arc<dyn RequestHandler>>,
-    /// Set when resume is on (`ClientBuilder::resume`).
-    reconnect: Option<Reconnect>,
-}
-
-impl Role for ClientRole {
-    fn detached(&self, s: &mut Shared) {
-        if let (Some(reconnect), Some(me)) = (&self.reconnect, s.me.upgrade()) {
-            reconnect(me);
-        }
-    }
-
-    fn requested(&self, s: &mut Shared, req: Request) {
-        let Some(handler) = self.on_request.clone() else {
-            let _ = s.conn.reply(req.id, ReplyStatus::Declined, None);
-            return;
-        };
-        s.served.insert(req.id.0, Served::default());
-        let me = s.me.clone();
-        let id = req.id;
-        let epoch = s.session_epoch;
-        let fut = async move {
-            // As for tools (`tool::run_handler`): a handler that panics, in its future or
-            // before returning it, declines, and the panic never reaches whoever polls this.
-            // Called here, when first polled, never under the connection's lock.
-            let call =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.answer(req)));
-            let work = async move {
-                match call {
-                    Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
-                    Err(panic) => Err(panic),
-                }
-            };
-            // SPEC §8: the server interrupts a request (always when its invocation ended);
-            // the handler is dropped (a UI withdraws the question) and the request ends with
-            // REPLY(cancelled). Ended by the protocol instead: nothing to send.
-            let ended = {
-                let me = me.clone();
-                futures::future::poll_fn(move |cx| {
-                    let Some(shared) = me.upgrade() else {
-                        return std::task::Poll::Ready(None);
-                    };
-                    let mut s = lock(&shared);
-                    match s.served.get_mut(&id.0) {
-                        None => std::task::Poll::Ready(None),
-                        Some(x) => match x.cancel {
-                            Some(c) => std::task::Poll::Ready(Some(c)),
-                            None => {
-                                x.cancel_waker = Some(cx.waker().clone());
-                                std::task::Poll::Pending
-                            }
-                        },
-                    }
-                })
-            };
-            let answer = match futures::future::select(Box::pin(work), Box::pin(ended)).await {
-                futures::future::Either::Left((answer, _)) => answer.unwrap_or(Reply {
-                    id,
-                    status: ReplyStatus::Declined,
-                    body: None,
-                }),
-                futures::future::Either::Right((Some(Cancel::Interrupted), _)) => Reply {
-                    id,
-                    status: ReplyStatus::Cancelled,
-                    body: None,
-                },
-                // Ended by the protocol (or the connection is gone): the core refuses this
-                // reply as not in flight; only the bookkeeping below matters.
-                futures::future::Either::Right(_) => Reply {
-                    id,
-                    status: ReplyStatus::Declined,
-                    body: None,
-                },
-            };
-            if let Some(shared) = me.upgrade() {
-                let mut s = lock(&shared);
-                if s.session_epoch != epoch {
-                    // The session was replaced meanwhile: the id may now name a request of
-                    // the new session.
-                    return;
-                }
-                s.served.remove(&id.0);
-                // NotInFlight if the server interrupted and we raced: harmless.
-                let _ = s.conn.reply(id, answer.status, answer.body);
-                s.pump();
-            }
-        };
-        s.start(Box::pin(fut));
     }
 }

@@ -18,7 +18,9 @@ pub trait ConnectionHook: Send + Sync + 'static {
     /// A client connected (the WebSocket upgrade succeeded); `upgrade` holds the headers of
     /// its upgrade request (e.g. `Authorization`, to forward). Called before the connection
     /// reads its first frame, so tools added here (`Locked::add_tool`) are part of
-    /// the initial tool set sent after HELLO (SPEC §6.2 step 3).
+    /// the initial tool set sent after HELLO (SPEC §6.2 step 3). A session another process
+    /// held, resumed here from a [`SessionStore`](crate::SessionStore) (SPEC §11.4), arrives
+    /// detached, with its tools, and no upgrade headers, just before its RESUME is answered.
     fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap);
     /// Awaited after [`connected`](Self::connected) and before the connection reads its
     /// first frame, for a hook whose per-connection setup is asynchronous: an MCP bridge
@@ -92,12 +94,63 @@ impl ServerConnection {
         Some(r)
     }
 
+    /// The store holds the snapshot with this `mark` (or gave up storing it): the output it
+    /// covers may go (SPEC §11.4, [`SessionStore::store`](crate::SessionStore::store)).
+    pub fn persisted(&self, mark: u64) {
+        if let Some(s) = self.shared.upgrade() {
+            let mut g = lock(&s);
+            g.storing = false;
+            g.conn.handle_persisted(mark);
+            g.pump();
+        }
+    }
+
+    /// Ends the transport without ending the session (SPEC §11.3: like a transport lost):
+    /// a resumable session detaches, and its client resumes — here, or on another server
+    /// sharing the [`SessionStore`](crate::SessionStore) (a draining relay node, §15.6). A
+    /// session that is not resumable closes.
+    pub fn detach(&self) {
+        if let Some(s) = self.shared.upgrade() {
+            let mut g = lock(&s);
+            let now = g.now();
+            g.conn.handle_transport_closed(now);
+            // The transport's tasks stop without writing (a Close 1000 would end the
+            // session at the client, SPEC §11.3), whatever happens to the session next.
+            g.transport_dropped = g.conn.state() == asp_proto::State::Detached;
+            g.pump();
+            // Wake the driver even if it is running (it then sees the flag at its next look).
+            if let Some(w) = g.notify.set() {
+                g.deferred.push(w);
+            }
+        }
+    }
+
+    /// Waits until the session has a transport (open or draining: connected, or resumed
+    /// after a transport loss, SPEC §11); `false` if it closed first (or is gone).
+    pub async fn attached(&self) -> bool {
+        let Some(s) = self.shared.upgrade() else {
+            return false;
+        };
+        std::future::poll_fn(|cx| {
+            let mut g = lock(&s);
+            match g.conn.state() {
+                asp_proto::State::Open | asp_proto::State::Draining => std::task::Poll::Ready(true),
+                asp_proto::State::Closed => std::task::Poll::Ready(false),
+                _ => {
+                    g.state_wakers.push(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
     /// Waits for the outcome of a request sent with [`Locked::request`]: the client's REPLY or
     /// ERROR, or `Lost` if the connection closed first.
     pub async fn outcome(&self, id: RequestId) -> RequestOutcome {
         match self.shared.upgrade() {
             Some(s) => {
-                crate::shared::wait_outcome(&s, id, |c| c.request.take(), RequestOutcome::Lost)
+                crate::client::wait_outcome(&s, id, |c| c.request.take(), RequestOutcome::Lost)
                     .await
             }
             None => RequestOutcome::Lost(asp_proto::CloseReason::TransportClosed),
@@ -136,6 +189,18 @@ impl Locked<'_> {
     /// [`Connection::remove_tool`]: removes a tool; whether it existed.
     pub fn remove_tool(&mut self, name: &str) -> Result<bool, SendError> {
         self.s.conn.remove_tool(name)
+    }
+
+    /// [`Connection::fail`]: ends an invocation in flight with ERROR (SPEC §5.7), e.g. one
+    /// a session restored from a store (SPEC §11.4) can no longer run.
+    pub fn fail(
+        &mut self,
+        id: RequestId,
+        code: asp_proto::ErrorCode,
+        message: impl Into<Text>,
+        retryable: bool,
+    ) -> Result<(), SendError> {
+        self.s.conn.fail(id, code, message, retryable)
     }
 
     /// [`Connection::goaway`] now: GOAWAY, then close once idle or after `timeout`

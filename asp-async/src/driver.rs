@@ -64,6 +64,13 @@ const WRITE_BATCH: usize = 256 << 10;
 /// a worker thread (tokio's cooperative budget does the same for its sockets; smol has none).
 const PASSES_PER_POLL: usize = 32;
 
+/// Input bytes the driver hands to the core before it lets the other tasks of its worker
+/// run. One connection's burst (a flood of large calls, each answered inline) is then
+/// handled a slice at a time, between the other connections' turns, instead of holding
+/// the worker for as long as the socket has data (SPEC §13.1: the other connections must
+/// not notice).
+const READ_BUDGET: usize = 64 << 10;
+
 /// Runs one transport of a connection until it ends (and, if the session is detached, its
 /// timers until it is resumed or closes). `gen` is the transport generation (0 for a
 /// connection's first transport, else what
@@ -199,6 +206,8 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
     /// The open phase: until the connection closes or the transport ends.
     fn poll_open(&mut self, shared: &SharedRef, cx: &mut Context<'_>) -> Poll<End> {
         let mut passes = 0;
+        // Input bytes handed to the core in this poll (READ_BUDGET).
+        let mut read = 0usize;
         loop {
             if passes == PASSES_PER_POLL {
                 // Give way (what was answered so far leaves first); the waker makes the
@@ -228,8 +237,15 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 let mut rcx = Context::from_waker(&waker);
                 match Pin::new(&mut self.ws).poll_next(&mut rcx) {
                     Poll::Ready(msg) => {
+                        if let Some(Ok(Message::Binary(b))) = &msg {
+                            read += b.len();
+                        }
                         if let Some(end) = self.handle_read(shared, msg) {
                             return Poll::Ready(end);
+                        }
+                        if read >= READ_BUDGET {
+                            // Give way at the top of the loop.
+                            passes = PASSES_PER_POLL;
                         }
                         continue;
                     }
@@ -252,13 +268,15 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
             // About to sleep: from here on handles wake the driver again. Anything they did
             // while it ran is looked at now, under the lock.
             let mut s = lock(shared);
-            if s.generation != self.gen {
+            if s.generation != self.gen && s.handoff.is_none() {
                 return Poll::Ready(End::Superseded);
             }
             s.driving = false;
             let wanted = (self.out.is_empty() && s.conn.wants_transmit())
                 || s.conn.is_closed()
                 || s.conn.state() == State::Detached
+                || s.transport_dropped
+                || s.handoff.is_some()
                 || s.conn.poll_timeout() != s.armed_timeout
                 || (!wants_input && s.conn.wants_input());
             // Clear the flag: what it announced is what was just looked at.
@@ -281,11 +299,18 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
     /// Under the lock: runs a due timeout, takes what the core has to send, and decides
     /// whether the transport goes on.
     fn look(&mut self, s: &mut Shared) -> Look {
+        // Server: a RESUME answered later, from a session store (SPEC §11.4), moved this
+        // WebSocket to the session it loaded (this connection's generation changed too).
+        if let Some((target, gen)) = s.handoff.take() {
+            return Look::End(End::Handoff { target, gen });
+        }
         if s.generation != self.gen {
             return Look::End(End::Superseded);
         }
         s.driving = true;
-        if s.conn.state() == State::Detached {
+        // `ServerConnection::detach` gave the transport up: nothing more is written, not
+        // even a Close (a Close 1000 would end the session at the client, SPEC §11.3).
+        if s.conn.state() == State::Detached || s.transport_dropped {
             s.driving = false;
             return Look::End(End::Detached);
         }
@@ -330,8 +355,11 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 return false;
             }
             taken += n;
+            // Taken whole, not split: a split would leave `buf` sharing the core's
+            // allocation, kept alive by its spare capacity while the connection idles
+            // (README: memory per idle connection).
             self.out
-                .push_back(Message::Binary(self.buf.split().freeze()));
+                .push_back(Message::Binary(std::mem::take(&mut self.buf).freeze()));
         }
         s.conn.wants_transmit()
     }
@@ -584,7 +612,12 @@ fn start_inline(starts: Starts) {
 /// A detached session's timers (the resume window, SPEC §11.2), run by the driver of the
 /// transport that was lost, without writing anything, until the session closes or a new
 /// transport takes over (and runs them from then on).
-async fn detached_timers<R: Runtime>(shared: &SharedRef, gen: u64, notify: &Notify, rt: &R) {
+pub(crate) async fn detached_timers<R: Runtime>(
+    shared: &SharedRef,
+    gen: u64,
+    notify: &Notify,
+    rt: &R,
+) {
     loop {
         let (deadline, clock) = {
             let mut s = lock(shared);

@@ -18,6 +18,7 @@ mod resume;
 mod runtime;
 mod server;
 mod shared;
+mod store;
 pub mod tls;
 mod tool;
 
@@ -32,6 +33,7 @@ pub use error::Error;
 pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck, WsStream};
 pub use rustls;
 pub use server::{bearer_token, AuthHook, Server, ServerBuilder, ToolRegistry, UpgradePolicy};
+pub use store::SessionStore;
 pub use tls::{ClientTls, Roots, ServerTls, TlsError};
 pub use tool::{
     from_value, reply, to_value, Args, Handler, Output, RequestHandler, StreamError, StreamSend,

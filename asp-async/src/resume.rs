@@ -78,14 +78,9 @@ impl ResumeTable {
         let key = self.key(token);
         let map = self.map();
         let (stored, session) = map.get(&key)?;
-        if !constant_time_eq(stored, token) {
+        if !crate::server::constant_time_eq(stored, token) {
             return None;
         }
         session.upgrade()
     }
-}
-
-/// Compares two secrets (tokens) in a time that does not depend on where they differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -10,18 +10,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use asp_proto::frame::{Invoke, Text};
-use asp_proto::{CloseReason, Config, Connection, ErrorCode, ServerParams, State};
+use asp_proto::frame::Text;
+use asp_proto::{CloseReason, Config, Connection, ServerParams, State};
 use futures::future::{select, Either};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::connection::{ConnectionHook, ServerConnection};
 use crate::driver;
-use crate::resume::{constant_time_eq, ResumeTable};
+use crate::resume::ResumeTable;
 use crate::runtime::{Clock, Notify, Runtime};
-use crate::shared::{lock, Role, Served, Shared, SharedRef};
-use crate::tool::{run_handler, Handler, Tool};
+use crate::shared::{lock, Hooks, Shared, SharedRef};
+use crate::tool::{Handler, Tool};
 use crate::{WsConfig, SUBPROTOCOL};
 
 /// The tools a server offers, shared by all its connections.
@@ -155,6 +155,10 @@ pub fn bearer_token(token: impl Into<String>) -> AuthHook {
     })
 }
 
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Builds and starts a [`Server`].
 pub struct ServerBuilder<R: Runtime> {
     rt: R,
@@ -169,6 +173,7 @@ pub struct ServerBuilder<R: Runtime> {
     ws: Option<WsConfig>,
     resume: bool,
     tls: Option<crate::tls::ServerTls>,
+    store: Option<Arc<dyn crate::SessionStore>>,
 }
 
 /// Bounds on connections that have not completed the WebSocket upgrade (SPEC §13.1). They
@@ -204,6 +209,7 @@ impl<R: Runtime> ServerBuilder<R> {
             ws: None,
             resume: false,
             tls: None,
+            store: None,
         }
     }
 
@@ -265,8 +271,10 @@ impl<R: Runtime> ServerBuilder<R> {
     }
 
     /// At most `total` connections may be in the WebSocket upgrade at once, and at most
-    /// `per_address` from one source IP address; a connection beyond either is closed as
-    /// soon as it is accepted. Defaults 1 024 and 128. Established connections never count
+    /// `per_address` from one source IP address; a connection beyond either takes the
+    /// place of the oldest one still in the upgrade (of its address, or of all), which is
+    /// closed, so that half-open connections cannot keep a real client out, even from
+    /// their own address. Defaults 1 024 and 128 (0 refuses every connection). Established connections never count
     /// against these limits, and these connections never against `max_connections`.
     pub fn max_pending_upgrades(mut self, total: usize, per_address: usize) -> Self {
         self.upgrades.max_pending = total;
@@ -286,6 +294,16 @@ impl<R: Runtime> ServerBuilder<R> {
     /// [`Config::resume_window`] (detached sessions still count as connections meanwhile).
     pub fn resume(mut self, on: bool) -> Self {
         self.resume = on;
+        self
+    }
+
+    /// Keeps every resumable session in `store` too, so that a client whose server process
+    /// is gone can resume on another one sharing the store (SPEC §11.4; a relay cluster,
+    /// §15.6). Turns resume on. Output waits for each snapshot to be stored (see
+    /// [`SessionStore`](crate::SessionStore)).
+    pub fn session_store(mut self, store: impl crate::SessionStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self.resume = true;
         self
     }
 
@@ -353,6 +371,7 @@ impl<R: Runtime> ServerBuilder<R> {
             resume,
             ws,
             tls,
+            store: self.store,
             stopping: AtomicBool::new(false),
             stop: Notify::default(),
             idle_wakers: Mutex::new(Vec::new()),
@@ -382,6 +401,7 @@ struct Inner<R: Runtime> {
     resume: Option<Arc<ResumeTable>>,
     ws: WsConfig,
     tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
+    store: Option<Arc<dyn crate::SessionStore>>,
     stopping: AtomicBool,
     stop: Notify,
     idle_wakers: Mutex<Vec<Waker>>,
@@ -460,6 +480,15 @@ impl<R: Runtime> Server<R> {
         }
     }
 
+    /// Stops accepting connections (the listener closes); open connections go on. A later
+    /// [`shutdown`](Self::shutdown) drains them. A server sharing a
+    /// [`SessionStore`](crate::SessionStore) stops adopting sessions too, so a draining
+    /// process can move its sessions to the others (SPEC §15.6).
+    pub fn stop_accepting(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.stop.notify();
+    }
+
     /// Graceful shutdown (SPEC §6.5): stop accepting, send GOAWAY to every client, let
     /// in-flight invocations finish for up to `timeout` (then they end with GOING_AWAY),
     /// and wait until every connection has closed.
@@ -525,47 +554,112 @@ async fn accept_loop<R: Runtime>(inner: Arc<Inner<R>>, listener: R::Listener) {
         };
         let inner2 = inner.clone();
         inner.rt.spawn(Box::pin(async move {
-            let live = upgrade_and_serve(&inner2, tcp, peer, slot).await;
-            if live && inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-                for w in inner2
-                    .idle_wakers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..)
-                {
-                    w.wake();
-                }
+            // The upgrade and the connection are two tasks: the upgrade's state (handshake,
+            // its timer) is freed once it is done, instead of staying in the one future an
+            // established connection lives in for hours (README: memory per idle
+            // connection).
+            if let Some((ws, headers)) = upgrade(&inner2, tcp, peer, slot).await {
+                let serving = serve(&inner2, ws, peer, headers);
+                let inner3 = inner2.clone();
+                inner2.rt.spawn(Box::pin(async move {
+                    serving.await;
+                    release_live(&inner3);
+                }));
             }
         }));
     }
 }
 
-/// Connections in the WebSocket upgrade, in all and per source address.
+/// An established connection (counted in `live`) has ended.
+fn release_live<R: Runtime>(inner: &Inner<R>) {
+    if inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        for w in inner
+            .idle_wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            w.wake();
+        }
+    }
+}
+
+/// Connections in the WebSocket upgrade, in all and per source address, each with the
+/// signal that evicts it, oldest first (ids grow with acceptance).
 #[derive(Default)]
 struct Pending {
-    total: usize,
-    by_address: HashMap<IpAddr, usize>,
+    next_id: u64,
+    all: BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+    by_address: HashMap<IpAddr, std::collections::VecDeque<u64>>,
+}
+
+impl Pending {
+    /// Takes connection `id` out; `false` if it was not there (already evicted).
+    fn remove(&mut self, id: u64) -> bool {
+        let Some((ip, _)) = self.all.remove(&id) else {
+            return false;
+        };
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.by_address.entry(ip) {
+            e.get_mut().retain(|&x| x != id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        true
+    }
+
+    /// Evicts connection `id`: its slot is free at once, and its upgrade task drops the
+    /// socket when it next runs.
+    fn evict(&mut self, id: u64) {
+        if let Some((_, evicted)) = self.all.get(&id) {
+            evicted.notify();
+        }
+        self.remove(id);
+    }
 }
 
 /// One connection's place among those in the upgrade; given back when dropped.
 struct PendingSlot<R: Runtime> {
     inner: Arc<Inner<R>>,
-    ip: IpAddr,
+    id: u64,
+    /// Set when a newer connection took this one's place.
+    evicted: Arc<Notify>,
 }
 
 impl<R: Runtime> PendingSlot<R> {
+    /// SPEC §13.1: a place among the connections in the upgrade. When the limit in all or
+    /// for this source address is reached, the oldest connection still in the upgrade
+    /// (of this address, or of all) is closed to make room, rather than the new one
+    /// refused: a real client completes its upgrade within a round trip, while half-open
+    /// connections only ever wait, so a flood of them from the client's own address (a
+    /// NAT, a proxy) or from many addresses cannot keep it out; it only turns over the
+    /// flood's own connections faster.
     fn take(inner: &Arc<Inner<R>>, ip: IpAddr) -> Option<PendingSlot<R>> {
         let limits = inner.upgrades;
-        let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let from_ip = p.by_address.get(&ip).copied().unwrap_or(0);
-        if p.total >= limits.max_pending || from_ip >= limits.max_pending_per_address {
+        if limits.max_pending == 0 || limits.max_pending_per_address == 0 {
             return None;
         }
-        p.total += 1;
-        *p.by_address.entry(ip).or_insert(0) += 1;
+        let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = p.by_address.get(&ip).map_or(0, |q| q.len());
+        if from_ip >= limits.max_pending_per_address {
+            if let Some(&oldest) = p.by_address.get(&ip).and_then(|q| q.front()) {
+                p.evict(oldest);
+            }
+        }
+        if p.all.len() >= limits.max_pending {
+            if let Some(oldest) = p.all.keys().next().copied() {
+                p.evict(oldest);
+            }
+        }
+        let id = p.next_id;
+        p.next_id += 1;
+        let evicted = Arc::new(Notify::default());
+        p.all.insert(id, (ip, evicted.clone()));
+        p.by_address.entry(ip).or_default().push_back(id);
         Some(PendingSlot {
             inner: inner.clone(),
-            ip,
+            id,
+            evicted,
         })
     }
 }
@@ -573,24 +667,19 @@ impl<R: Runtime> PendingSlot<R> {
 impl<R: Runtime> Drop for PendingSlot<R> {
     fn drop(&mut self) {
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.total = p.total.saturating_sub(1);
-        if let std::collections::hash_map::Entry::Occupied(mut e) = p.by_address.entry(self.ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
+        p.remove(self.id);
     }
 }
 
-/// Runs the upgrade within its time limit, then (once it is done and its pending slot
-/// given back) the connection. Returns whether the connection was counted in `live`.
-async fn upgrade_and_serve<R: Runtime>(
+/// Runs the upgrade within its time limit and gives its pending slot back. Returns the
+/// WebSocket and the upgrade request's headers once the connection is established (and
+/// counted in `live`).
+async fn upgrade<R: Runtime>(
     inner: &Arc<Inner<R>>,
     tcp: R::Tcp,
     peer: SocketAddr,
     slot: PendingSlot<R>,
-) -> bool {
+) -> Option<(R::Ws, HeaderMap)> {
     let policy = inner.policy.clone();
     // The upgrade request's headers, for the connection hook.
     let upgrade = Arc::new(Mutex::new(HeaderMap::new()));
@@ -632,25 +721,33 @@ async fn upgrade_and_serve<R: Runtime>(
             None => Err(tungstenite::Error::ConnectionClosed),
         }
     };
-    let upgraded = select(
-        Box::pin(handshake_and_upgrade),
-        inner.rt.sleep_until(deadline),
-    )
-    .await;
+    // Ends the upgrade: its time is up, or a newer connection took its pending slot.
+    let evicted = slot.evicted.clone();
+    let sleep = inner.rt.sleep_until(deadline);
+    let stop = Box::pin(async move {
+        let _ = select(sleep, evicted.notified()).await;
+    });
+    let upgraded = select(Box::pin(handshake_and_upgrade), stop).await;
     drop(slot);
     let live = admitted.load(Ordering::Acquire);
     match upgraded {
         Either::Left((Ok(ws), _)) if live => {
             let headers = std::mem::take(&mut *upgrade.lock().unwrap_or_else(|e| e.into_inner()));
-            serve(inner, ws, peer, headers).await
+            return Some((ws, headers));
         }
         Either::Left((Ok(_), _)) => {}
         Either::Left((Err(e), _)) => {
             tracing::debug!(%peer, error = %e, "upgrade refused or failed")
         }
-        Either::Right(_) => tracing::debug!(%peer, "upgrade not completed in time: closed"),
+        Either::Right(_) => {
+            tracing::debug!(%peer, "upgrade not completed in time, or evicted: closed")
+        }
     }
-    live
+    if live {
+        // Admitted by the check, but the upgrade did not complete.
+        release_live(inner);
+    }
+    None
 }
 
 /// The TLS handshake of a TLS server (bounded by its timeout), or the connection as is.
@@ -682,7 +779,109 @@ async fn tls_handshake<R: Runtime>(
     }
 }
 
-async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, upgrade: HeaderMap) {
+fn server_hooks<R: Runtime>(inner: &Arc<Inner<R>>) -> Hooks {
+    Hooks::Server {
+        tools: inner.tools.clone(),
+        fallback: inner.fallback.clone(),
+        resume: inner.resume.clone(),
+        store: inner.store.clone().map(|store| {
+            let weak = Arc::downgrade(inner);
+            crate::store::StoreHooks {
+                store,
+                adopt: Arc::new(move |bytes: &[u8]| adopt(&weak.upgrade()?, bytes)),
+            }
+        }),
+    }
+}
+
+/// SPEC §11.4: a session another process held, loaded from the session store, becomes a
+/// detached connection of this server (counted, announced to the hook, findable by its
+/// token), ready for the RESUME that asked for it.
+fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
+    if inner.stopping.load(Ordering::Acquire) {
+        return None;
+    }
+    let clock = Clock::new();
+    let mut conn = match Connection::restore(inner.config.clone(), bytes, clock.now()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "stored session not restored");
+            return None;
+        }
+    };
+    conn.hold_until_persisted();
+    let session = conn.session().cloned()?;
+    let id = session.connection_id.clone();
+    let n = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    let rt = inner.rt.clone();
+    let spawn = Arc::new(move |f| rt.spawn(f));
+    let span = tracing::info_span!("asp.conn", role = "server", id = %id, restored = true);
+    let shared = Shared::new(conn, clock, server_hooks(inner), spawn, span.clone());
+    let notify = {
+        let mut s = lock(&shared);
+        s.session = Some(session);
+        s.register_resumable();
+        s.notify.clone()
+    };
+    inner.live.fetch_add(1, Ordering::AcqRel);
+    inner
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(n, shared.clone());
+    let handle = ServerConnection::new(Arc::downgrade(&shared), id);
+    if let Some(hook) = &inner.hook {
+        hook.connected(handle.clone(), &HeaderMap::new());
+    }
+    // The resume window runs until a transport takes the session (a detached session's
+    // timers, as after a transport loss); then the lifecycle of any connection.
+    let (inner2, shared2, rt) = (inner.clone(), shared.clone(), inner.rt.clone());
+    let life = async move {
+        driver::detached_timers(&shared2, 0, &notify, &rt).await;
+        poll_fn(|cx| {
+            let mut s = lock(&shared2);
+            if s.closed.is_some() {
+                Poll::Ready(())
+            } else {
+                s.state_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(hook) = &inner2.hook {
+            hook.closed(&handle);
+        }
+        inner2
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
+        if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for w in inner2
+                .idle_wakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+            {
+                w.wake();
+            }
+        }
+    };
+    inner
+        .rt
+        .spawn(Box::pin(tracing::Instrument::instrument(life, span)));
+    Some(shared)
+}
+
+/// Sets an established connection up and returns the future that runs it. The setup is
+/// done here, not in that future, so that the future (which lives as long as the
+/// connection) keeps only what it needs: the WebSocket goes straight into the driver's.
+fn serve<R: Runtime>(
+    inner: &Arc<Inner<R>>,
+    ws: R::Ws,
+    peer: SocketAddr,
+    upgrade: HeaderMap,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let n = inner.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut h = inner.id_seed.build_hasher();
     h.write_u64(n);
@@ -704,20 +903,14 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
     for def in inner.tools.defs() {
         let _ = conn.add_tool(def);
     }
+    if inner.store.is_some() {
+        // SPEC §11.4: output waits for a stored snapshot (`crate::store`).
+        conn.hold_until_persisted();
+    }
     let rt = inner.rt.clone();
     let spawn = Arc::new(move |f| rt.spawn(f));
     let span = tracing::info_span!("asp.conn", role = "server", id = %connection_id, %peer);
-    let shared = Shared::new(
-        conn,
-        clock,
-        Arc::new(ServerRole {
-            tools: inner.tools.clone(),
-            fallback: inner.fallback.clone(),
-            resume: inner.resume.clone(),
-        }),
-        spawn,
-        span.clone(),
-    );
+    let shared = Shared::new(conn, clock, server_hooks(inner), spawn, span.clone());
     if inner.rt.yield_to_writer() {
         lock(&shared).yield_at = crate::tool::YIELD_AT;
     }
@@ -736,129 +929,35 @@ async fn serve<R: Runtime>(inner: &Arc<Inner<R>>, ws: R::Ws, peer: SocketAddr, u
         hook.connected(handle.clone(), &upgrade);
     }
     drop(upgrade);
-    if let Some(hook) = &inner.hook {
-        hook.prepare(handle.clone()).await;
-    }
-    tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone(), 0), span)
+    let driver =
+        tracing::Instrument::instrument(driver::run(shared.clone(), ws, inner.rt.clone(), 0), span);
+    let inner = inner.clone();
+    async move {
+        if let Some(hook) = &inner.hook {
+            hook.prepare(handle.clone()).await;
+        }
+        driver.await;
+        // The reader ended: wait for the writer to send the last frames and close. A resumable
+        // session waits here while detached (the timers run on), and while a later transport
+        // that resumed it runs. A connection whose RESUME moved its transport to another session
+        // counts as closed at once.
+        poll_fn(|cx| {
+            let mut s = lock(&shared);
+            if s.closed.is_some() {
+                Poll::Ready(())
+            } else {
+                s.state_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
         .await;
-    // The reader ended: wait for the writer to send the last frames and close. A resumable
-    // session waits here while detached (the timers run on), and while a later transport
-    // that resumed it runs. A connection whose RESUME moved its transport to another session
-    // counts as closed at once.
-    poll_fn(|cx| {
-        let mut s = lock(&shared);
-        if s.closed.is_some() {
-            Poll::Ready(())
-        } else {
-            s.state_wakers.push(cx.waker().clone());
-            Poll::Pending
+        if let Some(hook) = &inner.hook {
+            hook.closed(&handle);
         }
-    })
-    .await;
-    if let Some(hook) = &inner.hook {
-        hook.closed(&handle);
-    }
-    inner
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&n);
-}
-
-/// The server side of a connection: runs tools, and finds resumable sessions.
-struct ServerRole {
-    tools: Arc<ToolRegistry>,
-    /// Runs tools the registry does not have (`ServerBuilder::fallback`).
-    fallback: Option<Arc<Tool>>,
-    /// The server's resumable sessions, when resume is on.
-    resume: Option<Arc<ResumeTable>>,
-}
-
-impl Role for ServerRole {
-    fn invoked(&self, s: &mut Shared, inv: Invoke) {
-        let Some(tool) = self
-            .tools
-            .get(inv.tool.as_str())
-            .or_else(|| self.fallback.clone())
-        else {
-            // Removed from the registry after the core accepted the INVOKE.
-            let _ = s
-                .conn
-                .fail(inv.id, ErrorCode::UNKNOWN_TOOL, "tool was removed", false);
-            return;
-        };
-        s.served.insert(
-            inv.id.0,
-            Served {
-                started: Some(s.now()),
-                ..Served::default()
-            },
-        );
-        let span =
-            tracing::info_span!(parent: &s.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
-        let fut = run_handler(s.me.clone(), tool, inv);
-        s.start(Box::pin(tracing::Instrument::instrument(fut, span)));
-    }
-
-    /// A resumable session is findable by its token (SPEC §11.2 step 3).
-    fn connected(&self, s: &mut Shared) {
-        let Some(table) = &self.resume else { return };
-        if let Some(token) = s.conn.resume_token().cloned() {
-            table.register(&token, s.me.clone());
-            s.resume_registered = Some(token);
-        }
-    }
-
-    fn closed(&self, s: &mut Shared) {
-        if let (Some(token), Some(t)) = (s.resume_registered.take(), &self.resume) {
-            t.remove(&token, &s.me);
-        }
-    }
-
-    /// On a new connection whose first frame was RESUME: if the token names a live session
-    /// of this server that can continue, that session takes this connection's transport over
-    /// (`handoff`, carried out by the driver); otherwise the resume is refused and this
-    /// connection waits for a HELLO.
-    ///
-    /// Lock order: this (new) connection is locked, and the old one is locked inside. Nobody
-    /// locks them the other way round: this connection is not in the resume table (it never
-    /// had a session), so no other connection's RESUME can reach it, and handles lock one
-    /// connection at a time.
-    fn resume_requested(&self, s: &mut Shared, token: &[u8], received: u64) {
-        let old = self.resume.as_ref().and_then(|t| t.find(token));
-        let accepted = old.and_then(|old| {
-            let mut o = lock(&old);
-            // Each connection has its own clock.
-            let now = o.now();
-            if matches!(o.conn.state(), State::Open | State::Draining) {
-                // The client resumes, so its old transport is gone even if we have not seen
-                // it end yet (its EOF may still be on the way): detach now.
-                o.conn.handle_transport_closed(now);
-            }
-            if o.conn.state() != State::Detached {
-                o.pump();
-                return None;
-            }
-            let r = o.conn.accept_resume(now, received);
-            let gen = r.is_ok().then(|| o.new_transport());
-            o.pump();
-            drop(o);
-            gen.map(|g| (old, g))
-        });
-        match accepted {
-            Some(handoff) => {
-                tracing::debug!(parent: &s.span, "RESUME accepted: moving the transport to its session");
-                s.handoff = Some(handoff);
-                // This connection is done: its driver stops and its transport moves on.
-                s.new_transport();
-                s.closed = Some(CloseReason::Local);
-                s.wake_state();
-            }
-            None => {
-                tracing::debug!(parent: &s.span, "RESUME refused: unknown or expired session");
-                let now = s.now();
-                s.conn.reject_resume(now);
-            }
-        }
+        inner
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
     }
 }

@@ -1,9 +1,4 @@
-//! Per-connection state shared by the driver and the application's handles.
-//!
-//! The bottom layer of the crate's own modules: it depends on `runtime` alone. The driver
-//! sits on it, and the client, server and tool modules on both; what differs between a
-//! client's and a server's connection (which handlers an event starts, resume) comes in as
-//! a [`Role`] they implement, so this module names none of them.
+//! Per-connection state shared by the driver tasks and the application's handles.
 //!
 //! One `Connection` (the Sans-IO core) sits behind a mutex together with the wakers of the
 //! futures waiting on it, as quinn does. Handles lock briefly, call the core, then
@@ -21,12 +16,18 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
-use asp_proto::frame::{Invoke, Request, RequestId, Stream};
+use asp_proto::frame::{Reply, ReplyStatus, Request, RequestId, Stream};
 use asp_proto::{
-    CloseReason, Connection, Event, InvocationOutcome, RequestOutcome, Session, ToolChange,
+    CloseReason, Connection, ErrorCode, Event, InvocationOutcome, RequestOutcome, Session, State,
+    ToolChange,
 };
+use futures::FutureExt;
+use tracing::Instrument;
 
+use crate::resume::ResumeTable;
 use crate::runtime::{BoxFuture, Clock, Notify};
+use crate::server::ToolRegistry;
+use crate::tool::{run_handler, RequestHandler, Tool};
 
 /// Handle to one connection's shared state.
 pub(crate) type SharedRef = Arc<Mutex<Shared>>;
@@ -112,36 +113,25 @@ pub(crate) struct Watcher {
 /// Bound on a tool watcher's backlog; older changes are dropped (and `lagged` set).
 const WATCH_BACKLOG: usize = 1024;
 
-/// What a connection's side (client or server) adds to the routing of the core's events:
-/// starting handlers, and resume. Called with the connection locked, from [`Shared::pump`].
-pub(crate) trait Role: Send + Sync + 'static {
-    /// Server: the peer invoked a tool (`Event::Invoked`).
-    fn invoked(&self, s: &mut Shared, inv: Invoke) {
-        let _ = (s, inv);
-    }
-    /// Client: the server sent a REQUEST (`Event::Requested`, SPEC §8).
-    fn requested(&self, s: &mut Shared, req: Request) {
-        let _ = (s, req);
-    }
-    /// The session is open (`Event::Connected`; `s.session` is set).
-    fn connected(&self, s: &mut Shared) {
-        let _ = s;
-    }
-    /// The transport was lost and the session waits to be resumed (`Event::Detached`).
-    fn detached(&self, s: &mut Shared) {
-        let _ = s;
-    }
-    /// The connection closed (`Event::Closed`; `s.closed` is set).
-    fn closed(&self, s: &mut Shared) {
-        let _ = s;
-    }
-    /// Server, on a new connection: its first frame was RESUME (`Event::ResumeRequested`).
-    /// The default refuses it.
-    fn resume_requested(&self, s: &mut Shared, token: &[u8], received: u64) {
-        let _ = (token, received);
-        let now = s.now();
-        s.conn.reject_resume(now);
-    }
+/// Client: starts the reconnect task of a detached session (SPEC §11.2 step 2). Called
+/// with the connection's lock held: it must only spawn.
+pub(crate) type Reconnect = Arc<dyn Fn(SharedRef) + Send + Sync>;
+
+pub(crate) enum Hooks {
+    Client {
+        on_request: Option<Arc<dyn RequestHandler>>,
+        /// Set when resume is on (`ClientBuilder::resume`).
+        reconnect: Option<Reconnect>,
+    },
+    Server {
+        tools: Arc<ToolRegistry>,
+        /// Runs tools the registry does not have (`ServerBuilder::fallback`).
+        fallback: Option<Arc<Tool>>,
+        /// The server's resumable sessions, when resume is on.
+        resume: Option<Arc<ResumeTable>>,
+        /// Where sessions are kept for other processes (SPEC §11.4), if anywhere.
+        store: Option<crate::store::StoreHooks>,
+    },
 }
 
 pub(crate) struct Shared {
@@ -162,7 +152,7 @@ pub(crate) struct Shared {
     pub(crate) state_wakers: Vec<Waker>,
     pub(crate) watchers: HashMap<u64, Watcher>,
     pub(crate) next_watcher: u64,
-    pub(crate) role: Arc<dyn Role>,
+    pub(crate) hooks: Hooks,
     pub(crate) spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
     pub(crate) me: Weak<Mutex<Shared>>,
     pub(crate) span: tracing::Span,
@@ -175,7 +165,7 @@ pub(crate) struct Shared {
     /// its new transport generation. The reader hands the WebSocket over to it.
     pub(crate) handoff: Option<(SharedRef, u64)>,
     /// Server: the token this session is registered under in the resume table.
-    pub(crate) resume_registered: Option<bytes::Bytes>,
+    resume_registered: Option<bytes::Bytes>,
     /// Set by the reader while it handles a message: handlers started meanwhile are
     /// collected in `starts` rather than spawned, and the reader polls each once itself
     /// after releasing the lock (see `driver::start_inline`).
@@ -189,13 +179,19 @@ pub(crate) struct Shared {
     /// Server: queued bytes at which a streaming handler gives way to the writer
     /// (`tool::StreamSend`); `usize::MAX` for never ([`crate::Runtime::yield_to_writer`]).
     pub(crate) yield_at: usize,
+    /// Server with a session store: a snapshot is being stored (`crate::store`).
+    pub(crate) storing: bool,
+    /// `ServerConnection::detach` gave this transport up: its tasks stop without writing
+    /// anything more (no Close either, even if the session closes before they notice), as
+    /// after a transport loss. Reset by the next transport.
+    pub(crate) transport_dropped: bool,
 }
 
 impl Shared {
     pub(crate) fn new(
         conn: Connection,
         clock: Clock,
-        role: Arc<dyn Role>,
+        hooks: Hooks,
         spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
         span: tracing::Span,
     ) -> SharedRef {
@@ -214,7 +210,7 @@ impl Shared {
                 state_wakers: Vec::new(),
                 watchers: HashMap::new(),
                 next_watcher: 0,
-                role,
+                hooks,
                 spawn,
                 me: me.clone(),
                 span,
@@ -226,6 +222,8 @@ impl Shared {
                 session_epoch: 0,
                 deferred: Deferred::default(),
                 yield_at: usize::MAX,
+                storing: false,
+                transport_dropped: false,
             })
         })
     }
@@ -250,6 +248,7 @@ impl Shared {
     /// can never consume its notifications.
     pub(crate) fn new_transport(&mut self) -> u64 {
         self.generation += 1;
+        self.transport_dropped = false;
         // The previous transport's driver may be running: wake it regardless.
         if let Some(w) = self.notify.set() {
             self.deferred.push(w);
@@ -277,6 +276,8 @@ impl Shared {
         while let Some(ev) = self.conn.poll_event() {
             self.dispatch(ev);
         }
+        // SPEC §11.4: output waiting for a stored snapshot.
+        self.maybe_store();
         // Also wake the writer when the core now wants a timeout earlier than the one the
         // writer sleeps until: an INVOKE with `deadline_ms` produces no output, so before
         // this the writer slept on until the next heartbeat (30 s by default) and the
@@ -306,10 +307,10 @@ impl Shared {
                 }
                 self.session_epoch += 1;
                 self.session = Some(*s);
-                self.role.clone().connected(self);
+                self.register_resumable();
                 defer_all(&mut self.deferred, &mut self.state_wakers);
             }
-            Event::Invoked(inv) => self.role.clone().invoked(self, *inv),
+            Event::Invoked(inv) => self.start_handler(*inv),
             Event::Interrupted { id, .. } => self.cancel(id, Cancel::Interrupted),
             Event::Aborted { id, error } => {
                 tracing::debug!(parent: &self.span, id = id.0, code = %error.code, "exchange aborted");
@@ -345,7 +346,7 @@ impl Shared {
                     defer(&mut self.deferred, &mut w.waker);
                 }
             }
-            Event::Requested(req) => self.role.clone().requested(self, *req),
+            Event::Requested(req) => self.start_request_handler(*req),
             Event::Writable { id } => {
                 if let Some(s) = self.served.get_mut(&id.0) {
                     defer(&mut self.deferred, &mut s.writable_waker);
@@ -361,12 +362,18 @@ impl Shared {
             Event::Violation(e) => {
                 tracing::warn!(parent: &self.span, code = %e.code, message = ?e.message, "peer broke a protocol rule");
             }
-            Event::ResumeRequested { token, received } => {
-                self.role.clone().resume_requested(self, &token, received)
-            }
+            Event::ResumeRequested { token, received } => self.resume_requested(&token, received),
             Event::Detached => {
                 tracing::debug!(parent: &self.span, "transport lost, session detached");
-                self.role.clone().detached(self);
+                if let Hooks::Client {
+                    reconnect: Some(reconnect),
+                    ..
+                } = &self.hooks
+                {
+                    if let Some(me) = self.me.upgrade() {
+                        reconnect(me);
+                    }
+                }
                 defer_all(&mut self.deferred, &mut self.state_wakers);
             }
             Event::Resumed => {
@@ -376,7 +383,15 @@ impl Shared {
             Event::Closed(reason) => {
                 tracing::debug!(parent: &self.span, %reason, "connection closed");
                 self.closed = Some(reason);
-                self.role.clone().closed(self);
+                if let (
+                    Some(token),
+                    Hooks::Server {
+                        resume: Some(t), ..
+                    },
+                ) = (self.resume_registered.take(), &self.hooks)
+                {
+                    t.remove(&token, &self.me);
+                }
                 for c in self.calls.values_mut() {
                     defer(&mut self.deferred, &mut c.waker);
                 }
@@ -394,7 +409,86 @@ impl Shared {
         }
     }
 
-    pub(crate) fn cancel(&mut self, id: RequestId, why: Cancel) {
+    /// Server: a resumable session is findable by its token (SPEC §11.2 step 3).
+    pub(crate) fn register_resumable(&mut self) {
+        let Hooks::Server {
+            resume: Some(table),
+            ..
+        } = &self.hooks
+        else {
+            return;
+        };
+        if let Some(token) = self.conn.resume_token().cloned() {
+            table.register(&token, self.me.clone());
+            self.resume_registered = Some(token);
+        }
+    }
+
+    /// Server, on a new connection: its first frame was RESUME. If the token names a live
+    /// session of this server that can continue, that session takes this connection's
+    /// transport over (`handoff`, carried out by the driver); otherwise the resume is
+    /// refused and this connection waits for a HELLO.
+    ///
+    /// Lock order: this (new) connection is locked, and the old one is locked inside. Nobody
+    /// locks them the other way round: this connection is not in the resume table (it never
+    /// had a session), so no other connection's RESUME can reach it, and handles lock one
+    /// connection at a time.
+    fn resume_requested(&mut self, token: &[u8], received: u64) {
+        let table = match &self.hooks {
+            Hooks::Server {
+                resume: Some(t), ..
+            } => Some(t.clone()),
+            _ => None,
+        };
+        let old = table.and_then(|t| t.find(token));
+        // SPEC §11.4: a session this process does not hold may be in the store; the answer
+        // waits for it (this connection stays `Resuming`).
+        if old.is_none() && self.resume_from_store(token, received) {
+            return;
+        }
+        self.take_over(old, received);
+    }
+
+    /// Server: the RESUME on this new connection found `old` (or nothing): the old session
+    /// takes this transport over, or the resume is refused (SPEC §11.2 step 3).
+    pub(crate) fn take_over(&mut self, old: Option<SharedRef>, received: u64) {
+        let accepted = old.and_then(|old| {
+            let mut o = lock(&old);
+            // Each connection has its own clock.
+            let now = o.now();
+            if matches!(o.conn.state(), State::Open | State::Draining) {
+                // The client resumes, so its old transport is gone even if we have not seen
+                // it end yet (its EOF may still be on the way): detach now.
+                o.conn.handle_transport_closed(now);
+            }
+            if o.conn.state() != State::Detached {
+                o.pump();
+                return None;
+            }
+            let r = o.conn.accept_resume(now, received);
+            let gen = r.is_ok().then(|| o.new_transport());
+            o.pump();
+            drop(o);
+            gen.map(|g| (old, g))
+        });
+        match accepted {
+            Some(handoff) => {
+                tracing::debug!(parent: &self.span, "RESUME accepted: moving the transport to its session");
+                self.handoff = Some(handoff);
+                // This connection is done: its tasks stop and its transport moves on.
+                self.new_transport();
+                self.closed = Some(CloseReason::Local);
+                defer_all(&mut self.deferred, &mut self.state_wakers);
+            }
+            None => {
+                tracing::debug!(parent: &self.span, "RESUME refused: unknown or expired session");
+                let now = self.now();
+                self.conn.reject_resume(now);
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: RequestId, why: Cancel) {
         if let Some(s) = self.served.get_mut(&id.0) {
             s.cancel.get_or_insert(why);
             defer(&mut self.deferred, &mut s.cancel_waker);
@@ -402,14 +496,116 @@ impl Shared {
         }
     }
 
-    /// Wakes everything waiting for a change of the connection's state.
-    pub(crate) fn wake_state(&mut self) {
-        defer_all(&mut self.deferred, &mut self.state_wakers);
+    fn start_handler(&mut self, inv: asp_proto::frame::Invoke) {
+        let Hooks::Server {
+            tools, fallback, ..
+        } = &self.hooks
+        else {
+            return;
+        };
+        let Some(tool) = tools.get(inv.tool.as_str()).or_else(|| fallback.clone()) else {
+            // Removed from the registry after the core accepted the INVOKE.
+            let _ = self
+                .conn
+                .fail(inv.id, ErrorCode::UNKNOWN_TOOL, "tool was removed", false);
+            return;
+        };
+        self.served.insert(
+            inv.id.0,
+            Served {
+                started: Some(self.now()),
+                ..Served::default()
+            },
+        );
+        let span =
+            tracing::info_span!(parent: &self.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
+        let fut = run_handler(self.me.clone(), tool, inv);
+        self.start(Box::pin(fut.instrument(span)));
     }
 
-    /// Starts a handler task: spawned, or collected for the driver (`collect_starts`), which
-    /// polls it once itself (`driver::start_inline`).
-    pub(crate) fn start(&mut self, fut: BoxFuture<'static, ()>) {
+    fn start_request_handler(&mut self, req: Request) {
+        let Hooks::Client { on_request, .. } = &self.hooks else {
+            return;
+        };
+        let Some(handler) = on_request.clone() else {
+            let _ = self.conn.reply(req.id, ReplyStatus::Declined, None);
+            return;
+        };
+        self.served.insert(req.id.0, Served::default());
+        let me = self.me.clone();
+        let id = req.id;
+        let epoch = self.session_epoch;
+        let fut = async move {
+            // As for tools (`tool::run_handler`): a handler that panics, in its future or
+            // before returning it, declines, and the panic never reaches whoever polls this.
+            // Called here, when first polled, never under the connection's lock.
+            let call =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.answer(req)));
+            let work = async move {
+                match call {
+                    Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+                    Err(panic) => Err(panic),
+                }
+            };
+            // SPEC §8: the server interrupts a request (always when its invocation ended);
+            // the handler is dropped (a UI withdraws the question) and the request ends with
+            // REPLY(cancelled). Ended by the protocol instead: nothing to send.
+            let ended = {
+                let me = me.clone();
+                futures::future::poll_fn(move |cx| {
+                    let Some(shared) = me.upgrade() else {
+                        return std::task::Poll::Ready(None);
+                    };
+                    let mut s = lock(&shared);
+                    match s.served.get_mut(&id.0) {
+                        None => std::task::Poll::Ready(None),
+                        Some(x) => match x.cancel {
+                            Some(c) => std::task::Poll::Ready(Some(c)),
+                            None => {
+                                x.cancel_waker = Some(cx.waker().clone());
+                                std::task::Poll::Pending
+                            }
+                        },
+                    }
+                })
+            };
+            let answer = match futures::future::select(Box::pin(work), Box::pin(ended)).await {
+                futures::future::Either::Left((answer, _)) => answer.unwrap_or(Reply {
+                    id,
+                    status: ReplyStatus::Declined,
+                    body: None,
+                }),
+                futures::future::Either::Right((Some(Cancel::Interrupted), _)) => Reply {
+                    id,
+                    status: ReplyStatus::Cancelled,
+                    body: None,
+                },
+                // Ended by the protocol (or the connection is gone): the core refuses this
+                // reply as not in flight; only the bookkeeping below matters.
+                futures::future::Either::Right(_) => Reply {
+                    id,
+                    status: ReplyStatus::Declined,
+                    body: None,
+                },
+            };
+            if let Some(shared) = me.upgrade() {
+                let mut s = lock(&shared);
+                if s.session_epoch != epoch {
+                    // The session was replaced meanwhile: the id may now name a request of
+                    // the new session.
+                    return;
+                }
+                s.served.remove(&id.0);
+                // NotInFlight if the server interrupted and we raced: harmless.
+                let _ = s.conn.reply(id, answer.status, answer.body);
+                s.pump();
+            }
+        };
+        self.start(Box::pin(fut));
+    }
+
+    /// Starts a handler task: spawned, or collected for the reader (`collect_starts`).
+    fn start(&mut self, fut: BoxFuture<'static, ()>) {
         if self.collect_starts {
             self.starts.push(fut);
         } else {
@@ -465,37 +661,6 @@ impl Deferred {
             w.wake();
         }
     }
-}
-
-/// Waits for the outcome of an exchange we initiated (client: invocation; server: request),
-/// releasing unread chunks: `take` takes the end from the field of its kind, `lost` makes
-/// one when the exchange is gone.
-pub(crate) async fn wait_outcome<T>(
-    shared: &Mutex<Shared>,
-    id: RequestId,
-    take: impl Fn(&mut Call) -> Option<T>,
-    lost: impl Fn(CloseReason) -> T,
-) -> T {
-    std::future::poll_fn(|cx| {
-        let mut s = lock(shared);
-        let Some(call) = s.calls.get_mut(&id.0) else {
-            return std::task::Poll::Ready(lost(CloseReason::Local));
-        };
-        let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
-        if let Some(o) = take(call) {
-            s.calls.remove(&id.0);
-            s.conn.release(id, unread);
-            s.pump();
-            return std::task::Poll::Ready(o);
-        }
-        call.waker = Some(cx.waker().clone());
-        if unread > 0 {
-            s.conn.release(id, unread);
-            s.pump();
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// Queues `w`'s waker for after the lock is released.

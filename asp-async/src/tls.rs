@@ -83,6 +83,10 @@ pub struct ClientTls {
     server_name: Option<String>,
     rustls: Option<Arc<ClientConfig>>,
     timeout: Option<Duration>,
+    /// The configuration [`build`](ClientTls::build) made, shared by every clone of these
+    /// settings (and reset by each setter), so that all connections made with them draw on
+    /// one TLS session cache.
+    built: Arc<std::sync::OnceLock<Arc<ClientConfig>>>,
 }
 
 impl fmt::Debug for ClientTls {
@@ -114,6 +118,7 @@ impl ClientTls {
     /// Which built-in roots to trust (default [`Roots::Platform`]).
     pub fn roots(mut self, roots: Roots) -> Self {
         self.roots = roots;
+        self.built = Arc::default();
         self
     }
 
@@ -121,6 +126,7 @@ impl ClientTls {
     pub fn ca_pem(mut self, pem: &[u8]) -> Result<Self, TlsError> {
         let certs = certs_from_pem(pem, "CA bundle")?;
         self.cas.extend(certs);
+        self.built = Arc::default();
         Ok(self)
     }
 
@@ -137,6 +143,7 @@ impl ClientTls {
         key: PrivateKeyDer<'static>,
     ) -> Self {
         self.identity = Some((chain, Arc::new(key)));
+        self.built = Arc::default();
         self
     }
 
@@ -172,8 +179,11 @@ impl ClientTls {
         self.server_name.as_deref()
     }
 
-    /// The rustls configuration these settings describe. Built once per client and reused
-    /// on every reconnect, so that its session cache gives TLS session resumption.
+    /// The rustls configuration these settings describe. Built once and shared by every
+    /// clone of these settings: every client given them, and each client's reconnects, draw
+    /// on one session cache, so that a new connection to a server already seen resumes its
+    /// TLS session (no certificate sent, signed or verified). Settings built anew (a
+    /// new `ClientTls`, or a setter called) start with an empty cache.
     pub fn build(&self) -> Result<Arc<ClientConfig>, TlsError> {
         if let Some(c) = &self.rustls {
             return Ok(c.clone());
@@ -188,7 +198,11 @@ impl ClientTls {
             let c = self.build_new()?;
             return Ok(DEFAULT.get_or_init(|| c).clone());
         }
-        self.build_new()
+        if let Some(c) = self.built.get() {
+            return Ok(c.clone());
+        }
+        let c = self.build_new()?;
+        Ok(self.built.get_or_init(|| c).clone())
     }
 
     fn build_new(&self) -> Result<Arc<ClientConfig>, TlsError> {

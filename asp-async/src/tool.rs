@@ -346,7 +346,7 @@ impl ToolContext {
             id
         };
         let outcome =
-            crate::shared::wait_outcome(&shared, id, |c| c.request.take(), RequestOutcome::Lost)
+            crate::client::wait_outcome(&shared, id, |c| c.request.take(), RequestOutcome::Lost)
                 .await;
         match outcome {
             RequestOutcome::Reply(r) => Ok(r),

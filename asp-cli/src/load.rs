@@ -95,9 +95,13 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = o.duration.map(|d| Instant::now() + d);
-    let mut side = Vec::new();
+    // The side loads (slow consumers, storms, floods) run on a thread of their own, with
+    // their own runtime: they stand for other clients, and on the generator's thread their
+    // own work (encoding megabytes of floods) would add to the neighbours' measured latency
+    // what the server never caused.
+    let mut side: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
     for _ in 0..o.slow {
-        side.push(tokio::spawn(slow_consumer(
+        side.push(Box::pin(slow_consumer(
             o.url.clone(),
             o.token.clone(),
             stop.clone(),
@@ -105,7 +109,7 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
         )));
     }
     for _ in 0..o.storm {
-        side.push(tokio::spawn(storm(
+        side.push(Box::pin(storm(
             o.url.clone(),
             o.token.clone(),
             stop.clone(),
@@ -113,13 +117,29 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
         )));
     }
     for _ in 0..o.flood {
-        side.push(tokio::spawn(flood(
+        side.push(Box::pin(flood(
             o.url.clone(),
             o.token.clone(),
             stop.clone(),
             report.clone(),
         )));
     }
+    let side = (!side.is_empty()).then(|| {
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let tasks: Vec<_> = side.into_iter().map(tokio::spawn).collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })
+    });
     let start = Instant::now();
     let conns = futures::stream::iter(0..o.connections)
         .map(|_| connect(o))
@@ -157,8 +177,8 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
         tokio::time::sleep_until(d.into()).await;
     }
     stop.store(true, Ordering::Relaxed);
-    for s in side {
-        let _ = s.await;
+    if let Some(side) = side {
+        let _ = tokio::task::spawn_blocking(move || side.join()).await;
     }
     let mut lost = 0;
     for c in &idle {

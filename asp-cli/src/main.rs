@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bridge;
 mod call;
 mod connect;
 mod floor;
@@ -261,10 +262,21 @@ enum Command {
         rounds: usize,
     },
     /// Bridge MCP and ASP: serve an MCP server's tools over ASP (`from-mcp`), or an ASP
-    /// server's tools to MCP hosts (`to-mcp`). Built with the `bridge` feature.
-    #[cfg(feature = "bridge")]
-    #[command(subcommand)]
-    Bridge(asp_mcp::cli::Bridge),
+    /// server's tools to MCP hosts (`to-mcp`).
+    ///
+    /// Runs the `asp-mcp` binary of the asp-mcp crate (`cargo install --path asp-mcp`) with
+    /// these arguments; `asp bridge --help` shows its help. Looked up as ASP_MCP_BIN names it,
+    /// else next to `asp`, else on PATH.
+    #[command(disable_help_flag = true)]
+    Bridge {
+        /// `from-mcp …` or `to-mcp …` (see `asp bridge --help`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() {
@@ -304,14 +316,7 @@ async fn run(cli: Cli) -> i32 {
     };
     match cli.command {
         Command::Tools { url, watch } => tools(&g, &normalize_url(&url), watch).await,
-        #[cfg(feature = "bridge")]
-        Command::Bridge(b) => match asp_mcp::cli::run(b, g.token.clone()).await {
-            Ok(()) => EXIT_OK,
-            Err(e) => {
-                eprintln!("error: {e}");
-                EXIT_USAGE
-            }
-        },
+        Command::Bridge { args } => bridge::run(g.token.clone(), args),
         Command::Call {
             url,
             tool,

@@ -813,3 +813,50 @@ fn serve_offers_resume_unless_told_not_to() {
         assert_eq!(r.code, Some(0), "{r:?}");
     }
 }
+
+/// `asp bridge ARGS` runs the `asp-mcp` binary with ARGS and the token in ASP_TOKEN: here a
+/// stand-in script (named by ASP_MCP_BIN) that prints what it got and exits with 3.
+#[cfg(unix)]
+#[test]
+fn bridge_runs_asp_mcp_with_the_arguments_and_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let script = tmp_path("fake-asp-mcp.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'args:'; for a in \"$@\"; do printf ' [%s]' \"$a\"; done\n\
+         printf '\\ntoken: %s\\n' \"$ASP_TOKEN\"\nexit 3\n",
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cmd = asp_command(&[
+        "--token",
+        "s3cret",
+        "bridge",
+        "to-mcp",
+        "ws://127.0.0.1:1/v1/agent-socket",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    cmd.env("ASP_MCP_BIN", &script);
+    let run = Live::new(cmd.spawn().expect("spawn asp")).finish();
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "args: [to-mcp] [ws://127.0.0.1:1/v1/agent-socket] [--http] [127.0.0.1:0]\n\
+         token: s3cret\n",
+        "{run:?}"
+    );
+    let _ = std::fs::remove_file(&script);
+}
+
+#[test]
+fn bridge_without_asp_mcp_says_how_to_install_it() {
+    let mut cmd = asp_command(&["bridge", "from-mcp", "--", "python3", "server.py"]);
+    cmd.env("ASP_MCP_BIN", tmp_path("no-such-asp-mcp"));
+    let run = Live::new(cmd.spawn().expect("spawn asp")).finish();
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr.contains("cargo install --path asp-mcp"),
+        "{run:?}"
+    );
+}

@@ -6,10 +6,13 @@
 //! - HTTP: an ASP client → the bridge → the fixture over Streamable HTTP vs the rmcp
 //!   Streamable HTTP client → the same server directly.
 //!
-//! Each row: sequential round trips of `echo` (64-byte text; median latency), and
+//! Each row: sequential round trips of `echo` (64-byte text; p50 and p99 latency), and
 //! throughput with 32 calls in flight over one connection (one ASP socket; one MCP client).
-//! Runs alternate direct and bridged, `--runs` times; the ratios are per run, reported as
-//! median and range.
+//! Both sides speak MCP 2025-11-25 to the server (rmcp's default client lifecycle; the bridge
+//! with `--generation legacy`). Each run opens both paths, interleaves their sequential calls
+//! one by one and alternates their in-flight blocks (so that load from other processes hits
+//! both alike), `--runs` times; the ratios are per run, reported as median and range. Tokio's
+//! multi-thread runtime, the measuring code in a spawned task; release builds.
 //!
 //! `cargo run --release --example bench -- [--runs 5] [--calls 2000]`
 //! (build the binaries first: `cargo build --release --bins`).
@@ -76,29 +79,71 @@ impl Caller for Asp {
     }
 }
 
-/// (median µs per sequential call, calls/s with IN_FLIGHT in flight).
-async fn measure(c: &impl Caller, calls: usize) -> (f64, f64) {
+/// One measurement: sequential round trips (p50, p99 in µs) and calls/s with IN_FLIGHT in
+/// flight.
+struct Sample {
+    p50: f64,
+    p99: f64,
+    rate: f64,
+}
+
+/// Blocks of calls in flight per side and run, alternating between the sides.
+const BLOCKS: usize = 8;
+
+/// Direct and bridged measured together: sequential calls interleave one by one (the order
+/// turning each time), and the throughput runs in `BLOCKS` alternating blocks per side, so
+/// that a burst of load from other processes hits both alike.
+async fn measure(d: &impl Caller, b: &impl Caller, calls: usize) -> (Sample, Sample) {
     for _ in 0..calls / 10 {
-        c.call().await;
+        d.call().await;
+        b.call().await;
     }
-    let mut lat = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        c.call().await;
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    lat.sort_by(f64::total_cmp);
-    let p50 = lat[lat.len() / 2];
-    let t = Instant::now();
-    let per = calls / IN_FLIGHT;
-    futures::future::join_all((0..IN_FLIGHT).map(|_| async {
-        for _ in 0..per {
-            c.call().await;
+    let (mut ld, mut lb) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    for i in 0..calls {
+        for bridged in [i % 2 == 0, i % 2 == 1] {
+            let t = Instant::now();
+            if bridged {
+                b.call().await;
+                lb.push(t.elapsed().as_secs_f64() * 1e6);
+            } else {
+                d.call().await;
+                ld.push(t.elapsed().as_secs_f64() * 1e6);
+            }
         }
-    }))
-    .await;
-    let rate = (per * IN_FLIGHT) as f64 / t.elapsed().as_secs_f64();
-    (p50, rate)
+    }
+    let per = (calls / (IN_FLIGHT * BLOCKS)).max(1);
+    let (mut td, mut tb) = (0.0, 0.0);
+    for block in 0..2 * BLOCKS {
+        let bridged = block % 2 == 1;
+        let t = Instant::now();
+        futures::future::join_all((0..IN_FLIGHT).map(|_| async move {
+            for _ in 0..per {
+                if bridged {
+                    b.call().await;
+                } else {
+                    d.call().await;
+                }
+            }
+        }))
+        .await;
+        let e = t.elapsed().as_secs_f64();
+        if bridged {
+            tb += e;
+        } else {
+            td += e;
+        }
+    }
+    let n = (per * IN_FLIGHT * BLOCKS) as f64;
+    (percentiles(ld, n / td), percentiles(lb, n / tb))
+}
+
+fn percentiles(mut lat: Vec<f64>, rate: f64) -> Sample {
+    lat.sort_by(f64::total_cmp);
+    Sample {
+        p50: lat[lat.len() / 2],
+        p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        rate,
+    }
 }
 
 fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -134,6 +179,11 @@ async fn bridge(args: &[&str]) -> (tokio::process::Child, Asp) {
 
 #[tokio::main]
 async fn main() {
+    // The measuring code runs in a spawned task, as an application's does.
+    tokio::spawn(run()).await.expect("bench task");
+}
+
+async fn run() {
     let mut runs = 5;
     let mut calls = 2000;
     let args: Vec<String> = std::env::args().collect();
@@ -150,52 +200,57 @@ async fn main() {
         url_child(cmd).await
     };
     let fixture = bin("mcp-fixture");
-    // (path, direct µs, bridged µs, direct calls/s, bridged calls/s) per run.
-    #[allow(clippy::type_complexity)]
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = vec![
-        ("stdio", vec![], vec![], vec![], vec![]),
-        ("Streamable HTTP", vec![], vec![], vec![], vec![]),
+    // (path, direct samples, bridged samples), one sample per run.
+    let mut rows: Vec<(&str, Vec<Sample>, Vec<Sample>)> = vec![
+        ("stdio", vec![], vec![]),
+        ("Streamable HTTP", vec![], vec![]),
     ];
     for run in 0..runs {
         for (i, row) in rows.iter_mut().enumerate() {
-            let (direct, bridged) = if i == 0 {
-                let d = mcp_stdio().await;
-                let (d_lat, d_rate) = measure(&d, calls).await;
-                let _ = d.0.cancel().await;
-                let (_child, b) = bridge(&["--", &fixture]).await;
-                let (b_lat, b_rate) = measure(&b, calls).await;
-                ((d_lat, d_rate), (b_lat, b_rate))
+            let args: Vec<&str> = if i == 0 {
+                vec!["--", &fixture]
             } else {
-                let d = mcp_http(&http_url).await;
-                let (d_lat, d_rate) = measure(&d, calls).await;
-                let _ = d.0.cancel().await;
-                let (_child, b) = bridge(&["--url", &http_url]).await;
-                let (b_lat, b_rate) = measure(&b, calls).await;
-                ((d_lat, d_rate), (b_lat, b_rate))
+                vec!["--url", &http_url]
             };
+            let (mut child, bridged) = bridge(&args).await;
+            let direct = if i == 0 {
+                mcp_stdio().await
+            } else {
+                mcp_http(&http_url).await
+            };
+            let (d, b) = measure(&direct, &bridged, calls).await;
+            bridged.0.close().await;
+            let _ = child.kill().await;
+            let _ = direct.0.cancel().await;
             eprintln!(
-                "run {run} {}: direct {:.0} µs {:.0}/s, bridged {:.0} µs {:.0}/s",
-                row.0, direct.0, direct.1, bridged.0, bridged.1
+                "run {run} {}: direct p50 {:.0} µs p99 {:.0} µs {:.0}/s, bridged p50 {:.0} µs p99 {:.0} µs {:.0}/s",
+                row.0, d.p50, d.p99, d.rate, b.p50, b.p99, b.rate
             );
-            row.1.push(direct.0);
-            row.2.push(bridged.0);
-            row.3.push(direct.1);
-            row.4.push(bridged.1);
+            row.1.push(d);
+            row.2.push(b);
         }
     }
-    println!("| path | direct MCP p50 | bridged p50 | bridged / direct latency | direct MCP calls/s ({IN_FLIGHT} in flight) | bridged calls/s | bridged / direct throughput |");
-    println!("|---|---|---|---|---|---|---|");
-    for (name, dl, bl, dr, br) in rows {
-        let lat_ratio: Vec<f64> = bl.iter().zip(&dl).map(|(b, d)| b / d).collect();
-        let rate_ratio: Vec<f64> = br.iter().zip(&dr).map(|(b, d)| b / d).collect();
-        let (dl, _, _) = median_range(dl);
-        let (bl, _, _) = median_range(bl);
-        let (dr, _, _) = median_range(dr);
-        let (br, _, _) = median_range(br);
-        let (lr, lr0, lr1) = median_range(lat_ratio);
-        let (rr, rr0, rr1) = median_range(rate_ratio);
+    println!("{runs} runs, each {calls} sequential calls per side (interleaved) and about {calls} calls per side with {IN_FLIGHT} in flight (alternating blocks); per-run ratios, median (range)");
+    println!();
+    println!("| path | direct MCP p50 / p99 | bridged p50 / p99 | bridged / direct p50 | bridged / direct p99 | direct calls/s ({IN_FLIGHT} in flight) | bridged calls/s | bridged / direct calls/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, d, b) in rows {
+        let ratio = |f: fn(&Sample) -> f64| -> (f64, f64, f64) {
+            median_range(d.iter().zip(&b).map(|(d, b)| f(b) / f(d)).collect())
+        };
+        let m = |v: &[Sample], f: fn(&Sample) -> f64| median_range(v.iter().map(f).collect()).0;
+        let (p50, p99, rate) = (ratio(|s| s.p50), ratio(|s| s.p99), ratio(|s| s.rate));
         println!(
-            "| {name} | {dl:.0} µs | {bl:.0} µs | {lr:.2}× ({lr0:.2}–{lr1:.2}) | {dr:.0} | {br:.0} | {rr:.2}× ({rr0:.2}–{rr1:.2}) |"
+            "| {name} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.2}× ({:.2}–{:.2}) | {:.2}× ({:.2}–{:.2}) | {:.0} | {:.0} | {:.2}× ({:.2}–{:.2}) |",
+            m(&d, |s| s.p50),
+            m(&d, |s| s.p99),
+            m(&b, |s| s.p50),
+            m(&b, |s| s.p99),
+            p50.0, p50.1, p50.2,
+            p99.0, p99.1, p99.2,
+            m(&d, |s| s.rate),
+            m(&b, |s| s.rate),
+            rate.0, rate.1, rate.2,
         );
     }
 }

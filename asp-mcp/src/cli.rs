@@ -1,4 +1,4 @@
-//! The command line of the bridge, shared by the `asp-mcp` binary and `asp bridge`.
+//! The command line of the bridge: the `asp-mcp` binary (which `asp bridge …` runs).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -116,6 +116,13 @@ pub struct Config {
     /// connection with `ERROR(OVERLOADED)`, since the application stopped polling.
     /// Default 8192.
     pub max_pending_events: usize,
+    /// Bound on the argument bytes of the exchanges the peer opened that are still running
+    /// (a server's invocations, a client's server requests; SPEC §13.1): an INVOKE or
+    /// REQUEST whose `args`/`body` would take the total past it is refused with
+    /// `ERROR(TOO_MANY_INFLIGHT)`, unless nothing is running (so one frame up to
+    /// `max_frame_payload` is always accepted). Arguments count from the opening frame to
+    /// the terminal one, whether or not the handler still holds them. Default 4 MiB.
+    pub max_args_in_flight: usize,
     /// Offer session resume (SPEC §11). Default false.
     pub resume: bool,
     /// Bytes of sent frames kept for replay on resume. Default 256 KiB.
@@ -150,6 +157,7 @@ impl Default for Config {
             max_buffered: 4 << 20,
             max_queued_per_invocation: 256 << 10,
             max_pending_events: 8192,
+            max_args_in_flight: 4 << 20,
             resume: false,
             replay_buffer: 256 << 10,
             resume_window: Duration::from_secs(30),

@@ -24,7 +24,9 @@ use crate::replay::Replay;
 use crate::time::Instant;
 
 mod batch;
+mod snapshot;
 pub use batch::{BatchError, Command};
+pub use snapshot::{Snapshot, SnapshotError};
 
 /// Which end of the connection this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +174,11 @@ const MAX_TRANSMIT: usize = 64 << 10;
 /// chunk within the peer's `max_frame_payload`.
 const STREAM_OVERHEAD: usize = 24;
 
+/// An opening frame whose fields are this much smaller than the input they were decoded
+/// from gets its own copy of them (SPEC §13.1: a running exchange holds what is counted
+/// for it, not the rest of a large message). Coalesced small frames stay shared.
+const UNSHARE_SLACK: usize = 1024;
+
 /// A Sans-IO ASP connection, client or server.
 ///
 /// # Driving it
@@ -318,13 +325,22 @@ pub struct Connection {
     exchanges: BTreeMap<u16, Exchange>,
     invocations: usize,
     requests: usize,
+    /// Bytes of the opening frames (tool or kind, `args` or `body`, `meta`) of the running
+    /// exchanges the peer opened: what their handlers may still hold (SPEC §13.1,
+    /// `Config::max_args_in_flight`).
+    args_in_flight: usize,
+    /// Length of the input the frames being decoded come from (the WebSocket message, the
+    /// byte-stream chunk): an opening frame's fields are slices of it.
+    input_len: usize,
     /// Exchanges in flight with a deadline (SPEC §7.4): `poll_timeout` runs on every pump
     /// of every adapter, so it skips the scan when there are none (the common case).
     with_deadline: usize,
     next_id: u16,
 
-    /// Server: the registry; client: the mirror (SPEC §9).
-    tools: BTreeMap<Text, ToolDef>,
+    /// Server: the registry; client: the mirror (SPEC §9). Boxed: a B-tree leaf has room
+    /// for 11 entries whatever the count, and every connection of a server holds the same
+    /// few definitions, so a pointer per slot keeps an idle connection small.
+    tools: BTreeMap<Text, Box<ToolDef>>,
     /// Server: registry entries the client never received (cut from the initial set by its
     /// `max_tools` or `max_frame_payload`); later updates and removals of them send nothing.
     unannounced: std::collections::BTreeSet<Text>,
@@ -358,6 +374,9 @@ pub struct Connection {
     peer_resume_window: Option<Duration>,
     /// Input bytes since we last told the peer our `received` count.
     unacked_in: usize,
+    /// Server holding output until a snapshot covers it (SPEC §11.4): the mark of the last
+    /// stored snapshot; `None` when not holding.
+    persisted: Option<u64>,
 }
 
 impl Connection {
@@ -388,6 +407,8 @@ impl Connection {
             exchanges: BTreeMap::new(),
             invocations: 0,
             requests: 0,
+            args_in_flight: 0,
+            input_len: 0,
             with_deadline: 0,
             next_id: 0,
             tools: BTreeMap::new(),
@@ -408,6 +429,7 @@ impl Connection {
             peer_replay_buffer: DEFAULT_REPLAY_BUFFER,
             peer_resume_window: None,
             unacked_in: 0,
+            persisted: None,
             config,
         }
     }
@@ -497,7 +519,7 @@ impl Connection {
 
     /// Client: the current tool set; server: the registry.
     pub fn tools(&self) -> impl Iterator<Item = &ToolDef> {
-        self.tools.values()
+        self.tools.values().map(|d| &**d)
     }
 
     /// Number of exchanges in flight (invocations and requests).
@@ -536,7 +558,7 @@ impl Connection {
                 .records()
                 .next()
                 .is_some_and(|q| q.ty == FrameType::Resume),
-            _ => !self.out.is_empty(),
+            _ => self.out.frames() > self.held(),
         }
     }
 
@@ -575,6 +597,7 @@ impl Connection {
             return;
         }
         let mark = self.input_mark();
+        self.input_len = msg.len();
         self.unacked_in = self.unacked_in.saturating_add(msg.len());
         if msg.is_empty() {
             self.fatal(ErrorCode::FRAMING_ERROR, "empty WebSocket message".into());
@@ -621,6 +644,7 @@ impl Connection {
             return;
         }
         let mark = self.input_mark();
+        self.input_len = data.len();
         self.unacked_in = self.unacked_in.saturating_add(data.len());
         self.decoder.feed(data);
         while let Some(r) = self.decoder.next_frame() {
@@ -780,9 +804,11 @@ impl Connection {
         }
         // Pick whole frames up to about MAX_TRANSMIT bytes.
         let resuming_client = self.state == State::Resuming && self.role == Role::Client;
+        // SPEC §11.4: frames a stored snapshot does not cover yet stay queued.
+        let sendable = self.out.frames() - self.held();
         let (mut n, mut total) = (0, 0usize);
         for q in self.out.records() {
-            if total >= MAX_TRANSMIT {
+            if total >= MAX_TRANSMIT || n >= sendable {
                 break;
             }
             // While resuming, only RESUME itself may go out (SPEC §11.2).
@@ -1192,7 +1218,7 @@ impl Connection {
         let frame = Frame::ToolDef(ToolDef { op, ..def.clone() });
         self.check_frame_size(&frame)?;
         self.unannounced.remove(&def.name);
-        self.tools.insert(def.name.clone(), def);
+        self.tools.insert(def.name.clone(), Box::new(def));
         if self.session.is_some() {
             let before = self.out.len();
             self.queue(frame);
@@ -1798,7 +1824,7 @@ impl Connection {
         for d in self.tools.values() {
             let frame = Frame::ToolDef(ToolDef {
                 op: ToolOp::Add,
-                ..d.clone()
+                ..(**d).clone()
             });
             let fits = encoded_len(&frame) - HEADER_LEN <= max_payload;
             if fits && initial_set.len() < usize::from(self.peer_limits.max_tools) {
@@ -1960,7 +1986,7 @@ impl Connection {
         }
     }
 
-    fn on_invoke(&mut self, i: Invoke, over_rate: bool) {
+    fn on_invoke(&mut self, mut i: Invoke, over_rate: bool) {
         // SPEC §6.2 step 3, §7.2: a tool cut from the initial set is unknown to the client,
         // so it is unknown here too until an `add` announces it.
         let unknown_tool = self.config.check_tools
@@ -1971,14 +1997,23 @@ impl Connection {
                 format!("no tool named {:?}", i.tool.as_str()),
             )
         });
-        if !self.admit(i.id, Kind::Invocation, over_rate, None, last) {
+        let held = i.tool.len() + raw_len(&i.args) + raw_len(&i.meta);
+        if !self.admit(i.id, Kind::Invocation, over_rate, held, None, last) {
             return;
+        }
+        if self.input_len > held + UNSHARE_SLACK {
+            // SPEC §13.1: what the handler holds is counted by its own size, so it must not
+            // pin the rest of a larger message.
+            i.tool = Text::from_checked(Bytes::copy_from_slice(i.tool.as_bytes()));
+            i.args = i.args.as_ref().map(unshare);
+            i.meta = i.meta.as_ref().map(unshare);
         }
         let id = i.id;
         let mut e = Exchange::new(Kind::Invocation, self.peer_limits.initial_window);
         if i.deadline_ms > 0 {
             e.deadline = Some(self.now + Duration::from_millis(u64::from(i.deadline_ms)));
         }
+        e.held = held;
         self.insert(id, e);
         self.emit(Event::Invoked(Box::new(i)));
     }
@@ -2041,11 +2076,11 @@ impl Connection {
         } else {
             let change = match t.op {
                 ToolOp::Add => {
-                    self.tools.insert(t.name.clone(), t.clone());
+                    self.tools.insert(t.name.clone(), Box::new(t.clone()));
                     ToolChange::Added(t)
                 }
                 ToolOp::Update => {
-                    self.tools.insert(t.name.clone(), t.clone());
+                    self.tools.insert(t.name.clone(), Box::new(t.clone()));
                     ToolChange::Updated(t)
                 }
                 ToolOp::Remove => {
@@ -2121,18 +2156,25 @@ impl Connection {
         self.queue_client_hello();
     }
 
-    fn on_request(&mut self, r: Request, over_rate: bool) {
+    fn on_request(&mut self, mut r: Request, over_rate: bool) {
         let first = (!self.config.accept_requests).then(|| {
             (
                 ErrorCode::UNSUPPORTED,
                 "client does not accept requests".to_string(),
             )
         });
-        if !self.admit(r.id, Kind::Request, over_rate, first, None) {
+        let held = r.kind.len() + raw_len(&r.body);
+        if !self.admit(r.id, Kind::Request, over_rate, held, first, None) {
             return;
         }
+        if self.input_len > held + UNSHARE_SLACK {
+            r.kind = Text::from_checked(Bytes::copy_from_slice(r.kind.as_bytes()));
+            r.body = r.body.as_ref().map(unshare);
+        }
         let id = r.id;
-        self.insert(id, Exchange::new(Kind::Request, 0));
+        let mut e = Exchange::new(Kind::Request, 0);
+        e.held = held;
+        self.insert(id, e);
         self.emit(Event::Requested(Box::new(r)));
     }
 
@@ -2140,12 +2182,15 @@ impl Connection {
 
     /// SPEC §7.2 (and §8 for requests): whether to run an opening frame, checked in order:
     /// `first` (a kind-specific refusal that comes first), DRAINING, DUPLICATE_ID,
-    /// TOO_MANY_INFLIGHT, RATE_LIMITED, then `last`. A refusal sends the terminal ERROR.
+    /// TOO_MANY_INFLIGHT (`max_inflight`, or the frame's `held` bytes beyond
+    /// `max_args_in_flight`, SPEC §13.1), RATE_LIMITED, then `last`. A refusal sends the
+    /// terminal ERROR.
     fn admit(
         &mut self,
         id: RequestId,
         kind: Kind,
         over_rate: bool,
+        held: usize,
         first: Option<(ErrorCode, String)>,
         last: Option<(ErrorCode, String)>,
     ) -> bool {
@@ -2172,12 +2217,25 @@ impl Connection {
             Kind::Request => self.requests,
         };
         let max = self.config.limits.max_inflight;
+        // SPEC §13.1: the running exchanges' opening frames are held for their handlers; an
+        // empty connection always takes one (a frame is bounded by `max_frame_payload`).
+        let max_held = self.config.max_args_in_flight;
         let refuse = first
             .or_else(|| {
                 (in_flight >= usize::from(max)).then(|| {
                     (
                         ErrorCode::TOO_MANY_INFLIGHT,
                         format!("max_inflight is {max}"),
+                    )
+                })
+            })
+            .or_else(|| {
+                (self.args_in_flight > 0 && self.args_in_flight + held > max_held).then(|| {
+                    (
+                        ErrorCode::TOO_MANY_INFLIGHT,
+                        format!(
+                            "the arguments of the exchanges in flight would pass {max_held} bytes"
+                        ),
                     )
                 })
             })
@@ -2328,6 +2386,7 @@ impl Connection {
             Kind::Request => self.requests += 1,
         }
         self.with_deadline += usize::from(e.deadline.is_some());
+        self.args_in_flight += e.held;
         if let Some(old) = self.exchanges.insert(id.0, e) {
             // Keeps the counts exact should an id in flight ever be inserted again.
             match old.kind {
@@ -2335,6 +2394,7 @@ impl Connection {
                 Kind::Request => self.requests -= 1,
             }
             self.with_deadline -= usize::from(old.deadline.is_some());
+            self.args_in_flight -= old.held;
         }
     }
 
@@ -2345,6 +2405,7 @@ impl Connection {
                 Kind::Request => self.requests -= 1,
             }
             self.with_deadline -= usize::from(e.deadline.is_some());
+            self.args_in_flight -= e.held;
             if e.kind == Kind::Invocation && self.requests > 0 && self.state != State::Closed {
                 self.interrupt_requests_of(id);
             }
@@ -2512,6 +2573,16 @@ impl Connection {
 }
 
 /// SPEC §11.1: every frame but HELLO, RESUME, PING and PONG is counted.
+/// Encoded length of an optional MessagePack value.
+fn raw_len(v: &Option<RawValue>) -> usize {
+    v.as_ref().map_or(0, |v| v.as_bytes().len())
+}
+
+/// The value in an allocation of its own.
+fn unshare(v: &RawValue) -> RawValue {
+    RawValue::from_checked(Bytes::copy_from_slice(v.as_bytes()))
+}
+
 fn counted(raw_type: u8) -> bool {
     !matches!(
         FrameType::from_nibble(raw_type),

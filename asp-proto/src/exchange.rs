@@ -57,6 +57,9 @@ pub(crate) struct Exchange {
     /// Client: an INTERRUPT asked for before the server's HELLO (a pipelined invocation),
     /// with its reason; sent once the session is open and the server's limits are known.
     pub(crate) deferred_interrupt: Option<Option<crate::frame::Text>>,
+    /// Exchanges the peer opened: bytes of the opening frame's fields their handler may
+    /// hold until the exchange ends (SPEC §13.1, `Config::max_args_in_flight`).
+    pub(crate) held: usize,
 }
 
 impl Exchange {
@@ -73,6 +76,7 @@ impl Exchange {
             deadline: None,
             parent: 0,
             deferred_interrupt: None,
+            held: 0,
         }
     }
 

@@ -21,7 +21,7 @@
 //! | [`frame`] | one type per frame ([`Frame`], [`RequestId`], [`Text`], [`RawValue`], …) |
 //! | [`codec`] | frames ↔ bytes: [`codec::encode`], [`codec::decode_frame`] (message mode), [`Decoder`] (byte stream) |
 //! | [`error`] | wire error codes ([`ErrorCode`], [`ErrorScope`]) and decode errors ([`DecodeError`], [`DecodeErrorKind`]) |
-//! | `fuzzing` (feature `arbitrary`) | `arbitrary::Arbitrary` for frames and the bodies of the `fuzz/` targets |
+//! | (feature `arbitrary`) | `arbitrary::Arbitrary` for every frame type, for structured fuzzing |
 //!
 //! The relay binding (SPEC §15) is not here: it lives in the `asp-relay` crate.
 #![forbid(unsafe_code)]
@@ -37,6 +37,8 @@
     )
 )]
 
+#[cfg(feature = "arbitrary")]
+mod arbitrary;
 pub mod codec;
 mod config;
 mod conn;
@@ -44,7 +46,8 @@ pub mod error;
 mod event;
 mod exchange;
 pub mod frame;
-#[cfg(feature = "arbitrary")]
+#[cfg(all(fuzzing, feature = "arbitrary"))]
+#[doc(hidden)]
 pub mod fuzzing;
 mod msgpack;
 mod outbox;
@@ -56,7 +59,8 @@ pub use bytes::Bytes;
 pub use codec::Decoder;
 pub use config::{Config, HeartbeatMode, Limits};
 pub use conn::{
-    BatchError, Command, Connection, InvokeOptions, Role, ServerParams, State, StreamOptions,
+    BatchError, Command, Connection, InvokeOptions, Role, ServerParams, Snapshot, SnapshotError,
+    State, StreamOptions,
 };
 pub use error::{CloseReason, DecodeError, DecodeErrorKind, ErrorCode, ErrorScope, SendError};
 pub use event::{Event, InvocationOutcome, RequestOutcome, Session, ToolChange};

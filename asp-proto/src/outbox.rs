@@ -25,6 +25,9 @@ pub(crate) struct Queued {
 pub(crate) struct Outbox {
     bytes: BytesMut,
     frames: VecDeque<Queued>,
+    /// Frames ever appended at the back (`push`, `push_stream`): the position a session
+    /// snapshot covers (SPEC §11.4). Frames put in front are replays and answers, never held.
+    pushed: u64,
 }
 
 impl Outbox {
@@ -33,15 +36,12 @@ impl Outbox {
         self.bytes.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// Appends a frame; returns its encoded size.
     pub(crate) fn push(&mut self, frame: &Frame) -> usize {
         let start = self.bytes.len();
         codec::encode(frame, &mut self.bytes);
         let len = self.bytes.len() - start;
+        self.pushed += 1;
         let data = match frame {
             Frame::Stream(s) => s.data.len() as u32,
             _ => 0,
@@ -68,6 +68,7 @@ impl Outbox {
         let start = self.bytes.len();
         codec::encode_stream(&mut self.bytes, id, data, text, seq, fin);
         let len = self.bytes.len() - start;
+        self.pushed += 1;
         self.frames.push_back(Queued {
             len: len as u32,
             ty: FrameType::Stream,
@@ -103,6 +104,27 @@ impl Outbox {
         self.push_front_encoded(vec![(b.freeze(), frame.frame_type())]);
     }
 
+    /// Frames ever appended at the back.
+    pub(crate) fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Frames queued.
+    pub(crate) fn frames(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The queued frames' bytes and types, oldest first.
+    pub(crate) fn encoded(&self) -> impl Iterator<Item = (&[u8], FrameType)> {
+        let mut at = 0usize;
+        self.frames.iter().map(move |q| {
+            let end = at + q.len as usize;
+            let b = self.bytes.get(at..end).unwrap_or_default();
+            at = end;
+            (b, q.ty)
+        })
+    }
+
     /// The records of the queued frames, oldest first.
     pub(crate) fn records(&self) -> impl Iterator<Item = &Queued> {
         self.frames.iter()
@@ -114,7 +136,16 @@ impl Outbox {
         n: usize,
         len: usize,
     ) -> (BytesMut, std::collections::vec_deque::Drain<'_, Queued>) {
-        (self.bytes.split_to(len), self.frames.drain(..n))
+        // Everything at once (the usual case): hand the buffer over whole rather than
+        // split it. A split shares the allocation, and the empty remainder would keep it
+        // alive while the connection idles (SPEC §13.1, README: memory per idle
+        // connection); a whole hand-over also skips the split's shared-buffer bookkeeping.
+        let bytes = if len == self.bytes.len() {
+            std::mem::take(&mut self.bytes)
+        } else {
+            self.bytes.split_to(len)
+        };
+        (bytes, self.frames.drain(..n))
     }
 
     /// Drops every queued frame of type `ty` (rare: a stale RESUME after a transport loss).

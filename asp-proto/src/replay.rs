@@ -28,6 +28,22 @@ impl Replay {
         }
     }
 
+    /// The frames held, oldest first (for a session snapshot, SPEC §11.4).
+    pub(crate) fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter().map(|(b, _)| b)
+    }
+
+    /// Replaces the contents with `frames`, the first of which is sent-count index `first`
+    /// (a restored snapshot, SPEC §11.4); the bound applies as to frames sent.
+    pub(crate) fn restore(&mut self, first: u64, frames: Vec<(Bytes, FrameType)>) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.first = first;
+        for (b, ty) in frames {
+            self.push(b, ty);
+        }
+    }
+
     /// Encoded bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes

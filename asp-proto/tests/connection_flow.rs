@@ -807,8 +807,7 @@ fn silent_peer_is_closed_after_three_intervals() {
     p.run_for(Duration::from_millis(2_999));
     assert!(p.events(Side::Client).is_empty());
     // Two PINGs went out, at H and 2H.
-    let pings: Vec<Instant> = p.links[0]
-        .wire
+    let pings: Vec<Instant> = p.wires[0]
         .iter()
         .filter(|(_, f)| *f == Frame::PING)
         .map(|(t, _)| *t)
@@ -1056,6 +1055,124 @@ fn an_application_that_stops_polling_events_is_closed() {
     // SPEC §13.1: not a silent cut — the peer is told why.
     let errs = errors_on_wire(&p.wire(Side::Server));
     assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
+}
+
+fn invoke_with_args(id: u16, args_len: usize) -> Frame {
+    let Frame::Invoke(mut i) = invoke_frame(id, "t") else {
+        unreachable!()
+    };
+    i.args = Some(RawValue::string(&"a".repeat(args_len)));
+    Frame::Invoke(i)
+}
+
+/// SPEC §13.1: the arguments of running invocations count against
+/// `max_args_in_flight`; an INVOKE that would pass it is refused with
+/// TOO_MANY_INFLIGHT (the connection goes on), and room returns as invocations end.
+#[test]
+fn arguments_of_running_invocations_are_bounded() {
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_args_in_flight = 10_000;
+        config.check_tools = false;
+        config
+    });
+    // Each INVOKE holds 1 ("t") + 3 003 (a 3 000-byte string) bytes: three fit, the
+    // fourth would pass the bound.
+    let mut msg = Vec::new();
+    for id in 1..=4u16 {
+        msg.extend_from_slice(&encode(&invoke_with_args(id, 3000)));
+    }
+    let now = p.now;
+    p.server.handle_message(now, Bytes::from(msg));
+    p.drain(Side::Server);
+    let invoked: Vec<u16> = p
+        .take_events(Side::Server)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Invoked(i) => Some(i.id.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(invoked, [1, 2, 3]);
+    assert_eq!(
+        errors_on_wire(&p.wire(Side::Server)),
+        [(RequestId(4), ErrorCode::TOO_MANY_INFLIGHT)]
+    );
+    assert_eq!(p.server.state(), State::Open);
+    // One ends: room for another.
+    p.server
+        .complete(RequestId(1), Status::Ok, None, Metrics::default())
+        .unwrap();
+    let now = p.now;
+    p.server
+        .handle_message(now, encode(&invoke_with_args(4, 3000)));
+    p.drain(Side::Server);
+    assert!(p
+        .take_events(Side::Server)
+        .iter()
+        .any(|e| matches!(e, Event::Invoked(i) if i.id.0 == 4)));
+    assert_eq!(errors_on_wire(&p.wire(Side::Server)).len(), 1);
+}
+
+/// SPEC §13.1: one opening frame is always taken by a connection with nothing running,
+/// whatever its size (it is bounded by `max_frame_payload`).
+#[test]
+fn one_invocation_is_taken_whatever_its_arguments() {
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.max_args_in_flight = 100;
+        config.check_tools = false;
+        config
+    });
+    let now = p.now;
+    p.server
+        .handle_message(now, encode(&invoke_with_args(1, 5000)));
+    p.server
+        .handle_message(now, encode(&invoke_with_args(2, 10)));
+    p.drain(Side::Server);
+    assert!(p
+        .events(Side::Server)
+        .iter()
+        .any(|e| matches!(e, Event::Invoked(i) if i.id.0 == 1)));
+    assert_eq!(
+        errors_on_wire(&p.wire(Side::Server)),
+        [(RequestId(2), ErrorCode::TOO_MANY_INFLIGHT)]
+    );
+}
+
+/// SPEC §13.1: a small INVOKE decoded from a large message gets its own copy of its
+/// fields, so its handler holds what is counted for it, not the whole message.
+#[test]
+fn a_running_invocation_does_not_pin_its_whole_message() {
+    let mut p = Pair::connected(quiet_config(), {
+        let mut config = quiet_config();
+        config.check_tools = false;
+        config
+    });
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&encode(&invoke_with_args(1, 20)));
+    msg.extend_from_slice(&encode(&invoke_with_args(2, 60_000)));
+    let msg = Bytes::from(msg);
+    let range = msg.as_ptr() as usize..msg.as_ptr() as usize + msg.len();
+    let now = p.now;
+    p.server.handle_message(now, msg);
+    p.drain(Side::Server);
+    let mut args = Vec::new();
+    for e in p.take_events(Side::Server) {
+        if let Event::Invoked(i) = e {
+            args.push((i.id.0, i.args.expect("args").into_bytes()));
+        }
+    }
+    assert_eq!(args.len(), 2);
+    let inside = |b: &Bytes| range.contains(&(b.as_ptr() as usize));
+    assert!(
+        !inside(&args[0].1),
+        "the small INVOKE's args still point into the message"
+    );
+    assert!(
+        inside(&args[1].1),
+        "the large INVOKE's args were copied for nothing"
+    );
 }
 
 #[test]

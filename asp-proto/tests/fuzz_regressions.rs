@@ -1,14 +1,16 @@
 //! Replays the fuzz seeds through the same harness bodies `cargo fuzz` runs
-//! (`asp_proto::fuzzing`), on plain stable, with no fuzzing tools:
+//! (`asp_proto::fuzzing`, compiled only under `cfg(fuzzing)`), on plain stable, with no
+//! fuzzing tools (a target directory of its own keeps the main one's build):
 //!
 //! ```sh
-//! cargo test -p asp-proto --features arbitrary --test fuzz_regressions
+//! RUSTFLAGS="--cfg fuzzing" CARGO_TARGET_DIR=target/fuzzing \
+//!     cargo test -p asp-proto --features arbitrary --test fuzz_regressions
 //! ```
 //!
 //! `fuzz/seeds/<target>/` holds the seeds made from the conformance vectors
 //! (`fuzz/gen_seeds.py`) and one `regress-*.bin` per crash the fuzzers found. Each crash also
 //! has a named test below, so a failure names the bug.
-#![cfg(feature = "arbitrary")]
+#![cfg(all(fuzzing, feature = "arbitrary"))]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;

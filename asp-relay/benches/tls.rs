@@ -5,7 +5,9 @@
 //! `POST /invoke` with a short text body. Direct: a pooled hyper-rustls client POSTs the
 //! same JSON body the relay sends. Relay: an ASP client on a plain `ws://` edge (so that only
 //! the upstream side is TLS) invokes a tool, the relay POSTs over its pooled HTTPS client.
-//! Rounds alternate the two; median and range of the per-round ratio and difference.
+//! Calls interleave the two one by one; per round the median (p50) and mean latency of each,
+//! then the median and range over rounds of the per-round ratio, and the median difference.
+//! Tokio multi-thread runtime (2 workers), the measuring code in a spawned task, release.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -77,79 +79,101 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
-        let ca = Ca::new("bench CA");
-        let upstream = https_function(&ca).await;
-        let mut c = RelayConfig::new(upstream.parse().expect("url"));
-        c.upstream_tls = ca.client_tls();
-        c.format = asp_relay::BodyFormat::Json;
-        let relay = Relay::start(c).await.expect("relay");
-        let client = asp_tokio::connect(&relay.url()).await.expect("connect");
+    // The measuring code runs in a spawned task, as an application's does.
+    rt.block_on(async { tokio::spawn(run(rounds, calls)).await.expect("bench task") });
+}
 
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*ca.client_tls().build().expect("TLS")).clone())
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let direct: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
-        let body = Bytes::from_static(
-            br#"{"connection_id":"c1","request_id":1,"tool":"ping","args":"x"}"#,
-        );
-        let uri: hyper::Uri = format!("{upstream}/invoke").parse().expect("uri");
-        let call_direct = || {
-            let req = Request::post(uri.clone())
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()))
-                .expect("request");
-            let direct = direct.clone();
-            async move {
-                let resp = direct.request(req).await.expect("direct call");
-                let _ = resp.into_body().collect().await.expect("body");
-            }
-        };
-        let call_relay = || async {
-            client
-                .invoke("ping", "x")
-                .expect("invoke")
-                .completion()
-                .await
-                .expect("relay call");
-        };
-        for _ in 0..200 {
-            call_direct().await;
-            call_relay().await;
+async fn run(rounds: usize, calls: usize) {
+    let ca = Ca::new("bench CA");
+    let upstream = https_function(&ca).await;
+    let mut c = RelayConfig::new(upstream.parse().expect("url"));
+    c.upstream_tls = ca.client_tls();
+    c.format = asp_relay::BodyFormat::Json;
+    let relay = Relay::start(c).await.expect("relay");
+    let client = asp_tokio::connect(&relay.url()).await.expect("connect");
+
+    // Built as the relay builds its upstream client (TCP_NODELAY: without it Nagle's
+    // algorithm and delayed ACKs hold HTTP/2's small frames for tens of milliseconds).
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*ca.client_tls().build().expect("TLS")).clone())
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let direct: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let body =
+        Bytes::from_static(br#"{"connection_id":"c1","request_id":1,"tool":"ping","args":"x"}"#);
+    let uri: hyper::Uri = format!("{upstream}/invoke").parse().expect("uri");
+    let call_direct = || {
+        let req = Request::post(uri.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))
+            .expect("request");
+        let direct = direct.clone();
+        async move {
+            let resp = direct.request(req).await.expect("direct call");
+            let _ = resp.into_body().collect().await.expect("body");
         }
-        let (mut r, mut d) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let t = Instant::now();
-            for _ in 0..calls {
-                call_relay().await;
+    };
+    let call_relay = || async {
+        client
+            .invoke("ping", "x")
+            .expect("invoke")
+            .completion()
+            .await
+            .expect("relay call");
+    };
+    for _ in 0..200 {
+        call_direct().await;
+        call_relay().await;
+    }
+    // Calls interleave one by one, the order turning each time, so that a burst of load
+    // from other processes hits both alike; per round the median (p50) and the mean.
+    let (mut r50, mut d50, mut rmean, mut dmean) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (mut r, mut d) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+        for i in 0..calls {
+            for relay_turn in [i % 2 == 0, i % 2 == 1] {
+                let t = Instant::now();
+                if relay_turn {
+                    call_relay().await;
+                    r.push(t.elapsed().as_secs_f64() * 1e6);
+                } else {
+                    call_direct().await;
+                    d.push(t.elapsed().as_secs_f64() * 1e6);
+                }
             }
-            r.push(t.elapsed().as_secs_f64() * 1e6 / calls as f64);
-            let t = Instant::now();
-            for _ in 0..calls {
-                call_direct().await;
-            }
-            d.push(t.elapsed().as_secs_f64() * 1e6 / calls as f64);
         }
-        let ratios: Vec<f64> = r.iter().zip(&d).map(|(a, b)| a / b).collect();
-        let diffs: Vec<f64> = r.iter().zip(&d).map(|(a, b)| a - b).collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
-        println!("relay over HTTPS: {rounds} rounds of {calls} calls");
-        println!(
-            "relay hop, HTTPS upstream (per call)  relay {:.1} us  direct HTTPS {:.1} us  added {:.1} us  ratio median {:.2}x range {:.2}-{:.2}x",
-            med(&r),
-            med(&d),
+        r50.push(med(&r));
+        d50.push(med(&d));
+        rmean.push(r.iter().sum::<f64>() / calls as f64);
+        dmean.push(d.iter().sum::<f64>() / calls as f64);
+    }
+    // (median, min, max) of the per-round ratios and the median per-round difference.
+    let summary = |r: &[f64], d: &[f64]| {
+        let mut ratios: Vec<f64> = r.iter().zip(d).map(|(a, b)| a / b).collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        let diffs: Vec<f64> = r.iter().zip(d).map(|(a, b)| a - b).collect();
+        format!(
+            "relay {:.1} us  direct HTTPS {:.1} us  added {:.1} us  ratio median {:.2}x range {:.2}-{:.2}x",
+            med(r),
+            med(d),
             med(&diffs),
-            med(&ratios),
-            lo,
-            hi
-        );
-        client.close().await;
-        relay.shutdown(Duration::from_secs(1)).await;
-    });
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1]
+        )
+    };
+    println!("relay over HTTPS: {rounds} rounds of {calls} calls each way, interleaved");
+    println!("relay hop, HTTPS upstream, p50   {}", summary(&r50, &d50));
+    println!(
+        "relay hop, HTTPS upstream, mean  {}",
+        summary(&rmean, &dmean)
+    );
+    client.close().await;
+    relay.shutdown(Duration::from_secs(1)).await;
 }

@@ -1,7 +1,8 @@
 //! Relay cluster benchmark (README "Scaling out"): push latency through the owning node and
 //! through another node, next to a single relay without Redis (the floor), pushes/s through
-//! the cluster, and memory per idle connection (cluster node vs single relay, `asp-relay`
-//! processes). Needs `redis-server` on PATH and a release build of the binary:
+//! the cluster, the time from SIGKILL of the owner to the session resumed on another node
+//! with a queued push delivered, and memory per idle connection (cluster node vs single
+//! relay, `asp-relay` processes). Needs `redis-server` on PATH and a release build of the binary:
 //!
 //! ```text
 //! cargo build --release -p asp-relay && cargo run --release -p asp-relay --example cluster_bench
@@ -115,10 +116,25 @@ impl Admin {
 }
 
 fn tool(name: &str) -> Vec<u8> {
+    tool_op(name, ToolOp::Add)
+}
+
+/// Push `i` of a sequence: adds and removes alternately, so the client's tool set (at most
+/// `max_tools`, SPEC §9) never fills up however many pushes run.
+fn nth_push(tag: &str, i: usize) -> Vec<u8> {
+    let name = format!("{tag}{}", i / 2);
+    if i.is_multiple_of(2) {
+        tool_op(&name, ToolOp::Add)
+    } else {
+        tool_op(&name, ToolOp::Remove)
+    }
+}
+
+fn tool_op(name: &str, op: ToolOp) -> Vec<u8> {
     let mut b = BytesMut::new();
     encode(
         &Frame::ToolDef(ToolDef {
-            op: ToolOp::Add,
+            op,
             name: Text::from(name),
             description: Text::from(""),
             input_schema: None,
@@ -141,7 +157,7 @@ async fn latency(admin: SocketAddr, client: &asp_tokio::Client, n: usize, tag: &
     let mut a = Admin::new(admin).await;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let body = tool(&format!("{tag}{i}"));
+        let body = nth_push(tag, i);
         let t = Instant::now();
         let st = a.push(&cid, &body).await;
         assert!(st == 200 || st == 202, "{st}");
@@ -206,6 +222,117 @@ async fn memory_per_conn(redis: Option<&str>, n: usize) -> f64 {
     (after.saturating_sub(before)) as f64 / n as f64
 }
 
+/// An `asp-relay` process: (process, client url, admin address).
+fn relay_process(redis: Option<&str>, id: &str) -> (Killed, String, SocketAddr) {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("asp-relay");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--upstream",
+        "http://127.0.0.1:9/",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--admin-listen", "127.0.0.1:0", "--node-id", id])
+    .env("ASP_RELAY_ADMIN_SECRET", SECRET);
+    if let Some(r) = redis {
+        cmd.args(["--redis", r]);
+    }
+    let mut child = Killed(
+        cmd.stdout(Stdio::piped())
+            .spawn()
+            .expect("release asp-relay"),
+    );
+    let line = first_line_with(&mut child.0, "listening");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
+    let admin = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    (child, url, admin)
+}
+
+/// A balancer: each new TCP connection goes to the first node that accepts it.
+async fn balancer(nodes: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let nodes = nodes.clone();
+            tokio::spawn(async move {
+                for n in nodes {
+                    if let Ok(mut up) = TcpStream::connect(n).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn ws_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// SIGKILL of the owner → the client, through the balancer, resumes on the other node and
+/// gets a push queued after the kill: ms from the kill to that push's arrival.
+async fn resume_elsewhere_ms(redis: &str) -> f64 {
+    let (mut a, a_url, _) = relay_process(Some(redis), "ra");
+    let (_b, b_url, b_admin) = relay_process(Some(redis), "rb");
+    let lb = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)]).await;
+    let url = a_url.replace(&ws_addr(&a_url).to_string(), &lb.to_string());
+    let client = asp_tokio::client()
+        .resume(true)
+        .connect(&url)
+        .await
+        .unwrap();
+    let cid = client.session().unwrap().connection_id.to_string();
+    let mut changes = client.tool_changes();
+    // The session is stored (its HELLO went out only after that) and owned by A.
+    let mut ad = Admin::new(b_admin).await;
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        if ad.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..probes {
+        changes.next().await.unwrap();
+    }
+    let t = Instant::now();
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let st = ad.push(&cid, &tool("after-kill")).await;
+    assert!(st == 200 || st == 202, "{st}");
+    let got = tokio::time::timeout(Duration::from_secs(20), changes.next())
+        .await
+        .expect("resumed within 20 s");
+    assert!(got.is_some());
+    assert_eq!(client.session().unwrap().connection_id.to_string(), cid);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs: usize = std::env::var("RUNS")
@@ -222,8 +349,24 @@ async fn main() {
     let b = node(Some(&url), "b").await;
     let cs = asp_tokio::connect(&single.url()).await.unwrap();
     let ca = asp_tokio::connect(&a.url()).await.unwrap();
-    // Let A claim the session and subscribe.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A has claimed the session and subscribed once a push answers 200 (every probe is
+    // delivered, the queued ones a little later: wait for all of them).
+    {
+        let cid = ca.session().unwrap().connection_id.to_string();
+        let mut warm = ca.tool_changes();
+        let mut probe = Admin::new(b.admin_addr().unwrap()).await;
+        let mut probes = 0;
+        loop {
+            probes += 1;
+            if probe.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..probes {
+            warm.next().await.unwrap();
+        }
+    }
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("single relay (no Redis)", vec![], vec![]),
         ("cluster, via the owner", vec![], vec![]),
@@ -253,7 +396,8 @@ async fn main() {
             tasks.push(tokio::spawn(async move {
                 let mut ad = Admin::new(addr).await;
                 for i in 0..n / 8 {
-                    ad.push(&cid, &tool(&format!("x{run}w{w}i{i}"))).await;
+                    let st = ad.push(&cid, &nth_push(&format!("x{run}w{w}i"), i)).await;
+                    assert!(st == 200 || st == 202, "{st}");
                 }
             }));
         }
@@ -288,6 +432,19 @@ async fn main() {
     println!(
         "pushes/s through another node, 8 pushers: median {:.0} (range {r})",
         med(&mut rates)
+    );
+    let mut resumes = Vec::new();
+    for _ in 0..runs {
+        resumes.push(resume_elsewhere_ms(&url).await);
+    }
+    let r = {
+        let lo = resumes.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = resumes.iter().cloned().fold(0.0, f64::max);
+        format!("{lo:.0}–{hi:.0}")
+    };
+    println!(
+        "SIGKILL of the owner → resumed on another node, queued push delivered: median {:.0} ms (range {r})",
+        med(&mut resumes)
     );
     let mut single_mem = Vec::new();
     let mut cluster_mem = Vec::new();

@@ -200,10 +200,17 @@ pub(crate) fn deliver(
     inner: &Arc<RelayInner>,
     rc: Arc<RelayConn>,
     body: Bytes,
+    consume: impl FnOnce() -> bool,
 ) -> Result<(), String> {
     let frames = parse_push(body, inner.config.asp.limits.max_frame_payload)
         .map_err(|e| format!("frame {}: {}", e.index, e.message))?;
     let applied = rc.handle.with(|l| {
+        // Under the connection's lock, with the frames: a session snapshot (SPEC §11.4)
+        // taken by this connection sees both or neither (cluster: the last push applied),
+        // and a push applied meanwhile by another task is not applied twice.
+        if !consume() {
+            return Ok((0, Vec::new()));
+        }
         // The same all-or-nothing check as a local push (SPEC §15.5), by the core.
         let batch = Batch::new(frames, max_chunk(l));
         if let Err(e) = l.core().check_batch(&batch.commands()) {

@@ -204,6 +204,25 @@ struct Directory(Arc<RelayInner>);
 impl ConnectionHook for Directory {
     fn connected(&self, conn: ServerConnection, upgrade: &HeaderMap) {
         let inner = &self.0;
+        // A session another node held, resumed here from its snapshot (SPEC §15.6): it
+        // arrives detached, with its tools, before its RESUME is answered.
+        let restored = conn.with(|l| l.core().state() == asp_proto::State::Detached);
+        if let (Some(true), Some(c)) = (restored, &inner.cluster) {
+            let rc = Arc::new(RelayConn {
+                handle: conn.clone(),
+                auth: None,
+                state: Mutex::new(Bytes::new()),
+                connected: std::time::Instant::now(),
+                pending_requests: AtomicUsize::new(0),
+            });
+            inner
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(conn.id().into(), rc.clone());
+            cluster::store::adopted(inner, c, &rc);
+            return;
+        }
         // Called before the connection reads the client's HELLO: these tools form the
         // initial set (SPEC §6.2 step 3, §15.1).
         conn.with(|l| {
@@ -318,6 +337,10 @@ impl Relay {
         if let Some(t) = &inner.config.tls {
             builder = builder.tls(t.clone());
         }
+        if let Some(c) = &inner.cluster {
+            // Sessions outlive their node (SPEC §11.4, §15.6).
+            builder = builder.session_store(cluster::store::Store(c.clone()));
+        }
         let server = builder
             .bind(inner.config.listen)
             .path(inner.config.path.clone())
@@ -376,10 +399,17 @@ impl Relay {
     }
 
     /// Graceful shutdown: the admin API stops accepting, clients get GOAWAY and in-flight
-    /// invocations up to `timeout` to finish (SPEC §6.5).
+    /// invocations up to `timeout` to finish (SPEC §6.5). In a cluster, resumable sessions
+    /// move to the other nodes instead (SPEC §15.6): each, once idle (or at `timeout`),
+    /// has its snapshot stored and its transport ended, and its client resumes elsewhere.
     pub async fn shutdown(&self, timeout: Duration) {
         if let Some(a) = &self.admin {
             a.stop();
+        }
+        if let Some(c) = &self.inner.cluster {
+            // New clients and resumes go to the other nodes from now on.
+            self.server.stop_accepting();
+            cluster::store::drain(&self.inner, c, timeout).await;
         }
         self.server.shutdown(timeout).await;
     }

@@ -127,13 +127,18 @@ async fn node(redis: &RedisServer, id: &str, window: Duration) -> Relay {
 
 /// A relay node as an `asp-relay` process: (process, client url, admin address).
 fn node_process(redis: &RedisServer, id: &str, window_s: &str) -> (Killed, String, SocketAddr) {
+    node_process_to(redis, id, window_s, "http://127.0.0.1:9/")
+}
+
+/// [`node_process`] forwarding invocations to `upstream`.
+fn node_process_to(
+    redis: &RedisServer,
+    id: &str,
+    window_s: &str,
+    upstream: &str,
+) -> (Killed, String, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_asp-relay"))
-        .args([
-            "--upstream",
-            "http://127.0.0.1:9/",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--upstream", upstream, "--listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0", "--redis", &redis.url()])
         .args(["--node-id", id, "--resume-window", window_s])
         .env("ASP_RELAY_ADMIN_SECRET", SECRET)
@@ -231,6 +236,18 @@ async fn owned_by(addr: SocketAddr, cid: &str, node: &str) {
     .await;
 }
 
+/// Waits until a node receives `cid`'s live pushes (its owner subscribed to its channel):
+/// from then on a push answers `200`.
+async fn live(redis: &RedisServer, cid: &str) {
+    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    until(&format!("{cid} subscribed"), || async {
+        observer.subscribers(cid).await.unwrap_or(0) > 0
+    })
+    .await;
+}
+
 /// Waits until the node behind `addr` reports its Redis subscription up.
 async fn subscribed(addr: SocketAddr) {
     until("redis subscription up", || async {
@@ -254,7 +271,7 @@ async fn a_push_through_any_node_reaches_the_connection() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
-    subscribed(aa).await;
+    live(&redis, &cid).await;
 
     for i in 0..10 {
         let via = if i % 2 == 0 { ba } else { aa };
@@ -319,6 +336,7 @@ async fn pushes_queue_when_the_owner_dies_and_go_when_the_window_ends() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "live").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "live");
 
@@ -392,6 +410,7 @@ async fn redis_restart_keeps_sockets_up_and_pushes_flow_again() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "before").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "before");
 
@@ -447,6 +466,7 @@ async fn pushes_while_detached_arrive_after_the_resume() {
     let mut changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");
 
@@ -469,4 +489,264 @@ async fn pushes_while_detached_arrive_after_the_resume() {
     assert_eq!(next_added(&mut changes).await, "p6");
     let m = admin(aa, "GET", "/metrics", b"").await.1;
     assert_eq!(m["pushes_delivered"], 7, "{m}");
+}
+
+/// Waits until Redis names `node` as the owner of `cid` (the node's own `GET` answers with
+/// its local view, without `node`).
+async fn owner_is(observer: &Cluster, cid: &str, node: &str) {
+    until(&format!("{cid} owned by {node} in redis"), || async {
+        observer
+            .session(cid)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.node == node)
+    })
+    .await;
+}
+
+/// The client address of a node's `ws://host:port/path` URL.
+fn ws_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A load balancer in front of the nodes: each new TCP connection goes to the first node
+/// that accepts it (a node that died or stopped accepting is skipped), as a health-checked
+/// balancer does. Returns the client URL through it.
+async fn balancer(nodes: Vec<SocketAddr>, path_of: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let nodes = nodes.clone();
+            tokio::spawn(async move {
+                for n in nodes {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(n).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let path = path_of.splitn(4, '/').nth(3).unwrap_or("");
+    format!("ws://{addr}/{path}")
+}
+
+/// A function behind the relays: every `/invoke` answers 200 `text/plain` at once with the
+/// chunk `first`, then holds the body open until `release` is notified, then sends `last`
+/// and ends (`release` never notified: the call never ends).
+async fn function(release: std::sync::Arc<tokio::sync::Notify>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let release = release.clone();
+            tokio::spawn(async move {
+                // The request head and its body (Content-Length).
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body_start = loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nfirst\r\n";
+                if tcp.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                release.notified().await;
+                let _ = tcp.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+                let _ = tcp.flush().await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// The first chunk of `call`.
+async fn first_chunk(call: &mut asp_async::Invocation) -> String {
+    let c = within("the first chunk", call.next())
+        .await
+        .expect("a chunk");
+    String::from_utf8_lossy(&c.data).into_owned()
+}
+
+/// SIGKILL of the node holding a session: the client reconnects through the balancer to
+/// another node, which resumes the session from its snapshot in Redis (SPEC §11.4, §15.6):
+/// same connection id and state blob, the pushes queued meanwhile once and in order, and
+/// the invocation the dead node was running ended with a retryable UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_node_after_sigkill() {
+    let redis = RedisServer::start();
+    let upstream = function(Default::default()).await;
+    let (mut a, a_url, aa) = node_process_to(&redis, "node-a", "30", &upstream);
+    let (_b, b_url, ba) = node_process_to(&redis, "node-b", "30", &upstream);
+    subscribed(aa).await;
+    subscribed(ba).await;
+    let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
+    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
+        .await
+        .unwrap();
+    let mut changes = client.tool_changes();
+    let cid = conn_id(&client);
+    owned_by(ba, &cid, "node-a").await;
+    // The state blob, written at the owner's generation (as a function's X-Asp-State is).
+    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    let gen = observer.session(&cid).await.unwrap().unwrap().gen;
+    assert!(observer.write_state_at(&cid, gen, b"blob").await.unwrap());
+    assert_eq!(push(ba, &cid, "p0").await.0, 200);
+    assert_eq!(next_added(&mut changes).await, "p0");
+    let mut call = client.invoke("slow", &serde_json::json!({})).unwrap();
+    assert_eq!(first_chunk(&mut call).await, "first");
+
+    a.0.kill().unwrap(); // SIGKILL
+    a.0.wait().unwrap();
+    for i in 1..4 {
+        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+    match within("the lost invocation's end", call.completion()).await {
+        Err(asp_async::Error::Remote(e)) => {
+            assert_eq!(e.code, asp_proto::ErrorCode::UNAVAILABLE, "{e:?}");
+            assert!(e.retryable, "retryable");
+        }
+        other => panic!("expected a retryable ERROR, got {other:?}"),
+    }
+    for i in 1..4 {
+        assert_eq!(
+            next_added(&mut changes).await,
+            format!("p{i}"),
+            "once, in order"
+        );
+    }
+    assert_eq!(conn_id(&client), cid, "the same session");
+    owner_is(&observer, &cid, "node-b").await;
+    live(&redis, &cid).await;
+    let (status, info) = admin(ba, "GET", &format!("/connections/{cid}"), b"").await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["state_bytes"], 4, "{info}");
+    assert_eq!(push(ba, &cid, "p4").await.0, 200, "live on node B");
+    assert_eq!(next_added(&mut changes).await, "p4");
+    let m = admin(ba, "GET", "/metrics", b"").await.1;
+    assert_eq!(m["resumes"], 1, "{m}");
+    // The session goes on: a new invocation runs on node B.
+    let mut call = client.invoke("slow", &serde_json::json!({})).unwrap();
+    assert_eq!(first_chunk(&mut call).await, "first");
+}
+
+/// A node drained with SIGTERM (a rolling deploy): it stops accepting, lets the invocation
+/// in flight finish, then moves the session to another node; nothing is lost — the
+/// invocation's result arrives, and every push taken meanwhile arrives once, in order, on
+/// the same connection id (SPEC §15.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_moves_its_sessions_without_loss() {
+    if std::env::var_os("ASP_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_test_writer()
+            .try_init();
+    }
+    let redis = RedisServer::start();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let upstream = function(release.clone()).await;
+    let (mut a, a_url, aa) = node_process_to(&redis, "node-a", "30", &upstream);
+    let (_b, b_url, ba) = node_process_to(&redis, "node-b", "30", &upstream);
+    subscribed(aa).await;
+    subscribed(ba).await;
+    let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
+    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
+        .await
+        .unwrap();
+    let mut changes = client.tool_changes();
+    let cid = conn_id(&client);
+    owned_by(ba, &cid, "node-a").await;
+    live(&redis, &cid).await;
+    assert_eq!(push(ba, &cid, "p0").await.0, 200);
+    assert_eq!(next_added(&mut changes).await, "p0");
+    let mut call = client.invoke("slow", &serde_json::json!({})).unwrap();
+    assert_eq!(first_chunk(&mut call).await, "first");
+
+    let term = Command::new("kill")
+        .args(["-TERM", &a.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // Node A stops accepting at once; until the invocation ends it still holds the session.
+    until("node A stopped accepting", || async {
+        tokio::net::TcpStream::connect(ws_addr(&a_url))
+            .await
+            .is_err()
+    })
+    .await;
+    for i in 1..3 {
+        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+    release.notify_one();
+    let mut text = String::new();
+    while let Some(c) = within("the rest of the result", call.next()).await {
+        text.push_str(&String::from_utf8_lossy(&c.data));
+    }
+    assert_eq!(text, "last");
+    let done = within("the result", call.completion()).await;
+    assert!(done.is_ok(), "{done:?}");
+    // The move: the client resumes on node B.
+    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    owner_is(&observer, &cid, "node-b").await;
+    for i in 3..5 {
+        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+    for i in 1..5 {
+        assert_eq!(
+            next_added(&mut changes).await,
+            format!("p{i}"),
+            "once, in order"
+        );
+    }
+    assert_eq!(conn_id(&client), cid, "the same session");
+    let exit = within("node A exits", async {
+        tokio::task::spawn_blocking(move || a.0.wait().unwrap())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(exit.success(), "{exit:?}");
+    live(&redis, &cid).await;
+    let m = admin(ba, "GET", "/metrics", b"").await.1;
+    assert_eq!(m["resumes"], 1, "{m}");
+    assert_eq!(push(ba, &cid, "p5").await.0, 200, "live on node B");
+    assert_eq!(next_added(&mut changes).await, "p5");
 }

@@ -2041,6 +2041,22 @@ def build_server_sessions():
              step(0, recv=wire("INVOKE", 2, {"tool": "echo"}),
                   events=[E("Invoked", id=2, tool="echo")])],
             with_tools("echo", "wait", max_inflight=1))
+    # §13.1: the opening frames' fields count against max_args_in_flight. Each INVOKE
+    # below holds len("echo") + the args' MessagePack bytes: 4 + 2 + 100 = 106 (a str 8).
+    big = {"tool": "echo", "args": "a" * 100}
+    args_cfg = with_tools("echo", max_args_in_flight=250)
+    session("server/too-many-inflight-args", "§7.2, §13.1", "With max_args_in_flight 250, "
+            "two INVOKEs holding 106 bytes each (tool name and args) run and a third is "
+            "refused with TOO_MANY_INFLIGHT (retryable); once one ends there is room again. "
+            "One INVOKE is always taken when nothing runs.", "server",
+            server_open(args_cfg) +
+            [step(0, recv=wire("INVOKE", 1, big), events=[E("Invoked", id=1, tool="echo")]),
+             step(0, recv=wire("INVOKE", 2, big), events=[E("Invoked", id=2, tool="echo")]),
+             step(0, recv=wire("INVOKE", 3, big),
+                  transmit=[XERR(3, "TOO_MANY_INFLIGHT", 0x2)]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)]),
+             step(0, recv=wire("INVOKE", 3, big), events=[E("Invoked", id=3, tool="echo")])],
+            args_cfg)
     many = msg(*[wire("INVOKE", i, {"tool": "wait"}) for i in range(1, 129)])
     session("server/too-many-inflight-default", "§7.2, §13", "The default max_inflight is "
             "128: 128 invocations run, the 129th is refused with TOO_MANY_INFLIGHT; after one "

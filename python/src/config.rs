@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "max_buffered",
     "max_queued_per_invocation",
     "max_pending_events",
+    "max_args_in_flight",
     "requests",
     "resume",
     "replay_buffer",
@@ -116,6 +117,9 @@ pub fn parse(d: Option<&Bound<'_, PyDict>>) -> PyResult<Parsed> {
     }
     if let Some(v) = get(d, "max_pending_events")? {
         c.max_pending_events = v;
+    }
+    if let Some(v) = get(d, "max_args_in_flight")? {
+        c.max_args_in_flight = v;
     }
     if let Some(v) = get(d, "requests")? {
         c.accept_requests = v;

@@ -26,8 +26,12 @@ export function mpDecode(b: Uint8Array): unknown {
   return decoder.decode(b);
 }
 
-/** Opens a WebSocket offering the given subprotocol (and, where the platform allows, headers). */
-export type SocketFactory = (url: string, protocol: string, headers: Record<string, string>) => SocketLike;
+/**
+ * Opens a WebSocket offering the given subprotocol (and, where the platform allows, headers).
+ * `maxMessage`: the longest message to accept, `65 536 + 2 × (8 + max_frame_payload)` (SPEC
+ * §2.1, §13.1); a platform that can bound incoming messages refuses longer ones.
+ */
+export type SocketFactory = (url: string, protocol: string, headers: Record<string, string>, maxMessage?: number) => SocketLike;
 
 /** A tool as the client sees it, with its schema and annotations decoded. */
 export interface Tool {
@@ -79,6 +83,17 @@ export interface ConnectOptions extends Partial<Limits> {
   heartbeatMs?: number;
   handshakeTimeoutMs?: number;
   agent?: string;
+  /**
+   * Bytes the server's unanswered REQUESTs may hold (kind and `body`) before a new one is
+   * refused with `TOO_MANY_INFLIGHT`, retryable (SPEC §8, §13.1; default 4 MiB).
+   */
+  maxArgsInFlight?: number;
+  /**
+   * Bytes of chunks one call keeps for a later iteration when the caller awaits only its
+   * `result` (default 1 MiB). A call being iterated holds at most its flow-control window
+   * (`initial_window`): credit follows consumption (§7.5), so a peer cannot send more.
+   */
+  maxBufferedPerCall?: number;
   /** Opens the WebSocket (set by the platform entry points). */
   socketFactory?: SocketFactory;
 }
@@ -159,12 +174,15 @@ export class Call implements AsyncIterable<string | Uint8Array> {
   private iterating = false;
   private releaseAll = false;
   private onAbort: (() => void) | undefined;
+  private queued = 0;
+  private discarded = 0;
 
   /** @internal */
   constructor(
     private readonly client: Client,
     id: number,
     private readonly signal?: AbortSignal,
+    private readonly maxBuffered = 1 << 20,
   ) {
     this.id = id;
     if (signal !== undefined) {
@@ -195,9 +213,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
       }
       if (!this.iterating && !this.releaseAll) {
         this.releaseAll = true;
-        let n = 0;
-        for (let i = this.head; i < this.queue.length; i++) n += chunkLen(this.queue[i]!);
-        if (n > 0) this.client.release(this.id, n);
+        if (this.queued > 0) this.client.release(this.id, this.queued);
       }
     }
     return this.promise;
@@ -209,10 +225,25 @@ export class Call implements AsyncIterable<string | Uint8Array> {
     this.client.interruptCall(this.id, reason);
   }
 
+  /** Bytes of chunks received and not yet iterated (bounded: see `maxBufferedPerCall`). */
+  get buffered(): number {
+    return this.queued;
+  }
+
   /** @internal */
   onChunk(data: string | Uint8Array): void {
+    const n = chunkLen(data);
+    if (this.releaseAll) {
+      // Nobody iterates now: credit at once so the tool finishes, but keep only a bounded tail…
+      this.client.release(this.id, n);
+      if (this.queued + n > this.maxBuffered) {
+        // …of the first chunks; the rest is counted and dropped (iteration reports it).
+        this.discarded += n;
+        return;
+      }
+    }
     this.queue.push(data);
-    if (this.releaseAll) this.client.release(this.id, chunkLen(data));
+    this.queued += n;
     this.wake();
   }
 
@@ -243,6 +274,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
       if (this.head < this.queue.length) {
         const c = this.queue[this.head]!;
         this.queue[this.head++] = "";
+        this.queued -= chunkLen(c);
         if (this.head === this.queue.length) {
           this.queue.length = 0;
           this.head = 0;
@@ -250,6 +282,13 @@ export class Call implements AsyncIterable<string | Uint8Array> {
         // Credit follows consumption (§7.5).
         if (!this.releaseAll) this.client.release(this.id, chunkLen(c));
         return Promise.resolve({ value: c, done: false });
+      }
+      if (this.discarded > 0) {
+        const n = this.discarded;
+        this.discarded = 0;
+        return Promise.reject(
+          new ProtocolMisuse(`${n} bytes of chunks were dropped: the call was awaited before it was iterated, beyond maxBufferedPerCall`),
+        );
       }
       if (this.done) {
         return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
@@ -295,6 +334,7 @@ export class Client {
   private headers: Record<string, string>;
   private factory: SocketFactory;
   private reconnect: { attempts: number; delayMs: number } | undefined;
+  private maxBufferedPerCall: number;
   /** The server's name for this connection (SPEC §5.1). */
   connectionId = "";
   /** Resolves when the connection has closed for good. */
@@ -308,6 +348,7 @@ export class Client {
     this.headers = options.token !== undefined ? { Authorization: `Bearer ${options.token}` } : {};
     const r = options.reconnect ?? true;
     this.reconnect = r === false ? undefined : { attempts: 5, delayMs: 100, ...(r === true ? {} : r) };
+    this.maxBufferedPerCall = options.maxBufferedPerCall ?? 1 << 20;
     const cfg: ConnectionConfig = {
       requests: options.onRequest !== undefined,
       resume: this.reconnect !== undefined,
@@ -319,6 +360,7 @@ export class Client {
     }
     if (options.heartbeatMs !== undefined) cfg.heartbeatMs = options.heartbeatMs;
     if (options.handshakeTimeoutMs !== undefined) cfg.handshakeTimeoutMs = options.handshakeTimeoutMs;
+    if (options.maxArgsInFlight !== undefined) cfg.maxArgsInFlight = options.maxArgsInFlight;
     cfg.agent = options.agent ?? "asp-ts/0.1";
     this.conn = new Connection("client", cfg, now());
     this.onRequest = options.onRequest;
@@ -347,7 +389,7 @@ export class Client {
   private openSocket(onOpen: () => void): void {
     let socket: SocketLike;
     try {
-      socket = this.factory(this.url, SUBPROTOCOL, this.headers);
+      socket = this.factory(this.url, SUBPROTOCOL, this.headers, 65536 + 2 * (8 + this.conn.limits.max_frame_payload));
     } catch (e) {
       this.failOpen(e as Error);
       return;
@@ -380,6 +422,13 @@ export class Client {
     this.driver.pump();
     this.finish(e);
     o?.reject(e);
+  }
+
+  /** Bytes of chunks received by calls in flight and not yet iterated. */
+  get buffered(): number {
+    let n = 0;
+    for (const c of this.calls.values()) n += c.buffered;
+    return n;
   }
 
   /** The server's tool set as last mirrored (SPEC §9). */
@@ -424,7 +473,7 @@ export class Client {
     if (options.meta !== undefined) opts.meta = new Raw(mpEncode(options.meta));
     const rawArgs = args === undefined ? undefined : new Raw(mpEncode(args));
     const id = this.driver.command(() => this.conn.invoke(tool, rawArgs, opts));
-    const call = new Call(this, id, options.signal);
+    const call = new Call(this, id, options.signal, this.maxBufferedPerCall);
     this.calls.set(id, call);
     return call;
   }
@@ -525,6 +574,8 @@ export class Client {
         this.fire("detached", undefined);
         return;
       case "Resumed":
+        // The attempts count per loss, not per client lifetime.
+        this.reconnectAttempts = 0;
         this.fire("resumed", undefined);
         return;
       case "Closed": {

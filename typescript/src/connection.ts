@@ -36,6 +36,12 @@ export interface ConnectionConfig extends Partial<Limits> {
   resumeWindowMs?: number;
   /** Client: grant CREDIT as chunks are delivered (default true); else only on `release`. */
   autoCredit?: boolean;
+  /**
+   * SPEC §13.1 step 3: bytes of opening frames (tool or kind, `args` or `body`, `meta`) the
+   * running exchanges the peer opened may hold before a new one is refused with
+   * `TOO_MANY_INFLIGHT` (default 4 MiB).
+   */
+  maxArgsInFlight?: number;
   /** Server: its HELLO's connection_id (default: random). */
   connectionId?: string;
   /** Server: its resume token (default: random when resume is in use). */
@@ -49,6 +55,12 @@ export interface ConnectionConfig extends Partial<Limits> {
 }
 
 const PROTOCOL_VERSIONS = [1];
+const EMPTY = new Uint8Array(0);
+/**
+ * The most a STREAM frame adds to its data: header 8, map 1, two keys 2, str/bin header ≤ 5,
+ * seq ≤ 5 (no `final`): what `streamCapacity` keeps free in the replay buffer (§11.1).
+ */
+const STREAM_OVERHEAD = 21;
 const TEXT_LIMIT = 1024;
 const U32_MAX = 0xffffffff;
 
@@ -65,6 +77,8 @@ interface Invocation {
   interrupted: boolean;
   /** Server: when the deadline passes (ms), or undefined. */
   deadline?: number;
+  /** Server: bytes its INVOKE holds against `maxArgsInFlight` (§13.1); 0 at a client. */
+  held: number;
 }
 
 /** A server request (server: one it sent; client: one it must answer). */
@@ -72,6 +86,8 @@ interface Request {
   interrupted: boolean;
   /** Server: the invocation the request was asked for (§8: it ends with it). */
   invocation?: number;
+  /** Client: bytes its REQUEST holds against `maxArgsInFlight` (§13.1); 0 at a server. */
+  held: number;
 }
 
 /** SPEC §2.1: the WebSocket close code for a connection closed by connection error `code`. */
@@ -113,6 +129,18 @@ function truncateUtf8(s: string, max: number): string {
   return new TextDecoder().decode(b.subarray(0, end));
 }
 
+/**
+ * §13.1 step 3: what an opening frame holds for its handler: the UTF-8 bytes of its tool or
+ * kind, and the MessagePack bytes of its `args` or `body` and `meta` (decoded as `Raw`, each
+ * already copied out of the message it came in, so nothing more of that message is kept).
+ */
+function openingBytes(name: unknown, value: unknown, meta: unknown): number {
+  let n = typeof name === "string" ? utf8Length(name) : 0;
+  if (value instanceof Raw) n += value.bytes.length;
+  if (meta instanceof Raw) n += meta.bytes.length;
+  return n;
+}
+
 export class Connection {
   readonly role: Role;
   private readonly cfg: Required<
@@ -146,6 +174,11 @@ export class Connection {
   // Exchanges
   private invocations = new Map<number, Invocation>();
   private requests = new Map<number, Request>();
+  /**
+   * §13.1 step 3: bytes of the opening frames of the exchanges the peer opened that are still
+   * running (the sum of their `held`); every removal from the maps goes through `forget`.
+   */
+  private argsHeld = 0;
   private nextId: number;
   /**
    * §3.5: ids of own exchanges ended by an ERROR this side sent, with the number of the PING sent
@@ -174,12 +207,26 @@ export class Connection {
   // Resume (§11)
   private sentCount = 0;
   private recvCount = 0;
+  /** Counted frames sent and not acknowledged, oldest first, from `replay[replayHead]` (§11.1). */
   private replay: Uint8Array[] = [];
+  private replayHead = 0;
   private replayBytes = 0;
-  /** Counted-frame number of `replay[0]`. */
+  /** Counted-frame number of `replay[replayHead]`. */
   private replayFirst = 0;
+  /** A STREAM was held back (or capped) for replay room: tell writers when an ack makes room. */
+  private replayBlocked = false;
+  /** Input bytes since `received` was last sent, and the count it carried (§11.1 acks). */
+  private bytesSinceAck = 0;
+  private ackedCount = 0;
+  /** The peer's `replay_buffer` and `resume_window_ms` (§5.1, §13 defaults until its HELLO). */
+  private peerReplayBuffer = 262144;
+  private peerResumeWindowMs = 30000;
   private detachedAt: number | undefined;
   private resuming = false;
+
+  /** Byte stream (§2.2): the frame being gathered, and payload bytes still to discard. */
+  private partial = new Writer(64);
+  private skip = 0;
 
   // Outputs
   private out = new Writer(1024);
@@ -207,6 +254,7 @@ export class Connection {
       replayBuffer: config.replayBuffer ?? 262144,
       resumeWindowMs: config.resumeWindowMs ?? 30000,
       autoCredit: config.autoCredit ?? true,
+      maxArgsInFlight: config.maxArgsInFlight ?? 4 * 1024 * 1024,
       random: config.random ?? randomBytes,
       agent: config.agent,
     };
@@ -254,6 +302,11 @@ export class Connection {
     return this.peerCapabilities.has(name);
   }
 
+  /** Bytes of sent frames held for a resume and not yet acknowledged (§11.1; bounded by `replayBuffer`). */
+  get replayBuffered(): number {
+    return this.replayBytes;
+  }
+
   /** Number of exchanges in flight on either side. */
   get inFlight(): number {
     return this.invocations.size + this.requests.size;
@@ -297,9 +350,85 @@ export class Connection {
         this.connectionError(ErrorCode.FRAMING_ERROR, "message ends inside a frame", undefined);
         return;
       }
+      const inSession = this.resumable && (this.st === "Open" || this.st === "Draining");
       this.handleFrame(header, bytes, pos + HEADER_LEN, now);
       pos += HEADER_LEN + header.length;
+      if (inSession) this.maybeAck(HEADER_LEN + header.length);
     }
+  }
+
+  /**
+   * §11.1: in a resumable session, PING(`received`) once a quarter of the peer's replay buffer
+   * has arrived since `received` was last sent, so the peer can trim its buffer. Only when there
+   * is something new to acknowledge: a PONG counts as input too, and with a tiny buffer acks
+   * of nothing would answer each other forever.
+   */
+  private maybeAck(bytes: number): void {
+    this.bytesSinceAck += bytes;
+    if (this.st !== "Open" && this.st !== "Draining") return;
+    if (this.bytesSinceAck >= Math.floor(this.peerReplayBuffer / 4) && this.recvCount > this.ackedCount) this.sendPing();
+  }
+
+  /**
+   * Bytes read from a byte stream (SPEC §2.2: stdio, TCP, pipes): frames back to back, cut
+   * anywhere. At most `8 + max_frame_payload` bytes of one frame are buffered; a frame
+   * declared longer is rejected (`FRAME_TOO_LARGE`, §3.6) as soon as its header is here and its
+   * payload discarded as it arrives, so the framing is kept.
+   */
+  handleBytes(bytes: Uint8Array, now: number): void {
+    if (this.st === "Closed" || (this.st === "Detached" && !this.resuming)) return;
+    if (bytes.length === 0) return;
+    this.lastRecv = now;
+    this.pingsSent = 0;
+    let pos = 0;
+    const len = bytes.length;
+    while (pos < len && !this.isClosed && !(this.st === "Detached" && !this.resuming)) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, len - pos);
+        this.skip -= n;
+        pos += n;
+        continue;
+      }
+      const p = this.partial;
+      if (p.len === 0 && len - pos >= HEADER_LEN) {
+        // Whole frames straight from the read, without copying.
+        const header = readHeader(bytes, pos);
+        if (header.version === 1 && header.length <= this.limits.max_frame_payload && len - pos - HEADER_LEN >= header.length) {
+          this.streamFrame(header, bytes, pos, now);
+          pos += HEADER_LEN + header.length;
+          continue;
+        }
+      }
+      // Gather the header, then the payload, in the partial buffer.
+      const want = p.len < HEADER_LEN ? HEADER_LEN : HEADER_LEN + readHeader(p.buf, 0).length;
+      const n = Math.min(want - p.len, len - pos);
+      p.bytes(bytes.subarray(pos, pos + n));
+      pos += n;
+      if (p.len < want) continue;
+      const header = readHeader(p.buf, 0);
+      if (p.len === HEADER_LEN && header.version === 1 && header.length > this.limits.max_frame_payload) {
+        // §3.6: judged on the header alone; the payload is skipped as it arrives.
+        p.len = 0;
+        this.skip = header.length;
+        this.streamFrame(header, p.buf, 0, now);
+        continue;
+      }
+      if (header.version !== 1 || p.len === HEADER_LEN + header.length) {
+        p.len = 0;
+        this.streamFrame(header, p.buf, 0, now);
+      }
+    }
+  }
+
+  private streamFrame(header: ReturnType<typeof readHeader>, buf: Uint8Array, pos: number, now: number): void {
+    if (header.version !== 1) {
+      // §3.2: nothing after a foreign version can be trusted.
+      this.connectionError(ErrorCode.UNSUPPORTED_VERSION, `header version ${header.version}`, header.type);
+      return;
+    }
+    const inSession = this.resumable && (this.st === "Open" || this.st === "Draining");
+    this.handleFrame(header, buf, pos + HEADER_LEN, now);
+    if (inSession) this.maybeAck(HEADER_LEN + header.length);
   }
 
   /** A text WebSocket message: §2.1 FRAMING_ERROR. */
@@ -309,23 +438,71 @@ export class Connection {
     this.connectionError(ErrorCode.FRAMING_ERROR, "text message", undefined);
   }
 
-  /** The transport ended (EOF, WebSocket close). */
-  handleTransportClosed(now: number): void {
-    if (this.st === "Closed" || this.st === "Detached") {
-      if (this.st === "Detached") this.resuming = false;
+  /**
+   * The transport ended. `onPurpose`: the peer closed it deliberately (a WebSocket Close with
+   * status 1000 or without a status), which ends even a resumable session (§11.3); any other
+   * end (EOF, a reset, another close status) detaches a resumable one.
+   */
+  handleTransportClosed(now: number, onPurpose = false): void {
+    if (this.st === "Closed") return;
+    if (this.st === "Detached") {
+      // §11.2 step 6: the new transport dropped before the resume completed; still detached.
+      this.resuming = false;
       return;
     }
     this.out.len = 0;
     this.outHead = 0;
-    // §11.2 step 1: a resumable session outlives its transport for the resume window.
-    if (this.resumable && (this.st === "Open" || this.st === "Draining")) {
-      this.st = "Detached";
-      this.detachedAt = now;
-      this.resuming = false;
-      this.emit({ type: "Detached" });
+    // §6.5, §11.3: end of stream on a draining session with nothing in flight is a normal close.
+    const drained = this.st === "Draining" && this.inFlight === 0;
+    // §11.2 step 1, §11.3: a resumable session outlives its transport for the resume window.
+    if (this.resumable && (this.st === "Open" || this.st === "Draining") && !onPurpose && !drained) {
+      this.detach0(now);
       return;
     }
     this.close0("transport_closed", undefined);
+  }
+
+  /**
+   * Detaches a resumable session from its transport at once (§11.3 take-over: a RESUME named
+   * this session while its old transport still looked alive). The caller closes that transport
+   * without an ERROR; nothing that arrives on it afterwards is processed. Returns false (and
+   * does nothing) if the session is not resumable and open.
+   */
+  detach(now: number): boolean {
+    if (!this.resumable || (this.st !== "Open" && this.st !== "Draining")) return false;
+    this.detach0(now);
+    return true;
+  }
+
+  private detach0(now: number): void {
+    // What was queued for the old transport is held for replay; nothing is sent until a resume.
+    this.out.len = 0;
+    this.outHead = 0;
+    this.st = "Detached";
+    this.detachedAt = now;
+    this.resuming = false;
+    this.emit({ type: "Detached" });
+  }
+
+  /** §11.3: a detached session is kept for the smaller of the two announced windows. */
+  private resumeWindow(): number {
+    return Math.min(this.cfg.resumeWindowMs, this.peerResumeWindowMs);
+  }
+
+  /**
+   * Whether the transport should be closed now: the connection closed, or a resumable session
+   * detached itself (heartbeat timeout, take-over) and waits for a new transport.
+   */
+  get transportDone(): boolean {
+    return this.st === "Closed" || (this.st === "Detached" && !this.resuming);
+  }
+
+  /**
+   * The WebSocket close code for the transport (SPEC §2.1): `closeCode` once closed; 1001 for a
+   * detached session (any status but 1000 lets the peer detach too, §11.3).
+   */
+  get transportCloseCode(): number {
+    return this.st === "Detached" ? 1001 : this.closeCodeValue;
   }
 
   /** Runs the timers due at `now` (§6.2 handshake, §6.7 heartbeat, §6.5 drain, §7.4 deadlines, §11 resume window). */
@@ -333,9 +510,16 @@ export class Connection {
     if (this.st === "Closed" || !this.started) return;
     if (this.st === "Detached") {
       if (this.resuming && this.handshakeDeadline !== undefined && now >= this.handshakeDeadline) {
+        // §11.2 step 6: a RESUME without an answer in the handshake timeout closes the session.
         this.close0("transport_closed", undefined);
-      } else if (this.detachedAt !== undefined && now >= this.detachedAt + this.cfg.resumeWindowMs) {
+      } else if (this.detachedAt !== undefined && now >= this.detachedAt + this.resumeWindow()) {
         this.close0("transport_closed", undefined);
+      } else {
+        // §11.3: deadlines and the drain timeout keep running; what they send waits for replay.
+        this.runDeadlines(now);
+        if (this.drainDeadline !== undefined && now >= this.drainDeadline && this.goawaySent) {
+          this.connectionError(ErrorCode.GOING_AWAY, "drain timeout elapsed", undefined);
+        }
       }
       return;
     }
@@ -350,6 +534,12 @@ export class Connection {
     if (h > 0) {
       const silent = now - this.lastRecv;
       if (silent >= 3 * h) {
+        if (this.resumable) {
+          // §11.3: a silent dead link is what resume is for; no ERROR, which would fail the
+          // session at the peer. The caller closes the transport (`transportDone`).
+          this.detach0(now);
+          return;
+        }
         this.connectionError(ErrorCode.HEARTBEAT_TIMEOUT, `nothing received for ${silent} ms`, undefined);
         return;
       }
@@ -359,15 +549,7 @@ export class Connection {
         this.sendPing();
       }
     }
-    // §7.4 deadlines.
-    for (const [id, inv] of this.invocations) {
-      if (this.role === "server" && inv.deadline !== undefined && now >= inv.deadline) {
-        this.invocations.delete(id);
-        this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
-        this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
-        this.checkDrained();
-      }
-    }
+    this.runDeadlines(now);
     // §6.5 drain timeout.
     if (this.drainDeadline !== undefined && now >= this.drainDeadline && this.goawaySent) {
       this.connectionError(ErrorCode.GOING_AWAY, "drain timeout elapsed", undefined);
@@ -376,18 +558,34 @@ export class Connection {
     this.checkDrained();
   }
 
+  /** §7.4: the server ends invocations whose deadline passed with ERROR(DEADLINE_EXCEEDED). */
+  private runDeadlines(now: number): void {
+    if (this.role !== "server") return;
+    for (const [id, inv] of this.invocations) {
+      if (inv.deadline !== undefined && now >= inv.deadline) {
+        this.forget(this.invocations, id);
+        this.sendError(id, ErrorCode.DEADLINE_EXCEEDED, `deadline passed`, undefined);
+        this.emit({ type: "Aborted", id, code: ErrorCode.DEADLINE_EXCEEDED });
+        this.checkDrained();
+      }
+    }
+  }
+
   /** When `handleTimeout` should be called next (ms), or undefined for never. */
   pollTimeout(): number | undefined {
     if (this.st === "Closed" || !this.started) return undefined;
-    if (this.st === "Detached") {
-      if (this.resuming && this.handshakeDeadline !== undefined) return this.handshakeDeadline;
-      return this.detachedAt! + this.cfg.resumeWindowMs;
-    }
     if (this.st === "Handshaking") return this.handshakeDeadline;
     let t: number | undefined;
     const min = (x: number | undefined) => {
       if (x !== undefined && (t === undefined || x < t)) t = x;
     };
+    if (this.st === "Detached") {
+      if (this.resuming) min(this.handshakeDeadline);
+      min(this.detachedAt! + this.resumeWindow());
+      if (this.goawaySent) min(this.drainDeadline);
+      if (this.role === "server") for (const inv of this.invocations.values()) min(inv.deadline);
+      return t;
+    }
     if (this.heartbeatMs > 0) {
       min(Math.min(this.lastRecv + (this.pingsSent + 1) * this.heartbeatMs, this.lastRecv + 3 * this.heartbeatMs));
     }
@@ -440,7 +638,9 @@ export class Connection {
   invoke(tool: string, args?: Uint8Array | Raw, options: { deadlineMs?: number; meta?: Uint8Array | Raw } = {}): number {
     this.requireRole("client", "invoke");
     // §6.2: a client may pipeline INVOKEs right after its HELLO, before the server's HELLO.
-    if (this.st !== "Open" && this.st !== "Handshaking") {
+    // §11.3: a detached client may still invoke; the INVOKE is sent after the resume.
+    const detachedOk = this.st === "Detached" && !this.goawaySent && !this.goawayReceived;
+    if (this.st !== "Open" && this.st !== "Handshaking" && !detachedOk) {
       throw new ProtocolMisuse(`cannot invoke in state ${this.st}${this.goawayReceived ? " (GOAWAY received)" : ""}`);
     }
     const len = utf8Length(tool);
@@ -466,6 +666,7 @@ export class Connection {
       consumed: 0,
       final: false,
       interrupted: false,
+      held: 0,
     });
     return id;
   }
@@ -474,7 +675,8 @@ export class Connection {
   release(id: number, len: number): void {
     this.requireRole("client", "release");
     const inv = this.invocations.get(id);
-    if (inv === undefined || len <= 0 || this.st === "Closed" || this.st === "Detached") return;
+    // Detached: the CREDIT is held for replay and sent after the resume (§11.3).
+    if (inv === undefined || len <= 0 || this.st === "Closed") return;
     inv.consumed += len;
     this.maybeCredit(id, inv);
   }
@@ -486,7 +688,7 @@ export class Connection {
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
     const fields: Record<string, unknown> = { status };
     if (body !== undefined) fields["body"] = raw(body);
-    this.requests.delete(id);
+    this.forget(this.requests, id);
     if (!this.sendTerminal({ type: FrameType.REPLY, id, fields: fields as Frame["fields"] })) {
       this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
     }
@@ -497,7 +699,18 @@ export class Connection {
   streamCapacity(id: number): number {
     const inv = this.invocations.get(id);
     if (this.role !== "server" || inv === undefined || inv.final) return -1;
-    return Math.min(inv.window, this.chunkCap());
+    let cap = Math.min(inv.window, this.chunkCap());
+    // §11.1: STREAM data waits while the replay buffer (which here includes the transmit
+    // queue) would exceed replay_buffer; the newest frame is always kept, so an empty buffer
+    // takes any chunk.
+    if (this.resumable && this.replayBytes > 0) {
+      const room = this.cfg.replayBuffer - this.replayBytes - STREAM_OVERHEAD;
+      if (room < cap) {
+        this.replayBlocked = true;
+        cap = Math.max(0, room);
+      }
+    }
+    return cap;
   }
 
   /**
@@ -525,7 +738,20 @@ export class Connection {
     if (n > inv.window) throw new ProtocolMisuse(`chunk of ${n} bytes beyond the window of ${inv.window}`);
     const fields: Record<string, unknown> = { data, seq: inv.seq };
     if (final) fields["final"] = true;
-    this.sendChecked({ type: FrameType.STREAM, id, fields: fields as Frame["fields"] });
+    const start = this.out.len;
+    encodeFrame(this.out, { type: FrameType.STREAM, id, fields: fields as Frame["fields"] });
+    const size = this.out.len - start;
+    if (size - HEADER_LEN > this.peerLimits.max_frame_payload) {
+      this.out.len = start;
+      throw new ProtocolMisuse(`frame payload of ${size - HEADER_LEN} bytes above the peer's max_frame_payload ${this.peerLimits.max_frame_payload}`);
+    }
+    if (this.resumable && this.replayBytes > 0 && this.replayBytes + size > this.cfg.replayBuffer) {
+      // §11.1: wait for an acknowledgement to make room (a `Writable` event follows it).
+      this.out.len = start;
+      this.replayBlocked = true;
+      throw new ProtocolMisuse(`the replay buffer holds ${this.replayBytes} unacknowledged bytes: a STREAM of ${size} waits for room (§11.1)`);
+    }
+    this.recordSent(FrameType.STREAM, start);
     inv.seq++;
     inv.window -= n;
     if (final) inv.final = true;
@@ -540,7 +766,7 @@ export class Connection {
     const fields: Record<string, unknown> = { status };
     if (result !== undefined) fields["result"] = raw(result);
     if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
-    this.invocations.delete(id);
+    this.forget(this.invocations, id);
     if (!this.sendTerminal({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] })) {
       this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
     }
@@ -556,7 +782,7 @@ export class Connection {
     if (scopeOf(code) === "connection" || scopeOf(code) === "frame") {
       throw new ProtocolMisuse("an exchange is failed with an exchange or application code (§12.1)");
     }
-    map.delete(id);
+    this.forget(map, id);
     this.sendError(id, code, message, undefined, retryable);
     this.checkDrained();
   }
@@ -588,7 +814,7 @@ export class Connection {
       this.nextId = before;
       throw e;
     }
-    const req: Request = { interrupted: false };
+    const req: Request = { interrupted: false, held: 0 };
     if (invocation !== undefined) req.invocation = invocation;
     this.requests.set(id, req);
     return id;
@@ -672,7 +898,11 @@ export class Connection {
     this.resuming = true;
     this.lastRecv = now;
     this.handshakeDeadline = now + this.cfg.handshakeTimeoutMs;
+    // RESUME is the new transport's first frame; what waits is re-sent after the answer.
+    this.out.len = 0;
+    this.outHead = 0;
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { token: this.resumeToken, received: this.recvCount } });
+    this.ackSent();
   }
 
   /** Server, after `ResumeRequested`: no such session (§11.2 step 3). The transport stays open for HELLO. */
@@ -694,10 +924,11 @@ export class Connection {
    */
   resumeSession(received: number | bigint, now: number): boolean {
     this.requireRole("server", "resumeSession");
+    // §11.3 take-over: a session whose old transport still looked alive is detached first.
+    this.detach(now);
     if (this.st !== "Detached") return false;
     const r = Number(received);
-    const missing = this.sentCount - r;
-    if (r > this.sentCount || missing > this.replay.length || r < this.replayFirst) {
+    if (!this.canReplayFrom(r)) {
       this.close0("transport_closed", undefined);
       return false;
     }
@@ -705,11 +936,26 @@ export class Connection {
     this.detachedAt = undefined;
     this.lastRecv = now;
     this.pingsSent = 0;
+    this.out.len = 0;
+    this.outHead = 0;
     this.writeFrame({ type: FrameType.RESUME, id: 0, fields: { received: this.recvCount } });
-    for (let i = r - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.ackSent();
+    this.replayFrom(r);
     this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
+    this.checkDrained();
     return true;
+  }
+
+  /** §11.2 step 3: whether every counted frame from number `r` on is still held. */
+  private canReplayFrom(r: number): boolean {
+    return Number.isFinite(r) && r <= this.sentCount && r >= this.replayFirst;
+  }
+
+  /** Re-sends the held frames from number `r` on, in order, and drops the ones before (acknowledged). */
+  private replayFrom(r: number): void {
+    for (let i = this.replayHead + (r - this.replayFirst); i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.acknowledge(r);
   }
 
   // ---------------------------------------------------------------- receiving
@@ -795,9 +1041,12 @@ export class Connection {
         this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `${frameName(frame.type)} on an open session`, frame.type);
         return;
       case FrameType.PING:
-        this.sendFrame({ type: FrameType.PONG, id: 0, fields: {} });
+        if (this.resumable && f["received"] !== undefined && !this.onAck(f["received"] as number | bigint)) return;
+        this.sendFrame({ type: FrameType.PONG, id: 0, fields: this.ackFields() });
+        this.ackSent();
         return;
       case FrameType.PONG:
+        if (this.resumable && f["received"] !== undefined && !this.onAck(f["received"] as number | bigint)) return;
         this.pongSeq++;
         for (const [qid, seq] of this.quarantine) if (seq <= this.pongSeq) this.quarantine.delete(qid);
         return;
@@ -972,6 +1221,8 @@ export class Connection {
       max_chunk: Number(l["max_chunk"] ?? d.max_chunk),
       initial_window: Number(l["initial_window"] ?? d.initial_window),
     };
+    this.peerReplayBuffer = Number(l["replay_buffer"] ?? 262144);
+    this.peerResumeWindowMs = Number(l["resume_window_ms"] ?? 30000);
     this.peerCapabilities = new Set((f["capabilities"] as string[] | undefined) ?? []);
     // §6.4: the smaller of the two non-zero intervals.
     const mine = this.cfg.heartbeatMs;
@@ -985,8 +1236,60 @@ export class Connection {
     this.sentCount = 0;
     this.recvCount = 0;
     this.replay = [];
+    this.replayHead = 0;
     this.replayBytes = 0;
     this.replayFirst = 0;
+    this.replayBlocked = false;
+    this.bytesSinceAck = 0;
+    this.ackedCount = 0;
+  }
+
+  /**
+   * §11.1: the peer acknowledged `received` counted frames: they leave the replay buffer. Above
+   * what was sent is PROTOCOL_VIOLATION (returns false, closed).
+   */
+  private onAck(received: number | bigint): boolean {
+    const r = Number(received);
+    if (r > this.sentCount) {
+      this.connectionError(ErrorCode.PROTOCOL_VIOLATION, `received ${received} is above the ${this.sentCount} frames sent`, undefined);
+      return false;
+    }
+    this.acknowledge(r);
+    return true;
+  }
+
+  private acknowledge(r: number): void {
+    const before = this.replayBytes;
+    while (this.replayFirst < r && this.replayHead < this.replay.length) this.dropOldest();
+    if (this.replayBytes < before && this.replayBlocked && this.role === "server") {
+      // STREAMs waiting for room may go on (§11.1), as after CREDIT (§7.5).
+      this.replayBlocked = false;
+      for (const [id, inv] of this.invocations) if (!inv.final) this.emit({ type: "Writable", id });
+    }
+  }
+
+  private dropOldest(): void {
+    const b = this.replay[this.replayHead]!;
+    this.replay[this.replayHead++] = EMPTY;
+    this.replayBytes -= b.length;
+    this.replayFirst++;
+    if (this.replayHead === this.replay.length) {
+      this.replay.length = 0;
+      this.replayHead = 0;
+    } else if (this.replayHead >= 1024 && this.replayHead * 2 >= this.replay.length) {
+      this.replay = this.replay.slice(this.replayHead);
+      this.replayHead = 0;
+    }
+  }
+
+  /** PING and PONG fields: `received` in a resumable session (§5.8, §11.1). */
+  private ackFields(): Frame["fields"] {
+    return this.resumable ? { received: this.recvCount } : {};
+  }
+
+  private ackSent(): void {
+    this.bytesSinceAck = 0;
+    this.ackedCount = this.recvCount;
   }
 
   private onError(frame: Frame): void {
@@ -1008,7 +1311,7 @@ export class Connection {
     const ours = this.role === "client" ? clientSpace : !clientSpace;
     const map = clientSpace ? this.invocations : this.requests;
     if (id !== 0 && map.has(id)) {
-      map.delete(id);
+      this.forget(map, id);
       if (ours) {
         const e: Event = { type: "Ended", id, outcome: "error", code, retryable };
         if (message !== undefined) e.message = message;
@@ -1030,7 +1333,7 @@ export class Connection {
     const clientSpace = id <= 0x7fff;
     const map = clientSpace ? this.invocations : this.requests;
     if (!map.has(id)) return false;
-    map.delete(id);
+    this.forget(map, id);
     const ours = this.role === "client" ? clientSpace : !clientSpace;
     if (ours) this.emit({ type: "Ended", id, outcome: "error", code, retryable: isRetryable(code) });
     else this.emit({ type: "Aborted", id, code });
@@ -1058,13 +1361,15 @@ export class Connection {
 
   private sendPing(): void {
     this.pingSeq++;
-    this.sendFrame({ type: FrameType.PING, id: 0, fields: {} });
+    this.sendFrame({ type: FrameType.PING, id: 0, fields: this.ackFields() });
+    this.ackSent();
   }
 
   private onInvoke(frame: Frame, now: number, overRate: boolean): void {
     const id = frame.id;
     const f = frame.fields;
     const dup = this.invocations.has(id);
+    const held = openingBytes(f["tool"], f["args"], f["meta"]);
     // §7.2, in order.
     let refusal: [number, string] | undefined;
     // §6.5: after GOAWAY in either direction an opening frame is refused.
@@ -1072,6 +1377,8 @@ export class Connection {
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `invocation ${id} is already in flight`];
     else if (this.invocations.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
+    } else if (this.overArgsBound(this.invocations.size, held)) {
+      refusal = [ErrorCode.TOO_MANY_INFLIGHT, `arguments in flight would pass ${this.cfg.maxArgsInFlight} bytes`];
     } else if (overRate) refusal = [ErrorCode.RATE_LIMITED, "rate limit"];
     // §6.2, §7.2: a tool cut from the initial set is unknown to the client until added.
     else if (!this.tools.has(f["tool"] as string) || !this.peerTools.has(f["tool"] as string)) refusal = [ErrorCode.UNKNOWN_TOOL, `no tool ${f["tool"] as string}`];
@@ -1079,7 +1386,7 @@ export class Connection {
       this.sendError(id, refusal[0], refusal[1], FrameType.INVOKE);
       if (dup) {
         // An ERROR for an id in flight always ends it (§7.2).
-        this.invocations.delete(id);
+        this.forget(this.invocations, id);
         this.emit({ type: "Aborted", id, code: refusal[0] });
         this.checkDrained();
       }
@@ -1092,13 +1399,32 @@ export class Connection {
       consumed: 0,
       final: false,
       interrupted: false,
+      held,
     };
     if (deadlineMs > 0) inv.deadline = now + deadlineMs;
     this.invocations.set(id, inv);
+    this.argsHeld += held;
     const e: Event = { type: "Invoked", id, tool: f["tool"] as string, deadlineMs };
     if (f["args"] !== undefined) e.args = f["args"] as Raw;
     if (f["meta"] !== undefined) e.meta = f["meta"] as Raw;
     this.emit(e);
+  }
+
+  /**
+   * §7.2 step 3, §8, §13.1 step 3: whether an opening frame holding `held` bytes would take the
+   * arguments in flight past `maxArgsInFlight`. Never when none of the peer's exchanges is
+   * running (`running` of them are): one frame is always taken, bounded by max_frame_payload.
+   */
+  private overArgsBound(running: number, held: number): boolean {
+    return running > 0 && this.argsHeld + held > this.cfg.maxArgsInFlight;
+  }
+
+  /** Removes an exchange; one the peer opened gives back the bytes it held (§13.1 step 3). */
+  private forget(map: Map<number, Invocation> | Map<number, Request>, id: number): void {
+    const ex = map.get(id);
+    if (ex === undefined) return;
+    this.argsHeld -= ex.held;
+    map.delete(id);
   }
 
   private onInterrupt(frame: Frame): void {
@@ -1120,7 +1446,7 @@ export class Connection {
     const window = inv.window + Number(frame.fields["bytes"]);
     if (window > U32_MAX) {
       // §7.5: a window above 2^32−1 is FLOW_CONTROL, which ends the invocation.
-      this.invocations.delete(frame.id);
+      this.forget(this.invocations, frame.id);
       this.sendError(frame.id, ErrorCode.FLOW_CONTROL, `window ${window} above 2^32-1`, FrameType.CREDIT);
       this.emit({ type: "Aborted", id: frame.id, code: ErrorCode.FLOW_CONTROL });
       this.checkDrained();
@@ -1136,7 +1462,7 @@ export class Connection {
       if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `request ${id} is not in flight`, FrameType.REPLY);
       return;
     }
-    this.requests.delete(id);
+    this.forget(this.requests, id);
     const e: Event = { type: "Ended", id, outcome: "reply", status: Number(frame.fields["status"]) };
     if (frame.fields["body"] !== undefined) e.body = frame.fields["body"] as Raw;
     this.emit(e);
@@ -1161,7 +1487,7 @@ export class Connection {
     else if (n > this.limits.max_chunk) fault = [ErrorCode.CHUNK_TOO_LARGE, `chunk of ${n} bytes above max_chunk ${this.limits.max_chunk}`];
     else if (n > inv.window) fault = [ErrorCode.FLOW_CONTROL, `chunk of ${n} bytes beyond the window of ${inv.window}`];
     if (fault !== undefined) {
-      this.invocations.delete(id);
+      this.forget(this.invocations, id);
       this.sendError(id, fault[0], fault[1], FrameType.STREAM);
       this.quarantineOwn(id);
       this.emit({ type: "Ended", id, outcome: "error", code: fault[0], retryable: false });
@@ -1195,7 +1521,7 @@ export class Connection {
       if (!this.quarantine.has(id)) this.sendError(id, ErrorCode.UNKNOWN_ID, `invocation ${id} is not in flight`, FrameType.COMPLETE);
       return;
     }
-    this.invocations.delete(id);
+    this.forget(this.invocations, id);
     const f = frame.fields;
     const e: Event = { type: "Ended", id, outcome: "complete", status: Number(f["status"]) };
     if (f["result"] !== undefined) e.result = f["result"] as Raw;
@@ -1241,23 +1567,27 @@ export class Connection {
     const id = frame.id;
     const f = frame.fields;
     const dup = this.requests.has(id);
+    const held = openingBytes(f["kind"], f["body"], undefined);
     let refusal: [number, string] | undefined;
     if (!this.cfg.requests) refusal = [ErrorCode.UNSUPPORTED, "this client does not answer requests"];
     else if (this.goawaySent || this.goawayReceived) refusal = [ErrorCode.DRAINING, "draining"];
     else if (dup) refusal = [ErrorCode.DUPLICATE_ID, `request ${id} is already in flight`];
     else if (this.requests.size >= this.limits.max_inflight) {
       refusal = [ErrorCode.TOO_MANY_INFLIGHT, `max_inflight ${this.limits.max_inflight} reached`];
+    } else if (this.overArgsBound(this.requests.size, held)) {
+      refusal = [ErrorCode.TOO_MANY_INFLIGHT, `arguments in flight would pass ${this.cfg.maxArgsInFlight} bytes`];
     } else if (overRate) refusal = [ErrorCode.RATE_LIMITED, "rate limit"];
     if (refusal !== undefined) {
       this.sendError(id, refusal[0], refusal[1], FrameType.REQUEST);
       if (dup) {
-        this.requests.delete(id);
+        this.forget(this.requests, id);
         this.emit({ type: "Aborted", id, code: refusal[0] });
         this.checkDrained();
       }
       return;
     }
-    this.requests.set(id, { interrupted: false });
+    this.requests.set(id, { interrupted: false, held });
+    this.argsHeld += held;
     const e: Event = { type: "Requested", id, kind: f["kind"] as string };
     if (f["body"] !== undefined) e.body = f["body"] as Raw;
     if (f["invocation"] !== undefined) e.invocation = Number(f["invocation"]);
@@ -1267,8 +1597,8 @@ export class Connection {
   private resumed(received: number, now: number): void {
     // §11.2 step 4: re-send what the server missed, or fail.
     this.resuming = false;
-    const missing = this.sentCount - received;
-    if (received > this.sentCount || missing > this.replay.length || received < this.replayFirst) {
+    if (!this.canReplayFrom(received)) {
+      // §11.3: RESUME_FAILED sent here is an ordinary connection error: its sender closes.
       this.st = "Open";
       this.connectionError(ErrorCode.RESUME_FAILED, "the frames the server missed are no longer held", undefined);
       return;
@@ -1278,9 +1608,10 @@ export class Connection {
     this.handshakeDeadline = undefined;
     this.lastRecv = now;
     this.pingsSent = 0;
-    for (let i = received - this.replayFirst; i < this.replay.length; i++) this.out.bytes(this.replay[i]!);
+    this.replayFrom(received);
     this.pingAgainForQuarantine();
     this.emit({ type: "Resumed" });
+    this.checkDrained();
   }
 
   private resumeRefused(frame: Frame): void {
@@ -1294,6 +1625,7 @@ export class Connection {
     this.loseOwnExchanges();
     this.invocations.clear();
     this.requests.clear();
+    this.argsHeld = 0;
     this.detachedAt = undefined;
     this.resumeToken = undefined;
     this.resumable = false;
@@ -1321,6 +1653,11 @@ export class Connection {
         : ["max_frame_payload", "max_inflight"];
     // §5.1: a server announces the limits that bind the client even when they are the defaults.
     for (const k of keys) if (this.role === "server" || this.limits[k] !== d[k]) out[k] = this.limits[k];
+    // §5.1, §11: a side that lists `resume` announces its replay buffer and resume window.
+    if (this.cfg.resume) {
+      out["replay_buffer"] = this.cfg.replayBuffer;
+      out["resume_window_ms"] = this.cfg.resumeWindowMs;
+    }
     return Object.keys(out).length > 0 ? out : undefined;
   }
 
@@ -1421,7 +1758,11 @@ export class Connection {
       return;
     }
     this.sentCount++;
-    if (this.resumable) this.holdForReplay(this.out.buf.slice(start, this.out.len));
+    if (this.resumable) {
+      this.holdForReplay(this.out.buf.slice(start, this.out.len));
+      // §11.3: while detached, frames wait in the replay buffer for the new transport.
+      if (this.st === "Detached") this.out.len = start;
+    }
   }
 
   private countSent(bytes: Uint8Array): void {
@@ -1429,13 +1770,14 @@ export class Connection {
     if (this.resumable) this.holdForReplay(bytes);
   }
 
+  /**
+   * §11.1: keeps a sent counted frame until it is acknowledged. Past `replay_buffer` the oldest
+   * frames are dropped (a resume that needs them fails), but the newest is always kept.
+   */
   private holdForReplay(bytes: Uint8Array): void {
     this.replay.push(bytes);
     this.replayBytes += bytes.length;
-    while (this.replayBytes > this.cfg.replayBuffer && this.replay.length > 0) {
-      this.replayBytes -= this.replay.shift()!.length;
-      this.replayFirst++;
-    }
+    while (this.replayBytes > this.cfg.replayBuffer && this.replay.length - this.replayHead > 1) this.dropOldest();
   }
 
   private emit(e: Event): void {
@@ -1498,6 +1840,7 @@ export class Connection {
     this.loseOwnExchanges();
     this.invocations.clear();
     this.requests.clear();
+    this.argsHeld = 0;
     this.st = "Closed";
     // §2.1: a side that closes on a connection error, sent or received, uses the same code.
     if ((reason === "error_received" || reason === "error_sent") && code !== undefined) this.closeCodeValue = webSocketCloseCode(code);

@@ -15,6 +15,8 @@ export interface SocketLike {
   readonly bufferedAmount: number;
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** `ws`: drops the TCP connection at once, without the closing handshake (a peer that is gone never answers it). */
+  terminate?(): void;
   onopen: ((ev: unknown) => void) | null;
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
@@ -99,11 +101,13 @@ export class Driver {
         this.pump();
       }
     };
-    socket.onclose = () => {
+    socket.onclose = (ev) => {
       if (this.socket !== socket) return;
       this.socketClosed = true;
       this.socket = undefined;
-      this.conn.handleTransportClosed(now());
+      // §11.3: a Close with status 1000, or without a status (1005), ends the session on
+      // purpose; any other end (1006 for a cut TCP connection, 1001, 1011…) detaches it.
+      this.conn.handleTransportClosed(now(), ev.code === 1000 || ev.code === 1005);
       this.pump();
       this.onSocketGone?.();
     };
@@ -179,14 +183,19 @@ export class Driver {
         if (rounds === 999) this.schedule();
       }
       this.arm();
-      if (this.conn.isClosed && this.socket !== undefined) {
+      if (this.conn.transportDone && this.socket !== undefined) {
+        // Closed, or a resumable session detached itself (heartbeat timeout, take-over, §11.3).
         const s = this.socket;
         this.socket = undefined;
         try {
-          s.close(this.conn.closeCode);
+          // A detached session's transport is dead or taken over (§11.3): nobody will answer a
+          // closing handshake, so drop it where the platform allows.
+          if (!this.conn.isClosed && s.terminate !== undefined) s.terminate();
+          else s.close(this.conn.transportCloseCode);
         } catch {
           /* already closing */
         }
+        if (!this.conn.isClosed && this.onSocketGone !== undefined) queueMicrotask(this.onSocketGone);
       }
     } finally {
       this.pumping = false;
@@ -196,6 +205,10 @@ export class Driver {
   private arm(): void {
     const at = this.conn.pollTimeout();
     if (at === this.timerAt) return;
+    // The heartbeat deadline moves with every message received: keep a timer that fires no
+    // later than needed (it then runs `handleTimeout`, which does nothing early, and re-arms)
+    // instead of clearing and setting one per message.
+    if (at !== undefined && this.timer !== undefined && this.timerAt !== undefined && this.timerAt <= at) return;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.timerAt = at;

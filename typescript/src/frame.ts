@@ -105,6 +105,8 @@ export const LIMITS_SCHEMA: readonly FieldSpec[] = [
   { key: 2, name: "max_tools", kind: "uint", min: 0, max: 65535 },
   { key: 3, name: "max_chunk", kind: "uint", min: 4, max: U32 },
   { key: 4, name: "initial_window", kind: "uint", min: 8, max: U32 },
+  { key: 5, name: "replay_buffer", kind: "uint", min: 0, max: U32 },
+  { key: 6, name: "resume_window_ms", kind: "uint", min: 0, max: U32 },
 ];
 
 /** SPEC §5.6 `metrics` keys. */
@@ -165,9 +167,9 @@ export const SCHEMAS: readonly (readonly FieldSpec[])[] = [
     { key: 2, name: "retryable", kind: "bool" },
     { key: 3, name: "frame_type", kind: "uint", min: 0, max: 15 },
   ],
-  // §5.8 PING, PONG
-  [],
-  [],
+  // §5.8 PING, PONG: `received` acknowledges counted frames in a resumable session (§11.1).
+  [{ key: 0, name: "received", kind: "uint", min: 0, max: U64 }],
+  [{ key: 0, name: "received", kind: "uint", min: 0, max: U64 }],
   // §5.9 REQUEST
   [
     { key: 0, name: "kind", kind: "str", min: 1, max: 64, required: true },

@@ -13,8 +13,9 @@ export * from "./index.js";
 export { RequestDeclined, type ServeOptions, Server, type ToolContext, type ToolHandler, type ToolSpec, serve } from "./server.js";
 
 /** Opens a `ws` WebSocket offering `asp-v1`, with the given upgrade headers. */
-export function nodeSocket(url: string, protocol: string, headers: Record<string, string>): SocketLike {
-  const ws = new WebSocket(url, protocol, { headers, perMessageDeflate: false, maxPayload: 64 << 20 });
+export function nodeSocket(url: string, protocol: string, headers: Record<string, string>, maxMessage?: number): SocketLike {
+  // A longer message is refused without being buffered (ws closes with 1009; SPEC §2.1, §13.1).
+  const ws = new WebSocket(url, protocol, { headers, perMessageDeflate: false, maxPayload: maxMessage ?? 64 << 20 });
   return ws as unknown as SocketLike;
 }
 

@@ -27,6 +27,8 @@ export interface ToolContext {
   connectionId: string;
   /** INVOKE `meta`, decoded. */
   meta: unknown;
+  /** INVOKE `args` as sent: its MessagePack bytes (undefined without args). Return `new Raw(bytes)` to send a result byte for byte. */
+  rawArgs: Uint8Array | undefined;
   /** Aborted when the client interrupts, the deadline passes, or the connection closes. */
   signal: AbortSignal;
   /**
@@ -84,6 +86,11 @@ export interface ServeOptions extends Partial<Limits> {
   rateLimit?: number;
   floodLimit?: number;
   resumeWindowMs?: number;
+  /**
+   * Bytes the INVOKEs running on one connection may hold (tool name, `args`, `meta`) before a
+   * new one is refused with `TOO_MANY_INFLIGHT`, retryable (SPEC §7.2, §13.1; default 4 MiB).
+   */
+  maxArgsInFlight?: number;
   agent?: string;
 }
 
@@ -103,6 +110,11 @@ function toDef(t: ToolSpec): ToolDef {
   if (t.inputSchema !== undefined) d.inputSchema = new Raw(mpEncode(t.inputSchema));
   if (t.annotations !== undefined) d.annotations = new Raw(mpEncode(t.annotations));
   return d;
+}
+
+/** An application value as MessagePack; a `Raw` is taken as already encoded. */
+function toRaw(v: unknown): Raw {
+  return v instanceof Raw ? v : new Raw(mpEncode(v));
 }
 
 function decodeRaw(r: Raw | undefined): unknown {
@@ -152,6 +164,7 @@ class Context implements ToolContext {
     readonly tool: string,
     readonly meta: unknown,
     private readonly running: Running,
+    readonly rawArgs: Uint8Array | undefined,
   ) {}
   get connectionId(): string {
     return this.session.conn.connectionId;
@@ -198,7 +211,7 @@ class Session {
         this.server.connections.add(this);
         return;
       case "Invoked":
-        this.run(e.id, e.tool, decodeRaw(e.args), decodeRaw(e.meta));
+        this.run(e.id, e.tool, e.args, decodeRaw(e.meta));
         return;
       case "Interrupted":
         this.running.get(e.id)?.abort.abort(new AspError(ErrorCode.INTERNAL, "interrupted"));
@@ -230,7 +243,10 @@ class Session {
         // §11.2 step 3: find the detached session by token; this new connection is then dropped.
         const old = this.server.sessions.get(hex(e.token));
         const socket = this.driver.socket;
-        if (old !== undefined && old !== this && socket !== undefined && old.conn.state === "Detached") {
+        if (old !== undefined && old !== this && socket !== undefined && old.conn.state !== "Closed") {
+          // §11.3 take-over: the client's RESUME shows its old transport is gone, even if it
+          // still looks alive here (half-open TCP): detach it at once, closed without an ERROR.
+          if (old.conn.detach(now())) old.driver.pump();
           this.driver.socket = undefined;
           this.driver.dispose();
           if (old.conn.resumeSession(e.received, now())) {
@@ -263,13 +279,14 @@ class Session {
     }
   }
 
-  private run(id: number, tool: string, args: unknown, meta: unknown): void {
+  private run(id: number, tool: string, rawArgs: Raw | undefined, meta: unknown): void {
+    const args = decodeRaw(rawArgs);
     const spec = this.server.toolSpecs.get(tool);
     const abort = new LazyAbort();
     const running: Running = { abort, wake: undefined };
     this.running.set(id, running);
     const started = now();
-    const ctx = new Context(this, id, tool, meta, running);
+    const ctx = new Context(this, id, tool, meta, running, rawArgs?.bytes);
     let value: unknown;
     try {
       if (spec === undefined) throw new AspError(ErrorCode.UNKNOWN_TOOL, tool);
@@ -307,7 +324,7 @@ class Session {
           // A bug or crash in the handler (§12.2 INTERNAL, retryable).
           this.conn.fail(id, ErrorCode.INTERNAL, (error as Error)?.message ?? String(error), true);
         } else {
-          this.conn.complete(id, 0, result === undefined ? undefined : new Raw(mpEncode(result)), ctx.metrics);
+          this.conn.complete(id, 0, result === undefined ? undefined : toRaw(result), ctx.metrics);
         }
       });
     } catch (e) {
@@ -328,7 +345,7 @@ class Session {
       const cap = this.conn.streamCapacity(id);
       const socket = this.driver.socket;
       const n = typeof data === "string" ? utf8Length(data) : data.length;
-      if (n > 0 && n <= cap && socket !== undefined && socket.bufferedAmount <= HIGH_WATER) {
+      if (n > 0 && n <= cap && (socket === undefined || socket.bufferedAmount <= HIGH_WATER)) {
         this.driver.command(() => this.conn.stream(id, data));
         return RESOLVED;
       }
@@ -344,7 +361,8 @@ class Session {
       const cap = this.conn.streamCapacity(id);
       if (cap < 0) throw new ConnectionLost("the invocation is no longer running");
       const socket = this.driver.socket;
-      const full = socket === undefined || socket.bufferedAmount > HIGH_WATER;
+      // Detached (no socket): data is queued for replay, within the window and the replay buffer (§11.3).
+      const full = socket !== undefined && socket.bufferedAmount > HIGH_WATER;
       if (cap > 0 && !full) {
         if (text !== undefined) {
           if (utf8Length(text) <= cap) {
@@ -355,25 +373,29 @@ class Session {
           const enc = new TextEncoder().encode(text);
           let end = cap;
           while (end > 0 && (enc[end]! & 0xc0) === 0x80) end--;
-          const head = new TextDecoder().decode(enc.subarray(0, end));
-          this.driver.command(() => this.conn.stream(id, head));
-          text = text.slice(head.length);
+          if (end > 0) {
+            const head = new TextDecoder().decode(enc.subarray(0, end));
+            this.driver.command(() => this.conn.stream(id, head));
+            text = text.slice(head.length);
+            continue;
+          }
+          // Room for less than the next character (replay room, §11.1): wait for more.
+        } else {
+          const b = bytes!;
+          if (b.length === 0) return;
+          if (b.length <= cap) {
+            this.driver.command(() => this.conn.stream(id, b));
+            return;
+          }
+          this.driver.command(() => this.conn.stream(id, b.subarray(0, cap)));
+          bytes = b.subarray(cap);
           continue;
         }
-        const b = bytes!;
-        if (b.length === 0) return;
-        if (b.length <= cap) {
-          this.driver.command(() => this.conn.stream(id, b));
-          return;
-        }
-        this.driver.command(() => this.conn.stream(id, b.subarray(0, cap)));
-        bytes = b.subarray(cap);
-        continue;
       }
       await new Promise<void>((resolve) => {
         running.wake = resolve;
         // Socket back-pressure has no event on a WebSocket: look again shortly.
-        if (full) setTimeout(resolve, socket === undefined ? 50 : 1);
+        if (full) setTimeout(resolve, 1);
       });
       running.wake = undefined;
     }
@@ -384,7 +406,7 @@ class Session {
     return new Promise((resolve, reject) => {
       try {
         const id = this.driver.command(() =>
-          this.conn.request(kind, body === undefined ? undefined : new Raw(mpEncode(body)), invocation),
+          this.conn.request(kind, body === undefined ? undefined : toRaw(body), invocation),
         );
         this.asks.set(id, { resolve, reject });
       } catch (e) {
@@ -488,6 +510,7 @@ export class Server {
     if (o.rateLimit !== undefined) cfg.rateLimit = o.rateLimit;
     if (o.floodLimit !== undefined) cfg.floodLimit = o.floodLimit;
     if (o.resumeWindowMs !== undefined) cfg.resumeWindowMs = o.resumeWindowMs;
+    if (o.maxArgsInFlight !== undefined) cfg.maxArgsInFlight = o.maxArgsInFlight;
     const session = new Session(this, cfg);
     session.start(ws as unknown as SocketLike);
   }

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { ErrorCode } from "../src/codes.js";
 import { Connection, type ConnectionConfig } from "../src/connection.js";
 import type { Event } from "../src/event.js";
 import { Raw } from "../src/frame.js";
@@ -116,7 +117,8 @@ describe("Connection pair on virtual time", () => {
     // The server streams while detached: kept for replay.
     p.server.stream(id, "late");
     p.server.complete(id, 0);
-    assert.equal(p.server.pollTransmit()!.length > 0, true); // what the dead socket would have sent
+    // Nothing goes to the dead transport: it waits in the replay buffer (§11.3).
+    assert.equal(p.server.pollTransmit(), undefined);
     // New transport: the client's RESUME goes to a fresh server connection, which asks the app…
     p.client.resume(p.now);
     const fresh = new Connection("server", { resume: true }, p.now);
@@ -131,6 +133,88 @@ describe("Connection pair on virtual time", () => {
     const ev = p.take("client");
     assert.deepEqual(ev.map((e) => e.type), ["Resumed", "Chunk", "Ended"]);
     assert.equal(p.client.state, "Open");
+  });
+
+  it("resume: acknowledgements keep the replay buffer bounded through a long stream (§11.1)", () => {
+    const replay = 16384;
+    const p = new Pair({ resume: true, heartbeatMs: 0, replayBuffer: replay }, { resume: true, heartbeatMs: 0, replayBuffer: replay });
+    const id = p.client.invoke("echo");
+    p.drive();
+    let sent = 0;
+    let waits = 0;
+    let most = 0;
+    const chunk = "x".repeat(1000);
+    while (sent < 2_000_000) {
+      const cap = p.server.streamCapacity(id);
+      if (cap >= chunk.length) {
+        p.server.stream(id, chunk);
+        sent += chunk.length;
+      } else {
+        // Full (window or replay room): the client's CREDIT and PING(received) make room.
+        waits++;
+        p.drive();
+        assert.ok(p.server.streamCapacity(id) >= chunk.length, "no room after the peer caught up");
+      }
+      most = Math.max(most, p.server.replayBuffered);
+    }
+    p.server.complete(id, 0);
+    p.drive();
+    assert.ok(most <= replay, `replay buffer held ${most} bytes`);
+    assert.ok(waits > 0);
+    const got = p.take("client").filter((e) => e.type === "Chunk").length;
+    assert.equal(got, 2000);
+    // Every counted frame the client received was acknowledged or is within a quarter of the buffer.
+    assert.ok(p.server.replayBuffered <= replay);
+  });
+
+  it("resume: a STREAM waits for replay room, and the ack wakes it (Writable)", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0, initial_window: 1 << 20, max_chunk: 1 << 16 }, { resume: true, heartbeatMs: 0, replayBuffer: 256 });
+    const id = p.client.invoke("echo");
+    p.drive();
+    p.take("server");
+    p.server.stream(id, "a".repeat(200));
+    assert.equal(p.server.streamCapacity(id), 256 - p.server.replayBuffered - 21);
+    assert.throws(() => p.server.stream(id, "b".repeat(200)), /replay buffer/);
+    p.drive(); // the client acknowledges a quarter of 256 bytes at once
+    assert.ok(p.take("server").some((e) => e.type === "Writable" && e.id === id));
+    assert.equal(p.server.replayBuffered, 0);
+    p.server.stream(id, "b".repeat(200));
+  });
+
+  it("resume: take-over of a session whose old transport still looks alive (§11.3)", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0 }, { resume: true, heartbeatMs: 0 });
+    const id = p.client.invoke("echo");
+    p.drive();
+    // Only the client saw its transport die (half-open TCP).
+    p.client.handleTransportClosed(p.now);
+    p.server.stream(id, "during");
+    p.server.pollTransmit(); // lost on the half-open transport
+    p.client.resume(p.now);
+    const fresh = new Connection("server", { resume: true }, p.now);
+    fresh.start(p.now);
+    fresh.handleMessage(p.client.pollTransmit()!, p.now);
+    const req = fresh.pollEvent();
+    assert.equal(req?.type, "ResumeRequested");
+    assert.equal(p.server.state, "Open");
+    assert.equal(p.server.resumeSession(req.type === "ResumeRequested" ? req.received : 0, p.now), true);
+    p.server.complete(id, 0);
+    p.drive();
+    const types = p.take("client").map((e) => e.type);
+    assert.deepEqual(types.slice(-4), ["Detached", "Resumed", "Chunk", "Ended"]);
+    assert.deepEqual(p.take("server").map((e) => e.type).slice(-2), ["Detached", "Resumed"]);
+  });
+
+  it("resume: a deliberate close (WebSocket 1000) ends the session, the invocation is lost", () => {
+    const p = new Pair({ resume: true, heartbeatMs: 0 }, { resume: true, heartbeatMs: 0 });
+    p.client.invoke("echo");
+    p.drive();
+    p.take("client");
+    p.client.handleTransportClosed(p.now, true);
+    assert.deepEqual(p.take("client").length, 0);
+    const types: string[] = [];
+    for (let e = p.client.pollEvent(); e; e = p.client.pollEvent()) types.push(e.type);
+    assert.deepEqual(types, ["Ended", "Closed"]);
+    assert.equal(p.client.state, "Closed");
   });
 
   it("a resume the server cannot serve: RESUME_FAILED, a new session starts", () => {
@@ -156,6 +240,110 @@ describe("Connection pair on virtual time", () => {
     for (let e = p.client.pollEvent(); e; e = p.client.pollEvent()) types.push(e.type);
     assert.deepEqual(types, ["Ended", "PeerError", "ToolAdded", "Connected"]);
     assert.equal(p.client.state, "Open");
+  });
+});
+
+/** A MessagePack bin of `n` bytes (n < 256): 2 + n bytes as an `args`, `body` or `meta`. */
+function bin(n: number): Raw {
+  const b = new Uint8Array(2 + n);
+  b[0] = 0xc4;
+  b[1] = n;
+  return new Raw(b);
+}
+
+/** The `Ended` outcomes of a side's events, by id. */
+function ended(events: Event[]): Map<number, Event> {
+  return new Map(events.filter((e) => e.type === "Ended").map((e) => [(e as { id: number }).id, e]));
+}
+
+/** The exchange ended with ERROR(TOO_MANY_INFLIGHT), retryable (§7.2 step 3, §12). */
+function assertTooMany(e: Event | undefined): void {
+  const x = e as { outcome?: string; code?: number; retryable?: boolean } | undefined;
+  assert.deepEqual([x?.outcome, x?.code, x?.retryable], ["error", ErrorCode.TOO_MANY_INFLIGHT, true]);
+}
+
+describe("arguments in flight are bounded (SPEC §7.2, §8, §13.1 step 3)", () => {
+  // Each INVOKE of `echo` with bin(96) holds 4 (tool) + 98 (args) = 102 bytes.
+  it("server: an INVOKE past max_args_in_flight is refused, retryable; ending one makes room", () => {
+    const p = new Pair({}, { maxArgsInFlight: 250 });
+    p.take("client");
+    p.take("server");
+    const a = p.client.invoke("echo", bin(96));
+    const b = p.client.invoke("echo", bin(96));
+    const c = p.client.invoke("echo", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("server").map((e) => [e.type, (e as { id?: number }).id]), [["Invoked", a], ["Invoked", b]]);
+    assertTooMany(ended(p.take("client")).get(c));
+    // The connection goes on: once `a` ends, the retry runs.
+    p.server.complete(a, 0);
+    const d = p.client.invoke("echo", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("server").map((e) => [e.type, (e as { id?: number }).id]), [["Invoked", d]]);
+    assert.equal(p.client.state, "Open");
+    assert.equal(p.server.state, "Open");
+  });
+
+  it("server: meta counts; failed and expired invocations give their bytes back", () => {
+    const p = new Pair({}, { maxArgsInFlight: 250 });
+    p.take("client");
+    const a = p.client.invoke("echo", bin(96));
+    // 102 + (4 + 98 + 50) = 254 > 250: refused because of its meta.
+    const b = p.client.invoke("echo", bin(96), { meta: bin(48) });
+    p.drive();
+    assertTooMany(ended(p.take("client")).get(b));
+    // Without it, 204 fits.
+    const c = p.client.invoke("echo", bin(96), { deadlineMs: 10 });
+    p.drive();
+    assert.equal(p.take("server").filter((e) => e.type === "Invoked").length, 2);
+    // `a` failed by the handler, `c` past its deadline (§7.4): both release what they held.
+    p.server.fail(a, 0x100, "handler failed");
+    p.advance(10);
+    const ends = ended(p.take("client"));
+    assert.equal((ends.get(a) as { code: number }).code, 0x100);
+    assert.equal((ends.get(c) as { code: number }).code, ErrorCode.DEADLINE_EXCEEDED);
+    const e = p.client.invoke("echo", bin(96));
+    const f = p.client.invoke("echo", bin(96));
+    p.drive();
+    assert.equal(p.take("server").filter((x) => x.type === "Invoked").length, 2, `${e} and ${f} both run`);
+  });
+
+  it("server: with nothing running one INVOKE is always taken, however large", () => {
+    const p = new Pair({}, { maxArgsInFlight: 50 });
+    p.take("client");
+    p.take("server");
+    const big = p.client.invoke("echo", bin(200));
+    const small = p.client.invoke("echo");
+    p.drive();
+    assert.deepEqual(p.take("server").map((e) => [e.type, (e as { id?: number }).id]), [["Invoked", big]]);
+    assertTooMany(ended(p.take("client")).get(small));
+    // An interrupt is not an end: the bytes stay held until the terminal frame.
+    p.client.interrupt(big);
+    p.drive();
+    const again = p.client.invoke("echo");
+    p.drive();
+    assertTooMany(ended(p.take("client")).get(again));
+    p.server.complete(big, 1);
+    p.drive();
+    const last = p.client.invoke("echo");
+    p.drive();
+    assert.deepEqual(p.take("server").filter((e) => e.type === "Invoked").map((e) => (e as { id: number }).id), [last]);
+  });
+
+  it("client: a REQUEST past its max_args_in_flight is refused; a REPLY makes room", () => {
+    // Each REQUEST of kind `ask` with bin(96) holds 3 + 98 = 101 bytes.
+    const p = new Pair({ maxArgsInFlight: 210 });
+    p.take("client");
+    p.take("server");
+    const r1 = p.server.request("ask", bin(96));
+    const r2 = p.server.request("ask", bin(96));
+    const r3 = p.server.request("ask", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("client").map((e) => [e.type, (e as { id?: number }).id]), [["Requested", r1], ["Requested", r2]]);
+    assertTooMany(ended(p.take("server")).get(r3));
+    p.client.reply(r1, 0);
+    const r4 = p.server.request("ask", bin(96));
+    p.drive();
+    assert.deepEqual(p.take("client").map((e) => [e.type, (e as { id?: number }).id]), [["Requested", r4]]);
   });
 });
 

@@ -16,7 +16,6 @@
 //! Time only moves when the harness moves it: `step` jumps to the next delivery or timer.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use asp_proto::codec;
@@ -59,31 +58,10 @@ pub enum Delivery {
     Bytes { max_pieces: usize },
 }
 
-/// What travels on the link.
-#[derive(Clone, Debug)]
-pub enum Datagram {
-    Data(Bytes),
-    /// A transport-level (WebSocket) ping; the receiving transport answers it with `Pong`
-    /// by itself, as WebSocket libraries do.
-    Ping,
-    /// A transport-level pong: the receiver's `handle_transport_pong`.
-    Pong,
-    /// The sender closed its end: the receiver's `handle_transport_closed`.
-    Eof,
-}
-
-/// Per-direction link state.
-#[derive(Debug, Default)]
-pub struct Link {
-    /// (deliver at, datagram), in send order.
-    pub in_flight: VecDeque<(Instant, Datagram)>,
-    /// Frames transmitted in this direction, decoded, with the time they were sent.
-    pub wire: Vec<(Instant, Frame)>,
-    /// Stop delivering (the data stays queued): a one-way partition.
-    pub hold: bool,
-    /// The sender already closed its end.
-    pub eof_sent: bool,
-}
+// The link simulator is the one the fuzz `pair` target drives.
+#[path = "../../src/fuzzing/link.rs"]
+mod link;
+pub use link::{Datagram, Link};
 
 pub struct Pair {
     pub client: Connection,
@@ -93,6 +71,8 @@ pub struct Pair {
     pub delivery: Delivery,
     /// links[0]: client → server; links[1]: server → client.
     pub links: [Link; 2],
+    /// Per direction: frames transmitted, decoded, with the time they were sent.
+    pub wires: [Vec<(Instant, Frame)>; 2],
     /// events[0]: client; events[1]: server.
     pub events: [Vec<Event>; 2],
     /// Transport pings each side asked for (`poll_ping`).
@@ -129,6 +109,7 @@ impl Pair {
             latency: Duration::ZERO,
             delivery: Delivery::Message,
             links: [Link::default(), Link::default()],
+            wires: [Vec::new(), Vec::new()],
             events: [Vec::new(), Vec::new()],
             pings: [0, 0],
             auto_eof: true,
@@ -212,17 +193,13 @@ impl Pair {
                 let batch = buf.split().freeze();
                 self.record_wire(side, &batch);
                 let at = self.now + self.latency;
-                self.links[side.idx()]
-                    .in_flight
-                    .push_back((at, Datagram::Data(batch)));
+                self.links[side.idx()].send(at, Datagram::Data(batch));
                 progress = true;
             }
             if self.conn(side).poll_ping() {
                 self.pings[side.idx()] += 1;
                 let at = self.now + self.latency;
-                self.links[side.idx()]
-                    .in_flight
-                    .push_back((at, Datagram::Ping));
+                self.links[side.idx()].send(at, Datagram::Ping);
                 progress = true;
             }
             while let Some(ev) = self.conn(side).poll_event() {
@@ -244,9 +221,7 @@ impl Pair {
         if self.auto_eof && self.conn(side).is_closed() && !self.links[side.idx()].eof_sent {
             self.links[side.idx()].eof_sent = true;
             let at = self.now + self.latency;
-            self.links[side.idx()]
-                .in_flight
-                .push_back((at, Datagram::Eof));
+            self.links[side.idx()].send(at, Datagram::Eof);
         }
     }
 
@@ -260,7 +235,7 @@ impl Pair {
         let mut b = batch.clone();
         while let Some(r) = codec::decode_frame(&mut b, u32::MAX) {
             match r {
-                Ok(f) => self.links[side.idx()].wire.push((self.now, f)),
+                Ok(f) => self.wires[side.idx()].push((self.now, f)),
                 Err(e) => panic!("{side:?} transmitted an invalid frame: {e} in {batch:02x?}"),
             }
         }
@@ -306,21 +281,12 @@ impl Pair {
     /// by `now` (or regardless of time if `ignore_time`). Returns how many were delivered.
     pub fn deliver(&mut self, from: Side, max: usize, ignore_time: bool) -> usize {
         let to = from.other();
-        if self.links[from.idx()].hold {
-            return 0;
-        }
+        let by = (!ignore_time).then_some(self.now);
         let mut data = Vec::new();
         let mut n = 0;
         let mut delivered = 0;
         while n < max {
-            let due = match self.links[from.idx()].in_flight.front() {
-                Some((at, _)) => ignore_time || *at <= self.now,
-                None => false,
-            };
-            if !due {
-                break;
-            }
-            let Some((_, d)) = self.links[from.idx()].in_flight.pop_front() else {
+            let Some(d) = self.links[from.idx()].pop_due(by) else {
                 break;
             };
             n += 1;
@@ -336,9 +302,7 @@ impl Pair {
                     match other {
                         Datagram::Ping => {
                             let at = self.now + self.latency;
-                            self.links[to.idx()]
-                                .in_flight
-                                .push_back((at, Datagram::Pong));
+                            self.links[to.idx()].send(at, Datagram::Pong);
                         }
                         Datagram::Pong => {
                             self.conn(to).handle_transport_pong(now);
@@ -367,11 +331,7 @@ impl Pair {
     }
 
     fn next_delivery(&self) -> Option<Instant> {
-        self.links
-            .iter()
-            .filter(|l| !l.hold)
-            .filter_map(|l| l.in_flight.front().map(|(t, _)| *t))
-            .min()
+        self.links.iter().filter_map(Link::next_due).min()
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -555,23 +515,22 @@ impl Pair {
 
     /// Frames sent by `from`.
     pub fn wire(&self, from: Side) -> Vec<Frame> {
-        self.links[from.idx()]
-            .wire
+        self.wires[from.idx()]
             .iter()
             .map(|(_, f)| f.clone())
             .collect()
     }
 
     pub fn take_wire(&mut self, from: Side) -> Vec<Frame> {
-        std::mem::take(&mut self.links[from.idx()].wire)
+        std::mem::take(&mut self.wires[from.idx()])
             .into_iter()
             .map(|(_, f)| f)
             .collect()
     }
 
     pub fn clear_wire(&mut self) {
-        for l in &mut self.links {
-            l.wire.clear();
+        for w in &mut self.wires {
+            w.clear();
         }
     }
 

@@ -123,6 +123,9 @@ pub(crate) fn metrics(inner: &Arc<RelayInner>) -> Reply {
             "pushes_delivered": n(&m.pushes_delivered),
             "pushes_refused": n(&m.pushes_refused),
             "replays": n(&m.replays),
+            "resumes": n(&m.resumes),
+            "snapshots": n(&m.snapshots),
+            "moved_out": n(&m.moved_out),
         })),
     )
 }

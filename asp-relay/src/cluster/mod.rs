@@ -15,6 +15,7 @@
 
 pub(crate) mod admin;
 mod scripts;
+pub(crate) mod store;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +62,12 @@ pub struct Metrics {
     pub replays: AtomicU64,
     /// Pushes the owner could not apply (the connection refused them, see §15.5's 409).
     pub pushes_refused: AtomicU64,
+    /// Sessions another node held that resumed here, from their snapshot (SPEC §15.6).
+    pub resumes: AtomicU64,
+    /// Session snapshots stored (SPEC §11.4).
+    pub snapshots: AtomicU64,
+    /// Sessions handed to other nodes by a drain (SPEC §15.6).
+    pub moved_out: AtomicU64,
 }
 
 struct Local {
@@ -70,6 +77,23 @@ struct Local {
     gen: u64,
     last_seq: u64,
     epoch: u64,
+    /// `last_seq` when this node took the session: what a snapshot taken before the
+    /// registration completed contains.
+    first_seq: u64,
+    /// The token index key (`asp:t:{sha256(token)}`), once written.
+    token_key: Option<String>,
+}
+
+/// `RESUME_CLAIM`'s answer: `(gen, snap, applied, st, epoch)`.
+type ClaimReply = (u64, Vec<u8>, u64, Vec<u8>, u64);
+
+/// What a resume claim read for a session this node is adopting (SPEC §15.6).
+struct Adopted {
+    gen: u64,
+    applied: u64,
+    state: Bytes,
+    epoch: u64,
+    token_key: String,
 }
 
 enum SubCmd {
@@ -88,8 +112,13 @@ pub struct Cluster {
     subs: mpsc::UnboundedSender<SubCmd>,
     subs_rx: Mutex<Option<mpsc::UnboundedReceiver<SubCmd>>>,
     up: AtomicBool,
+    /// Woken whenever a connection's registration completes.
+    registered: tokio::sync::Notify,
+    adopting: Mutex<HashMap<String, Adopted>>,
     /// Counters of this node.
     pub metrics: Metrics,
+    snapshot: Script,
+    resume_claim: Script,
     claim: Script,
     push: Script,
     write_state: Script,
@@ -111,6 +140,18 @@ fn outbox_key(cid: &str) -> String {
 }
 fn channel(cid: &str) -> String {
     format!("asp:{{{cid}}}:p")
+}
+
+/// The token index key: a resume token is a secret (SPEC §13.1), so Redis holds its
+/// SHA-256, never the token.
+fn token_key(token: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut k = String::with_capacity(6 + 64);
+    k.push_str("asp:t:");
+    for b in d.as_ref() {
+        k.push_str(&format!("{b:02x}"));
+    }
+    k
 }
 
 fn io(e: redis::RedisError) -> std::io::Error {
@@ -148,7 +189,11 @@ impl Cluster {
             subs: tx,
             subs_rx: Mutex::new(Some(rx)),
             up: AtomicBool::new(false),
+            registered: tokio::sync::Notify::new(),
+            adopting: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            snapshot: Script::new(scripts::SNAPSHOT),
+            resume_claim: Script::new(scripts::RESUME_CLAIM),
             claim: Script::new(scripts::CLAIM),
             push: Script::new(scripts::PUSH),
             write_state: Script::new(scripts::WRITE_STATE),
@@ -210,10 +255,149 @@ impl Cluster {
                 gen,
                 last_seq: seq.unwrap_or(0),
                 epoch: epoch.unwrap_or(0),
+                first_seq: seq.unwrap_or(0),
+                token_key: None,
             },
         );
+        self.registered.notify_waiters();
         let _ = self.subs.send(SubCmd::Sub(cid.to_owned()));
         Ok(gen)
+    }
+
+    /// A session another node held, adopted here from its snapshot (`load`): own it at the
+    /// generation the resume claim took, from the last push its snapshot contains. Returns
+    /// its state blob. `None` if this node did not load it.
+    pub(crate) fn register_restored(&self, cid: &str) -> Option<Bytes> {
+        let a = self
+            .adopting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cid)?;
+        self.lock().insert(
+            cid.to_owned(),
+            Local {
+                pending: false,
+                gen: a.gen,
+                last_seq: a.applied,
+                epoch: a.epoch,
+                first_seq: a.applied,
+                token_key: Some(a.token_key),
+            },
+        );
+        self.registered.notify_waiters();
+        let _ = self.subs.send(SubCmd::Sub(cid.to_owned()));
+        self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
+        Some(a.state)
+    }
+
+    /// SPEC §15.6: a RESUME for a session this node does not hold. Finds it by its token,
+    /// claims it (a new generation: the old owner, if alive, is fenced off) and returns its
+    /// snapshot for the relay to resume.
+    pub(crate) async fn load(&self, token: &[u8]) -> Option<Bytes> {
+        let key = token_key(token);
+        let mut r = self.redis.clone();
+        let cid: Option<String> = r.get(&key).await.ok()?;
+        let cid = cid?;
+        let v: Option<ClaimReply> = self
+            .resume_claim
+            .key(session_key(&cid))
+            .arg(&self.node)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut r)
+            .await
+            .map_err(|e| tracing::warn!(connection = %cid, error = %e, "resume claim failed"))
+            .ok()?;
+        let (gen, snap, applied, state, epoch) = v?;
+        if snap.is_empty() {
+            return None;
+        }
+        self.adopting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                cid,
+                Adopted {
+                    gen,
+                    applied,
+                    state: Bytes::from(state),
+                    epoch,
+                    token_key: key,
+                },
+            );
+        Some(Bytes::from(snap))
+    }
+
+    /// The last push applied to `cid`'s connection: read under the connection's lock, with a
+    /// snapshot of it (`None` before its registration completed).
+    pub(crate) fn applied(&self, cid: &str) -> Option<u64> {
+        self.lock().get(cid).map(|l| l.last_seq)
+    }
+
+    /// Waits (briefly) for `cid`'s registration: `(gen, applied, token index written)`.
+    async fn registration(&self, cid: &str, applied: Option<u64>) -> Option<(u64, u64, bool)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let woken = self.registered.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(l) = self.lock().get(cid) {
+                return Some((l.gen, applied.unwrap_or(l.first_seq), l.token_key.is_some()));
+            }
+            if !self.is_up() {
+                return None;
+            }
+            tokio::time::timeout_at(deadline, woken).await.ok()?;
+        }
+    }
+
+    /// Stores a snapshot of `cid`'s session at its generation, with the last push it
+    /// contains (SPEC §11.4, §15.6). `Ok(false)`: a newer owner holds the session, or this
+    /// node does not (yet).
+    pub(crate) async fn store_snapshot(
+        &self,
+        cid: &str,
+        snap: &asp_proto::Snapshot,
+        applied: Option<u64>,
+    ) -> std::io::Result<bool> {
+        let Some((gen, applied, indexed)) = self.registration(cid, applied).await else {
+            return Ok(false);
+        };
+        let mut r = self.redis.clone();
+        if !indexed {
+            let key = token_key(&snap.token);
+            let () = redis::cmd("SET")
+                .arg(&key)
+                .arg(cid)
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64)
+                .query_async(&mut r)
+                .await
+                .map_err(io)?;
+            if let Some(l) = self.lock().get_mut(cid) {
+                l.token_key = Some(key);
+            }
+        }
+        let n: i64 = self
+            .snapshot
+            .key(session_key(cid))
+            .arg(gen)
+            .arg(&snap.bytes[..])
+            .arg(applied)
+            .invoke_async(&mut r)
+            .await
+            .map_err(io)?;
+        if n == 1 {
+            self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(n == 1)
+    }
+
+    /// This node stops holding `cid` without ending its session (a drain moved it, or a
+    /// newer owner claimed it): no delete when its connection closes here.
+    pub(crate) fn release(&self, cid: &str) {
+        if self.lock().remove(cid).is_some() {
+            let _ = self.subs.send(SubCmd::Unsub(cid.to_owned()));
+        }
     }
 
     /// The connection's session ended here: unsubscribe and delete it (fenced).
@@ -222,15 +406,24 @@ impl Cluster {
             return;
         };
         let _ = self.subs.send(SubCmd::Unsub(cid.to_owned()));
-        let r: Result<i64, _> = self
+        let mut r = self.redis.clone();
+        let ended: Result<i64, _> = self
             .end
             .key(session_key(cid))
             .key(outbox_key(cid))
             .arg(local.gen)
-            .invoke_async(&mut self.redis.clone())
+            .invoke_async(&mut r)
             .await;
-        if let Err(e) = r {
-            tracing::warn!(connection = cid, error = %e, "ending the session in redis failed");
+        match ended {
+            Err(e) => {
+                tracing::warn!(connection = cid, error = %e, "ending the session in redis failed")
+            }
+            Ok(1) => {
+                if let Some(key) = local.token_key {
+                    let _: redis::RedisResult<i64> = r.del(key).await;
+                }
+            }
+            Ok(_) => {}
         }
     }
 
@@ -309,6 +502,18 @@ impl Cluster {
             seq: seq.unwrap_or(0),
             state: Bytes::from(st.unwrap_or_default()),
         }))
+    }
+
+    /// How many nodes receive `cid`'s live pushes now (its owner once it has subscribed):
+    /// `PUBSUB NUMSUB` of its channel.
+    pub async fn subscribers(&self, cid: &str) -> std::io::Result<u64> {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel(cid))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(io)?;
+        Ok(n)
     }
 
     /// Asks the owner of `cid` to drain it (GOAWAY, SPEC §6.5): `None` if there is no
@@ -402,12 +607,14 @@ impl Cluster {
 
     fn apply(&self, inner: &Arc<RelayInner>, cid: &str, seq: u64, body: Bytes) {
         let Some(rc) = inner.conn(cid) else { return };
-        // A detached (or resuming) connection takes its pushes when it is back: they stay
-        // in the outbox and the refresher applies them then.
+        // A detached (or resuming, or not yet open) connection takes its pushes once it has
+        // a transport: they stay in the outbox until then.
         let detached = rc.handle.with(|l| {
             matches!(
                 l.core().state(),
-                asp_proto::State::Detached | asp_proto::State::Resuming
+                asp_proto::State::Detached
+                    | asp_proto::State::Resuming
+                    | asp_proto::State::Handshaking
             )
         });
         {
@@ -417,18 +624,55 @@ impl Cluster {
                 return;
             }
             if detached != Some(false) || local.pending && seq > local.last_seq + 1 {
-                local.pending = true;
+                if !local.pending {
+                    local.pending = true;
+                    self.catch_up_when_attached(inner, cid, &rc);
+                }
                 return;
             }
-            local.last_seq = seq;
         }
-        self.metrics
-            .pushes_delivered
-            .fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = crate::admin::deliver(inner, rc, body) {
+        // `last_seq` moves with the frames, under the connection's lock, so a snapshot
+        // (SPEC §11.4) names exactly the pushes it contains.
+        let consume = || match self.lock().get_mut(cid) {
+            Some(local) if seq > local.last_seq => {
+                local.last_seq = seq;
+                self.metrics
+                    .pushes_delivered
+                    .fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        };
+        if let Err(e) = crate::admin::deliver(inner, rc, body, consume) {
             self.metrics.pushes_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(connection = cid, seq, error = %e, "push refused by the connection");
         }
+    }
+}
+
+impl Cluster {
+    /// Pushes that waited while the connection was detached (or being resumed here) are
+    /// applied as soon as it has a transport again.
+    pub(crate) fn catch_up_when_attached(
+        &self,
+        inner: &Arc<RelayInner>,
+        cid: &str,
+        rc: &Arc<crate::RelayConn>,
+    ) {
+        let Some(me) = inner.cluster.clone() else {
+            return;
+        };
+        let (inner, cid, handle) = (Arc::downgrade(inner), cid.to_owned(), rc.handle.clone());
+        tokio::spawn(async move {
+            if !handle.attached().await {
+                return;
+            }
+            let Some(inner) = inner.upgrade() else { return };
+            if let Some(l) = me.lock().get_mut(&cid) {
+                l.pending = false;
+            }
+            me.catch_up(&inner, &cid, None).await;
+        });
     }
 }
 
@@ -522,7 +766,15 @@ async fn subscriber(
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return };
                     let r = match cmd {
-                        SubCmd::Sub(cid) => sink.subscribe(channel(&cid)).await,
+                        SubCmd::Sub(cid) => {
+                            let r = sink.subscribe(channel(&cid)).await;
+                            // Pushes that came between the claim and the subscription were
+                            // queued (202): apply them now, not at the next push.
+                            if let (true, Some(c), Some(inner)) = (r.is_ok(), cluster.upgrade(), inner.upgrade()) {
+                                c.catch_up(&inner, &cid, None).await;
+                            }
+                            r
+                        }
                         SubCmd::Unsub(cid) => sink.unsubscribe(channel(&cid)).await,
                     };
                     if r.is_err() { break; }
@@ -537,10 +789,10 @@ async fn subscriber(
 }
 
 async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
-    let sessions: Vec<(String, u64, u64, u64)> = c
+    let sessions: Vec<(String, u64, u64, u64, Option<String>)> = c
         .lock()
         .iter()
-        .map(|(k, l)| (k.clone(), l.gen, l.epoch, l.last_seq))
+        .map(|(k, l)| (k.clone(), l.gen, l.epoch, l.last_seq, l.token_key.clone()))
         .collect();
     let ttl = c.ttl.as_millis() as u64;
     let mut r = c.redis.clone();
@@ -552,7 +804,7 @@ async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
         .arg(ttl)
         .query_async(&mut r)
         .await;
-    for (cid, gen, epoch, seq) in sessions {
+    for (cid, gen, epoch, seq, token_key) in sessions {
         // Re-created after a Redis restart with the state this node holds.
         let st = inner
             .and_then(|i| i.conn(&cid))
@@ -570,8 +822,15 @@ async fn refresh_all(c: &Cluster, inner: Option<&Arc<RelayInner>>) {
             .arg(seq)
             .invoke_async(&mut r)
             .await;
-        if let Ok(0) = res {
-            tracing::warn!(connection = %cid, gen, "a newer owner claimed this session");
+        match res {
+            Ok(0) => tracing::warn!(connection = %cid, gen, "a newer owner claimed this session"),
+            // The token index lives as long as the session (SPEC §15.6).
+            Ok(1) => {
+                if let Some(key) = token_key {
+                    let _: redis::RedisResult<i64> = r.pexpire(key, ttl as i64).await;
+                }
+            }
+            _ => {}
         }
     }
 }

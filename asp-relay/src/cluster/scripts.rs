@@ -58,3 +58,24 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ";
+
+/// Fenced session snapshot (SPEC §11.4, §15.6): the core's snapshot and the last push it
+/// contains, written together. KEYS: session. ARGV: gen, snapshot, applied. Returns 1 if
+/// written, 0 if the caller is stale (or the session is gone).
+pub(crate) const SNAPSHOT: &str = r"
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'snap', ARGV[2], 'applied', ARGV[3])
+return 1
+";
+
+/// A RESUME reached this node for a session another node held (SPEC §15.6): claim it (`gen
+/// += 1`, fencing the old owner) and read what resuming needs. KEYS: session. ARGV: node,
+/// ttl_ms. Returns `{gen, snap, applied, st, epoch}`, or nil if there is no session.
+pub(crate) const RESUME_CLAIM: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
+redis.call('HSET', KEYS[1], 'node', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'snap', 'applied', 'st', 'epoch')
+return {gen, v[1] or '', tonumber(v[2] or '0'), v[3] or '', tonumber(v[4] or '0')}
+";
