@@ -838,24 +838,7 @@ fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
     let (inner2, shared2, rt) = (inner.clone(), shared.clone(), inner.rt.clone());
     let life = async move {
         driver::detached_timers(&shared2, 0, &notify, &rt).await;
-        poll_fn(|cx| {
-            let mut s = lock(&shared2);
-            if s.closed.is_some() {
-                Poll::Ready(())
-            } else {
-                s.state_wakers.push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        if let Some(hook) = &inner2.hook {
-            hook.closed(&handle);
-        }
-        inner2
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&n);
+        forget_when_closed(&inner2, &shared2, &handle, n).await;
         if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             for w in inner2
                 .idle_wakers
@@ -941,23 +924,33 @@ fn serve<R: Runtime>(
         // session waits here while detached (the timers run on), and while a later transport
         // that resumed it runs. A connection whose RESUME moved its transport to another session
         // counts as closed at once.
-        poll_fn(|cx| {
-            let mut s = lock(&shared);
-            if s.closed.is_some() {
-                Poll::Ready(())
-            } else {
-                s.state_wakers.push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        if let Some(hook) = &inner.hook {
-            hook.closed(&handle);
-        }
-        inner
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&n);
+        forget_when_closed(&inner, &shared, &handle, n).await;
     }
+}
+
+/// Waits until the connection has closed, tells the hook, and forgets the connection.
+async fn forget_when_closed<R: Runtime>(
+    inner: &Inner<R>,
+    shared: &SharedRef,
+    handle: &ServerConnection,
+    n: u64,
+) {
+    poll_fn(|cx| {
+        let mut s = lock(shared);
+        if s.closed.is_some() {
+            Poll::Ready(())
+        } else {
+            s.state_wakers.push(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    if let Some(hook) = &inner.hook {
+        hook.closed(handle);
+    }
+    inner
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&n);
 }
