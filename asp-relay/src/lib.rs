@@ -189,6 +189,26 @@ pub(crate) struct RelayInner {
 }
 
 impl RelayInner {
+    /// A new connection's relay state (empty state blob), kept under its connection id.
+    fn track(
+        &self,
+        conn: &ServerConnection,
+        auth: Option<hyper::header::HeaderValue>,
+    ) -> Arc<RelayConn> {
+        let rc = Arc::new(RelayConn {
+            handle: conn.clone(),
+            auth,
+            state: Mutex::new(Bytes::new()),
+            connected: std::time::Instant::now(),
+            pending_requests: AtomicUsize::new(0),
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn.id().into(), rc.clone());
+        rc
+    }
+
     pub(crate) fn conn(&self, id: &str) -> Option<Arc<RelayConn>> {
         self.conns
             .lock()
@@ -208,18 +228,7 @@ impl ConnectionHook for Directory {
         // arrives detached, with its tools, before its RESUME is answered.
         let restored = conn.with(|l| l.core().state() == asp_proto::State::Detached);
         if let (Some(true), Some(c)) = (restored, &inner.cluster) {
-            let rc = Arc::new(RelayConn {
-                handle: conn.clone(),
-                auth: None,
-                state: Mutex::new(Bytes::new()),
-                connected: std::time::Instant::now(),
-                pending_requests: AtomicUsize::new(0),
-            });
-            inner
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(conn.id().into(), rc.clone());
+            let rc = inner.track(&conn, None);
             cluster::store::adopted(inner, c, &rc);
             return;
         }
@@ -237,18 +246,7 @@ impl ConnectionHook for Directory {
             .forward_auth
             .then(|| upgrade.get(hyper::header::AUTHORIZATION).cloned())
             .flatten();
-        let rc = Arc::new(RelayConn {
-            handle: conn.clone(),
-            auth,
-            state: Mutex::new(Bytes::new()),
-            connected: std::time::Instant::now(),
-            pending_requests: AtomicUsize::new(0),
-        });
-        inner
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(conn.id().into(), rc);
+        inner.track(&conn, auth);
         if let Some(c) = &inner.cluster {
             let (c, id) = (c.clone(), conn.id().to_owned());
             tokio::spawn(async move {
