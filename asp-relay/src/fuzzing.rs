@@ -438,7 +438,10 @@ pub fn head_and_trailers(data: &[u8]) {
             .filter(|s| !s.contains(['e', 'E']));
         let ms = plain.and_then(|s| s.trim().split('.').next()?.parse::<u64>().ok());
         if let Some(lo) = ms.and_then(|ms| ms.checked_mul(1000)) {
-            assert!(us >= lo && us <= lo.saturating_add(1000), "{us} µs from {v:?}");
+            assert!(
+                us >= lo && us <= lo.saturating_add(1000),
+                "{us} µs from {v:?}"
+            );
         }
     }
 }
