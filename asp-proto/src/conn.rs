@@ -1081,6 +1081,10 @@ impl Connection {
     /// Server: ends an invocation with COMPLETE (SPEC §5.6). A COMPLETE that would exceed
     /// the client's `max_frame_payload` is replaced by ERROR(RESULT_TOO_LARGE) (SPEC §3.6,
     /// §7.1), reported as [`Event::Aborted`]: the invocation ends either way.
+    ///
+    /// [`Status::Cancelled`] is sent only for an invocation the client interrupted; for any
+    /// other the COMPLETE goes out as [`Status::Failed`] (SPEC §5.6: a server never reports
+    /// `cancelled` unasked, since the client would take its own INTERRUPT for the cause).
     pub fn complete(
         &mut self,
         id: RequestId,
@@ -1091,6 +1095,11 @@ impl Connection {
         self.require(Role::Server)?;
         self.require_live()?;
         self.require_exchange(id, Kind::Invocation)?;
+        let interrupted = self.exchanges.get(&id.0).is_some_and(|e| e.interrupted);
+        let status = match status {
+            Status::Cancelled if !interrupted => Status::Failed,
+            s => s,
+        };
         let frame = Frame::Complete(Complete {
             id,
             status,

@@ -953,6 +953,22 @@ fn interrupt_then_cancelled() {
     assert_eq!(p.client.interrupt(a, None), Err(SendError::NotInFlight));
 }
 
+#[test]
+fn cancelled_without_interrupt_goes_out_as_failed() {
+    // SPEC §5.6: `cancelled` only after the client's INTERRUPT. A server application that
+    // gives up on its own (output it could not send, say) has failed.
+    let (mut p, ids) = with_invocations(quiet_config(), quiet_config(), 1);
+    p.server
+        .complete(ids[0], Status::Cancelled, None, Metrics::default())
+        .unwrap();
+    p.flush();
+    p.drive();
+    assert_eq!(
+        kinds(&p.take_events(Side::Client)),
+        ["Ended(1,Complete Failed)"]
+    );
+}
+
 // ───────────────────────── time (SPEC: time is an input) ─────────────────────────
 
 #[test]

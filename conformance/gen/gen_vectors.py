@@ -2408,6 +2408,70 @@ def build_server_sessions():
                             XERR(1, "UNKNOWN_TOOL", 0x2)],
                   events=[E("Connected")], state="Open")], L, live=True)
 
+    # §6.2: pipelined frames are judged by the session the HELLO exchange opened, limits
+    # included (the server's own max_inflight and max_frame_payload).
+    pipe1 = with_tools("echo", "wait", max_inflight=1)
+    session("server/pipelined-invoke-too-many-inflight", "§6.2, §7.2", "With max_inflight "
+            "1, a client that pipelines two INVOKEs after its HELLO gets the first run and the "
+            "second refused with TOO_MANY_INFLIGHT (retryable), as it would be later.", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=msg(wire("HELLO", 0, C_HELLO),
+                              wire("INVOKE", 1, {"tool": "wait"}),
+                              wire("INVOKE", 2, {"tool": "echo"})),
+                  transmit=[server_hello_exp(2),
+                            U(*[X("TOOL_DEF", 0, {"op": 0, "name": n}, TOOLDEF_MAY)
+                                for n in ("echo", "wait")]),
+                            XERR(2, "TOO_MANY_INFLIGHT", 0x2)],
+                  events=[E("Connected"), E("Invoked", id=1, tool="wait")], state="Open"),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            pipe1)
+    pipe64 = with_tools("echo", max_frame_payload=64)
+    session("server/pipelined-invoke-frame-too-large", "§6.2, §3.6", "With max_frame_payload "
+            "64, a pipelined INVOKE of 65 bytes is refused with FRAME_TOO_LARGE (a frame "
+            "error: the connection stays open), and the next pipelined INVOKE runs.", "server",
+            [step(0, start=True, state="Handshaking"),
+             step(0, recv=msg(wire("HELLO", 0, C_HELLO),
+                              wire_raw(INV, 1, too_large_payload(65)),
+                              wire("INVOKE", 2, {"tool": "echo", "args": "hi"})),
+                  transmit=[server_hello_exp(1),
+                            X("TOOL_DEF", 0, {"op": 0, "name": "echo"}, TOOLDEF_MAY),
+                            XERR(1, "FRAME_TOO_LARGE", 0x2)],
+                  events=[E("Connected"), E("Invoked", id=2, tool="echo")], state="Open"),
+             step(0, command=C("complete", id=2, status=0, result="hi"),
+                  transmit=[complete_exp(2, 0, "hi")])],
+            pipe64)
+
+    # ---- §5.6 `cancelled` only after INTERRUPT ----
+    session("server/cancelled-only-after-interrupt", "§5.6, §7.3", "A server reports "
+            "`cancelled` only for an invocation the client interrupted: an application that "
+            "ends an uninterrupted invocation as cancelled (say, because output could not be "
+            "sent) is reported as `failed`; after an INTERRUPT the same command sends "
+            "COMPLETE(cancelled). (The server used to report `cancelled` unasked.)", "server",
+            server_open(with_tools("echo")) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  events=[E("Invoked", id=1, tool="echo")]),
+             step(0, command=C("complete", id=1, status=1), transmit=[complete_exp(1, 2)]),
+             step(0, recv=wire("INVOKE", 2, {"tool": "echo"}),
+                  events=[E("Invoked", id=2, tool="echo")]),
+             step(0, recv=wire("INTERRUPT", 2), events=[E("Interrupted", id=2)]),
+             step(0, command=C("complete", id=2, status=1), transmit=[complete_exp(2, 1)])],
+            with_tools("echo"))
+
+    # ---- §7.5 STREAM data cut to the client's frame limit ----
+    small = {"versions": [1], "limits": {"max_frame_payload": 64}}
+    session("server/stream-over-client-max-frame-payload", "§7.5, §3.6", "The client "
+            "accepts payloads of at most 64 bytes: a 60-byte chunk (a 67-byte STREAM payload) "
+            "may not be sent, the sender cuts its output to fit (at most max_frame_payload − 15 "
+            "= 49 bytes a chunk); a 40-byte chunk is sent.", "server",
+            server_open(with_tools("echo"), hello=small) +
+            [step(0, recv=wire("INVOKE", 1, {"tool": "echo"}),
+                  events=[E("Invoked", id=1, tool="echo")]),
+             step(0, command=C("stream", id=1, data="s" * 60), refused=True),
+             step(0, command=C("stream", id=1, data="s" * 40),
+                  transmit=[X("STREAM", 1, {"data": "s" * 40, "seq": 0})]),
+             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
+            with_tools("echo"))
+
     # ---- §6.5 GOAWAY from the client ----
     session("server/goaway-received-then-invoke", "§6.5", "After its own GOAWAY the client "
             "may open no new exchange either: an INVOKE sent after it is refused with "
@@ -3430,7 +3494,8 @@ COVERAGE = [
     ("§6.1, §11", "detached state", ["client/resume-failed", "client/resume-window"]),
     ("§6.2", "client HELLO first; nothing else before the server's HELLO", [
         "client/handshake", "client/pipelined-invoke", "server/pipelined-invoke",
-        "server/pipelined-invoke-unknown-tool"]),
+        "server/pipelined-invoke-unknown-tool", "server/pipelined-invoke-too-many-inflight",
+        "server/pipelined-invoke-frame-too-large"]),
     ("§6.2", "server: first frame not HELLO/RESUME, or a second HELLO → PROTOCOL_VIOLATION", [
         "server/first-frame-invoke", "server/first-frame-ping", "server/second-hello",
         "client/second-hello", "client/frame-before-hello"]),
@@ -3494,6 +3559,10 @@ COVERAGE = [
         "server/flow-control-window", "server/stream-zero-length", "server/chunk-limit",
         "server/credit-overflow", "client/flow-control", "client/flow-control-exact",
         "client/chunk-too-large", "client/credit-manual", "client/credit-batching"]),
+    ("§7.5, §3.6", "STREAM data cut to fit the client's max_frame_payload", [
+        "server/stream-over-client-max-frame-payload"]),
+    ("§5.6, §7.3", "`cancelled` only for an invocation the client interrupted", [
+        "server/cancelled-only-after-interrupt"]),
     ("§7.6", "seq starts at 0, +1 each; otherwise BAD_SEQUENCE", [
         "server/invoke-stream", "client/bad-sequence", "client/stream-after-final"]),
     ("§8", "REQUEST/REPLY, interrupt, ERROR ends a request, UNSUPPORTED, max_inflight, "

@@ -757,12 +757,18 @@ export class Connection {
     if (final) inv.final = true;
   }
 
-  /** Server: ends an invocation with COMPLETE (§5.6). */
+  /**
+   * Server: ends an invocation with COMPLETE (§5.6). Status 1 (cancelled) is sent only for an
+   * invocation the client interrupted; for any other it goes out as 2 (failed), since §5.6
+   * forbids reporting `cancelled` unasked.
+   */
   complete(id: number, status: number, result?: Uint8Array | Raw, metrics?: Metrics): void {
     this.requireRole("server", "complete");
     this.requireSession("complete");
-    if (!this.invocations.has(id)) throw new ProtocolMisuse(`invocation ${id} is not in flight`);
+    const inv = this.invocations.get(id);
+    if (inv === undefined) throw new ProtocolMisuse(`invocation ${id} is not in flight`);
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
+    if (status === 1 && !inv.interrupted) status = 2;
     const fields: Record<string, unknown> = { status };
     if (result !== undefined) fields["result"] = raw(result);
     if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
