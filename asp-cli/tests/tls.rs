@@ -168,3 +168,42 @@ fn tls_client_to_a_plaintext_server_exits_2() {
     assert!(err.contains("does not speak TLS"), "{err}");
     serve.signal("INT");
 }
+
+/// Issue 20: a server certificate that has expired is a named error: the client commands
+/// exit 2 saying so (here `asp serve` is given an expired certificate from a CA the client
+/// trusts, so expiry is the only fault); the same server with a valid certificate works.
+#[test]
+fn expired_server_certificate_exits_2() {
+    let dir = temp_dir("cli-expired");
+    let ca = Ca::new("cli CA");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).expect("write");
+    let (cert, key) = ca
+        .expired_server(&["localhost", "127.0.0.1"])
+        .write(&dir, "expired");
+    let serve = Serve::spawn(&[
+        "--json",
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().expect("utf-8 path"),
+        "--tls-key",
+        key.to_str().expect("utf-8 path"),
+    ]);
+    let hello = serve.next_json();
+    assert_eq!(hello["type"], "listening", "{hello}");
+    let url = hello["url"].as_str().expect("url").to_owned();
+    let ca_s = ca_file.to_str().expect("utf-8 path");
+    for cmd in ["tools", "call"] {
+        let mut args = vec![cmd, &url, "--ca", ca_s];
+        if cmd == "call" {
+            args.extend(["agent", "--args", r#"{"prompt": "hi"}"#]);
+        }
+        let (code, out, err) = asp(&args);
+        assert_eq!(code, Some(2), "asp {cmd}: {out}\n{err}");
+        assert!(err.contains("expired"), "asp {cmd} names the cause: {err}");
+    }
+    serve.signal("INT");
+    let _ = std::fs::remove_dir_all(dir);
+}

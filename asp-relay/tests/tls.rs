@@ -1,8 +1,9 @@
 //! The relay over TLS: `wss://` at the edge, `https://` upstreams — a Python function
 //! (`http.server` + `ssl`, HTTP/1.1) and a Rust one (hyper over rustls, HTTP/2 by ALPN) —
 //! with streaming, trailer metrics and pooled upstream connections; an untrusted upstream
-//! certificate is a named failure; the admin API over TLS. Certificates are made at test
-//! time (rcgen). Every wait is bounded.
+//! certificate is a named failure; the admin API over TLS; the `asp-relay` binary reloading
+//! its certificate on SIGHUP. Certificates are made at test time (rcgen). Every wait is
+//! bounded.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -344,4 +345,195 @@ async fn admin_api_over_tls() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("speaks TLS"), "{answer}");
     relay.shutdown(Duration::from_secs(2)).await;
+}
+
+// ───────────────────────────── SIGHUP reload (the binary) ─────────────────────────────
+
+/// The first certificate a TLS handshake with `addr` is served (SNI "localhost"), trusting
+/// `trust` only.
+async fn served_cert(
+    addr: &str,
+    trust: &asp_async::ClientTls,
+) -> asp_async::rustls::pki_types::CertificateDer<'static> {
+    let tcp = within("tcp connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let name = asp_async::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(trust.build().expect("TLS")).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake");
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a served certificate")
+        .clone()
+        .into_owned()
+}
+
+/// A running `asp-relay` binary, killed on drop; its stderr lines arrive on a channel.
+struct RelayProcess {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    fn wait_for_stderr(&self, what: &str) -> String {
+        let end = std::time::Instant::now() + LIMIT;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("asp-relay did not print {what:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 20: `asp-relay --tls-cert --tls-key` reloads its certificate files on SIGHUP. A
+/// connection made before the reload keeps going (it calls the function again afterwards);
+/// new handshakes, on the client listener and on the TLS admin listener, get the new
+/// certificate, from another CA, which a client trusting only the old CA now refuses as
+/// untrusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reloads_its_certificate_on_sighup() {
+    use std::io::{BufRead, BufReader};
+    let (ca, ca2) = (Ca::new("relay CA"), Ca::new("relay CA 2"));
+    let (upstream, _versions, _) = rust_h2_function(&ca).await;
+    let dir = temp_dir("relay-hup");
+    let ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).expect("write");
+    let (old_leaf, new_leaf) = (ca.server(NAMES), ca2.server(NAMES));
+    let (cert, key) = old_leaf.write(&dir, "relay");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_asp-relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-tls",
+        ])
+        .args(["--upstream", &upstream, "--format", "json"])
+        .args(["--upstream-ca", &path(&ca_file)])
+        .args(["--tls-cert", &path(&cert), "--tls-key", &path(&key)])
+        .env("ASP_RELAY_ADMIN_SECRET", "s3cret")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn asp-relay");
+    let (stdout, stderr) = (
+        child.stdout.take().expect("stdout"),
+        child.stderr.take().expect("stderr"),
+    );
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let relay = RelayProcess {
+        child,
+        stderr: lines,
+    };
+    // The banner names both listeners; read it on a thread so the wait is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let banner = rx.recv_timeout(LIMIT).expect("banner");
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("wss://"))
+        .unwrap_or_else(|| panic!("a wss:// URL in {banner:?}"))
+        .to_owned();
+    let admin = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("https://"))
+        .unwrap_or_else(|| panic!("an https admin address in {banner:?}"))
+        .trim_end_matches(')')
+        .to_owned();
+    let edge = url
+        .strip_prefix("wss://")
+        .and_then(|r| r.split('/').next())
+        .expect("host:port")
+        .to_owned();
+    let der = |leaf: &adapter_tests::pki::Leaf| leaf.der().0.remove(0);
+
+    // Before: the old certificate, on both listeners; a client connects and calls.
+    assert_eq!(served_cert(&edge, &ca.client_tls()).await, der(&old_leaf));
+    assert_eq!(served_cert(&admin, &ca.client_tls()).await, der(&old_leaf));
+    let connect_with = |trust: asp_async::ClientTls| {
+        let url = url.clone();
+        async move {
+            within(
+                "connect",
+                ClientBuilder::new(asp_tokio::Tokio::current())
+                    .tls(trust)
+                    .connect(&url),
+            )
+            .await
+        }
+    };
+    let old = connect_with(ca.client_tls()).await.expect("wss connect");
+    let (chunks, done) = run(&old, "tokens", json!({"n": 2})).await;
+    assert_eq!(chunks.concat(), "rs0 rs1 ");
+    assert_eq!(done.expect("completion").status, Status::Ok);
+
+    // New files in place, then SIGHUP.
+    new_leaf.write(&dir, "relay");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    relay.wait_for_stderr("reloaded the TLS certificate");
+
+    // After: new handshakes get the new certificate, on both listeners.
+    assert_eq!(served_cert(&edge, &ca2.client_tls()).await, der(&new_leaf));
+    assert_eq!(served_cert(&admin, &ca2.client_tls()).await, der(&new_leaf));
+    let new = connect_with(ca2.client_tls()).await.expect("wss connect");
+    let (chunks, _) = run(&new, "tokens", json!({"n": 1})).await;
+    assert_eq!(chunks.concat(), "rs0 ");
+    match connect_with(ca.client_tls()).await {
+        Err(Error::Tls(asp_async::TlsError::UntrustedCertificate(_))) => {}
+        other => panic!("the old CA no longer verifies the relay: {other:?}"),
+    }
+    // The connection made before the reload is still up and still calls the function.
+    let (chunks, done) = run(&old, "tokens", json!({"n": 3})).await;
+    assert_eq!(chunks.concat(), "rs0 rs1 rs2 ");
+    assert_eq!(done.expect("completion").status, Status::Ok);
+
+    // A reload that fails (a key that does not parse) keeps the certificate in force.
+    std::fs::write(&key, "not a key").expect("write");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    relay.wait_for_stderr("TLS reload failed, keeping the old certificate");
+    assert_eq!(served_cert(&edge, &ca2.client_tls()).await, der(&new_leaf));
+
+    old.close().await;
+    new.close().await;
+    drop(relay);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -60,7 +60,7 @@ TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()}
 ERROR_CODES = {
     "PROTOCOL_VIOLATION": 0x01, "UNSUPPORTED_VERSION": 0x02, "HANDSHAKE_TIMEOUT": 0x03,
     "HEARTBEAT_TIMEOUT": 0x04, "FLOOD": 0x05, "GOING_AWAY": 0x06, "FRAMING_ERROR": 0x07,
-    "RESUME_FAILED": 0x08, "UNKNOWN_FRAME_TYPE": 0x10, "RESERVED_FLAGS": 0x11,
+    "RESUME_FAILED": 0x08, "OVERLOADED": 0x09, "UNKNOWN_FRAME_TYPE": 0x10, "RESERVED_FLAGS": 0x11,
     "FRAME_TOO_LARGE": 0x12, "MALFORMED_PAYLOAD": 0x13, "MISSING_FIELD": 0x14,
     "INVALID_FIELD": 0x15, "INVALID_ID": 0x16, "UNKNOWN_TOOL": 0x20, "DUPLICATE_ID": 0x21,
     "UNKNOWN_ID": 0x22, "TOO_MANY_INFLIGHT": 0x23, "CHUNK_TOO_LARGE": 0x24,
@@ -1467,7 +1467,7 @@ SESSIONS_JSON = VECTORS_DIR / "sessions.json"
 SESS_TESTS: list[dict] = []
 
 # §12.2 "retryable" column.
-RETRYABLE = {"HANDSHAKE_TIMEOUT", "HEARTBEAT_TIMEOUT", "GOING_AWAY", "TOO_MANY_INFLIGHT",
+RETRYABLE = {"HANDSHAKE_TIMEOUT", "HEARTBEAT_TIMEOUT", "GOING_AWAY", "OVERLOADED", "TOO_MANY_INFLIGHT",
              "DEADLINE_EXCEEDED", "DRAINING", "RATE_LIMITED", "INTERNAL", "UNAVAILABLE",
              "UPSTREAM_TIMEOUT"}
 
@@ -1582,7 +1582,7 @@ def anyv(v) -> dict:
 
 # SPEC §2.1: the WebSocket close code after a close, by the connection error that caused it
 # (any other connection-scope code: 1002); 1000 after a graceful close.
-WS_CLOSE_BY_CODE = {"FLOOD": 1008, "HANDSHAKE_TIMEOUT": 1001, "HEARTBEAT_TIMEOUT": 1001,
+WS_CLOSE_BY_CODE = {"FLOOD": 1008, "OVERLOADED": 1008, "HANDSHAKE_TIMEOUT": 1001, "HEARTBEAT_TIMEOUT": 1001,
                     "GOING_AWAY": 1001, "RESUME_FAILED": 1011}
 
 
@@ -2720,6 +2720,18 @@ def build_server_sessions():
              step(3000, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             rl2)
 
+    # ---- §13.1 the hard bound on what a peer makes this side hold ----
+    # 200 PINGs in one message provoke 200 empty PONGs, 8 bytes each: 1600 bytes queued by
+    # one input batch, past max_buffered 1024 (which leaves room for any server HELLO).
+    ov = with_tools("echo", max_buffered=1024)
+    session("server/overloaded-replies", "§13.1, §12.2, §2.1", "With max_buffered 1024, one "
+            "message of 200 PINGs provokes 1600 bytes of PONGs the peer has not read: once "
+            "the queue passes 1024 bytes the server drops what it had queued, sends "
+            "ERROR(OVERLOADED, retryable) with id 0 (no PONG before it) and closes with "
+            "WebSocket code 1008.", "server",
+            server_open(ov) +
+            [conn_error(0, "OVERLOADED", recv=msg(*[wire("PING", 0)] * 200))], ov)
+
     # ---- §12.2 application codes, sent by the application (live: the `fail` tool) ----
     app_steps = []
     for i, code in enumerate(["INVALID_ARGUMENTS", "TOOL_FAILED", "INTERNAL", "UNAVAILABLE",
@@ -3270,6 +3282,15 @@ def build_client_sessions():
                   transmit=[U(XERR(0, "RATE_LIMITED"), XERR(0x8000, "RATE_LIMITED", 0xA))])],
             crl)
 
+    # ---- §13.1 the hard bound, at a client (which never stops reading) ----
+    cov = {"max_buffered": 1024}
+    session("client/overloaded-replies", "§13.1, §12.2, §2.1", "With max_buffered 1024, one "
+            "message of 200 PINGs from the server provokes 1600 bytes of PONGs: the client "
+            "drops what it had queued, sends ERROR(OVERLOADED, retryable) with id 0 (no PONG "
+            "before it) and closes with WebSocket code 1008.", "client",
+            client_open(cov) +
+            [conn_error(0, "OVERLOADED", recv=msg(*[wire("PING", 0)] * 200))], cov)
+
     # ---- §11 resume ----
     rs = {"resume": True, "heartbeat_ms": 0}
     rs_hello = {**S_HELLO, "capabilities": ["resume"], "resume_token": TOKEN16,
@@ -3576,6 +3597,9 @@ COVERAGE = [
         "client/too-many-tools-initial", "server/peer-max-tools"]),
     ("§10", "rate limit R: INVOKE/REQUEST refused, one warning; hard limit F → FLOOD", [
         "server/rate-limit", "server/rate-limit-window", "client/rate-limited-request"]),
+    ("§13.1, §2.1", "replies the peer provokes past the hard bound (`max_buffered`): what was "
+                    "queued is dropped, ERROR(OVERLOADED) with id 0, close 1008", [
+        "server/overloaded-replies", "client/overloaded-replies"]),
     ("§11.1", "counted frames (HELLO, RESUME, PING, PONG not counted); replay buffer bound", [
         "client/resume-failed", "client/resume-replay-buffer"]),
     ("§11.1", "PING/PONG `received` acknowledgements, every quarter of the peer's buffer", [
@@ -3635,6 +3659,8 @@ LIMIT_COVERAGE = [
                                      "(configured small; the defaults are not exercised)"]),
     ("replay buffer", ["client/resume-replay-buffer"]),
     ("resume window", ["client/resume-window"]),
+    ("outgoing queue, hard (`max_buffered`)", ["server/overloaded-replies",
+                                              "client/overloaded-replies"]),
 ]
 
 NOT_COVERED = [
@@ -3650,9 +3676,19 @@ NOT_COVERED = [
               "is not counted; `connection_id` kept", "two transports at once: checked by "
               "`adapter-tests` (resume_over_half_open, heartbeat_timeout_then_resume, "
               "resume_after_reset_with_invoke_in_flight) on every runtime pair"),
-    ("§13", "outgoing queue bound", "implementation-local, not visible on the wire (so the "
-            "one fuzzing crash of this kind, a stale overload flag, is a regression test in "
-            "`asp-proto/tests/fuzz_regressions.rs`, not a vector)"),
+    ("§13, §13.1", "outgoing queue: the soft bound (`max_queued_bytes`: a server stops "
+                   "reading, STREAM data is refused locally); the hard bound's other paths (an "
+                   "answer queued behind a full queue, the pending-events bound, a WebSocket "
+                   "message above the message limit)", "the soft bound is transport "
+                   "backpressure, not a frame; the session model transmits everything after "
+                   "each step, so no command meets a non-empty queue; the event backlog and "
+                   "the message limit depend on how the application polls and on the "
+                   "WebSocket library. Checked by `adapter-tests` (flood_that_never_reads, "
+                   "overloaded_results_end_with_error, oversized_message_is_overloaded) on "
+                   "every runtime pair, and a stale overload flag found by fuzzing by "
+                   "`asp-proto/tests/fuzz_regressions.rs`. The hard bound on replies the peer "
+                   "provokes is a vector: `server/overloaded-replies`, "
+                   "`client/overloaded-replies`"),
     ("§13", "the default rate limits (100 000 / 200 000 frames per second)", "a vector would "
             "need 200 001 frames; the rules are checked with small configured limits"),
     ("§3.5", "sequential id allocation, wrapping, skipping ids in flight", "SHOULD; the client "

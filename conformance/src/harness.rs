@@ -116,6 +116,9 @@ pub fn config_of(c: &Obj) -> Result<Config, String> {
     if let Some(v) = narrow(c, "max_args_in_flight")? {
         cfg.max_args_in_flight = v;
     }
+    if let Some(v) = narrow(c, "max_buffered")? {
+        cfg.max_buffered = v;
+    }
     if let Some(v) = narrow(c, "replay_buffer")? {
         cfg.replay_buffer = v;
     }

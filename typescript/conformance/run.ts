@@ -445,6 +445,7 @@ function sessionConfig(c: Json): ConnectionConfig {
   if (c.resume_window_ms !== undefined) cfg.resumeWindowMs = c.resume_window_ms;
   if (c.auto_credit !== undefined) cfg.autoCredit = c.auto_credit;
   if (c.max_args_in_flight !== undefined) cfg.maxArgsInFlight = c.max_args_in_flight;
+  if (c.max_buffered !== undefined) cfg.maxBuffered = c.max_buffered;
   if (c.connection_id !== undefined) cfg.connectionId = c.connection_id;
   if (c.resume_token !== undefined) cfg.resumeToken = fromHex(c.resume_token);
   if (c.tools !== undefined) {

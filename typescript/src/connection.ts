@@ -42,6 +42,14 @@ export interface ConnectionConfig extends Partial<Limits> {
    * `TOO_MANY_INFLIGHT` (default 4 MiB).
    */
   maxArgsInFlight?: number;
+  /**
+   * SPEC §13.1 step 2, the hard bound on bytes queued for the peer (default 4 MiB): replies
+   * that one input (a message, a read) provokes and that take the queue past it end the
+   * connection with `OVERLOADED`, what was queued dropped first. Only growth caused by the
+   * input counts, so a large answer the application queued never closes a healthy
+   * connection later. (A driver bounds what its socket holds unsent the same way.)
+   */
+  maxBuffered?: number;
   /** Server: its HELLO's connection_id (default: random). */
   connectionId?: string;
   /** Server: its resume token (default: random when resume is in use). */
@@ -255,6 +263,7 @@ export class Connection {
       resumeWindowMs: config.resumeWindowMs ?? 30000,
       autoCredit: config.autoCredit ?? true,
       maxArgsInFlight: config.maxArgsInFlight ?? 4 * 1024 * 1024,
+      maxBuffered: config.maxBuffered ?? 4 * 1024 * 1024,
       random: config.random ?? randomBytes,
       agent: config.agent,
     };
@@ -330,6 +339,7 @@ export class Connection {
     this.pingsSent = 0;
     let pos = 0;
     const len = bytes.length;
+    const queuedBefore = this.queued;
     if (len === 0) {
       // §2.1: a message MUST NOT be empty; it ends before a header.
       this.connectionError(ErrorCode.FRAMING_ERROR, "empty message", undefined);
@@ -354,7 +364,24 @@ export class Connection {
       this.handleFrame(header, bytes, pos + HEADER_LEN, now);
       pos += HEADER_LEN + header.length;
       if (inSession) this.maybeAck(HEADER_LEN + header.length);
+      if (this.overBound(queuedBefore)) return;
     }
+  }
+
+  /** Bytes queued for the peer that `pollTransmit` has not returned yet. */
+  private get queued(): number {
+    return this.out.len - this.outHead;
+  }
+
+  /**
+   * SPEC §13.1 step 2: judged after every frame of one input, on what that input added, so
+   * one message cannot grow the queue far past the bound. Closes with `OVERLOADED`.
+   */
+  private overBound(queuedBefore: number): boolean {
+    const q = this.queued;
+    if (this.isClosed || q <= queuedBefore || q <= this.cfg.maxBuffered) return false;
+    this.connectionErrorDropping(ErrorCode.OVERLOADED, `${q} bytes queued for a peer that does not read (bound ${this.cfg.maxBuffered})`);
+    return true;
   }
 
   /**
@@ -382,7 +409,9 @@ export class Connection {
     this.pingsSent = 0;
     let pos = 0;
     const len = bytes.length;
+    const queuedBefore = this.queued;
     while (pos < len && !this.isClosed && !(this.st === "Detached" && !this.resuming)) {
+      if (this.overBound(queuedBefore)) return;
       if (this.skip > 0) {
         const n = Math.min(this.skip, len - pos);
         this.skip -= n;
@@ -418,6 +447,7 @@ export class Connection {
         this.streamFrame(header, p.buf, 0, now);
       }
     }
+    this.overBound(queuedBefore);
   }
 
   private streamFrame(header: ReturnType<typeof readHeader>, buf: Uint8Array, pos: number, now: number): void {
@@ -892,9 +922,15 @@ export class Connection {
    * drops what was queued, sends `ERROR(OVERLOADED)` and closes (WebSocket code 1008).
    */
   closeOverloaded(): void {
+    this.connectionErrorDropping(ErrorCode.OVERLOADED, "the peer does not read what it provokes");
+  }
+
+  /** A connection error after dropping what was queued: the peer was not reading it (§13.1). */
+  private connectionErrorDropping(code: number, message: string): void {
     if (this.st === "Closed") return;
     this.out.len = 0;
-    this.connectionError(ErrorCode.OVERLOADED, "the peer does not read what it provokes", undefined);
+    this.outHead = 0;
+    this.connectionError(code, message, undefined);
   }
 
   /** Client, after `Detached`: resume on a new transport (§11.2 step 2). */
