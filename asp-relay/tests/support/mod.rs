@@ -1,0 +1,544 @@
+//! What the relay cluster tests share (SPEC §15.6): real `redis-server`s started here on free
+//! loopback ports (one server, or a Redis Cluster of three masters), relay nodes in this
+//! process or as `asp-relay` processes, the admin API, a load balancer and a function.
+//! Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use asp_proto::codec::encode;
+use asp_proto::frame::{Frame, Text, ToolDef, ToolOp};
+use asp_relay::cluster::Cluster;
+use asp_relay::{Relay, RelayConfig};
+use asp_tokio::{Client, ToolChange};
+use bytes::BytesMut;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const SECRET: &str = "cluster-secret";
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Polls `check` until it holds (bounded by LIMIT): for conditions in another process
+/// (Redis, a relay) that give no signal of their own.
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+pub struct Killed(pub Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads `child`'s stdout on a thread until a line contains `marker`; returns that line.
+pub fn wait_line(child: &mut Child, marker: &'static str) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let mut sent = false;
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if !sent && line.contains(marker) => {
+                    let _ = tx.send(line.clone());
+                    sent = true;
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    rx.recv_timeout(LIMIT)
+        .unwrap_or_else(|_| panic!("no `{marker}` line"))
+}
+
+/// A real redis-server on a free loopback port.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Killed>,
+}
+
+/// What the relays are given as `--redis`.
+pub trait Redis {
+    fn url(&self) -> String;
+}
+
+/// A free loopback port (another process may take it before it is used; good enough here).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut r = RedisServer { port, child: None };
+        r.spawn();
+        r
+    }
+
+    pub fn spawn(&mut self) {
+        self.child = Some(redis_server(self.port, &[]));
+    }
+
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+}
+
+impl Redis for RedisServer {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// `redis-server` on `port` without persistence, with `extra` arguments, once it accepts
+/// connections.
+fn redis_server(port: u16, extra: &[&str]) -> Killed {
+    let mut child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    wait_line(&mut child, "Ready to accept connections");
+    Killed(child)
+}
+
+/// A Redis Cluster of three masters without replicas on free loopback ports, joined with
+/// `redis-cli --cluster create` (package redis-tools, a dependency of redis-server).
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Killed>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "asp-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                // The bus port too: the default, port + 10000, may be past 65535.
+                let bus = free_port().to_string();
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                let dir = dir.to_string_lossy();
+                let conf = conf.to_string_lossy();
+                redis_server(
+                    *port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-config-file",
+                        &conf,
+                        "--dir",
+                        &dir,
+                    ],
+                )
+            })
+            .collect();
+        let cluster = RedisCluster { ports, nodes, dir };
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli (apt-get install redis-tools)");
+        assert!(created.success(), "redis-cli --cluster create: {created}");
+        // Every node agrees that all slots are served (bounded: LIMIT).
+        let deadline = std::time::Instant::now() + LIMIT;
+        for port in &cluster.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster_state:ok on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// The ports of the nodes that hold `key` (a node answers `EXISTS` for the keys of its
+    /// own slots only; for another slot it answers a `MOVED` error).
+    pub fn holders(&self, key: &str) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|port| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "exists", key])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&out.stdout).trim() == "1"
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Redis for RedisCluster {
+    fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+/// A relay node in this process.
+pub async fn node(redis: &impl Redis, id: &str, window: Duration) -> Relay {
+    let mut c = RelayConfig::new("http://127.0.0.1:9/".parse().unwrap());
+    c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.admin_secret = Some(SECRET.into());
+    c.redis = Some(redis.url());
+    c.node_id = Some(id.into());
+    c.asp.resume_window = window;
+    Relay::start(c).await.expect("relay node starts")
+}
+
+/// A relay node as an `asp-relay` process: (process, client url, admin address).
+pub fn node_process(redis: &impl Redis, id: &str, window_s: &str) -> (Killed, String, SocketAddr) {
+    node_process_to(redis, id, window_s, "http://127.0.0.1:9/")
+}
+
+/// [`node_process`] forwarding invocations to `upstream`.
+pub fn node_process_to(
+    redis: &impl Redis,
+    id: &str,
+    window_s: &str,
+    upstream: &str,
+) -> (Killed, String, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_asp-relay"))
+        .args(["--upstream", upstream, "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--redis", &redis.url()])
+        .args(["--node-id", id, "--resume-window", window_s])
+        .env("ASP_RELAY_ADMIN_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn asp-relay");
+    let line = wait_line(&mut child, "listening");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("url")
+        .to_owned();
+    let admin = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .expect("admin address")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    (Killed(child), url, admin)
+}
+
+/// One admin API call (HTTP/1.1, `Connection: close`): (status, JSON body or Null).
+pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/vnd.asp.frames\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// A push body: TOOL_DEF add `name`.
+pub fn tool(name: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    encode(
+        &Frame::ToolDef(ToolDef {
+            op: ToolOp::Add,
+            name: Text::from(name),
+            description: Text::from("pushed"),
+            input_schema: None,
+            annotations: None,
+        }),
+        &mut b,
+    );
+    b.to_vec()
+}
+
+pub async fn push(addr: SocketAddr, cid: &str, name: &str) -> (u16, Value) {
+    admin(
+        addr,
+        "POST",
+        &format!("/connections/{cid}/frames"),
+        &tool(name),
+    )
+    .await
+}
+
+pub fn conn_id(client: &Client) -> String {
+    client.session().unwrap().connection_id.to_string()
+}
+
+/// The next tool the client was given.
+pub async fn next_added(changes: &mut asp_async::ToolChanges) -> String {
+    match within("a tool change", changes.next()).await {
+        Some(ToolChange::Added(d)) => d.name.to_string(),
+        other => panic!("expected an added tool, got {other:?}"),
+    }
+}
+
+/// Waits until the session of `cid` is known to the cluster with `node` as its owner.
+pub async fn owned_by(addr: SocketAddr, cid: &str, node: &str) {
+    until(&format!("{cid} owned by {node}"), || async {
+        let (s, v) = admin(addr, "GET", &format!("/connections/{cid}"), b"").await;
+        s == 200 && v["node"] == node
+    })
+    .await;
+}
+
+/// Waits until a node receives `cid`'s live pushes (its owner subscribed to its channel):
+/// from then on a push answers `200`.
+pub async fn live(redis: &impl Redis, cid: &str) {
+    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    until(&format!("{cid} subscribed"), || async {
+        observer.subscribers(cid).await.unwrap_or(0) > 0
+    })
+    .await;
+}
+
+/// Waits until the node behind `addr` reports its Redis subscription up.
+pub async fn subscribed(addr: SocketAddr) {
+    until("redis subscription up", || async {
+        admin(addr, "GET", "/metrics", b"").await.1["redis_up"] == true
+    })
+    .await;
+}
+
+/// Waits until Redis names `node` as the owner of `cid` (the node's own `GET` answers with
+/// its local view, without `node`).
+pub async fn owner_is(observer: &Cluster, cid: &str, node: &str) {
+    until(&format!("{cid} owned by {node} in redis"), || async {
+        observer
+            .session(cid)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.node == node)
+    })
+    .await;
+}
+
+/// The client address of a node's `ws://host:port/path` URL.
+pub fn ws_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A load balancer in front of the nodes: each new TCP connection goes to the first node
+/// that accepts it (a node that died or stopped accepting is skipped), as a health-checked
+/// balancer does. Returns the client URL through it.
+pub async fn balancer(nodes: Vec<SocketAddr>, path_of: &str) -> String {
+    balancer_of(Backends::new(nodes), path_of).await
+}
+
+/// The nodes behind a [`balancer_of`], changeable while it runs (as a deploy changes a
+/// balancer's targets).
+#[derive(Clone)]
+pub struct Backends(std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+impl Backends {
+    pub fn new(nodes: Vec<SocketAddr>) -> Backends {
+        Backends(std::sync::Arc::new(std::sync::Mutex::new(nodes)))
+    }
+
+    /// New connections go to `nodes` from now on.
+    pub fn set(&self, nodes: Vec<SocketAddr>) {
+        *self.0.lock().unwrap() = nodes;
+    }
+}
+
+/// [`balancer`] in front of `nodes`.
+pub async fn balancer_of(nodes: Backends, path_of: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let nodes = nodes.0.lock().unwrap().clone();
+            tokio::spawn(async move {
+                for n in nodes {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(n).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let path = path_of.splitn(4, '/').nth(3).unwrap_or("");
+    format!("ws://{addr}/{path}")
+}
+
+/// A function behind the relays: every `/invoke` answers 200 `text/plain` at once with the
+/// chunk `first`, then holds the body open until `release` is notified, then sends `last`
+/// and ends (`release` never notified: the call never ends).
+pub async fn function(release: std::sync::Arc<tokio::sync::Notify>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let release = release.clone();
+            tokio::spawn(async move {
+                // The request head and its body (Content-Length).
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body_start = loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nfirst\r\n";
+                if tcp.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                release.notified().await;
+                let _ = tcp.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+                let _ = tcp.flush().await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// The first chunk of `call`.
+pub async fn first_chunk(call: &mut asp_async::Invocation) -> String {
+    let c = within("the first chunk", call.next())
+        .await
+        .expect("a chunk");
+    String::from_utf8_lossy(&c.data).into_owned()
+}
+
+/// Two nodes claim one session: each claim is a newer generation, and only the newest may
+/// write the state blob (fencing, SPEC §15.6).
+pub async fn only_the_newest_generation_writes_on(redis: &impl Redis) {
+    let one = Cluster::connect(&redis.url(), "one".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    let two = Cluster::connect(&redis.url(), "two".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    let g1 = one.claim("c1").await.unwrap();
+    assert!(one.write_state_at("c1", g1, b"from one").await.unwrap());
+    let g2 = two.claim("c1").await.unwrap();
+    assert!(g2 > g1);
+    assert!(
+        !one.write_state_at("c1", g1, b"stale").await.unwrap(),
+        "the stale owner is fenced off"
+    );
+    assert!(two.write_state_at("c1", g2, b"from two").await.unwrap());
+    let s = two.session("c1").await.unwrap().unwrap();
+    assert_eq!((s.node.as_str(), s.gen), ("two", g2));
+    assert_eq!(&s.state[..], b"from two");
+    // A claim again by the first node fences the second.
+    let g3 = one.claim("c1").await.unwrap();
+    assert!(!two.write_state_at("c1", g2, b"stale").await.unwrap());
+    assert!(one.write_state_at("c1", g3, b"again").await.unwrap());
+    assert_eq!(
+        &one.session("c1").await.unwrap().unwrap().state[..],
+        b"again"
+    );
+}
