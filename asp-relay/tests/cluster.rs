@@ -189,12 +189,7 @@ async fn pushes_while_detached_arrive_after_the_resume() {
         }
     });
     let url = a.url().replace(&upstream.to_string(), &proxy.to_string());
-    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
-        .await
-        .unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
+    let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");
@@ -233,12 +228,7 @@ async fn a_session_resumes_on_another_node_after_sigkill() {
     subscribed(aa).await;
     subscribed(ba).await;
     let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
-    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
-        .await
-        .unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
+    let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     // The state blob, written at the owner's generation (as a function's X-Asp-State is).
     let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
         .await
@@ -305,12 +295,7 @@ async fn a_drained_node_moves_its_sessions_without_loss() {
     subscribed(aa).await;
     subscribed(ba).await;
     let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
-    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
-        .await
-        .unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
+    let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");

@@ -25,12 +25,7 @@ async fn a_relay_cluster_runs_on_a_redis_cluster() {
     // New connections go to A until the test points the balancer at C.
     let backends = Backends::new(vec![ws_addr(&a_url)]);
     let url = balancer_of(backends.clone(), &a_url).await;
-    let client = within("connect", asp_tokio::client().resume(true).connect(&url))
-        .await
-        .unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
+    let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     live(&redis, &cid).await;
     let session = redis.holders(&format!("asp:{{{cid}}}:s"));
     assert_eq!(session.len(), 1, "one shard holds the session");

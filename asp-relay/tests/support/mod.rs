@@ -363,6 +363,22 @@ pub async fn owned_by(addr: SocketAddr, cid: &str, node: &str) {
     .await;
 }
 
+/// A client of `url` that resumes its session (SPEC §11), once the cluster names `node` its
+/// owner (asked through the admin API at `via`): (client, its tool changes, connection id).
+pub async fn resuming_client(
+    url: &str,
+    via: SocketAddr,
+    node: &str,
+) -> (Client, asp_async::ToolChanges, String) {
+    let client = within("connect", asp_tokio::client().resume(true).connect(url))
+        .await
+        .unwrap();
+    let changes = client.tool_changes();
+    let cid = conn_id(&client);
+    owned_by(via, &cid, node).await;
+    (client, changes, cid)
+}
+
 /// Waits until a node receives `cid`'s live pushes (its owner subscribed to its channel):
 /// from then on a push answers `200`.
 pub async fn live(redis: &impl Redis, cid: &str) {
