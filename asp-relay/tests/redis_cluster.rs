@@ -11,7 +11,7 @@ use support::*;
 /// On a Redis Cluster: fencing; a push through node B reaches a client on node A (200, in
 /// order); 410 for no session; the session's keys on one shard; SIGKILL of A, pushes through
 /// B then answer 202; the client resumes through the balancer on node C with every push once
-/// and in order, and pushes through B reach it there (200).
+/// and in order, and pushes through B reach it there (200); DELETE through B ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_cluster_runs_on_a_redis_cluster() {
     let redis = RedisCluster::start();
@@ -83,4 +83,13 @@ async fn a_relay_cluster_runs_on_a_redis_cluster() {
     assert_eq!(next_added(&mut changes).await, "last", "nothing twice");
     let m = admin(ca, "GET", "/metrics", b"").await.1;
     assert_eq!(m["resumes"], 1, "{m}");
+
+    // DELETE through B drains the connection on C (its sharded channel's control message).
+    let path = format!("/connections/{cid}?timeout_ms=0");
+    assert_eq!(admin(ba, "DELETE", &path, b"").await.0, 204);
+    within("closed by the owner", client.closed()).await;
+    until("session ended", || async {
+        push(ba, &cid, "late").await.0 == 410
+    })
+    .await;
 }
