@@ -7,9 +7,16 @@
 //! ```text
 //! cargo build --release -p asp-relay && cargo run --release -p asp-relay --example cluster_bench
 //! ```
+//!
+//! `REDIS_CLUSTER=1` adds push latency on a Redis Cluster of three masters (needs `redis-cli`
+//! and the feature: `cargo run --release -p asp-relay --features cluster --example
+//! cluster_bench`).
+
+#[path = "../tests/support/processes.rs"]
+mod processes;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use asp_proto::codec::encode;
@@ -20,53 +27,9 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use processes::{listening, ws_addr, Killed, Redis, RedisCluster, RedisServer};
+
 const SECRET: &str = "bench";
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn first_line_with(child: &mut Child, marker: &str) -> String {
-    use std::io::BufRead;
-    let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).unwrap() == 0 {
-            panic!("no `{marker}` line");
-        }
-        if line.contains(marker) {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut sink = String::new();
-                while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                    sink.clear();
-                }
-            });
-            return line;
-        }
-    }
-}
-
-fn redis() -> (Killed, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut c = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("redis-server");
-    first_line_with(&mut c, "Ready to accept connections");
-    (Killed(c), format!("redis://127.0.0.1:{port}/"))
-}
 
 async fn node(redis: Option<&str>, id: &str) -> Relay {
     let mut c = RelayConfig::new("http://127.0.0.1:9/".parse().unwrap());
@@ -201,12 +164,7 @@ async fn memory_per_conn(redis: Option<&str>, n: usize) -> f64 {
             .spawn()
             .expect("release asp-relay"),
     );
-    let line = first_line_with(&mut child.0, "listening");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap()
-        .to_owned();
+    let (url, _) = listening(&mut child.0);
     // Warm up (allocator arenas, first connection paths), then measure.
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -248,20 +206,8 @@ fn relay_process(redis: Option<&str>, id: &str) -> (Killed, String, SocketAddr) 
             .spawn()
             .expect("release asp-relay"),
     );
-    let line = first_line_with(&mut child.0, "listening");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap()
-        .to_owned();
-    let admin = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
-    (child, url, admin)
+    let (url, admin) = listening(&mut child.0);
+    (child, url, admin.unwrap())
 }
 
 /// A balancer: each new TCP connection goes to the first node that accepts it.
@@ -284,13 +230,23 @@ async fn balancer(nodes: Vec<SocketAddr>) -> SocketAddr {
     addr
 }
 
-fn ws_addr(url: &str) -> SocketAddr {
-    url.trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+/// Waits until the node holding `client`'s session has claimed it and subscribed: a push
+/// through `admin` answers 200 (every probe is delivered, the queued ones a little later:
+/// waits for all of them).
+async fn warm(client: &asp_tokio::Client, admin: &mut Admin) {
+    let cid = client.session().unwrap().connection_id.to_string();
+    let mut changes = client.tool_changes();
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        if admin.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..probes {
+        changes.next().await.unwrap();
+    }
 }
 
 /// SIGKILL of the owner → the client, through the balancer, resumes on the other node and
@@ -306,20 +262,10 @@ async fn resume_elsewhere_ms(redis: &str) -> f64 {
         .await
         .unwrap();
     let cid = client.session().unwrap().connection_id.to_string();
-    let mut changes = client.tool_changes();
     // The session is stored (its HELLO went out only after that) and owned by A.
     let mut ad = Admin::new(b_admin).await;
-    let mut probes = 0;
-    loop {
-        probes += 1;
-        if ad.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for _ in 0..probes {
-        changes.next().await.unwrap();
-    }
+    warm(&client, &mut ad).await;
+    let mut changes = client.tool_changes();
     let t = Instant::now();
     a.0.kill().unwrap();
     a.0.wait().unwrap();
@@ -343,43 +289,45 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let (_redis, url) = redis();
+    let redis = RedisServer::start();
+    let url = redis.url();
     let single = node(None, "single").await;
     let a = node(Some(&url), "a").await;
     let b = node(Some(&url), "b").await;
     let cs = asp_tokio::connect(&single.url()).await.unwrap();
     let ca = asp_tokio::connect(&a.url()).await.unwrap();
-    // A has claimed the session and subscribed once a push answers 200 (every probe is
-    // delivered, the queued ones a little later: wait for all of them).
-    {
-        let cid = ca.session().unwrap().connection_id.to_string();
-        let mut warm = ca.tool_changes();
-        let mut probe = Admin::new(b.admin_addr().unwrap()).await;
-        let mut probes = 0;
-        loop {
-            probes += 1;
-            if probe.push(&cid, &tool(&format!("warm{probes}"))).await == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for _ in 0..probes {
-            warm.next().await.unwrap();
-        }
-    }
+    warm(&ca, &mut Admin::new(b.admin_addr().unwrap()).await).await;
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("single relay (no Redis)", vec![], vec![]),
         ("cluster, via the owner", vec![], vec![]),
         ("cluster, via another node", vec![], vec![]),
     ];
+    // The same two paths with the nodes on a Redis Cluster of three masters.
+    let sharded = std::env::var_os("REDIS_CLUSTER").map(|_| RedisCluster::start());
+    let on_sharded = match &sharded {
+        Some(rc) => {
+            let c = node(Some(&rc.url()), "c").await;
+            let d = node(Some(&rc.url()), "d").await;
+            let cc = asp_tokio::connect(&c.url()).await.unwrap();
+            warm(&cc, &mut Admin::new(d.admin_addr().unwrap()).await).await;
+            Some((c, d, cc))
+        }
+        None => None,
+    };
+    let mut targets = vec![
+        (single.admin_addr().unwrap(), &cs),
+        (a.admin_addr().unwrap(), &ca),
+        (b.admin_addr().unwrap(), &ca),
+    ];
+    if let Some((c, d, cc)) = &on_sharded {
+        rows.push(("Redis Cluster, via the owner", vec![], vec![]));
+        rows.push(("Redis Cluster, via another node", vec![], vec![]));
+        targets.push((c.admin_addr().unwrap(), cc));
+        targets.push((d.admin_addr().unwrap(), cc));
+    }
     let mut rates = Vec::new();
     for run in 0..runs {
-        let targets = [
-            (single.admin_addr().unwrap(), &cs),
-            (a.admin_addr().unwrap(), &ca),
-            (b.admin_addr().unwrap(), &ca),
-        ];
-        for (i, (addr, c)) in targets.into_iter().enumerate() {
+        for (i, &(addr, c)) in targets.iter().enumerate() {
             let mut v = latency(addr, c, n, &format!("r{run}t{i}p")).await;
             rows[i].1.push(pct(&mut v, 0.5));
             rows[i].2.push(pct(&mut v, 0.99));

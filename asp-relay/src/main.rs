@@ -96,7 +96,8 @@ struct Args {
     #[arg(long, value_enum)]
     upstream_roots: Option<RootsArg>,
     /// Join a relay cluster through this Redis, e.g. redis://127.0.0.1:6379 (SPEC §15.6):
-    /// pushes on any node reach the connection wherever it is.
+    /// pushes on any node reach the connection wherever it is. A Redis Cluster:
+    /// redis+cluster://h1:p1,h2:p2 (any of its nodes; needs the build feature `cluster`).
     #[arg(long, env = "ASP_RELAY_REDIS")]
     redis: Option<String>,
     /// This node's id in the cluster (default: random).

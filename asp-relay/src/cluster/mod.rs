@@ -14,6 +14,7 @@
 //! gap (a lost message) is filled from the outbox, duplicates are dropped.
 
 pub(crate) mod admin;
+mod connection;
 mod scripts;
 pub(crate) mod store;
 
@@ -23,10 +24,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use asp_proto::Bytes;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc;
+
+use connection::{io, Delivery, Redis, Target};
 
 use crate::RelayInner;
 
@@ -104,8 +105,8 @@ enum SubCmd {
 /// This node's membership in a relay cluster.
 pub struct Cluster {
     node: String,
-    redis: ConnectionManager,
-    client: redis::Client,
+    redis: Redis,
+    target: Target,
     ttl: Duration,
     outbox_max: usize,
     local: Mutex<HashMap<String, Local>>,
@@ -154,35 +155,24 @@ fn token_key(token: &[u8]) -> String {
     k
 }
 
-fn io(e: redis::RedisError) -> std::io::Error {
-    std::io::Error::other(format!("redis: {e}"))
-}
-
 impl Cluster {
-    /// Connects to Redis at `url` as node `node`. `ttl` is how long a session outlives its
-    /// owner (the resume window); `outbox_max` bounds each connection's outbox.
+    /// Connects to Redis at `url` as node `node`: one server (`redis://…`) or, with the
+    /// `cluster` feature, a Redis Cluster (`redis+cluster://h1:p1,h2:p2`). `ttl` is how long
+    /// a session outlives its owner (the resume window); `outbox_max` bounds each
+    /// connection's outbox.
     pub async fn connect(
         url: &str,
         node: String,
         ttl: Duration,
         outbox_max: usize,
     ) -> std::io::Result<Arc<Cluster>> {
-        let client = redis::Client::open(url).map_err(io)?;
-        // Short timeouts: while Redis is unreachable, pushes answer 503 at once instead of
-        // hanging (SPEC §15.6), and the manager keeps reconnecting in the background.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(io)?;
+        let target = Target::parse(url)?;
+        let redis = target.connect().await?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Cluster {
             node,
             redis,
-            client,
+            target,
             ttl,
             outbox_max,
             local: Mutex::new(HashMap::new()),
@@ -437,6 +427,7 @@ impl Cluster {
             .arg(body)
             .arg(self.outbox_max)
             .arg(self.ttl.as_millis() as u64)
+            .arg(self.redis.publish_command())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(io)?;
@@ -505,15 +496,9 @@ impl Cluster {
     }
 
     /// How many nodes receive `cid`'s live pushes now (its owner once it has subscribed):
-    /// `PUBSUB NUMSUB` of its channel.
+    /// `PUBSUB NUMSUB` (`SHARDNUMSUB` on a Redis Cluster) of its channel.
     pub async fn subscribers(&self, cid: &str) -> std::io::Result<u64> {
-        let (_, n): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel(cid))
-            .query_async(&mut self.redis.clone())
-            .await
-            .map_err(io)?;
-        Ok(n)
+        self.redis.subscribers(&channel(cid)).await
     }
 
     /// Asks the owner of `cid` to drain it (GOAWAY, SPEC §6.5): `None` if there is no
@@ -529,8 +514,10 @@ impl Cluster {
             return Ok(None);
         }
         // seq 0 is the control message "drain" (pushes count from 1).
-        let n: i64 = r
-            .publish(channel(cid), format!("0|{timeout_ms}"))
+        let n: i64 = redis::cmd(self.redis.publish_command())
+            .arg(channel(cid))
+            .arg(format!("0|{timeout_ms}"))
+            .query_async(&mut r)
             .await
             .map_err(io)?;
         Ok(Some(n > 0))
@@ -711,8 +698,8 @@ async fn subscriber(
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let ps = match c.client.get_async_pubsub().await {
-            Ok(ps) => ps,
+        let sub = match c.target.subscription().await {
+            Ok(sub) => sub,
             Err(e) => {
                 tracing::debug!(error = %e, "redis pub/sub connect failed");
                 c.up.store(false, Ordering::Release);
@@ -722,14 +709,14 @@ async fn subscriber(
                 continue;
             }
         };
-        let (mut sink, mut stream) = ps.split();
+        let (mut sink, mut stream) = (sub.sink, sub.stream);
         let cids: Vec<String> = {
             let l = c.lock();
             l.keys().cloned().collect()
         };
         let mut ok = true;
         for cid in &cids {
-            if sink.subscribe(channel(cid)).await.is_err() {
+            if sink.subscribe(&channel(cid)).await.is_err() {
                 ok = false;
                 break;
             }
@@ -752,9 +739,20 @@ async fn subscriber(
         drop(c);
         loop {
             tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { break };
+                delivery = stream.next() => {
                     let (Some(c), Some(inner)) = (cluster.upgrade(), inner.upgrade()) else { return };
+                    let msg = match delivery {
+                        Delivery::Message(msg) => msg,
+                        Delivery::Lost => break,
+                        #[cfg(feature = "cluster")]
+                        Delivery::Lagged => {
+                            let cids: Vec<String> = c.lock().keys().cloned().collect();
+                            for cid in &cids {
+                                c.catch_up(&inner, cid, None).await;
+                            }
+                            continue;
+                        }
+                    };
                     let name = msg.get_channel_name();
                     let Some(cid) = name.strip_prefix("asp:{").and_then(|s| s.strip_suffix("}:p")) else { continue };
                     let payload = msg.get_payload_bytes();
@@ -767,7 +765,7 @@ async fn subscriber(
                     let Some(cmd) = cmd else { return };
                     let r = match cmd {
                         SubCmd::Sub(cid) => {
-                            let r = sink.subscribe(channel(&cid)).await;
+                            let r = sink.subscribe(&channel(&cid)).await;
                             // Pushes that came between the claim and the subscription were
                             // queued (202): apply them now, not at the next push.
                             if let (true, Some(c), Some(inner)) = (r.is_ok(), cluster.upgrade(), inner.upgrade()) {
@@ -775,7 +773,7 @@ async fn subscriber(
                             }
                             r
                         }
-                        SubCmd::Unsub(cid) => sink.unsubscribe(channel(&cid)).await,
+                        SubCmd::Unsub(cid) => sink.unsubscribe(&channel(&cid)).await,
                     };
                     if r.is_err() { break; }
                 }

@@ -16,14 +16,15 @@ return gen
 
 /// One push, one round trip: 410 if the session is gone, else `seq += 1`, append to the
 /// outbox (bounded: MAXLEN and the resume window), publish to the owner's channel. KEYS:
-/// session, outbox, channel. ARGV: body, outbox max entries, ttl_ms. Returns `{seq,
-/// receivers}`, `{-1, 0}` for no session.
+/// session, outbox, channel. ARGV: body, outbox max entries, ttl_ms, the publish command
+/// (`PUBLISH`, or `SPUBLISH` on a Redis Cluster: the channel shares the keys' slot).
+/// Returns `{seq, receivers}`, `{-1, 0}` for no session.
 pub(crate) const PUSH: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'f', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local n = redis.call('PUBLISH', KEYS[3], seq .. '|' .. ARGV[1])
+local n = redis.call(ARGV[4], KEYS[3], seq .. '|' .. ARGV[1])
 return {seq, n}
 ";
 

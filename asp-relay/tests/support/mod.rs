@@ -1,0 +1,342 @@
+//! What the relay cluster tests share (SPEC §15.6): real `redis-server`s started here on free
+//! loopback ports (one server, or a Redis Cluster of three masters), relay nodes in this
+//! process or as `asp-relay` processes, the admin API, a load balancer and a function.
+//! Each test binary uses a part of it.
+#![allow(dead_code)]
+
+mod processes;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use asp_proto::codec::encode;
+use asp_proto::frame::{Frame, Text, ToolDef, ToolOp};
+use asp_relay::cluster::Cluster;
+use asp_relay::{Relay, RelayConfig};
+use asp_tokio::{Client, ToolChange};
+use bytes::BytesMut;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use processes::*;
+
+pub const SECRET: &str = "cluster-secret";
+
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Polls `check` until it holds (bounded by LIMIT): for conditions in another process
+/// (Redis, a relay) that give no signal of their own.
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// A relay node in this process.
+pub async fn node(redis: &impl Redis, id: &str, window: Duration) -> Relay {
+    let mut c = RelayConfig::new("http://127.0.0.1:9/".parse().unwrap());
+    c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.admin_secret = Some(SECRET.into());
+    c.redis = Some(redis.url());
+    c.node_id = Some(id.into());
+    c.asp.resume_window = window;
+    Relay::start(c).await.expect("relay node starts")
+}
+
+/// A relay node as an `asp-relay` process: (process, client url, admin address).
+pub fn node_process(redis: &impl Redis, id: &str, window_s: &str) -> (Killed, String, SocketAddr) {
+    node_process_to(redis, id, window_s, "http://127.0.0.1:9/")
+}
+
+/// [`node_process`] forwarding invocations to `upstream`.
+pub fn node_process_to(
+    redis: &impl Redis,
+    id: &str,
+    window_s: &str,
+    upstream: &str,
+) -> (Killed, String, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_asp-relay"))
+        .args(["--upstream", upstream, "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--redis", &redis.url()])
+        .args(["--node-id", id, "--resume-window", window_s])
+        .env("ASP_RELAY_ADMIN_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn asp-relay");
+    let (url, admin) = listening(&mut child);
+    (Killed(child), url, admin.expect("admin address"))
+}
+
+/// One admin API call (HTTP/1.1, `Connection: close`): (status, JSON body or Null).
+pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/vnd.asp.frames\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// A push body: TOOL_DEF add `name`.
+pub fn tool(name: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    encode(
+        &Frame::ToolDef(ToolDef {
+            op: ToolOp::Add,
+            name: Text::from(name),
+            description: Text::from("pushed"),
+            input_schema: None,
+            annotations: None,
+        }),
+        &mut b,
+    );
+    b.to_vec()
+}
+
+pub async fn push(addr: SocketAddr, cid: &str, name: &str) -> (u16, Value) {
+    admin(
+        addr,
+        "POST",
+        &format!("/connections/{cid}/frames"),
+        &tool(name),
+    )
+    .await
+}
+
+pub fn conn_id(client: &Client) -> String {
+    client.session().unwrap().connection_id.to_string()
+}
+
+/// The next tool the client was given.
+pub async fn next_added(changes: &mut asp_async::ToolChanges) -> String {
+    match within("a tool change", changes.next()).await {
+        Some(ToolChange::Added(d)) => d.name.to_string(),
+        other => panic!("expected an added tool, got {other:?}"),
+    }
+}
+
+/// Waits until the session of `cid` is known to the cluster with `node` as its owner.
+pub async fn owned_by(addr: SocketAddr, cid: &str, node: &str) {
+    until(&format!("{cid} owned by {node}"), || async {
+        let (s, v) = admin(addr, "GET", &format!("/connections/{cid}"), b"").await;
+        s == 200 && v["node"] == node
+    })
+    .await;
+}
+
+/// A client of `url` that resumes its session (SPEC §11), once the cluster names `node` its
+/// owner (asked through the admin API at `via`): (client, its tool changes, connection id).
+pub async fn resuming_client(
+    url: &str,
+    via: SocketAddr,
+    node: &str,
+) -> (Client, asp_async::ToolChanges, String) {
+    let client = within("connect", asp_tokio::client().resume(true).connect(url))
+        .await
+        .unwrap();
+    let changes = client.tool_changes();
+    let cid = conn_id(&client);
+    owned_by(via, &cid, node).await;
+    (client, changes, cid)
+}
+
+/// Waits until a node receives `cid`'s live pushes (its owner subscribed to its channel):
+/// from then on a push answers `200`.
+pub async fn live(redis: &impl Redis, cid: &str) {
+    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    until(&format!("{cid} subscribed"), || async {
+        observer.subscribers(cid).await.unwrap_or(0) > 0
+    })
+    .await;
+}
+
+/// Waits until the node behind `addr` reports its Redis subscription up.
+pub async fn subscribed(addr: SocketAddr) {
+    until("redis subscription up", || async {
+        admin(addr, "GET", "/metrics", b"").await.1["redis_up"] == true
+    })
+    .await;
+}
+
+/// Waits until Redis names `node` as the owner of `cid` (the node's own `GET` answers with
+/// its local view, without `node`).
+pub async fn owner_is(observer: &Cluster, cid: &str, node: &str) {
+    until(&format!("{cid} owned by {node} in redis"), || async {
+        observer
+            .session(cid)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.node == node)
+    })
+    .await;
+}
+
+/// A load balancer in front of the nodes: each new TCP connection goes to the first node
+/// that accepts it (a node that died or stopped accepting is skipped), as a health-checked
+/// balancer does. Returns the client URL through it.
+pub async fn balancer(nodes: Vec<SocketAddr>, path_of: &str) -> String {
+    balancer_of(Backends::new(nodes), path_of).await
+}
+
+/// The nodes behind a [`balancer_of`], changeable while it runs (as a deploy changes a
+/// balancer's targets).
+#[derive(Clone)]
+pub struct Backends(std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+impl Backends {
+    pub fn new(nodes: Vec<SocketAddr>) -> Backends {
+        Backends(std::sync::Arc::new(std::sync::Mutex::new(nodes)))
+    }
+
+    /// New connections go to `nodes` from now on.
+    pub fn set(&self, nodes: Vec<SocketAddr>) {
+        *self.0.lock().unwrap() = nodes;
+    }
+}
+
+/// [`balancer`] in front of `nodes`.
+pub async fn balancer_of(nodes: Backends, path_of: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let nodes = nodes.0.lock().unwrap().clone();
+            tokio::spawn(async move {
+                for n in nodes {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(n).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let path = path_of.splitn(4, '/').nth(3).unwrap_or("");
+    format!("ws://{addr}/{path}")
+}
+
+/// A function behind the relays: every `/invoke` answers 200 `text/plain` at once with the
+/// chunk `first`, then holds the body open until `release` is notified, then sends `last`
+/// and ends (`release` never notified: the call never ends).
+pub async fn function(release: std::sync::Arc<tokio::sync::Notify>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let release = release.clone();
+            tokio::spawn(async move {
+                // The request head and its body (Content-Length).
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body_start = loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nfirst\r\n";
+                if tcp.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                release.notified().await;
+                let _ = tcp.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+                let _ = tcp.flush().await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// The first chunk of `call`.
+pub async fn first_chunk(call: &mut asp_async::Invocation) -> String {
+    let c = within("the first chunk", call.next())
+        .await
+        .expect("a chunk");
+    String::from_utf8_lossy(&c.data).into_owned()
+}
+
+/// Two nodes claim one session: each claim is a newer generation, and only the newest may
+/// write the state blob (fencing, SPEC §15.6).
+pub async fn only_the_newest_generation_writes_on(redis: &impl Redis) {
+    let one = Cluster::connect(&redis.url(), "one".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    let two = Cluster::connect(&redis.url(), "two".into(), LIMIT, 100)
+        .await
+        .unwrap();
+    let g1 = one.claim("c1").await.unwrap();
+    assert!(one.write_state_at("c1", g1, b"from one").await.unwrap());
+    let g2 = two.claim("c1").await.unwrap();
+    assert!(g2 > g1);
+    assert!(
+        !one.write_state_at("c1", g1, b"stale").await.unwrap(),
+        "the stale owner is fenced off"
+    );
+    assert!(two.write_state_at("c1", g2, b"from two").await.unwrap());
+    let s = two.session("c1").await.unwrap().unwrap();
+    assert_eq!((s.node.as_str(), s.gen), ("two", g2));
+    assert_eq!(&s.state[..], b"from two");
+    // A claim again by the first node fences the second.
+    let g3 = one.claim("c1").await.unwrap();
+    assert!(!two.write_state_at("c1", g2, b"stale").await.unwrap());
+    assert!(one.write_state_at("c1", g3, b"again").await.unwrap());
+    assert_eq!(
+        &one.session("c1").await.unwrap().unwrap().state[..],
+        b"again"
+    );
+}
