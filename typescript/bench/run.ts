@@ -9,6 +9,7 @@
  * Prints a Markdown table: medians over the runs with [min–max], and same-run ratios.
  */
 import { spawn } from "node:child_process";
+import { loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface, type Interface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -33,7 +34,8 @@ const CHUNK = 32;
 
 interface Child {
   url: string;
-  bytes(): Promise<number>;
+  /** TCP bytes both ways on the server's sockets so far, and the server process's CPU time (µs). */
+  stats(): Promise<{ bytes: number; cpuUs: number }>;
   stop(): void;
 }
 
@@ -44,10 +46,10 @@ async function start(mode: string): Promise<Child> {
   const { url } = JSON.parse(await next()) as { url: string };
   return {
     url,
-    async bytes() {
+    async stats() {
       proc.stdin.write("bytes\n");
-      const { read, written } = JSON.parse(await next()) as { read: number; written: number };
-      return read + written;
+      const { read, written, cpuUs } = JSON.parse(await next()) as { read: number; written: number; cpuUs: number };
+      return { bytes: read + written, cpuUs };
     },
     stop() {
       proc.stdin.end();
@@ -60,6 +62,8 @@ const ms = () => performance.now();
 
 interface Sample {
   usPerCall: number;
+  /** CPU time of both processes (client + server), µs per call: what a loaded machine distorts least. */
+  cpuPerCall: number;
   bytesPerCall: number;
   msPerStream: number;
 }
@@ -71,11 +75,15 @@ async function benchWs(server: Child, payload: Uint8Array): Promise<Sample> {
   ws.on("message", (d: Buffer) => wake(d));
   const roundTrip = () => new Promise<Buffer>((r) => ((wake = r), ws.send(payload)));
   for (let i = 0; i < 5000; i++) await roundTrip();
-  const b0 = await server.bytes();
+  const s0 = await server.stats();
+  const c0 = process.cpuUsage();
   const t0 = ms();
   for (let i = 0; i < N; i++) await roundTrip();
   const t1 = ms();
-  const bytesPerCall = ((await server.bytes()) - b0) / N;
+  const c1 = process.cpuUsage(c0);
+  const s1 = await server.stats();
+  const bytesPerCall = (s1.bytes - s0.bytes) / N;
+  const cpuPerCall = (c1.user + c1.system + s1.cpuUs - s0.cpuUs) / N;
   const stream = () =>
     new Promise<void>((r) => {
       let n = 0;
@@ -92,18 +100,22 @@ async function benchWs(server: Child, payload: Uint8Array): Promise<Sample> {
   for (let i = 0; i < STREAMS; i++) await stream();
   const t3 = ms();
   ws.close();
-  return { usPerCall: ((t1 - t0) * 1000) / N, bytesPerCall, msPerStream: (t3 - t2) / STREAMS };
+  return { usPerCall: ((t1 - t0) * 1000) / N, cpuPerCall, bytesPerCall, msPerStream: (t3 - t2) / STREAMS };
 }
 
 async function benchAsp(server: Child): Promise<Sample> {
   const client = await connect(server.url, { heartbeatMs: 0, reconnect: false });
   const arg = { text: "hello" };
   for (let i = 0; i < 5000; i++) await client.call("echo", arg);
-  const b0 = await server.bytes();
+  const s0 = await server.stats();
+  const c0 = process.cpuUsage();
   const t0 = ms();
   for (let i = 0; i < N; i++) await client.call("echo", arg);
   const t1 = ms();
-  const bytesPerCall = ((await server.bytes()) - b0) / N;
+  const c1 = process.cpuUsage(c0);
+  const s1 = await server.stats();
+  const bytesPerCall = (s1.bytes - s0.bytes) / N;
+  const cpuPerCall = (c1.user + c1.system + s1.cpuUs - s0.cpuUs) / N;
   const stream = async () => {
     let n = 0;
     const call = client.invoke("stream", { n: CHUNKS, size: CHUNK });
@@ -116,7 +128,7 @@ async function benchAsp(server: Child): Promise<Sample> {
   for (let i = 0; i < STREAMS; i++) await stream();
   const t3 = ms();
   client.close();
-  return { usPerCall: ((t1 - t0) * 1000) / N, bytesPerCall, msPerStream: (t3 - t2) / STREAMS };
+  return { usPerCall: ((t1 - t0) * 1000) / N, cpuPerCall, bytesPerCall, msPerStream: (t3 - t2) / STREAMS };
 }
 
 async function benchMcp(server: Child): Promise<Sample> {
@@ -125,11 +137,15 @@ async function benchMcp(server: Child): Promise<Sample> {
   await client.connect(transport);
   const arg = { name: "echo", arguments: { text: "hello" } };
   for (let i = 0; i < 50; i++) await client.callTool(arg);
-  const b0 = await server.bytes();
+  const s0 = await server.stats();
+  const c0 = process.cpuUsage();
   const t0 = ms();
   for (let i = 0; i < N_MCP; i++) await client.callTool(arg);
   const t1 = ms();
-  const bytesPerCall = ((await server.bytes()) - b0) / N_MCP;
+  const c1 = process.cpuUsage(c0);
+  const s1 = await server.stats();
+  const bytesPerCall = (s1.bytes - s0.bytes) / N_MCP;
+  const cpuPerCall = (c1.user + c1.system + s1.cpuUs - s0.cpuUs) / N_MCP;
   const stream = async () => {
     let n = 0;
     await client.callTool({ name: "stream", arguments: { n: CHUNKS, size: CHUNK } }, undefined, {
@@ -144,7 +160,7 @@ async function benchMcp(server: Child): Promise<Sample> {
   const t3 = ms();
   await transport.terminateSession().catch(() => undefined);
   await client.close();
-  return { usPerCall: ((t1 - t0) * 1000) / N_MCP, bytesPerCall, msPerStream: (t3 - t2) / STREAMS_MCP };
+  return { usPerCall: ((t1 - t0) * 1000) / N_MCP, cpuPerCall, bytesPerCall, msPerStream: (t3 - t2) / STREAMS_MCP };
 }
 
 function median(xs: number[]): number {
@@ -191,6 +207,7 @@ async function interleaved(wsServer: Child, aspServer: Child, payload: Uint8Arra
 }
 
 async function main(): Promise<void> {
+  const load0 = loadavg()[0]!;
   const [wsServer, aspServer, mcpServer] = await Promise.all([start("ws"), start("asp"), start("mcp")]);
   // The raw floor sends what an ASP client sends for the same call: the INVOKE frame.
   const payload = encode({ type: 2, id: 1, fields: { tool: "echo", args: new Raw(mpEncode({ text: "hello" })) } });
@@ -208,10 +225,12 @@ async function main(): Promise<void> {
   for (const s of [wsServer, aspServer, mcpServer]) s.stop();
   const col = (xs: Sample[], k: keyof Sample, d = 1) => fmt(xs.map((x) => x[k]), d);
   const ratio = (a: Sample[], b: Sample[], k: keyof Sample) => fmt(a.map((x, i) => x[k] / b[i]![k]), 2);
-  console.log(`Node ${process.version}, ${runs} runs (median [min–max]); N=${N} round trips (MCP ${N_MCP}), ${STREAMS} streams of ${CHUNKS}×${CHUNK} B (MCP ${STREAMS_MCP})\n`);
+  const load = `load average ${load0.toFixed(1)} at the start, ${loadavg()[0]!.toFixed(1)} at the end`;
+  console.log(`${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}, ${load}; ${runs} runs (median [min–max]); N=${N} round trips (MCP ${N_MCP}), ${STREAMS} streams of ${CHUNKS}×${CHUNK} B (MCP ${STREAMS_MCP})\n`);
   console.log("| measure | raw `ws` echo (floor) | ASP (this package) | MCP TS SDK, Streamable HTTP | ASP ÷ floor | MCP ÷ ASP |");
   console.log("|---|---|---|---|---|---|");
   console.log(`| round trip, µs/call | ${col(ws, "usPerCall")} | ${col(asp, "usPerCall")} | ${col(mcp, "usPerCall")} | ${ratio(asp, ws, "usPerCall")}× | ${ratio(mcp, asp, "usPerCall")}× |`);
+  console.log(`| round trip, CPU µs/call (client + server processes) | ${col(ws, "cpuPerCall")} | ${col(asp, "cpuPerCall")} | ${col(mcp, "cpuPerCall")} | ${ratio(asp, ws, "cpuPerCall")}× | ${ratio(mcp, asp, "cpuPerCall")}× |`);
   console.log(`| round trip, interleaved: ${rounds} pairs of ${250}-call batches, µs/call | ${fmt(inter.wsUs)} | ${fmt(inter.aspUs)} | — | ${fmt(inter.ratio, 2)}× | — |`);
   console.log(`| bytes per call (TCP, both ways) | ${col(ws, "bytesPerCall", 0)} | ${col(asp, "bytesPerCall", 0)} | ${col(mcp, "bytesPerCall", 0)} | ${ratio(asp, ws, "bytesPerCall")}× | ${ratio(mcp, asp, "bytesPerCall")}× |`);
   console.log(`| 1,000-chunk stream, ms | ${col(ws, "msPerStream", 2)} | ${col(asp, "msPerStream", 2)} | ${col(mcp, "msPerStream", 2)} | ${ratio(asp, ws, "msPerStream")}× | ${ratio(mcp, asp, "msPerStream")}× |`);

@@ -2,7 +2,8 @@
  * Benchmark servers, one per process: `node servers.js asp|ws|mcp`. Each serves the same
  * two operations on 127.0.0.1 (port 0) — `echo` (returns its argument) and `stream`
  * (`n` chunks of `size` bytes of text) — prints `{"url": …}` on stdout, and answers the line
- * `bytes` on stdin with the TCP payload bytes read and written on all its sockets so far.
+ * `bytes` on stdin with the TCP payload bytes read and written on all its sockets so far and
+ * the CPU time (user + system, µs) the process has used.
  */
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -37,7 +38,8 @@ function report(url: string): void {
       read += s.bytesRead;
       written += s.bytesWritten;
     }
-    console.log(JSON.stringify({ read, written }));
+    const cpu = process.cpuUsage();
+    console.log(JSON.stringify({ read, written, cpuUs: cpu.user + cpu.system }));
   });
   process.stdin.on("end", () => process.exit(0));
 }

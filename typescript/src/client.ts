@@ -4,7 +4,6 @@
  * WebSocket comes from the caller (`index.ts` uses the browser's, `node.ts` uses `ws`).
  * @module
  */
-import { Decoder, Encoder } from "@msgpack/msgpack";
 import { ErrorCode } from "./codes.js";
 import { Connection, type ConnectionConfig } from "./connection.js";
 import { Driver, type SocketLike, SUBPROTOCOL, now } from "./driver.js";
@@ -13,18 +12,12 @@ import type { Event, Metrics, ToolDef } from "./event.js";
 import { Raw } from "./frame.js";
 import type { Limits } from "./limits.js";
 import { utf8Length } from "./msgpack.js";
+import { decodeValue, encodeValue } from "./value.js";
 
-// One codec instance each: constructing them per call was a measurable share of a round trip.
-const encoder = new Encoder();
-const decoder = new Decoder();
 /** Application value → MessagePack bytes (a fresh copy). */
-export function mpEncode(v: unknown): Uint8Array {
-  return encoder.encode(v);
-}
+export const mpEncode: (v: unknown) => Uint8Array = encodeValue;
 /** MessagePack bytes → application value. */
-export function mpDecode(b: Uint8Array): unknown {
-  return decoder.decode(b);
-}
+export const mpDecode: (b: Uint8Array) => unknown = decodeValue;
 
 /**
  * Opens a WebSocket offering the given subprotocol (and, where the platform allows, headers).

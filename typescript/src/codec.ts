@@ -189,9 +189,17 @@ function readMap(
   return pos;
 }
 
-/** A copy (Node's Buffer#slice would be a view into the receive buffer). */
+/**
+ * A copy (Node's Buffer#slice would be a view into the receive buffer). Short values, as most
+ * `args` and results are, are copied byte by byte: cheaper than `slice` on a Node `Buffer`,
+ * which goes through its species constructor.
+ */
 function copy(buf: Uint8Array, start: number, end: number): Uint8Array {
-  return Uint8Array.prototype.slice.call(buf, start, end);
+  const n = end - start;
+  if (n > 64) return new Uint8Array(new Uint8Array(buf.buffer, buf.byteOffset + start, n));
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = buf[start + i]!;
+  return out;
 }
 
 function invalid(spec: FieldSpec, what: string): never {

@@ -240,6 +240,8 @@ export class Connection {
   private out = new Writer(1024);
   private events: Event[] = [];
   private eventHead = 0;
+  /** Events queued: `events[eventHead, eventTail)`; the array keeps its slots between drains. */
+  private eventTail = 0;
   private closeCodeValue = 1000;
 
   constructor(role: Role, config: ConnectionConfig = {}, now = 0) {
@@ -303,7 +305,7 @@ export class Connection {
 
   /** Whether anything waits in `pollTransmit` or `pollEvent`. */
   get hasOutput(): boolean {
-    return this.out.len > this.outHead || this.eventHead < this.events.length;
+    return this.out.len > this.outHead || this.eventHead < this.eventTail;
   }
 
   /** Whether the peer's HELLO listed a capability (e.g. a client's `requests`, §6.4). */
@@ -650,11 +652,12 @@ export class Connection {
 
   /** The next event, or undefined. */
   pollEvent(): Event | undefined {
-    if (this.eventHead >= this.events.length) {
-      if (this.events.length > 0) {
-        this.events.length = 0;
-        this.eventHead = 0;
-      }
+    if (this.eventHead >= this.eventTail) {
+      // Drained: start over at the front without shrinking the array (a length change is a
+      // runtime call, per round trip), unless a burst left it large.
+      if (this.eventTail > 1024) this.events = [];
+      this.eventHead = 0;
+      this.eventTail = 0;
       return undefined;
     }
     const e = this.events[this.eventHead]!;
@@ -1823,7 +1826,7 @@ export class Connection {
   }
 
   private emit(e: Event): void {
-    this.events.push(e);
+    this.events[this.eventTail++] = e;
   }
 
   // ---------------------------------------------------------------- helpers

@@ -59,7 +59,12 @@ export class Driver {
   private pumping = false;
   private scheduled = false;
   private socketClosed = false;
-  /** A message went out in this event-loop turn: later output waits for the turn's end (coalescing, §2.1). */
+  /**
+   * A message went out since the current task began: later output waits for the end of the
+   * task (coalescing, §2.1). Cleared where a task is known to begin (a message arrives, a
+   * deferred flush runs), so a round trip arms no timer; output from a task the driver cannot
+   * see begin (an application timer) is at most deferred to that task's end, never lost.
+   */
   private sentThisTurn = false;
 
   constructor(
@@ -75,6 +80,8 @@ export class Driver {
     socket.binaryType = socket.binaryType === "nodebuffer" ? "nodebuffer" : "arraybuffer";
     socket.onmessage = (ev) => {
       if (this.socket !== socket) return;
+      // A message event starts a task: its reply may go out at once.
+      this.sentThisTurn = false;
       const d = ev.data;
       const t = now();
       const unsent = socket.bufferedAmount;
@@ -139,8 +146,11 @@ export class Driver {
     this.scheduled = true;
     const run = () => {
       this.scheduled = false;
+      // A setImmediate/MessageChannel callback starts a task.
+      if (this.sentThisTurn && deferred) this.sentThisTurn = false;
       this.pump();
     };
+    const deferred = this.sentThisTurn;
     if (this.sentThisTurn) immediate(run);
     else queueMicrotask(run);
   }
@@ -156,10 +166,7 @@ export class Driver {
         if (bytes !== undefined) {
           progress = true;
           if (this.socket !== undefined && !this.socketClosed && this.socket.readyState === 1) {
-            if (!this.sentThisTurn) {
-              this.sentThisTurn = true;
-              immediate(() => (this.sentThisTurn = false));
-            }
+            this.sentThisTurn = true;
             try {
               this.socket.send(bytes);
             } catch {

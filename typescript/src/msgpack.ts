@@ -4,7 +4,7 @@
  * Frame payloads need more than a general-purpose codec gives: the exact byte span of an
  * `any` value (carried opaquely, §4.2), integer keys in any unsigned encoding (§4.1),
  * well-formedness without UTF-8 checks inside `any` (§4.3), and no recursion on hostile
- * nesting. Application values (tool `args`, results) go through `@msgpack/msgpack` instead.
+ * nesting. Application values (tool `args`, results) go through `value.ts` instead.
  * @module
  */
 
