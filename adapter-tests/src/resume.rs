@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use asp_async::{
-    Args, ClientBuilder, CloseReason, Error, ErrorCode, Output, Runtime, ServerBuilder, Status,
-    Tool, ToolContext, ToolError,
+    Args, ClientBuilder, CloseReason, Error, ErrorCode, Output, RequestId, Runtime, Server,
+    ServerBuilder, Status, Tool, ToolContext, ToolError,
 };
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -373,12 +373,12 @@ pub async fn resume_after_reset_past_the_window<S: Runtime, C: Runtime>(srv: S, 
     finish(client, server).await;
 }
 
-/// A reset while an invocation runs and while another one's INVOKE is on the wire (the
-/// link froze first, so it never reached the server): the server counts only what it
-/// processed (SPEC §11.3), the client re-sends the lost INVOKE, and each invocation ends
-/// exactly once.
-pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(srv: S, cli: C) {
-    let (started_tx, mut started) = mpsc::unbounded();
+/// A resumable server with `greet` and the gated tool `hang` (whose starts `started`
+/// reports, and which finishes once `gate` opens), behind a proxy that cuts the link.
+async fn hang_behind_proxy<S: Runtime>(
+    srv: S,
+) -> (Server<S>, Proxy, Gate, mpsc::UnboundedReceiver<RequestId>) {
+    let (started_tx, started) = mpsc::unbounded();
     let gate = Gate::new();
     let server = start(
         ServerBuilder::new(srv)
@@ -388,6 +388,15 @@ pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(sr
     )
     .await;
     let proxy = Proxy::start(server.local_addr());
+    (server, proxy, gate, started)
+}
+
+/// A reset while an invocation runs and while another one's INVOKE is on the wire (the
+/// link froze first, so it never reached the server): the server counts only what it
+/// processed (SPEC §11.3), the client re-sends the lost INVOKE, and each invocation ends
+/// exactly once.
+pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(srv: S, cli: C) {
+    let (server, proxy, gate, mut started) = hang_behind_proxy(srv).await;
     let client = ClientBuilder::new(cli.clone())
         .resume(true)
         .connect(&proxy.url(asp_async::DEFAULT_PATH))
@@ -439,16 +448,7 @@ pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(sr
 /// §6.7, §11.3); the client reconnects and resumes while the server may still hold the
 /// old, silent socket (take-over), and the invocation in flight completes.
 pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: C) {
-    let (started_tx, mut started) = mpsc::unbounded();
-    let gate = Gate::new();
-    let server = start(
-        ServerBuilder::new(srv)
-            .resume(true)
-            .tool(gated_tool("hang", started_tx, gate.clone()))
-            .tool(greet_tool()),
-    )
-    .await;
-    let proxy = Proxy::start(server.local_addr());
+    let (server, proxy, gate, mut started) = hang_behind_proxy(srv).await;
     let client = ClientBuilder::new(cli.clone())
         .config({
             let mut config = asp_async::ws_default_config();

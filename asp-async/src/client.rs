@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use asp_proto::frame::{
@@ -19,12 +19,14 @@ use serde::Serialize;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
 
+use crate::config::{default_config, default_ws_config, host_port, WsConfig, SUBPROTOCOL};
 use crate::driver;
 use crate::error::Error;
-use crate::runtime::{BoxFuture, Clock, Runtime};
-use crate::shared::{lock, wake, Call, Hooks, Reconnect, Shared, SharedRef};
-use crate::tool::{to_value, RequestHandler};
-use crate::{WsConfig, SUBPROTOCOL};
+use crate::request::RequestHandler;
+use crate::runtime::{BoxFuture, Clock, Runtime, WsStream};
+use crate::shared::{lock, wait_outcome, wake, Call, Hooks, Reconnect, Shared, SharedRef};
+use crate::tls::{server_name, ClientTls, TlsError, PLAINTEXT_TO_TLS_BODY};
+use crate::tool::to_value;
 
 /// Builds a [`Client`].
 pub struct ClientBuilder<R: Runtime> {
@@ -34,7 +36,7 @@ pub struct ClientBuilder<R: Runtime> {
     on_request: Option<Arc<dyn RequestHandler>>,
     ws: WsConfig,
     resume: bool,
-    tls: Option<crate::tls::ClientTls>,
+    tls: Option<ClientTls>,
 }
 
 /// The TLS side of dialing a `wss://` URL: built once per client, so reconnects reuse the
@@ -58,9 +60,9 @@ impl<R: Runtime> ClientBuilder<R> {
         ClientBuilder {
             rt,
             token: None,
-            config: crate::default_config(),
+            config: default_config(),
             on_request: None,
-            ws: crate::default_ws_config(),
+            ws: default_ws_config(),
             resume: false,
             tls: None,
         }
@@ -69,7 +71,7 @@ impl<R: Runtime> ClientBuilder<R> {
     /// TLS settings for `wss://` URLs (roots, extra CAs, client certificate, SNI name).
     /// Without them a `wss://` URL uses [`ClientTls::new`](crate::ClientTls::new)'s
     /// defaults: the platform's roots.
-    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+    pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -174,7 +176,7 @@ async fn dial<R: Runtime>(
             .map_err(|_| Error::InvalidUrl("token is not a valid header value".into()))?;
         req.headers_mut().insert("Authorization", v);
     }
-    let addr = crate::host_port(&req)?;
+    let addr = host_port(&req)?;
     let tcp = rt
         .tcp_connect(addr)
         .await
@@ -186,7 +188,7 @@ async fn dial<R: Runtime>(
                 Some(n) => n.as_str(),
                 None => req.uri().host().unwrap_or_default(),
             };
-            let name = crate::tls::server_name(host).map_err(Error::Tls)?;
+            let name = server_name(host).map_err(Error::Tls)?;
             let deadline = std::time::Instant::now() + tls.timeout;
             match select(
                 rt.tls_connect(tcp, name, tls.config.clone()),
@@ -195,13 +197,9 @@ async fn dial<R: Runtime>(
             .await
             {
                 Either::Left((Ok(tcp), _)) => tcp,
-                Either::Left((Err(e), _)) => {
-                    return Err(Error::Tls(crate::tls::TlsError::from_handshake(&e)))
-                }
+                Either::Left((Err(e), _)) => return Err(Error::Tls(TlsError::from_handshake(&e))),
                 Either::Right(_) => {
-                    return Err(Error::Tls(crate::tls::TlsError::HandshakeTimeout(
-                        tls.timeout,
-                    )))
+                    return Err(Error::Tls(TlsError::HandshakeTimeout(tls.timeout)))
                 }
             }
         }
@@ -233,23 +231,20 @@ fn upgrade_error(e: tungstenite::Error, plaintext: bool) -> Error {
             .get_ref()
             .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
         {
-            return Error::Tls(crate::tls::TlsError::from_handshake(io));
+            return Error::Tls(TlsError::from_handshake(io));
         }
     }
     if plaintext {
         match &e {
             tungstenite::Error::Http(resp)
                 if resp.status() == 400
-                    && resp.body().as_deref()
-                        == Some(crate::tls::PLAINTEXT_TO_TLS_BODY.as_bytes()) =>
+                    && resp.body().as_deref() == Some(PLAINTEXT_TO_TLS_BODY.as_bytes()) =>
             {
-                return Error::Tls(crate::tls::TlsError::PlaintextToTlsPort)
+                return Error::Tls(TlsError::PlaintextToTlsPort)
             }
-            tungstenite::Error::HttpFormat(_) => {
-                return Error::Tls(crate::tls::TlsError::PlaintextToTlsPort)
-            }
+            tungstenite::Error::HttpFormat(_) => return Error::Tls(TlsError::PlaintextToTlsPort),
             tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HttparseError(_)) => {
-                return Error::Tls(crate::tls::TlsError::PlaintextToTlsPort)
+                return Error::Tls(TlsError::PlaintextToTlsPort)
             }
             _ => {}
         }
@@ -330,7 +325,7 @@ impl<R: Runtime> Client<R> {
 
     /// Runs a client over an already-open WebSocket (any [`WsStream`](crate::WsStream)). Such a
     /// client cannot redial, so [`Config::resume`] is turned off.
-    pub async fn over<S: crate::WsStream>(
+    pub async fn over<S: WsStream>(
         rt: R,
         ws: S,
         mut config: Config,
@@ -342,7 +337,7 @@ impl<R: Runtime> Client<R> {
 
     /// Runs a client over `ws`; with `redial`, a dropped connection is resumed (if
     /// `config.resume`).
-    async fn start<S: crate::WsStream>(
+    async fn start<S: WsStream>(
         rt: R,
         ws: S,
         mut config: Config,
@@ -699,36 +694,6 @@ impl Drop for Invocation {
         }
         // No call left: the exchange is over and credit no longer matters.
     }
-}
-
-/// Waits for the outcome of an exchange we initiated (`take` picks it from the call's field
-/// of its kind; `lost` makes one when the call is gone), releasing unread chunks.
-pub(crate) async fn wait_outcome<T>(
-    shared: &Arc<Mutex<Shared>>,
-    id: RequestId,
-    take: impl Fn(&mut Call) -> Option<T>,
-    lost: impl Fn(CloseReason) -> T,
-) -> T {
-    poll_fn(|cx| {
-        let mut s = lock(shared);
-        let Some(call) = s.calls.get_mut(&id.0) else {
-            return Poll::Ready(lost(CloseReason::Local));
-        };
-        let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
-        if let Some(o) = take(call) {
-            s.calls.remove(&id.0);
-            s.conn.release(id, unread);
-            s.pump();
-            return Poll::Ready(o);
-        }
-        call.waker = Some(cx.waker().clone());
-        if unread > 0 {
-            s.conn.release(id, unread);
-            s.pump();
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 /// A stream of [`ToolChange`]s (see [`Client::tool_changes`]).

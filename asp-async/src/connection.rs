@@ -11,7 +11,8 @@ use asp_proto::Bytes;
 use asp_proto::{Connection, Instant, RequestOutcome, SendError, Session, StreamOptions};
 use tungstenite::http::HeaderMap;
 
-use crate::shared::{lock, Call, Shared};
+use crate::runtime::BoxFuture;
+use crate::shared::{lock, wait_outcome, Call, Guard, Shared};
 
 /// Observes the connections of a server (see `ServerBuilder::on_connection`).
 pub trait ConnectionHook: Send + Sync + 'static {
@@ -28,7 +29,7 @@ pub trait ConnectionHook: Send + Sync + 'static {
     /// initial tool set (SPEC §6.2 step 3). The client's HELLO waits in the socket
     /// meanwhile, and the handshake timeout (SPEC §6.2) runs from the upgrade. The default
     /// does nothing.
-    fn prepare(&self, conn: ServerConnection) -> crate::BoxFuture<'static, ()> {
+    fn prepare(&self, conn: ServerConnection) -> BoxFuture<'static, ()> {
         let _ = conn;
         Box::pin(std::future::ready(()))
     }
@@ -149,10 +150,7 @@ impl ServerConnection {
     /// ERROR, or `Lost` if the connection closed first.
     pub async fn outcome(&self, id: RequestId) -> RequestOutcome {
         match self.shared.upgrade() {
-            Some(s) => {
-                crate::client::wait_outcome(&s, id, |c| c.request.take(), RequestOutcome::Lost)
-                    .await
-            }
+            Some(s) => wait_outcome(&s, id, |c| c.request.take(), RequestOutcome::Lost).await,
             None => RequestOutcome::Lost(asp_proto::CloseReason::TransportClosed),
         }
     }
@@ -160,7 +158,7 @@ impl ServerConnection {
 
 /// A connection's core, locked (see [`ServerConnection::with`]).
 pub struct Locked<'a> {
-    s: crate::shared::Guard<'a>,
+    s: Guard<'a>,
 }
 
 impl Locked<'_> {

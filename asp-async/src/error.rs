@@ -5,6 +5,8 @@ use std::fmt;
 use asp_proto::frame::ErrorFrame;
 use asp_proto::{CloseReason, SendError};
 
+use crate::tls::TlsError;
+
 /// An error from the client or server API.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -34,7 +36,7 @@ pub enum Error {
     Codec(String),
     /// The TLS handshake failed; the variant names the cause (untrusted certificate, name
     /// mismatch, expired, plaintext on a TLS port, TLS to a plaintext port…).
-    Tls(crate::tls::TlsError),
+    Tls(TlsError),
 }
 
 impl fmt::Display for Error {

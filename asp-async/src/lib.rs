@@ -7,13 +7,31 @@
 //!
 //! Users normally depend on `asp-tokio` or `asp-smol`, which re-export this API with the
 //! runtime filled in.
+//!
+//! The modules are layered: each imports only modules of earlier layers, never a later
+//! one, so a module can be read with only what comes before it in mind.
+//!
+//! 1. `config` (names, default settings), `util` (helpers), `tls`, `adapter` (the macros
+//!    the runtime adapters share): nothing from the crate;
+//! 2. `error`, `runtime` (the trait an adapter implements), `resume` (the token table,
+//!    generic over the session it finds);
+//! 3. `request` (the client's request handler trait);
+//! 4. `shared`: one connection's state behind its mutex. What it starts higher up (a
+//!    server's tools, its session store) it holds as closures those layers make;
+//! 5. `driver` (moves bytes between the state and a WebSocket), `connection` (the server
+//!    connection handle);
+//! 6. `tool` (tools, their context and runner), `store` (the session store);
+//! 7. `client`, `server`; this file re-exports the public items.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod adapter;
 mod client;
+mod config;
 mod connection;
 mod driver;
 mod error;
+mod request;
 mod resume;
 mod runtime;
 mod server;
@@ -21,6 +39,7 @@ mod shared;
 mod store;
 pub mod tls;
 mod tool;
+mod util;
 
 pub use asp_proto;
 pub use asp_proto::frame::{
@@ -28,88 +47,22 @@ pub use asp_proto::frame::{
 };
 pub use asp_proto::{CloseReason, Config, ErrorCode, InvokeOptions, Limits, Session, ToolChange};
 pub use client::{Chunk, Client, ClientBuilder, Completion, Invocation, ToolChanges};
+#[doc(hidden)]
+pub use config::ws_default_config;
+pub use config::{
+    default_config, default_ws_config, host_port, server_ws_config, WsConfig, DEFAULT_PATH,
+    SUBPROTOCOL,
+};
 pub use connection::{ConnectionHook, Locked, ServerConnection};
 pub use error::Error;
+pub use request::RequestHandler;
 pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck, WsStream};
 pub use rustls;
-pub use server::{bearer_token, AuthHook, Server, ServerBuilder, ToolRegistry, UpgradePolicy};
+pub use server::{bearer_token, AuthHook, Server, ServerBuilder, UpgradePolicy};
 pub use store::SessionStore;
 pub use tls::{ClientTls, Roots, ServerTls, TlsError};
 pub use tool::{
-    from_value, reply, to_value, Args, Handler, Output, RequestHandler, StreamError, StreamSend,
-    Tool, ToolContext, ToolError,
+    from_value, reply, to_value, Args, Handler, Output, StreamError, StreamSend, Tool, ToolContext,
+    ToolError, ToolRegistry,
 };
 pub use tungstenite;
-
-/// The WebSocket subprotocol (SPEC §2.1).
-pub const SUBPROTOCOL: &str = "asp-v1";
-
-/// The default WebSocket path (SPEC §2.1).
-pub const DEFAULT_PATH: &str = "/v1/agent-socket";
-
-/// WebSocket settings.
-pub type WsConfig = tungstenite::protocol::WebSocketConfig;
-
-/// The WebSocket layer's settings the builders start from (the protocol's are
-/// [`default_config`]). Message-size limits: generous, because ASP enforces its own
-/// per-frame limit (SPEC §3.6) and can then answer FRAME_TOO_LARGE instead of dropping the
-/// whole connection.
-pub fn default_ws_config() -> WsConfig {
-    WsConfig::default()
-        .max_message_size(Some(64 << 20))
-        .max_frame_size(Some(64 << 20))
-}
-
-/// The WebSocket settings a server starts from (SPEC §13.1), derived from its protocol
-/// configuration:
-/// - a 4 KiB read buffer, which tungstenite grows only while a larger message arrives: an
-///   idle connection then holds a few KiB instead of tungstenite's default 128 KiB (README,
-///   idle connections);
-/// - messages (and WebSocket frames) of at most `65 536 + 2 × (8 + max_frame_payload)` bytes
-///   (SPEC §2.1), which bounds the input one connection can make the server buffer. Senders
-///   keep messages within `65 536 + 8 + max_frame_payload` (64 KiB of coalesced frames and
-///   one more); the rest is room for a frame somewhat above the limit to still be skipped
-///   with FRAME_TOO_LARGE (SPEC §3.6). A larger message is the connection error OVERLOADED.
-pub fn server_ws_config(config: &Config) -> WsConfig {
-    let max = (64 << 10) + 2 * (8 + config.limits.max_frame_payload as usize);
-    WsConfig::default()
-        .read_buffer_size(4 << 10)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-}
-
-/// `host:port` to dial for a `ws://` or `wss://` request (default ports 80 and 443).
-pub fn host_port(
-    request: &tungstenite::handshake::client::Request,
-) -> Result<String, tungstenite::Error> {
-    use tungstenite::error::UrlError;
-    let uri = request.uri();
-    let default_port = match uri.scheme_str() {
-        Some("ws") => 80,
-        Some("wss") => 443,
-        _ => return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme)),
-    };
-    let host = uri
-        .host()
-        .ok_or(tungstenite::Error::Url(UrlError::NoHostName))?;
-    Ok(format!(
-        "{}:{}",
-        host,
-        uri.port_u16().unwrap_or(default_port)
-    ))
-}
-
-/// The protocol configuration the builders start from: the core defaults (SPEC §13),
-/// heartbeats included as ASP PING frames: SPEC §6.7 makes the PING frame the heartbeat on
-/// every binding, since every ASP peer must answer it, while a peer's WebSocket library may
-/// not surface or answer WebSocket pings. A `config(..)` call on a builder replaces it
-/// whole. (The WebSocket layer's settings are [`default_ws_config`].)
-pub fn default_config() -> Config {
-    Config::default()
-}
-
-/// The old name of [`default_config`], kept so code written against it still builds.
-#[doc(hidden)]
-pub fn ws_default_config() -> Config {
-    default_config()
-}

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
-use crate::shared::{Shared, SharedRef};
+use crate::util::constant_time_eq;
 
 /// Resume tokens are 16 random bytes (SPEC §13.1: at least 16, from a secure source).
 const TOKEN_LEN: usize = 16;
@@ -32,16 +32,19 @@ pub(crate) fn new_token() -> Option<Bytes> {
 /// random key, unknown to clients, and the stored token is then compared in constant time
 /// (SPEC §13.1). Two live tokens with the same 64-bit keyed hash are astronomically unlikely;
 /// if it happened, the older session would only lose its ability to resume.
-pub(crate) struct ResumeTable {
+///
+/// Generic over the session (a connection's shared state, `shared::Shared` behind its mutex),
+/// so that this module sits below the state layer that holds the table.
+pub(crate) struct ResumeTable<S> {
     seed: std::collections::hash_map::RandomState,
-    sessions: Mutex<Sessions>,
+    sessions: Mutex<Sessions<S>>,
 }
 
 /// Keyed hash of the token → (token, session).
-type Sessions = HashMap<u64, (Bytes, Weak<Mutex<Shared>>)>;
+type Sessions<S> = HashMap<u64, (Bytes, Weak<S>)>;
 
-impl ResumeTable {
-    pub(crate) fn new() -> ResumeTable {
+impl<S> ResumeTable<S> {
+    pub(crate) fn new() -> ResumeTable<S> {
         ResumeTable {
             seed: std::collections::hash_map::RandomState::new(),
             sessions: Mutex::new(HashMap::new()),
@@ -52,18 +55,18 @@ impl ResumeTable {
         self.seed.hash_one(token)
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, Sessions> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Sessions<S>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a session that became resumable.
-    pub(crate) fn register(&self, token: &Bytes, session: Weak<Mutex<Shared>>) {
+    pub(crate) fn register(&self, token: &Bytes, session: Weak<S>) {
         let key = self.key(token);
         self.map().insert(key, (token.clone(), session));
     }
 
     /// Forgets a session (it closed), if the entry is still its own.
-    pub(crate) fn remove(&self, token: &Bytes, session: &Weak<Mutex<Shared>>) {
+    pub(crate) fn remove(&self, token: &Bytes, session: &Weak<S>) {
         let key = self.key(token);
         let mut map = self.map();
         if map.get(&key).is_some_and(|(_, s)| s.ptr_eq(session)) {
@@ -74,11 +77,11 @@ impl ResumeTable {
     /// The live session holding `token`. The table's lock is released before returning, so
     /// the caller may lock the session (lock order: a `Shared`, then the table, never the
     /// other way round).
-    pub(crate) fn find(&self, token: &[u8]) -> Option<SharedRef> {
+    pub(crate) fn find(&self, token: &[u8]) -> Option<Arc<S>> {
         let key = self.key(token);
         let map = self.map();
         let (stored, session) = map.get(&key)?;
-        if !crate::server::constant_time_eq(stored, token) {
+        if !constant_time_eq(stored, token) {
             return None;
         }
         session.upgrade()

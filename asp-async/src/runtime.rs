@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
+use crate::config::WsConfig;
+
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -92,14 +94,14 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         &self,
         tcp: Self::Tcp,
         check: UpgradeCheck,
-        config: crate::WsConfig,
+        config: WsConfig,
     ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>>;
     /// Runs the client side of the WebSocket handshake.
     fn handshake(
         &self,
         request: tungstenite::handshake::client::Request,
         tcp: Self::Tcp,
-        config: crate::WsConfig,
+        config: WsConfig,
     ) -> BoxFuture<
         'static,
         Result<(Self::Ws, tungstenite::handshake::client::Response), tungstenite::Error>,

@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -16,53 +16,16 @@ use futures::future::{select, Either};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::config::{default_config, server_ws_config, WsConfig, DEFAULT_PATH, SUBPROTOCOL};
 use crate::connection::{ConnectionHook, ServerConnection};
 use crate::driver;
-use crate::resume::ResumeTable;
-use crate::runtime::{Clock, Notify, Runtime};
-use crate::shared::{lock, Hooks, Shared, SharedRef};
-use crate::tool::{Handler, Tool};
-use crate::{WsConfig, SUBPROTOCOL};
-
-/// The tools a server offers, shared by all its connections.
-#[derive(Default)]
-pub struct ToolRegistry {
-    tools: RwLock<BTreeMap<String, Arc<Tool>>>,
-}
-
-impl ToolRegistry {
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Tool>> {
-        self.tools
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-    }
-
-    fn insert(&self, tool: Tool) {
-        self.tools
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tool.def.name.as_str().to_owned(), Arc::new(tool));
-    }
-
-    fn remove(&self, name: &str) -> bool {
-        self.tools
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-            .is_some()
-    }
-
-    fn defs(&self) -> Vec<asp_proto::frame::ToolDef> {
-        self.tools
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|t| t.def.clone())
-            .collect()
-    }
-}
+use crate::resume::{new_token, ResumeTable};
+use crate::runtime::{Clock, Notify, Runtime, UpgradeCheck};
+use crate::shared::{lock, Hooks, Shared, SharedRef, StartTool, StoreHooks};
+use crate::store::SessionStore;
+use crate::tls::ServerTls;
+use crate::tool::{starter, Handler, Tool, ToolRegistry, YIELD_AT};
+use crate::util::constant_time_eq;
 
 /// Checks a bearer token; receives the upgrade request.
 pub type AuthHook = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
@@ -82,7 +45,7 @@ pub struct UpgradePolicy {
 impl Default for UpgradePolicy {
     fn default() -> Self {
         UpgradePolicy {
-            path: crate::DEFAULT_PATH.to_owned(),
+            path: DEFAULT_PATH.to_owned(),
             origins: None,
             auth: None,
         }
@@ -155,10 +118,6 @@ pub fn bearer_token(token: impl Into<String>) -> AuthHook {
     })
 }
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Builds and starts a [`Server`].
 pub struct ServerBuilder<R: Runtime> {
     rt: R,
@@ -172,8 +131,8 @@ pub struct ServerBuilder<R: Runtime> {
     upgrades: UpgradeLimits,
     ws: Option<WsConfig>,
     resume: bool,
-    tls: Option<crate::tls::ServerTls>,
-    store: Option<Arc<dyn crate::SessionStore>>,
+    tls: Option<ServerTls>,
+    store: Option<Arc<dyn SessionStore>>,
 }
 
 /// Bounds on connections that have not completed the WebSocket upgrade (SPEC §13.1). They
@@ -196,7 +155,7 @@ impl<R: Runtime> ServerBuilder<R> {
             rt,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: UpgradePolicy::default(),
-            config: crate::default_config(),
+            config: default_config(),
             tools: Vec::new(),
             fallback: None,
             hook: None,
@@ -215,7 +174,7 @@ impl<R: Runtime> ServerBuilder<R> {
 
     /// Terminates TLS: clients connect with `wss://`, and [`Server::url`] says so. Keep a
     /// clone of `tls` to [`reload`](crate::ServerTls::reload) the certificate later.
-    pub fn tls(mut self, tls: crate::tls::ServerTls) -> Self {
+    pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -301,7 +260,7 @@ impl<R: Runtime> ServerBuilder<R> {
     /// is gone can resume on another one sharing the store (SPEC §11.4; a relay cluster,
     /// §15.6). Turns resume on. Output waits for each snapshot to be stored (see
     /// [`SessionStore`](crate::SessionStore)).
-    pub fn session_store(mut self, store: impl crate::SessionStore) -> Self {
+    pub fn session_store(mut self, store: impl SessionStore) -> Self {
         self.store = Some(Arc::new(store));
         self.resume = true;
         self
@@ -353,12 +312,12 @@ impl<R: Runtime> ServerBuilder<R> {
         }
         let mut config = self.config;
         config.resume |= self.resume;
-        let ws = self.ws.unwrap_or_else(|| crate::server_ws_config(&config));
+        let ws = self.ws.unwrap_or_else(|| server_ws_config(&config));
         let resume = config.resume.then(|| Arc::new(ResumeTable::new()));
         let inner = Arc::new(Inner {
             rt: self.rt.clone(),
+            start_tool: starter(registry.clone(), self.fallback),
             tools: registry,
-            fallback: self.fallback,
             hook: self.hook,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -386,7 +345,8 @@ impl<R: Runtime> ServerBuilder<R> {
 struct Inner<R: Runtime> {
     rt: R,
     tools: Arc<ToolRegistry>,
-    fallback: Option<Arc<Tool>>,
+    /// Runs the tools of `tools`, then the fallback (`ServerBuilder::fallback`).
+    start_tool: StartTool,
     hook: Option<Arc<dyn ConnectionHook>>,
     conns: Mutex<HashMap<u64, SharedRef>>,
     next_conn: AtomicU64,
@@ -398,10 +358,10 @@ struct Inner<R: Runtime> {
     pending: Mutex<Pending>,
     policy: UpgradePolicy,
     config: Config,
-    resume: Option<Arc<ResumeTable>>,
+    resume: Option<Arc<ResumeTable<Mutex<Shared>>>>,
     ws: WsConfig,
     tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
-    store: Option<Arc<dyn crate::SessionStore>>,
+    store: Option<Arc<dyn SessionStore>>,
     stopping: AtomicBool,
     stop: Notify,
     idle_wakers: Mutex<Vec<Waker>>,
@@ -689,7 +649,7 @@ async fn upgrade<R: Runtime>(
     let admitted2 = admitted.clone();
     let inner2 = inner.clone();
     #[allow(clippy::result_large_err)] // tungstenite's `Callback` fixes this error type
-    let check: crate::runtime::UpgradeCheck = Box::new(move |req, resp| {
+    let check: UpgradeCheck = Box::new(move |req, resp| {
         let resp = policy.check(req, resp)?;
         // Counted here, when the request is whole and acceptable: an upgrade still being
         // read takes no place among the established connections.
@@ -781,15 +741,14 @@ async fn tls_handshake<R: Runtime>(
 
 fn server_hooks<R: Runtime>(inner: &Arc<Inner<R>>) -> Hooks {
     Hooks::Server {
-        tools: inner.tools.clone(),
-        fallback: inner.fallback.clone(),
+        start_tool: inner.start_tool.clone(),
         resume: inner.resume.clone(),
         store: inner.store.clone().map(|store| {
             let weak = Arc::downgrade(inner);
-            crate::store::StoreHooks {
+            StoreHooks::new(
                 store,
-                adopt: Arc::new(move |bytes: &[u8]| adopt(&weak.upgrade()?, bytes)),
-            }
+                Arc::new(move |bytes: &[u8]| adopt(&weak.upgrade()?, bytes)),
+            )
         }),
     }
 }
@@ -875,10 +834,7 @@ fn serve<R: Runtime>(
         {
             let mut params = ServerParams::default();
             params.connection_id = Text::from(connection_id.as_str());
-            params.resume_token = inner
-                .resume
-                .as_ref()
-                .and_then(|_| crate::resume::new_token());
+            params.resume_token = inner.resume.as_ref().and_then(|_| new_token());
             params
         },
         clock.now(),
@@ -895,7 +851,7 @@ fn serve<R: Runtime>(
     let span = tracing::info_span!("asp.conn", role = "server", id = %connection_id, %peer);
     let shared = Shared::new(conn, clock, server_hooks(inner), spawn, span.clone());
     if inner.rt.yield_to_writer() {
-        lock(&shared).yield_at = crate::tool::YIELD_AT;
+        lock(&shared).yield_at = YIELD_AT;
     }
     inner
         .conns

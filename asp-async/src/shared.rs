@@ -12,22 +12,22 @@
 //! a waiting `Invocation`) that was most of the multi-thread runtime's scheduler time.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::poll_fn;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
-use asp_proto::frame::{Reply, ReplyStatus, Request, RequestId, Stream};
+use asp_proto::frame::{Invoke, Reply, ReplyStatus, Request, RequestId, Stream};
+use asp_proto::{Bytes, Snapshot};
 use asp_proto::{
     CloseReason, Connection, ErrorCode, Event, InvocationOutcome, RequestOutcome, Session, State,
     ToolChange,
 };
 use futures::FutureExt;
-use tracing::Instrument;
 
+use crate::request::RequestHandler;
 use crate::resume::ResumeTable;
 use crate::runtime::{BoxFuture, Clock, Notify};
-use crate::server::ToolRegistry;
-use crate::tool::{run_handler, RequestHandler, Tool};
 
 /// Handle to one connection's shared state.
 pub(crate) type SharedRef = Arc<Mutex<Shared>>;
@@ -36,6 +36,36 @@ pub(crate) type SharedRef = Arc<Mutex<Shared>>;
 /// connection: the core's state is consistent between calls).
 pub(crate) fn lock(s: &Mutex<Shared>) -> Guard<'_> {
     Guard(Some(s.lock().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// Waits for the outcome of an exchange we initiated (`take` picks it from the call's field
+/// of its kind; `lost` makes one when the call is gone), releasing unread chunks.
+pub(crate) async fn wait_outcome<T>(
+    shared: &Arc<Mutex<Shared>>,
+    id: RequestId,
+    take: impl Fn(&mut Call) -> Option<T>,
+    lost: impl Fn(CloseReason) -> T,
+) -> T {
+    poll_fn(|cx| {
+        let mut s = lock(shared);
+        let Some(call) = s.calls.get_mut(&id.0) else {
+            return Poll::Ready(lost(CloseReason::Local));
+        };
+        let unread: usize = call.chunks.drain(..).map(|c| c.data.len()).sum();
+        if let Some(o) = take(call) {
+            s.calls.remove(&id.0);
+            s.conn.release(id, unread);
+            s.pump();
+            return Poll::Ready(o);
+        }
+        call.waker = Some(cx.waker().clone());
+        if unread > 0 {
+            s.conn.release(id, unread);
+            s.pump();
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The locked connection. Dropping it releases the lock, then wakes the tasks that
@@ -117,6 +147,35 @@ const WATCH_BACKLOG: usize = 1024;
 /// with the connection's lock held: it must only spawn.
 pub(crate) type Reconnect = Arc<dyn Fn(SharedRef) + Send + Sync>;
 
+/// Server: starts serving an accepted INVOKE: the future that runs its tool, in the span
+/// given, or the INVOKE back when no tool has its name. Made by the tool layer above
+/// (`tool::starter`, from the server's registry and fallback) and held as a closure, so that
+/// this layer names nothing of the tools.
+pub(crate) type StartTool = Arc<
+    dyn Fn(Weak<Mutex<Shared>>, Invoke, tracing::Span) -> Result<BoxFuture<'static, ()>, Invoke>
+        + Send
+        + Sync,
+>;
+
+/// Rebuilds a session from snapshot bytes as a connection of this server (server.rs).
+pub(crate) type Adopt = Arc<dyn Fn(&[u8]) -> Option<SharedRef> + Send + Sync>;
+
+/// Stores a snapshot of a session, named by its connection id (`SessionStore::store`).
+pub(crate) type Persist =
+    Arc<dyn Fn(Weak<Mutex<Shared>>, asp_proto::frame::Text, Snapshot) + Send + Sync>;
+
+/// A server's session store (SPEC §11.4) as this layer holds it: made by `store` from a
+/// [`SessionStore`](crate::SessionStore) (`StoreHooks::new`), as closures, so that this layer
+/// names nothing of the connection handles the store's methods take.
+#[derive(Clone)]
+pub(crate) struct StoreHooks {
+    pub(crate) store: Persist,
+    /// The stored snapshot of the session holding a token (`SessionStore::load`).
+    pub(crate) load: Arc<dyn Fn(Bytes) -> BoxFuture<'static, Option<Bytes>> + Send + Sync>,
+    /// Makes what `load` found a connection of this server.
+    pub(crate) adopt: Adopt,
+}
+
 pub(crate) enum Hooks {
     Client {
         on_request: Option<Arc<dyn RequestHandler>>,
@@ -124,13 +183,12 @@ pub(crate) enum Hooks {
         reconnect: Option<Reconnect>,
     },
     Server {
-        tools: Arc<ToolRegistry>,
-        /// Runs tools the registry does not have (`ServerBuilder::fallback`).
-        fallback: Option<Arc<Tool>>,
+        /// Runs the server's tools (its registry, then `ServerBuilder::fallback`).
+        start_tool: StartTool,
         /// The server's resumable sessions, when resume is on.
-        resume: Option<Arc<ResumeTable>>,
+        resume: Option<Arc<ResumeTable<Mutex<Shared>>>>,
         /// Where sessions are kept for other processes (SPEC §11.4), if anywhere.
-        store: Option<crate::store::StoreHooks>,
+        store: Option<StoreHooks>,
     },
 }
 
@@ -496,31 +554,31 @@ impl Shared {
         }
     }
 
-    fn start_handler(&mut self, inv: asp_proto::frame::Invoke) {
-        let Hooks::Server {
-            tools, fallback, ..
-        } = &self.hooks
-        else {
+    fn start_handler(&mut self, inv: Invoke) {
+        let Hooks::Server { start_tool, .. } = &self.hooks else {
             return;
         };
-        let Some(tool) = tools.get(inv.tool.as_str()).or_else(|| fallback.clone()) else {
-            // Removed from the registry after the core accepted the INVOKE.
-            let _ = self
-                .conn
-                .fail(inv.id, ErrorCode::UNKNOWN_TOOL, "tool was removed", false);
-            return;
+        let span =
+            tracing::info_span!(parent: &self.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
+        let id = inv.id;
+        let fut = match start_tool(self.me.clone(), inv, span) {
+            Ok(fut) => fut,
+            Err(inv) => {
+                // Removed from the registry after the core accepted the INVOKE.
+                let _ = self
+                    .conn
+                    .fail(inv.id, ErrorCode::UNKNOWN_TOOL, "tool was removed", false);
+                return;
+            }
         };
         self.served.insert(
-            inv.id.0,
+            id.0,
             Served {
                 started: Some(self.now()),
                 ..Served::default()
             },
         );
-        let span =
-            tracing::info_span!(parent: &self.span, "asp.invoke", id = inv.id.0, tool = %inv.tool);
-        let fut = run_handler(self.me.clone(), tool, inv);
-        self.start(Box::pin(fut.instrument(span)));
+        self.start(fut);
     }
 
     fn start_request_handler(&mut self, req: Request) {

@@ -16,7 +16,8 @@ use asp_proto::{Bytes, Snapshot, State};
 
 use crate::connection::ServerConnection;
 use crate::runtime::BoxFuture;
-use crate::shared::{lock, Hooks, Shared, SharedRef};
+use crate::shared::{lock, Adopt, Hooks, Shared, SharedRef, StoreHooks};
+use crate::util::constant_time_eq;
 
 /// Where a server keeps its sessions for other server processes (SPEC §11.4).
 ///
@@ -33,14 +34,18 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, token: Bytes) -> BoxFuture<'static, Option<Bytes>>;
 }
 
-/// Rebuilds a session from snapshot bytes as a connection of this server (server.rs).
-pub(crate) type Adopt = Arc<dyn Fn(&[u8]) -> Option<SharedRef> + Send + Sync>;
-
-/// A server's store, with the way to adopt what it loads.
-#[derive(Clone)]
-pub(crate) struct StoreHooks {
-    pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) adopt: Adopt,
+impl StoreHooks {
+    /// A server's `store`, with the way to adopt what it loads.
+    pub(crate) fn new(store: Arc<dyn SessionStore>, adopt: Adopt) -> StoreHooks {
+        let loader = store.clone();
+        StoreHooks {
+            store: Arc::new(move |me, id, snapshot| {
+                store.store(ServerConnection::new(me, id), snapshot)
+            }),
+            load: Arc::new(move |token| loader.load(token)),
+            adopt,
+        }
+    }
 }
 
 impl Shared {
@@ -67,9 +72,7 @@ impl Shared {
                     .map(|s| s.connection_id.clone())
                     .unwrap_or_default();
                 self.storing = true;
-                hooks
-                    .store
-                    .store(ServerConnection::new(self.me.clone(), id), snapshot);
+                (hooks.store)(self.me.clone(), id, snapshot);
             }
             // Not resumable (the client did not offer `resume`): nothing to keep, so
             // nothing is held.
@@ -83,7 +86,7 @@ impl Shared {
         let Some(hooks) = self.store_hooks().cloned() else {
             return false;
         };
-        let load = hooks.store.load(Bytes::copy_from_slice(token));
+        let load = (hooks.load)(Bytes::copy_from_slice(token));
         let me = self.me.clone();
         let token = Bytes::copy_from_slice(token);
         let fut = async move {
@@ -94,7 +97,7 @@ impl Shared {
                 lock(t)
                     .conn
                     .resume_token()
-                    .is_some_and(|held| crate::server::constant_time_eq(held, &token))
+                    .is_some_and(|held| constant_time_eq(held, &token))
             });
             finish(me, target, received);
         };

@@ -1,7 +1,8 @@
 //! Tools: a definition plus an async handler, and the context a handler runs with.
 
+use std::collections::BTreeMap;
 use std::future::{poll_fn, Future};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 
 use asp_proto::frame::{
@@ -14,11 +15,12 @@ use futures::future::{select, Either};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::connection::ServerConnection;
 use crate::error::Error;
 use crate::runtime::BoxFuture;
-use crate::shared::{lock, Call, Cancel, Shared};
+use crate::shared::{lock, wait_outcome, Call, Cancel, Shared, StartTool};
 
 /// Encodes any serde value as a MessagePack [`RawValue`] (maps with string keys, as JSON).
 pub fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<RawValue, Error> {
@@ -197,19 +199,43 @@ impl Tool {
     }
 }
 
-/// Answers server requests on the client side (SPEC §8).
-pub trait RequestHandler: Send + Sync + 'static {
-    /// Produces the REPLY for one request.
-    fn answer(&self, req: Request) -> BoxFuture<'static, Reply>;
+/// The tools a server offers, shared by all its connections.
+#[derive(Default)]
+pub struct ToolRegistry {
+    tools: RwLock<BTreeMap<String, Arc<Tool>>>,
 }
 
-impl<F, Fut> RequestHandler for F
-where
-    F: Fn(Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Reply> + Send + 'static,
-{
-    fn answer(&self, req: Request) -> BoxFuture<'static, Reply> {
-        Box::pin(self(req))
+impl ToolRegistry {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Tool>> {
+        self.tools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn insert(&self, tool: Tool) {
+        self.tools
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tool.def.name.as_str().to_owned(), Arc::new(tool));
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> bool {
+        self.tools
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    pub(crate) fn defs(&self) -> Vec<asp_proto::frame::ToolDef> {
+        self.tools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|t| t.def.clone())
+            .collect()
     }
 }
 
@@ -345,9 +371,7 @@ impl ToolContext {
             s.pump();
             id
         };
-        let outcome =
-            crate::client::wait_outcome(&shared, id, |c| c.request.take(), RequestOutcome::Lost)
-                .await;
+        let outcome = wait_outcome(&shared, id, |c| c.request.take(), RequestOutcome::Lost).await;
         match outcome {
             RequestOutcome::Reply(r) => Ok(r),
             RequestOutcome::Error(e) => Err(Error::Remote(e)),
@@ -477,10 +501,20 @@ fn piece_len(data: &[u8], max: usize, text: bool) -> usize {
     }
 }
 
+/// The server's [`StartTool`]: runs the tool of `registry` an INVOKE names, else `fallback`.
+pub(crate) fn starter(registry: Arc<ToolRegistry>, fallback: Option<Arc<Tool>>) -> StartTool {
+    Arc::new(move |me, inv, span| {
+        let Some(tool) = registry.get(inv.tool.as_str()).or_else(|| fallback.clone()) else {
+            return Err(inv);
+        };
+        Ok(Box::pin(run_handler(me, tool, inv).instrument(span)))
+    })
+}
+
 /// Runs a handler for one invocation and ends it: COMPLETE or ERROR from the handler's
 /// result, COMPLETE(cancelled) when interrupted (the handler future is dropped), nothing when
 /// the protocol already ended it. A panicking handler gives ERROR(INTERNAL).
-pub(crate) async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, inv: Invoke) {
+async fn run_handler(shared: Weak<Mutex<Shared>>, tool: Arc<Tool>, inv: Invoke) {
     let max_chunk = shared
         .upgrade()
         .and_then(|s| {

@@ -28,7 +28,7 @@ mod snapshot;
 pub use batch::{BatchError, Command};
 pub use snapshot::{Snapshot, SnapshotError};
 
-/// Which end of the connection this is.
+/// Which end of the connection this is. Exhaustive on purpose: a connection has two ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Opens the connection and invokes tools.

@@ -11,7 +11,8 @@ use core::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ErrorCode(pub u16);
 
-/// What an ERROR with a given code ends (SPEC §12.1).
+/// What an ERROR with a given code ends (SPEC §12.1). Exhaustive on purpose: its five
+/// ranges cover every `u16`, so a new code always falls into one of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorScope {
     /// `0x01`–`0x0F`: the whole connection; the sender closes after sending.
@@ -303,7 +304,11 @@ impl fmt::Display for DecodeErrorKind {
 }
 
 /// A frame the decoder rejected, with the header fields an ERROR reply needs (SPEC §3.7).
+///
+/// Made by the decoder only, never by callers: `#[non_exhaustive]` so that it can carry
+/// more of the rejected frame later (an offset, say) without breaking code that reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DecodeError {
     /// The request id from the header (0 if the header was not complete).
     pub request_id: u16,

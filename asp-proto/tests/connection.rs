@@ -697,18 +697,20 @@ fn complete_for_unknown_id() {
     assert_eq!(p.client.in_flight(), 1);
 }
 
-#[test]
-fn bad_sequence_ends_the_invocation_on_both_sides() {
-    let (mut p, ids) = with_invocations(quiet_config(), quiet_config(), 2);
-    let (a, b) = (ids[0], ids[1]);
-    p.server
-        .stream(a, Bytes::from_static(b"0"), StreamOptions::BINARY)
-        .unwrap();
+/// SPEC §7.6: invocation 1 (`a`) streams one chunk (`first`); then `bad`, a STREAM out of
+/// sequence, reaches the client, which takes it as a violation that ends the invocation
+/// there, and the server learns it was aborted.
+fn assert_bad_sequence_ends_invocation_1(
+    p: &mut Pair,
+    a: RequestId,
+    first: StreamOptions,
+    bad: Frame,
+) {
+    p.server.stream(a, Bytes::from_static(b"0"), first).unwrap();
     p.flush();
     p.drive();
     assert_eq!(kinds(&p.take_events(Side::Client)), ["Chunk(1,0)"]);
-    // seq 5 where 1 is expected.
-    p.inject_frame(Side::Client, &stream_frame(a.0, 5, b"x", false));
+    p.inject_frame(Side::Client, &bad);
     assert_eq!(
         kinds(&p.take_events(Side::Client)),
         [
@@ -721,6 +723,15 @@ fn bad_sequence_ends_the_invocation_on_both_sides() {
         kinds(&p.take_events(Side::Server)),
         ["Aborted(1,BAD_SEQUENCE(0x26))"]
     );
+}
+
+#[test]
+fn bad_sequence_ends_the_invocation_on_both_sides() {
+    let (mut p, ids) = with_invocations(quiet_config(), quiet_config(), 2);
+    let (a, b) = (ids[0], ids[1]);
+    // seq 5 where 1 is expected.
+    let bad = stream_frame(a.0, 5, b"x", false);
+    assert_bad_sequence_ends_invocation_1(&mut p, a, StreamOptions::BINARY, bad);
     assert_eq!(
         p.server
             .stream(a, Bytes::from_static(b"1"), StreamOptions::BINARY),
@@ -745,30 +756,9 @@ fn bad_sequence_ends_the_invocation_on_both_sides() {
 fn stream_after_final_is_bad_sequence() {
     let (mut p, ids) = with_invocations(quiet_config(), quiet_config(), 1);
     let a = ids[0];
-    p.server
-        .stream(
-            a,
-            Bytes::from_static(b"last"),
-            StreamOptions::TEXT.fin(true),
-        )
-        .unwrap();
-    p.flush();
-    p.drive();
-    assert_eq!(kinds(&p.take_events(Side::Client)), ["Chunk(1,0)"]);
     // The next seq, but after `final`.
-    p.inject_frame(Side::Client, &stream_frame(a.0, 1, b"more", false));
-    assert_eq!(
-        kinds(&p.take_events(Side::Client)),
-        [
-            "Violation(1,BAD_SEQUENCE(0x26))",
-            "Ended(1,Error BAD_SEQUENCE(0x26))"
-        ]
-    );
-    p.drive();
-    assert_eq!(
-        kinds(&p.take_events(Side::Server)),
-        ["Aborted(1,BAD_SEQUENCE(0x26))"]
-    );
+    let bad = stream_frame(a.0, 1, b"more", false);
+    assert_bad_sequence_ends_invocation_1(&mut p, a, StreamOptions::TEXT.fin(true), bad);
 }
 
 #[test]

@@ -19,6 +19,26 @@ fn small_window(window: u32) -> Config {
     config
 }
 
+/// The server closed the connection with OVERLOADED, and (SPEC §13.1: not a silent cut)
+/// told the peer why.
+fn assert_closed_overloaded(p: &mut Pair) {
+    p.drain(Side::Server);
+    let evs = p.events(Side::Server);
+    assert!(
+        matches!(
+            evs.last(),
+            Some(Event::Closed(CloseReason::ProtocolError {
+                code: ErrorCode::OVERLOADED,
+                ..
+            }))
+        ),
+        "{:?}",
+        kinds(evs)
+    );
+    let errs = errors_on_wire(&p.wire(Side::Server));
+    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
+}
+
 fn credits(frames: &[Frame]) -> Vec<(u16, u32)> {
     frames
         .iter()
@@ -1039,22 +1059,7 @@ fn an_application_that_stops_polling_events_is_closed() {
     }
     let now = p.now;
     p.server.handle_message(now, Bytes::from(msg));
-    p.drain(Side::Server);
-    let evs = p.events(Side::Server);
-    assert!(
-        matches!(
-            evs.last(),
-            Some(Event::Closed(CloseReason::ProtocolError {
-                code: ErrorCode::OVERLOADED,
-                ..
-            }))
-        ),
-        "{:?}",
-        kinds(evs)
-    );
-    // SPEC §13.1: not a silent cut — the peer is told why.
-    let errs = errors_on_wire(&p.wire(Side::Server));
-    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
+    assert_closed_overloaded(&mut p);
 }
 
 fn invoke_with_args(id: u16, args_len: usize) -> Frame {
@@ -1205,21 +1210,7 @@ fn a_peer_that_stops_reading_is_closed_not_buffered_forever() {
         }
     }
     assert!(p.server.is_closed());
-    p.drain(Side::Server);
-    let evs = p.events(Side::Server);
-    assert!(
-        matches!(
-            evs.last(),
-            Some(Event::Closed(CloseReason::ProtocolError {
-                code: ErrorCode::OVERLOADED,
-                ..
-            }))
-        ),
-        "{:?}",
-        kinds(evs)
-    );
-    let errs = errors_on_wire(&p.wire(Side::Server));
-    assert_eq!(errs.last(), Some(&(RequestId(0), ErrorCode::OVERLOADED)));
+    assert_closed_overloaded(&mut p);
 }
 
 #[test]

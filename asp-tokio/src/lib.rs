@@ -35,7 +35,6 @@ mod tls_stream;
 pub use tls_stream::Stream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tungstenite::handshake::client::{Request as WsRequest, Response as WsResponse};
 
 pub use asp_async::*;
 
@@ -116,48 +115,9 @@ impl Runtime for Tokio {
         tcp.tcp().set_nodelay(true)
     }
 
-    fn tls_accept(
-        &self,
-        tcp: Stream,
-        config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> BoxFuture<'static, std::io::Result<Stream>> {
-        tls_stream::accept(tcp, config)
-    }
-
-    fn tls_connect(
-        &self,
-        tcp: Stream,
-        name: rustls::pki_types::ServerName<'static>,
-        config: std::sync::Arc<rustls::ClientConfig>,
-    ) -> BoxFuture<'static, std::io::Result<Stream>> {
-        tls_stream::connect(tcp, name, config)
-    }
-
-    fn upgrade(
-        &self,
-        tcp: Stream,
-        check: UpgradeCheck,
-        config: WsConfig,
-    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
-        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-            tcp,
-            check,
-            Some(config),
-        ))
-    }
-
-    fn handshake(
-        &self,
-        request: WsRequest,
-        tcp: Stream,
-        config: WsConfig,
-    ) -> BoxFuture<'static, Result<(Self::Ws, WsResponse), tungstenite::Error>> {
-        Box::pin(tokio_tungstenite::client_async_with_config(
-            request,
-            tcp,
-            Some(config),
-        ))
-    }
+    // The TLS and WebSocket handshakes, the same for every adapter (`asp_async::adapter`).
+    asp_async::__tls_handshakes!(tls_stream);
+    asp_async::__ws_handshakes!(tokio_tungstenite);
 }
 
 /// Runs a socket-creating future as a task of `handle`'s runtime and awaits it from

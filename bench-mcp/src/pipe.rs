@@ -6,13 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use asp_async::tungstenite;
-use asp_async::{BoxFuture, Runtime, UpgradeCheck, WsConfig};
+use asp_async::{BoxFuture, Runtime};
 use asp_tokio::Tokio;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tungstenite::handshake::client::{Request as WsRequest, Response as WsResponse};
 
 use crate::asp::{tools, AspBench};
 use crate::count::{Counters, Counting};
@@ -98,31 +96,7 @@ impl Runtime for PipeRt {
         Ok(())
     }
 
-    fn upgrade(
-        &self,
-        tcp: Pipe,
-        check: UpgradeCheck,
-        config: WsConfig,
-    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
-        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-            tcp,
-            check,
-            Some(config),
-        ))
-    }
-
-    fn handshake(
-        &self,
-        request: WsRequest,
-        tcp: Pipe,
-        config: WsConfig,
-    ) -> BoxFuture<'static, Result<(Self::Ws, WsResponse), tungstenite::Error>> {
-        Box::pin(tokio_tungstenite::client_async_with_config(
-            request,
-            tcp,
-            Some(config),
-        ))
-    }
+    asp_async::__ws_handshakes!(tokio_tungstenite);
 }
 
 /// A client with its own server over a fresh pipe.

@@ -35,7 +35,11 @@ use crate::{Role, State};
 const FORMAT: u64 = 1;
 
 /// A resumable server session as bytes ([`Connection::snapshot`], SPEC §11.4).
+///
+/// Made by [`Connection::snapshot`] only: `#[non_exhaustive]` so that it can say more
+/// about what it covers later without breaking the stores that read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The encoded session: opaque, store it as it is.
     pub bytes: Bytes,
