@@ -52,8 +52,8 @@ pub(crate) async fn floor_bench(g: &Global, o: floor::FloorOpts) -> i32 {
         }));
     } else {
         outln(&format!(
-            "{} runtime, {} connections × {} in flight, {} rounds: ASP {:.0} calls/s, raw \
-             WebSocket {:.0} msgs/s (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
+            "{} runtime, {} connections × {} in flight, {} rounds: ASP {:.0}/s, raw \
+             WebSocket {:.0}/s (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
             o.runtime,
             o.connections,
             o.pipeline,
