@@ -683,6 +683,12 @@ impl Invocation {
 impl Drop for Invocation {
     fn drop(&mut self) {
         let held = self.held();
+        if self.done && held == 0 {
+            // `completion` ended the exchange and removed the call (`wait_outcome`), and it
+            // released what was held: nothing left to do, so no lock (one of four per call
+            // on the round-trip path; README, issue 19).
+            return;
+        }
         let mut s = lock(&self.shared);
         if let Some(call) = s.calls.remove(&self.id.0) {
             let unread: usize = call.chunks.iter().map(|c| c.data.len()).sum();

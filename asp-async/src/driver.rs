@@ -91,6 +91,7 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
             s.driving = true;
             s.notify.clone()
         };
+        let rt_lifo = rt.yield_to_writer();
         let mut d = Driver {
             ws,
             gen,
@@ -102,6 +103,9 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
             read_done: false,
             read: ReadSide::new(),
             timer: None,
+            yielding: None,
+            yielded: false,
+            lifo: rt_lifo,
             close_code: asp_proto::error::close_code::NORMAL,
         };
         match poll_fn(|cx| d.poll_open(&shared, cx)).await {
@@ -187,6 +191,15 @@ struct Driver<S, R> {
     /// The WebSocket close code to send once the connection has closed (SPEC §2.1): the
     /// core says which, from why it closed.
     close_code: u16,
+    /// Waiting for the other ready tasks before writing what handles queued
+    /// ([`Runtime::yield_now`]).
+    yielding: Option<BoxFuture<'static, ()>>,
+    /// Yielded since the last flush: the next pass writes.
+    yielded: bool,
+    /// The runtime runs a task woken by a running task next, before the other ready tasks
+    /// ([`Runtime::yield_to_writer`]: tokio's multi-thread scheduler). Elsewhere the driver
+    /// woken by a handle already runs after the other ready tasks, and a yield only costs.
+    lifo: bool,
 }
 
 /// What a pass over the core found, decided under the lock.
@@ -197,6 +210,8 @@ enum Look {
         wants_input: bool,
         /// The core still had bytes after a full WRITE_BATCH.
         more: bool,
+        /// Other exchanges are in flight: their tasks may be about to queue frames too.
+        batch: bool,
     },
     /// Leave the open phase.
     End(End),
@@ -205,6 +220,12 @@ enum Look {
 impl<S: WsStream, R: Runtime> Driver<S, R> {
     /// The open phase: until the connection closes or the transport ends.
     fn poll_open(&mut self, shared: &SharedRef, cx: &mut Context<'_>) -> Poll<End> {
+        if let Some(y) = &mut self.yielding {
+            if y.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.yielding = None;
+        }
         let mut passes = 0;
         // Input bytes handed to the core in this poll (READ_BUDGET).
         let mut read = 0usize;
@@ -219,14 +240,41 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 return Poll::Pending;
             }
             passes += 1;
-            let (wants_input, more) = match self.look(&mut lock(shared)) {
-                Look::Open { wants_input, more } => (wants_input, more),
+            let (wants_input, more, batch) = match self.look(&mut lock(shared)) {
+                Look::Open {
+                    wants_input,
+                    more,
+                    batch,
+                } => (wants_input, more, batch),
                 Look::End(end) => return Poll::Ready(end),
             };
             // While more input may be waiting, answers are queued in the WebSocket but not
             // flushed: the answers to everything that has arrived leave in one write, as a
             // raw echo that reads all it can before it flushes does (README, throughput).
             let may_read = wants_input && !self.read_done && self.read.should_poll(cx);
+            // Woken to write what a handle queued (an INVOKE, a handler's answer) while other
+            // exchanges are in flight: their tasks are likely ready too (the answers to a
+            // message of several COMPLETEs woke them all), and tokio's multi-thread scheduler
+            // runs the task a running one wakes next (its LIFO slot), so writing now sent one
+            // INVOKE per write (A/B on current_thread, where the driver already runs after
+            // them: the yield only cost).
+            // Yield once so that they queue theirs first; all leave in one write, as a raw
+            // client that reads all answers before it flushes does (README, issue 19).
+            // `driving` stays set meanwhile: they need not wake us.
+            if self.lifo
+                && batch
+                && !may_read
+                && !self.unflushed
+                && !self.yielded
+                && !self.out.is_empty()
+            {
+                let mut y = self.rt.yield_now();
+                if y.as_mut().poll(cx).is_pending() {
+                    self.yielded = true;
+                    self.yielding = Some(y);
+                    return Poll::Pending;
+                }
+            }
             match self.poll_write(cx, !may_read) {
                 Poll::Ready(Ok(())) if more => continue,
                 Poll::Ready(Ok(())) | Poll::Pending => {}
@@ -343,6 +391,7 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         Look::Open {
             wants_input: s.conn.wants_input(),
             more,
+            batch: s.conn.in_flight() > 1,
         }
     }
 
@@ -397,6 +446,7 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         if self.unflushed && flush {
             std::task::ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
             self.unflushed = false;
+            self.yielded = false;
         }
         Poll::Ready(Ok(()))
     }

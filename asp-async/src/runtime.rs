@@ -65,6 +65,24 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn yield_to_writer(&self) -> bool {
         false
     }
+    /// A future that is pending once and lets the other tasks that are ready run before it
+    /// completes, ideally after all of them (tokio's `yield_now`, which the scheduler wakes
+    /// only once it has run out of ready tasks). The driver waits on it before writing what
+    /// handles queued, so that the other callers of a connection add theirs and all leave in
+    /// one write (README, issue 19); only where [`Runtime::yield_to_writer`] says a woken task
+    /// would run first. The default wakes the task at once, which puts it at the back of the
+    /// run queue on most executors.
+    fn yield_now(&self) -> BoxFuture<'static, ()> {
+        let mut yielded = false;
+        Box::pin(std::future::poll_fn(move |cx| {
+            if yielded {
+                return std::task::Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }))
+    }
     /// The runtime's monotonic clock (the driver's close deadlines). The default reads
     /// `std::time::Instant::now()`; a runtime with a clock of its own (a paused or virtual
     /// one) says so here.

@@ -44,16 +44,34 @@ pub(crate) async fn floor_bench(g: &Global, o: floor::FloorOpts) -> i32 {
             "runtime": o.runtime,
             "connections": o.connections,
             "pipeline": o.pipeline,
+            // With --stream: [chunks, bytes per chunk], and the rates are chunks per second.
+            "stream": o.stream.map(|(n, size)| [n, size]),
             "asp_calls_per_s": rounds.iter().map(|r| r.asp.round()).collect::<Vec<_>>(),
             "raw_msgs_per_s": rounds.iter().map(|r| r.raw.round()).collect::<Vec<_>>(),
             "ratio_median": (ratio * 1e3).round() / 1e3,
             "ratio_min": (lo * 1e3).round() / 1e3,
             "ratio_max": (hi * 1e3).round() / 1e3,
         }));
+    } else if let Some((n, size)) = o.stream {
+        outln(&format!(
+            "{} runtime, one connection streaming {} × {} B, {} streams per side and round, {} \
+             rounds: ASP {:.0} chunks/s, raw WebSocket {:.0} msgs/s (medians); ASP/raw {:.0} % \
+             (range {:.0}–{:.0} %)",
+            o.runtime,
+            n,
+            size,
+            o.reps,
+            rounds.len(),
+            asp,
+            raw,
+            100.0 * ratio,
+            100.0 * lo,
+            100.0 * hi
+        ));
     } else {
         outln(&format!(
-            "{} runtime, {} connections × {} in flight, {} rounds: ASP {:.0} calls/s, raw \
-             WebSocket {:.0} msgs/s (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
+            "{} runtime, {} connections × {} in flight, {} rounds: ASP {:.0}/s, raw \
+             WebSocket {:.0}/s (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
             o.runtime,
             o.connections,
             o.pipeline,

@@ -31,6 +31,12 @@ pub struct FloorOpts {
     pub rounds: usize,
     /// Size of each call's argument.
     pub size: usize,
+    /// Instead of calls: a stream of this many chunks of this many bytes on one connection
+    /// (ASP STREAM frames against raw WebSocket messages written with `feed` and one flush),
+    /// timed `reps` times per side and round (median).
+    pub stream: Option<(usize, usize)>,
+    /// Streams timed per side and round.
+    pub reps: usize,
 }
 
 /// One round's rates.
@@ -88,6 +94,19 @@ fn run_blocking(o: FloorOpts) -> Result<(Vec<Round>, Vec<String>), String> {
                         ..Output::default()
                     })
                 }))
+                .tool(Tool::new(
+                    "stream",
+                    |ctx: ToolContext, a: Args| async move {
+                        let (n, size): (usize, usize) = a.parse()?;
+                        let chunk = Bytes::from(vec![b'x'; size]);
+                        for _ in 0..n {
+                            ctx.stream(chunk.clone(), false, false)
+                                .await
+                                .map_err(|_| asp_tokio::ToolError::Cancelled)?;
+                        }
+                        Ok(Output::default())
+                    },
+                ))
                 .start()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -96,15 +115,21 @@ fn run_blocking(o: FloorOpts) -> Result<(Vec<Round>, Vec<String>), String> {
             let mut log = Vec::new();
             for r in 0..o.rounds.max(1) {
                 // Alternate the order, so that a burst of load on the machine hits both alike.
-                let (asp, raw_rate) = if r % 2 == 0 {
-                    let a = asp_rate(&server.url(), &o).await?;
-                    (a, raw_rate(&raw, &o).await?)
-                } else {
-                    let w = raw_rate(&raw, &o).await?;
-                    (asp_rate(&server.url(), &o).await?, w)
+                let (asp, raw_rate) = match o.stream {
+                    Some(s) => stream_rates(&server.url(), &raw, s, o.reps.max(1), r % 2 == 0)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                    None if r % 2 == 0 => {
+                        let a = asp_rate(&server.url(), &o).await?;
+                        (a, raw_rate(&raw, &o).await?)
+                    }
+                    None => {
+                        let w = raw_rate(&raw, &o).await?;
+                        (asp_rate(&server.url(), &o).await?, w)
+                    }
                 };
                 log.push(format!(
-                    "round {}: ASP {:.0} calls/s, raw WebSocket {:.0} msgs/s: {:.0} %",
+                    "round {}: ASP {:.0}/s, raw WebSocket {:.0}/s: {:.0} %",
                     r + 1,
                     asp,
                     raw_rate,
@@ -118,6 +143,83 @@ fn run_blocking(o: FloorOpts) -> Result<(Vec<Round>, Vec<String>), String> {
         .await
         .map_err(|e| e.to_string())?
     })
+}
+
+/// Streams: `reps` streams of `n` chunks of `size` bytes on one ASP connection and on one raw
+/// WebSocket, alternating one by one (`asp_first` says which starts), so that load from
+/// other processes hits both alike; each side's median rate in chunks per second.
+async fn stream_rates(
+    url: &str,
+    raw: &str,
+    (n, size): (usize, usize),
+    reps: usize,
+    asp_first: bool,
+) -> Result<(f64, f64), String> {
+    let failed = |e: &dyn std::fmt::Display| e.to_string();
+    let client: Client = asp_tokio::client()
+        .connect(url)
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut ws = raw_connect(raw).await?;
+    let cmd = format!("stream {n} {size}");
+    let asp_once = || async {
+        let t = Instant::now();
+        let mut call = client
+            .invoke("stream", &(n, size))
+            .map_err(|e| failed(&e))?;
+        let mut got = 0;
+        while let Some(c) = call.next().await {
+            got += c.data.len();
+        }
+        call.completion().await.map_err(|e| failed(&e))?;
+        if got != n * size {
+            return Err(format!("ASP stream: {got} bytes of {}", n * size));
+        }
+        Ok::<f64, String>(n as f64 / t.elapsed().as_secs_f64().max(1e-9))
+    };
+    // Warm-up.
+    asp_once().await?;
+    raw_stream(&mut ws, &cmd, n, size).await?;
+    let (mut a, mut w) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        if (i % 2 == 0) == asp_first {
+            a.push(asp_once().await?);
+            w.push(raw_stream(&mut ws, &cmd, n, size).await?);
+        } else {
+            w.push(raw_stream(&mut ws, &cmd, n, size).await?);
+            a.push(asp_once().await?);
+        }
+    }
+    client.close().await;
+    let _ = ws.close(None).await;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(a), median(w)))
+}
+
+/// One raw stream: asks the raw server for `n` messages of `size` bytes; chunks per second.
+async fn raw_stream(
+    ws: &mut <Tokio as Runtime>::Ws,
+    cmd: &str,
+    n: usize,
+    size: usize,
+) -> Result<f64, String> {
+    let failed = || "a raw WebSocket stream failed".to_string();
+    let t = Instant::now();
+    ws.send(Message::text(cmd)).await.map_err(|_| failed())?;
+    let mut got = 0;
+    for _ in 0..n {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => got += b.len(),
+            _ => return Err(failed()),
+        }
+    }
+    if got != n * size {
+        return Err(failed());
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64().max(1e-9))
 }
 
 fn argument(size: usize) -> RawValue {
@@ -195,18 +297,9 @@ fn request(size: usize) -> Bytes {
 /// The floor: a raw WebSocket per connection keeping `pipeline` messages in flight (one
 /// task reads each echo and sends the next), writes coalesced like ASP's.
 async fn raw_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
-    let rt = Tokio::current();
     let mut conns = Vec::new();
     for _ in 0..o.connections {
-        let req = url.into_client_request().map_err(|e| e.to_string())?;
-        let addr = asp_tokio::host_port(&req).map_err(|e| e.to_string())?;
-        let tcp = rt.tcp_connect(addr).await.map_err(|e| e.to_string())?;
-        rt.set_nodelay(&tcp).map_err(|e| e.to_string())?;
-        let (ws, _) = rt
-            .handshake(req, tcp, asp_tokio::default_ws_config())
-            .await
-            .map_err(|e| e.to_string())?;
-        conns.push(ws);
+        conns.push(raw_connect(url).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,6 +356,20 @@ async fn raw_rate(url: &str, o: &FloorOpts) -> Result<f64, String> {
     Ok(n)
 }
 
+/// A raw WebSocket client connection, with the client's default WebSocket settings.
+async fn raw_connect(url: &str) -> Result<<Tokio as Runtime>::Ws, String> {
+    let rt = Tokio::current();
+    let req = url.into_client_request().map_err(|e| e.to_string())?;
+    let addr = asp_tokio::host_port(&req).map_err(|e| e.to_string())?;
+    let tcp = rt.tcp_connect(addr).await.map_err(|e| e.to_string())?;
+    rt.set_nodelay(&tcp).map_err(|e| e.to_string())?;
+    let (ws, _) = rt
+        .handshake(req, tcp, asp_tokio::default_ws_config())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
 /// A raw WebSocket echo server on loopback: one task per connection, reading and writing.
 async fn raw_server() -> Result<String, String> {
     let rt = Tokio::current();
@@ -286,10 +393,27 @@ async fn raw_server() -> Result<String, String> {
                 // writes, as ASP's driver does).
                 let mut next = ws.next().await;
                 while let Some(Ok(m)) = next {
-                    if let Message::Binary(b) = m {
-                        if ws.feed(Message::Binary(b)).await.is_err() {
-                            return;
+                    let failed = match m {
+                        Message::Binary(b) => ws.feed(Message::Binary(b)).await.is_err(),
+                        // `stream N SIZE`: N messages of SIZE bytes, fed and flushed once.
+                        Message::Text(t) => {
+                            let mut it = t.as_str().split(' ').skip(1);
+                            let mut num = || it.next().and_then(|x| x.parse::<usize>().ok());
+                            let (n, size) = (num().unwrap_or(0), num().unwrap_or(0));
+                            let chunk = Bytes::from(vec![b'x'; size]);
+                            let mut failed = false;
+                            for _ in 0..n {
+                                if ws.feed(Message::Binary(chunk.clone())).await.is_err() {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                            failed
                         }
+                        _ => false,
+                    };
+                    if failed {
+                        return;
                     }
                     next = match ws.next().now_or_never() {
                         Some(n) => n,

@@ -246,6 +246,9 @@ enum Command {
         /// WebSocket echo server on loopback, --connections × --pipeline small calls against
         /// each for --duration seconds (default 3), alternately for --rounds rounds; reports
         /// ASP's calls per second as a share of the raw WebSocket's messages per second.
+        /// With --stream: one connection streams --stream bytes in --chunk chunks instead,
+        /// -n times per side and round (default 15), against raw WebSocket messages of
+        /// --chunk bytes written with one flush; reports chunks per second.
         #[arg(long, conflicts_with = "url")]
         floor: bool,
         /// With --floor: the tokio runtime the servers and clients run on, `multi_thread`
@@ -379,6 +382,12 @@ async fn run(cli: Cli) -> i32 {
                     duration: Duration::from_secs_f64(duration.unwrap_or(3.0).max(0.1)),
                     rounds: rounds.max(1),
                     size: usize::try_from(size).unwrap_or(64),
+                    // `--stream BYTES --chunk BYTES`: a stream of BYTES / chunk chunks.
+                    stream: stream.map(|b| {
+                        let chunk = usize::try_from(chunk).unwrap_or(1).max(1);
+                        (usize::try_from(b).unwrap_or(0) / chunk, chunk)
+                    }),
+                    reps: usize::try_from(count.unwrap_or(15)).unwrap_or(15),
                 };
                 return floor_bench(&g, o).await;
             }

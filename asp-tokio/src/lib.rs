@@ -77,6 +77,12 @@ impl Runtime for Tokio {
         )
     }
 
+    fn yield_now(&self) -> BoxFuture<'static, ()> {
+        // Woken by the scheduler only once it has run out of ready tasks (and polled its I/O
+        // driver): every ready caller has queued its frames by then.
+        Box::pin(tokio::task::yield_now())
+    }
+
     fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
         // Enter the runtime: a `Tokio` made with `from_handle` may be used from a thread
         // outside tokio (a smol client awaiting a tokio server's `shutdown`), and tokio's
