@@ -1655,7 +1655,11 @@ def server_hello_exp(ntools: int) -> dict:
     may = {"capabilities": "*", "limits": "*", "heartbeat_ms": "*", "agent": "*"}
     if ntools:
         fields["tools"] = ntools
-    return X("HELLO", 0, fields, may)
+    out = X("HELLO", 0, fields, may)
+    # §5.1: the server announces what is in force, defaults included; the comparison treats
+    # a default as absent, so `present` names what must be on the wire all the same.
+    out["present"] = ["heartbeat_ms", "limits.max_frame_payload", "limits.max_inflight"]
+    return out
 
 
 def server_open(config, hello=None, at=0) -> list:

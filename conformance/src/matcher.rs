@@ -16,6 +16,8 @@ pub struct Sent {
     pub id: u16,
     /// Normalized fields.
     pub fields: Obj,
+    /// The fields as sent, defaults included (for an expected frame's `present`).
+    pub raw: Obj,
 }
 
 impl Sent {
@@ -25,6 +27,7 @@ impl Sent {
             ty: f.frame_type().name(),
             id: f.request_id().0,
             fields: normalize(&model::frame_fields(f)),
+            raw: model::frame_fields(f),
         }
     }
 }
@@ -112,6 +115,28 @@ pub fn frame_matches(exp: &Value, sent: &Sent, caps: &mut Captures) -> Result<()
                 ))
             }
             None => return Err(format!("{ty}: unexpected field {k} in {sent}")),
+        }
+    }
+    // `present`: fields (`a` or `a.b`) that must be on the wire even when they equal the
+    // SPEC default, which the comparison above treats as absent (SPEC §5.1: a server's HELLO
+    // announces what is in force, defaults included).
+    for p in exp
+        .get("present")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let mut at = Some(&sent.raw);
+        let mut found = None;
+        for part in p.split('.') {
+            found = at.and_then(|o| o.get(part));
+            at = found.and_then(Value::as_object);
+        }
+        if found.is_none() {
+            return Err(format!(
+                "{ty}: {p} not sent (it must be, even at its default): {sent}"
+            ));
         }
     }
     *caps = trial;

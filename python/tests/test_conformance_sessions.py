@@ -97,8 +97,8 @@ def id_matches(e: Any, actual: int, caps: Caps) -> bool:
     return bool(uint(e) == actual)
 
 
-def frame_matches(exp: dict[str, Any], sent: tuple[str, int, dict[str, Any]], caps: Caps) -> str | None:
-    ty, sid, sfields = sent
+def frame_matches(exp: dict[str, Any], sent: tuple[str, int, dict[str, Any], dict[str, Any]], caps: Caps) -> str | None:
+    ty, sid, sfields, raw = sent
     if exp.get("type") != ty:
         return f"expected {exp.get('type')}, got {sent}"
     trial = Caps(caps)
@@ -114,6 +114,14 @@ def frame_matches(exp: dict[str, Any], sent: tuple[str, int, dict[str, Any]], ca
             continue
         if k not in may or not value_matches(may[k], av):
             return f"{ty}: unexpected field {k} in {sent}"
+    # `present`: fields ("a" or "a.b") that must be on the wire even at their SPEC default,
+    # which the comparison above treats as absent (§5.1: a server announces what is in force).
+    for p in exp.get("present", []):
+        at: Any = raw
+        for part in p.split("."):
+            at = at.get(part) if isinstance(at, dict) else None
+        if at is None:
+            return f"{ty}: {p} not sent (it must be, even at its default): {sent}"
     caps.clear()
     caps.update(trial)
     return None
@@ -368,7 +376,7 @@ def run_vector(t: dict[str, Any]) -> str | None:
         sent = []
         for m in out:
             try:
-                sent.extend((ty, i, normalize(f)) for ty, i, f in _core.decode_frames(m, peer_max))
+                sent.extend((ty, i, normalize(f), f) for ty, i, f in _core.decode_frames(m, peer_max))
             except ValueError as e:
                 return f"{where}: sent an invalid frame: {e}"
         err = transmit_matches(step.get("transmit", []), sent, caps)

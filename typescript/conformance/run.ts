@@ -324,6 +324,13 @@ class Session {
       }
       return `${FRAME_TYPE_NAMES[got.type]}: unexpected field ${k}=${JSON.stringify(v)}`;
     }
+    // `present`: fields ("a" or "a.b") that must be on the wire even at their SPEC default,
+    // which the comparison above treats as absent (§5.1: a server announces what is in force).
+    for (const p of (want.present ?? []) as string[]) {
+      let at: unknown = Object.fromEntries(Object.entries(got.fields).map(([k, v]) => [k, fieldToJson(k, v)]));
+      for (const part of p.split(".")) at = at !== null && typeof at === "object" ? (at as Record<string, unknown>)[part] : undefined;
+      if (at === undefined) return `${FRAME_TYPE_NAMES[got.type]}: ${p} not sent (it must be, even at its default)`;
+    }
     return undefined;
   }
 
