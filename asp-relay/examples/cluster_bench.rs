@@ -8,6 +8,9 @@
 //! cargo build --release -p asp-relay && cargo run --release -p asp-relay --example cluster_bench
 //! ```
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,26 +267,6 @@ fn relay_process(redis: Option<&str>, id: &str) -> (Killed, String, SocketAddr) 
     (child, url, admin)
 }
 
-/// A balancer: each new TCP connection goes to the first node that accepts it.
-async fn balancer(nodes: Vec<SocketAddr>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let nodes = nodes.clone();
-            tokio::spawn(async move {
-                for n in nodes {
-                    if let Ok(mut up) = TcpStream::connect(n).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 fn ws_addr(url: &str) -> SocketAddr {
     url.trim_start_matches("ws://")
         .split('/')
@@ -298,7 +281,7 @@ fn ws_addr(url: &str) -> SocketAddr {
 async fn resume_elsewhere_ms(redis: &str) -> f64 {
     let (mut a, a_url, _) = relay_process(Some(redis), "ra");
     let (_b, b_url, b_admin) = relay_process(Some(redis), "rb");
-    let lb = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)]).await;
+    let lb = support::balancer(vec![ws_addr(&a_url), ws_addr(&b_url)]).await;
     let url = a_url.replace(&ws_addr(&a_url).to_string(), &lb.to_string());
     let client = asp_tokio::client()
         .resume(true)

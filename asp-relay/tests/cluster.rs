@@ -2,6 +2,8 @@
 //! loopback port (`--save '' --appendonly no`) and real relays: in this process, and as
 //! `asp-relay` processes where a node must die with SIGKILL.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -436,30 +438,14 @@ async fn redis_restart_keeps_sockets_up_and_pushes_flow_again() {
 /// in order, on the same connection id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_while_detached_arrive_after_the_resume() {
-    use std::sync::{Arc, Mutex};
     let redis = RedisServer::start();
     let a = node(&redis, "node-a", Duration::from_secs(3)).await;
     let b = node(&redis, "node-b", Duration::from_secs(3)).await;
     let (aa, ba) = (a.admin_addr().unwrap(), b.admin_addr().unwrap());
     subscribed(aa).await;
     // A TCP proxy whose connections the test can drop.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let upstream = a.local_addr();
-    let carried: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-    let carried2 = carried.clone();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let h = tokio::spawn(async move {
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
-            carried2.lock().unwrap().push(h);
-        }
-    });
-    let url = a.url().replace(&upstream.to_string(), &proxy.to_string());
+    let proxy = support::DropProxy::start(a.local_addr()).await;
+    let url = proxy.url(&a.url());
     let client = within("connect", asp_tokio::client().resume(true).connect(&url))
         .await
         .unwrap();
@@ -470,9 +456,7 @@ async fn pushes_while_detached_arrive_after_the_resume() {
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");
 
-    for h in carried.lock().unwrap().drain(..) {
-        h.abort();
-    }
+    proxy.drop_all();
     for i in 1..6 {
         let (status, body) = push(ba, &cid, &format!("p{i}")).await;
         assert!(status == 200 || status == 202, "{status} {body}");
@@ -515,25 +499,10 @@ fn ws_addr(url: &str) -> SocketAddr {
         .unwrap()
 }
 
-/// A load balancer in front of the nodes: each new TCP connection goes to the first node
-/// that accepts it (a node that died or stopped accepting is skipped), as a health-checked
-/// balancer does. Returns the client URL through it.
+/// A load balancer in front of the nodes (`support::balancer`). Returns the client URL
+/// through it.
 async fn balancer(nodes: Vec<SocketAddr>, path_of: &str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let nodes = nodes.clone();
-            tokio::spawn(async move {
-                for n in nodes {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(n).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = support::balancer(nodes).await;
     let path = path_of.splitn(4, '/').nth(3).unwrap_or("");
     format!("ws://{addr}/{path}")
 }

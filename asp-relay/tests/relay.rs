@@ -5,6 +5,8 @@
 //! ([`LIMIT`]); nothing sleeps to synchronize: the function server reports what it saw
 //! (requests, aborts, replies) on a channel the tests wait on.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -1580,25 +1582,8 @@ async fn a_dropped_client_resumes_its_session() {
     let f = Function::start().await;
     let relay = relay_to(f.url(), |_| {}).await;
     // A TCP proxy whose connections the test can drop.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let upstream = relay.local_addr();
-    let carried: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-    let carried2 = carried.clone();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let h = tokio::spawn(async move {
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
-            carried2.lock().unwrap().push(h);
-        }
-    });
-    let url = relay
-        .url()
-        .replace(&upstream.to_string(), &proxy.to_string());
+    let proxy = support::DropProxy::start(relay.local_addr()).await;
+    let url = proxy.url(&relay.url());
     let client = within("connect", asp_tokio::client().resume(true).connect(&url))
         .await
         .expect("client connects");
@@ -1616,9 +1601,7 @@ async fn a_dropped_client_resumes_its_session() {
     })
     .await;
     // Drop the connection (both sockets close at once).
-    for h in carried.lock().unwrap().drain(..) {
-        h.abort();
-    }
+    proxy.drop_all();
     within("the rest", async {
         while let Some(c) = call.next().await {
             text.push_str(c.as_str().unwrap());
