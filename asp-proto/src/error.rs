@@ -305,10 +305,9 @@ impl fmt::Display for DecodeErrorKind {
 
 /// A frame the decoder rejected, with the header fields an ERROR reply needs (SPEC §3.7).
 ///
-/// Made by the decoder only, never by callers: `#[non_exhaustive]` so that it can carry
-/// more of the rejected frame later (an offset, say) without breaking code that reads it.
+/// Deliberately not `#[non_exhaustive]`: its fields are exactly what SPEC §3.7 answers
+/// with, and tests build expected values of it; what grows is [`DecodeErrorKind`], which is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct DecodeError {
     /// The request id from the header (0 if the header was not complete).
     pub request_id: u16,
