@@ -52,32 +52,28 @@ pub(crate) async fn floor_bench(g: &Global, o: floor::FloorOpts) -> i32 {
             "ratio_min": (lo * 1e3).round() / 1e3,
             "ratio_max": (hi * 1e3).round() / 1e3,
         }));
-    } else if let Some((n, size)) = o.stream {
-        outln(&format!(
-            "{} runtime, one connection streaming {} × {} B, {} streams per side and round, {} \
-             rounds: ASP {:.0} chunks/s, raw WebSocket {:.0} msgs/s (medians); ASP/raw {:.0} % \
-             (range {:.0}–{:.0} %)",
-            o.runtime,
-            n,
-            size,
-            o.reps,
-            rounds.len(),
-            asp,
-            raw,
-            100.0 * ratio,
-            100.0 * lo,
-            100.0 * hi
-        ));
     } else {
+        // What ran and in which unit: one streaming connection, or many pipelining callers.
+        let (shape, asp_unit, raw_unit) = match o.stream {
+            Some((n, size)) => (
+                format!(
+                    "one connection streaming {n} × {size} B, {} streams per side and round",
+                    o.reps
+                ),
+                " chunks/s",
+                " msgs/s",
+            ),
+            None => (
+                format!("{} connections × {} in flight", o.connections, o.pipeline),
+                "/s",
+                "/s",
+            ),
+        };
         outln(&format!(
-            "{} runtime, {} connections × {} in flight, {} rounds: ASP {:.0}/s, raw \
-             WebSocket {:.0}/s (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
+            "{} runtime, {shape}, {} rounds: ASP {asp:.0}{asp_unit}, raw WebSocket \
+             {raw:.0}{raw_unit} (medians); ASP/raw {:.0} % (range {:.0}–{:.0} %)",
             o.runtime,
-            o.connections,
-            o.pipeline,
             rounds.len(),
-            asp,
-            raw,
             100.0 * ratio,
             100.0 * lo,
             100.0 * hi
