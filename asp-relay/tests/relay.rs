@@ -686,6 +686,64 @@ fn conn_id(client: &Client) -> String {
     client.session().unwrap().connection_id.to_string()
 }
 
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A bare WebSocket client of the relay (subprotocol `asp-v1`, nothing sent yet): it sends
+/// what the `Client` API would not, and can vanish without a goodbye.
+async fn raw_ws(relay: &Relay) -> RawWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = relay.url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
+    let (ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    ws
+}
+
+/// A client's HELLO offering version 1.
+fn hello() -> Frame {
+    Frame::Hello(asp_proto::frame::Hello {
+        versions: asp_proto::frame::Versions::V1,
+        ..Default::default()
+    })
+}
+
+/// [`raw_ws`] once the HELLO exchange is done.
+async fn raw_ws_greeted(relay: &Relay) -> RawWs {
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = raw_ws(relay).await;
+    within("hello", ws.send(Message::Binary(frames(&[hello()]))))
+        .await
+        .unwrap();
+    within("server hello", ws.next()).await.unwrap().unwrap();
+    ws
+}
+
+/// Relay timeouts short enough to reach in a test: 300 ms for the status line and between
+/// body bytes.
+fn short_timeouts(c: &mut RelayConfig) {
+    c.timeouts.upstream = Duration::from_millis(300);
+    c.timeouts.idle = Duration::from_millis(300);
+}
+
+/// An admin API call with the secret and no body.
+async fn admin_bodiless(relay: &Relay, method: &str, path: &str) -> (u16, Value) {
+    admin(relay, method, path, Some(SECRET), Bytes::new()).await
+}
+
+/// Waits for the completion of `call` and asserts it is OK.
+async fn completes_ok(call: asp_tokio::Invocation) {
+    assert_eq!(
+        within("completion", call.completion())
+            .await
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+}
+
 // ───────────────────────────── tests ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,17 +754,8 @@ async fn invoke_streams_tokens_and_completes_with_metrics() {
     // SPEC §15.1: the handshake calls no function.
     assert!(!client.session().unwrap().connection_id.is_empty());
     assert!(f.seen.try_recv().is_err(), "no function call on connect");
-    let mut call = client
-        .invoke("tokens", &json!({"n": 5, "delay_ms": 2}))
-        .unwrap();
-    let mut chunks: Vec<Chunk> = Vec::new();
-    within("chunks", async {
-        while let Some(c) = call.next().await {
-            chunks.push(c);
-        }
-    })
-    .await;
-    let done = within("completion", call.completion()).await.unwrap();
+    let (chunks, done) = chunks_of(&client, "tokens", json!({"n": 5, "delay_ms": 2})).await;
+    let done = done.unwrap();
     let text: String = chunks.iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(text, "tok0 tok1 tok2 tok3 tok4 ");
     assert!(
@@ -809,11 +858,7 @@ async fn unreachable_function_is_unavailable_and_retryable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_timeouts() {
     let mut f = Function::start().await;
-    let relay = relay_to(f.url(), |c| {
-        c.timeouts.upstream = Duration::from_millis(300);
-        c.timeouts.idle = Duration::from_millis(300);
-    })
-    .await;
+    let relay = relay_to(f.url(), short_timeouts).await;
     let client = connect(&relay).await;
     // No status line in time.
     let e = remote(run(&client, "sleep", json!({"ms": 5000})).await.1);
@@ -861,24 +906,14 @@ async fn interrupt_aborts_the_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_aborts_its_upstream_requests() {
-    use asp_proto::frame::{Hello, Invoke, Versions};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use asp_proto::frame::Invoke;
     use tokio_tungstenite::tungstenite::Message;
 
     let mut f = Function::start().await;
     let relay = relay_to(f.url(), |_| {}).await;
     // A bare WebSocket client, so that it can vanish without sending anything (the
     // `Client` API interrupts what it drops).
-    let mut req = relay.url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
-    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .unwrap();
-    let hello = Frame::Hello(Hello {
-        versions: Versions::V1,
-        ..Hello::default()
-    });
+    let mut ws = raw_ws_greeted(&relay).await;
     let invoke = |id: u16, tool: &str, args: Value| {
         Frame::Invoke(Invoke {
             id: RequestId(id),
@@ -888,10 +923,6 @@ async fn client_disconnect_aborts_its_upstream_requests() {
             meta: None,
         })
     };
-    within("hello", ws.send(Message::Binary(frames(&[hello]))))
-        .await
-        .unwrap();
-    within("server hello", ws.next()).await.unwrap().unwrap();
     let both = frames(&[
         invoke(1, "slow", json!({})),
         invoke(2, "sleep", json!({"ms": 10_000})),
@@ -967,14 +998,7 @@ async fn state_is_carried_across_invocations() {
     // Per connection: another client starts empty.
     let other = connect(&relay).await;
     assert_eq!(run(&other, "count", json!({})).await.0, "count=1");
-    let (s, v) = admin(
-        &relay,
-        "GET",
-        &format!("/connections/{}", conn_id(&client)),
-        Some(SECRET),
-        Bytes::new(),
-    )
-    .await;
+    let (s, v) = admin_bodiless(&relay, "GET", &format!("/connections/{}", conn_id(&client))).await;
     assert_eq!((s, v["state_bytes"].as_u64()), (200, Some(1)));
 }
 
@@ -1054,13 +1078,7 @@ async fn push_through_the_admin_api() {
             .as_str(),
         Some("released")
     );
-    assert_eq!(
-        within("completion", call.completion())
-            .await
-            .unwrap()
-            .status,
-        Status::Ok
-    );
+    completes_ok(call).await;
 
     // A STREAM for an id not in flight: 409, and nothing of the body is sent.
     let def2 = ToolDef {
@@ -1107,14 +1125,7 @@ async fn push_through_the_admin_api() {
     );
 
     // GET describes the connection.
-    let (s, v) = admin(
-        &relay,
-        "GET",
-        &format!("/connections/{id}"),
-        Some(SECRET),
-        Bytes::new(),
-    )
-    .await;
+    let (s, v) = admin_bodiless(&relay, "GET", &format!("/connections/{id}")).await;
     assert_eq!(s, 200);
     assert_eq!(v["connection_id"], id.as_str());
     assert_eq!(v["tools"], json!(["late", "tokens"]));
@@ -1132,35 +1143,14 @@ async fn push_through_the_admin_api() {
     assert_eq!(s, 400);
     let (s, _) = admin(&relay, "POST", &path, Some(SECRET), frames(&[Frame::PING])).await;
     assert_eq!(s, 400);
-    let (s, _) = admin(
-        &relay,
-        "GET",
-        "/connections/nope",
-        Some(SECRET),
-        Bytes::new(),
-    )
-    .await;
+    let (s, _) = admin_bodiless(&relay, "GET", "/connections/nope").await;
     assert_eq!(s, 404);
 
     // DELETE: GOAWAY, then the connection closes (nothing in flight).
-    let (s, _) = admin(
-        &relay,
-        "DELETE",
-        &format!("/connections/{id}"),
-        Some(SECRET),
-        Bytes::new(),
-    )
-    .await;
+    let (s, _) = admin_bodiless(&relay, "DELETE", &format!("/connections/{id}")).await;
     assert_eq!(s, 204);
     within("the client to be closed", client.closed()).await;
-    let (s, _) = admin(
-        &relay,
-        "GET",
-        &format!("/connections/{id}"),
-        Some(SECRET),
-        Bytes::new(),
-    )
-    .await;
+    let (s, _) = admin_bodiless(&relay, "GET", &format!("/connections/{id}")).await;
     assert_eq!(s, 404);
 }
 
@@ -1276,13 +1266,7 @@ async fn a_slow_client_slows_the_function_down() {
     })
     .await;
     assert!(got + (64 << 10) >= TOTAL, "got {got}");
-    assert_eq!(
-        within("completion", call.completion())
-            .await
-            .unwrap()
-            .status,
-        Status::Ok
-    );
+    completes_ok(call).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1382,17 +1366,8 @@ async fn python_function_over_json() {
     let relay = relay_to(py.url.clone(), |c| c.format = asp_relay::BodyFormat::Json).await;
     let client = connect(&relay).await;
 
-    let mut call = client
-        .invoke("tokens", &json!({"n": 4, "prefix": "py"}))
-        .unwrap();
-    let mut chunks = Vec::new();
-    within("chunks", async {
-        while let Some(c) = call.next().await {
-            chunks.push(c);
-        }
-    })
-    .await;
-    let done = within("completion", call.completion()).await.unwrap();
+    let (chunks, done) = chunks_of(&client, "tokens", json!({"n": 4, "prefix": "py"})).await;
+    let done = done.unwrap();
     let text: String = chunks.iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(text, "py0 py1 py2 py3 ");
     assert!(chunks.len() >= 2, "streamed: {chunks:?}");
@@ -1806,11 +1781,7 @@ async fn pushed_tool_defs_add_or_update_whatever_the_client_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_after_the_status_line_is_not_retryable() {
     let mut f = Function::start().await;
-    let relay = relay_to(f.url(), |c| {
-        c.timeouts.upstream = Duration::from_millis(300);
-        c.timeouts.idle = Duration::from_millis(300);
-    })
-    .await;
+    let relay = relay_to(f.url(), short_timeouts).await;
     let client = connect(&relay).await;
     let (text, end) = run(&client, "hold", json!({})).await;
     assert_eq!(text, "held ");
@@ -1989,13 +1960,7 @@ async fn pushed_streams_are_split_and_pushed_completes_are_refused() {
     })
     .await;
     assert_eq!(rest, "released");
-    assert_eq!(
-        within("completion", call.completion())
-            .await
-            .unwrap()
-            .status,
-        Status::Ok
-    );
+    completes_ok(call).await;
 }
 
 /// Point 8: chunk boundaries are not kept: a typed STREAM is cut at the client's
@@ -2044,24 +2009,10 @@ async fn typed_streams_are_cut_to_the_client_and_never_merged() {
 /// `deadline_ms` key; a deadline > 0 gives the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_ms_zero_gives_no_key() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
     let mut f = Function::start().await;
     let relay = relay_to(f.url(), |_| {}).await;
-    let mut req = relay.url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
-    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .unwrap();
-    let hello = frames(&[Frame::Hello(asp_proto::frame::Hello {
-        versions: asp_proto::frame::Versions::V1,
-        ..Default::default()
-    })]);
-    within("hello", ws.send(Message::Binary(hello)))
-        .await
-        .unwrap();
-    within("server hello", ws.next()).await.unwrap().unwrap();
+    let mut ws = raw_ws_greeted(&relay).await;
     // INVOKE payloads written by hand, so that key 2 is really on the wire:
     // {0: "zero", 2: 0} and {0: "five", 2: 5000}.
     let invoke = |id: u8, payload: &[u8]| {
@@ -2292,7 +2243,7 @@ async fn get_tells_invocations_and_requests_apart() {
     .unwrap();
     let id = conn_id(&client);
     let get_path = format!("/connections/{id}");
-    let describe = || admin(&relay, "GET", &get_path, Some(SECRET), Bytes::new());
+    let describe = || admin_bodiless(&relay, "GET", &get_path);
     let mut call = client.invoke("hold", &json!({})).unwrap();
     within("held chunk", call.next()).await.unwrap();
     let ask = frames(&[Frame::Request(RequestFrame {
@@ -2363,22 +2314,11 @@ async fn invoke_requests_name_te_in_connection() {
 /// server may send) gets ERROR(PROTOCOL_VIOLATION) and a WebSocket Close with code 1002.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_edge_closes_with_the_spec_close_code() {
-    use asp_proto::frame::{Hello, Versions};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
     let f = Function::start().await;
     let relay = relay_to(f.url(), |_| {}).await;
-    let mut req = relay.url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "asp-v1".parse().unwrap());
-    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .unwrap();
-    let hello = Frame::Hello(Hello {
-        versions: Versions::V1,
-        ..Hello::default()
-    });
+    let mut ws = raw_ws(&relay).await;
     let stream = Frame::Stream(StreamFrame {
         id: RequestId(1),
         data: Bytes::from_static(b"x"),
@@ -2386,7 +2326,7 @@ async fn relay_edge_closes_with_the_spec_close_code() {
         seq: 0,
         fin: false,
     });
-    within("send", ws.send(Message::Binary(frames(&[hello, stream]))))
+    within("send", ws.send(Message::Binary(frames(&[hello(), stream]))))
         .await
         .unwrap();
     let (mut errors, mut close) = (Vec::new(), None);
