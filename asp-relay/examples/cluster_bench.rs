@@ -12,6 +12,8 @@
 //! and the feature: `cargo run --release -p asp-relay --features cluster --example
 //! cluster_bench`).
 
+#[path = "../tests/support/middlemen.rs"]
+mod middlemen;
 #[path = "../tests/support/processes.rs"]
 mod processes;
 
@@ -27,6 +29,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use middlemen::{balancer_at, Backends};
 use processes::{listening, ws_addr, Killed, Redis, RedisCluster, RedisServer};
 
 const SECRET: &str = "bench";
@@ -140,8 +143,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// RSS growth per idle client of an `asp-relay` process, KiB.
-async fn memory_per_conn(redis: Option<&str>, n: usize) -> f64 {
+/// The release `asp-relay` next to this example, with no function behind it, on `redis`
+/// when given.
+fn relay_command(redis: Option<&str>) -> Command {
     let bin = std::env::current_exe()
         .unwrap()
         .parent()
@@ -159,12 +163,23 @@ async fn memory_per_conn(redis: Option<&str>, n: usize) -> f64 {
     if let Some(r) = redis {
         cmd.args(["--redis", r]);
     }
+    cmd
+}
+
+/// Runs `cmd` with its stdout read: (process, client url, admin address if any).
+fn spawn_relay(mut cmd: Command) -> (Killed, String, Option<SocketAddr>) {
     let mut child = Killed(
         cmd.stdout(Stdio::piped())
             .spawn()
             .expect("release asp-relay"),
     );
-    let (url, _) = listening(&mut child.0);
+    let (url, admin) = listening(&mut child.0);
+    (child, url, admin)
+}
+
+/// RSS growth per idle client of an `asp-relay` process, KiB.
+async fn memory_per_conn(redis: Option<&str>, n: usize) -> f64 {
+    let (child, url, _) = spawn_relay(relay_command(redis));
     // Warm up (allocator arenas, first connection paths), then measure.
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -182,52 +197,11 @@ async fn memory_per_conn(redis: Option<&str>, n: usize) -> f64 {
 
 /// An `asp-relay` process: (process, client url, admin address).
 fn relay_process(redis: Option<&str>, id: &str) -> (Killed, String, SocketAddr) {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("asp-relay");
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--upstream",
-        "http://127.0.0.1:9/",
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--admin-listen", "127.0.0.1:0", "--node-id", id])
-    .env("ASP_RELAY_ADMIN_SECRET", SECRET);
-    if let Some(r) = redis {
-        cmd.args(["--redis", r]);
-    }
-    let mut child = Killed(
-        cmd.stdout(Stdio::piped())
-            .spawn()
-            .expect("release asp-relay"),
-    );
-    let (url, admin) = listening(&mut child.0);
+    let mut cmd = relay_command(redis);
+    cmd.args(["--admin-listen", "127.0.0.1:0", "--node-id", id])
+        .env("ASP_RELAY_ADMIN_SECRET", SECRET);
+    let (child, url, admin) = spawn_relay(cmd);
     (child, url, admin.unwrap())
-}
-
-/// A balancer: each new TCP connection goes to the first node that accepts it.
-async fn balancer(nodes: Vec<SocketAddr>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let nodes = nodes.clone();
-            tokio::spawn(async move {
-                for n in nodes {
-                    if let Ok(mut up) = TcpStream::connect(n).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Waits until the node holding `client`'s session has claimed it and subscribed: a push
@@ -254,7 +228,7 @@ async fn warm(client: &asp_tokio::Client, admin: &mut Admin) {
 async fn resume_elsewhere_ms(redis: &str) -> f64 {
     let (mut a, a_url, _) = relay_process(Some(redis), "ra");
     let (_b, b_url, b_admin) = relay_process(Some(redis), "rb");
-    let lb = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)]).await;
+    let lb = balancer_at(Backends::new(vec![ws_addr(&a_url), ws_addr(&b_url)])).await;
     let url = a_url.replace(&ws_addr(&a_url).to_string(), &lb.to_string());
     let client = asp_tokio::client()
         .resume(true)

@@ -7,7 +7,6 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use asp_relay::cluster::Cluster;
 use futures::StreamExt;
 use support::*;
 
@@ -16,17 +15,8 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_through_any_node_reaches_the_connection() {
     let redis = RedisServer::start();
-    let a = node(&redis, "node-a", Duration::from_secs(30)).await;
-    let b = node(&redis, "node-b", Duration::from_secs(30)).await;
-    let (aa, ba) = (a.admin_addr().unwrap(), b.admin_addr().unwrap());
-    subscribed(aa).await;
-    let client = within("connect", asp_tokio::connect(&a.url()))
-        .await
-        .unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
-    live(&redis, &cid).await;
+    let (a, _b, aa, ba) = two_nodes(&redis, Duration::from_secs(30)).await;
+    let (client, mut changes, cid) = live_client(&redis, &a.url(), ba, "node-a").await;
 
     for i in 0..10 {
         let via = if i % 2 == 0 { ba } else { aa };
@@ -87,11 +77,7 @@ async fn pushes_queue_when_the_owner_dies_and_go_when_the_window_ends() {
     let (mut a, a_url, aa) = node_process(&redis, "node-a", "2");
     let (_b, _, ba) = node_process(&redis, "node-b", "2");
     subscribed(aa).await;
-    let client = within("connect", asp_tokio::connect(&a_url)).await.unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
-    live(&redis, &cid).await;
+    let (client, mut changes, cid) = live_client(&redis, &a_url, ba, "node-a").await;
     assert_eq!(push(ba, &cid, "live").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "live");
 
@@ -104,9 +90,7 @@ async fn pushes_queue_when_the_owner_dies_and_go_when_the_window_ends() {
     let (status, body) = push(ba, &cid, "queued").await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["queued"], true);
-    let cluster = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
-        .await
-        .unwrap();
+    let cluster = observer(&redis).await;
     let s = cluster.session(&cid).await.unwrap().expect("session kept");
     assert_eq!(s.node, "node-a");
     assert_eq!(s.seq, body["seq"].as_u64().unwrap());
@@ -129,17 +113,8 @@ async fn only_the_newest_generation_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_keeps_sockets_up_and_pushes_flow_again() {
     let mut redis = RedisServer::start();
-    let a = node(&redis, "node-a", Duration::from_secs(30)).await;
-    let b = node(&redis, "node-b", Duration::from_secs(30)).await;
-    let (aa, ba) = (a.admin_addr().unwrap(), b.admin_addr().unwrap());
-    subscribed(aa).await;
-    let client = within("connect", asp_tokio::connect(&a.url()))
-        .await
-        .unwrap();
-    let mut changes = client.tool_changes();
-    let cid = conn_id(&client);
-    owned_by(ba, &cid, "node-a").await;
-    live(&redis, &cid).await;
+    let (a, _b, aa, ba) = two_nodes(&redis, Duration::from_secs(30)).await;
+    let (client, mut changes, cid) = live_client(&redis, &a.url(), ba, "node-a").await;
     assert_eq!(push(ba, &cid, "before").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "before");
 
@@ -165,49 +140,17 @@ async fn redis_restart_keeps_sockets_up_and_pushes_flow_again() {
 /// in order, on the same connection id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_while_detached_arrive_after_the_resume() {
-    use std::sync::{Arc, Mutex};
     let redis = RedisServer::start();
-    let a = node(&redis, "node-a", Duration::from_secs(3)).await;
-    let b = node(&redis, "node-b", Duration::from_secs(3)).await;
-    let (aa, ba) = (a.admin_addr().unwrap(), b.admin_addr().unwrap());
-    subscribed(aa).await;
-    // A TCP proxy whose connections the test can drop.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let upstream = a.local_addr();
-    let carried: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-    let carried2 = carried.clone();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let h = tokio::spawn(async move {
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
-            carried2.lock().unwrap().push(h);
-        }
-    });
-    let url = a.url().replace(&upstream.to_string(), &proxy.to_string());
-    let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
+    let (a, _b, aa, ba) = two_nodes(&redis, Duration::from_secs(3)).await;
+    let proxy = DropProxy::start(a.local_addr()).await;
+    let (client, mut changes, cid) = resuming_client(&proxy.url(&a.url()), ba, "node-a").await;
     live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p0");
 
-    for h in carried.lock().unwrap().drain(..) {
-        h.abort();
-    }
-    for i in 1..6 {
-        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
-        assert!(status == 200 || status == 202, "{status} {body}");
-    }
-    for i in 1..6 {
-        assert_eq!(
-            next_added(&mut changes).await,
-            format!("p{i}"),
-            "once, in order"
-        );
-    }
+    proxy.drop_all();
+    push_taken(ba, &cid, 1..6).await;
+    added_once_in_order(&mut changes, 1..6).await;
     assert_eq!(conn_id(&client), cid, "the same session");
     assert_eq!(push(ba, &cid, "p6").await.0, 200);
     assert_eq!(next_added(&mut changes).await, "p6");
@@ -230,9 +173,7 @@ async fn a_session_resumes_on_another_node_after_sigkill() {
     let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
     let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     // The state blob, written at the owner's generation (as a function's X-Asp-State is).
-    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
-        .await
-        .unwrap();
+    let observer = observer(&redis).await;
     let gen = observer.session(&cid).await.unwrap().unwrap().gen;
     assert!(observer.write_state_at(&cid, gen, b"blob").await.unwrap());
     assert_eq!(push(ba, &cid, "p0").await.0, 200);
@@ -242,10 +183,7 @@ async fn a_session_resumes_on_another_node_after_sigkill() {
 
     a.0.kill().unwrap(); // SIGKILL
     a.0.wait().unwrap();
-    for i in 1..4 {
-        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
-        assert!(status == 200 || status == 202, "{status} {body}");
-    }
+    push_taken(ba, &cid, 1..4).await;
     match within("the lost invocation's end", call.completion()).await {
         Err(asp_async::Error::Remote(e)) => {
             assert_eq!(e.code, asp_proto::ErrorCode::UNAVAILABLE, "{e:?}");
@@ -253,13 +191,7 @@ async fn a_session_resumes_on_another_node_after_sigkill() {
         }
         other => panic!("expected a retryable ERROR, got {other:?}"),
     }
-    for i in 1..4 {
-        assert_eq!(
-            next_added(&mut changes).await,
-            format!("p{i}"),
-            "once, in order"
-        );
-    }
+    added_once_in_order(&mut changes, 1..4).await;
     assert_eq!(conn_id(&client), cid, "the same session");
     owner_is(&observer, &cid, "node-b").await;
     live(&redis, &cid).await;
@@ -314,10 +246,7 @@ async fn a_drained_node_moves_its_sessions_without_loss() {
             .is_err()
     })
     .await;
-    for i in 1..3 {
-        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
-        assert!(status == 200 || status == 202, "{status} {body}");
-    }
+    push_taken(ba, &cid, 1..3).await;
     release.notify_one();
     let mut text = String::new();
     while let Some(c) = within("the rest of the result", call.next()).await {
@@ -327,21 +256,10 @@ async fn a_drained_node_moves_its_sessions_without_loss() {
     let done = within("the result", call.completion()).await;
     assert!(done.is_ok(), "{done:?}");
     // The move: the client resumes on node B.
-    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
-        .await
-        .unwrap();
+    let observer = observer(&redis).await;
     owner_is(&observer, &cid, "node-b").await;
-    for i in 3..5 {
-        let (status, body) = push(ba, &cid, &format!("p{i}")).await;
-        assert!(status == 200 || status == 202, "{status} {body}");
-    }
-    for i in 1..5 {
-        assert_eq!(
-            next_added(&mut changes).await,
-            format!("p{i}"),
-            "once, in order"
-        );
-    }
+    push_taken(ba, &cid, 3..5).await;
+    added_once_in_order(&mut changes, 1..5).await;
     assert_eq!(conn_id(&client), cid, "the same session");
     let exit = within("node A exits", async {
         tokio::task::spawn_blocking(move || a.0.wait().unwrap())

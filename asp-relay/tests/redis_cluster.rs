@@ -5,7 +5,6 @@
 
 mod support;
 
-use asp_relay::cluster::Cluster;
 use support::*;
 
 /// On a Redis Cluster: fencing; a push through node B reaches a client on node A (200, in
@@ -65,17 +64,9 @@ async fn a_relay_cluster_runs_on_a_redis_cluster() {
     }
 
     backends.set(vec![ws_addr(&c_url)]);
-    for i in 4..pushed {
-        assert_eq!(
-            next_added(&mut changes).await,
-            format!("p{i}"),
-            "once, in order"
-        );
-    }
+    added_once_in_order(&mut changes, 4..pushed).await;
     assert_eq!(conn_id(&client), cid, "the same session");
-    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
-        .await
-        .unwrap();
+    let observer = observer(&redis).await;
     owner_is(&observer, &cid, "node-c").await;
     live(&redis, &cid).await;
     let (status, body) = push(ba, &cid, "last").await;

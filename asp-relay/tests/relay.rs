@@ -5,6 +5,8 @@
 //! ([`LIMIT`]); nothing sleeps to synchronize: the function server reports what it saw
 //! (requests, aborts, replies) on a channel the tests wait on.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,14 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-/// The most any one wait may take.
-const LIMIT: Duration = Duration::from_secs(20);
-
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+use support::{listening, python_function, within, DropProxy, Killed, LIMIT};
 
 // ───────────────────────────── the function server ─────────────────────────────
 
@@ -1305,65 +1300,19 @@ async fn many_invocations_share_one_socket() {
 
 // ───────────────────────────── the Python function ─────────────────────────────
 
-/// `tests/relay_upstream.py`, started as a child; killed on drop.
-struct PythonFunction {
-    child: std::process::Child,
-    url: hyper::Uri,
-}
-
-impl Drop for PythonFunction {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python_function() -> Option<PythonFunction> {
-    use std::io::{BufRead, BufReader};
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/relay_upstream.py");
-    let mut child = match std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-    {
-        Ok(c) => c,
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_function_over_json() {
+    let (_py, port) = match python_function(&[]) {
+        Ok(py) => py,
         Err(e) => {
             eprintln!(
                 "SKIPPED: python3 is not available ({e}); the Python function test did not run"
             );
-            return None;
+            return;
         }
     };
-    // The script prints its port first; read it on a thread so the wait is bounded.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(LIMIT)
-        .expect("the Python function prints its port");
-    let port: u16 = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad first line {line:?}"));
-    Some(PythonFunction {
-        child,
-        url: format!("http://127.0.0.1:{port}").parse().unwrap(),
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_function_over_json() {
-    let Some(py) = python_function() else {
-        return;
-    };
-    let relay = relay_to(py.url.clone(), |c| c.format = asp_relay::BodyFormat::Json).await;
+    let url = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let relay = relay_to(url, |c| c.format = asp_relay::BodyFormat::Json).await;
     let client = connect(&relay).await;
 
     let (chunks, done) = chunks_of(&client, "tokens", json!({"n": 4, "prefix": "py"})).await;
@@ -1454,7 +1403,6 @@ async fn limits_on_connections_and_calls_in_flight() {
 /// The `asp-relay` binary: a config file, a tools file, the secret from the environment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_binary_with_config_and_tools_files() {
-    use std::io::{BufRead, BufReader};
     let f = Function::start().await;
     let dir = std::env::temp_dir().join(format!("asp-relay-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1478,14 +1426,7 @@ async fn relay_binary_with_config_and_tools_files() {
         .to_string(),
     )
     .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(
+    let mut child = Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_asp-relay"))
             .args([
                 "--config",
@@ -1500,26 +1441,11 @@ async fn relay_binary_with_config_and_tools_files() {
             .spawn()
             .expect("spawn asp-relay"),
     );
-    // The banner names both listeners; read it on a thread so the wait is bounded.
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(LIMIT).expect("banner");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .expect("url");
-    let admin_addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .expect("admin address")
-        .trim_end_matches(')');
+    // The banner names both listeners.
+    let (url, admin_addr) = listening(&mut child.0);
+    let admin_addr = admin_addr.expect("admin address");
 
-    let client = within("connect", asp_tokio::connect(url)).await.unwrap();
+    let client = within("connect", asp_tokio::connect(&url)).await.unwrap();
     let names: Vec<String> = client.tools().iter().map(|t| t.name.to_string()).collect();
     assert_eq!(names, ["count", "tokens"]);
     assert_eq!(client.session().unwrap().peer_limits.max_inflight, 4);
@@ -1554,26 +1480,8 @@ async fn relay_binary_with_config_and_tools_files() {
 async fn a_dropped_client_resumes_its_session() {
     let f = Function::start().await;
     let relay = relay_to(f.url(), |_| {}).await;
-    // A TCP proxy whose connections the test can drop.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let upstream = relay.local_addr();
-    let carried: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-    let carried2 = carried.clone();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let h = tokio::spawn(async move {
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
-            carried2.lock().unwrap().push(h);
-        }
-    });
-    let url = relay
-        .url()
-        .replace(&upstream.to_string(), &proxy.to_string());
+    let proxy = DropProxy::start(relay.local_addr()).await;
+    let url = proxy.url(&relay.url());
     let client = within("connect", asp_tokio::client().resume(true).connect(&url))
         .await
         .expect("client connects");
@@ -1591,9 +1499,7 @@ async fn a_dropped_client_resumes_its_session() {
     })
     .await;
     // Drop the connection (both sockets close at once).
-    for h in carried.lock().unwrap().drain(..) {
-        h.abort();
-    }
+    proxy.drop_all();
     within("the rest", async {
         while let Some(c) = call.next().await {
             text.push_str(c.as_str().unwrap());

@@ -5,6 +5,8 @@
 //! its certificate on SIGHUP. Certificates are made at test time (rcgen). Every wait is
 //! bounded.
 
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,14 +27,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-const LIMIT: Duration = Duration::from_secs(20);
-const NAMES: &[&str] = &["localhost", "127.0.0.1"];
+use support::{python_function, wait_line, within, LIMIT};
 
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+const NAMES: &[&str] = &["localhost", "127.0.0.1"];
 
 /// Invokes `tool` and collects its text and completion.
 async fn run(
@@ -76,56 +73,14 @@ async fn connect(relay: &Relay, ca: &Ca) -> Client {
 
 // ───────────────────────────── Python over HTTPS ─────────────────────────────
 
-struct PythonFunction {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for PythonFunction {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python_https_function(cert: &std::path::Path, key: &std::path::Path) -> PythonFunction {
-    use std::io::{BufRead, BufReader};
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/relay_upstream.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .arg("--tls")
-        .arg(cert)
-        .arg(key)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("python3 (the CI installs it)");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(LIMIT)
-        .expect("the function prints its port");
-    let port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad first line {line:?}"));
-    PythonFunction { child, port }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_function_over_https() {
     let ca = Ca::new("relay test CA");
     let dir = temp_dir("relay-py");
     let (cert, key) = ca.server(NAMES).write(&dir, "function");
-    let py = python_https_function(&cert, &key);
-    let upstream = format!("https://127.0.0.1:{}", py.port);
+    let (_py, port) = python_function(&["--tls".as_ref(), cert.as_os_str(), key.as_os_str()])
+        .expect("python3 (the CI installs it)");
+    let upstream = format!("https://127.0.0.1:{port}");
     let relay = tls_relay(&upstream, &ca, |_| {}).await;
     let client = connect(&relay, &ca).await;
 
@@ -436,10 +391,7 @@ async fn binary_reloads_its_certificate_on_sighup() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn asp-relay");
-    let (stdout, stderr) = (
-        child.stdout.take().expect("stdout"),
-        child.stderr.take().expect("stderr"),
-    );
+    let stderr = child.stderr.take().expect("stderr");
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -448,18 +400,12 @@ async fn binary_reloads_its_certificate_on_sighup() {
             }
         }
     });
-    let relay = RelayProcess {
+    let mut relay = RelayProcess {
         child,
         stderr: lines,
     };
-    // The banner names both listeners; read it on a thread so the wait is bounded.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let banner = rx.recv_timeout(LIMIT).expect("banner");
+    // The banner names both listeners.
+    let banner = wait_line(&mut relay.child, "listening");
     let url = banner
         .split_whitespace()
         .find(|w| w.starts_with("wss://"))

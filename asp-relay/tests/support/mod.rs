@@ -4,6 +4,7 @@
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
+mod middlemen;
 mod processes;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use middlemen::*;
 pub use processes::*;
 
 pub const SECRET: &str = "cluster-secret";
@@ -54,6 +56,19 @@ pub async fn node(redis: &impl Redis, id: &str, window: Duration) -> Relay {
     c.node_id = Some(id.into());
     c.asp.resume_window = window;
     Relay::start(c).await.expect("relay node starts")
+}
+
+/// Two relay nodes in this process, `node-a` and `node-b`, with node A subscribed: (A, B,
+/// A's admin address, B's admin address).
+pub async fn two_nodes(
+    redis: &impl Redis,
+    window: Duration,
+) -> (Relay, Relay, SocketAddr, SocketAddr) {
+    let a = node(redis, "node-a", window).await;
+    let b = node(redis, "node-b", window).await;
+    let (aa, ba) = (a.admin_addr().unwrap(), b.admin_addr().unwrap());
+    subscribed(aa).await;
+    (a, b, aa, ba)
 }
 
 /// A relay node as an `asp-relay` process: (process, client url, admin address).
@@ -162,21 +177,65 @@ pub async fn resuming_client(
     via: SocketAddr,
     node: &str,
 ) -> (Client, asp_async::ToolChanges, String) {
-    let client = within("connect", asp_tokio::client().resume(true).connect(url))
-        .await
-        .unwrap();
+    client_owned_by(asp_tokio::client().resume(true), url, via, node).await
+}
+
+/// A client of `url` (no resume), once the cluster names `node` its owner (asked at `via`)
+/// and it receives live pushes: (client, its tool changes, connection id).
+pub async fn live_client(
+    redis: &impl Redis,
+    url: &str,
+    via: SocketAddr,
+    node: &str,
+) -> (Client, asp_async::ToolChanges, String) {
+    let (client, changes, cid) = client_owned_by(asp_tokio::client(), url, via, node).await;
+    live(redis, &cid).await;
+    (client, changes, cid)
+}
+
+async fn client_owned_by(
+    builder: asp_tokio::ClientBuilder,
+    url: &str,
+    via: SocketAddr,
+    node: &str,
+) -> (Client, asp_async::ToolChanges, String) {
+    let client = within("connect", builder.connect(url)).await.unwrap();
     let changes = client.tool_changes();
     let cid = conn_id(&client);
     owned_by(via, &cid, node).await;
     (client, changes, cid)
 }
 
+/// Pushes the tools `p{i}` for each `i` through `via`; each is taken, delivered or queued
+/// (200 or 202).
+pub async fn push_taken(via: SocketAddr, cid: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        let (status, body) = push(via, cid, &format!("p{i}")).await;
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+}
+
+/// The client is given the tools `p{i}` for each `i`: each once, in order.
+pub async fn added_once_in_order(
+    changes: &mut asp_async::ToolChanges,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        assert_eq!(next_added(changes).await, format!("p{i}"), "once, in order");
+    }
+}
+
+/// A connection to the cluster's Redis that owns no session, to look at what the nodes wrote.
+pub async fn observer(redis: &impl Redis) -> std::sync::Arc<Cluster> {
+    Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
+        .await
+        .unwrap()
+}
+
 /// Waits until a node receives `cid`'s live pushes (its owner subscribed to its channel):
 /// from then on a push answers `200`.
 pub async fn live(redis: &impl Redis, cid: &str) {
-    let observer = Cluster::connect(&redis.url(), "observer".into(), LIMIT, 100)
-        .await
-        .unwrap();
+    let observer = observer(redis).await;
     until(&format!("{cid} subscribed"), || async {
         observer.subscribers(cid).await.unwrap_or(0) > 0
     })
@@ -205,46 +264,15 @@ pub async fn owner_is(observer: &Cluster, cid: &str, node: &str) {
     .await;
 }
 
-/// A load balancer in front of the nodes: each new TCP connection goes to the first node
-/// that accepts it (a node that died or stopped accepting is skipped), as a health-checked
-/// balancer does. Returns the client URL through it.
+/// A [`balancer_at`] in front of `nodes`: the client URL through it (the path of
+/// `path_of`).
 pub async fn balancer(nodes: Vec<SocketAddr>, path_of: &str) -> String {
     balancer_of(Backends::new(nodes), path_of).await
 }
 
-/// The nodes behind a [`balancer_of`], changeable while it runs (as a deploy changes a
-/// balancer's targets).
-#[derive(Clone)]
-pub struct Backends(std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>);
-
-impl Backends {
-    pub fn new(nodes: Vec<SocketAddr>) -> Backends {
-        Backends(std::sync::Arc::new(std::sync::Mutex::new(nodes)))
-    }
-
-    /// New connections go to `nodes` from now on.
-    pub fn set(&self, nodes: Vec<SocketAddr>) {
-        *self.0.lock().unwrap() = nodes;
-    }
-}
-
-/// [`balancer`] in front of `nodes`.
+/// [`balancer`] in front of changeable `nodes`.
 pub async fn balancer_of(nodes: Backends, path_of: &str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let nodes = nodes.0.lock().unwrap().clone();
-            tokio::spawn(async move {
-                for n in nodes {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(n).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = balancer_at(nodes).await;
     let path = path_of.splitn(4, '/').nth(3).unwrap_or("");
     format!("ws://{addr}/{path}")
 }

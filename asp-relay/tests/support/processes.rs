@@ -210,6 +210,28 @@ impl Redis for RedisCluster {
     }
 }
 
+/// `tests/relay_upstream.py`, a function written in Python, started with `args`: (the
+/// process, the port it prints first and listens on). Err when python3 cannot be started.
+pub fn python_function(args: &[&std::ffi::OsStr]) -> std::io::Result<(Killed, u16)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/relay_upstream.py");
+    let mut child = Killed(
+        Command::new("python3")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let line = wait_line(&mut child.0, "PORT ");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad first line {line:?}"));
+    Ok((child, port))
+}
+
 /// The client address of a node's `ws://host:port/path` URL.
 pub fn ws_addr(url: &str) -> SocketAddr {
     url.trim_start_matches("ws://")
