@@ -131,16 +131,20 @@ impl Proxy {
         *self.inner.held.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
-    /// Closes both sockets of every connection carried so far: each end sees its
-    /// connection drop; data still in flight is lost.
-    pub fn cut(&self) {
-        let socks: Vec<Carried> = self
-            .inner
+    /// Every connection carried so far, no longer tracked by the proxy.
+    fn take_carried(&self) -> Vec<Carried> {
+        self.inner
             .sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
-            .collect();
+            .collect()
+    }
+
+    /// Closes both sockets of every connection carried so far: each end sees its
+    /// connection drop; data still in flight is lost.
+    pub fn cut(&self) {
+        let socks = self.take_carried();
         for (down, up, _, frozen) in socks {
             let _ = down.shutdown(Shutdown::Both);
             let _ = up.shutdown(Shutdown::Both);
@@ -153,13 +157,7 @@ impl Proxy {
     /// the last descriptor closes), with no FIN and no WebSocket close, as when a NAT or a
     /// middlebox drops the connection; data still in flight is lost.
     pub fn reset(&self) {
-        let socks: Vec<Carried> = self
-            .inner
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        let socks = self.take_carried();
         for (down, up, vanished, frozen) in socks {
             // The pumps end without shutting down (which would send FIN) and drop their
             // descriptors; SO_LINGER 0 makes the last close send RST.
@@ -192,13 +190,7 @@ impl Proxy {
     /// Drops the client side of every connection carried so far, and leaves the server
     /// side open without a word: the server does not learn that the client is gone.
     pub fn vanish(&self) {
-        let socks: Vec<Carried> = self
-            .inner
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        let socks = self.take_carried();
         let mut zombies = self.inner.zombies.lock().unwrap_or_else(|e| e.into_inner());
         for (down, up, vanished, frozen) in socks {
             vanished.store(true, Ordering::Release);

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use asp_async::{
-    Args, ClientBuilder, CloseReason, Error, ErrorCode, Output, RequestId, Runtime, Server,
-    ServerBuilder, Status, Tool, ToolContext, ToolError,
+    Args, Client, ClientBuilder, CloseReason, Error, ErrorCode, Invocation, Output, RequestId,
+    Runtime, Server, ServerBuilder, Session, Status, Tool, ToolContext, ToolError,
 };
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -58,6 +58,69 @@ fn chunk_number(text: &str) -> u32 {
         .unwrap_or_else(|| panic!("not a numbered chunk: {:?}", &text[..text.len().min(20)]))
 }
 
+/// An invocation of a tool that streams numbered chunks (`count`, `numbered`), read with
+/// the check that each chunk arrives once, in order.
+struct Numbered {
+    inv: Invocation,
+    next: u32,
+}
+
+impl Numbered {
+    fn new(inv: Invocation) -> Self {
+        Numbered { inv, next: 0 }
+    }
+
+    /// Reads `k` chunks (before the link is cut).
+    async fn take(&mut self, k: u32) {
+        for _ in 0..k {
+            let c = self.inv.next().await.expect("chunk before the cut");
+            self.check(c.as_str().expect("text"));
+        }
+    }
+
+    fn check(&mut self, text: &str) {
+        assert_eq!(chunk_number(text), self.next, "chunk lost or duplicated");
+        self.next += 1;
+    }
+
+    /// Reads the rest once the client has resumed through `proxy`: all `n` chunks
+    /// arrived, then the completion, on a new connection.
+    async fn rest_after_resume(mut self, n: u32, proxy: &Proxy) {
+        while let Some(c) = self.inv.next().await {
+            self.check(c.as_str().expect("text"));
+        }
+        assert_eq!(self.next, n, "every chunk arrived");
+        let done = self
+            .inv
+            .completion()
+            .await
+            .expect("completion after the resume");
+        assert_eq!(done.status, Status::Ok);
+        assert!(proxy.accepted() >= 2, "the client reconnected");
+    }
+}
+
+/// A resuming client through `proxy`.
+async fn resuming_client<C: Runtime>(cli: &C, proxy: &Proxy) -> Client<C> {
+    connect_through(ClientBuilder::new(cli.clone()).resume(true), proxy).await
+}
+
+async fn connect_through<C: Runtime>(client: ClientBuilder<C>, proxy: &Proxy) -> Client<C> {
+    client
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect through the proxy")
+}
+
+/// The client's session is still `session` (resumed, not restarted).
+fn same_session<C: Runtime>(client: &Client<C>, session: &Session, why: &str) {
+    assert_eq!(
+        client.session().expect("session").connection_id,
+        session.connection_id,
+        "{why}"
+    );
+}
+
 /// The connection drops mid-stream, with chunks the server sent lost on the way: the client
 /// reconnects through the proxy and resumes the session; the invocation's chunks all
 /// arrive, in order, none lost or duplicated (the server replays what was lost), it
@@ -102,16 +165,8 @@ pub async fn resume_mid_stream_over<S: Runtime, C: Runtime>(
         first_pause: 5,
         second_pause: 100,
     };
-    let mut inv = client.invoke("count", &args).expect("invoke count");
-    let mut next = 0u32;
-    let mut check = |text: &str| {
-        assert_eq!(chunk_number(text), next, "chunk lost or duplicated");
-        next += 1;
-    };
-    for _ in 0..5 {
-        let c = inv.next().await.expect("chunk before the cut");
-        check(c.as_str().expect("text"));
-    }
+    let mut inv = Numbered::new(client.invoke("count", &args).expect("invoke count"));
+    inv.take(5).await;
     assert_eq!(paused.next().await, Some(5));
     // Chunks 5..100 leave the server but never reach the client.
     proxy.hold();
@@ -120,19 +175,9 @@ pub async fn resume_mid_stream_over<S: Runtime, C: Runtime>(
     proxy.cut();
     // The tool goes on while the session is detached (its output waits) or resumed.
     gates.1.open();
-    while let Some(c) = inv.next().await {
-        check(c.as_str().expect("text"));
-    }
-    assert_eq!(next, N, "every chunk arrived");
-    let done = inv.completion().await.expect("completion after the resume");
-    assert_eq!(done.status, Status::Ok);
-    assert!(proxy.accepted() >= 2, "the client reconnected");
+    inv.rest_after_resume(N, &proxy).await;
     client.ready().await.expect("ready after the resume");
-    assert_eq!(
-        client.session().expect("session").connection_id,
-        session.connection_id,
-        "the session was resumed, not restarted"
-    );
+    same_session(&client, &session, "the session was resumed, not restarted");
     greet_ok(&client, "resumed").await;
     finish(client, server).await;
 }
@@ -143,11 +188,7 @@ pub async fn resume_mid_stream_over<S: Runtime, C: Runtime>(
 pub async fn resume_over_half_open<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let server = start(ServerBuilder::new(srv).resume(true).tool(greet_tool())).await;
     let proxy = Proxy::start(server.local_addr());
-    let client = ClientBuilder::new(cli.clone())
-        .resume(true)
-        .connect(&proxy.url(asp_async::DEFAULT_PATH))
-        .await
-        .expect("connect through the proxy");
+    let client = resuming_client(&cli, &proxy).await;
     let session = client.session().expect("session");
     greet_ok(&client, "before").await;
     proxy.vanish();
@@ -180,11 +221,7 @@ pub async fn resume_over_half_open<S: Runtime, C: Runtime>(srv: S, cli: C) {
         Status::Ok
     );
     assert_eq!(proxy.accepted(), 2, "one reconnect");
-    assert_eq!(
-        client.session().expect("session").connection_id,
-        session.connection_id,
-        "the session was resumed"
-    );
+    same_session(&client, &session, "the session was resumed");
     greet_ok(&client, "after").await;
     assert_eq!(server.connections(), 1, "the session counts once");
     finish(client, server).await;
@@ -204,11 +241,7 @@ pub async fn resume_refused_starts_new_session<S: Runtime, C: Runtime>(srv: S, c
     )
     .await;
     let proxy = Proxy::start(first.local_addr());
-    let client = ClientBuilder::new(cli.clone())
-        .resume(true)
-        .connect(&proxy.url(asp_async::DEFAULT_PATH))
-        .await
-        .expect("connect through the proxy");
+    let client = resuming_client(&cli, &proxy).await;
     let old = client.session().expect("session");
     let inv = client.invoke("hang", &()).expect("invoke hang");
     started.next().await.expect("hang started");
@@ -256,11 +289,11 @@ pub async fn no_resume_closes<S: Runtime, C: Runtime>(srv: S, cli: C) {
         )
         .await;
         let proxy = Proxy::start(server.local_addr());
-        let client = ClientBuilder::new(cli.clone())
-            .resume(client_resume)
-            .connect(&proxy.url(asp_async::DEFAULT_PATH))
-            .await
-            .expect("connect through the proxy");
+        let client = connect_through(
+            ClientBuilder::new(cli.clone()).resume(client_resume),
+            &proxy,
+        )
+        .await;
         assert!(!client.session().expect("session").resumable);
         greet_ok(&client, "once").await;
         proxy.cut();
@@ -323,24 +356,12 @@ pub async fn resume_after_reset_past_the_window<S: Runtime, C: Runtime>(srv: S, 
     )))
     .await;
     let proxy = Proxy::start(server.local_addr());
-    let client = ClientBuilder::new(cli.clone())
-        .resume(true)
-        .connect(&proxy.url(asp_async::DEFAULT_PATH))
-        .await
-        .expect("connect through the proxy");
+    let client = resuming_client(&cli, &proxy).await;
     let session = client.session().expect("session");
     assert!(session.resumable);
     assert_eq!(session.resume_window_ms, 30_000, "announced and agreed");
-    let mut inv = client.invoke("numbered", &N).expect("invoke");
-    let mut next = 0u32;
-    let mut check = |text: &str| {
-        assert_eq!(chunk_number(text), next, "chunk lost or duplicated");
-        next += 1;
-    };
-    for _ in 0..PAUSE {
-        let c = inv.next().await.expect("chunk before the cut");
-        check(c.as_str().expect("text"));
-    }
+    let mut inv = Numbered::new(client.invoke("numbered", &N).expect("invoke"));
+    inv.take(PAUSE).await;
     proxy.hold();
     gate.open();
     // Until LOST chunks went into the held link, or (on a machine too loaded to get there
@@ -358,18 +379,8 @@ pub async fn resume_after_reset_past_the_window<S: Runtime, C: Runtime>(srv: S, 
         }
     }
     proxy.reset();
-    while let Some(c) = inv.next().await {
-        check(c.as_str().expect("text"));
-    }
-    assert_eq!(next, N, "every chunk arrived");
-    let done = inv.completion().await.expect("completion after the resume");
-    assert_eq!(done.status, Status::Ok);
-    assert!(proxy.accepted() >= 2, "the client reconnected");
-    assert_eq!(
-        client.session().expect("session").connection_id,
-        session.connection_id,
-        "the session was resumed, not restarted"
-    );
+    inv.rest_after_resume(N, &proxy).await;
+    same_session(&client, &session, "the session was resumed, not restarted");
     finish(client, server).await;
 }
 
@@ -397,11 +408,7 @@ async fn hang_behind_proxy<S: Runtime>(
 /// exactly once.
 pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let (server, proxy, gate, mut started) = hang_behind_proxy(srv).await;
-    let client = ClientBuilder::new(cli.clone())
-        .resume(true)
-        .connect(&proxy.url(asp_async::DEFAULT_PATH))
-        .await
-        .expect("connect through the proxy");
+    let client = resuming_client(&cli, &proxy).await;
     let session = client.session().expect("session");
     let hang = client.invoke("hang", &()).expect("invoke hang");
     started.next().await.expect("hang started");
@@ -435,10 +442,7 @@ pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(sr
         started.try_recv().is_err(),
         "hang ran once (its INVOKE was not replayed)"
     );
-    assert_eq!(
-        client.session().expect("session").connection_id,
-        session.connection_id
-    );
+    same_session(&client, &session, "the session was resumed");
     greet_ok(&client, "after").await;
     finish(client, server).await;
 }
@@ -449,16 +453,13 @@ pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(sr
 /// old, silent socket (take-over), and the invocation in flight completes.
 pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let (server, proxy, gate, mut started) = hang_behind_proxy(srv).await;
-    let client = ClientBuilder::new(cli.clone())
-        .config({
-            let mut config = asp_async::ws_default_config();
-            config.heartbeat = Some(Duration::from_millis(150));
-            config
-        })
-        .resume(true)
-        .connect(&proxy.url(asp_async::DEFAULT_PATH))
-        .await
-        .expect("connect through the proxy");
+    let mut config = asp_async::ws_default_config();
+    config.heartbeat = Some(Duration::from_millis(150));
+    let client = connect_through(
+        ClientBuilder::new(cli.clone()).config(config).resume(true),
+        &proxy,
+    )
+    .await;
     let session = client.session().expect("session");
     assert_eq!(session.heartbeat_ms, 150);
     let hang = client.invoke("hang", &()).expect("invoke hang");
@@ -478,11 +479,7 @@ pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: 
         hang.completion().await.expect("hang completes").status,
         Status::Ok
     );
-    assert_eq!(
-        client.session().expect("session").connection_id,
-        session.connection_id,
-        "resumed, not restarted"
-    );
+    same_session(&client, &session, "resumed, not restarted");
     greet_ok(&client, "after the silence").await;
     poll_until(&cli, Duration::from_secs(5), "one connection", || {
         server.connections() == 1
