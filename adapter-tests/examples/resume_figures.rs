@@ -143,6 +143,36 @@ impl Conns {
 /// Chunks read before the link is held: two credit batches of half the default window, so
 /// the window is open when the tool, paused there, goes on into the held link.
 const READ: u32 = 260;
+
+/// A resuming client through `proxy`.
+async fn connect(rt: &Tokio, proxy: &Proxy) -> asp_tokio::Client {
+    ClientBuilder::new(rt.clone())
+        .resume(true)
+        .connect(&proxy.url(asp_async::DEFAULT_PATH))
+        .await
+        .expect("connect")
+}
+
+/// Run `run`'s long stream, read up to [`READ`], then the link held and the tool let go
+/// until its stream stalls: (the invocation, the last chunk number the tool sent).
+async fn stalled_stream(
+    client: &asp_tokio::Client,
+    proxy: &Proxy,
+    gates: &Gates,
+    progress: &mut mpsc::UnboundedReceiver<(u32, u32)>,
+    run: u32,
+) -> (asp_async::Invocation, u32) {
+    let mut inv = client
+        .invoke("numbered", &(run, 100_000u32, READ))
+        .expect("invoke");
+    for _ in 0..READ {
+        inv.next().await.expect("chunk");
+    }
+    proxy.hold();
+    gate(gates, run).open();
+    let sent = wait_stalled(progress, run).await;
+    (inv, sent)
+}
 async fn run(runs: u32) {
     let rt = Tokio::current();
     let (tx, mut progress) = mpsc::unbounded();
@@ -153,27 +183,14 @@ async fn run(runs: u32) {
         .start()
         .await
         .expect("server");
-    let url_of = |p: &Proxy| p.url(asp_async::DEFAULT_PATH);
 
     // 1. Reset → first replayed chunk, against a fresh connection's first chunk.
     let (mut resume_ms, mut fresh_ms, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     let mut lost = Vec::new();
     for run in 0..runs {
         let proxy = Proxy::start(server.local_addr());
-        let client = ClientBuilder::new(rt.clone())
-            .resume(true)
-            .connect(&url_of(&proxy))
-            .await
-            .expect("connect");
-        let mut inv = client
-            .invoke("numbered", &(run, 100_000u32, READ))
-            .expect("invoke");
-        for _ in 0..READ {
-            inv.next().await.expect("chunk");
-        }
-        proxy.hold();
-        gate(&gates, run).open();
-        let sent = wait_stalled(&mut progress, run).await;
+        let client = connect(&rt, &proxy).await;
+        let (mut inv, sent) = stalled_stream(&client, &proxy, &gates, &mut progress, run).await;
         // Take what reached the client before the hold: nothing more arrives until the
         // resume, so the next chunk after the reset is the first replayed one.
         let mut last = READ - 1;
@@ -191,11 +208,7 @@ async fn run(runs: u32) {
         client.close().await;
 
         let t1 = Instant::now();
-        let fresh = ClientBuilder::new(rt.clone())
-            .resume(true)
-            .connect(&url_of(&proxy))
-            .await
-            .expect("connect");
+        let fresh = connect(&rt, &proxy).await;
         let mut inv = fresh
             .invoke("numbered", &(u32::MAX, 1u32, 1u32))
             .expect("invoke");
@@ -241,21 +254,9 @@ async fn run(runs: u32) {
             settle().await;
             let before = live();
             let proxy = Proxy::start(server.local_addr());
-            let client = ClientBuilder::new(rt.clone())
-                .resume(true)
-                .connect(&url_of(&proxy))
-                .await
-                .expect("connect");
+            let client = connect(&rt, &proxy).await;
             let inv = if streaming {
-                let mut inv = client
-                    .invoke("numbered", &(run, 100_000u32, READ))
-                    .expect("invoke");
-                for _ in 0..READ {
-                    inv.next().await.expect("chunk");
-                }
-                proxy.hold();
-                gate(&gates, run).open();
-                wait_stalled(&mut progress, run).await;
+                let (inv, _) = stalled_stream(&client, &proxy, &gates, &mut progress, run).await;
                 Some(inv)
             } else {
                 None
