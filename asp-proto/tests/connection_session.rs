@@ -565,6 +565,27 @@ fn reconnect_and_request(p: &mut Pair, server_cfg: Config) -> (Connection, Bytes
     (old, token.clone(), *received)
 }
 
+/// `echo` on the server and one invocation of it delivered both ways, the events cleared:
+/// its id.
+fn echo_running(p: &mut Pair) -> RequestId {
+    p.server.add_tool(tool("echo")).unwrap();
+    p.drive();
+    let id = p.client.invoke("echo", None, Default::default()).unwrap();
+    p.drive();
+    p.clear_events();
+    id
+}
+
+/// On a new transport the client asks to resume, the old server connection accepts and
+/// takes the new transport over.
+fn resume_on_the_old_server(p: &mut Pair, server_cfg: Config) {
+    let (mut old, _, received) = reconnect_and_request(p, server_cfg);
+    let now = p.now;
+    old.accept_resume(now, received).unwrap();
+    p.swap_server(old);
+    p.drive();
+}
+
 #[test]
 fn resume_mid_stream_loses_and_duplicates_nothing() {
     for delivery in [Delivery::Message, Delivery::Bytes { max_pieces: 4 }] {
@@ -581,11 +602,7 @@ fn resume_mid_stream_loses_and_duplicates_nothing() {
             resume_cfg(),
         );
         p.delivery = delivery;
-        p.server.add_tool(tool("echo")).unwrap();
-        p.drive();
-        let id = p.client.invoke("echo", None, Default::default()).unwrap();
-        p.drive();
-        p.clear_events();
+        let id = echo_running(&mut p);
         p.latency = Duration::from_millis(10);
         let mut next = 0u32;
         fn stream(p: &mut Pair, id: RequestId, next: &mut u32, n: usize) -> usize {
@@ -698,11 +715,7 @@ fn resume_replays_the_clients_lost_frames() {
     p.flush();
     p.drop_link();
     p.clear_events();
-    let (mut old, _, received) = reconnect_and_request(&mut p, resume_cfg());
-    let now = p.now;
-    old.accept_resume(now, received).unwrap();
-    p.swap_server(old);
-    p.drive();
+    resume_on_the_old_server(&mut p, resume_cfg());
     assert_eq!(
         kinds(&p.take_events(Side::Server)),
         ["Resumed", "Invoked(1)", "Invoked(2)", "Interrupted(1)"]
@@ -729,11 +742,7 @@ fn resume_beyond_the_replay_buffer_fails_and_the_client_starts_over() {
         config.replay_buffer = 200;
         config
     });
-    p.server.add_tool(tool("echo")).unwrap();
-    p.drive();
-    let _lost = p.client.invoke("echo", None, Default::default()).unwrap();
-    p.drive();
-    p.clear_events();
+    let _lost = echo_running(&mut p);
     p.latency = Duration::from_millis(10);
     // STREAM data would wait for room in the replay buffer (SPEC §11.1); other frames go
     // out and push the oldest ones out of it.
@@ -790,11 +799,7 @@ fn resume_beyond_the_replay_buffer_fails_and_the_client_starts_over() {
 fn reject_resume_of_an_unknown_token() {
     let (mut p, ids) = {
         let mut p = resumable_pair(resume_cfg(), resume_cfg());
-        p.server.add_tool(tool("echo")).unwrap();
-        p.drive();
-        let id = p.client.invoke("echo", None, Default::default()).unwrap();
-        p.drive();
-        p.clear_events();
+        let id = echo_running(&mut p);
         (p, vec![id])
     };
     p.drop_link();
@@ -833,11 +838,7 @@ fn server_without_resume_answers_resume_failed() {
 #[test]
 fn detached_session_expires_after_the_resume_window() {
     let mut p = resumable_pair(resume_cfg(), resume_cfg());
-    p.server.add_tool(tool("echo")).unwrap();
-    p.drive();
-    p.client.invoke("echo", None, Default::default()).unwrap();
-    p.drive();
-    p.clear_events();
+    echo_running(&mut p);
     p.drop_link();
     p.clear_events();
     p.run_for(Duration::from_millis(29_999));
@@ -853,11 +854,7 @@ fn detached_session_expires_after_the_resume_window() {
 #[test]
 fn link_drop_during_resume_keeps_the_session() {
     let mut p = resumable_pair(resume_cfg(), resume_cfg());
-    p.server.add_tool(tool("echo")).unwrap();
-    p.drive();
-    let id = p.client.invoke("echo", None, Default::default()).unwrap();
-    p.drive();
-    p.clear_events();
+    let id = echo_running(&mut p);
     p.drop_link();
     p.clear_events();
     // Second transport: RESUME sent, then it drops before the server answers.
@@ -912,11 +909,7 @@ fn client_that_cannot_replay_fails_the_resume() {
     p.flush();
     p.drop_link();
     p.clear_events();
-    let (mut old, _, received) = reconnect_and_request(&mut p, resume_cfg());
-    let now = p.now;
-    old.accept_resume(now, received).unwrap();
-    p.swap_server(old);
-    p.drive();
+    resume_on_the_old_server(&mut p, resume_cfg());
     let k = kinds(p.events(Side::Client));
     assert_eq!(k.len(), 5, "{k:?}");
     assert!(
@@ -1011,11 +1004,7 @@ fn resume_failed_outside_a_resume_is_a_connection_error() {
 #[test]
 fn default_replay_buffer_pauses_the_stream_until_acknowledged() {
     let mut p = resumable_pair(resume_cfg(), resume_cfg());
-    p.server.add_tool(tool("echo")).unwrap();
-    p.drive();
-    let id = p.client.invoke("echo", None, Default::default()).unwrap();
-    p.drive();
-    p.clear_events();
+    let id = echo_running(&mut p);
     p.clear_wire();
     p.latency = Duration::from_millis(10);
     let chunk = |i: u32| Bytes::from(format!("{i:08}{}", "x".repeat((16 << 10) - 8)));
@@ -1107,11 +1096,7 @@ fn heartbeat_timeout_detaches_a_resumable_session() {
     let mut hb = resume_cfg();
     hb.heartbeat = Some(Duration::from_millis(100));
     let mut p = resumable_pair(hb.clone(), hb.clone());
-    p.server.add_tool(tool("echo")).unwrap();
-    p.drive();
-    let id = p.client.invoke("echo", None, Default::default()).unwrap();
-    p.drive();
-    p.clear_events();
+    let id = echo_running(&mut p);
     p.clear_wire();
     // A silent link: nothing is delivered either way, nobody sees the transport end.
     p.links[0].hold = true;
@@ -1127,11 +1112,7 @@ fn heartbeat_timeout_detaches_a_resumable_session() {
     }
     assert!(kinds(p.events(Side::Client)).contains(&"Detached".to_string()));
     p.clear_events();
-    let (mut old, _, received) = reconnect_and_request(&mut p, hb);
-    let now = p.now;
-    old.accept_resume(now, received).unwrap();
-    p.swap_server(old);
-    p.drive();
+    resume_on_the_old_server(&mut p, hb);
     done(&mut p, id);
     p.drive();
     assert_eq!(ended(p.events(Side::Client)).len(), 1);
@@ -1166,11 +1147,7 @@ fn deadlines_run_while_detached() {
     );
     assert_eq!(p.server.state(), State::Detached);
     p.advance(Duration::from_millis(60));
-    let (mut old, _, received) = reconnect_and_request(&mut p, resume_cfg());
-    let now = p.now;
-    old.accept_resume(now, received).unwrap();
-    p.swap_server(old);
-    p.drive();
+    resume_on_the_old_server(&mut p, resume_cfg());
     let ends = ended(p.events(Side::Client));
     assert!(
         matches!(&ends[..], [(i, InvocationOutcome::Error(e))] if *i == id && e.code == ErrorCode::DEADLINE_EXCEEDED),
