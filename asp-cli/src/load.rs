@@ -64,6 +64,15 @@ pub struct LoadReport {
     pub errors: Vec<String>,
 }
 
+/// A side load (slow consumer, storm, flood) on the server at `url` with `token`, until
+/// `stop`, adding to `report`.
+type SideLoad = fn(
+    String,
+    Option<String>,
+    Arc<AtomicBool>,
+    Arc<Mutex<LoadReport>>,
+) -> futures::future::BoxFuture<'static, ()>;
+
 async fn connect(o: &LoadOpts) -> Result<Client, Error> {
     let mut b = asp_tokio::client();
     if let Some(t) = &o.token {
@@ -100,30 +109,19 @@ pub async fn run(o: &LoadOpts, progress: impl Fn(&str)) -> LoadReport {
     // own work (encoding megabytes of floods) would add to the neighbours' measured latency
     // what the server never caused.
     let mut side: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
-    for _ in 0..o.slow {
-        side.push(Box::pin(slow_consumer(
-            o.url.clone(),
-            o.token.clone(),
-            stop.clone(),
-            report.clone(),
-        )));
-    }
-    for _ in 0..o.storm {
-        side.push(Box::pin(storm(
-            o.url.clone(),
-            o.token.clone(),
-            stop.clone(),
-            report.clone(),
-        )));
-    }
-    for _ in 0..o.flood {
-        side.push(Box::pin(flood(
-            o.url.clone(),
-            o.token.clone(),
-            stop.clone(),
-            report.clone(),
-        )));
-    }
+    let mut add = |n: usize, load: SideLoad| {
+        for _ in 0..n {
+            side.push(load(
+                o.url.clone(),
+                o.token.clone(),
+                stop.clone(),
+                report.clone(),
+            ));
+        }
+    };
+    add(o.slow, |u, t, s, r| Box::pin(slow_consumer(u, t, s, r)));
+    add(o.storm, |u, t, s, r| Box::pin(storm(u, t, s, r)));
+    add(o.flood, |u, t, s, r| Box::pin(flood(u, t, s, r)));
     let side = (!side.is_empty()).then(|| {
         std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()

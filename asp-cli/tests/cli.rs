@@ -3,14 +3,17 @@
 //! `cargo test -p asp-cli --test cli`. Every wait is bounded: children are
 //! read line by line through channels with a time limit and killed when it passes.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use asp_cli::demo;
 use asp_tokio::{Args, Metrics, Output, Tool, ToolContext};
+use common::asp_command;
 use serde_json::Value;
 
 /// The most any one child process may take.
@@ -66,16 +69,6 @@ impl Run {
             })
             .collect()
     }
-}
-
-fn asp_command(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_asp"));
-    c.args(args)
-        .env_remove("ASP_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
 }
 
 /// Runs `asp` to completion (stdin is not a terminal).

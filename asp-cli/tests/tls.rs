@@ -2,26 +2,19 @@
 //! `wss://` URLs, each TLS failure an exit 2 naming its cause, and the certificate reloaded
 //! on SIGHUP while the server keeps running. Certificates are made at test time (rcgen).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::Duration;
 
 use adapter_tests::pki::{temp_dir, Ca};
+use common::asp_command;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn asp_command(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_asp"));
-    c.args(args)
-        .env_remove("ASP_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
 
 /// Runs `asp` to its end (bounded by the connect timeout it is given).
 fn asp(args: &[&str]) -> (Option<i32>, String, String) {
@@ -56,6 +49,24 @@ impl Serve {
         Serve { child, lines }
     }
 
+    /// `asp --json serve` with this certificate and key, once it listens: (it, its URL).
+    fn tls(cert: &std::path::Path, key: &std::path::Path) -> (Serve, String) {
+        let serve = Serve::spawn(&[
+            "--json",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            key.to_str().expect("utf-8 path"),
+        ]);
+        let hello = serve.next_json();
+        assert_eq!(hello["type"], "listening", "{hello}");
+        let url = hello["url"].as_str().expect("url").to_owned();
+        (serve, url)
+    }
+
     fn next_json(&self) -> Value {
         let l = self
             .lines
@@ -87,26 +98,12 @@ fn serve_tls_call_errors_and_sighup_reload() {
     std::fs::write(&ca_file, &ca.cert_pem).expect("write");
     std::fs::write(&ca2_file, &ca2.cert_pem).expect("write");
     let (cert, key) = ca.server(&["localhost", "127.0.0.1"]).write(&dir, "server");
-    let (cert_s, key_s, ca_s, ca2_s) = (
-        cert.to_str().expect("utf-8 path"),
-        key.to_str().expect("utf-8 path"),
+    let (ca_s, ca2_s) = (
         ca_file.to_str().expect("utf-8 path"),
         ca2_file.to_str().expect("utf-8 path"),
     );
 
-    let serve = Serve::spawn(&[
-        "--json",
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert_s,
-        "--tls-key",
-        key_s,
-    ]);
-    let hello = serve.next_json();
-    assert_eq!(hello["type"], "listening", "{hello}");
-    let url = hello["url"].as_str().expect("url").to_owned();
+    let (serve, url) = Serve::tls(&cert, &key);
     assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
 
     let args = r#"{"prompt": "hi", "delay_ms": 0}"#;
@@ -181,19 +178,7 @@ fn expired_server_certificate_exits_2() {
     let (cert, key) = ca
         .expired_server(&["localhost", "127.0.0.1"])
         .write(&dir, "expired");
-    let serve = Serve::spawn(&[
-        "--json",
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().expect("utf-8 path"),
-        "--tls-key",
-        key.to_str().expect("utf-8 path"),
-    ]);
-    let hello = serve.next_json();
-    assert_eq!(hello["type"], "listening", "{hello}");
-    let url = hello["url"].as_str().expect("url").to_owned();
+    let (serve, url) = Serve::tls(&cert, &key);
     let ca_s = ca_file.to_str().expect("utf-8 path");
     for cmd in ["tools", "call"] {
         let mut args = vec![cmd, &url, "--ca", ca_s];
