@@ -30,7 +30,20 @@ use crate::{upstream, RelayConn, RelayInner};
 pub(crate) const MAX_PUSH_BODY: usize = 16 << 20;
 
 /// How long `DELETE` lets in-flight invocations finish by default.
-pub(crate) const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+
+/// How long a `DELETE` lets in-flight invocations finish: its `timeout_ms` query parameter,
+/// else [`DEFAULT_DRAIN`].
+pub(crate) fn drain_timeout<B>(req: &Request<B>) -> Duration {
+    req.uri()
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("timeout_ms="))
+                .and_then(|v| v.parse().ok())
+        })
+        .map_or(DEFAULT_DRAIN, Duration::from_millis)
+}
 
 pub(crate) struct AdminServer {
     pub(crate) addr: SocketAddr,
@@ -149,15 +162,7 @@ async fn handle(inner: &Arc<RelayInner>, req: Request<Incoming>) -> Reply {
         (Method::POST, Some(_)) => push(inner, rc, req).await,
         (Method::GET, None) => describe(&rc),
         (Method::DELETE, None) => {
-            let timeout = req
-                .uri()
-                .query()
-                .and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("timeout_ms="))
-                        .and_then(|v| v.parse().ok())
-                })
-                .map_or(DEFAULT_DRAIN, Duration::from_millis);
+            let timeout = drain_timeout(&req);
             rc.handle.with(|l| {
                 l.goaway(
                     Some(Text::from_static("closed through the relay's admin API")),

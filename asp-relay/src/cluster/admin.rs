@@ -9,7 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 use super::{Cluster, PushOutcome};
-use crate::admin::{error, reply, Reply, DEFAULT_DRAIN, MAX_PUSH_BODY};
+use crate::admin::{drain_timeout, error, reply, Reply, MAX_PUSH_BODY};
 use crate::binding::parse_push;
 use crate::RelayInner;
 
@@ -76,15 +76,7 @@ pub(crate) async fn handle(
             ),
         },
         (Method::DELETE, None) => {
-            let timeout = req
-                .uri()
-                .query()
-                .and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("timeout_ms="))
-                        .and_then(|v| v.parse::<u64>().ok())
-                })
-                .unwrap_or(DEFAULT_DRAIN.as_millis() as u64);
+            let timeout = drain_timeout(&req).as_millis() as u64;
             match cluster.close_remote(id, timeout).await {
                 Err(e) => unavailable(e),
                 Ok(None) => gone(id),
