@@ -42,53 +42,32 @@ fn live_options(url: String) -> LiveOptions {
     o
 }
 
-#[test]
-fn live_against_asp_tokio() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A runtime for the live runner.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+/// The live session vectors against the asp-tokio server `builder` makes (on the runtime),
+/// with the profile's tools on 127.0.0.1:0; `options` adjusts the runner's options for it.
+fn live_against_tokio_server(
+    name: &str,
+    builder: impl FnOnce() -> asp_tokio::ServerBuilder,
+    options: impl FnOnce(&mut LiveOptions),
+) {
+    let rt = runtime();
     let files = load(&[default_vectors_dir()]).expect("vectors");
     let xf = expected_failures();
     let (out, sum) = rt.block_on(async {
-        let mut b = asp_tokio::server();
+        let mut b = builder();
         for t in profile::tools() {
             b = b.tool(t);
         }
         let server = b.start().await.expect("asp-tokio server on 127.0.0.1:0");
-        let mut out = Vec::new();
-        let sum = run_live(&files, &live_options(server.url()), &xf, &mut out).await;
-        server.shutdown(Duration::from_millis(200)).await;
-        (out, sum)
-    });
-    let mut out = out;
-    sum.finish(&mut out);
-    report("live, asp-tokio", out, sum);
-}
-
-/// Live mode over `wss://`: the same vectors against an asp-tokio server terminating TLS
-/// with a certificate made now, trusted through the options.
-#[test]
-fn live_against_asp_tokio_over_wss() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let files = load(&[default_vectors_dir()]).expect("vectors");
-    let xf = expected_failures();
-    let ca = adapter_tests::pki::Ca::new("conformance CA");
-    let (out, sum) = rt.block_on(async {
-        let mut b = asp_tokio::server().tls(ca.server(&["localhost", "127.0.0.1"]).server_tls());
-        for t in profile::tools() {
-            b = b.tool(t);
-        }
-        let server = b
-            .start()
-            .await
-            .expect("asp-tokio TLS server on 127.0.0.1:0");
-        assert!(server.url().starts_with("wss://"), "{}", server.url());
         let mut opts = live_options(server.url());
-        opts.tls = ca.client_tls();
+        options(&mut opts);
         let mut out = Vec::new();
         let sum = run_live(&files, &opts, &xf, &mut out).await;
         server.shutdown(Duration::from_millis(200)).await;
@@ -96,7 +75,27 @@ fn live_against_asp_tokio_over_wss() {
     });
     let mut out = out;
     sum.finish(&mut out);
-    report("live over wss, asp-tokio", out, sum);
+    report(name, out, sum);
+}
+
+#[test]
+fn live_against_asp_tokio() {
+    live_against_tokio_server("live, asp-tokio", asp_tokio::server, |_| {});
+}
+
+/// Live mode over `wss://`: the same vectors against an asp-tokio server terminating TLS
+/// with a certificate made now, trusted through the options.
+#[test]
+fn live_against_asp_tokio_over_wss() {
+    let ca = adapter_tests::pki::Ca::new("conformance CA");
+    live_against_tokio_server(
+        "live over wss, asp-tokio",
+        || asp_tokio::server().tls(ca.server(&["localhost", "127.0.0.1"]).server_tls()),
+        |opts| {
+            assert!(opts.url.starts_with("wss://"), "{}", opts.url);
+            opts.tls = ca.client_tls();
+        },
+    );
 }
 
 #[test]
@@ -107,10 +106,7 @@ fn live_against_asp_smol() {
         b = b.tool(t);
     }
     let server = futures::executor::block_on(b.start()).expect("asp-smol server on 127.0.0.1:0");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let files = load(&[default_vectors_dir()]).expect("vectors");
     let xf = expected_failures();
     let mut out = Vec::new();
