@@ -2143,27 +2143,24 @@ def build_server_sessions():
                   transmit=[X("STREAM", 1, {"data": "", "seq": 2, "final": True})]),
              step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
             fcc)
+    def chunk_cap_4():
+        # A call whose chunks the client's limits cap at 4 bytes: 5 refused, 4 sent.
+        return [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
+                     events=[E("Invoked", id=1, tool="chunks")]),
+                step(0, command=C("stream", id=1, data="abcde"), refused=True),
+                step(0, command=C("stream", id=1, data="abcd"),
+                     transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
+                step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])]
+
     session("server/chunk-limit", "§7.5", "The client announced max_chunk 4: a 5-byte chunk "
             "may not be sent; a 4-byte one may.", "server",
             server_open(fcc, hello={"versions": [1], "limits": {"max_chunk": 4}}) +
-            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
-                  events=[E("Invoked", id=1, tool="chunks")]),
-             step(0, command=C("stream", id=1, data="abcde"), refused=True),
-             step(0, command=C("stream", id=1, data="abcd"),
-                  transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
-             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
-            fcc)
+            chunk_cap_4(), fcc)
     session("server/chunk-half-window", "§7.5", "The client announced initial_window 8 and "
             "the default max_chunk: a chunk is at most half the initial window, so 5 bytes may "
             "not be sent as one STREAM even though the window holds them; 4 may.", "server",
             server_open(fcc, hello={"versions": [1], "limits": {"initial_window": 8}}) +
-            [step(0, recv=wire("INVOKE", 1, {"tool": "chunks"}),
-                  events=[E("Invoked", id=1, tool="chunks")]),
-             step(0, command=C("stream", id=1, data="abcde"), refused=True),
-             step(0, command=C("stream", id=1, data="abcd"),
-                  transmit=[X("STREAM", 1, {"data": "abcd", "seq": 0})]),
-             step(0, command=C("complete", id=1, status=0), transmit=[complete_exp(1)])],
-            fcc)
+            chunk_cap_4(), fcc)
     session("server/credit-overflow", "§7.5", "A CREDIT that takes the window above 2^32-1 "
             "(262144 + 4294967295) is FLOW_CONTROL, which ends the invocation.", "server",
             op + [wait1,
