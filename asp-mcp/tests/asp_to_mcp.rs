@@ -322,9 +322,26 @@ async fn over_http(modern: bool, label: &str) {
         asp_mcp::asp_to_mcp::serve_http(tools, "127.0.0.1:0".parse().unwrap(), ct.clone())
             .await
             .unwrap();
-    let (handler, progress, changed) = host();
     let transport =
         rmcp::transport::StreamableHttpClientTransport::from_uri(format!("http://{addr}/mcp"));
+    host_scenario(transport, &server, seen, modern, label).await;
+    ct.cancel();
+    let _ = task.await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A [`host`] connected through `transport` runs the [`scenario`].
+async fn host_scenario<T, E, A>(
+    transport: T,
+    server: &asp_tokio::Server,
+    seen: Arc<Seen>,
+    modern: bool,
+    label: &str,
+) where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let (handler, progress, changed) = host();
     let running = tokio::time::timeout(
         LIMIT,
         handler.serve_with_lifecycle(transport, lifecycle(modern)),
@@ -332,10 +349,7 @@ async fn over_http(modern: bool, label: &str) {
     .await
     .unwrap()
     .unwrap();
-    scenario(running, progress, changed, &server, seen, modern, label).await;
-    ct.cancel();
-    let _ = task.await;
-    server.shutdown(Duration::from_secs(5)).await;
+    scenario(running, progress, changed, server, seen, modern, label).await;
 }
 
 async fn over_stdio(modern: bool, label: &str) {
@@ -344,15 +358,7 @@ async fn over_stdio(modern: bool, label: &str) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_asp-mcp"));
     cmd.arg("to-mcp").arg(server.url());
     let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
-    let (handler, progress, changed) = host();
-    let running = tokio::time::timeout(
-        LIMIT,
-        handler.serve_with_lifecycle(transport, lifecycle(modern)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    scenario(running, progress, changed, &server, seen, modern, label).await;
+    host_scenario(transport, &server, seen, modern, label).await;
     server.shutdown(Duration::from_secs(5)).await;
 }
 

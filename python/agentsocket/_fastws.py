@@ -103,7 +103,10 @@ def _set_reading(conn: Any, on: bool) -> None:
     _sync_reading(conn)
 
 
-class FastClientConnection(ClientConnection):
+class _Fast:
+    """The driver's shortcuts, mixed into websockets' client and server connections (first
+    in the bases, so that ``super()`` reaches websockets' own methods)."""
+
     asp_sink: Sink | None = None
     asp_reading = True
 
@@ -123,21 +126,9 @@ class FastClientConnection(ClientConnection):
         return _try_send(self, data)
 
 
-class FastServerConnection(ServerConnection):
-    asp_sink: Sink | None = None
-    asp_reading = True
+class FastClientConnection(_Fast, ClientConnection):
+    pass
 
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        _connection_made(self)
 
-    def set_reading(self, on: bool) -> None:
-        """Pauses (False) or resumes (True) reading from the socket, for the driver."""
-        _set_reading(self, on)
-
-    def process_event(self, event: Any) -> None:
-        _process(self, event, super().process_event)
-
-    def try_send(self, data: bytes) -> bool:
-        """Sends ``data`` as one binary message now if that cannot wait; else False."""
-        return _try_send(self, data)
+class FastServerConnection(_Fast, ServerConnection):
+    pass
