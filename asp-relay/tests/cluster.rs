@@ -166,11 +166,14 @@ async fn pushes_while_detached_arrive_after_the_resume() {
 async fn a_session_resumes_on_another_node_after_sigkill() {
     let redis = RedisServer::start();
     let upstream = function(Default::default()).await;
-    let (mut a, a_url, aa) = node_process_to(&redis, "node-a", "30", &upstream);
-    let (_b, b_url, ba) = node_process_to(&redis, "node-b", "30", &upstream);
-    subscribed(aa).await;
-    subscribed(ba).await;
-    let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
+    // `_b`, not `_`: node B lives until the test ends.
+    let BalancedProcesses {
+        mut a,
+        b: _b,
+        ba,
+        url,
+        ..
+    } = balanced_processes(&redis, &upstream).await;
     let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     // The state blob, written at the owner's generation (as a function's X-Asp-State is).
     let observer = observer(&redis).await;
@@ -222,11 +225,13 @@ async fn a_drained_node_moves_its_sessions_without_loss() {
     let redis = RedisServer::start();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let upstream = function(release.clone()).await;
-    let (mut a, a_url, aa) = node_process_to(&redis, "node-a", "30", &upstream);
-    let (_b, b_url, ba) = node_process_to(&redis, "node-b", "30", &upstream);
-    subscribed(aa).await;
-    subscribed(ba).await;
-    let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
+    let BalancedProcesses {
+        mut a,
+        a_url,
+        b: _b,
+        ba,
+        url,
+    } = balanced_processes(&redis, &upstream).await;
     let (client, mut changes, cid) = resuming_client(&url, ba, "node-a").await;
     live(&redis, &cid).await;
     assert_eq!(push(ba, &cid, "p0").await.0, 200);

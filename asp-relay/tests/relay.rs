@@ -30,7 +30,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use support::{listening, python_function, within, DropProxy, Killed, LIMIT};
+use support::{
+    listening, python_function, python_tokens_and_state, within, DropProxy, Killed, LIMIT,
+};
 
 // ───────────────────────────── the function server ─────────────────────────────
 
@@ -1315,23 +1317,9 @@ async fn python_function_over_json() {
     let relay = relay_to(url, |c| c.format = asp_relay::BodyFormat::Json).await;
     let client = connect(&relay).await;
 
-    let (chunks, done) = chunks_of(&client, "tokens", json!({"n": 4, "prefix": "py"})).await;
-    let done = done.unwrap();
-    let text: String = chunks.iter().map(|c| c.as_str().unwrap()).collect();
-    assert_eq!(text, "py0 py1 py2 py3 ");
-    assert!(chunks.len() >= 2, "streamed: {chunks:?}");
-    assert_eq!(done.status, Status::Ok);
-    assert_eq!(
-        done.metrics.cpu_us,
-        Some(2_500),
-        "X-Cpu-Time trailer from Python"
-    );
-    assert_eq!(done.metrics.output_tokens, Some(4));
-
-    // State: the Python function counts its calls in the connection's state.
-    let (t1, _) = run(&client, "count", json!({})).await;
-    let (t2, _) = run(&client, "count", json!({})).await;
-    assert_eq!((t1.as_str(), t2.as_str()), ("calls=1", "calls=2"));
+    // Streaming, trailer metrics, and state: the Python function counts its calls in the
+    // connection's state.
+    python_tokens_and_state(&client, "from Python").await;
 
     // The JSON body it received, echoed back.
     let (echo, _) = run(&client, "echo", json!({"x": [1, "two", null]})).await;

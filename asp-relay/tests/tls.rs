@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use support::{python_function, wait_line, within, LIMIT};
+use support::{python_function, python_tokens_and_state, wait_line, within, LIMIT};
 
 const NAMES: &[&str] = &["localhost", "127.0.0.1"];
 
@@ -84,23 +84,7 @@ async fn python_function_over_https() {
     let relay = tls_relay(&upstream, &ca, |_| {}).await;
     let client = connect(&relay, &ca).await;
 
-    let (chunks, done) = run(&client, "tokens", json!({"n": 4, "prefix": "py"})).await;
-    assert_eq!(chunks.concat(), "py0 py1 py2 py3 ");
-    assert!(chunks.len() >= 2, "streamed as it came: {chunks:?}");
-    let done = done.expect("completion");
-    assert_eq!(done.status, Status::Ok);
-    assert_eq!(
-        done.metrics.cpu_us,
-        Some(2_500),
-        "X-Cpu-Time trailer over TLS"
-    );
-    assert_eq!(done.metrics.output_tokens, Some(4));
-    let (t1, _) = run(&client, "count", json!({})).await;
-    let (t2, _) = run(&client, "count", json!({})).await;
-    assert_eq!(
-        (t1.concat(), t2.concat()),
-        ("calls=1".into(), "calls=2".into())
-    );
+    python_tokens_and_state(&client, "over TLS").await;
 
     // A relay that does not trust the function's CA: the call fails, naming the cause.
     let untrusting = tls_relay(&upstream, &ca, |c| {

@@ -97,6 +97,77 @@ pub fn node_process_to(
     (Killed(child), url, admin.expect("admin address"))
 }
 
+/// Two nodes as `asp-relay` processes behind a [`balancer`].
+pub struct BalancedProcesses {
+    /// `node-a`, where new connections go while it accepts them.
+    pub a: Killed,
+    /// Node A's client URL.
+    pub a_url: String,
+    /// `node-b`.
+    pub b: Killed,
+    /// Node B's admin address.
+    pub ba: SocketAddr,
+    /// The client URL through the balancer.
+    pub url: String,
+}
+
+/// `node-a` and `node-b` as processes (resume window 30 s) forwarding to `upstream`, both
+/// subscribed, behind a [`balancer`] that prefers A.
+pub async fn balanced_processes(redis: &impl Redis, upstream: &str) -> BalancedProcesses {
+    let (a, a_url, aa) = node_process_to(redis, "node-a", "30", upstream);
+    let (b, b_url, ba) = node_process_to(redis, "node-b", "30", upstream);
+    subscribed(aa).await;
+    subscribed(ba).await;
+    let url = balancer(vec![ws_addr(&a_url), ws_addr(&b_url)], &a_url).await;
+    BalancedProcesses {
+        a,
+        a_url,
+        b,
+        ba,
+        url,
+    }
+}
+
+/// `tests/relay_upstream.py` through a relay (JSON bodies, `over` says how the function is
+/// reached): `tokens` streams text as it comes and ends with the trailer's metrics; `count`
+/// counts the calls in the connection's state.
+pub async fn python_tokens_and_state(client: &Client, over: &str) {
+    let mut call = client
+        .invoke("tokens", &serde_json::json!({"n": 4, "prefix": "py"}))
+        .expect("invoke");
+    let mut chunks = Vec::new();
+    within("tokens to end", async {
+        while let Some(c) = call.next().await {
+            chunks.push(c.as_str().expect("a text chunk").to_owned());
+        }
+    })
+    .await;
+    let done = within("completion", call.completion())
+        .await
+        .expect("completion");
+    assert_eq!(chunks.concat(), "py0 py1 py2 py3 ");
+    assert!(chunks.len() >= 2, "streamed as it came: {chunks:?}");
+    assert_eq!(done.status, asp_tokio::Status::Ok);
+    assert_eq!(
+        done.metrics.cpu_us,
+        Some(2_500),
+        "X-Cpu-Time trailer {over}"
+    );
+    assert_eq!(done.metrics.output_tokens, Some(4));
+    let count = || async {
+        let mut call = client
+            .invoke("count", &serde_json::json!({}))
+            .expect("invoke");
+        let mut text = String::new();
+        while let Some(c) = within("count", call.next()).await {
+            text.push_str(&String::from_utf8_lossy(&c.data));
+        }
+        text
+    };
+    let (t1, t2) = (count().await, count().await);
+    assert_eq!((t1.as_str(), t2.as_str()), ("calls=1", "calls=2"));
+}
+
 /// One admin API call (HTTP/1.1, `Connection: close`): (status, JSON body or Null).
 pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let mut tcp = tokio::net::TcpStream::connect(addr)
