@@ -2,9 +2,11 @@
 //! stranger's, a wrong name, expired), written as PEM files for the file-based options.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use asp_async::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use asp_async::rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use asp_async::{ClientTls, Roots, ServerTls};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -124,4 +126,48 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// A server's TLS session store (rustls' in-memory one) that counts the sessions it gave
+/// back for resumption: set it as a server configuration's `session_storage`.
+#[derive(Debug)]
+pub struct CountingSessions {
+    inner: Arc<dyn StoresServerSessions>,
+    resumed: AtomicUsize,
+}
+
+impl CountingSessions {
+    /// A store of up to `capacity` sessions.
+    pub fn new(capacity: usize) -> Arc<CountingSessions> {
+        Arc::new(CountingSessions {
+            inner: ServerSessionMemoryCache::new(capacity),
+            resumed: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many sessions it gave back so far.
+    pub fn resumed(&self) -> usize {
+        self.resumed.load(Ordering::SeqCst)
+    }
+}
+
+impl StoresServerSessions for CountingSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.inner.get(key);
+        self.resumed
+            .fetch_add(usize::from(v.is_some()), Ordering::SeqCst);
+        v
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.inner.take(key);
+        self.resumed
+            .fetch_add(usize::from(v.is_some()), Ordering::SeqCst);
+        v
+    }
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
 }

@@ -3,10 +3,8 @@
 //! user can act on gives its named [`TlsError`]; mutual TLS; certificate reload without
 //! dropping connections; TLS session resumption across clients sharing their settings.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use asp_async::rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use asp_async::{
     Args, ClientBuilder, ClientTls, Error, Runtime, ServerBuilder, Status, TlsError, Tool,
     ToolContext, ToolError,
@@ -14,7 +12,7 @@ use asp_async::{
 use futures::future::join_all;
 use futures::StreamExt;
 
-use crate::pki::{temp_dir, Ca};
+use crate::pki::{temp_dir, Ca, CountingSessions};
 use crate::{finish, greet_ok, greet_tool, sleep, start, GreetArgs};
 
 /// The names test server certificates hold: the URL says `127.0.0.1`.
@@ -302,44 +300,13 @@ pub async fn wss_certificate_reload<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A server's TLS session store that counts the sessions it gave back for resumption.
-#[derive(Debug)]
-struct CountingSessions {
-    inner: std::sync::Arc<dyn StoresServerSessions>,
-    resumed: AtomicUsize,
-}
-
-impl StoresServerSessions for CountingSessions {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.inner.put(key, value)
-    }
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let v = self.inner.get(key);
-        self.resumed
-            .fetch_add(usize::from(v.is_some()), Ordering::SeqCst);
-        v
-    }
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let v = self.inner.take(key);
-        self.resumed
-            .fetch_add(usize::from(v.is_some()), Ordering::SeqCst);
-        v
-    }
-    fn can_cache(&self) -> bool {
-        self.inner.can_cache()
-    }
-}
-
 /// TLS session resumption: a client given a clone of the `ClientTls` another client used
 /// resumes that client's TLS session (the settings share one rustls session cache), and
 /// settings built anew do not. Counted on the server's session store: a first connection
 /// resumes nothing, the clone's connection resumes one session.
 pub async fn wss_session_resumption<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let ca = Ca::new("ASP test CA");
-    let sessions = std::sync::Arc::new(CountingSessions {
-        inner: ServerSessionMemoryCache::new(64),
-        resumed: AtomicUsize::new(0),
-    });
+    let sessions = CountingSessions::new(64);
     let mut config = (*ca
         .server(NAMES)
         .server_tls()
@@ -355,7 +322,7 @@ pub async fn wss_session_resumption<S: Runtime, C: Runtime>(srv: S, cli: C) {
             .tool(greet_tool()),
     )
     .await;
-    let resumed = || sessions.resumed.load(Ordering::SeqCst);
+    let resumed = || sessions.resumed();
     let tls = ca.client_tls();
     let first = ClientBuilder::new(cli.clone())
         .tls(tls.clone())

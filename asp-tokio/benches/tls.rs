@@ -20,12 +20,11 @@
 //! median (p50) and the mean latency of each side; each line gives the median and range over
 //! rounds of the per-round ratio. On a loaded machine the p50 ratio is the steady figure.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_tests::pki::Ca;
-use asp_tokio::rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use adapter_tests::pki::{Ca, CountingSessions};
+use asp_tokio::rustls::server::ServerSessionMemoryCache;
 use asp_tokio::rustls::{ClientConfig, HandshakeKind, ServerConfig};
 use asp_tokio::{Args, Client, ClientTls, Output, ServerTls, Tool, ToolContext};
 use bytes::Bytes;
@@ -44,34 +43,6 @@ fn env_usize(k: &str, d: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(d)
-}
-
-/// The server's TLS session store, counting the sessions it resumed.
-#[derive(Debug)]
-struct CountingStore {
-    inner: Arc<dyn StoresServerSessions>,
-    resumed: AtomicUsize,
-}
-
-impl StoresServerSessions for CountingStore {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.inner.put(key, value)
-    }
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let v = self.inner.get(key);
-        self.resumed
-            .fetch_add(usize::from(v.is_some()), Ordering::Relaxed);
-        v
-    }
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let v = self.inner.take(key);
-        self.resumed
-            .fetch_add(usize::from(v.is_some()), Ordering::Relaxed);
-        v
-    }
-    fn can_cache(&self) -> bool {
-        self.inner.can_cache()
-    }
 }
 
 /// A raw WebSocket echo server (TLS when `config` is given).
@@ -228,10 +199,8 @@ async fn run(s: Setup) {
     // One server configuration for ASP and the floor (each server its own copy, so that each
     // keeps its own session store, counted for ASP).
     let base = server_tls.build().expect("server config");
-    let store = Arc::new(CountingStore {
-        inner: ServerSessionMemoryCache::new(256),
-        resumed: AtomicUsize::new(0),
-    });
+    // The server's TLS session store, counting the sessions it resumed.
+    let store = CountingSessions::new(256);
     let mut asp_config = (*base).clone();
     asp_config.session_storage = store.clone();
     let mut raw_config = (*base).clone();
@@ -331,7 +300,7 @@ async fn run(s: Setup) {
         // cache (both are "127.0.0.1").
         let (asp_shared, raw_shared) = (fresh_config(), fresh_config());
         let (mut a, mut f) = (Side::default(), Side::default());
-        let (mut raw_resumed, asp_before) = (0, store.resumed.load(Ordering::Relaxed));
+        let (mut raw_resumed, asp_before) = (0, store.resumed());
         for _ in 0..rounds {
             let (mut la, mut lf) = (Vec::with_capacity(fresh), Vec::with_capacity(fresh));
             for i in 0..fresh {
@@ -369,7 +338,7 @@ async fn run(s: Setup) {
             a.round(&la);
             f.round(&lf);
         }
-        let asp_resumed = store.resumed.load(Ordering::Relaxed) - asp_before;
+        let asp_resumed = store.resumed() - asp_before;
         let name = if resume {
             "first result, TLS session resumed"
         } else {
