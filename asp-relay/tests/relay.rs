@@ -1199,26 +1199,22 @@ async fn clients_can_be_required_to_authenticate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_auth_is_forwarded_when_configured() {
     let f = Function::start().await;
-    let relay = relay_to(f.url(), |c| c.forward_auth = true).await;
-    let client = within(
-        "connect",
-        asp_tokio::client()
-            .token("user-token")
-            .connect(&relay.url()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(run(&client, "auth", json!({})).await.0, "Bearer user-token");
+    // The `Authorization` the function sees from a client with a token.
+    async fn seen(relay: &Relay) -> String {
+        let client = within(
+            "connect",
+            asp_tokio::client()
+                .token("user-token")
+                .connect(&relay.url()),
+        )
+        .await
+        .unwrap();
+        run(&client, "auth", json!({})).await.0
+    }
+    let forwarding = relay_to(f.url(), |c| c.forward_auth = true).await;
+    assert_eq!(seen(&forwarding).await, "Bearer user-token");
     let plain = relay_to(f.url(), |_| {}).await;
-    let client = within(
-        "connect",
-        asp_tokio::client()
-            .token("user-token")
-            .connect(&plain.url()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(run(&client, "auth", json!({})).await.0, "none");
+    assert_eq!(seen(&plain).await, "none");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

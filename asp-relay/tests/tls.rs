@@ -320,6 +320,15 @@ struct RelayProcess {
 }
 
 impl RelayProcess {
+    /// Sends it SIGHUP (reload the certificate files).
+    fn hup(&self) {
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hup.success());
+    }
+
     fn wait_for_stderr(&self, what: &str) -> String {
         let end = std::time::Instant::now() + LIMIT;
         loop {
@@ -430,11 +439,7 @@ async fn binary_reloads_its_certificate_on_sighup() {
 
     // New files in place, then SIGHUP.
     new_leaf.write(&dir, "relay");
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &relay.child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
+    relay.hup();
     relay.wait_for_stderr("reloaded the TLS certificate");
 
     // After: new handshakes get the new certificate, on both listeners.
@@ -454,11 +459,7 @@ async fn binary_reloads_its_certificate_on_sighup() {
 
     // A reload that fails (a key that does not parse) keeps the certificate in force.
     std::fs::write(&key, "not a key").expect("write");
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &relay.child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
+    relay.hup();
     relay.wait_for_stderr("TLS reload failed, keeping the old certificate");
     assert_eq!(served_cert(&edge, &ca2.client_tls()).await, der(&new_leaf));
 
