@@ -35,6 +35,15 @@ fn forever_tool<S: Runtime>(rt: S) -> Tool {
     })
 }
 
+/// A client of `url` with these TLS settings.
+async fn connect_wss<C: Runtime>(
+    cli: &C,
+    tls: ClientTls,
+    url: &str,
+) -> Result<asp_async::Client<C>, Error> {
+    ClientBuilder::new(cli.clone()).tls(tls).connect(url).await
+}
+
 fn tls_error<T: std::fmt::Debug>(r: Result<T, Error>) -> TlsError {
     match r {
         Err(Error::Tls(e)) => e,
@@ -56,9 +65,7 @@ pub async fn wss_invoke_stream_interrupt<S: Runtime, C: Runtime>(srv: S, cli: C)
     .await;
     let url = server.url();
     assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
-    let client = ClientBuilder::new(cli.clone())
-        .tls(ca.client_tls())
-        .connect(&url)
+    let client = connect_wss(&cli, ca.client_tls(), &url)
         .await
         .expect("wss connect");
     greet_ok(&client, "tls").await;
@@ -123,10 +130,7 @@ pub async fn wss_bad_certificates<S: Runtime, C: Runtime>(srv: S, cli: C) {
                 .tool(greet_tool()),
         )
         .await;
-        let r = ClientBuilder::new(cli.clone())
-            .tls(ca.client_tls())
-            .connect(&server.url())
-            .await;
+        let r = connect_wss(&cli, ca.client_tls(), &server.url()).await;
         let e = tls_error(r);
         match (case, &e) {
             ("untrusted", TlsError::UntrustedCertificate(_)) => {}
@@ -171,9 +175,7 @@ pub async fn wss_plaintext_mismatch<S: Runtime, C: Runtime>(srv: S, cli: C) {
     assert_eq!(e, TlsError::PlaintextToTlsPort);
     assert!(e.to_string().contains("use wss://"), "{e}");
     // The TLS server still serves TLS clients.
-    let client = ClientBuilder::new(cli.clone())
-        .tls(ca.client_tls())
-        .connect(&tls_server.url())
+    let client = connect_wss(&cli, ca.client_tls(), &tls_server.url())
         .await
         .expect("wss connect");
     greet_ok(&client, "still").await;
@@ -181,12 +183,7 @@ pub async fn wss_plaintext_mismatch<S: Runtime, C: Runtime>(srv: S, cli: C) {
 
     let plain_server = start(ServerBuilder::new(srv.clone()).tool(greet_tool())).await;
     let tls_url = plain_server.url().replacen("ws://", "wss://", 1);
-    let e = tls_error(
-        ClientBuilder::new(cli.clone())
-            .tls(ca.client_tls())
-            .connect(&tls_url)
-            .await,
-    );
+    let e = tls_error(connect_wss(&cli, ca.client_tls(), &tls_url).await);
     assert!(matches!(e, TlsError::NotTls(_)), "{e:?}");
     assert!(e.to_string().contains("does not speak TLS"), "{e}");
     plain_server.shutdown(Duration::from_secs(1)).await;
@@ -234,12 +231,7 @@ pub async fn wss_mutual_tls<S: Runtime, C: Runtime>(srv: S, cli: C) {
         .expect("client CA");
     let server = start(ServerBuilder::new(srv).tls(tls).tool(greet_tool())).await;
 
-    let e = tls_error(
-        ClientBuilder::new(cli.clone())
-            .tls(ca.client_tls())
-            .connect(&server.url())
-            .await,
-    );
+    let e = tls_error(connect_wss(&cli, ca.client_tls(), &server.url()).await);
     assert!(matches!(e, TlsError::ClientCertificateRejected(_)), "{e:?}");
 
     let (ccert, ckey) = ca.client("agent-7").write(&dir, "client");
@@ -269,9 +261,7 @@ pub async fn wss_certificate_reload<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let (cert, key) = old.server(NAMES).write(&dir, "server");
     let tls = asp_async::ServerTls::from_pem_files(&cert, &key).expect("PEM files");
     let server = start(ServerBuilder::new(srv).tls(tls.clone()).tool(greet_tool())).await;
-    let first = ClientBuilder::new(cli.clone())
-        .tls(old.client_tls())
-        .connect(&server.url())
+    let first = connect_wss(&cli, old.client_tls(), &server.url())
         .await
         .expect("connect before reload");
     greet_ok(&first, "before").await;
@@ -279,18 +269,11 @@ pub async fn wss_certificate_reload<S: Runtime, C: Runtime>(srv: S, cli: C) {
     new.server(NAMES).write(&dir, "server");
     tls.reload().expect("reload");
     greet_ok(&first, "open across the reload").await;
-    let second = ClientBuilder::new(cli.clone())
-        .tls(new.client_tls())
-        .connect(&server.url())
+    let second = connect_wss(&cli, new.client_tls(), &server.url())
         .await
         .expect("connect after reload");
     greet_ok(&second, "after").await;
-    let e = tls_error(
-        ClientBuilder::new(cli.clone())
-            .tls(old.client_tls())
-            .connect(&server.url())
-            .await,
-    );
+    let e = tls_error(connect_wss(&cli, old.client_tls(), &server.url()).await);
     assert!(matches!(e, TlsError::UntrustedCertificate(_)), "{e:?}");
     // A broken file keeps the old certificate.
     std::fs::write(&key, "not a key").expect("write");
@@ -324,9 +307,7 @@ pub async fn wss_session_resumption<S: Runtime, C: Runtime>(srv: S, cli: C) {
     .await;
     let resumed = || sessions.resumed();
     let tls = ca.client_tls();
-    let first = ClientBuilder::new(cli.clone())
-        .tls(tls.clone())
-        .connect(&server.url())
+    let first = connect_wss(&cli, tls.clone(), &server.url())
         .await
         .expect("first connect");
     // The server's session tickets precede its first reply on the stream: once the call
@@ -335,9 +316,7 @@ pub async fn wss_session_resumption<S: Runtime, C: Runtime>(srv: S, cli: C) {
     assert_eq!(resumed(), 0, "a first connection has no session to resume");
     first.close().await;
 
-    let second = ClientBuilder::new(cli.clone())
-        .tls(tls.clone())
-        .connect(&server.url())
+    let second = connect_wss(&cli, tls.clone(), &server.url())
         .await
         .expect("second connect");
     greet_ok(&second, "second").await;
@@ -348,9 +327,7 @@ pub async fn wss_session_resumption<S: Runtime, C: Runtime>(srv: S, cli: C) {
     );
     second.close().await;
 
-    let third = ClientBuilder::new(cli)
-        .tls(ca.client_tls())
-        .connect(&server.url())
+    let third = connect_wss(&cli, ca.client_tls(), &server.url())
         .await
         .expect("third connect");
     greet_ok(&third, "third").await;
