@@ -149,46 +149,39 @@ pub async fn scenario(url: &str, label: &str) {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rmcp_stdio_legacy() {
-    let server = bridge(fixture(), Generation::Legacy).await;
-    scenario(&server.url(), "rmcp stdio 2025-11-25").await;
+/// The [`scenario`] through a bridge to `upstream`.
+async fn bridged(upstream: asp_mcp::Upstream, generation: Generation, label: &str) {
+    let server = bridge(upstream, generation).await;
+    scenario(&server.url(), label).await;
     server.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_stdio_legacy() {
+    bridged(fixture(), Generation::Legacy, "rmcp stdio 2025-11-25").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_stdio_modern() {
-    let server = bridge(fixture(), Generation::Modern).await;
-    scenario(&server.url(), "rmcp stdio 2026-07-28").await;
-    server.shutdown(Duration::from_secs(5)).await;
+    bridged(fixture(), Generation::Modern, "rmcp stdio 2026-07-28").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_http_legacy() {
     let up = fixture_http();
-    let server = bridge(
-        asp_mcp::Upstream::Http {
-            url: up.url.clone(),
-        },
-        Generation::Legacy,
-    )
-    .await;
-    scenario(&server.url(), "rmcp http 2025-11-25").await;
-    server.shutdown(Duration::from_secs(5)).await;
+    let upstream = asp_mcp::Upstream::Http {
+        url: up.url.clone(),
+    };
+    bridged(upstream, Generation::Legacy, "rmcp http 2025-11-25").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_http_modern() {
     let up = fixture_http();
-    let server = bridge(
-        asp_mcp::Upstream::Http {
-            url: up.url.clone(),
-        },
-        Generation::Modern,
-    )
-    .await;
-    scenario(&server.url(), "rmcp http 2026-07-28").await;
-    server.shutdown(Duration::from_secs(5)).await;
+    let upstream = asp_mcp::Upstream::Http {
+        url: up.url.clone(),
+    };
+    bridged(upstream, Generation::Modern, "rmcp http 2026-07-28").await;
 }
 
 /// Each ASP client has its own MCP session (for stdio, its own child): a tool-set change
