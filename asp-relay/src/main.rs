@@ -168,6 +168,8 @@ fn merge_file(args: &mut Args) {
     }
     let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let n = |k: &str| obj.get(k).and_then(|v| v.as_f64());
+    // A flag set in the file; absent or not a boolean: not set.
+    let flag = |k: &str| obj.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
     let parse_addr =
         |k: &str| s(k).map(|a| a.parse().unwrap_or_else(|e| fail(format!("{k}: {e}"))));
     args.listen = args.listen.or_else(|| parse_addr("listen"));
@@ -182,14 +184,8 @@ fn merge_file(args: &mut Args) {
         Some(o) => fail(format!("format: `{o}` is not msgpack or json")),
     });
     args.client_token = args.client_token.take().or_else(|| s("client-token"));
-    args.forward_auth |= obj
-        .get("forward-auth")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    args.no_resume |= obj
-        .get("no-resume")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    args.forward_auth |= flag("forward-auth");
+    args.no_resume |= flag("no-resume");
     args.max_connections = args
         .max_connections
         .or_else(|| n("max-connections").map(|v| v as usize));
@@ -211,10 +207,7 @@ fn merge_file(args: &mut Args) {
         .client_ca
         .take()
         .or_else(|| s("client-ca").map(Into::into));
-    args.admin_tls |= obj
-        .get("admin-tls")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    args.admin_tls |= flag("admin-tls");
     args.upstream_ca = args
         .upstream_ca
         .take()
