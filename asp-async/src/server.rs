@@ -798,16 +798,7 @@ fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
     let life = async move {
         driver::detached_timers(&shared2, 0, &notify, &rt).await;
         forget_when_closed(&inner2, &shared2, &handle, n).await;
-        if inner2.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            for w in inner2
-                .idle_wakers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..)
-            {
-                w.wake();
-            }
-        }
+        release_live(&inner2);
     };
     inner
         .rt
