@@ -679,6 +679,17 @@ fn frames(fs: &[Frame]) -> Bytes {
     b.freeze()
 }
 
+/// A TOOL_DEF of `name` with no schema and no annotations.
+fn tool_def(op: ToolOp, name: &str, description: &str) -> ToolDef {
+    ToolDef {
+        op,
+        name: name.into(),
+        description: description.into(),
+        input_schema: None,
+        annotations: None,
+    }
+}
+
 fn conn_id(client: &Client) -> String {
     client.session().unwrap().connection_id.to_string()
 }
@@ -1003,13 +1014,7 @@ async fn state_is_carried_across_invocations() {
 async fn push_through_the_admin_api() {
     let mut f = Function::start().await;
     let relay = relay_to(f.url(), |c| {
-        c.tools = vec![ToolDef {
-            op: ToolOp::Add,
-            name: "tokens".into(),
-            description: "streams tokens".into(),
-            input_schema: None,
-            annotations: None,
-        }];
+        c.tools = vec![tool_def(ToolOp::Add, "tokens", "streams tokens")];
     })
     .await;
     let client = within(
@@ -1028,13 +1033,7 @@ async fn push_through_the_admin_api() {
     let mut changes = client.tool_changes();
 
     // TOOL_DEF.
-    let def = ToolDef {
-        op: ToolOp::Add,
-        name: "late".into(),
-        description: "pushed later".into(),
-        input_schema: None,
-        annotations: None,
-    };
+    let def = tool_def(ToolOp::Add, "late", "pushed later");
     let (s, v) = admin(
         &relay,
         "POST",
@@ -1078,13 +1077,7 @@ async fn push_through_the_admin_api() {
     completes_ok(call).await;
 
     // A STREAM for an id not in flight: 409, and nothing of the body is sent.
-    let def2 = ToolDef {
-        op: ToolOp::Add,
-        name: "never".into(),
-        description: "".into(),
-        input_schema: None,
-        annotations: None,
-    };
+    let def2 = tool_def(ToolOp::Add, "never", "");
     let stale = frames(&[
         Frame::ToolDef(def2),
         Frame::Stream(StreamFrame {
@@ -1157,13 +1150,7 @@ async fn unauthenticated_admin_calls_are_refused() {
     let relay = relay_to(f.url(), |_| {}).await;
     let client = connect(&relay).await;
     let id = conn_id(&client);
-    let push = frames(&[Frame::ToolDef(ToolDef {
-        op: ToolOp::Add,
-        name: "evil".into(),
-        description: "".into(),
-        input_schema: None,
-        annotations: None,
-    })]);
+    let push = frames(&[Frame::ToolDef(tool_def(ToolOp::Add, "evil", ""))]);
     for secret in [None, Some("wrong"), Some("test-secre")] {
         for (method, path) in [
             ("POST", format!("/connections/{id}/frames")),
@@ -1611,26 +1598,14 @@ async fn frames_body_ids_must_be_valid_for_their_type_and_are_replaced() {
 async fn pushed_tool_defs_add_or_update_whatever_the_client_holds() {
     let f = Function::start().await;
     let relay = relay_to(f.url(), |c| {
-        c.tools = vec![ToolDef {
-            op: ToolOp::Add,
-            name: "tokens".into(),
-            description: "v1".into(),
-            input_schema: None,
-            annotations: None,
-        }];
+        c.tools = vec![tool_def(ToolOp::Add, "tokens", "v1")];
     })
     .await;
     let client = connect(&relay).await;
     let path = format!("/connections/{}/frames", conn_id(&client));
     let mut changes = client.tool_changes();
     let def = |op, name: &str, description: &str| {
-        frames(&[Frame::ToolDef(ToolDef {
-            op,
-            name: name.into(),
-            description: description.into(),
-            input_schema: None,
-            annotations: None,
-        })])
+        frames(&[Frame::ToolDef(tool_def(op, name, description))])
     };
     for (push, expect_update) in [
         (def(ToolOp::Add, "tokens", "v2"), true),
@@ -1830,13 +1805,11 @@ async fn pushed_streams_are_split_and_pushed_completes_are_refused() {
     let (s, v) = admin(&relay, "POST", &path, Some(SECRET), end).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("COMPLETE"), "{v}");
-    let big = frames(&[Frame::ToolDef(ToolDef {
-        op: ToolOp::Add,
-        name: "big".into(),
-        description: "d".repeat(2000).into(),
-        input_schema: None,
-        annotations: None,
-    })]);
+    let big = frames(&[Frame::ToolDef(tool_def(
+        ToolOp::Add,
+        "big",
+        &"d".repeat(2000),
+    ))]);
     let (s, v) = admin(&relay, "POST", &path, Some(SECRET), big).await;
     assert_eq!(s, 409, "{v}");
     // The invocation was not touched by the refused pushes.
