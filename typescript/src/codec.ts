@@ -32,8 +32,13 @@ export function readHeader(buf: Uint8Array, pos: number): Header {
     type: b0 & 0x0f,
     flags: buf[pos + 1]!,
     id: (buf[pos + 2]! << 8) | buf[pos + 3]!,
-    length: ((buf[pos + 4]! << 24) >>> 0) + (buf[pos + 5]! << 16) + (buf[pos + 6]! << 8) + buf[pos + 7]!,
+    length: payloadLength(buf, pos),
   };
+}
+
+/** The payload length of the frame whose header starts at `pos` (SPEC §3.1). */
+export function payloadLength(buf: Uint8Array, pos: number): number {
+  return ((buf[pos + 4]! << 24) >>> 0) + (buf[pos + 5]! << 16) + (buf[pos + 6]! << 8) + buf[pos + 7]!;
 }
 
 /** A frame rejected by §3.7 steps 1–6: the code, and what the ERROR reply carries. */

@@ -10,7 +10,7 @@
  * @module
  */
 import { ErrorCode, isRetryable, scopeOf } from "./codes.js";
-import { decodeFrame, encodeFrame, readHeader } from "./codec.js";
+import { decodeFrame, encodeFrame, payloadLength, readHeader } from "./codec.js";
 import { ProtocolMisuse } from "./errors.js";
 import type { CloseReason, Event, Metrics, ToolDef } from "./event.js";
 import { type Frame, FrameType, HEADER_LEN, Raw, type Role } from "./frame.js";
@@ -622,7 +622,8 @@ export class Connection {
       min(Math.min(this.lastRecv + (this.pingsSent + 1) * this.heartbeatMs, this.lastRecv + 3 * this.heartbeatMs));
     }
     if (this.goawaySent) min(this.drainDeadline);
-    if (this.role === "server") for (const inv of this.invocations.values()) min(inv.deadline);
+    // Called after every input: no iterator over an empty map.
+    if (this.role === "server" && this.invocations.size > 0) for (const inv of this.invocations.values()) min(inv.deadline);
     return t;
   }
 
@@ -638,9 +639,9 @@ export class Connection {
     const buf = this.out.buf;
     let pos = this.outHead;
     do {
-      pos += HEADER_LEN + readHeader(buf, pos).length;
-    } while (pos < end && pos + HEADER_LEN + readHeader(buf, pos).length - this.outHead <= limit);
-    const bytes = buf.slice(this.outHead, pos);
+      pos += HEADER_LEN + payloadLength(buf, pos);
+    } while (pos < end && pos + HEADER_LEN + payloadLength(buf, pos) - this.outHead <= limit);
+    const bytes = sliceOut(buf, this.outHead, pos);
     if (pos >= end) {
       this.out.len = 0;
       this.outHead = 0;
@@ -1893,6 +1894,29 @@ export class Connection {
     if (code !== undefined) e.code = code;
     this.emit(e);
   }
+}
+
+/**
+ * Messages `pollTransmit` returns are cut from shared slabs that are never written twice, so a
+ * transport that keeps a message keeps its bytes. A small `slice()` would live on V8's heap,
+ * and the first read of its `.buffer` (ws reads it, to make a Buffer) moves it off the heap
+ * with a malloc: measurable per round trip (see README, Benchmarks).
+ */
+const SLAB = 16384;
+let slab = new Uint8Array(SLAB);
+let slabUsed = 0;
+
+function sliceOut(buf: Uint8Array, start: number, end: number): Uint8Array {
+  const n = end - start;
+  if (n > SLAB >> 3) return buf.slice(start, end);
+  if (slabUsed + n > SLAB) {
+    slab = new Uint8Array(SLAB);
+    slabUsed = 0;
+  }
+  const at = slabUsed;
+  slabUsed += n;
+  for (let i = 0; i < n; i++) slab[at + i] = buf[start + i]!;
+  return slab.subarray(at, at + n);
 }
 
 function raw(v: Uint8Array | Raw): Raw {
