@@ -10,7 +10,7 @@
  * @module
  */
 import { ErrorCode, isRetryable, scopeOf } from "./codes.js";
-import { decodeFrame, encodeFrame, payloadLength, readHeader } from "./codec.js";
+import { decodeFrame, encodeComplete, encodeFrame, encodeInvoke, payloadLength, readHeader } from "./codec.js";
 import { ProtocolMisuse } from "./errors.js";
 import type { CloseReason, Event, Metrics, ToolDef } from "./event.js";
 import { type Frame, FrameType, HEADER_LEN, Raw, type Role } from "./frame.js";
@@ -684,12 +684,10 @@ export class Connection {
     }
     const before = this.nextId;
     const id = this.allocateId(this.invocations, 1, 0x7fff);
-    const fields: Record<string, unknown> = { tool };
-    if (args !== undefined) fields["args"] = raw(args);
-    if (options.deadlineMs) fields["deadline_ms"] = options.deadlineMs;
-    if (options.meta !== undefined) fields["meta"] = raw(options.meta);
+    const start = this.out.len;
+    encodeInvoke(this.out, id, tool, args === undefined ? undefined : raw(args), options.deadlineMs ?? 0, options.meta === undefined ? undefined : raw(options.meta));
     try {
-      this.sendChecked({ type: FrameType.INVOKE, id, fields: fields as Frame["fields"] });
+      this.checkSent(FrameType.INVOKE, start);
     } catch (e) {
       this.nextId = before; // a refused INVOKE uses no id
       throw e;
@@ -803,11 +801,10 @@ export class Connection {
     if (inv === undefined) throw new ProtocolMisuse(`invocation ${id} is not in flight`);
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
     if (status === 1 && !inv.interrupted) status = 2;
-    const fields: Record<string, unknown> = { status };
-    if (result !== undefined) fields["result"] = raw(result);
-    if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
     this.forget(this.invocations, id);
-    if (!this.sendTerminal({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] })) {
+    const start = this.out.len;
+    encodeComplete(this.out, id, status, result === undefined ? undefined : raw(result), metrics);
+    if (!this.terminalSent(FrameType.COMPLETE, id, start)) {
       this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
     }
     this.checkDrained();
@@ -1756,12 +1753,17 @@ export class Connection {
   private sendChecked(frame: Frame): void {
     const start = this.out.len;
     encodeFrame(this.out, frame);
+    this.checkSent(frame.type, start);
+  }
+
+  /** `sendChecked` for a frame already written at `start`. */
+  private checkSent(type: number, start: number): void {
     const size = this.out.len - start - HEADER_LEN;
     if (size > this.peerLimits.max_frame_payload) {
       this.out.len = start;
       throw new ProtocolMisuse(`frame payload of ${size} bytes above the peer's max_frame_payload ${this.peerLimits.max_frame_payload}`);
     }
-    this.recordSent(frame.type, start);
+    this.recordSent(type, start);
   }
 
   /**
@@ -1772,13 +1774,18 @@ export class Connection {
   private sendTerminal(frame: Frame): boolean {
     const start = this.out.len;
     encodeFrame(this.out, frame);
+    return this.terminalSent(frame.type, frame.id, start);
+  }
+
+  /** `sendTerminal` for a frame already written at `start`. */
+  private terminalSent(type: number, id: number, start: number): boolean {
     const size = this.out.len - start - HEADER_LEN;
     if (size > this.peerLimits.max_frame_payload) {
       this.out.len = start;
-      this.sendError(frame.id, ErrorCode.RESULT_TOO_LARGE, `${frameName(frame.type)} payload of ${size} bytes above max_frame_payload ${this.peerLimits.max_frame_payload}`, frame.type);
+      this.sendError(id, ErrorCode.RESULT_TOO_LARGE, `${frameName(type)} payload of ${size} bytes above max_frame_payload ${this.peerLimits.max_frame_payload}`, type);
       return false;
     }
-    this.recordSent(frame.type, start);
+    this.recordSent(type, start);
     return true;
   }
 
