@@ -157,8 +157,6 @@ export class Call implements AsyncIterable<string | Uint8Array> {
   readonly id: number;
   private promise: Promise<Completion> | undefined;
   private resolve: ((c: Completion) => void) | undefined;
-  /** `client.call`: the promise settles with the completion's value alone (one promise per call). */
-  private valueOnly = false;
   private reject: ((e: Error) => void) | undefined;
   private completion: Completion | undefined;
   private queue: (string | Uint8Array)[] = [];
@@ -214,16 +212,6 @@ export class Call implements AsyncIterable<string | Uint8Array> {
     return this.promise;
   }
 
-  /**
-   * @internal `client.call`: `result`'s value, from the one promise `onEnd` settles (no second
-   * promise and microtask to take `.value` off the completion).
-   */
-  value(): Promise<unknown> {
-    if (this.promise !== undefined || this.done) return this.result.then((c) => c.value);
-    this.valueOnly = true;
-    return this.result;
-  }
-
   /** Asks the server to stop (SPEC §7.3). The call then ends, normally `cancelled`. */
   interrupt(reason?: string): void {
     if (this.done) return;
@@ -261,7 +249,7 @@ export class Call implements AsyncIterable<string | Uint8Array> {
       this.reject?.(error);
     } else {
       this.completion = c;
-      this.resolve?.((this.valueOnly ? c!.value : c) as Completion);
+      this.resolve?.(c!);
     }
     this.wake();
   }
@@ -484,12 +472,8 @@ export class Client {
   }
 
   /** Invokes and awaits the result value (ok), discarding chunks. */
-  call(tool: string, args?: unknown, options?: InvokeOptions): Promise<unknown> {
-    try {
-      return this.invoke(tool, args, options).value();
-    } catch (e) {
-      return Promise.reject(e);
-    }
+  async call(tool: string, args?: unknown, options?: InvokeOptions): Promise<unknown> {
+    return (await this.invoke(tool, args, options).result).value;
   }
 
   /** @internal */
