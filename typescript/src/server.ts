@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
-import { ToolFailed, mpDecode, mpEncode } from "./client.js";
+import { ToolFailed, decodeRaw, mpEncode } from "./client.js";
 import { ErrorCode, scopeOf } from "./codes.js";
 import { Connection, type ConnectionConfig } from "./connection.js";
 import { Driver, type SocketLike, SUBPROTOCOL, now } from "./driver.js";
@@ -115,15 +115,6 @@ function toDef(t: ToolSpec): ToolDef {
 /** An application value as MessagePack; a `Raw` is taken as already encoded. */
 function toRaw(v: unknown): Raw {
   return v instanceof Raw ? v : new Raw(mpEncode(v));
-}
-
-function decodeRaw(r: Raw | undefined): unknown {
-  if (r === undefined) return undefined;
-  try {
-    return mpDecode(r.bytes);
-  } catch {
-    return r.bytes;
-  }
 }
 
 /**
