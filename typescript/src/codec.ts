@@ -415,12 +415,18 @@ export function encodeComplete(w: Writer, id: number, status: number, result: Ra
     const x = metrics!;
     w.byte(2);
     w.map(m);
-    if (x.wall_us !== undefined) (w.byte(0), w.uint(x.wall_us));
-    if (x.cpu_us !== undefined) (w.byte(1), w.uint(x.cpu_us));
-    if (x.input_tokens !== undefined) (w.byte(2), w.uint(x.input_tokens));
-    if (x.output_tokens !== undefined) (w.byte(3), w.uint(x.output_tokens));
+    metric(w, 0, x.wall_us);
+    metric(w, 1, x.cpu_us);
+    metric(w, 2, x.input_tokens);
+    metric(w, 3, x.output_tokens);
   }
   endFrame(w, start);
+}
+
+function metric(w: Writer, key: number, v: number | bigint | undefined): void {
+  if (v === undefined) return;
+  w.byte(key);
+  w.uint(v);
 }
 
 function metricsCount(m: Metrics): number {
