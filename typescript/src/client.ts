@@ -135,7 +135,11 @@ export interface ClientEvents {
   warning: AspError;
 }
 
-function decodeRaw(r: Raw | undefined): unknown {
+/**
+ * The application value of an `any` field (SPEC §4.2: opaque to the protocol), or its bytes
+ * when they do not decode. Shared by the client and the server.
+ */
+export function decodeRaw(r: Raw | undefined): unknown {
   if (r === undefined) return undefined;
   try {
     return mpDecode(r.bytes);

@@ -3,6 +3,7 @@
  * @module
  */
 import { ErrorCode } from "./codes.js";
+import type { Metrics } from "./event.js";
 import {
   FRAME_TYPE_NAMES,
   type FieldSpec,
@@ -32,8 +33,13 @@ export function readHeader(buf: Uint8Array, pos: number): Header {
     type: b0 & 0x0f,
     flags: buf[pos + 1]!,
     id: (buf[pos + 2]! << 8) | buf[pos + 3]!,
-    length: ((buf[pos + 4]! << 24) >>> 0) + (buf[pos + 5]! << 16) + (buf[pos + 6]! << 8) + buf[pos + 7]!,
+    length: payloadLength(buf, pos),
   };
+}
+
+/** The payload length of the frame whose header starts at `pos` (SPEC §3.1). */
+export function payloadLength(buf: Uint8Array, pos: number): number {
+  return ((buf[pos + 4]! << 24) >>> 0) + (buf[pos + 5]! << 16) + (buf[pos + 6]! << 8) + buf[pos + 7]!;
 }
 
 /** A frame rejected by §3.7 steps 1–6: the code, and what the ERROR reply carries. */
@@ -324,17 +330,9 @@ function readField(
  * valid for the schema; the Connection checks what applications hand it.
  */
 export function encodeFrame(w: Writer, frame: Frame): void {
-  const schema = SCHEMAS[frame.type]!;
-  const start = w.len;
-  w.reserve(HEADER_LEN);
-  w.buf[start] = 0x10 | frame.type;
-  w.buf[start + 1] = 0;
-  w.buf[start + 2] = frame.id >> 8;
-  w.buf[start + 3] = frame.id & 0xff;
-  w.len += HEADER_LEN;
-  const bodyStart = w.len;
-  writeMap(w, schema, frame.fields, true);
-  w.view.setUint32(start + 4, w.len - bodyStart);
+  const start = beginFrame(w, frame.type, frame.id);
+  writeMap(w, SCHEMAS[frame.type]!, frame.fields, true);
+  endFrame(w, start);
 }
 
 function writeMap(w: Writer, schema: readonly FieldSpec[], fields: Record<string, unknown>, top: boolean): void {
@@ -375,6 +373,86 @@ function writeValue(w: Writer, spec: FieldSpec, v: unknown): void {
     case "map":
       return writeMap(w, spec.fields, v as Record<string, unknown>, false);
   }
+}
+
+/**
+ * INVOKE (§5.2) written from its values, without a `Frame` record: the client's per-call
+ * frame. The same bytes as `encodeFrame` (a test compares them); keys ascending, absent
+ * fields omitted.
+ */
+export function encodeInvoke(w: Writer, id: number, tool: string, args: Raw | undefined, deadlineMs: number, meta: Raw | undefined): void {
+  const start = beginFrame(w, 0x2, id);
+  w.map(1 + (args !== undefined ? 1 : 0) + (deadlineMs > 0 ? 1 : 0) + (meta !== undefined ? 1 : 0));
+  w.byte(0);
+  w.str(tool);
+  if (args !== undefined) {
+    w.byte(1);
+    w.bytes(args.bytes);
+  }
+  if (deadlineMs > 0) {
+    w.byte(2);
+    w.uint(deadlineMs);
+  }
+  if (meta !== undefined) {
+    w.byte(3);
+    w.bytes(meta.bytes);
+  }
+  endFrame(w, start);
+}
+
+/** COMPLETE (§5.6) written from its values, as `encodeInvoke`: the server's per-call frame. */
+export function encodeComplete(w: Writer, id: number, status: number, result: Raw | undefined, metrics: Metrics | undefined): void {
+  const start = beginFrame(w, 0x6, id);
+  const m = metrics === undefined ? 0 : metricsCount(metrics);
+  w.map(1 + (result !== undefined ? 1 : 0) + (m > 0 ? 1 : 0));
+  w.byte(0);
+  w.uint(status);
+  if (result !== undefined) {
+    w.byte(1);
+    w.bytes(result.bytes);
+  }
+  if (m > 0) {
+    const x = metrics!;
+    w.byte(2);
+    w.map(m);
+    metric(w, 0, x.wall_us);
+    metric(w, 1, x.cpu_us);
+    metric(w, 2, x.input_tokens);
+    metric(w, 3, x.output_tokens);
+  }
+  endFrame(w, start);
+}
+
+function metric(w: Writer, key: number, v: number | bigint | undefined): void {
+  if (v === undefined) return;
+  w.byte(key);
+  w.uint(v);
+}
+
+function metricsCount(m: Metrics): number {
+  return (
+    (m.wall_us !== undefined ? 1 : 0) +
+    (m.cpu_us !== undefined ? 1 : 0) +
+    (m.input_tokens !== undefined ? 1 : 0) +
+    (m.output_tokens !== undefined ? 1 : 0)
+  );
+}
+
+/** Writes a frame header with length 0 (§3.1); returns where it starts, for `endFrame`. */
+function beginFrame(w: Writer, type: number, id: number): number {
+  const start = w.len;
+  w.reserve(HEADER_LEN);
+  w.buf[start] = 0x10 | type;
+  w.buf[start + 1] = 0;
+  w.buf[start + 2] = id >> 8;
+  w.buf[start + 3] = id & 0xff;
+  w.len += HEADER_LEN;
+  return start;
+}
+
+/** Sets the payload length of the frame begun at `start`. */
+function endFrame(w: Writer, start: number): void {
+  w.view.setUint32(start + 4, w.len - start - HEADER_LEN);
 }
 
 /** Encodes one frame into a new byte array. */

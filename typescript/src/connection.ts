@@ -10,7 +10,7 @@
  * @module
  */
 import { ErrorCode, isRetryable, scopeOf } from "./codes.js";
-import { decodeFrame, encodeFrame, readHeader } from "./codec.js";
+import { decodeFrame, encodeComplete, encodeFrame, encodeInvoke, payloadLength, readHeader } from "./codec.js";
 import { ProtocolMisuse } from "./errors.js";
 import type { CloseReason, Event, Metrics, ToolDef } from "./event.js";
 import { type Frame, FrameType, HEADER_LEN, Raw, type Role } from "./frame.js";
@@ -622,7 +622,8 @@ export class Connection {
       min(Math.min(this.lastRecv + (this.pingsSent + 1) * this.heartbeatMs, this.lastRecv + 3 * this.heartbeatMs));
     }
     if (this.goawaySent) min(this.drainDeadline);
-    if (this.role === "server") for (const inv of this.invocations.values()) min(inv.deadline);
+    // Called after every input: no iterator over an empty map.
+    if (this.role === "server" && this.invocations.size > 0) for (const inv of this.invocations.values()) min(inv.deadline);
     return t;
   }
 
@@ -638,9 +639,9 @@ export class Connection {
     const buf = this.out.buf;
     let pos = this.outHead;
     do {
-      pos += HEADER_LEN + readHeader(buf, pos).length;
-    } while (pos < end && pos + HEADER_LEN + readHeader(buf, pos).length - this.outHead <= limit);
-    const bytes = buf.slice(this.outHead, pos);
+      pos += HEADER_LEN + payloadLength(buf, pos);
+    } while (pos < end && pos + HEADER_LEN + payloadLength(buf, pos) - this.outHead <= limit);
+    const bytes = sliceOut(buf, this.outHead, pos);
     if (pos >= end) {
       this.out.len = 0;
       this.outHead = 0;
@@ -683,12 +684,10 @@ export class Connection {
     }
     const before = this.nextId;
     const id = this.allocateId(this.invocations, 1, 0x7fff);
-    const fields: Record<string, unknown> = { tool };
-    if (args !== undefined) fields["args"] = raw(args);
-    if (options.deadlineMs) fields["deadline_ms"] = options.deadlineMs;
-    if (options.meta !== undefined) fields["meta"] = raw(options.meta);
+    const start = this.out.len;
+    encodeInvoke(this.out, id, tool, args === undefined ? undefined : raw(args), options.deadlineMs ?? 0, options.meta === undefined ? undefined : raw(options.meta));
     try {
-      this.sendChecked({ type: FrameType.INVOKE, id, fields: fields as Frame["fields"] });
+      this.checkSent(FrameType.INVOKE, start);
     } catch (e) {
       this.nextId = before; // a refused INVOKE uses no id
       throw e;
@@ -802,11 +801,10 @@ export class Connection {
     if (inv === undefined) throw new ProtocolMisuse(`invocation ${id} is not in flight`);
     if (status < 0 || status > 2) throw new ProtocolMisuse("status must be 0–2");
     if (status === 1 && !inv.interrupted) status = 2;
-    const fields: Record<string, unknown> = { status };
-    if (result !== undefined) fields["result"] = raw(result);
-    if (metrics !== undefined && Object.keys(metrics).length > 0) fields["metrics"] = metrics;
     this.forget(this.invocations, id);
-    if (!this.sendTerminal({ type: FrameType.COMPLETE, id, fields: fields as Frame["fields"] })) {
+    const start = this.out.len;
+    encodeComplete(this.out, id, status, result === undefined ? undefined : raw(result), metrics);
+    if (!this.terminalSent(FrameType.COMPLETE, id, start)) {
       this.emit({ type: "Aborted", id, code: ErrorCode.RESULT_TOO_LARGE });
     }
     this.checkDrained();
@@ -1755,12 +1753,17 @@ export class Connection {
   private sendChecked(frame: Frame): void {
     const start = this.out.len;
     encodeFrame(this.out, frame);
+    this.checkSent(frame.type, start);
+  }
+
+  /** `sendChecked` for a frame already written at `start`. */
+  private checkSent(type: number, start: number): void {
     const size = this.out.len - start - HEADER_LEN;
     if (size > this.peerLimits.max_frame_payload) {
       this.out.len = start;
       throw new ProtocolMisuse(`frame payload of ${size} bytes above the peer's max_frame_payload ${this.peerLimits.max_frame_payload}`);
     }
-    this.recordSent(frame.type, start);
+    this.recordSent(type, start);
   }
 
   /**
@@ -1771,13 +1774,18 @@ export class Connection {
   private sendTerminal(frame: Frame): boolean {
     const start = this.out.len;
     encodeFrame(this.out, frame);
+    return this.terminalSent(frame.type, frame.id, start);
+  }
+
+  /** `sendTerminal` for a frame already written at `start`. */
+  private terminalSent(type: number, id: number, start: number): boolean {
     const size = this.out.len - start - HEADER_LEN;
     if (size > this.peerLimits.max_frame_payload) {
       this.out.len = start;
-      this.sendError(frame.id, ErrorCode.RESULT_TOO_LARGE, `${frameName(frame.type)} payload of ${size} bytes above max_frame_payload ${this.peerLimits.max_frame_payload}`, frame.type);
+      this.sendError(id, ErrorCode.RESULT_TOO_LARGE, `${frameName(type)} payload of ${size} bytes above max_frame_payload ${this.peerLimits.max_frame_payload}`, type);
       return false;
     }
-    this.recordSent(frame.type, start);
+    this.recordSent(type, start);
     return true;
   }
 
@@ -1893,6 +1901,29 @@ export class Connection {
     if (code !== undefined) e.code = code;
     this.emit(e);
   }
+}
+
+/**
+ * Messages `pollTransmit` returns are cut from shared slabs that are never written twice, so a
+ * transport that keeps a message keeps its bytes. A small `slice()` would live on V8's heap,
+ * and the first read of its `.buffer` (ws reads it, to make a Buffer) moves it off the heap
+ * with a malloc: measurable per round trip (see README, Benchmarks).
+ */
+const SLAB = 16384;
+let slab = new Uint8Array(SLAB);
+let slabUsed = 0;
+
+function sliceOut(buf: Uint8Array, start: number, end: number): Uint8Array {
+  const n = end - start;
+  if (n > SLAB >> 3) return buf.slice(start, end);
+  if (slabUsed + n > SLAB) {
+    slab = new Uint8Array(SLAB);
+    slabUsed = 0;
+  }
+  const at = slabUsed;
+  slabUsed += n;
+  for (let i = 0; i < n; i++) slab[at + i] = buf[start + i]!;
+  return slab.subarray(at, at + n);
 }
 
 function raw(v: Uint8Array | Raw): Raw {

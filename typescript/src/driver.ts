@@ -21,6 +21,12 @@ export interface SocketLike {
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
   onerror: ((ev: unknown) => void) | null;
+  /**
+   * Node's `ws` only: its own listeners, which get the message as it is (`(data, isBinary)`,
+   * `(code, reason)`). The driver uses them when present: the DOM-style properties above make
+   * `ws` build an event object per message.
+   */
+  on?(event: "message" | "close", listener: (...args: never[]) => void): unknown;
 }
 
 /**
@@ -78,49 +84,62 @@ export class Driver {
     this.socket = socket;
     this.socketClosed = false;
     socket.binaryType = socket.binaryType === "nodebuffer" ? "nodebuffer" : "arraybuffer";
-    socket.onmessage = (ev) => {
-      if (this.socket !== socket) return;
-      // A message event starts a task: its reply may go out at once.
-      this.sentThisTurn = false;
-      const d = ev.data;
-      const t = now();
-      const unsent = socket.bufferedAmount;
-      if (typeof d === "string") this.conn.handleText(t);
-      else if (d instanceof ArrayBuffer) this.conn.handleMessage(new Uint8Array(d), t);
-      else if (d instanceof Uint8Array) this.conn.handleMessage(d, t);
-      else if (Array.isArray(d)) {
-        // ws may hand fragments; join them into the one message they are.
-        const parts = d as Uint8Array[];
-        const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-        let o = 0;
-        for (const p of parts) {
-          all.set(p, o);
-          o += p.length;
-        }
-        this.conn.handleMessage(all, t);
-      } else this.conn.handleText(t);
-      this.pump();
-      // A peer that sends but never reads must not grow the socket's buffer without bound:
-      // judged on what this input added, so a large reply the application queued does not
-      // close a healthy connection later.
-      if (this.socket === socket && socket.bufferedAmount > unsent && socket.bufferedAmount > MAX_UNSENT) {
-        this.conn.closeOverloaded();
-        this.pump();
-      }
-    };
-    socket.onclose = (ev) => {
-      if (this.socket !== socket) return;
-      this.socketClosed = true;
-      this.socket = undefined;
-      // §11.3: a Close with status 1000, or without a status (1005), ends the session on
-      // purpose; any other end (1006 for a cut TCP connection, 1001, 1011…) detaches it.
-      this.conn.handleTransportClosed(now(), ev.code === 1000 || ev.code === 1005);
-      this.pump();
-      this.onSocketGone?.();
-    };
+    if (socket.on !== undefined) {
+      // ws: the driver's own listeners replace whatever the opener set; each one checks that
+      // its socket is still the attached one, so a socket handed to another driver (a session
+      // taken over, §11.3) is served by that driver alone.
+      socket.onmessage = null;
+      socket.onclose = null;
+      socket.on("message", (data: Uint8Array | Uint8Array[], isBinary: boolean) => this.received(socket, isBinary ? data : undefined));
+      socket.on("close", (code: number) => this.closed(socket, code));
+    } else {
+      socket.onmessage = (ev) => this.received(socket, typeof ev.data === "string" ? undefined : ev.data);
+      socket.onclose = (ev) => this.closed(socket, ev.code);
+    }
     socket.onerror = () => {
       /* the close event follows */
     };
+  }
+
+  /** One WebSocket message from `socket`: binary data, or undefined for a text message. */
+  private received(socket: SocketLike, d: unknown): void {
+    if (this.socket !== socket) return;
+    // A message event starts a task: its reply may go out at once.
+    this.sentThisTurn = false;
+    const t = now();
+    const unsent = socket.bufferedAmount;
+    if (d instanceof Uint8Array) this.conn.handleMessage(d, t);
+    else if (d instanceof ArrayBuffer) this.conn.handleMessage(new Uint8Array(d), t);
+    else if (Array.isArray(d)) {
+      // ws may hand fragments; join them into the one message they are.
+      const parts = d as Uint8Array[];
+      const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+      let o = 0;
+      for (const p of parts) {
+        all.set(p, o);
+        o += p.length;
+      }
+      this.conn.handleMessage(all, t);
+    } else this.conn.handleText(t);
+    this.pump();
+    // A peer that sends but never reads must not grow the socket's buffer without bound:
+    // judged on what this input added, so a large reply the application queued does not
+    // close a healthy connection later.
+    if (this.socket === socket && socket.bufferedAmount > unsent && socket.bufferedAmount > MAX_UNSENT) {
+      this.conn.closeOverloaded();
+      this.pump();
+    }
+  }
+
+  private closed(socket: SocketLike, code: number): void {
+    if (this.socket !== socket) return;
+    this.socketClosed = true;
+    this.socket = undefined;
+    // §11.3: a Close with status 1000, or without a status (1005), ends the session on
+    // purpose; any other end (1006 for a cut TCP connection, 1001, 1011…) detaches it.
+    this.conn.handleTransportClosed(now(), code === 1000 || code === 1005);
+    this.pump();
+    this.onSocketGone?.();
   }
 
   /** Runs `fn` (a command on the connection) and flushes what it queued soon after. */

@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
-import { ToolFailed, mpDecode, mpEncode } from "./client.js";
+import { ToolFailed, decodeRaw, mpEncode } from "./client.js";
 import { ErrorCode, scopeOf } from "./codes.js";
 import { Connection, type ConnectionConfig } from "./connection.js";
 import { Driver, type SocketLike, SUBPROTOCOL, now } from "./driver.js";
@@ -117,69 +117,59 @@ function toRaw(v: unknown): Raw {
   return v instanceof Raw ? v : new Raw(mpEncode(v));
 }
 
-function decodeRaw(r: Raw | undefined): unknown {
-  if (r === undefined) return undefined;
-  try {
-    return mpDecode(r.bytes);
-  } catch {
-    return r.bytes;
-  }
-}
-
-/** An AbortController made only when a handler looks at its signal (most never do). */
-class LazyAbort {
-  private ac: AbortController | undefined;
-  private reasonValue: unknown;
-  aborted = false;
-  get signal(): AbortSignal {
-    if (this.ac === undefined) {
-      this.ac = new AbortController();
-      if (this.aborted) this.ac.abort(this.reasonValue);
-    }
-    return this.ac.signal;
-  }
-  get reason(): unknown {
-    return this.reasonValue;
-  }
-  abort(reason: unknown): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reasonValue = reason;
-    this.ac?.abort(reason);
-  }
-}
-
-interface Running {
-  abort: LazyAbort;
-  /** Wakes a stream() waiting for window or socket room. */
-  wake: (() => void) | undefined;
-}
-
-/** A handler's `ToolContext` (a class: its methods live on the prototype, not per call). */
+/**
+ * A running handler: its `ToolContext` and the session's state for it (a class: its methods
+ * live on the prototype, and a call makes one object).
+ */
 class Context implements ToolContext {
   metrics: Metrics = {};
+  /** @internal Interrupted, past its deadline, or disconnected. */
+  aborted = false;
+  /** @internal Wakes a stream() waiting for window or socket room. */
+  wake: (() => void) | undefined = undefined;
+  private abortReason: unknown = undefined;
+  /** Made only when the handler looks at its signal (most never do). */
+  private ac: AbortController | undefined = undefined;
   constructor(
     private readonly session: Session,
     readonly id: number,
     readonly tool: string,
     readonly meta: unknown,
-    private readonly running: Running,
     readonly rawArgs: Uint8Array | undefined,
+    /** @internal When it started (ms), for `wall_us`. */
+    readonly started: number,
   ) {}
   get connectionId(): string {
     return this.session.conn.connectionId;
   }
   get signal(): AbortSignal {
-    return this.running.abort.signal;
+    if (this.ac === undefined) {
+      this.ac = new AbortController();
+      if (this.aborted) this.ac.abort(this.abortReason);
+    }
+    return this.ac.signal;
   }
   get canAsk(): boolean {
     return this.session.conn.peerListed("requests");
   }
   stream(data: string | Uint8Array): Promise<void> {
-    return this.session.stream(this.id, this.running, data);
+    return this.session.stream(this, data);
   }
   ask(kind: string, body?: unknown): Promise<unknown> {
     return this.session.ask(this.id, kind, body);
+  }
+  /** @internal Why it was aborted. */
+  get reason(): unknown {
+    return this.abortReason;
+  }
+  /** @internal Aborts the signal (once) and wakes a waiting stream(). */
+  abort(reason: unknown): void {
+    if (!this.aborted) {
+      this.aborted = true;
+      this.abortReason = reason;
+      this.ac?.abort(reason);
+    }
+    this.wake?.();
   }
 }
 
@@ -187,7 +177,7 @@ class Context implements ToolContext {
 class Session {
   readonly conn: Connection;
   readonly driver: Driver;
-  private running = new Map<number, Running>();
+  private running = new Map<number, Context>();
   private asks = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
 
   constructor(
@@ -214,14 +204,12 @@ class Session {
         this.run(e.id, e.tool, e.args, decodeRaw(e.meta));
         return;
       case "Interrupted":
-        this.running.get(e.id)?.abort.abort(new AspError(ErrorCode.INTERNAL, "interrupted"));
-        this.running.get(e.id)?.wake?.();
+        this.running.get(e.id)?.abort(new AspError(ErrorCode.INTERNAL, "interrupted"));
         return;
       case "Aborted": {
         const r = this.running.get(e.id);
         this.running.delete(e.id);
-        r?.abort.abort(new AspError(e.code));
-        r?.wake?.();
+        r?.abort(new AspError(e.code));
         return;
       }
       case "Writable":
@@ -262,10 +250,7 @@ class Session {
         return;
       }
       case "Closed":
-        for (const [, r] of this.running) {
-          r.abort.abort(new ConnectionLost());
-          r.wake?.();
-        }
+        for (const r of this.running.values()) r.abort(new ConnectionLost());
         this.running.clear();
         this.driver.dispose();
         this.server.connections.delete(this);
@@ -282,38 +267,35 @@ class Session {
   private run(id: number, tool: string, rawArgs: Raw | undefined, meta: unknown): void {
     const args = decodeRaw(rawArgs);
     const spec = this.server.toolSpecs.get(tool);
-    const abort = new LazyAbort();
-    const running: Running = { abort, wake: undefined };
-    this.running.set(id, running);
-    const started = now();
-    const ctx = new Context(this, id, tool, meta, running, rawArgs?.bytes);
+    const ctx = new Context(this, id, tool, meta, rawArgs?.bytes, now());
+    this.running.set(id, ctx);
     let value: unknown;
     try {
       if (spec === undefined) throw new AspError(ErrorCode.UNKNOWN_TOOL, tool);
       value = spec.handler(args, ctx);
     } catch (e) {
-      this.finish(id, running, ctx, started, undefined, e);
+      this.finish(ctx, undefined, e);
       return;
     }
     if (value !== null && typeof (value as { then?: unknown })?.then === "function") {
       (value as Promise<unknown>).then(
-        (r) => this.finish(id, running, ctx, started, r, undefined),
-        (e) => this.finish(id, running, ctx, started, undefined, e ?? new Error("rejected")),
+        (r) => this.finish(ctx, r, undefined),
+        (e) => this.finish(ctx, undefined, e ?? new Error("rejected")),
       );
     } else {
       // A handler that answers at once completes in this turn, without a promise.
-      this.finish(id, running, ctx, started, value, undefined);
+      this.finish(ctx, value, undefined);
     }
   }
 
-  private finish(id: number, running: Running, ctx: ToolContext, started: number, result: unknown, error: unknown): void {
-    const abort = running.abort;
-    if (this.running.get(id) !== running) return; // ended by the protocol (deadline, ERROR, close)
+  private finish(ctx: Context, result: unknown, error: unknown): void {
+    const id = ctx.id;
+    if (this.running.get(id) !== ctx) return; // ended by the protocol (deadline, ERROR, close)
     this.running.delete(id);
-    if (ctx.metrics.wall_us === undefined) ctx.metrics.wall_us = Math.round((now() - started) * 1000);
+    if (ctx.metrics.wall_us === undefined) ctx.metrics.wall_us = Math.round((now() - ctx.started) * 1000);
     try {
       this.driver.command(() => {
-        if (abort.aborted && (error !== undefined || result === undefined)) {
+        if (ctx.aborted && (error !== undefined || result === undefined)) {
           // §7.3: an interrupted invocation ends COMPLETE(cancelled).
           this.conn.complete(id, 1, undefined, ctx.metrics);
         } else if (error instanceof ToolFailed) {
@@ -339,9 +321,10 @@ class Session {
   }
 
   /** @internal */
-  stream(id: number, running: Running, data: string | Uint8Array): Promise<void> {
+  stream(running: Context, data: string | Uint8Array): Promise<void> {
+    const id = running.id;
     // Fast path: the chunk fits the window and the socket has room; no promise to wait on.
-    if (!running.abort.aborted) {
+    if (!running.aborted) {
       const cap = this.conn.streamCapacity(id);
       const socket = this.driver.socket;
       const n = typeof data === "string" ? utf8Length(data) : data.length;
@@ -353,11 +336,11 @@ class Session {
     return this.streamSlow(id, running, data);
   }
 
-  private async streamSlow(id: number, running: Running, data: string | Uint8Array): Promise<void> {
+  private async streamSlow(id: number, running: Context, data: string | Uint8Array): Promise<void> {
     let bytes: Uint8Array | undefined = typeof data === "string" ? undefined : data;
     let text = typeof data === "string" ? data : undefined;
     for (;;) {
-      if (running.abort.aborted) throw running.abort.reason ?? new AspError(ErrorCode.INTERNAL, "interrupted");
+      if (running.aborted) throw running.reason ?? new AspError(ErrorCode.INTERNAL, "interrupted");
       const cap = this.conn.streamCapacity(id);
       if (cap < 0) throw new ConnectionLost("the invocation is no longer running");
       const socket = this.driver.socket;

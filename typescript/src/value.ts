@@ -238,11 +238,42 @@ function readArray(n: number, depth: number): unknown[] {
   return out;
 }
 
+/**
+ * Map keys repeat from value to value (`text`, `content`…): short string keys are kept here
+ * by their bytes, so the same key is the same string, not rebuilt and looked up in V8's string
+ * table on every decode. Direct-mapped on (length, first byte, last byte); a miss replaces.
+ */
+const KEY_SLOTS = 256;
+const keyBytes: Uint8Array[] = Array.from({ length: KEY_SLOTS }, () => EMPTY);
+const keyStrings: string[] = new Array<string>(KEY_SLOTS).fill("");
+
+function readKey(depth: number): unknown {
+  const n = pos < end ? src[pos]! - 0xa0 : 0;
+  // fixstr of 1–16 bytes, wholly present; anything else takes the general path.
+  if (n < 1 || n > 16 || pos + 1 + n > end) return readValue(depth);
+  const p = pos + 1;
+  const slot = (n * 31 + src[p]! * 7 + src[p + n - 1]!) & (KEY_SLOTS - 1);
+  const known = keyBytes[slot]!;
+  if (known.length === n) {
+    let i = 0;
+    while (i < n && known[i] === src[p + i]) i++;
+    if (i === n) {
+      pos = p + n;
+      return keyStrings[slot];
+    }
+  }
+  const key = readValue(depth) as string;
+  // A copy (`src` may be a Node Buffer, whose slice is a view).
+  keyBytes[slot] = new Uint8Array(src.subarray(p, p + n));
+  keyStrings[slot] = key;
+  return key;
+}
+
 function readMap(n: number, depth: number): Record<string, unknown> {
   if (2 * n > end - pos) throw NOT_PLAIN;
   const out: Record<string, unknown> = {};
   for (let i = 0; i < n; i++) {
-    const key = readValue(depth + 1);
+    const key = readKey(depth + 1);
     // The library accepts string and number keys and refuses "__proto__".
     if ((typeof key !== "string" && typeof key !== "number") || key === "__proto__") throw NOT_PLAIN;
     out[key] = readValue(depth + 1);

@@ -6,10 +6,12 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { encodeComplete, encodeFrame, encodeInvoke } from "../src/codec.js";
 import { ErrorCode } from "../src/codes.js";
 import { Connection, type ConnectionConfig } from "../src/connection.js";
-import type { Event } from "../src/event.js";
-import { Raw } from "../src/frame.js";
+import type { Event, Metrics } from "../src/event.js";
+import { type Frame, Raw } from "../src/frame.js";
+import { Writer } from "../src/msgpack.js";
 import { repoRoot } from "./helpers.js";
 
 /** Two connections joined by an in-memory transport, on a clock the test moves. */
@@ -417,5 +419,51 @@ describe("outgoing WebSocket messages (SPEC §2.1)", () => {
     for (let e = p.server.pollEvent(); e; e = p.server.pollEvent()) if (e.type === "Invoked") invoked.push(e);
     assert.equal(invoked.length, 300, "every frame arrived whole, in order");
     assert.equal(p.server.isClosed, false);
+  });
+});
+
+describe("direct frame writers", () => {
+  // The per-call frames are written without a `Frame` record; they must be the bytes the
+  // schema-driven encoder (checked against every conformance vector) writes.
+  const bytes = (f: (w: Writer) => void) => {
+    const w = new Writer(16);
+    f(w);
+    return w.finish().slice();
+  };
+  const args = new Raw(Uint8Array.of(0x81, 0xa1, 0x61, 0x01));
+  const big = new Raw(Uint8Array.of(0xc5, 0x01, 0x2c, ...new Uint8Array(300))); // bin 16, 300 bytes
+
+  it("INVOKE: every combination of optional fields", () => {
+    for (const a of [undefined, args, big]) {
+      for (const deadline of [0, 1, 300, 70000, 0xffffffff]) {
+        for (const meta of [undefined, args]) {
+          const fields: Record<string, unknown> = { tool: "échο" };
+          if (a !== undefined) fields["args"] = a;
+          if (deadline > 0) fields["deadline_ms"] = deadline;
+          if (meta !== undefined) fields["meta"] = meta;
+          assert.deepEqual(
+            bytes((w) => encodeInvoke(w, 0x7fff, "échο", a, deadline, meta)),
+            bytes((w) => encodeFrame(w, { type: 2, id: 0x7fff, fields: fields as Frame["fields"] })),
+          );
+        }
+      }
+    }
+  });
+
+  it("COMPLETE: status, result and metrics", () => {
+    const metricsCases: (Metrics | undefined)[] = [undefined, {}, { wall_us: 12 }, { wall_us: 2n ** 60n, output_tokens: 7 }, { cpu_us: 1, input_tokens: 65536 }];
+    for (const status of [0, 1, 2]) {
+      for (const r of [undefined, args]) {
+        for (const m of metricsCases) {
+          const fields: Record<string, unknown> = { status };
+          if (r !== undefined) fields["result"] = r;
+          if (m !== undefined && Object.keys(m).length > 0) fields["metrics"] = m;
+          assert.deepEqual(
+            bytes((w) => encodeComplete(w, 1, status, r, m)),
+            bytes((w) => encodeFrame(w, { type: 6, id: 1, fields: fields as Frame["fields"] })),
+          );
+        }
+      }
+    }
   });
 });

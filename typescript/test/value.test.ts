@@ -107,4 +107,20 @@ describe("application values (value.ts) match @msgpack/msgpack", () => {
     const deep = Buffer.from("91".repeat(1000) + "c0", "hex");
     assert.deepEqual(encode(decodeValue(deep), { maxDepth: 2000 }), encode(decode(deep), { maxDepth: 2000 }));
   });
+
+  it("decodes map keys through the key cache: same-slot keys, a source changed after decoding", () => {
+    // "abc"/"axc"/"abbc"…: same length, first and last byte share a cache slot.
+    const keys = ["abc", "axc", "abc", "aéc", "a", "b", "x".repeat(16), "x".repeat(15) + "y", "x".repeat(17), "é", "abc"];
+    for (let round = 0; round < 3; round++) {
+      for (const k of keys) {
+        const v = { [k]: 1, other: k };
+        assert.deepEqual(decodeValue(encode(v)), v);
+      }
+    }
+    const buf = Buffer.from(encode({ key: 1 }));
+    assert.deepEqual(decodeValue(buf), { key: 1 });
+    buf[2] = 0x61; // "aey": the cached bytes were a copy, not a view into `buf`
+    assert.deepEqual(decodeValue(buf), { aey: 1 });
+    assert.deepEqual(decodeValue(encode({ key: 2 })), { key: 2 });
+  });
 });
