@@ -451,7 +451,7 @@ pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: 
     let (server, proxy, gate, mut started) = hang_behind_proxy(srv).await;
     let client = ClientBuilder::new(cli.clone())
         .config({
-            let mut config = asp_async::ws_default_config();
+            let mut config = asp_async::default_config();
             config.heartbeat = Some(Duration::from_millis(150));
             config
         })

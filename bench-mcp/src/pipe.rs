@@ -4,9 +4,10 @@
 //! runs over the pipe, so the bytes are exactly what would go over TCP.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use asp_async::{BoxFuture, Runtime};
+use asp_async::{AsyncTimer, BoxFuture, Runtime};
 use asp_tokio::Tokio;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -59,8 +60,12 @@ impl Runtime for PipeRt {
         self.tokio.spawn(fut)
     }
 
-    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
-        self.tokio.sleep_until(deadline)
+    fn now(&self) -> std::time::Instant {
+        self.tokio.now()
+    }
+
+    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn AsyncTimer>> {
+        self.tokio.new_timer(deadline)
     }
 
     fn bind(&self, _addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Arc<Hub>>> {
