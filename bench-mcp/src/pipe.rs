@@ -4,10 +4,9 @@
 //! runs over the pipe, so the bytes are exactly what would go over TCP.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use asp_async::{AsyncTimer, BoxFuture, Runtime};
+use asp_async::{BoxFuture, Runtime};
 use asp_tokio::Tokio;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -56,17 +55,7 @@ impl Runtime for PipeRt {
     type Tcp = Pipe;
     type Ws = WebSocketStream<Pipe>;
 
-    fn spawn(&self, fut: BoxFuture<'static, ()>) {
-        self.tokio.spawn(fut)
-    }
-
-    fn now(&self) -> std::time::Instant {
-        self.tokio.now()
-    }
-
-    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn AsyncTimer>> {
-        self.tokio.new_timer(deadline)
-    }
+    asp_async::__tasks_and_time_of!(tokio);
 
     fn bind(&self, _addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Arc<Hub>>> {
         let hub = self.hub.clone();
