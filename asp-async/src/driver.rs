@@ -361,7 +361,7 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         }
         let now = s.now();
         if s.conn.poll_timeout().is_some_and(|t| now >= t) {
-            // Compare with the clock rather than trusting the sleep alone (quinn's note: a
+            // Compare with the clock rather than trusting the timer alone (quinn's note: a
             // runtime's timer may report late or early under load).
             s.conn.handle_timeout(now);
         }
