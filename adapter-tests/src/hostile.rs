@@ -64,7 +64,7 @@ fn invoke(id: u16, tool: &str, args: Option<RawValue>) -> Frame {
 
 /// Bounds small enough that a test reaches them quickly.
 fn bounded_config() -> Config {
-    let mut config = asp_async::ws_default_config();
+    let mut config = asp_async::default_config();
     config.max_queued_bytes = 64 << 10;
     config.max_buffered = 1 << 20;
     config
@@ -214,7 +214,7 @@ pub async fn overloaded_results_end_with_error<S: Runtime, C: Runtime>(srv: S, c
 /// max_frame_payload)`, `server_ws_config`, SPEC §2.1), which bounds the input one connection makes it buffer, is
 /// ERROR(OVERLOADED) and a close — not a silent drop of the connection.
 pub async fn oversized_message_is_overloaded<S: Runtime, C: Runtime>(srv: S, cli: C) {
-    let mut config = asp_async::ws_default_config();
+    let mut config = asp_async::default_config();
     config.limits.max_frame_payload = 1024;
     let server = start(ServerBuilder::new(srv).config(config).tool(greet_tool())).await;
     let (ws, _) = ws_connect(&cli, &server.url(), &[("Sec-WebSocket-Protocol", "asp-v1")])
@@ -409,7 +409,7 @@ pub async fn arguments_in_flight_are_bounded<S: Runtime, C: Runtime>(srv: S, cli
             }
         })
     };
-    let mut config = asp_async::ws_default_config();
+    let mut config = asp_async::default_config();
     config.max_args_in_flight = 100 << 10;
     let server = start(ServerBuilder::new(srv).config(config).tool(hold)).await;
     let (mut peer, _) = RawPeer::<C::Ws>::connect(&cli, &server.url()).await;

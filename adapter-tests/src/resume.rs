@@ -453,7 +453,7 @@ pub async fn resume_after_reset_with_invoke_in_flight<S: Runtime, C: Runtime>(sr
 /// old, silent socket (take-over), and the invocation in flight completes.
 pub async fn heartbeat_timeout_then_resume<S: Runtime, C: Runtime>(srv: S, cli: C) {
     let (server, proxy, gate, mut started) = hang_behind_proxy(srv).await;
-    let mut config = asp_async::ws_default_config();
+    let mut config = asp_async::default_config();
     config.heartbeat = Some(Duration::from_millis(150));
     let client = connect_through(
         ClientBuilder::new(cli.clone()).config(config).resume(true),

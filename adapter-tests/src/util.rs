@@ -4,7 +4,7 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asp_async::Runtime;
 use futures::channel::{mpsc, oneshot};
@@ -16,7 +16,7 @@ pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runs `fut`, panicking if it has not finished after `limit` on `rt`'s timer. Every wait in
 /// the suite is bounded by wrapping the whole scenario in this.
 pub async fn with_timeout<R: Runtime, F: Future>(rt: &R, limit: Duration, fut: F) -> F::Output {
-    let expiry = rt.sleep_until(Instant::now() + limit);
+    let expiry = rt.sleep_until(rt.now() + limit);
     match select(pin!(fut), expiry).await {
         Either::Left((out, _)) => out,
         Either::Right(_) => panic!("scenario did not finish within {limit:?}"),
@@ -26,7 +26,7 @@ pub async fn with_timeout<R: Runtime, F: Future>(rt: &R, limit: Duration, fut: F
 /// Sleeps on `rt`'s timer. Used only where time itself is what is tested (idle periods,
 /// a slowly ticking tool), never to wait for a condition.
 pub async fn sleep<R: Runtime>(rt: &R, d: Duration) {
-    rt.sleep_until(Instant::now() + d).await;
+    rt.sleep_until(rt.now() + d).await;
 }
 
 /// Yields once to the executor (a runtime-agnostic `yield_now`).

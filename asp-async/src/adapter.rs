@@ -261,3 +261,28 @@ macro_rules! __tls_handshakes {
         }
     };
 }
+
+/// Expands to the [`Runtime`](crate::Runtime) methods `spawn`, `now` and `new_timer`, handed
+/// to the runtime in the field named: for a runtime that replaces only the sockets of another
+/// (an in-memory pipe over `asp_tokio::Tokio`, in benchmarks and tests), so that its tasks
+/// and its clock are the other runtime's, written once.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tasks_and_time_of {
+    ($field:ident) => {
+        fn spawn(&self, fut: $crate::BoxFuture<'static, ()>) {
+            $crate::Runtime::spawn(&self.$field, fut)
+        }
+
+        fn now(&self) -> ::std::time::Instant {
+            $crate::Runtime::now(&self.$field)
+        }
+
+        fn new_timer(
+            &self,
+            deadline: ::std::time::Instant,
+        ) -> ::std::pin::Pin<::std::boxed::Box<dyn $crate::AsyncTimer>> {
+            $crate::Runtime::new_timer(&self.$field, deadline)
+        }
+    };
+}

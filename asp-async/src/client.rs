@@ -189,7 +189,7 @@ async fn dial<R: Runtime>(
                 None => req.uri().host().unwrap_or_default(),
             };
             let name = server_name(host).map_err(Error::Tls)?;
-            let deadline = std::time::Instant::now() + tls.timeout;
+            let deadline = rt.now() + tls.timeout;
             match select(
                 rt.tls_connect(tcp, name, tls.config.clone()),
                 rt.sleep_until(deadline),
@@ -262,7 +262,7 @@ async fn reconnect<R: Runtime>(
     dial: Dial<R>,
     window: std::time::Duration,
 ) {
-    let give_up = std::time::Instant::now() + window;
+    let give_up = rt.now() + window;
     let mut backoff = FIRST_BACKOFF;
     loop {
         if lock(&shared).conn.state() != State::Detached {
@@ -290,7 +290,7 @@ async fn reconnect<R: Runtime>(
             Either::Left((Err(e), _)) => tracing::debug!(error = %e, "reconnect failed"),
             Either::Right(_) => return,
         }
-        let next = (std::time::Instant::now() + backoff).min(give_up);
+        let next = (rt.now() + backoff).min(give_up);
         rt.sleep_until(next).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -354,7 +354,7 @@ impl<R: Runtime> Client<R> {
         if on_request.is_some() {
             config.accept_requests = true;
         }
-        let clock = Clock::new();
+        let clock = Clock::new(&rt);
         let spawner = rt.clone();
         let spawn = Arc::new(move |f| spawner.spawn(f));
         let span = tracing::info_span!("asp.conn", role = "client");

@@ -70,9 +70,3 @@ pub fn host_port(
 pub fn default_config() -> Config {
     Config::default()
 }
-
-/// The old name of [`default_config`], kept so code written against it still builds.
-#[doc(hidden)]
-pub fn ws_default_config() -> Config {
-    default_config()
-}

@@ -34,7 +34,7 @@
 //! [`Shared::new_transport`]: crate::shared::Shared::new_transport
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,7 +44,7 @@ use asp_proto::State;
 use bytes::BytesMut;
 use tungstenite::Message;
 
-use crate::runtime::{BoxFuture, Notify, Runtime, WsStream};
+use crate::runtime::{AsyncTimer, BoxFuture, Notify, Runtime, WsStream};
 use crate::shared::{lock, Shared, SharedRef};
 
 /// After the connection has closed: how long the driver may take to hand over the last
@@ -102,7 +102,7 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
             unflushed: false,
             read_done: false,
             read: ReadSide::new(),
-            timer: None,
+            timer: Timer::new(),
             yielding: None,
             yielded: false,
             lifo: rt_lifo,
@@ -113,7 +113,7 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
             End::Superseded => {}
             End::Detached => {
                 drop(d.ws);
-                detached_timers(&shared, gen, &d.notify, &d.rt).await;
+                detached_timers(&shared, gen, &d.notify, &d.rt, &mut d.timer).await;
             }
             End::Lost => {
                 let detached = {
@@ -130,7 +130,7 @@ pub(crate) fn run<S: WsStream, R: Runtime>(
                 };
                 drop(d.ws);
                 if detached {
-                    detached_timers(&shared, gen, &d.notify, &d.rt).await;
+                    detached_timers(&shared, gen, &d.notify, &d.rt, &mut d.timer).await;
                 }
             }
             // Server: this transport resumed a detached session. Drive the old session with
@@ -186,8 +186,8 @@ struct Driver<S, R> {
     read_done: bool,
     /// Whether reading can make progress (see [`ReadSide`]).
     read: ReadSide,
-    /// The sleep the driver last waited on, with its deadline, kept while it has not fired.
-    timer: Option<(asp_proto::Instant, BoxFuture<'static, ()>)>,
+    /// The connection's timer, set to the core's next deadline (see [`Timer`]).
+    timer: Timer,
     /// The WebSocket close code to send once the connection has closed (SPEC §2.1): the
     /// core says which, from why it closed.
     close_code: u16,
@@ -306,12 +306,9 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                     }
                 }
             }
-            // The timer: (re)armed for the core's next deadline.
-            if let Some((_, sleep)) = &mut self.timer {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.timer = None;
-                    continue;
-                }
+            // The timer, set by `look` to the core's next deadline.
+            if self.timer.poll(cx).is_ready() {
+                continue;
             }
             // About to sleep: from here on handles wake the driver again. Anything they did
             // while it ran is looked at now, under the lock.
@@ -364,7 +361,7 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         }
         let now = s.now();
         if s.conn.poll_timeout().is_some_and(|t| now >= t) {
-            // Compare with the clock rather than trusting the sleep alone (quinn's note: a
+            // Compare with the clock rather than trusting the timer alone (quinn's note: a
             // runtime's timer may report late or early under load).
             s.conn.handle_timeout(now);
         }
@@ -413,17 +410,10 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
         s.conn.wants_transmit()
     }
 
-    /// Sets the timer for the core's next deadline. A sleep that has not fired is kept while
-    /// it is due no later than the core's deadline: the heartbeat's deadline moves with
-    /// every frame received, and a new sleep per pass (an allocation, a timer-wheel
-    /// insertion and a removal) was a measurable part of a round trip. Firing early only
-    /// costs a pass, which handles the timeout only once it is due (see `look`).
+    /// Sets the timer to the core's next deadline (disarms it when there is none).
     fn arm(&mut self, s: &mut Shared) {
         let want = s.conn.poll_timeout();
-        let keep = matches!((&self.timer, want), (Some((at, _)), Some(t)) if *at <= t);
-        if !keep {
-            self.timer = want.map(|t| (t, self.rt.sleep_until(s.clock.to_std(t))));
-        }
+        self.timer.set(&self.rt, want.map(|t| s.clock.to_std(t)));
         // Recorded so that `Shared::pump` wakes the driver if the core later wants an
         // earlier timeout.
         s.armed_timeout = want;
@@ -515,11 +505,12 @@ impl<S: WsStream, R: Runtime> Driver<S, R> {
                 s.pump();
             }
         }
-        let mut expiry = self.rt.sleep_until(self.rt.now() + CLOSE_LINGER);
+        // The connection's timer, now for the linger: the core has no deadline left.
+        self.timer.set(&self.rt, Some(self.rt.now() + CLOSE_LINGER));
         let mut close_sent = false;
         let mut write_done = false;
         poll_fn(|cx| {
-            if expiry.as_mut().poll(cx).is_ready() {
+            if self.timer.poll(cx).is_ready() {
                 return Poll::Ready(());
             }
             while !write_done {
@@ -661,15 +652,17 @@ fn start_inline(starts: Starts) {
 
 /// A detached session's timers (the resume window, SPEC §11.2), run by the driver of the
 /// transport that was lost, without writing anything, until the session closes or a new
-/// transport takes over (and runs them from then on).
+/// transport takes over (and runs them from then on). `timer` is the lost transport's (or a
+/// new one, for a session restored from a store).
 pub(crate) async fn detached_timers<R: Runtime>(
     shared: &SharedRef,
     gen: u64,
     notify: &Notify,
     rt: &R,
+    timer: &mut Timer,
 ) {
     loop {
-        let (deadline, clock) = {
+        {
             let mut s = lock(shared);
             if s.generation != gen || s.conn.is_closed() {
                 return;
@@ -683,15 +676,67 @@ pub(crate) async fn detached_timers<R: Runtime>(
                 }
             }
             s.armed_timeout = s.conn.poll_timeout();
-            (s.armed_timeout, s.clock)
-        };
-        let wake = notify.notified();
-        match deadline {
-            Some(t) => {
-                let sleep = rt.sleep_until(clock.to_std(t));
-                let _ = futures::future::select(Box::pin(wake), sleep).await;
+            timer.set(rt, s.armed_timeout.map(|t| s.clock.to_std(t)));
+        }
+        // Until the deadline, or a handle changed the session (`Shared::pump` notifies when
+        // the core wants an earlier timeout than `armed_timeout`, or it closed).
+        let mut wake = std::pin::pin!(notify.notified());
+        poll_fn(|cx| {
+            if wake.as_mut().poll(cx).is_ready() || timer.poll(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            None => wake.await,
+        })
+        .await;
+    }
+}
+
+/// A connection's one timer ([`Runtime::new_timer`]), made at its first deadline and then
+/// moved ([`AsyncTimer::reset`]) whenever the deadline changes, for the connection's whole
+/// life: open, detached, lingering after the close. It replaces a sleep per deadline, which
+/// the driver used to keep while due no later than the core's deadline (a new sleep per
+/// pass was a measurable part of a round trip); moving a timer later is what the runtimes
+/// make cheap (tokio's `Sleep::reset` only records a later deadline; `asp-smol` does the same).
+pub(crate) struct Timer {
+    timer: Option<Pin<Box<dyn AsyncTimer>>>,
+    /// The deadline the timer is set to. `None`: disarmed (no deadline, or it fired); the
+    /// timer is then not polled, so a registration left from an earlier deadline never
+    /// reports `Ready`.
+    at: Option<std::time::Instant>,
+}
+
+impl Timer {
+    pub(crate) fn new() -> Timer {
+        Timer {
+            timer: None,
+            at: None,
+        }
+    }
+
+    /// Sets the deadline; `None` disarms the timer.
+    pub(crate) fn set<R: Runtime>(&mut self, rt: &R, at: Option<std::time::Instant>) {
+        if at == self.at {
+            return;
+        }
+        self.at = at;
+        if let Some(t) = at {
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(t),
+                None => self.timer = Some(rt.new_timer(t)),
+            }
+        }
+    }
+
+    /// `Ready` once the deadline has passed, which disarms the timer until the next `set`.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match (&self.at, &mut self.timer) {
+            (Some(_), Some(timer)) => {
+                std::task::ready!(timer.as_mut().poll(cx));
+                self.at = None;
+                Poll::Ready(())
+            }
+            _ => Poll::Pending,
         }
     }
 }

@@ -45,10 +45,10 @@ pub use asp_proto;
 pub use asp_proto::frame::{
     Metrics, RawValue, Reply, ReplyStatus, Request, RequestId, Status, ToolDef,
 };
-pub use asp_proto::{CloseReason, Config, ErrorCode, InvokeOptions, Limits, Session, ToolChange};
+pub use asp_proto::{
+    CloseReason, Config, ErrorCode, InvokeOptions, Limits, Session, StreamOptions, ToolChange,
+};
 pub use client::{Chunk, Client, ClientBuilder, Completion, Invocation, ToolChanges};
-#[doc(hidden)]
-pub use config::ws_default_config;
 pub use config::{
     default_config, default_ws_config, host_port, server_ws_config, WsConfig, DEFAULT_PATH,
     SUBPROTOCOL,
@@ -56,7 +56,7 @@ pub use config::{
 pub use connection::{ConnectionHook, Locked, ServerConnection};
 pub use error::Error;
 pub use request::RequestHandler;
-pub use runtime::{BoxFuture, Clock, Runtime, UpgradeCheck, WsStream};
+pub use runtime::{AsyncTimer, BoxFuture, Clock, Runtime, UpgradeCheck, WsStream};
 pub use rustls;
 pub use server::{bearer_token, AuthHook, Server, ServerBuilder, UpgradePolicy};
 pub use store::SessionStore;

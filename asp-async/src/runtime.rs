@@ -83,14 +83,27 @@ pub trait Runtime: Clone + Send + Sync + 'static {
             std::task::Poll::Pending
         }))
     }
-    /// The runtime's monotonic clock (the driver's close deadlines). The default reads
-    /// `std::time::Instant::now()`; a runtime with a clock of its own (a paused or virtual
-    /// one) says so here.
+    /// The runtime's monotonic clock, the only clock the async layer reads: the core's time
+    /// ([`Clock`]), the driver's deadlines and the builders' timeouts all come from it, so a
+    /// runtime whose clock is paused or virtual (tokio's `time::pause`) runs the whole layer
+    /// on that time, and tests of timeouts need not wait for them. The default reads
+    /// `std::time::Instant::now()`.
     fn now(&self) -> std::time::Instant {
         std::time::Instant::now()
     }
-    /// A future that completes at `deadline`.
-    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()>;
+    /// A timer that fires at `deadline` (on [`Runtime::now`]'s clock) and can be moved
+    /// ([`AsyncTimer::reset`]), as quinn's `Runtime::new_timer`. The driver keeps one per
+    /// connection for its whole life and moves it to the core's next deadline: that
+    /// deadline moves with nearly every frame received (the heartbeat, SPEC §6.7), and a new
+    /// sleep each time (an allocation, a timer registration and a removal) was a measurable
+    /// part of a round trip.
+    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn AsyncTimer>>;
+    /// A future that completes at `deadline`: a timer that is never moved, for the one-off
+    /// waits (handshake and shutdown timeouts, reconnect backoff).
+    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
+        let mut timer = self.new_timer(deadline);
+        Box::pin(std::future::poll_fn(move |cx| timer.as_mut().poll(cx)))
+    }
     /// Binds a TCP listener.
     fn bind(
         &self,
@@ -154,37 +167,55 @@ fn no_tls() -> std::io::Error {
     )
 }
 
-/// Maps the runtime's monotonic clock onto `asp_proto::Instant` (µs since an epoch). The
-/// core never reads a clock; adapters do, here.
-#[derive(Clone, Copy, Debug)]
+/// A timer that can be moved, as quinn's `AsyncTimer`: made by [`Runtime::new_timer`].
+pub trait AsyncTimer: Send + std::fmt::Debug + 'static {
+    /// Moves the deadline to `deadline` (earlier or later; also after the timer fired). The
+    /// task that last polled the timer need not be woken: the driver polls it again after
+    /// every reset.
+    fn reset(self: Pin<&mut Self>, deadline: std::time::Instant);
+    /// `Ready` once the current deadline has passed; never before it (a timer that fired
+    /// for an earlier deadline and was since moved later must re-arm, not report `Ready`).
+    /// Once it returned `Ready`, callers poll it again only after a `reset`.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// Maps the runtime's monotonic clock ([`Runtime::now`]) onto `asp_proto::Instant` (µs since
+/// an epoch). The core never reads a clock; adapters do, here.
+#[derive(Clone)]
 pub struct Clock {
     epoch: std::time::Instant,
+    /// The runtime's clock; a function rather than the runtime so that [`Clock`] (kept in
+    /// the shared, runtime-agnostic connection state) needs no type parameter.
+    now: std::sync::Arc<dyn Fn() -> std::time::Instant + Send + Sync>,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clock")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Clock {
-    /// A clock whose epoch is now.
-    pub fn new() -> Clock {
+    /// A clock on `rt`'s time ([`Runtime::now`]) whose epoch is now.
+    pub fn new<R: Runtime>(rt: &R) -> Clock {
+        let rt = rt.clone();
         Clock {
-            epoch: std::time::Instant::now(),
+            epoch: rt.now(),
+            now: std::sync::Arc::new(move || rt.now()),
         }
     }
 
     /// The current time for the core.
     pub fn now(&self) -> asp_proto::Instant {
-        asp_proto::Instant::from_micros(
-            u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX),
-        )
+        let elapsed = (self.now)().saturating_duration_since(self.epoch);
+        asp_proto::Instant::from_micros(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
     }
 
     /// A core time as a runtime deadline.
     pub fn to_std(&self, t: asp_proto::Instant) -> std::time::Instant {
         self.epoch + std::time::Duration::from_micros(t.as_micros())
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
     }
 }
 

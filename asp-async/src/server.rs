@@ -468,7 +468,7 @@ impl<R: Runtime> Server<R> {
                 timeout,
             );
         });
-        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(1);
+        let deadline = self.inner.rt.now() + timeout + Duration::from_secs(1);
         let idle = poll_fn(|cx| {
             if self.inner.live.load(Ordering::Acquire) == 0 {
                 return Poll::Ready(());
@@ -672,7 +672,7 @@ async fn upgrade<R: Runtime>(
         }
         Ok(resp)
     });
-    let deadline = std::time::Instant::now() + inner.upgrades.timeout;
+    let deadline = inner.rt.now() + inner.upgrades.timeout;
     // The TLS handshake, if any, and the upgrade share the upgrade's time limit and pending
     // slot: a connection that never finishes either never holds a place for long.
     let handshake_and_upgrade = async {
@@ -720,7 +720,7 @@ async fn tls_handshake<R: Runtime>(
     let Some((config, timeout)) = &inner.tls else {
         return Some(tcp);
     };
-    let deadline = std::time::Instant::now() + *timeout;
+    let deadline = inner.rt.now() + *timeout;
     match select(
         inner.rt.tls_accept(tcp, config.clone()),
         inner.rt.sleep_until(deadline),
@@ -760,7 +760,7 @@ fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
     if inner.stopping.load(Ordering::Acquire) {
         return None;
     }
-    let clock = Clock::new();
+    let clock = Clock::new(&inner.rt);
     let mut conn = match Connection::restore(inner.config.clone(), bytes, clock.now()) {
         Ok(c) => c,
         Err(e) => {
@@ -796,7 +796,7 @@ fn adopt<R: Runtime>(inner: &Arc<Inner<R>>, bytes: &[u8]) -> Option<SharedRef> {
     // timers, as after a transport loss); then the lifecycle of any connection.
     let (inner2, shared2, rt) = (inner.clone(), shared.clone(), inner.rt.clone());
     let life = async move {
-        driver::detached_timers(&shared2, 0, &notify, &rt).await;
+        driver::detached_timers(&shared2, 0, &notify, &rt, &mut driver::Timer::new()).await;
         forget_when_closed(&inner2, &shared2, &handle, n).await;
         release_live(&inner2);
     };
@@ -819,7 +819,7 @@ fn serve<R: Runtime>(
     let mut h = inner.id_seed.build_hasher();
     h.write_u64(n);
     let connection_id = format!("{:016x}", h.finish());
-    let clock = Clock::new();
+    let clock = Clock::new(&inner.rt);
     let mut conn = Connection::server(
         inner.config.clone(),
         {

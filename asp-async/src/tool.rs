@@ -298,25 +298,26 @@ impl ToolContext {
     /// Streams text; long text is split into chunks the client accepts. Waits while the
     /// flow-control window or send queue is full.
     pub async fn stream_text(&self, text: &str) -> Result<(), StreamError> {
-        self.stream(Bytes::copy_from_slice(text.as_bytes()), true, false)
+        self.stream(Bytes::copy_from_slice(text.as_bytes()), StreamOptions::TEXT)
             .await
     }
 
     /// Streams bytes (see [`ToolContext::stream_text`]).
     pub async fn stream_bytes(&self, data: Bytes) -> Result<(), StreamError> {
-        self.stream(data, false, false).await
+        self.stream(data, StreamOptions::BINARY).await
     }
 
-    /// Streams a chunk, `fin` marking the last one (SPEC §5.3). Data longer than the
-    /// client accepts per chunk is split (text on a character boundary); the future waits
-    /// while the flow-control window or the send queue is full.
-    pub fn stream(&self, data: Bytes, text: bool, fin: bool) -> StreamSend<'_> {
+    /// Streams a chunk (SPEC §5.3): text or binary, and whether it is the last, as
+    /// `options` says (`StreamOptions::TEXT.fin(true)`: the last chunk, text), the same
+    /// options as the core's `Connection::stream`. Data longer than the client accepts per
+    /// chunk is split (text on a character boundary; only the last piece carries `fin`); the
+    /// future waits while the flow-control window or the send queue is full.
+    pub fn stream(&self, data: Bytes, options: StreamOptions) -> StreamSend<'_> {
         StreamSend {
             ctx: self,
             max: self.max_chunk,
             data,
-            text,
-            fin,
+            options,
             done: false,
             yielded: false,
         }
@@ -393,8 +394,8 @@ pub struct StreamSend<'a> {
     max: usize,
     /// What is still to be sent.
     data: Bytes,
-    text: bool,
-    fin: bool,
+    /// Text or binary, and whether the whole is the last chunk.
+    options: StreamOptions,
     /// Everything was queued: polling again must not send it twice.
     done: bool,
     /// This send already gave way to the writer once (see [`YIELD_AT`]).
@@ -446,14 +447,14 @@ impl Future for StreamSend<'_> {
             if s.served.get(&id.0).is_none_or(|x| x.cancel.is_some()) {
                 return Poll::Ready(Err(StreamError::Cancelled));
             }
-            let cut = piece_len(&this.data, this.max, this.text);
+            let cut = piece_len(&this.data, this.max, this.options.text);
             let last = cut == this.data.len();
             let piece = if last {
                 this.data.clone()
             } else {
                 this.data.slice(..cut)
             };
-            let options = StreamOptions::BINARY.text(this.text).fin(this.fin && last);
+            let options = this.options.fin(this.options.fin && last);
             match s.conn.stream(id, piece, options) {
                 Ok(()) => {
                     if last {

@@ -14,7 +14,9 @@ use asp_tokio::asp_proto::codec;
 use asp_tokio::asp_proto::frame::{Frame, Invoke, RequestId, Text};
 use asp_tokio::tungstenite::client::IntoClientRequest;
 use asp_tokio::tungstenite::Message;
-use asp_tokio::{Args, Client, InvokeOptions, Output, RawValue, Runtime, Tokio, Tool, ToolContext};
+use asp_tokio::{
+    Args, Client, InvokeOptions, Output, RawValue, Runtime, StreamOptions, Tokio, Tool, ToolContext,
+};
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 
@@ -100,7 +102,7 @@ fn run_blocking(o: FloorOpts) -> Result<(Vec<Round>, Vec<String>), String> {
                         let (n, size): (usize, usize) = a.parse()?;
                         let chunk = Bytes::from(vec![b'x'; size]);
                         for _ in 0..n {
-                            ctx.stream(chunk.clone(), false, false)
+                            ctx.stream(chunk.clone(), StreamOptions::BINARY)
                                 .await
                                 .map_err(|_| asp_tokio::ToolError::Cancelled)?;
                         }

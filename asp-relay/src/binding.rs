@@ -2302,7 +2302,7 @@ mod tests {
         let mut streamed = Vec::new();
         while let Some(out) = call.poll_output() {
             match out {
-                // ctx.stream(data, text, fin)
+                // ctx.stream(data, StreamOptions::BINARY.text(text).fin(fin))
                 RelayOut::Chunk { data, text, .. } => streamed.push((data, text)),
                 // complete or fail the invocation
                 RelayOut::End(ending) => assert!(matches!(

@@ -19,7 +19,9 @@ use crate::binding::{
     UpstreamCall,
 };
 use asp_async::asp_proto::frame::{Invoke, Status, Text};
-use asp_async::{Args, Output, RequestId, ServerConnection, StreamError, ToolContext, ToolError};
+use asp_async::{
+    Args, Output, RequestId, ServerConnection, StreamError, StreamOptions, ToolContext, ToolError,
+};
 use asp_proto::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
@@ -116,14 +118,16 @@ pub(crate) async fn forward(
             match out {
                 RelayOut::Chunk { data, text, fin } => {
                     // Waits for the client's window: this is the backpressure.
-                    ctx.stream(data, text, fin).await.map_err(|e| match e {
-                        StreamError::Cancelled => ToolError::Cancelled,
-                        StreamError::Invalid(e) => ToolError::Error {
-                            code: asp_proto::ErrorCode::INTERNAL,
-                            message: format!("the relay could not stream a chunk: {e}"),
-                            retryable: false,
-                        },
-                    })?;
+                    ctx.stream(data, StreamOptions::BINARY.text(text).fin(fin))
+                        .await
+                        .map_err(|e| match e {
+                            StreamError::Cancelled => ToolError::Cancelled,
+                            StreamError::Invalid(e) => ToolError::Error {
+                                code: asp_proto::ErrorCode::INTERNAL,
+                                message: format!("the relay could not stream a chunk: {e}"),
+                                retryable: false,
+                            },
+                        })?;
                 }
                 RelayOut::End(ending) => {
                     apply_state(&inner, &rc, &mut call);

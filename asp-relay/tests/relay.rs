@@ -1542,7 +1542,7 @@ const FRAMES: &str = "application/vnd.asp.frames";
 
 /// A client with these limits.
 async fn connect_with(relay: &Relay, limits: impl FnOnce(&mut asp_proto::Limits)) -> Client {
-    let mut config = asp_tokio::ws_default_config();
+    let mut config = asp_tokio::default_config();
     limits(&mut config.limits);
     within(
         "connect",

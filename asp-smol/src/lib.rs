@@ -20,7 +20,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 mod tls_stream;
 
@@ -30,6 +33,50 @@ use async_tungstenite::WebSocketStream;
 use smol::net::{TcpListener, TcpStream};
 
 pub use asp_async::*;
+
+/// An async-io timer as an [`AsyncTimer`], moved later lazily as tokio's `Sleep` is: async-io's
+/// `Timer::set_at` takes the registration out of the reactor and puts a new one in (and wakes
+/// the reactor thread), and the driver moves its deadline later with nearly every frame
+/// received (the heartbeat, SPEC §6.7). So a later deadline is only recorded; when the
+/// registered one is reached early, the timer re-registers for the recorded one instead of
+/// firing. An earlier deadline re-registers at once.
+#[derive(Debug)]
+struct Timer {
+    timer: smol::Timer,
+    /// When the reactor registration fires; `None` once it has fired (an async-io timer
+    /// that fired stays pending until it is set again).
+    at: Option<std::time::Instant>,
+    /// When the timer fires (no earlier than `at`).
+    deadline: std::time::Instant,
+}
+
+impl AsyncTimer for Timer {
+    fn reset(self: Pin<&mut Self>, deadline: std::time::Instant) {
+        let this = self.get_mut();
+        this.deadline = deadline;
+        if this.at.is_none_or(|at| deadline < at) {
+            this.at = Some(deadline);
+            this.timer.set_at(deadline);
+        }
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if this.at.is_none() {
+                // Fired for the current deadline already; `reset` sets it again.
+                return Poll::Pending;
+            }
+            std::task::ready!(Pin::new(&mut this.timer).poll(cx));
+            if this.at.is_some_and(|at| at >= this.deadline) {
+                this.at = None;
+                return Poll::Ready(());
+            }
+            this.at = Some(this.deadline);
+            this.timer.set_at(this.deadline);
+        }
+    }
+}
 
 /// smol's global executor, as an [`asp_async::Runtime`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,9 +91,11 @@ impl Runtime for Smol {
         smol::spawn(fut).detach();
     }
 
-    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            smol::Timer::at(deadline).await;
+    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(Timer {
+            timer: smol::Timer::at(deadline),
+            at: Some(deadline),
+            deadline,
         })
     }
 

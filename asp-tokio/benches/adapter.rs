@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use asp_proto::codec;
 use asp_proto::frame::{Complete, Frame, Invoke, Metrics, RawValue, RequestId, Status, Text};
-use asp_tokio::{Args, Output, Tool, ToolContext, ToolError};
+use asp_tokio::{Args, Output, StreamOptions, Tool, ToolContext, ToolError};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures::{SinkExt, StreamExt};
@@ -57,7 +57,7 @@ async fn asp_server() -> asp_tokio::Server {
         let n: usize = a.parse()?;
         let chunk = Bytes::from_static(CHUNK);
         for _ in 0..n {
-            ctx.stream(chunk.clone(), false, false)
+            ctx.stream(chunk.clone(), StreamOptions::BINARY)
                 .await
                 .map_err(|_| ToolError::Cancelled)?;
         }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use asp_tokio::{Args, Output, Tool, ToolContext, ToolError};
+use asp_tokio::{Args, Output, StreamOptions, Tool, ToolContext, ToolError};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let n: usize = a.parse()?;
         let chunk = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
         for _ in 0..n {
-            ctx.stream(chunk.clone(), false, false)
+            ctx.stream(chunk.clone(), StreamOptions::BINARY)
                 .await
                 .map_err(|_| ToolError::Cancelled)?;
         }

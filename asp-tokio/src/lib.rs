@@ -28,7 +28,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 mod tls_stream;
 
@@ -83,17 +86,23 @@ impl Runtime for Tokio {
         Box::pin(tokio::task::yield_now())
     }
 
-    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
+    fn now(&self) -> std::time::Instant {
+        // tokio's clock, which a test may pause (`time::pause`, `start_paused`): the async
+        // layer then runs on virtual time (it reads no other clock).
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn AsyncTimer>> {
         // Enter the runtime: a `Tokio` made with `from_handle` may be used from a thread
         // outside tokio (a smol client awaiting a tokio server's `shutdown`), and tokio's
         // timer panics when created there. The sleep keeps the handle it was created with.
         let _guard = self.handle.enter();
-        Box::pin(tokio::time::sleep_until(deadline.into()))
+        Box::pin(Timer(Box::pin(tokio::time::sleep_until(deadline.into()))))
     }
 
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<TcpListener>> {
         // Run on the runtime: tokio sockets must be registered from inside it, and the
-        // caller may be outside (see `sleep_until`).
+        // caller may be outside (see `new_timer`).
         on_runtime(&self.handle, TcpListener::bind(addr))
     }
 
@@ -124,6 +133,23 @@ impl Runtime for Tokio {
     // The TLS and WebSocket handshakes, the same for every adapter (`asp_async::adapter`).
     asp_async::__tls_handshakes!(tls_stream);
     asp_async::__ws_handshakes!(tokio_tungstenite);
+}
+
+/// A tokio `Sleep` as an [`AsyncTimer`]. Boxed inside (rather than pin-projected) to keep the
+/// crate free of unsafe code: the timer is made once per connection.
+#[derive(Debug)]
+struct Timer(Pin<Box<tokio::time::Sleep>>);
+
+impl AsyncTimer for Timer {
+    fn reset(mut self: Pin<&mut Self>, deadline: std::time::Instant) {
+        // A later deadline only records it (tokio re-registers once the old one is reached),
+        // which is what makes one timer cheaper than a sleep per deadline.
+        self.0.as_mut().reset(deadline.into());
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
 }
 
 /// Runs a socket-creating future as a task of `handle`'s runtime and awaits it from

@@ -55,13 +55,7 @@ impl Runtime for PipeRt {
     type Tcp = Pipe;
     type Ws = WebSocketStream<Pipe>;
 
-    fn spawn(&self, fut: BoxFuture<'static, ()>) {
-        self.tokio.spawn(fut)
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> BoxFuture<'static, ()> {
-        self.tokio.sleep_until(deadline)
-    }
+    asp_async::__tasks_and_time_of!(tokio);
 
     fn bind(&self, _addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Arc<Hub>>> {
         let hub = self.hub.clone();
